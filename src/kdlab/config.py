@@ -1,0 +1,233 @@
+"""Run configuration: dataclasses, YAML recipes and dotted overrides.
+
+A run is a YAML recipe plus ``--set key.sub=value`` overrides. Every key is checked against
+the dataclasses below (and a method's own ``Config``); an unknown key or a value of the
+wrong type is a :class:`~kdlab.errors.UserError` naming the key and the closest known keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from kdlab.errors import UserError
+from kdlab.registry import did_you_mean
+
+T = TypeVar("T")
+
+
+@dataclass
+class DataConfig:
+    name: str = "fashion_mnist"
+    root: str | None = None  # dataset folder; None = the dataset's default places
+    download: bool = True  # let torchvision download when the data is not found locally
+    batch_size: int = 64
+    eval_batch_size: int = 512
+    num_workers: int = 2  # for datasets read from disk; device-resident sets need none
+    device_resident: bool | None = None  # None = automatic (small sets live on the device)
+    augment: bool = True
+    train_subset: int | None = None  # use only the first N training images (quick runs)
+    val_subset: int | None = None
+
+
+@dataclass
+class ModelConfig:
+    student: str = "resnet8"
+    teacher: str | None = None
+    teacher_checkpoint: str | None = None  # a run's best.pt or an exported .safetensors
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"  # sgd | adamw
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "multistep"  # multistep | cosine | constant
+    epochs: int = 240
+    milestones: list[int] = field(default_factory=lambda: [150, 180, 210])
+    gamma: float = 0.1
+    warmup_epochs: int = 0
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:1 | mps
+    amp: str = "none"  # none | bf16 | fp16
+    channels_last: bool = False
+    compile: bool = False
+    out_dir: str = "runs/default"
+    eval_every: int = 1
+    max_steps_per_epoch: int | None = None  # cut epochs short (smoke tests, benchmarks)
+    progress: str = "auto"  # auto | bar | lines | none
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: dict[str, Any] = field(default_factory=lambda: {"name": "ce"})
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @property
+    def method_name(self) -> str:
+        return str(self.method.get("name", "ce"))
+
+    @property
+    def method_options(self) -> dict[str, Any]:
+        return {k: v for k, v in self.method.items() if k != "name"}
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------- validation
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; allow int -> float. Raise UserError."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except UserError as e:
+                errors.append(e)
+        raise errors[0] if errors else UserError(f"{where}: bad value {value!r}.")
+    if origin in (list, Sequence, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{where} must be a list, got {value!r}.")
+        (item_tp, *_) = typing.get_args(tp) or (Any,)
+        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin in (dict, Mapping):
+        if not isinstance(value, Mapping):
+            raise UserError(f"{where} must be a mapping, got {value!r}.")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        return build_dataclass(tp, value, where=where)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"{where} must be a number, got {value!r}.")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"{where} must be an integer, got {value!r}.")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"{where} must be true or false, got {value!r}.")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise UserError(f"{where} must be a string, got {value!r}.")
+        return value
+    return value
+
+
+def build_dataclass(cls: type[T], values: Mapping[str, Any] | None, *, where: str) -> T:
+    """Build dataclass ``cls`` from a mapping; unknown keys and wrong types are UserErrors."""
+    if values is None:
+        values = {}
+    if isinstance(values, cls):
+        return values
+    if not isinstance(values, Mapping):
+        raise UserError(f"{where} must be a mapping of keys to values, got {values!r}.")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in names:
+            raise UserError(
+                f"Unknown key {where}.{key}.{did_you_mean(str(key), names)} "
+                f"Known keys: {', '.join(names)}."
+            )
+        kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
+    return cls(**kwargs)
+
+
+# --------------------------------------------------------------------- loading
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``'optim.lr=0.1'`` -> (['optim', 'lr'], 0.1); the value is read as YAML."""
+    if "=" not in text:
+        raise UserError(f"Override {text!r} must look like key.sub=value, e.g. optim.lr=0.05.")
+    key, raw = text.split("=", 1)
+    path = [p for p in key.strip().split(".") if p]
+    if not path:
+        raise UserError(f"Override {text!r} has an empty key; write e.g. optim.lr=0.05.")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return path, value
+
+
+def apply_overrides(tree: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Set each ``key.sub=value`` in a nested dict (creating levels as needed)."""
+    for text in overrides:
+        path, value = parse_override(text)
+        node = tree
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise UserError(f"Override {text!r}: {part!r} is a value, not a section.")
+            node = child
+        node[path[-1]] = value
+    return tree
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"Recipe {str(p)!r} does not exist; see `recipes/` for examples.")
+    try:
+        tree = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"Recipe {str(p)!r} is not valid YAML ({e}); fix the file.") from None
+    if not isinstance(tree, dict):
+        raise UserError(f"Recipe {str(p)!r} must be a mapping of sections (data, model, ...).")
+    return tree
+
+
+def load_config(recipe: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
+    """Read a recipe (or start from the defaults), apply overrides and validate."""
+    tree = read_yaml(recipe) if recipe is not None else {}
+    tree = apply_overrides(tree, overrides)
+    method = tree.get("method", {"name": "ce"})
+    if isinstance(method, str):
+        tree["method"] = {"name": method}
+    elif isinstance(method, Mapping) and "name" not in method:
+        raise UserError("The method section needs a name, e.g. `method: {name: kd}`.")
+    return build_dataclass(RunConfig, tree, where="config")
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    from kdlab.engine.io import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,34 @@
+"""Method registry: every entry is a :class:`~kdlab.methods.base.Distiller` subclass."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from kdlab.autoimport import import_submodules
+from kdlab.config import build_dataclass
+from kdlab.errors import UserError
+from kdlab.methods.base import Distiller, Losses
+from kdlab.models.staged import Staged
+from kdlab.registry import Registry
+
+METHODS: Registry = Registry("method")
+
+
+def build_distiller(
+    name: str, options: Mapping[str, Any], student: Staged, teacher: Staged | None
+) -> Distiller:
+    """Build method ``name`` with hyper-parameters ``options`` (checked against its Config)."""
+    cls = METHODS.get(name)
+    cfg = build_dataclass(cls.Config, options, where=f"method.{name}")
+    if cls.needs_teacher and teacher is None:
+        raise UserError(
+            f"Method {name!r} needs a teacher: set model.teacher and model.teacher_checkpoint "
+            "(train one first with `kdlab train`)."
+        )
+    return cls(student, teacher, cfg)
+
+
+import_submodules(__name__)
+
+__all__ = ["METHODS", "Distiller", "Losses", "build_distiller"]

@@ -1,0 +1,97 @@
+"""The Distiller: one module per method that returns the student's logits and named losses.
+
+The trainer sums the named losses, logs each one and never branches on a method's name.
+A method declares its hyper-parameters as a dataclass ``Config`` (defaults from its paper);
+the recipe's ``method:`` block is checked against it, so an unknown key is an error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from kdlab.models.staged import Features, Staged
+
+Losses = dict[str, Tensor]
+
+
+@dataclass
+class NoConfig:
+    """A method without hyper-parameters."""
+
+
+class Distiller(nn.Module):
+    """Base class: holds the student, its trainable extras and a frozen teacher.
+
+    The teacher is deliberately *not* a submodule: it is not in ``parameters()`` (so the
+    optimiser and DistributedDataParallel never see it), not in ``state_dict()`` (a run's
+    checkpoint holds what training changes; the teacher comes from its own checkpoint), and
+    it stays in eval mode with ``requires_grad=False``. ``.to()``, ``.half()`` and friends
+    still reach it through :meth:`_apply`.
+
+    Subclasses set ``Config`` and ``needs_teacher`` and implement :meth:`forward`.
+    """
+
+    Config: type = NoConfig
+    needs_teacher: bool = True
+    #: Some trainable parameters may get no gradient in a step (e.g. sampled paths); tells
+    #: DistributedDataParallel to look for unused parameters.
+    may_skip_parameters: bool = False
+
+    def __init__(self, student: Staged, teacher: Staged | None, cfg: object | None = None) -> None:
+        super().__init__()
+        self.student = student
+        self.cfg = cfg if cfg is not None else self.Config()
+        if teacher is not None:
+            teacher.eval()
+            teacher.requires_grad_(False)
+        object.__setattr__(self, "_teacher", teacher)
+
+    # ----------------------------------------------------------------- teacher handling
+    @property
+    def teacher(self) -> Staged | None:
+        return self._teacher
+
+    def train(self, mode: bool = True) -> Distiller:
+        super().train(mode)
+        if self._teacher is not None:
+            self._teacher.eval()
+        return self
+
+    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001 - torch's signature
+        super()._apply(fn, recurse)
+        if self._teacher is not None:
+            self._teacher._apply(fn, recurse)
+        return self
+
+    def teacher_features(self, images: Tensor) -> Features:
+        """The frozen teacher's features under ``torch.inference_mode`` (no autograd work).
+
+        The results are cloned out of inference mode so that losses may save them for the
+        backward pass; they carry no gradient.
+        """
+        assert self._teacher is not None, "this method was built without a teacher"
+        with torch.inference_mode():
+            out = self._teacher.features(images)
+        return out.map(torch.Tensor.clone)
+
+    # ----------------------------------------------------------------- the method
+    def forward(
+        self, images: Tensor, targets: Tensor, index: Tensor | None = None
+    ) -> tuple[Tensor, Losses]:
+        """Return the student's logits and the weighted loss terms, by name."""
+        raise NotImplementedError
+
+    def set_epoch(self, epoch: int, num_epochs: int) -> None:
+        """Called by the trainer at the start of every epoch (0-based); for warm-ups."""
+
+    def evaluated(self) -> dict[str, nn.Module]:
+        """Networks whose accuracy the trainer reports, images -> logits; the first is the
+        one that selects the best checkpoint."""
+        return {"student": self.student}
+
+    def exported(self) -> dict[str, nn.Module]:
+        """Ordinary models written by ``kdlab export`` (plain architectures, no extras)."""
+        return {"student": self.student.net}

@@ -1,0 +1,37 @@
+"""Shared fixtures: tiny staged networks that build in milliseconds on CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from kdlab.models.staged import Staged
+
+
+def tiny_staged(widths=(8, 16, 32, 32), num_classes: int = 10, in_channels: int = 3,
+                input_size: int = 16, seed: int = 0) -> Staged:
+    """A 4-stage conv net (conv-BN-ReLU per stage; stages 2 and 3 halve the size)."""
+    torch.manual_seed(seed)
+    stages = nn.Sequential()
+    c_in = in_channels
+    for i, w in enumerate(widths):
+        stride = 2 if i in (1, 2) else 1
+        stages.add_module(f"s{i}", nn.Sequential(
+            nn.Conv2d(c_in, w, 3, stride, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU()))
+        c_in = w
+    net = nn.Sequential()
+    net.add_module("body", stages)
+    net.add_module("pool", nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()))
+    net.add_module("fc", nn.Linear(c_in, num_classes))
+    return Staged(net, stem=[], stages=[[f"body.s{i}"] for i in range(len(widths))],
+                  classifier=["fc"], input_shape=(in_channels, input_size, input_size),
+                  num_classes=num_classes)
+
+
+@pytest.fixture
+def tiny_pair():
+    """(teacher, student): same 4-stage layout, the teacher twice as wide."""
+    teacher = tiny_staged(widths=(16, 32, 64, 64), seed=1)
+    student = tiny_staged(widths=(8, 16, 32, 32), seed=2)
+    return teacher, student
