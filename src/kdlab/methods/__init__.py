@@ -16,7 +16,12 @@ METHODS: Registry = Registry("method")
 
 
 def build_distiller(
-    name: str, options: Mapping[str, Any], student: Staged, teacher: Staged | None
+    name: str,
+    options: Mapping[str, Any],
+    student: Staged,
+    teacher: Staged | None,
+    *,
+    train_size: int | None = None,
 ) -> Distiller:
     """Build method ``name`` with hyper-parameters ``options`` (checked against its Config)."""
     cls = METHODS.get(name)
@@ -26,7 +31,7 @@ def build_distiller(
             f"Method {name!r} needs a teacher: set model.teacher and model.teacher_checkpoint "
             "(train one first with `kdlab train`)."
         )
-    return cls(student, teacher, cfg)
+    return cls(student, teacher, cfg, train_size=train_size)
 
 
 import_submodules(__name__)

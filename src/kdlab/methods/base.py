@@ -40,10 +40,19 @@ class Distiller(nn.Module):
     #: DistributedDataParallel to look for unused parameters.
     may_skip_parameters: bool = False
 
-    def __init__(self, student: Staged, teacher: Staged | None, cfg: object | None = None) -> None:
+    def __init__(
+        self,
+        student: Staged,
+        teacher: Staged | None,
+        cfg: object | None = None,
+        *,
+        train_size: int | None = None,
+    ) -> None:
         super().__init__()
         self.student = student
         self.cfg = cfg if cfg is not None else self.Config()
+        #: number of training samples (memory-bank methods such as CRD need it)
+        self.train_size = train_size
         if teacher is not None:
             teacher.eval()
             teacher.requires_grad_(False)

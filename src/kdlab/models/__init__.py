@@ -13,7 +13,9 @@ from kdlab.registry import Registry
 MODELS: Registry = Registry("model")
 
 
-def build_model(name: str, *, num_classes: int, in_channels: int = 3, input_size: int = 32) -> Staged:
+def build_model(
+    name: str, *, num_classes: int, in_channels: int = 3, input_size: int = 32
+) -> Staged:
     """Build a registered model by name (an unknown name suggests close ones)."""
     return MODELS.get(name)(num_classes=num_classes, in_channels=in_channels, input_size=input_size)
 
