@@ -1,0 +1,183 @@
+"""BiFPNc: the self-teacher's feature pyramid of FRSKD.
+
+Ji et al., "Refine Myself by Teaching Myself: Feature Refinement via Self-Knowledge
+Distillation", CVPR 2021, Sec. 3.1. A bi-directional feature pyramid (EfficientDet's BiFPN:
+a top-down path, a bottom-up path and same-level lateral links) with two changes:
+
+- the width of level ``i`` follows the network it refines, ``d_i = width * c_i`` (``c_i``
+  the channels of the student's ``i``-th feature), instead of one fixed width for all levels;
+- the 3x3 convolutions are depth-wise separable (depth-wise 3x3, then point-wise 1x1).
+
+Every fusion node mixes its inputs with learnable *fast normalised* weights,
+``w = relu(v) / (sum(relu(v)) + eps)``: non-negative and summing to (almost) one.
+
+Levels may have any spatial sizes (the student's stages need not halve the resolution
+each time): a coarser map is brought up with nearest-neighbour interpolation, a finer one
+down with max pooling (3x3 stride 2 when it is exactly twice the size, adaptive otherwise).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def level_widths(channels: Sequence[int], width: float) -> list[int]:
+    """The self-teacher's channels per level, ``d_i = width * c_i`` (at least 1)."""
+    return [max(1, round(width * c)) for c in channels]
+
+
+def resize_to(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bring ``x`` to spatial ``size``: nearest upsampling or max-pool downsampling."""
+    h, w = x.shape[-2:]
+    if (h, w) == tuple(size):
+        return x
+    if h <= size[0] and w <= size[1]:
+        return F.interpolate(x, size=size, mode="nearest")
+    if (h + 1) // 2 == size[0] and (w + 1) // 2 == size[1]:
+        return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
+    return F.adaptive_max_pool2d(x, size)
+
+
+class PointwiseConv(nn.Sequential):
+    """1x1 convolution, BatchNorm, ReLU: changes the number of channels."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, 1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(),
+        )
+
+
+class SeparableConvBlock(nn.Sequential):
+    """``depth`` depth-wise separable 3x3 convolutions (depth-wise, point-wise, BN), ReLU
+    between them; the output is pre-activation (the caller decides where the ReLU goes)."""
+
+    def __init__(self, channels: int, depth: int) -> None:
+        layers: list[nn.Module] = []
+        for i in range(depth):
+            if i > 0:
+                layers.append(nn.ReLU())
+            layers += [
+                nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False),
+                nn.Conv2d(channels, channels, 1, bias=False),
+                nn.BatchNorm2d(channels),
+            ]
+        super().__init__(*layers)
+
+
+class FastFusion(nn.Module):
+    """Weighted sum of same-shaped maps with fast normalised weights (EfficientDet Eq. 3)."""
+
+    def __init__(self, num_inputs: int, eps: float = 1e-4) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(num_inputs))
+        self.eps = eps
+
+    def normalized_weights(self) -> Tensor:
+        w = F.relu(self.weight)
+        return w / (w.sum() + self.eps)
+
+    def forward(self, inputs: Sequence[Tensor]) -> Tensor:
+        w = self.normalized_weights()
+        return sum(w[j] * F.relu(x) for j, x in enumerate(inputs))  # type: ignore[return-value]
+
+
+class BiFPNLayer(nn.Module):
+    """One top-down + bottom-up pass over ``len(widths)`` levels (level 0 the finest).
+
+    Top-down: ``T_n = P_n``; ``T_i = conv(fuse(P_i, up(T_{i+1})))``.
+    Bottom-up: ``O_0 = T_0``; ``O_i = conv(fuse(P_i, T_i, down(O_{i-1})))`` and, at the top,
+    ``O_n = conv(fuse(P_n, down(O_{n-1})))``. ``P_i`` (the layer's input at level ``i``) is
+    the same-level lateral link. ``up``/``down`` also change ``d_{i+-1}`` to ``d_i`` channels.
+    """
+
+    def __init__(self, in_channels: Sequence[int], widths: Sequence[int], depth: int) -> None:
+        super().__init__()
+        n = len(widths)
+        self.lateral = nn.ModuleList(
+            nn.Identity() if c == d else PointwiseConv(c, d)
+            for c, d in zip(in_channels, widths, strict=True)
+        )
+        # index i is the node at level i (the top level has no top-down node, level 0 no
+        # bottom-up node)
+        self.td_fuse = nn.ModuleList(FastFusion(2) for _ in range(n - 1))
+        self.td_proj = nn.ModuleList(PointwiseConv(widths[i + 1], widths[i]) for i in range(n - 1))
+        self.td_conv = nn.ModuleList(SeparableConvBlock(widths[i], depth) for i in range(n - 1))
+        self.bu_fuse = nn.ModuleList(FastFusion(3 if i < n - 1 else 2) for i in range(1, n))
+        self.bu_proj = nn.ModuleList(PointwiseConv(widths[i - 1], widths[i]) for i in range(1, n))
+        self.bu_conv = nn.ModuleList(SeparableConvBlock(widths[i], depth) for i in range(1, n))
+
+    def fusions(self) -> list[FastFusion]:
+        return [*self.td_fuse, *self.bu_fuse]
+
+    def forward(self, feats: Sequence[Tensor]) -> list[Tensor]:
+        """Pre-activation outputs, one per level, each shaped like its lateral input."""
+        n = len(feats)
+        p = [lat(f) for lat, f in zip(self.lateral, feats, strict=True)]
+        td: list[Tensor] = [p[-1]]  # td[0] is the current coarsest top-down map
+        for i in range(n - 2, -1, -1):
+            up = resize_to(self.td_proj[i](F.relu(td[0])), p[i].shape[-2:])
+            td.insert(0, self.td_conv[i](self.td_fuse[i]([p[i], up])))
+        out = [td[0]]
+        for i in range(1, n):
+            down = resize_to(self.bu_proj[i - 1](F.relu(out[-1])), p[i].shape[-2:])
+            inputs = [p[i], td[i], down] if i < n - 1 else [p[i], down]
+            out.append(self.bu_conv[i - 1](self.bu_fuse[i - 1](inputs)))
+        return out
+
+
+class BiFPNc(nn.Module):
+    """The FRSKD self-teacher: BiFPNc layers on a network's features plus a classifier.
+
+    Args:
+        in_channels: channels ``c_i`` of the input features, finest level first.
+        num_classes: outputs of the classifier on the refined top level.
+        width: width factor; level ``i`` has ``d_i = width * c_i`` channels.
+        depth: separable convolutions per fusion node.
+        repeat: number of stacked BiFPN layers.
+
+    ``forward(feats)`` returns ``(refined, logits)``: the refined maps (post-ReLU, level ``i``
+    with ``d_i`` channels and the spatial size of ``feats[i]``) and the classifier's logits
+    (global average pooling and a linear layer on the top refined map).
+    """
+
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        num_classes: int,
+        *,
+        width: float = 2.0,
+        depth: int = 2,
+        repeat: int = 1,
+    ) -> None:
+        super().__init__()
+        if len(in_channels) < 2:
+            raise ValueError("BiFPNc needs at least two feature levels")
+        if width <= 0 or depth < 1 or repeat < 1:
+            raise ValueError("BiFPNc needs width > 0, depth >= 1 and repeat >= 1")
+        self.in_channels = list(in_channels)
+        self.widths = level_widths(in_channels, width)
+        self.layers = nn.ModuleList(
+            BiFPNLayer(self.in_channels if r == 0 else self.widths, self.widths, depth)
+            for r in range(repeat)
+        )
+        self.fc = nn.Linear(self.widths[-1], num_classes)
+
+    def fusions(self) -> list[FastFusion]:
+        """Every fusion node (for inspecting the learned weights)."""
+        return [f for layer in self.layers for f in layer.fusions()]
+
+    def forward(self, feats: Sequence[Tensor]) -> tuple[list[Tensor], Tensor]:
+        if len(feats) != len(self.in_channels):
+            raise ValueError(f"expected {len(self.in_channels)} feature levels, got {len(feats)}")
+        x = list(feats)
+        for layer in self.layers:
+            x = layer(x)
+        refined = [F.relu(f) for f in x]
+        pooled = torch.flatten(F.adaptive_avg_pool2d(refined[-1], 1), 1)
+        return refined, self.fc(pooled)
