@@ -52,23 +52,28 @@ def test_repeat_and_depth(repeat):
     assert all(m.groups == m.in_channels == m.out_channels for m in depthwise)
 
 
-def test_fusion_weights_positive_and_normalised_even_after_updates():
+def test_fusion_weights_positive_and_normalised_after_updates():
     torch.manual_seed(0)
     channels, sizes = [4, 8, 16], [8, 4, 2]
     net = BiFPNc(channels, num_classes=3, width=2)
     # 2 top-down nodes (2 inputs each), 2 bottom-up nodes (3 and 2 inputs)
     assert sorted(f.weight.numel() for f in net.fusions()) == [2, 2, 2, 3]
-    opt = torch.optim.SGD(net.parameters(), lr=5.0)  # large steps push some raw weights < 0
+    with torch.no_grad():  # a raw weight below zero must count as zero, never negative
+        net.fusions()[0].weight[0] = -0.5
+    before = [f.weight.detach().clone() for f in net.fusions()]
+    opt = torch.optim.SGD(net.parameters(), lr=0.5)
     for _ in range(5):
         refined, logits = net(_feats(channels, sizes, batch=4))
         loss = logits.pow(2).mean() - sum(f.mean() for f in refined)
         opt.zero_grad()
         loss.backward()
         opt.step()
+    assert any(not torch.equal(b, f.weight) for b, f in zip(before, net.fusions(), strict=True))
     for fusion in net.fusions():
         w = fusion.normalized_weights()
         assert (w >= 0).all()
         assert w.sum().item() == pytest.approx(1.0, abs=1e-3)
+    assert net.fusions()[0].normalized_weights()[0] == 0
 
 
 def test_fast_fusion_matches_formula():
