@@ -1,0 +1,55 @@
+"""The ``kdlab`` command line: train, distill, eval, export, list, bench, quickstart.
+
+Each subcommand lives in :mod:`kdlab.commands` and exposes ``add_parser(subparsers)`` and
+``run(args) -> int``. Mistakes a user can make (:class:`~kdlab.errors.UserError`, argparse
+misuse) end with one line ``kdlab: error: ...`` on stderr and exit status 2; Ctrl-C exits
+with 130. Any other exception keeps its traceback: it is a bug to report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from kdlab import __version__
+from kdlab.commands import bench, evaluate, export, listing, quickstart, training
+from kdlab.errors import UserError
+
+COMMANDS = (training, evaluate, export, listing, bench, quickstart)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="kdlab",
+        description="Knowledge distillation for vision models, built around FCFD.",
+    )
+    parser.add_argument("--version", action="version", version=f"kdlab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in COMMANDS:
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 2 user error, 130 Ctrl-C)."""
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse prints "kdlab: error: ..." itself
+        return int(e.code) if isinstance(e.code, int) else 2
+    args.argv = argv
+    try:
+        return int(args.run(args) or 0)
+    except UserError as e:
+        print(f"kdlab: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kdlab: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

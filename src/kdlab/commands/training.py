@@ -1,0 +1,90 @@
+"""``kdlab train`` (teachers and baselines) and ``kdlab distill`` (a student from a teacher)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from kdlab.commands.common import add_set_option
+from kdlab.config import RunConfig, load_config
+from kdlab.errors import UserError
+
+
+def add_parser(sub: Any) -> None:
+    for name, help_text in (
+        ("train", "train a teacher or a baseline from a recipe (no teacher)"),
+        ("distill", "train a student from a trained teacher with a distillation recipe"),
+    ):
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("recipe", metavar="RECIPE", help="YAML recipe (see recipes/)")
+        add_set_option(p)
+        p.add_argument("--out", metavar="DIR", help="run folder (overrides train.out_dir)")
+        p.add_argument("--resume", action="store_true", help="continue from DIR/last.pt")
+        p.set_defaults(run=run, mode=name)
+
+
+def prepare(args: argparse.Namespace) -> RunConfig:
+    """Load and check the recipe for ``train`` or ``distill`` before anything is written."""
+    overrides = list(args.overrides)
+    if args.out:
+        overrides.append(f"train.out_dir={args.out}")
+    cfg = load_config(args.recipe, overrides)
+    check(cfg, args.mode)
+    return cfg
+
+
+def check(cfg: RunConfig, mode: str) -> None:
+    """Names, method options and the teacher, so that mistakes fail before a run folder exists."""
+    from kdlab.config import build_dataclass
+    from kdlab.data import DATASETS
+    from kdlab.methods import METHODS
+    from kdlab.models import MODELS
+
+    method = METHODS.get(cfg.method_name)
+    build_dataclass(method.Config, cfg.method_options, where=f"method.{cfg.method_name}")
+    DATASETS.get(cfg.data.name)
+    MODELS.get(cfg.model.student)
+    if mode == "train":
+        if method.needs_teacher:
+            raise UserError(
+                f"Method {cfg.method_name!r} needs a teacher: run it with `kdlab distill` "
+                "and set model.teacher and model.teacher_checkpoint."
+            )
+        return
+    if not method.needs_teacher:
+        raise UserError(
+            f"Method {cfg.method_name!r} trains without a teacher: run it with `kdlab train`."
+        )
+    if not cfg.model.teacher or not cfg.model.teacher_checkpoint:
+        raise UserError(
+            "`kdlab distill` needs model.teacher and model.teacher_checkpoint, e.g. "
+            "--set model.teacher=resnet20 --set model.teacher_checkpoint=runs/t/best.pt."
+        )
+    MODELS.get(cfg.model.teacher)
+    if not Path(cfg.model.teacher_checkpoint).is_file():
+        raise UserError(
+            f"Teacher checkpoint {cfg.model.teacher_checkpoint!r} does not exist; train the "
+            "teacher first with `kdlab train` or fix model.teacher_checkpoint."
+        )
+
+
+def run(args: argparse.Namespace) -> int:
+    from kdlab.engine.trainer import Trainer
+
+    cfg = prepare(args)
+    summary = Trainer(cfg, resume=args.resume).fit()
+    print_summary(summary)
+    return 0
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    def fmt(key: str, spec: str) -> str:
+        value = summary.get(key)
+        return format(value, spec) if isinstance(value, (int, float)) else "-"
+
+    print(
+        f"done: best top-1 {fmt('best_top1', '.2f')}  last top-1 {fmt('last_top1', '.2f')}  "
+        f"epochs {summary.get('epochs', '-')}  time {fmt('seconds', '.1f')} s  "
+        f"{fmt('images_per_s', '.0f')} images/s  -> {summary.get('out_dir', '')}"
+    )

@@ -1,0 +1,423 @@
+"""Training-step benchmark: images/s, ms/iter and peak memory per distillation method.
+
+Each method is built with :func:`kdlab.methods.build_distiller` for one teacher/student
+pair and trained on one fixed batch of random data (forward, backward, SGD step), so the
+numbers measure the method's compute and memory, not data loading. Preset ``cifar`` is the
+FCFD paper's Table 11 setting (ResNet32x4 -> ResNet8x4, 3x32x32, 100 classes, batch 64;
+Liu et al., ICLR 2023); preset ``cpu`` is a small pair that runs in seconds on a CPU.
+
+Memory: on CUDA, ``torch.cuda.max_memory_allocated`` over the method's build and steps; on
+CPU, the increase of the process's resident set size (RSS) over its level just before the
+method is built, sampled every 2 ms by a background thread (short spikes between samples
+can be missed, and memory the allocator had already reserved is not counted again).
+"""
+
+from __future__ import annotations
+
+import csv
+import ctypes
+import gc
+import io
+import json
+import math
+import os
+import platform
+import statistics
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from kdlab import __version__
+from kdlab.engine.io import atomic_write_text
+from kdlab.errors import UserError
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A teacher/student pair and the input it is benchmarked on."""
+
+    teacher: str
+    student: str
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    batch: int
+    train_size: int  # dataset size given to memory-bank methods (CRD, ...)
+
+
+PRESETS: dict[str, Preset] = {
+    # FCFD paper, Table 11 (training cost on CIFAR-100).
+    "cifar": Preset("resnet32x4", "resnet8x4", (3, 32, 32), 100, 64, 50_000),
+    # Fashion-MNIST-shaped pair, seconds per method on a laptop CPU.
+    "cpu": Preset("resnet20", "resnet8", (1, 28, 28), 10, 64, 60_000),
+}
+
+DEFAULT_METHODS = "ce,kd,fitnet,fcfd:num_paths=1,fcfd:num_paths=2,fcfd:num_paths=4"
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One benchmarked variant: ``label`` as written, the method name and its options."""
+
+    label: str
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_methods(text: str) -> list[MethodSpec]:
+    """``"ce,kd,fcfd:num_paths=1,k_min=2"`` -> ce, kd, fcfd{num_paths: 1, k_min: 2}.
+
+    A comma-separated item holding ``=`` but no ``:`` continues the previous variant's
+    options; values are read as YAML (``1`` is an int, ``true`` a bool).
+    """
+    groups: list[list[str]] = []
+    for item in (s.strip() for s in text.split(",")):
+        if not item:
+            continue
+        if "=" in item and ":" not in item:
+            if not groups:
+                raise UserError(f"--methods {text!r}: {item!r} has no method before it; "
+                                "write e.g. fcfd:num_paths=1.")
+            groups[-1].append(item)
+        else:
+            groups.append([item])
+    if not groups:
+        raise UserError("--methods is empty; give e.g. --methods ce,kd.")
+    specs = []
+    for head, *rest in groups:
+        name, _, first = head.partition(":")
+        options: dict[str, Any] = {}
+        for kv in ([first] if first else []) + rest:
+            key, eq, raw = kv.partition("=")
+            if not eq or not key.strip():
+                raise UserError(f"--methods: option {kv!r} must look like key=value.")
+            try:
+                options[key.strip()] = yaml.safe_load(raw)
+            except yaml.YAMLError:
+                options[key.strip()] = raw
+        specs.append(MethodSpec(",".join([head, *rest]), name.strip(), options))
+    return specs
+
+
+@dataclass
+class BenchResult:
+    label: str
+    method: str
+    options: dict[str, Any]
+    steps: int
+    ms_mean: float
+    ms_std: float
+    images_per_s: float
+    peak_mib: float | None
+    final_loss: float
+    ratio_to_kd: float | None = None
+
+
+@dataclass
+class BenchReport:
+    meta: dict[str, Any]
+    results: list[BenchResult]
+
+
+# --------------------------------------------------------------------- hardware
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware(device: torch.device) -> str:
+    """A one-line description of the machine the numbers come from."""
+    cpu = f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CPU: {cpu})"
+    return cpu
+
+
+# --------------------------------------------------------------------- memory
+def _rss_bytes() -> int | None:
+    try:
+        fields = Path("/proc/self/statm").read_text().split()
+        return int(fields[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _release_memory() -> None:
+    gc.collect()
+    try:  # glibc keeps freed memory mapped; hand it back so the baseline is honest
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+class MemoryMeter:
+    """Peak memory of a block: CUDA max allocated, or sampled RSS increase on CPU."""
+
+    def __init__(self, device: torch.device, interval_s: float = 0.002) -> None:
+        self.device = device
+        self.interval_s = interval_s
+        self.peak_mib: float | None = None
+        self._stop = threading.Event()
+        self._base = 0
+        self._max = 0
+
+    @staticmethod
+    def label(device: torch.device) -> str:
+        if device.type == "cuda":
+            return "peak CUDA MiB (max_memory_allocated)"
+        if _rss_bytes() is not None:
+            return "peak RSS increase MiB (sampled)"
+        return "peak memory (not measured here)"
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            rss = _rss_bytes()
+            if rss is not None and rss > self._max:
+                self._max = rss
+
+    def __enter__(self) -> MemoryMeter:
+        _release_memory()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return self
+        rss = _rss_bytes()
+        if rss is not None:
+            self._base = self._max = rss
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak_mib = torch.cuda.max_memory_allocated(self.device) / 2**20
+            return
+        if hasattr(self, "_thread"):
+            self._stop.set()
+            self._thread.join()
+            rss = _rss_bytes() or 0
+            self.peak_mib = (max(self._max, rss) - self._base) / 2**20
+
+
+# --------------------------------------------------------------------- timing
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def _autocast_dtype(amp: str) -> torch.dtype | None:
+    try:
+        return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    except KeyError:
+        raise UserError(f"--amp {amp!r} is not one of none, bf16, fp16.") from None
+
+
+def check_methods(specs: Sequence[MethodSpec]) -> None:
+    """Unknown names and options fail before any timing starts."""
+    from kdlab.config import build_dataclass
+    from kdlab.methods import METHODS
+
+    for spec in specs:
+        cls = METHODS.get(spec.name)
+        build_dataclass(cls.Config, spec.options, where=f"method.{spec.name}")
+
+
+def bench_method(
+    spec: MethodSpec,
+    *,
+    teacher: str,
+    student: str,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    batch: int,
+    steps: int,
+    warmup: int,
+    device: torch.device,
+    amp: str = "none",
+    train_size: int = 50_000,
+    seed: int = 0,
+) -> BenchResult:
+    """Build one method and time ``steps`` training steps after ``warmup`` untimed ones."""
+    from kdlab.methods import METHODS, build_distiller
+    from kdlab.models import build_model
+
+    dtype = _autocast_dtype(amp)
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.randn(batch, *input_shape, generator=gen).to(device)
+    targets = torch.randint(0, num_classes, (batch,), generator=gen).to(device)
+    index = torch.randint(0, train_size, (batch,), generator=gen).to(device)
+    shape = dict(num_classes=num_classes, in_channels=input_shape[0], input_size=input_shape[1])
+    times: list[float] = []
+    with MemoryMeter(device) as meter:
+        s_model = build_model(student, **shape)
+        t_model = build_model(teacher, **shape) if METHODS.get(spec.name).needs_teacher else None
+        distiller = build_distiller(spec.name, spec.options, s_model, t_model,
+                                    train_size=train_size).to(device)
+        distiller.train()
+        distiller.set_epoch(0, 1)
+        params = [p for p in distiller.parameters() if p.requires_grad]
+        opt = torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=5e-4)
+        use_scaler = amp == "fp16" and device.type == "cuda"
+        scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+        loss = torch.zeros(())
+        for i in range(warmup + steps):
+            _synchronize(device)
+            t0 = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                _, losses = distiller(images, targets, index)
+                loss = sum(losses.values())
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            _synchronize(device)
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+        final_loss = float(loss.detach())
+    del distiller, s_model, t_model, opt
+    ms = [t * 1000 for t in times]
+    mean = statistics.fmean(ms)
+    return BenchResult(
+        label=spec.label, method=spec.name, options=dict(spec.options), steps=steps,
+        ms_mean=mean, ms_std=statistics.stdev(ms) if len(ms) > 1 else 0.0,
+        images_per_s=batch / (mean / 1000), peak_mib=meter.peak_mib, final_loss=final_loss,
+    )
+
+
+def run_bench(
+    specs: Sequence[MethodSpec],
+    *,
+    preset: str = "cifar",
+    pair: str | None = None,
+    batch: int | None = None,
+    steps: int = 20,
+    warmup: int = 5,
+    device: torch.device | str = "cpu",
+    amp: str = "none",
+    command: str = "",
+    progress: bool = True,
+) -> BenchReport:
+    """Benchmark every method in ``specs`` on one pair; ratios are ms/iter over kd's."""
+    from kdlab.models import MODELS
+
+    if preset not in PRESETS:
+        raise UserError(f"Unknown preset {preset!r}; use one of {', '.join(PRESETS)}.")
+    p = PRESETS[preset]
+    teacher, student = p.teacher, p.student
+    if pair:
+        teacher, sep, student = pair.partition(":")
+        if not sep or not teacher or not student:
+            raise UserError(f"--pair {pair!r} must look like TEACHER:STUDENT, "
+                            "e.g. resnet32x4:resnet8x4.")
+    MODELS.get(teacher)
+    MODELS.get(student)
+    if steps < 1 or warmup < 0:
+        raise UserError("--steps must be at least 1 and --warmup at least 0.")
+    batch = batch or p.batch
+    if batch < 2:
+        raise UserError("--batch must be at least 2 (BatchNorm needs two samples in training).")
+    device = torch.device(device)
+    _autocast_dtype(amp)
+    check_methods(specs)
+    meta = {
+        "teacher": teacher, "student": student, "input_shape": list(p.input_shape),
+        "num_classes": p.num_classes, "batch": batch, "steps": steps, "warmup": warmup,
+        "device": str(device), "amp": amp, "hardware": hardware(device),
+        "torch": torch.__version__, "kdlab": __version__, "python": platform.python_version(),
+        "memory": MemoryMeter.label(device), "command": command,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    results = []
+    for spec in specs:
+        if progress:
+            print(f"  {spec.label} ...", flush=True)
+        results.append(bench_method(
+            spec, teacher=teacher, student=student, input_shape=p.input_shape,
+            num_classes=p.num_classes, batch=batch, steps=steps, warmup=warmup, device=device,
+            amp=amp, train_size=p.train_size,
+        ))
+    kd = next((r for r in results if r.method == "kd" and not r.options), None)
+    if kd is not None:
+        for r in results:
+            r.ratio_to_kd = r.ms_mean / kd.ms_mean
+    return BenchReport(meta, results)
+
+
+# --------------------------------------------------------------------- output
+def format_table(report: BenchReport) -> str:
+    m = report.meta
+    shape = "x".join(str(s) for s in m["input_shape"])
+    lines = [
+        f"kdlab bench: {m['teacher']} -> {m['student']}, input {shape}, {m['num_classes']} "
+        f"classes, batch {m['batch']}, {m['steps']} timed steps after {m['warmup']} warm-up, "
+        f"amp {m['amp']}",
+        f"device {m['device']}: {m['hardware']}; torch {m['torch']}; kdlab {m['kdlab']}",
+        f"command: {m['command']}",
+        "",
+    ]
+    mem = m["memory"]
+    width = max([len("method")] + [len(r.label) for r in report.results])
+    lines.append(f"{'method':<{width}}  {'images/s':>9}  {'ms/iter mean ± std':>19}  "
+                 f"{mem:>{len(mem)}}  {'× kd':>6}")
+    for r in report.results:
+        peak = f"{r.peak_mib:.1f}" if r.peak_mib is not None else "n/a"
+        ratio = f"{r.ratio_to_kd:.2f}" if r.ratio_to_kd is not None else "-"
+        timing = f"{r.ms_mean:.2f} ± {r.ms_std:.2f}"
+        lines.append(f"{r.label:<{width}}  {r.images_per_s:>9.1f}  {timing:>19}  "
+                     f"{peak:>{len(mem)}}  {ratio:>6}")
+    if any(not math.isfinite(r.final_loss) for r in report.results):
+        lines.append("warning: a method's loss was not finite on the random batch.")
+    return "\n".join(lines)
+
+
+def report_dict(report: BenchReport) -> dict[str, Any]:
+    return {"meta": report.meta, "results": [asdict(r) for r in report.results]}
+
+
+def check_output_path(path: str | Path) -> Path:
+    p = Path(path)
+    if p.suffix not in (".csv", ".json"):
+        raise UserError(f"--out {str(p)!r} must end in .csv or .json.")
+    if p.is_dir():
+        raise UserError(f"--out {str(p)!r} is a folder; give a .csv or .json file name.")
+    return p
+
+
+def write_report(report: BenchReport, path: str | Path) -> Path:
+    """Write the results as JSON, or CSV with ``# key: value`` metadata lines first."""
+    p = check_output_path(path)
+    if p.suffix == ".json":
+        atomic_write_text(p, json.dumps(report_dict(report), indent=2) + "\n")
+        return p
+    buf = io.StringIO()
+    for key, value in report.meta.items():
+        buf.write(f"# {key}: {value}\n")
+    columns = ["method", "options", "steps", "images_per_s", "ms_mean", "ms_std",
+               "peak_mib", "ratio_to_kd", "final_loss"]
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for r in report.results:
+        writer.writerow({
+            "method": r.label, "options": json.dumps(r.options), "steps": r.steps,
+            "images_per_s": f"{r.images_per_s:.2f}", "ms_mean": f"{r.ms_mean:.3f}",
+            "ms_std": f"{r.ms_std:.3f}",
+            "peak_mib": "" if r.peak_mib is None else f"{r.peak_mib:.1f}",
+            "ratio_to_kd": "" if r.ratio_to_kd is None else f"{r.ratio_to_kd:.3f}",
+            "final_loss": f"{r.final_loss:.4f}",
+        })
+    atomic_write_text(p, buf.getvalue())
+    return p
