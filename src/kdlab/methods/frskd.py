@@ -1,0 +1,143 @@
+"""FRSKD: feature refinement via self-knowledge distillation.
+
+Ji et al., "Refine Myself by Teaching Myself: Feature Refinement via Self-Knowledge
+Distillation", CVPR 2021. No pretrained teacher: a *self-teacher* (a BiFPNc pyramid and a
+classifier, :class:`kdlab.nn.bifpn.BiFPNc`) reads the student's own stage features, refines
+them, and teaches the student back through soft labels and attention maps.
+
+Loss (paper Eq. 6)::
+
+    L = CE(student) + CE(self-teacher) + alpha * L_KD + beta * L_F
+
+- ``L_KD``: KL(self-teacher soft labels || student soft labels) at temperature ``tau``,
+  scaled by ``tau^2`` (Hinton et al. 2015);
+- ``L_F``: attention transfer (channel-pooled, L2-normalised spatial maps, Zagoruyko &
+  Komodakis 2017) between each refined map and the student's feature at the same level,
+  summed over levels (:func:`kdlab.losses.attention.at_loss`).
+
+Gradient flow, as the paper states it (Sec. 3.2): the self-teacher reads *detached* student
+features, so its CE never reaches the student; its soft labels and refined maps are detached
+targets in ``L_KD`` and ``L_F``, so the distillation losses update the student only. The
+self-teacher learns from its own CE.
+
+Defaults follow the authors' CIFAR-100 setting (their README: alpha 2, beta 100; their code:
+temperature 4, width 2, depth 2, one BiFPN layer). The paper searches alpha in {1, 2, 3} and
+beta in {100, 200} per dataset. ``beta: 0`` is the paper's FRSKD\\F ablation (soft labels only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kdlab.errors import UserError
+from kdlab.losses.attention import at_loss
+from kdlab.methods import METHODS
+from kdlab.methods.base import Distiller, Losses
+from kdlab.models.staged import Staged
+from kdlab.nn.bifpn import BiFPNc
+
+
+def _soft_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+    """Hinton et al. 2015 soft-label loss: batch-mean KL(softmax(t/T) || softmax(s/T)) * T^2."""
+    log_p_s = F.log_softmax(student_logits / temperature, dim=1)
+    log_p_t = F.log_softmax(teacher_logits / temperature, dim=1)
+    kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1).mean()
+    return kl * temperature**2
+
+
+class SelfTeacherView(nn.Module):
+    """Images -> self-teacher logits (student features, detached, through the BiFPNc)."""
+
+    def __init__(self, student: Staged, self_teacher: BiFPNc, levels: int) -> None:
+        super().__init__()
+        self.student = student
+        self.self_teacher = self_teacher
+        self.levels = levels
+
+    def forward(self, images: Tensor) -> Tensor:
+        feats = self.student.features(images).stages[-self.levels :]
+        return self.self_teacher([f.detach() for f in feats])[1]
+
+
+@METHODS.register("frskd")
+class FRSKD(Distiller):
+    """FRSKD self-distillation (Ji et al., CVPR 2021); ``beta: 0`` gives FRSKD\\F."""
+
+    needs_teacher = False
+
+    @dataclass
+    class Config:
+        alpha: float = 2.0  # soft-label (KL) weight; paper: 1, 2 or 3 per dataset
+        beta: float = 100.0  # attention-transfer weight; paper: 100 or 200; 0 = FRSKD\F
+        temperature: float = 4.0
+        width: float = 2.0  # self-teacher channels per level: width x student channels
+        depth: int = 2  # depth-wise separable convolutions per fusion node
+        repeat: int = 1  # stacked BiFPN layers
+        levels: int | None = None  # use the last N student stages (None = all)
+
+    def __init__(
+        self,
+        student: Staged,
+        teacher: Staged | None = None,
+        cfg: FRSKD.Config | None = None,
+        *,
+        train_size: int | None = None,
+    ) -> None:
+        super().__init__(student, None, cfg, train_size=train_size)
+        c = self.cfg
+        if c.temperature <= 0 or c.width <= 0 or c.depth < 1 or c.repeat < 1:
+            raise UserError(
+                "FRSKD needs temperature > 0, width > 0, depth >= 1 and repeat >= 1; "
+                "fix the method section of the recipe."
+            )
+        if c.alpha < 0 or c.beta < 0:
+            raise UserError("FRSKD's alpha and beta must be >= 0; fix the method section.")
+        info = student.stage_info
+        levels = len(info) if c.levels is None else c.levels
+        if not 2 <= levels <= len(info):
+            raise UserError(
+                f"FRSKD needs 2 to {len(info)} feature levels for this student, got "
+                f"levels={c.levels}; set method.levels in that range or leave it out."
+            )
+        used = info[-levels:]
+        if any(s.height == 1 and s.width == 1 for s in used):
+            raise UserError(
+                "FRSKD's self-teacher needs spatial stage outputs (feature maps); this student "
+                "has a 1x1 stage among the last levels: lower method.levels."
+            )
+        self.levels = levels
+        self.self_teacher = BiFPNc(
+            [s.channels for s in used],
+            student.num_classes,
+            width=c.width,
+            depth=c.depth,
+            repeat=c.repeat,
+        )
+
+    def forward(
+        self, images: Tensor, targets: Tensor, index: Tensor | None = None
+    ) -> tuple[Tensor, Losses]:
+        out = self.student.features(images)
+        feats = out.stages[-self.levels :]
+        refined, st_logits = self.self_teacher([f.detach() for f in feats])
+        c = self.cfg
+        losses: Losses = {
+            "ce": F.cross_entropy(out.logits, targets),
+            "self_teacher_ce": F.cross_entropy(st_logits, targets),
+        }
+        if c.alpha > 0:
+            losses["kd"] = c.alpha * _soft_kl(out.logits, st_logits.detach(), c.temperature)
+        if c.beta > 0:
+            feat = sum(at_loss(f, r.detach()) for f, r in zip(feats, refined, strict=True))
+            losses["feat"] = c.beta * feat
+        return out.logits, losses
+
+    def evaluated(self) -> dict[str, nn.Module]:
+        """The student (selects the best checkpoint), then the self-teacher."""
+        return {
+            "student": self.student,
+            "self_teacher": SelfTeacherView(self.student, self.self_teacher, self.levels),
+        }
