@@ -1,0 +1,84 @@
+"""`kdlab bench`: method-variant parsing, a 2-step run of ce and kd on the cpu preset, the
+written results and the user errors. Timings are printed, never asserted."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from kdlab.cli import main
+from kdlab.engine.bench import MethodSpec, parse_methods
+
+
+def test_parse_methods_variants_and_options():
+    specs = parse_methods("ce, kd,fcfd:num_paths=1,k_min=2,fitnet,kd:temperature=8")
+    assert specs == [
+        MethodSpec("ce", "ce", {}),
+        MethodSpec("kd", "kd", {}),
+        MethodSpec("fcfd:num_paths=1,k_min=2", "fcfd", {"num_paths": 1, "k_min": 2}),
+        MethodSpec("fitnet", "fitnet", {}),
+        MethodSpec("kd:temperature=8", "kd", {"temperature": 8}),
+    ]
+    assert parse_methods("kd:temperature=4.5,reduce=true")[0].options == {
+        "temperature": 4.5, "reduce": True}
+
+
+@pytest.mark.parametrize("text", ["", "num_paths=1", "kd:temperature"])
+def test_parse_methods_rejects_malformed(text):
+    from kdlab.errors import UserError
+
+    with pytest.raises(UserError):
+        parse_methods(text)
+
+
+def bench_args(*extra: str) -> list[str]:
+    return ["bench", "--preset", "cpu", "--device", "cpu", "--batch", "8", "--steps", "2",
+            "--warmup", "1", *extra]
+
+
+def test_bench_runs_ce_and_kd_and_writes_json(tmp_path, capsys):
+    out = tmp_path / "results.json"
+    assert main(bench_args("--methods", "ce,kd", "--out", str(out))) == 0
+    printed = capsys.readouterr().out
+    assert "resnet20 -> resnet8" in printed and "torch" in printed
+    assert "peak RSS increase" in printed  # the header says how memory was measured
+    table = printed[printed.index("\nmethod "):].splitlines()[1:]
+    assert [line.split()[0] for line in table if line.strip()] == ["ce", "kd"]
+    report = json.loads(out.read_text())
+    meta = report["meta"]
+    assert meta["torch"] and meta["hardware"] and "bench" in meta["command"]
+    assert meta["batch"] == 8 and meta["steps"] == 2
+    assert [r["label"] for r in report["results"]] == ["ce", "kd"]
+    for r in report["results"]:
+        assert r["ms_mean"] > 0 and r["images_per_s"] > 0 and math.isfinite(r["final_loss"])
+    kd = report["results"][1]
+    assert kd["ratio_to_kd"] == pytest.approx(1.0)
+
+
+def test_bench_writes_csv_with_metadata(tmp_path, capsys):
+    out = tmp_path / "results.csv"
+    assert main(bench_args("--methods", "ce", "--out", str(out))) == 0
+    lines = out.read_text().splitlines()
+    meta = [line for line in lines if line.startswith("# ")]
+    table = [line for line in lines if not line.startswith("# ")]
+    assert any(line.startswith("# torch:") for line in meta)
+    assert any(line.startswith("# hardware:") for line in meta)
+    assert table[0].startswith("method,") and table[1].startswith("ce,")
+    assert "-" in capsys.readouterr().out  # no kd in the list: no ratio, printed as '-'
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--methods", "ce,kdd"], "Did you mean 'kd'"),
+    (["--methods", "kd:temprature=2"], "Did you mean 'temperature'"),
+    (["--pair", "resnet20"], "TEACHER:STUDENT"),
+    (["--pair", "resnet20:resnet9"], "Unknown model 'resnet9'"),
+    (["--methods", "ce", "--out", "results.txt"], ".csv or .json"),
+])
+def test_bench_user_errors(tmp_path, capsys, monkeypatch, extra, message):
+    monkeypatch.chdir(tmp_path)
+    assert main(bench_args(*extra)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kdlab: error:") and message in err
+    assert list(tmp_path.iterdir()) == []  # nothing written
