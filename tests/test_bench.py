@@ -44,8 +44,10 @@ def test_bench_runs_ce_and_kd_and_writes_json(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "resnet20 -> resnet8" in printed and "torch" in printed
     assert "peak RSS increase" in printed  # the header says how memory was measured
-    table = printed[printed.index("\nmethod "):].splitlines()[1:]
-    assert [line.split()[0] for line in table if line.strip()] == ["ce", "kd"]
+    lines = printed.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("method "))
+    assert [line.split()[0] for line in lines[start + 1:start + 3]] == ["ce", "kd"]
+    assert lines[start + 3].startswith("written to")
     report = json.loads(out.read_text())
     meta = report["meta"]
     assert meta["torch"] and meta["hardware"] and "bench" in meta["command"]
