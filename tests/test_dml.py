@@ -1,0 +1,126 @@
+"""DML (Zhang et al., CVPR 2018): peers, mutual KL against the formula, training steps."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from conftest import tiny_staged
+from kdlab.errors import UserError
+from kdlab.methods import build_distiller
+from kdlab.methods.dml import DML
+from kdlab.models import MODELS
+
+
+def _batch(student, n: int = 8, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(n, *student.input_shape, generator=g)
+    targets = torch.randint(0, student.num_classes, (n,), generator=g)
+    return images, targets
+
+
+def _ref_kl(p_logits, q_logits):
+    """Batch-mean KL(softmax(q) || softmax(p)) by loops (q is the target peer)."""
+    total = 0.0
+    for p_row, q_row in zip(p_logits.tolist(), q_logits.tolist(), strict=True):
+        zp = [math.exp(v) for v in p_row]
+        zq = [math.exp(v) for v in q_row]
+        p = [v / sum(zp) for v in zp]
+        q = [v / sum(zq) for v in zq]
+        total += sum(b * math.log(b / a) for a, b in zip(p, q, strict=True))
+    return total / len(p_logits)
+
+
+@pytest.fixture
+def tiny_peer_models(monkeypatch):
+    """Two tiny peer architectures in the model registry for the duration of a test."""
+    def wide(*, num_classes, in_channels, input_size):
+        return tiny_staged((12, 24, 48, 48), num_classes, in_channels, input_size, seed=5)
+
+    def narrow(*, num_classes, in_channels, input_size):
+        return tiny_staged((4, 8, 16, 16), num_classes, in_channels, input_size, seed=6)
+
+    monkeypatch.setitem(MODELS._entries, "test_tiny_wide", wide)
+    monkeypatch.setitem(MODELS._entries, "test_tiny_narrow", narrow)
+
+
+def test_default_peer_is_a_fresh_copy_of_the_student(tiny_pair):
+    _, student = tiny_pair
+    d = build_distiller("dml", {}, student, None)
+    assert isinstance(d, DML) and DML.needs_teacher is False
+    assert len(d.peers) == 1
+    peer = d.peers[0]
+    assert peer.stage_info == student.stage_info
+    # same architecture, different (re-initialised) weights
+    pairs = zip(student.parameters(), peer.parameters(), strict=True)
+    assert any(not torch.equal(a, b) for a, b in pairs)
+    assert list(d.evaluated()) == ["student", "peer1"]
+
+
+def test_named_peers_and_mutual_kl_formula(tiny_pair, tiny_peer_models):
+    _, student = tiny_pair
+    d = build_distiller("dml", {"peers": ["test_tiny_wide", "test_tiny_narrow"]}, student, None)
+    nets = d.evaluated()
+    assert list(nets) == ["student", "peer1_test_tiny_wide", "peer2_test_tiny_narrow"]
+    images, targets = _batch(student)
+    logits, losses = d(images, targets)
+    assert set(losses) == {
+        "ce", "kl",
+        "peer1_test_tiny_wide_ce", "peer1_test_tiny_wide_kl",
+        "peer2_test_tiny_narrow_ce", "peer2_test_tiny_narrow_kl",
+    }
+    outs = [net(images) for net in nets.values()]
+    torch.testing.assert_close(logits, outs[0])
+    for k, name in enumerate(["", "peer1_test_tiny_wide_", "peer2_test_tiny_narrow_"]):
+        others = [_ref_kl(outs[k], outs[j]) for j in range(3) if j != k]
+        assert losses[f"{name}kl"].item() == pytest.approx(sum(others) / 2, rel=1e-4)
+        ce = torch.nn.functional.cross_entropy(outs[k], targets)
+        torch.testing.assert_close(losses[f"{name}ce"], ce)
+
+
+def test_each_peer_gets_only_its_own_loss_gradient(tiny_pair):
+    _, student = tiny_pair
+    d = build_distiller("dml", {}, student, None)
+    _, losses = d(*_batch(student))
+    losses["kl"].backward()  # the student's mimicry loss: its targets are detached
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in d.student.parameters())
+    assert all(p.grad is None for p in d.peers.parameters())
+
+
+def test_every_peer_changes_and_loss_decreases(tiny_pair, tiny_peer_models):
+    _, student = tiny_pair
+    d = build_distiller("dml", {"peers": ["test_tiny_narrow"]}, student, None)
+    before = [[p.detach().clone() for p in net.parameters()] for net in d.evaluated().values()]
+    opt = torch.optim.SGD(d.parameters(), lr=0.05, momentum=0.9)
+    images, targets = _batch(student, n=8)
+    history = []
+    for _ in range(8):
+        _, losses = d(images, targets)
+        loss = sum(losses.values())
+        assert torch.isfinite(loss)
+        history.append(loss.item())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert history[-1] < history[0]
+    for old, net in zip(before, d.evaluated().values(), strict=True):
+        assert any(not torch.equal(a, b) for a, b in zip(old, net.parameters(), strict=True))
+
+
+def test_exported_lists_every_plain_network(tiny_pair, tiny_peer_models):
+    _, student = tiny_pair
+    d = build_distiller("dml", {"peers": ["test_tiny_wide"]}, student, None)
+    exported = d.exported()
+    assert list(exported) == ["student", "peer1_test_tiny_wide"]
+    assert exported["student"] is student.net
+    assert exported["peer1_test_tiny_wide"] is d.peers[0].net
+
+
+def test_bad_settings_are_user_errors(tiny_pair):
+    _, student = tiny_pair
+    with pytest.raises(UserError):
+        build_distiller("dml", {"peers": ["no_such_model_xyz"]}, student, None)
+    with pytest.raises(UserError):
+        build_distiller("dml", {"temperature": 0}, student, None)
