@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -73,9 +74,23 @@ def run(args: argparse.Namespace) -> int:
     from kdlab.engine.trainer import Trainer
 
     cfg = prepare(args)
-    summary = Trainer(cfg, resume=args.resume).fit()
+    out = Path(cfg.train.out_dir)
+    existed = out.exists()
+    try:
+        summary = Trainer(cfg, resume=args.resume).fit()
+    except UserError:
+        remove_if_empty_run(out, existed)
+        raise
     print_summary(summary)
     return 0
+
+
+def remove_if_empty_run(out: Path, existed: bool) -> None:
+    """After a failed start, remove the run folder this command created if it holds no
+    checkpoint (a run that failed later keeps its last checkpoint and logs)."""
+    if existed or not out.is_dir() or any(out.glob("*.pt")):
+        return
+    shutil.rmtree(out, ignore_errors=True)
 
 
 def print_summary(summary: dict[str, Any]) -> None:
