@@ -44,7 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except UserError as e:
-        print(f"kdlab: error: {e}", file=sys.stderr)
+        message = " ".join(str(e).split())  # always one line
+        print(f"kdlab: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("kdlab: interrupted", file=sys.stderr)
