@@ -1,0 +1,69 @@
+"""Dataset registry, dataset metadata and the interface every dataset entry implements."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Protocol
+
+import torch
+
+from kdlab.registry import Registry
+
+if TYPE_CHECKING:
+    from kdlab.config import DataConfig
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a model and a trainer need to know about a dataset (no data loaded).
+
+    ``mean`` and ``std`` are per channel, on the [0, 1] pixel scale; the loaders normalise
+    with them. In :class:`Loaders` ``train_size`` / ``val_size`` count the samples actually
+    used (after ``train_subset`` / ``val_subset``).
+    """
+
+    name: str
+    num_classes: int
+    in_channels: int
+    input_size: int
+    train_size: int
+    val_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+class EpochLoader(Protocol):
+    """A loader: ``len`` batches per epoch, ``set_epoch``, and (images, targets, index)."""
+
+    def __len__(self) -> int: ...
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+    def __iter__(self) -> Iterator[Batch]: ...
+
+
+@dataclass
+class Loaders:
+    """The train and validation loaders of one run, and the dataset's (subset-aware) info."""
+
+    train: EpochLoader
+    val: EpochLoader
+    info: DatasetInfo
+
+
+class DatasetSource:
+    """A registered dataset: class-level :attr:`info` plus :meth:`build` that makes the loaders."""
+
+    info: ClassVar[DatasetInfo]
+
+    def build(
+        self, cfg: DataConfig, device: torch.device, *, seed: int, rank: int, world_size: int
+    ) -> Loaders:
+        raise NotImplementedError
+
+
+DATASETS: Registry[type[DatasetSource]] = Registry("dataset")

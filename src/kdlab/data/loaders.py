@@ -1,0 +1,100 @@
+"""``build_loaders`` and ``describe``: the data layer's entry points.
+
+``build_loaders(cfg, device)`` looks the dataset up in :data:`DATASETS` and returns train and
+validation loaders that yield ``(images, targets, index)`` already on ``device``: images
+float32, normalised, NCHW; targets and dataset indices int64. ``loader.set_epoch(e)`` makes
+order and augmentation a function of ``(seed, e)``. With ``world_size > 1`` each rank gets a
+disjoint shard: training as ``DistributedSampler`` (padded to equal shards), validation
+unpadded (every sample on exactly one rank, shard sizes differ by at most one).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import torch
+
+from kdlab.config import DataConfig
+from kdlab.data.augment import CropFlip
+from kdlab.data.base import DATASETS, DatasetInfo, DatasetSource, Loaders
+from kdlab.data.device_loader import TensorLoader
+from kdlab.errors import UserError
+
+Split = tuple[torch.Tensor, torch.Tensor]  # uint8 (N, C, H, W), int64 (N,)
+
+
+def describe(name: str) -> DatasetInfo:
+    """The registered dataset's info, without loading data (unknown names suggest close ones)."""
+    return DATASETS.get(name).info
+
+
+def check_config(cfg: DataConfig, rank: int, world_size: int) -> None:
+    """Raise a UserError for sizes and ranks that cannot work."""
+    for key in ("batch_size", "eval_batch_size"):
+        if getattr(cfg, key) < 1:
+            raise UserError(f"data.{key} must be at least 1, got {getattr(cfg, key)}.")
+    for key in ("train_subset", "val_subset"):
+        value = getattr(cfg, key)
+        if value is not None and value < 1:
+            raise UserError(f"data.{key} must be at least 1 (or null for all), got {value}.")
+    if cfg.num_workers < 0:
+        raise UserError(f"data.num_workers must be 0 or more, got {cfg.num_workers}.")
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not within world size {world_size}")
+
+
+def subset_size(n: int, subset: int | None) -> int:
+    return n if subset is None else min(n, subset)
+
+
+def check_batches(train_loader_len: int, cfg: DataConfig, n_train: int, world_size: int) -> None:
+    if train_loader_len == 0:
+        raise UserError(
+            f"data.batch_size={cfg.batch_size} is larger than the {n_train} training samples "
+            f"of {world_size} process(es) allow for one batch each; lower data.batch_size or "
+            "raise data.train_subset."
+        )
+
+
+class TensorSource(DatasetSource):
+    """A dataset small enough to hold as one uint8 tensor; subclasses implement :meth:`load`.
+
+    By default (``data.device_resident: null``) the tensor lives on the training device and
+    batches are gathered and augmented there; ``false`` keeps it in host memory and moves each
+    batch (same batches either way).
+    """
+
+    augmentation: ClassVar[CropFlip]
+    scale: ClassVar[float] = 255.0
+
+    def load(self, cfg: DataConfig) -> tuple[Split, Split]:
+        """(train, val) as ((images uint8 NCHW, labels int64), ...) in host memory."""
+        raise NotImplementedError
+
+    def build(
+        self, cfg: DataConfig, device: torch.device, *, seed: int, rank: int, world_size: int
+    ) -> Loaders:
+        (xt, yt), (xv, yv) = self.load(cfg)
+        nt, nv = subset_size(len(yt), cfg.train_subset), subset_size(len(yv), cfg.val_subset)
+        store = torch.device(device) if cfg.device_resident is not False else torch.device("cpu")
+        common = dict(device=device, mean=self.info.mean, std=self.info.std, scale=self.scale,
+                      seed=seed, rank=rank, world_size=world_size)
+        train = TensorLoader(
+            xt[:nt].to(store), yt[:nt].to(store), batch_size=cfg.batch_size, train=True,
+            augment=self.augmentation if cfg.augment else None, **common)
+        val = TensorLoader(xv[:nv].to(store), yv[:nv].to(store),
+                           batch_size=cfg.eval_batch_size, train=False, **common)
+        check_batches(len(train), cfg, nt, world_size)
+        info = dataclasses.replace(self.info, train_size=nt, val_size=nv)
+        return Loaders(train=train, val=val, info=info)
+
+
+def build_loaders(
+    cfg: DataConfig, device: torch.device, *, seed: int = 0, rank: int = 0, world_size: int = 1
+) -> Loaders:
+    """Train and validation loaders for ``cfg.name`` on ``device`` (this rank's shards)."""
+    source = DATASETS.get(cfg.name)
+    check_config(cfg, rank, world_size)
+    return source().build(cfg, torch.device(device), seed=seed, rank=rank,
+                          world_size=world_size)
