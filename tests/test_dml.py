@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
 from conftest import tiny_staged
+from kdlab.config import build_dataclass, load_config
 from kdlab.errors import UserError
 from kdlab.methods import build_distiller
 from kdlab.methods.dml import DML
@@ -124,3 +126,18 @@ def test_bad_settings_are_user_errors(tiny_pair):
         build_distiller("dml", {"peers": ["no_such_model_xyz"]}, student, None)
     with pytest.raises(UserError):
         build_distiller("dml", {"temperature": 0}, student, None)
+
+
+RECIPES = sorted(Path(__file__).resolve().parents[1].glob("recipes/*/dml/*.yaml"))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: f"{p.parent.parent.name}/{p.name}")
+def test_recipe_is_valid(path):
+    cfg = load_config(path)
+    assert cfg.method_name == "dml"
+    opts = build_dataclass(DML.Config, cfg.method_options, where="method.dml")
+    assert len(opts.peers) >= 1 and opts.temperature == 1.0
+
+
+def test_there_are_dml_recipes():
+    assert any(p.parts[-3] == "fashion_mnist" for p in RECIPES)

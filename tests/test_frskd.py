@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 import torchvision
 from torch import nn
 
+from kdlab.config import build_dataclass, load_config
 from kdlab.errors import UserError
 from kdlab.methods import build_distiller
 from kdlab.methods.frskd import FRSKD
@@ -172,3 +174,20 @@ def test_torchvision_resnet18_one_step():
     loss.backward()
     opt.step()
     assert all(p.grad is not None for p in d.self_teacher.parameters())
+
+
+RECIPES = sorted(Path(__file__).resolve().parents[1].glob("recipes/*/frskd/*.yaml"))
+
+
+def test_recipes_exist_including_frskd_f():
+    names = {p.name for p in RECIPES}
+    assert "resnet8_from_self.yaml" in names and "resnet8_from_self_f.yaml" in names
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: f"{p.parent.parent.name}/{p.name}")
+def test_recipe_is_valid(path):
+    cfg = load_config(path)
+    assert cfg.method_name == "frskd"
+    opts = build_dataclass(FRSKD.Config, cfg.method_options, where="method.frskd")
+    assert opts.alpha in (1.0, 2.0, 3.0) and opts.beta in (0.0, 100.0, 200.0)
+    assert (opts.beta == 0.0) == path.stem.endswith("_f")
