@@ -51,13 +51,13 @@ def build_network(spec: dict[str, Any], state: dict[str, Any], name: str) -> Sta
 
 
 def run(args: argparse.Namespace) -> int:
-    from kdlab.data import build_loaders
-    from kdlab.engine.evaluate import evaluate
-    from kdlab.engine.trainer import resolve_device
-
     ckpt_path = find_checkpoint(args.path, args.which)
     ckpt = load_run_checkpoint(ckpt_path)
     cfg = run_config(ckpt_path, ckpt, args.overrides)
+    from kdlab.data import build_loaders
+    from kdlab.engine.build import resolve_device
+    from kdlab.engine.evaluate import evaluate
+
     device = resolve_device(args.device or cfg.train.device)
     loaders = build_loaders(cfg.data, device=device)
     val = loaders.val

@@ -71,9 +71,9 @@ def check(cfg: RunConfig, mode: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    cfg = prepare(args)
     from kdlab.engine.trainer import Trainer
 
-    cfg = prepare(args)
     out = Path(cfg.train.out_dir)
     existed = out.exists()
     try:
