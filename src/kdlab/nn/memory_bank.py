@@ -1,0 +1,89 @@
+"""CRD's memory banks: one L2-normalised embedding per training sample, for each network.
+
+Tian, Krishnan & Isola, "Contrastive Representation Distillation", ICLR 2020 (Sec. 3.4,
+memory buffer with momentum updates, after Wu et al. 2018).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from kdlab.errors import UserError
+
+
+def sample_negatives(index: Tensor, num_data: int, k: int,
+                     generator: torch.Generator | None = None) -> Tensor:
+    """``(b, k + 1)`` bank rows: column 0 the positive ``index``, then ``k`` uniform negatives
+    drawn with replacement from the other ``num_data - 1`` samples."""
+    b = index.shape[0]
+    draw = torch.randint(0, num_data - 1, (b, k), device=index.device, generator=generator)
+    draw = draw + (draw >= index.view(-1, 1)).long()  # skip the positive itself
+    return torch.cat([index.view(-1, 1), draw], dim=1)
+
+
+class ContrastMemory(nn.Module):
+    """Two memory banks (student and teacher embeddings) and the normalised NCE scores.
+
+    The banks and the normalising constants Z are buffers: they travel with the
+    ``state_dict`` into every checkpoint. Scores are ``exp(<v, m> / T) / Z`` where Z is
+    fixed from the first batch (mean score times ``num_data``), as in the paper's NCE.
+    After scoring, the positives' rows are moved towards the new embeddings:
+    ``m <- normalise(momentum * m + (1 - momentum) * v)``.
+    """
+
+    def __init__(self, dim: int, num_data: int, num_negatives: int,
+                 temperature: float = 0.07, momentum: float = 0.5) -> None:
+        super().__init__()
+        if num_negatives >= num_data:
+            raise UserError(
+                f"CRD draws {num_negatives} negatives but the training set has only "
+                f"{num_data} samples; set method.num_negatives below {num_data}."
+            )
+        self.num_data = num_data
+        self.num_negatives = num_negatives
+        self.temperature = temperature
+        self.momentum = momentum
+        std = 1.0 / math.sqrt(dim / 3)
+        self.register_buffer("bank_student", torch.rand(num_data, dim).mul_(2 * std).sub_(std))
+        self.register_buffer("bank_teacher", torch.rand(num_data, dim).mul_(2 * std).sub_(std))
+        self.register_buffer("z_student", torch.tensor(-1.0))
+        self.register_buffer("z_teacher", torch.tensor(-1.0))
+
+    def forward(self, v_student: Tensor, v_teacher: Tensor, index: Tensor,
+                rows: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Scores ``(b, K + 1)`` of the student embeddings against the teacher bank, and of
+        the teacher embeddings against the student bank. ``rows`` overrides the sampled
+        bank rows (tests)."""
+        if index.min() < 0 or index.max() >= self.num_data:
+            raise UserError(
+                f"CRD got sample index {int(index.max())} outside its memory bank of "
+                f"{self.num_data}; build the method with the training set's size."
+            )
+        if rows is None:
+            rows = sample_negatives(index, self.num_data, self.num_negatives)
+        with torch.no_grad():
+            w_teacher = self.bank_teacher[rows].detach()
+            w_student = self.bank_student[rows].detach()
+        s_scores = torch.exp(torch.bmm(w_teacher, v_student.unsqueeze(2)).squeeze(2)
+                             / self.temperature)
+        t_scores = torch.exp(torch.bmm(w_student, v_teacher.unsqueeze(2)).squeeze(2)
+                             / self.temperature)
+        if self.z_student < 0:
+            self.z_student.fill_(float(s_scores.mean().detach()) * self.num_data)
+        if self.z_teacher < 0:
+            self.z_teacher.fill_(float(t_scores.mean().detach()) * self.num_data)
+        s_scores = s_scores / self.z_student
+        t_scores = t_scores / self.z_teacher
+        if self.training:
+            self.update(v_student, v_teacher, index)
+        return s_scores, t_scores
+
+    @torch.no_grad()
+    def update(self, v_student: Tensor, v_teacher: Tensor, index: Tensor) -> None:
+        """Momentum update of the positives' rows, then L2 normalisation."""
+        for bank, v in ((self.bank_student, v_student), (self.bank_teacher, v_teacher)):
+            new = bank[index] * self.momentum + v.detach() * (1 - self.momentum)
+            bank[index] = nn.functional.normalize(new, dim=1)
