@@ -39,14 +39,11 @@ def crop_flip(
     b, c, h, w = images.shape
     dev = images.device
     padded = F.pad(images, (pad, pad, pad, pad)) if pad else images
-    ar_h = torch.arange(h, device=dev)
-    ar_w = torch.arange(w, device=dev)
-    rows = dy.to(dev).view(b, 1) + ar_h  # (B, H)
-    cols_fwd = ar_w.view(1, w).expand(b, w)
-    cols = torch.where(flip.to(dev).view(b, 1), cols_fwd.flip(1), cols_fwd) + dx.to(dev).view(b, 1)
-    bi = torch.arange(b, device=dev).view(b, 1, 1, 1)
-    ci = torch.arange(c, device=dev).view(1, c, 1, 1)
-    return padded[bi, ci, rows.view(b, 1, h, 1), cols.view(b, 1, 1, w)]
+    rows = dy.to(dev).view(b, 1) + torch.arange(h, device=dev)  # (B, H) rows of the window
+    rows = rows.view(b, 1, h, 1).expand(b, c, h, w + 2 * pad)
+    ar = torch.arange(w, device=dev).view(1, w).expand(b, w)
+    cols = torch.where(flip.to(dev).view(b, 1), ar.flip(1), ar) + dx.to(dev).view(b, 1)
+    return padded.gather(2, rows).gather(3, cols.view(b, 1, 1, w).expand(b, c, h, w))
 
 
 def normalise(

@@ -1,9 +1,10 @@
 """Fashion-MNIST (Xiao, Rasul & Vollgraf 2017, arXiv:1708.07747): 28x28 grey clothing images.
 
-The embedded default. The four original IDX files (gzip-compressed or not) are read directly
-from, in order: ``data.root``; Debian's ``dataset-fashion-mnist`` package
-(``/usr/share/datasets/fashion-mnist``); ``~/.cache/kdlab/FashionMNIST/raw``; and, when
-``data.download`` is true, torchvision downloads them there (or into ``data.root``).
+The embedded default. The four original IDX files (gzip-compressed or not) are read directly.
+With ``data.root`` set they are looked for there (or in torchvision's ``FashionMNIST/raw``
+below it) and downloaded there if missing and ``data.download`` is true. Without it: Debian's
+``dataset-fashion-mnist`` package (``/usr/share/datasets/fashion-mnist``), then
+``~/.cache/kdlab/FashionMNIST/raw``, where torchvision downloads them if allowed.
 """
 
 from __future__ import annotations
