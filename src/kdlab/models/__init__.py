@@ -16,8 +16,20 @@ MODELS: Registry = Registry("model")
 def build_model(
     name: str, *, num_classes: int, in_channels: int = 3, input_size: int = 32
 ) -> Staged:
-    """Build a registered model by name (an unknown name suggests close ones)."""
-    return MODELS.get(name)(num_classes=num_classes, in_channels=in_channels, input_size=input_size)
+    """Build a registered model by name (an unknown name suggests close ones).
+
+    The result and its ``net`` carry ``kdlab_spec`` (model name, num_classes, in_channels,
+    input_size), which run checkpoints record so that exports and ``kdlab eval`` can rebuild
+    the plain model.
+    """
+    staged = MODELS.get(name)(
+        num_classes=num_classes, in_channels=in_channels, input_size=input_size
+    )
+    spec = {"model": name, "num_classes": num_classes, "in_channels": in_channels,
+            "input_size": input_size}
+    staged.kdlab_spec = spec
+    staged.net.kdlab_spec = spec
+    return staged
 
 
 import_submodules(__name__)
