@@ -47,10 +47,14 @@ def crop_flip(
 
 
 def normalise(
-    images: torch.Tensor, mean: Sequence[float], std: Sequence[float], scale: float = 255.0
+    images: torch.Tensor,
+    mean: Sequence[float] | torch.Tensor,
+    std: Sequence[float] | torch.Tensor,
+    scale: float = 255.0,
 ) -> torch.Tensor:
-    """``(images / scale - mean) / std`` per channel, as float32."""
+    """``(images / scale - mean) / std`` per channel, as float32 (mean/std may be tensors
+    already on the device, which avoids a host-to-device copy per batch)."""
     c = images.shape[1]
-    m = torch.tensor(mean, dtype=torch.float32, device=images.device).view(1, c, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32, device=images.device).view(1, c, 1, 1)
+    m = torch.as_tensor(mean, dtype=torch.float32, device=images.device).view(1, c, 1, 1)
+    s = torch.as_tensor(std, dtype=torch.float32, device=images.device).view(1, c, 1, 1)
     return (images.float() / scale - m) / s

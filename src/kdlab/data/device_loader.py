@@ -44,11 +44,13 @@ class TensorLoader:
     ) -> None:
         if images.shape[0] != labels.shape[0]:
             raise ValueError("images and labels differ in length")
+        self.device = torch.device(device)
         self.images = images
         self.labels = labels.to(images.device, torch.int64)
         self.batch_size = batch_size
-        self.device = torch.device(device)
-        self.mean, self.std, self.scale = tuple(mean), tuple(std), scale
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device)
+        self.std = torch.tensor(std, dtype=torch.float32, device=self.device)
+        self.scale = scale
         self.train = train
         self.augment = augment if train else None
         self.seed, self.rank, self.world_size = seed, rank, world_size

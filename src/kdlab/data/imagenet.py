@@ -67,7 +67,8 @@ class FolderLoader:
     def __init__(self, dataset: IndexedFolder, sampler: Any, *, batch_size: int, train: bool,
                  device: torch.device, num_workers: int, mean: tuple, std: tuple) -> None:
         self.dataset, self.sampler, self.device = dataset, sampler, device
-        self.mean, self.std = mean, std
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=device)
+        self.std = torch.tensor(std, dtype=torch.float32, device=device)
         self.loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler,
                                  num_workers=num_workers, drop_last=train,
                                  pin_memory=device.type == "cuda")
