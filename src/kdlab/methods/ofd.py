@@ -44,6 +44,7 @@ class PreReLUTap:
 
     def __init__(self, net: Staged, stages: list[int], role: str) -> None:
         self.stages = stages
+        self.role = role
         self.relus: dict[int, nn.ReLU] = {}
         self.bns: dict[int, nn.BatchNorm2d] = {}
         self._captured: dict[int, Tensor] = {}
@@ -104,7 +105,12 @@ class PreReLUTap:
         """The pre-ReLU map of each chosen stage from the pass just run."""
         result = []
         for i in self.stages:
-            result.append(self._captured.pop(i) if i in self.relus else out.stages[i])
+            if i not in self.relus:
+                result.append(out.stages[i])
+            elif i in self._captured:
+                result.append(self._captured.pop(i))
+            else:  # the ReLU module found is not the one that ran
+                raise UserError(self._no_relu(self.role, i))
         self._captured = {}
         return result
 
