@@ -1,0 +1,75 @@
+"""FitNet: a hint loss between a bridged student feature and a teacher feature.
+
+Romero et al., "FitNets: Hints for Thin Deep Nets", ICLR 2015. As in the CRD benchmark
+(Tian et al., ICLR 2020), the hint is trained jointly with the task loss (one stage, no
+separate hint pre-training), with weight 100 on the mean-squared hint loss. The regressor is
+the same :class:`~kdlab.nn.bridge.Bridge` FCFD uses (conv + BN, + LeakyReLU for post-ReLU
+targets).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from kdlab.errors import UserError
+from kdlab.losses.hint import hint_loss
+from kdlab.methods import METHODS
+from kdlab.methods.base import Distiller, Losses
+from kdlab.models.staged import Staged
+from kdlab.nn.bridge import Bridge
+
+
+@METHODS.register("fitnet")
+class FitNet(Distiller):
+    """FitNet (Romero et al., ICLR 2015): CE + weight * MSE(B(F_s^k), F_t^k)."""
+
+    @dataclass
+    class Config:
+        """``position`` is the 1-based stage whose output is the hint / guided layer
+        (``features(x).stages[position - 1]``); 2 is the middle of a 4-stage network, as
+        CRD's hint layer 2."""
+
+        ce_weight: float = 1.0
+        hint_weight: float = 100.0
+        position: int = 2
+
+    def __init__(
+        self,
+        student: Staged,
+        teacher: Staged | None,
+        cfg: object | None = None,
+        *,
+        train_size: int | None = None,
+    ) -> None:
+        super().__init__(student, teacher, cfg, train_size=train_size)
+        if teacher is None:
+            raise UserError(
+                "FitNet needs a teacher: set model.teacher and model.teacher_checkpoint."
+            )
+        k = self.cfg.position
+        n = min(student.num_stages, teacher.num_stages)
+        if not 1 <= k <= n:
+            raise UserError(
+                f"method.position {k} is outside the stages; use 1..{n} (1-based stage numbers)."
+            )
+        self.bridge = Bridge(
+            student.stage_info[k - 1], teacher.stage_info[k - 1],
+            where=f"student -> teacher at stage {k}",
+        )
+
+    def forward(
+        self, images: Tensor, targets: Tensor, index: Tensor | None = None
+    ) -> tuple[Tensor, Losses]:
+        c = self.cfg
+        t = self.teacher_features(images)
+        s = self.student.features(images)
+        losses: Losses = {}
+        if c.ce_weight:
+            losses["ce"] = c.ce_weight * F.cross_entropy(s.logits, targets)
+        if c.hint_weight:
+            guided = self.bridge(s.stages[c.position - 1])
+            losses["hint"] = c.hint_weight * hint_loss(guided, t.stages[c.position - 1])
+        return s.logits, losses
