@@ -64,6 +64,8 @@ class ContrastMemory(nn.Module):
             )
         if rows is None:
             rows = sample_negatives(index, self.num_data, self.num_negatives)
+        # float32 even under autocast: exp(1 / 0.07) overflows float16
+        v_student, v_teacher = v_student.float(), v_teacher.float()
         with torch.no_grad():
             w_teacher = self.bank_teacher[rows].detach()
             w_student = self.bank_student[rows].detach()
