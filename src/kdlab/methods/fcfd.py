@@ -1,0 +1,305 @@
+"""FCFD: Function-Consistent Feature Distillation.
+
+Liu, Kan, Shan & Chen, ICLR 2023 (``/work/shared/papers/fcfd-paper.txt``). Both networks are
+cut into N stages; at positions k a student feature is judged by its appearance (``L_app``,
+Eq. 5) and by its function: bridged through the teacher's later stages (``L_func``, path
+``<k, delta=1>``, Eq. 6) and, the other way round, a bridged teacher feature through the
+student's later stages (``L_func'``, path ``<k, delta=0>``, Eq. 7). Each iteration samples
+``|S|`` of the candidate paths (Eq. 9). See ``docs/fcfd.md`` for how every term maps to the
+paper and where we differ from the authors' code.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kdlab.errors import UserError
+from kdlab.losses.fcfd import app_loss, func_l2_loss
+from kdlab.methods import METHODS
+from kdlab.methods.base import Distiller, Losses
+from kdlab.models.staged import Staged
+from kdlab.nn.bridge import Bridge
+from kdlab.nn.path_bn import PathStats
+from kdlab.nn.simkd_projector import ReusedHead, SimKDProjector, SimKDStudent
+
+Path = tuple[int, int]  # (k, delta): 1-based position, 1 = student->teacher, 0 = teacher->student
+
+
+@METHODS.register("fcfd")
+class FCFD(Distiller):
+    """FCFD (Liu et al., ICLR 2023): L_task + L_kd + sum_K L_app + sampled L_func / L_func'."""
+
+    @dataclass
+    class Config:
+        """FCFD hyper-parameters; defaults are the paper's CIFAR-100 setting (App. A.1).
+
+        Positions use the paper's 1-based stage numbering: ``k`` in ``1..N`` names the
+        output of stage ``k`` (``F^k``), i.e. ``Staged.features(x).stages[k - 1]``. With
+        the default ``k_min = 2`` on 4-stage networks the function paths start at
+        ``k in {2, 3}`` (four candidates ``<k, delta>``, App. H.2) and ``L_app`` is applied
+        at ``k in {2, 3, 4}`` (every position from ``k_min`` on, as in the authors' code).
+        """
+
+        ce_weight: float = 1.0  # L_task
+        kd_weight: float = 1.0  # L_kd
+        temperature: float = 4.0  # shared by L_kd, L_func-KL and L_func' (4 or 8; 1 on ImageNet)
+        app_weight: float = 0.02  # L_app (0.02 or 5.0)
+        func_l2_weight: float = 0.02  # L2 terms of L_func (the paper ties it to app_weight)
+        func_kl_weight: float = 1.0  # KL term of L_func (1 or 0.2)
+        funcp_kl_weight: float = 1.0  # L_func' (the paper ties it to func_kl_weight)
+        funcp_l2_weight: float = 0.0  # App. G's L_func'-L2 (off in the paper's main results)
+        k_min: int = 2  # smallest function-path position (App. H.3)
+        positions: list[int] | None = None  # function-path positions; None = k_min..N-1
+        app_positions: list[int] | None = None  # L_app positions; None = k_min..N
+        directions: str = "both"  # both | s2t (delta=1, L_func only) | t2s (delta=0, L_func')
+        num_paths: int | str = 2  # |S| paths sampled per iteration, or "all"
+        partial_func: bool = False  # App. H.4: L_func through one teacher stage, L2 only
+        pooled_l2: bool = True  # authors' code: also L2 of pooled last features (docs)
+        l2_warmup_epochs: int = 20  # authors' code: L2 weights ramp up linearly; 0 = off
+        logit_loss: str = "kl"  # kl | dkd (FCFD+DKD, App. C.1)
+        dkd_alpha: float = 1.0  # TCKD weight for logit_loss = dkd
+        dkd_beta: float = 2.0  # NCKD weight for logit_loss = dkd
+        simkd: bool = False  # FCFD+SimKD (App. C.2): logits = C_t(B_st^N(F_s^N))
+        simkd_factor: int = 2  # SimKD projector bottleneck factor
+
+    def __init__(
+        self,
+        student: Staged,
+        teacher: Staged | None,
+        cfg: object | None = None,
+        *,
+        train_size: int | None = None,
+    ) -> None:
+        super().__init__(student, teacher, cfg, train_size=train_size)
+        if teacher is None:
+            raise UserError(
+                "FCFD needs a teacher: set model.teacher and model.teacher_checkpoint."
+            )
+        c = self.cfg
+        n = student.num_stages
+        if teacher.num_stages != n:
+            raise UserError(
+                f"FCFD needs teacher and student cut into the same number of stages (teacher "
+                f"{teacher.num_stages}, student {n}); pick a pair from the same stage layout."
+            )
+        self.num_stages = n
+        if c.logit_loss not in ("kl", "dkd"):
+            raise UserError(f"method.logit_loss must be 'kl' or 'dkd', got {c.logit_loss!r}.")
+        if c.directions not in ("both", "s2t", "t2s"):
+            raise UserError(
+                f"method.directions must be 'both', 's2t' or 't2s', got {c.directions!r}."
+            )
+        if not 1 <= c.k_min <= n:
+            raise UserError(f"method.k_min must be in 1..{n} (stages are numbered from 1).")
+        positions = list(range(c.k_min, n)) if c.positions is None else list(c.positions)
+        app_positions = (
+            list(range(c.k_min, n + 1)) if c.app_positions is None else list(c.app_positions)
+        )
+        for name, ks in (("positions", positions), ("app_positions", app_positions)):
+            bad = [k for k in ks if not 1 <= k <= n]
+            if bad:
+                raise UserError(
+                    f"method.{name} {bad} outside the stages: use positions in 1..{n} (the "
+                    "paper's 1-based stage numbering)."
+                )
+        if c.partial_func and n in positions:
+            raise UserError(
+                f"method.partial_func runs one teacher stage after k, so positions must be "
+                f"below {n}; drop {n} from method.positions."
+            )
+        self.positions = sorted(set(positions))
+        self.app_positions = sorted(set(app_positions)) if c.app_weight else []
+
+        deltas = {"both": (1, 0), "s2t": (1,), "t2s": (0,)}[c.directions]
+        self.candidates: list[Path] = [(k, d) for d in deltas for k in self.positions]
+        if c.num_paths == "all":
+            self.num_paths = len(self.candidates)
+        elif isinstance(c.num_paths, int) and 0 <= c.num_paths <= len(self.candidates):
+            self.num_paths = c.num_paths
+        else:
+            raise UserError(
+                f"method.num_paths is {c.num_paths!r} but there are {len(self.candidates)} "
+                f"candidate paths {self.candidates}; use 0..{len(self.candidates)} or 'all'."
+            )
+        #: some bridges and stages get no gradient in an iteration (DDP must know)
+        self.may_skip_parameters = self.num_paths < len(self.candidates)
+
+        # ------------------------------------------------------------- bridges
+        s_info, t_info = student.stage_info, teacher.stage_info
+        st_positions = set(self.app_positions) | {k for k, d in self.candidates if d == 1}
+        if c.simkd:
+            st_positions.add(n)
+        self.b_st = nn.ModuleDict()
+        self.b_ts = nn.ModuleDict()
+        for k in sorted(st_positions):
+            if c.simkd and k == n:
+                if (s_info[-1].height, s_info[-1].width) != (t_info[-1].height, t_info[-1].width):
+                    raise UserError(
+                        "FCFD+SimKD needs the last student and teacher features of the same "
+                        "spatial size; set method.simkd=false for this pair."
+                    )
+                self.b_st[str(k)] = SimKDProjector(
+                    s_info[-1].channels, t_info[-1].channels, c.simkd_factor
+                )
+                continue
+            self.b_st[str(k)] = Bridge(
+                s_info[k - 1], t_info[k - 1], where=f"student -> teacher at stage {k}"
+            )
+        for k in sorted({k for k, d in self.candidates if d == 0}):
+            self.b_ts[str(k)] = Bridge(
+                t_info[k - 1], s_info[k - 1], where=f"teacher -> student at stage {k}"
+            )
+
+        # ------------------------------------------------------------- SimKD head
+        self.simkd_head: ReusedHead | None = None
+        if c.simkd:
+            head = list(teacher.head_modules())
+            n_cls = len(teacher.classifier_modules())
+            self.simkd_head = ReusedHead(
+                copy.deepcopy(head[: len(head) - n_cls]),
+                teacher._pool,
+                copy.deepcopy(head[len(head) - n_cls :]),
+            )
+            object.__setattr__(self, "_deployable", SimKDStudent(
+                student, self.b_st[str(n)], self.simkd_head,
+                (t_info[-1].height, t_info[-1].width)))
+
+        # ------------------------------------------------------------- path-aware BN
+        # Paths <k, 0> feed bridged teacher features to the student's stages k+1..N and
+        # head: each keeps its own running statistics there. The teacher is frozen in eval
+        # mode, so its BN layers use (and never update) their trained statistics on every
+        # path and need no copies.
+        self.path_stats = PathStats()
+        for k in sorted({k for k, d in self.candidates if d == 0}):
+            modules = [student.stage_modules(i) for i in range(k, n)]
+            modules.append(student.head_modules())
+            if c.simkd:
+                modules.append(self.b_st[str(n)])
+            self.path_stats.add_path(self.path_name(k), modules)
+
+        self._l2_scale = 1.0
+
+    # ----------------------------------------------------------------- helpers
+    @staticmethod
+    def path_name(k: int) -> str:
+        """Name of the BN statistics of path ``<k, delta=0>``."""
+        return f"t2s_k{k}"
+
+    def set_epoch(self, epoch: int, num_epochs: int) -> None:
+        w = self.cfg.l2_warmup_epochs
+        self._l2_scale = min(1.0, (epoch + 1) / w) if w > 0 else 1.0
+
+    def sample_paths(self) -> list[Path]:
+        """|S| candidate paths, drawn with torch's global RNG (reproducible per seed)."""
+        if self.num_paths == len(self.candidates):
+            return list(self.candidates)
+        idx = torch.randperm(len(self.candidates))[: self.num_paths].tolist()
+        return [self.candidates[i] for i in sorted(idx)]
+
+    def _logit_loss(self, logits: Tensor, teacher_logits: Tensor, targets: Tensor) -> Tensor:
+        """KL at temperature tau (x tau^2), or DKD for FCFD+DKD: L_kd, L_func-KL, L_func'."""
+        from kdlab.losses.logits import dkd_loss, kd_loss  # the logit-losses module
+
+        c = self.cfg
+        if c.logit_loss == "dkd":
+            return dkd_loss(logits, teacher_logits, targets, c.dkd_alpha, c.dkd_beta,
+                            c.temperature)
+        return kd_loss(logits, teacher_logits, c.temperature)
+
+    # ----------------------------------------------------------------- the method
+    def forward(
+        self, images: Tensor, targets: Tensor, index: Tensor | None = None
+    ) -> tuple[Tensor, Losses]:
+        c, n = self.cfg, self.num_stages
+        teacher = self.teacher
+        assert teacher is not None
+        t = self.teacher_features(images)
+        s = self.student.features(images)
+        paths = self.sample_paths()
+        l2w = self._l2_scale
+
+        # B_st(F_s^k) once per k: shared by L_app, the paths <k, 1> and the SimKD head
+        need_st = set(self.app_positions) | {k for k, d in paths if d == 1}
+        if self.simkd_head is not None:
+            need_st.add(n)
+        bridged = {k: self.b_st[str(k)](s.stages[k - 1]) for k in sorted(need_st)}
+        logits = s.logits if self.simkd_head is None else self.simkd_head(bridged[n])
+
+        losses: Losses = {}
+        if c.ce_weight:
+            losses["ce"] = c.ce_weight * F.cross_entropy(logits, targets)
+        if c.kd_weight:
+            losses["kd"] = c.kd_weight * self._logit_loss(logits, t.logits, targets)
+
+        if self.app_positions:
+            app = sum(app_loss(bridged[k], t.stages[k - 1]) for k in self.app_positions)
+            if c.pooled_l2 and n in self.app_positions:
+                app = app + app_loss(teacher.embed(bridged[n]), t.embedding)
+            losses["app"] = c.app_weight * l2w * app
+
+        func_kl: list[Tensor] = []
+        func_l2: list[Tensor] = []
+        funcp_kl: list[Tensor] = []
+        funcp_l2: list[Tensor] = []
+        for k, delta in paths:
+            if delta == 1 and not (c.func_l2_weight or c.func_kl_weight):
+                continue
+            if delta == 0 and not (c.funcp_kl_weight or c.funcp_l2_weight):
+                continue
+            if delta == 1:  # <k, 1>: B_st(F_s^k) through the teacher's stages k+1..N and C_t
+                if c.partial_func:
+                    out = teacher.stage_forward(k, bridged[k])
+                    func_l2.append(app_loss(out, t.stages[k]))
+                    continue
+                out = teacher.run_from(k - 1, bridged[k])
+                if c.func_l2_weight and out.stages:
+                    l2 = func_l2_loss(out.stages, t.stages[k:])
+                    if c.pooled_l2:
+                        l2 = l2 + app_loss(out.embedding, t.embedding)
+                    func_l2.append(l2)
+                if c.func_kl_weight:
+                    func_kl.append(self._logit_loss(out.logits, t.logits, targets))
+            else:  # <k, 0>: B_ts(F_t^k) through the student's stages k+1..N and C_s
+                x = self.b_ts[str(k)](t.stages[k - 1])
+                with self.path_stats.use(self.path_name(k)):
+                    out = self.student.run_from(k - 1, x)
+                    last = out.stages[-1] if out.stages else x
+                    if self.simkd_head is None:
+                        p_ts = out.logits
+                    else:  # FCFD+SimKD: p_ts ends with C_t(B_st^N(.)) instead of C_s
+                        p_ts = self.simkd_head(self._deployable.project(last))
+                if c.funcp_kl_weight:
+                    funcp_kl.append(self._logit_loss(p_ts, t.logits, targets))
+                if c.funcp_l2_weight and out.stages:
+                    own = [f.detach() for f in s.stages[k:]]
+                    funcp_l2.append(func_l2_loss(out.stages, own))
+
+        # A term whose weight is nonzero is always reported (zero when no sampled path
+        # produced it), so the logged columns do not change from one iteration to the next.
+        zero = logits.new_zeros(())
+        deltas = {d for _, d in self.candidates}
+        if 1 in deltas and c.func_l2_weight:
+            losses["func_l2"] = c.func_l2_weight * l2w * sum(func_l2, zero)
+        if 1 in deltas and c.func_kl_weight and not c.partial_func:
+            losses["func_kl"] = c.func_kl_weight * sum(func_kl, zero)
+        if 0 in deltas and c.funcp_kl_weight:
+            losses["funcp_kl"] = c.funcp_kl_weight * sum(funcp_kl, zero)
+        if 0 in deltas and c.funcp_l2_weight:
+            losses["funcp_l2"] = c.funcp_l2_weight * l2w * sum(funcp_l2, zero)
+        return logits, losses
+
+    # ----------------------------------------------------------------- evaluation
+    def evaluated(self) -> dict[str, nn.Module]:
+        if self.simkd_head is not None:
+            return {"student": self._deployable}
+        return {"student": self.student}
+
+    def exported(self) -> dict[str, nn.Module]:
+        if self.simkd_head is not None:
+            return {"student": self._deployable}
+        return {"student": self.student.net}
