@@ -49,7 +49,8 @@ def load_run_checkpoint(path: Path) -> dict[str, Any]:
         ckpt = load_checkpoint(path)
     except UserError:
         raise
-    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as e:
+    except (RuntimeError, OSError, EOFError, ValueError, IndexError, KeyError,
+            pickle.UnpicklingError) as e:
         raise UserError(
             f"Checkpoint {str(path)!r} cannot be read ({type(e).__name__}); it is corrupt or "
             "not a kdlab checkpoint: use the run's other checkpoint or train again."
