@@ -1,0 +1,184 @@
+"""Run assembly: the device, the data, the student, the teacher and the distiller of a run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kdlab.config import RunConfig
+from kdlab.errors import UserError
+from kdlab.methods.base import Distiller
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``"auto"`` -> cuda if available, else mps, else cpu; anything else is checked."""
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, TypeError):
+        raise UserError(
+            f"train.device {spec!r} is not a device; use auto, cpu, cuda, cuda:N or mps."
+        ) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"train.device is {spec!r} but CUDA is not available here; "
+                            "use train.device=auto or cpu.")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"train.device {spec!r} does not exist ({torch.cuda.device_count()} "
+                            "CUDA device(s)); pick another index.")
+    if device.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise UserError(f"train.device is {spec!r} but MPS is not available here; "
+                            "use train.device=auto or cpu.")
+    return device
+
+
+# --------------------------------------------------------------------- weights
+def _read_weights(path: Path, key: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(state_dict, model spec) from a run checkpoint or a .safetensors export."""
+    if not path.is_file():
+        raise UserError(f"Weights file {str(path)!r} does not exist; check the path or train "
+                        "that network first with `kdlab train`.")
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors import SafetensorError
+            from safetensors.torch import load_file, safe_open
+        except ImportError:
+            raise UserError("Reading .safetensors needs the safetensors package; "
+                            "`pip install safetensors`.") from None
+        try:
+            state = load_file(str(path), device="cpu")
+            with safe_open(str(path), framework="pt") as f:
+                spec = dict(f.metadata() or {})
+        except (SafetensorError, OSError, ValueError) as e:
+            raise UserError(f"{str(path)!r} is not a readable .safetensors file ({e}); export "
+                            "it again with `kdlab export`.") from None
+        return state, spec
+    from kdlab.engine.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    exported = ckpt.get("exported")
+    if not isinstance(exported, dict) or not exported:
+        raise UserError(f"{str(path)!r} is not a kdlab run checkpoint (no exported networks); "
+                        "give a run's best.pt / last.pt or a .safetensors export.")
+    if key not in exported:
+        raise UserError(f"{str(path)!r} holds no network {key!r} (it holds "
+                        f"{', '.join(exported)}); give the checkpoint of the right run.")
+    spec = (ckpt.get("models") or {}).get(key) or {}
+    return exported[key], dict(spec)
+
+
+def weights_spec(path: str | Path, *, key: str = "student") -> dict[str, Any]:
+    """What a weights file says about its network: model name, num_classes, in_channels,
+    input_size (those it records; values as in the file)."""
+    return _read_weights(Path(path), key)[1]
+
+
+def load_weights(path: str | Path, module: nn.Module, *, key: str = "student") -> None:
+    """Load network ``key`` of a run checkpoint (``ckpt["exported"][key]``) or a .safetensors
+    export into ``module``; a missing or corrupt file or a shape mismatch is a UserError."""
+    path = Path(path)
+    state, _ = _read_weights(path, key)
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        detail = "; ".join(line.strip() for line in first[1:3]) or first[0]
+        raise UserError(f"The weights in {str(path)!r} do not fit this architecture ({detail}); "
+                        "check model.teacher / model.student against the run that wrote them."
+                        ) from None
+
+
+# --------------------------------------------------------------------- a run
+@dataclass
+class Run:
+    """Everything a training run is made of."""
+
+    distiller: Distiller
+    loaders: Any  # kdlab.data.Loaders
+    info: Any  # kdlab.data.DatasetInfo
+
+
+def _check_teacher_spec(cfg: RunConfig, spec: dict[str, Any], info: Any) -> None:
+    """The teacher's recorded classes / input shape against the data; UserError on mismatch."""
+    ckpt = cfg.model.teacher_checkpoint
+    model = spec.get("model")
+    if model is not None and str(model) != cfg.model.teacher:
+        raise UserError(f"Teacher checkpoint {ckpt!r} holds a {model!r}, not the "
+                        f"model.teacher {cfg.model.teacher!r}; set model.teacher={model}.")
+    for field, want in (("num_classes", info.num_classes), ("in_channels", info.in_channels),
+                        ("input_size", info.input_size)):
+        if field in spec and int(spec[field]) != int(want):
+            raise UserError(
+                f"The teacher in {ckpt!r} was trained with {field}={int(spec[field])} but "
+                f"dataset {info.name!r} has {field}={want}; use a teacher trained on this data."
+            )
+
+
+def build_run(
+    cfg: RunConfig, device: torch.device, *, rank: int = 0, world_size: int = 1
+) -> Run:
+    """Loaders, student, teacher (weights loaded) and the distiller, on ``device``."""
+    from kdlab.data import build_loaders
+    from kdlab.methods import METHODS, build_distiller
+    from kdlab.models import build_model
+
+    method = METHODS.get(cfg.method_name)
+    teacher_name = cfg.model.teacher
+    if method.needs_teacher and not teacher_name:
+        raise UserError(f"Method {cfg.method_name!r} needs a teacher: set model.teacher and "
+                        "model.teacher_checkpoint (train the teacher first with `kdlab train`).")
+    ckpt = cfg.model.teacher_checkpoint
+    if teacher_name and method.needs_teacher:
+        if not ckpt:
+            raise UserError("model.teacher is set but model.teacher_checkpoint is not; train the "
+                            "teacher first with `kdlab train ...` and point to its best.pt.")
+        if not Path(ckpt).is_file():
+            raise UserError(f"Teacher checkpoint {ckpt!r} does not exist; train the teacher "
+                            "first with `kdlab train ...` or fix model.teacher_checkpoint.")
+
+    loaders = build_loaders(cfg.data, device, seed=cfg.train.seed, rank=rank,
+                            world_size=world_size)
+    info = loaders.info
+    shape = {"num_classes": info.num_classes, "in_channels": info.in_channels,
+             "input_size": info.input_size}
+    student = build_model(cfg.model.student, **shape)
+    teacher = None
+    if teacher_name and method.needs_teacher:
+        assert ckpt is not None
+        _check_teacher_spec(cfg, weights_spec(ckpt), info)
+        teacher = build_model(teacher_name, **shape)
+        load_weights(ckpt, teacher.net)
+    student.to(device)
+    if teacher is not None:
+        teacher.to(device)
+    distiller = build_distiller(cfg.method_name, cfg.method_options, student, teacher,
+                                train_size=info.train_size)
+    distiller.to(device)
+    return Run(distiller=distiller, loaders=loaders, info=info)
+
+
+def model_specs(exported: dict[str, nn.Module],
+                student: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{name: {model, num_classes, in_channels, input_size}}`` for the exported networks,
+    where known: the ``kdlab_spec`` that :func:`kdlab.models.build_model` attaches, else
+    ``student`` for the network named "student"."""
+    specs: dict[str, dict[str, Any]] = {}
+    for name, module in exported.items():
+        spec = getattr(module, "kdlab_spec", None)
+        if spec is None and name == "student":
+            spec = student
+        if spec is not None:
+            specs[name] = dict(spec)
+    return specs

@@ -1,0 +1,430 @@
+"""The one training loop every method runs through.
+
+A :class:`~kdlab.methods.base.Distiller` returns the student's logits and its weighted loss
+terms by name; the trainer sums them, backpropagates, steps the optimiser and the LR
+schedule, evaluates every network the distiller reports and writes checkpoints and logs. It
+never branches on a method's name.
+
+Determinism: at every epoch start torch / random / numpy are reseeded from
+``(train.seed, epoch)`` and the train loader's ``set_epoch(epoch)`` is called, so a run
+resumed from an epoch checkpoint (``resume=True``) ends with the same weights as one that
+ran straight through. A run killed mid-epoch resumes from its last epoch checkpoint.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim import lr_scheduler
+
+from kdlab.config import OptimConfig, RunConfig, ScheduleConfig, save_config
+from kdlab.engine import distributed
+from kdlab.engine.build import build_run, model_specs, resolve_device
+from kdlab.engine.checkpoint import FORMAT, VERSION, load_checkpoint, save_checkpoint
+from kdlab.engine.evaluate import AMP_DTYPES, autocast, evaluate
+from kdlab.engine.metrics_log import MetricsLog, Progress
+from kdlab.engine.report import write_report
+from kdlab.errors import UserError
+
+#: steps between the (synchronising) checks for a non-finite loss and progress updates
+CHECK_EVERY = 20
+RUN_FILES = ("last.pt", "best.pt", "config.yaml", "metrics.csv")
+
+
+# --------------------------------------------------------------------- pieces
+def seed_all(seed: int, epoch: int) -> None:
+    """Seed torch (all devices), random and numpy from ``(seed, epoch)``; epoch -1 = build."""
+    s = (seed * 1_000_003 + epoch + 1) % 2**32
+    torch.manual_seed(s)
+    random.seed(s)
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover - numpy comes with torch in practice
+        return
+    np.random.seed(s)
+
+
+def rng_state() -> dict[str, Any]:
+    """The generators' states as plain values (recorded in checkpoints for inspection; a
+    resumed run does not need them because every epoch reseeds)."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    try:
+        import numpy as np
+
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        state["numpy"] = {"kind": kind, "keys": torch.from_numpy(keys.astype("int64")),
+                          "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)}
+    except ImportError:  # pragma: no cover
+        pass
+    return state
+
+
+def build_optimizer(cfg: OptimConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    """SGD (momentum, weight decay, optional Nesterov) or AdamW."""
+    if cfg.lr <= 0:
+        raise UserError(f"optim.lr must be positive, got {cfg.lr}.")
+    if cfg.name == "sgd":
+        if cfg.nesterov and cfg.momentum <= 0:
+            raise UserError("optim.nesterov needs optim.momentum > 0; set a momentum such as "
+                            "0.9 or nesterov false.")
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise UserError(f"optim.name {cfg.name!r} is not known; use sgd or adamw.")
+
+
+def _one(epoch: int) -> float:
+    return 1.0
+
+
+def build_scheduler(cfg: ScheduleConfig, opt: torch.optim.Optimizer) -> lr_scheduler.LRScheduler:
+    """Per-epoch LR schedule: multistep | cosine | constant, after an optional linear warm-up
+    of ``warmup_epochs`` (milestones stay absolute epochs)."""
+    warm = cfg.warmup_epochs
+    if cfg.epochs < 1:
+        raise UserError(f"schedule.epochs must be at least 1, got {cfg.epochs}.")
+    if not 0 <= warm < cfg.epochs:
+        raise UserError(f"schedule.warmup_epochs must be between 0 and schedule.epochs - 1, "
+                        f"got {warm}.")
+    if cfg.name == "multistep":
+        if any(m <= warm for m in cfg.milestones):
+            raise UserError(f"schedule.milestones {cfg.milestones} must all come after the "
+                            f"{warm} warm-up epochs.")
+        main: lr_scheduler.LRScheduler = lr_scheduler.MultiStepLR(
+            opt, milestones=[m - warm for m in cfg.milestones], gamma=cfg.gamma)
+    elif cfg.name == "cosine":
+        main = lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs - warm)
+    elif cfg.name == "constant":
+        main = lr_scheduler.LambdaLR(opt, _one)
+    else:
+        raise UserError(f"schedule.name {cfg.name!r} is not known; use multistep, cosine or "
+                        "constant.")
+    if warm == 0:
+        return main
+    ramp = lr_scheduler.LinearLR(opt, start_factor=1.0 / (warm + 1), end_factor=1.0,
+                                 total_iters=warm)
+    return lr_scheduler.SequentialLR(opt, [ramp, main], milestones=[warm])
+
+
+def _restore_counters(sched: lr_scheduler.LRScheduler) -> None:
+    """Checkpoints store MultiStepLR's milestone Counter as a dict; make it a Counter again."""
+    for s in [sched, *getattr(sched, "_schedulers", [])]:
+        if isinstance(s, lr_scheduler.MultiStepLR) and not isinstance(s.milestones, Counter):
+            s.milestones = Counter({int(k): int(v) for k, v in s.milestones.items()})
+
+
+def check_train_settings(cfg: RunConfig) -> None:
+    t = cfg.train
+    if t.amp not in ("none", *AMP_DTYPES):
+        raise UserError(f"train.amp {t.amp!r} is not known; use none, bf16 or fp16.")
+    if t.progress not in ("auto", "bar", "lines", "none"):
+        raise UserError(f"train.progress {t.progress!r} is not known; use auto, bar, lines or "
+                        "none.")
+    if t.eval_every < 1:
+        raise UserError(f"train.eval_every must be at least 1, got {t.eval_every}.")
+    if t.max_steps_per_epoch is not None and t.max_steps_per_epoch < 1:
+        raise UserError("train.max_steps_per_epoch must be at least 1 (or null for whole "
+                        f"epochs), got {t.max_steps_per_epoch}.")
+
+
+# --------------------------------------------------------------------- the trainer
+class Trainer:
+    """Train ``cfg``'s method; :meth:`fit` returns a summary dict.
+
+    With ``resume=True`` the run continues from ``train.out_dir/last.pt`` (same epoch, LR,
+    optimiser and scaler state). Under ``torchrun`` it trains with DistributedDataParallel.
+    """
+
+    def __init__(self, cfg: RunConfig, *, resume: bool = False) -> None:
+        self.cfg = cfg
+        self.resume = resume
+        self.out_dir = Path(cfg.train.out_dir)
+
+    # ----------------------------------------------------------------- entry point
+    def fit(self) -> dict[str, Any]:
+        cfg = self.cfg
+        check_train_settings(cfg)
+        # Settings errors before any process group or folder exists.
+        probe = torch.nn.Linear(1, 1)
+        build_scheduler(cfg.schedule, build_optimizer(cfg.optim, list(probe.parameters())))
+        self._check_out_dir()
+        device = resolve_device(cfg.train.device)
+        dist_info, device = distributed.setup(device)
+        self.dist, self.device = dist_info, device
+        try:
+            return self._fit()
+        finally:
+            distributed.cleanup(dist_info)
+
+    def _check_out_dir(self) -> None:
+        out = self.out_dir
+        if out.exists() and not out.is_dir():
+            raise UserError(f"train.out_dir {str(out)!r} is a file; choose a folder.")
+        held = [f for f in RUN_FILES if (out / f).exists()]
+        if not self.resume and held:
+            raise UserError(f"{str(out)!r} already holds a run ({', '.join(held)}); use --resume "
+                            "to continue it or another out_dir.")
+        if self.resume and not out.is_dir():
+            raise UserError(f"Nothing to resume: {str(out)!r} does not exist; check the path or "
+                            "start the run without --resume.")
+
+    # ----------------------------------------------------------------- the run
+    def _fit(self) -> dict[str, Any]:
+        cfg, device, d = self.cfg, self.device, self.dist
+        main = d.is_main
+        amp = cfg.train.amp
+        seed_all(cfg.train.seed, -1)
+        run = build_run(cfg, device, rank=d.rank, world_size=d.world_size)
+        raw = run.distiller
+        if cfg.train.channels_last:
+            raw.to(memory_format=torch.channels_last)
+        params = [p for p in raw.parameters() if p.requires_grad]
+        if not params:
+            raise UserError(f"Method {cfg.method_name!r} has no trainable parameters; check the "
+                            "model and method settings.")
+        opt = build_optimizer(cfg.optim, params)
+        sched = build_scheduler(cfg.schedule, opt)
+        scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+        epochs = cfg.schedule.epochs
+        start, best, history = 0, float("-inf"), []
+        last_path = self.out_dir / "last.pt"
+        if self.resume and last_path.is_file():
+            ckpt = load_checkpoint(last_path)
+            start, best, history = self._restore(ckpt, raw, opt, sched, scaler)
+            if start >= epochs:
+                if main:
+                    print(f"The run in {self.out_dir} is finished ({start} of {epochs} epochs); "
+                          "nothing to resume. Raise schedule.epochs to train longer.")
+                return self._summary(history, raw, run, finished=True)
+            if main:
+                print(f"resuming {self.out_dir} at epoch {start + 1} of {epochs}")
+        elif self.resume and main:
+            print(f"{self.out_dir} holds no epoch checkpoint yet; starting from epoch 1")
+
+        model: nn.Module = raw
+        if d.enabled:
+            model = distributed.wrap(raw, device, find_unused=raw.may_skip_parameters)
+        if cfg.train.compile:
+            model = torch.compile(model)
+
+        if main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.out_dir / "config.yaml")
+        distributed.barrier()
+        log = MetricsLog(self.out_dir, enabled=main, history=history)
+        progress = Progress(cfg.train.progress, enabled=main)
+        try:
+            for epoch in range(start, epochs):
+                best = self._epoch(epoch, model, raw, run, opt, sched, scaler, best, log,
+                                   progress)
+        finally:
+            log.close()
+        summary = self._summary(log.rows, raw, run, finished=True)
+        if main:
+            write_report(self.out_dir, summary)
+        distributed.barrier()
+        return summary
+
+    def _restore(self, ckpt: dict[str, Any], raw: nn.Module, opt: torch.optim.Optimizer,
+                 sched: lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler
+                 ) -> tuple[int, float, list[dict[str, Any]]]:
+        path = self.out_dir / "last.pt"
+        if ckpt.get("format") != FORMAT or "distiller" not in ckpt:
+            raise UserError(f"{str(path)!r} is not a kdlab run checkpoint; remove it or choose "
+                            "another out_dir.")
+        if ckpt.get("version", 0) > VERSION:
+            raise UserError(f"{str(path)!r} was written by a newer kdlab (format "
+                            f"{ckpt['version']}); upgrade kdlab to resume it.")
+        try:
+            raw.load_state_dict(ckpt["distiller"])
+            opt.load_state_dict(ckpt["optimizer"])
+            sched.load_state_dict(ckpt["scheduler"])
+            scaler.load_state_dict(ckpt["scaler"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise UserError(f"{str(path)!r} does not match this run's model, method or optimiser "
+                            f"({first}); resume with the run's own config.yaml.") from None
+        _restore_counters(sched)
+        return int(ckpt["epoch"]) + 1, float(ckpt["best_top1"]), list(ckpt.get("history", []))
+
+    # ----------------------------------------------------------------- one epoch
+    def _epoch(self, epoch: int, model: nn.Module, raw: nn.Module, run: Any,
+               opt: torch.optim.Optimizer, sched: lr_scheduler.LRScheduler,
+               scaler: torch.amp.GradScaler, best: float, log: MetricsLog,
+               progress: Progress) -> float:
+        cfg, device, d = self.cfg, self.device, self.dist
+        epochs = cfg.schedule.epochs
+        seed_all(cfg.train.seed, epoch)
+        run.loaders.train.set_epoch(epoch)
+        raw.set_epoch(epoch, epochs)
+        lr = float(opt.param_groups[0]["lr"])
+        t0 = time.perf_counter()
+        stats = self._train_epoch(epoch, model, opt, scaler, run.loaders.train, progress)
+        sched.step()
+        train_seconds = time.perf_counter() - t0
+        row: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "loss": stats["loss"]}
+        row.update({f"loss_{k}": v for k, v in stats["terms"].items()})
+        row["train_top1"] = stats["top1"]
+        improved = False
+        if (epoch + 1) % cfg.train.eval_every == 0 or epoch == epochs - 1:
+            distributed.broadcast_buffers(raw)
+            for i, (name, net) in enumerate(raw.evaluated().items()):
+                m = evaluate(net, run.loaders.val, device=device, amp=cfg.train.amp)
+                row[f"val_{name}_top1"] = m["top1"]
+                row[f"val_{name}_top5"] = m["top5"]
+                row[f"val_{name}_loss"] = m["loss"]
+                if i == 0 and m["top1"] > best:
+                    best, improved = m["top1"], True
+        row["epoch_seconds"] = time.perf_counter() - t0
+        row["images_per_s"] = stats["images"] / max(train_seconds, 1e-9)
+        log.log(row)
+        progress.epoch_line(row)
+        if d.is_main:
+            state = self._state(epoch, raw, run, opt, sched, scaler, best, log.rows)
+            save_checkpoint(self.out_dir / "last.pt", state)
+            if improved:
+                save_checkpoint(self.out_dir / "best.pt", state)
+        distributed.barrier()
+        return best
+
+    def _train_epoch(self, epoch: int, model: nn.Module, opt: torch.optim.Optimizer,
+                     scaler: torch.amp.GradScaler, loader: Any, progress: Progress
+                     ) -> dict[str, Any]:
+        cfg, device = self.cfg, self.device
+        n = len(loader)
+        if cfg.train.max_steps_per_epoch is not None:
+            n = min(n, cfg.train.max_steps_per_epoch)
+        model.train()
+        terms: dict[str, torch.Tensor] = {}
+        bad: dict[str, torch.Tensor] = {}
+        total_sum = torch.zeros((), dtype=torch.float64, device=device)
+        correct = torch.zeros((), dtype=torch.float64, device=device)
+        seen = steps = 0
+        batches = itertools.islice(iter(loader), n)
+        for step, batch in enumerate(progress.steps(batches, n, epoch, cfg.schedule.epochs)):
+            images, targets, index = batch[0], batch[1], batch[2] if len(batch) > 2 else None
+            if cfg.train.channels_last and images.dim() == 4:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with autocast(device, cfg.train.amp):
+                logits, losses = model(images, targets, index)
+            if not isinstance(losses, dict) or not losses:
+                raise UserError(f"Method {cfg.method_name!r} returned no loss terms; it must "
+                                "return (logits, {name: loss}).")
+            total = sum(v.float() for v in losses.values())
+            assert isinstance(total, torch.Tensor)
+            for k, v in losses.items():
+                v = v.detach().float()
+                if k not in terms:
+                    terms[k] = torch.zeros((), dtype=torch.float64, device=device)
+                    bad[k] = torch.zeros((), dtype=torch.bool, device=device)
+                terms[k] += v.double()
+                bad[k] |= ~torch.isfinite(v)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(total).backward()
+            scaler.step(opt)
+            scaler.update()
+            with torch.no_grad():
+                total_sum += total.detach().double()
+                correct += (logits.detach().argmax(dim=1) == targets).sum()
+            seen += targets.shape[0]
+            steps += 1
+            if steps % CHECK_EVERY == 0 or steps == n:
+                self._check_finite(bad, epoch, step)
+                progress.update({"loss": total_sum.item() / steps,
+                                 "top1": 100.0 * correct.item() / seen})
+        if steps == 0:
+            raise UserError("The training loader yielded no batches; lower data.batch_size or "
+                            "use more training data.")
+        sums = torch.stack([total_sum, correct, torch.tensor(float(seen), dtype=torch.float64,
+                                                             device=device),
+                            *terms.values()])
+        distributed.all_reduce_sum(sums)
+        world = self.dist.world_size
+        return {
+            "loss": sums[0].item() / (steps * world),
+            "top1": 100.0 * sums[1].item() / max(sums[2].item(), 1.0),
+            "images": int(sums[2].item()),
+            "terms": {k: sums[3 + i].item() / (steps * world) for i, k in enumerate(terms)},
+        }
+
+    def _check_finite(self, bad: dict[str, torch.Tensor], epoch: int, step: int) -> None:
+        names = list(bad)
+        flags = torch.stack([bad[k] for k in names]).to(torch.int32)
+        distributed.all_reduce_max(flags)
+        broken = [k for k, f in zip(names, flags.tolist(), strict=True) if f]
+        if not broken:
+            return
+        last = self.out_dir / "last.pt"
+        kept = (f"{str(last)!r} keeps the last good epoch" if last.is_file()
+                else "no epoch checkpoint was written")
+        raise UserError(
+            f"The training loss became NaN or infinite in epoch {epoch + 1} by step {step + 1} "
+            f"(terms: {', '.join(broken)}); lower optim.lr or use train.amp=none ({kept})."
+        )
+
+    # ----------------------------------------------------------------- state and summary
+    def _state(self, epoch: int, raw: nn.Module, run: Any, opt: torch.optim.Optimizer,
+               sched: lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler, best: float,
+               history: list[dict[str, Any]]) -> dict[str, Any]:
+        exported = raw.exported()
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "epoch": epoch,
+            "epochs": self.cfg.schedule.epochs,
+            "distiller": raw.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "scaler": scaler.state_dict(),
+            "rng": rng_state(),
+            "best_top1": best,
+            "config": self.cfg.to_dict(),
+            "history": [dict(r) for r in history],
+            "exported": {name: m.state_dict() for name, m in exported.items()},
+            "models": model_specs(exported, self._student_spec(run)),
+            "world_size": self.dist.world_size,
+        }
+
+    def _student_spec(self, run: Any) -> dict[str, Any]:
+        i = run.info
+        return {"model": self.cfg.model.student, "num_classes": i.num_classes,
+                "in_channels": i.in_channels, "input_size": i.input_size}
+
+    def _summary(self, rows: list[dict[str, Any]], raw: nn.Module, run: Any, *,
+                 finished: bool) -> dict[str, Any]:
+        networks: dict[str, dict[str, float]] = {}
+        for name in raw.evaluated():
+            top1 = [r[f"val_{name}_top1"] for r in rows if f"val_{name}_top1" in r]
+            top5 = [r[f"val_{name}_top5"] for r in rows if f"val_{name}_top5" in r]
+            networks[name] = {"best_top1": max(top1, default=math.nan),
+                              "last_top1": top1[-1] if top1 else math.nan,
+                              "last_top5": top5[-1] if top5 else math.nan}
+        first = next(iter(networks.values()), {})
+        rates = [r["images_per_s"] for r in rows if "images_per_s" in r]
+        return {
+            "best_top1": first.get("best_top1", math.nan),
+            "last_top1": first.get("last_top1", math.nan),
+            "epochs": len(rows),
+            "seconds": sum(r.get("epoch_seconds", 0.0) for r in rows),
+            "images_per_s": sum(rates) / len(rates) if rates else 0.0,
+            "out_dir": str(self.out_dir),
+            "networks": networks,
+            "final_losses": {k[len("loss_"):]: v for k, v in (rows[-1] if rows else {}).items()
+                             if k.startswith("loss_")},
+            "device": str(self.device),
+            "world_size": self.dist.world_size,
+            "method": self.cfg.method_name,
+            "config": self.cfg.to_dict(),
+            "finished": finished,
+        }
