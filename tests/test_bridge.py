@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
+from kdlab.config import build_dataclass, load_config
 from kdlab.errors import UserError
+from kdlab.methods import METHODS, build_distiller
+from kdlab.models import MODELS, build_model
 from kdlab.models.staged import StageInfo
 from kdlab.nn.bridge import Bridge
 
@@ -49,3 +54,46 @@ def test_leaky_relu_only_for_post_relu_targets():
 def test_unbridgeable_sizes_say_what_to_do(src_hw, dst_hw):
     with pytest.raises(UserError, match="factor of 2"):
         Bridge(StageInfo(4, *src_hw, False), StageInfo(4, *dst_hw, False), where="stage 2")
+
+
+# --------------------------------------------------------------------- every recipe pair
+RECIPES = sorted(Path(__file__).resolve().parents[1].glob("recipes/*/f*/*.yaml"))
+RECIPES = [p for p in RECIPES if p.parent.name in ("fcfd", "fitnet")]
+INPUT = {"cifar100": (3, 32, 100), "imagenet": (3, 224, 1000), "fashion_mnist": (1, 28, 10)}
+
+
+def test_recipes_exist():
+    names = {f"{p.parent.parent.name}/{p.parent.name}/{p.stem}" for p in RECIPES}
+    assert len([n for n in names if n.startswith("cifar100/fcfd/")]) == 12
+    assert {"imagenet/fcfd/resnet18_from_resnet34", "imagenet/fcfd/mobilenet_v1_from_resnet50",
+            "fashion_mnist/fcfd/resnet8_from_resnet32"} <= names
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: f"{p.parent.parent.name}/"
+                         f"{p.parent.name}/{p.stem}")
+def test_recipe_bridges_build_with_the_right_shapes(recipe):
+    """The recipe validates, and (once its models are registered) every bridge maps the
+    student's feature to the teacher's shape and back."""
+    cfg = load_config(recipe)
+    cls = METHODS.get(cfg.method_name)
+    build_dataclass(cls.Config, cfg.method_options, where=f"method.{cfg.method_name}")
+    assert cfg.model.teacher_checkpoint == f"runs/{cfg.data.name}/ce/{cfg.model.teacher}/best.pt"
+    missing = [m for m in (cfg.model.student, cfg.model.teacher) if m not in MODELS]
+    if missing:
+        pytest.skip(f"models not registered yet: {missing}")
+    c, size, n_cls = INPUT[cfg.data.name]
+    torch.manual_seed(0)
+    student = build_model(cfg.model.student, num_classes=n_cls, in_channels=c, input_size=size)
+    teacher = build_model(cfg.model.teacher, num_classes=n_cls, in_channels=c, input_size=size)
+    d = build_distiller(cfg.method_name, cfg.method_options, student, teacher)
+    s_info, t_info = student.stage_info, teacher.stage_info
+    bridges = {"fitnet": lambda: {(cfg.method["position"], "st"): d.bridge}}.get(
+        cfg.method_name, lambda: {**{(int(k), "st"): b for k, b in d.b_st.items()},
+                                  **{(int(k), "ts"): b for k, b in d.b_ts.items()}})()
+    assert bridges
+    d.eval()
+    with torch.no_grad():
+        for (k, way), bridge in bridges.items():
+            src, dst = (s_info, t_info) if way == "st" else (t_info, s_info)
+            y = bridge(torch.randn(1, *src[k - 1].shape))
+            assert y.shape == (1, *dst[k - 1].shape), (k, way)
