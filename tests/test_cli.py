@@ -201,3 +201,18 @@ def test_teacher_class_mismatch(trained, capsys):
     msg = error_of(capsys, "distill", str(student), "--out", str(out))
     assert "class" in msg
     assert not out.exists()
+
+
+def test_quickstart_runs_and_reuses_finished_runs(tmp_path, capsys):
+    args = ["quickstart", "--out", str(tmp_path / "qs"), "--dataset", "synthetic",
+            "--epochs", "1", "--max-steps-per-epoch", "2", "--device", "cpu"]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    for row in ("teacher resnet20", "student resnet8 alone", "student resnet8 + KD"):
+        assert row in first
+    assert "kdlab distill recipes/" in first
+    assert main(args) == 0  # the same settings again: nothing is retrained
+    second = capsys.readouterr().out
+    assert second.count("reusing the finished run") == 3
+    assert main([*args, "--lr", "0.05"]) == 0  # other settings: each run starts afresh
+    assert capsys.readouterr().out.count("starting it afresh") == 3

@@ -80,13 +80,15 @@ def _comparable(cfg: RunConfig) -> dict[str, Any]:
     return d
 
 
-def _train_or_reuse(name: str, cfg: RunConfig, fresh: bool) -> dict[str, Any]:
-    """Train one run, or reuse / resume it when its folder holds the same settings."""
+def _train_or_reuse(name: str, cfg: RunConfig, fresh: bool,
+                    depends: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train one run, or reuse / resume it when its folder holds the same settings (and
+    was trained from the same ``depends``: the teacher run's summary for KD)."""
     from kdlab.engine.trainer import Trainer
 
     folder = Path(cfg.train.out_dir)
     marker = folder / MARKER
-    wanted = _comparable(cfg)
+    wanted = _comparable(cfg) | {"depends": depends or {}}
     resume = False
     if folder.exists() and any(folder.iterdir()):
         previous = None
@@ -138,7 +140,9 @@ def quickstart(s: QuickstartSettings) -> dict[str, dict[str, Any]]:
     summaries: dict[str, dict[str, Any]] = {}
     for i, (name, cfg) in enumerate(cfgs.items(), 1):
         print(f"[{i}/3] {titles[name]}", flush=True)
-        summaries[name] = _train_or_reuse(name, cfg, s.fresh)
+        depends = ({k: v for k, v in summaries["teacher"].items() if k != "reused"}
+                   if name == "kd" else None)
+        summaries[name] = _train_or_reuse(name, cfg, s.fresh, depends)
         print(f"  top-1 {_top1(summaries[name]):.2f}  "
               f"({summaries[name].get('wall_seconds', 0):.0f} s)", flush=True)
     total = time.perf_counter() - started
