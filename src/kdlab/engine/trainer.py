@@ -186,6 +186,7 @@ class Trainer:
         amp = cfg.train.amp
         seed_all(cfg.train.seed, -1)
         run = build_run(cfg, device, rank=d.rank, world_size=d.world_size)
+        self.run = run  # the trained distiller stays reachable after fit()
         raw = run.distiller
         if cfg.train.channels_last:
             raw.to(memory_format=torch.channels_last)
