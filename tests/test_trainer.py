@@ -196,3 +196,28 @@ def test_bad_train_settings(tmp_path, key, value, match):
     with pytest.raises(UserError, match=match):
         Trainer(tiny_config(tmp_path / "r", train={key: value})).fit()
     assert not (tmp_path / "r").exists()
+
+
+def test_fp16_eval_every_max_steps_and_lines(tmp_path, capsys):
+    out = tmp_path / "run"
+    cfg = tiny_config(out, schedule={"name": "constant", "epochs": 3},
+                      train={"amp": "fp16", "eval_every": 2, "max_steps_per_epoch": 2,
+                             "progress": "lines"})
+    Trainer(cfg).fit()
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert [bool(r["val_student_top1"]) for r in rows] == [False, True, True]
+    assert all(float(r["images_per_s"]) > 0 for r in rows)
+    ckpt = load_checkpoint(out / "last.pt")
+    assert ckpt["scaler"]  # the GradScaler's state is saved for fp16
+    assert ckpt["optimizer"]["state"][0]["momentum_buffer"] is not None
+    printed = capsys.readouterr().out
+    assert "epoch 3: lr 0.1" in printed and "val_student_top1" in printed
+
+
+def test_multi_network_methods_record_every_network(tmp_path):
+    cfg = tiny_config(tmp_path / "dml", method={"name": "dml"},
+                      schedule={"epochs": 1, "milestones": [1]})
+    summary = Trainer(cfg).fit()
+    ckpt = load_checkpoint(tmp_path / "dml" / "last.pt")
+    assert set(summary["networks"]) == set(ckpt["exported"]) == set(ckpt["models"])
+    assert len(ckpt["models"]) == 2

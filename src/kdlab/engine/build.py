@@ -169,16 +169,9 @@ def build_run(
     return Run(distiller=distiller, loaders=loaders, info=info)
 
 
-def model_specs(exported: dict[str, nn.Module],
-                student: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """``{name: {model, num_classes, in_channels, input_size}}`` for the exported networks,
-    where known: the ``kdlab_spec`` that :func:`kdlab.models.build_model` attaches, else
-    ``student`` for the network named "student"."""
-    specs: dict[str, dict[str, Any]] = {}
-    for name, module in exported.items():
-        spec = getattr(module, "kdlab_spec", None)
-        if spec is None and name == "student":
-            spec = student
-        if spec is not None:
-            specs[name] = dict(spec)
-    return specs
+def model_specs(exported: dict[str, nn.Module]) -> dict[str, dict[str, Any]]:
+    """``{name: {model, num_classes, in_channels, input_size}}`` for the exported networks
+    that carry the ``kdlab_spec`` :func:`kdlab.models.build_model` attaches (a composite
+    network, e.g. SimKD's student + projector, has none and is left out)."""
+    return {name: dict(m.kdlab_spec) for name, m in exported.items()
+            if isinstance(getattr(m, "kdlab_spec", None), dict)}

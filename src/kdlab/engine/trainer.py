@@ -292,7 +292,7 @@ class Trainer:
         log.log(row)
         progress.epoch_line(row)
         if d.is_main:
-            state = self._state(epoch, raw, run, opt, sched, scaler, best, log.rows)
+            state = self._state(epoch, raw, opt, sched, scaler, best, log.rows)
             save_checkpoint(self.out_dir / "last.pt", state)
             if improved:
                 save_checkpoint(self.out_dir / "best.pt", state)
@@ -375,7 +375,7 @@ class Trainer:
         )
 
     # ----------------------------------------------------------------- state and summary
-    def _state(self, epoch: int, raw: nn.Module, run: Any, opt: torch.optim.Optimizer,
+    def _state(self, epoch: int, raw: nn.Module, opt: torch.optim.Optimizer,
                sched: lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler, best: float,
                history: list[dict[str, Any]]) -> dict[str, Any]:
         exported = raw.exported()
@@ -393,14 +393,9 @@ class Trainer:
             "config": self.cfg.to_dict(),
             "history": [dict(r) for r in history],
             "exported": {name: m.state_dict() for name, m in exported.items()},
-            "models": model_specs(exported, self._student_spec(run)),
+            "models": model_specs(exported),
             "world_size": self.dist.world_size,
         }
-
-    def _student_spec(self, run: Any) -> dict[str, Any]:
-        i = run.info
-        return {"model": self.cfg.model.student, "num_classes": i.num_classes,
-                "in_channels": i.in_channels, "input_size": i.input_size}
 
     def _summary(self, rows: list[dict[str, Any]], raw: nn.Module, run: Any, *,
                  finished: bool) -> dict[str, Any]:
