@@ -86,6 +86,13 @@ class Distiller(nn.Module):
             out = self._teacher.features(images)
         return out.map(torch.Tensor.clone)
 
+    def teacher_logits(self, images: Tensor) -> Tensor:
+        """The frozen teacher's logits only (inference mode, cloned like teacher_features)."""
+        assert self._teacher is not None, "this method was built without a teacher"
+        with torch.inference_mode():
+            logits = self._teacher(images)
+        return logits.clone()
+
     # ----------------------------------------------------------------- the method
     def forward(
         self, images: Tensor, targets: Tensor, index: Tensor | None = None

@@ -1,0 +1,39 @@
+"""Hinton's knowledge distillation: CE on labels + tau^2 KL to the teacher's soft outputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from kdlab.losses.logits import kd_loss
+from kdlab.methods import METHODS
+from kdlab.methods.base import Distiller, Losses
+
+
+@METHODS.register("kd")
+class KD(Distiller):
+    """KD (Hinton et al., 2015): ce_weight * CE + kd_weight * tau^2 KL(p_t || p_s).
+
+    Defaults are the FCFD paper's CIFAR setting: L_task = L_kd = 1, tau = 4 (ImageNet: tau = 1).
+    """
+
+    @dataclass
+    class Config:
+        temperature: float = 4.0
+        ce_weight: float = 1.0
+        kd_weight: float = 1.0
+
+    def forward(
+        self, images: Tensor, targets: Tensor, index: Tensor | None = None
+    ) -> tuple[Tensor, Losses]:
+        c = self.cfg
+        teacher_logits = self.teacher_logits(images)
+        logits = self.student(images)
+        losses: Losses = {}
+        if c.ce_weight:
+            losses["ce"] = c.ce_weight * F.cross_entropy(logits, targets)
+        if c.kd_weight:
+            losses["kd"] = c.kd_weight * kd_loss(logits, teacher_logits, c.temperature)
+        return logits, losses
