@@ -221,3 +221,14 @@ def test_multi_network_methods_record_every_network(tmp_path):
     ckpt = load_checkpoint(tmp_path / "dml" / "last.pt")
     assert set(summary["networks"]) == set(ckpt["exported"]) == set(ckpt["models"])
     assert len(ckpt["models"]) == 2
+
+
+def test_real_ce_teacher_then_kd_student(tmp_path):
+    one = {"epochs": 1, "milestones": [1]}
+    Trainer(tiny_config(tmp_path / "t", method={"name": "ce"}, schedule=one)).fit()
+    model = {"student": MODEL, "teacher": MODEL,
+             "teacher_checkpoint": str(tmp_path / "t" / "best.pt")}
+    summary = Trainer(tiny_config(tmp_path / "s", model=model, schedule=one,
+                                  method={"name": "kd", "temperature": 4.0})).fit()
+    assert {"ce", "kd"} <= set(summary["final_losses"])
+    assert load_checkpoint(tmp_path / "s" / "best.pt")["config"]["method"]["name"] == "kd"
