@@ -10,6 +10,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def _wide(logits: Tensor) -> Tensor:
+    """Half-precision logits (under autocast) are computed in float32; others keep their dtype."""
+    return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+
+
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
     """Hinton et al., "Distilling the Knowledge in a Neural Network", 2015.
 
@@ -17,8 +22,8 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) 
     averaged over the batch (FCFD §2.1, L_kd). The tau^2 factor keeps the gradient scale
     independent of the temperature.
     """
-    log_p_s = F.log_softmax(student_logits.float() / temperature, dim=1)
-    log_p_t = F.log_softmax(teacher_logits.float() / temperature, dim=1)
+    log_p_s = F.log_softmax(_wide(student_logits) / temperature, dim=1)
+    log_p_t = F.log_softmax(_wide(teacher_logits) / temperature, dim=1)
     kl = F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
     return kl * temperature**2
 
@@ -39,8 +44,8 @@ def tckd_loss(
     KL between the binary distributions b = [p_target, 1 - p_target] of teacher and student,
     at temperature tau, times tau^2, averaged over the batch.
     """
-    p_s = F.softmax(student_logits.float() / temperature, dim=1)
-    p_t = F.softmax(teacher_logits.float() / temperature, dim=1)
+    p_s = F.softmax(_wide(student_logits) / temperature, dim=1)
+    p_t = F.softmax(_wide(teacher_logits) / temperature, dim=1)
     idx = targets.view(-1, 1)
     kl = _binary_kl(p_t.gather(1, idx).squeeze(1), p_s.gather(1, idx).squeeze(1))
     return kl.mean() * temperature**2
@@ -56,8 +61,8 @@ def nckd_loss(
     """
     mask = F.one_hot(targets, student_logits.shape[1]).bool()
     # A large negative value, not -inf, so 0 * log 0 terms stay finite.
-    s = (student_logits.float() / temperature).masked_fill(mask, -1e4)
-    t = (teacher_logits.float() / temperature).masked_fill(mask, -1e4)
+    s = (_wide(student_logits) / temperature).masked_fill(mask, -1e4)
+    t = (_wide(teacher_logits) / temperature).masked_fill(mask, -1e4)
     kl = F.kl_div(
         F.log_softmax(s, dim=1), F.log_softmax(t, dim=1), reduction="batchmean", log_target=True
     )
