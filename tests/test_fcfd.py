@@ -16,8 +16,6 @@ from kdlab.errors import UserError
 from kdlab.methods import build_distiller
 from kdlab.models.staged import Staged
 
-pytest.importorskip("kdlab.losses.logits", reason="FCFD's KL terms use kdlab.losses.logits")
-
 N_CLS = 10
 
 
@@ -331,3 +329,22 @@ def test_simkd_head_reuses_the_teacher_classifier(tiny_pair):
     with torch.no_grad():
         want = d.simkd_head(d.b_st["4"](d.student.features(x).stages[-1]))
         assert torch.equal(deployed(x), want)
+
+
+def test_fcfd_plus_dkd_replaces_every_kl_with_dkd(tiny_pair):
+    """FCFD+DKD (App. C.1): L_kd, L_func-KL and L_func' use DKD (TCKD 1, NCKD 2)."""
+    from kdlab.losses.logits import dkd_loss
+
+    d = fixed(make(tiny_pair, double=True, logit_loss="dkd", temperature=4.0), [(2, 1), (2, 0)])
+    x, y = batch()
+    x = x.double()
+    teacher, student = d.teacher, d.student
+    logits, losses = d(x, y)
+    with torch.no_grad():
+        t = teacher.features(x)
+        expected_kd = dkd_loss(logits, t.logits, y, alpha=1.0, beta=2.0, temperature=4.0)
+        via_teacher = teacher.run_from(1, d.b_st["2"](student.features(x).stages[1])).logits
+    assert losses["kd"].item() == pytest.approx(expected_kd.item(), rel=1e-9)
+    expected_func = dkd_loss(via_teacher, t.logits, y, alpha=1.0, beta=2.0, temperature=4.0)
+    assert losses["func_kl"].item() == pytest.approx(expected_func.item(), rel=1e-6)
+    assert torch.isfinite(losses["funcp_kl"]) and losses["funcp_kl"].item() > 0

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from kdlab.errors import UserError
 from kdlab.losses.fcfd import app_loss, func_l2_loss
+from kdlab.losses.logits import dkd_loss, kd_loss
 from kdlab.methods import METHODS
 from kdlab.methods.base import Distiller, Losses
 from kdlab.models.staged import Staged
@@ -203,12 +204,10 @@ class FCFD(Distiller):
 
     def _logit_loss(self, logits: Tensor, teacher_logits: Tensor, targets: Tensor) -> Tensor:
         """KL at temperature tau (x tau^2), or DKD for FCFD+DKD: L_kd, L_func-KL, L_func'."""
-        from kdlab.losses.logits import dkd_loss, kd_loss  # the logit-losses module
-
         c = self.cfg
         if c.logit_loss == "dkd":
-            return dkd_loss(logits, teacher_logits, targets, c.dkd_alpha, c.dkd_beta,
-                            c.temperature)
+            return dkd_loss(logits, teacher_logits, targets, alpha=c.dkd_alpha,
+                            beta=c.dkd_beta, temperature=c.temperature)
         return kd_loss(logits, teacher_logits, c.temperature)
 
     # ----------------------------------------------------------------- the method
