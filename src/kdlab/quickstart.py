@@ -152,9 +152,9 @@ def quickstart(s: QuickstartSettings) -> dict[str, dict[str, Any]]:
           + (" (some runs reused)" if any(v.get("reused") for v in summaries.values()) else ""))
     print("These are short runs. Full-length training uses the recipes, e.g.\n"
           f"  kdlab train recipes/{s.dataset}/ce/{s.teacher}.yaml\n"
-          f"  kdlab distill recipes/{s.dataset}/kd/{s.student}_from_{s.teacher}.yaml "
-          "--set model.teacher_checkpoint=runs/<teacher run>/best.pt\n"
-          "(`kdlab list methods` shows every method; swap kd for fitnet, fcfd, ...).")
+          f"  kdlab distill recipes/{s.dataset}/kd/{s.student}_from_{s.teacher}.yaml\n"
+          f"  kdlab distill recipes/{s.dataset}/fcfd/{s.student}_from_{s.teacher}.yaml\n"
+          "(`kdlab list methods` shows every method; benchmarks/README.md compares them).")
     return summaries
 
 
