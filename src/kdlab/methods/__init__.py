@@ -7,7 +7,6 @@ from typing import Any
 
 from kdlab.autoimport import import_submodules
 from kdlab.config import build_dataclass
-from kdlab.errors import UserError
 from kdlab.methods.base import Distiller, Losses
 from kdlab.models.staged import Staged
 from kdlab.registry import Registry
@@ -26,11 +25,6 @@ def build_distiller(
     """Build method ``name`` with hyper-parameters ``options`` (checked against its Config)."""
     cls = METHODS.get(name)
     cfg = build_dataclass(cls.Config, options, where=f"method.{name}")
-    if cls.needs_teacher and teacher is None:
-        raise UserError(
-            f"Method {name!r} needs a teacher: set model.teacher and model.teacher_checkpoint "
-            "(train one first with `kdlab train`)."
-        )
     return cls(student, teacher, cfg, train_size=train_size)
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from kdlab.errors import UserError
 from kdlab.models.staged import Features, Staged
 
 Losses = dict[str, Tensor]
@@ -49,6 +50,11 @@ class Distiller(nn.Module):
         train_size: int | None = None,
     ) -> None:
         super().__init__()
+        if self.needs_teacher and teacher is None:
+            raise UserError(
+                f"Method {type(self).__name__} needs a teacher: set model.teacher and "
+                "model.teacher_checkpoint (train one first with `kdlab train`)."
+            )
         self.student = student
         self.cfg = cfg if cfg is not None else self.Config()
         #: number of training samples (memory-bank methods such as CRD need it)

@@ -77,10 +77,7 @@ class FCFD(Distiller):
         train_size: int | None = None,
     ) -> None:
         super().__init__(student, teacher, cfg, train_size=train_size)
-        if teacher is None:
-            raise UserError(
-                "FCFD needs a teacher: set model.teacher and model.teacher_checkpoint."
-            )
+        assert teacher is not None  # the Distiller base refuses a missing teacher
         c = self.cfg
         n = student.num_stages
         if teacher.num_stages != n:

@@ -45,10 +45,7 @@ class FitNet(Distiller):
         train_size: int | None = None,
     ) -> None:
         super().__init__(student, teacher, cfg, train_size=train_size)
-        if teacher is None:
-            raise UserError(
-                "FitNet needs a teacher: set model.teacher and model.teacher_checkpoint."
-            )
+        assert teacher is not None  # the Distiller base refuses a missing teacher
         k = self.cfg.position
         n = min(student.num_stages, teacher.num_stages)
         if not 1 <= k <= n:
