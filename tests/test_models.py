@@ -237,3 +237,44 @@ def test_pretrained_weights_that_cannot_be_downloaded_are_a_user_error(name, mon
     monkeypatch.setattr(api, "load_state_dict_from_url", offline)
     with pytest.raises(UserError, match="could not be downloaded"):
         MODELS.get(name)(num_classes=10, pretrained=True)
+
+
+def test_the_download_failure_says_how_to_pass_a_local_file(monkeypatch):
+    import torchvision.models._api as api
+
+    def offline(*args, **kwargs):
+        raise URLError("network unreachable")
+
+    monkeypatch.setattr(api, "load_state_dict_from_url", offline)
+    with pytest.raises(UserError, match=r"pretrained='/path/to/resnet18-[0-9a-f]+\.pth'"):
+        MODELS.get("resnet18")(num_classes=10, pretrained=True)
+
+
+@pytest.mark.parametrize("num_classes", [1000, 10])
+def test_pretrained_weights_from_a_local_file(num_classes, tmp_path):
+    import torchvision
+
+    torch.manual_seed(5)
+    source = torchvision.models.mobilenet_v2(weights=None)
+    path = tmp_path / "mobilenet_v2.pth"
+    torch.save(source.state_dict(), path)
+    net = MODELS.get("mobilenet_v2")(num_classes=num_classes, pretrained=str(path)).net
+    loaded, ref = net.state_dict(), source.state_dict()
+    assert torch.equal(loaded["features.0.0.weight"], ref["features.0.0.weight"])
+    assert torch.equal(loaded["features.18.1.running_var"], ref["features.18.1.running_var"])
+    # The classifier is taken only when its shape fits.
+    assert torch.equal(loaded["classifier.1.weight"], ref["classifier.1.weight"]) == (
+        num_classes == 1000)
+
+
+def test_pretrained_local_files_that_are_missing_or_wrong_are_user_errors(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        MODELS.get("resnet18")(num_classes=10, pretrained=str(tmp_path / "nope.pth"))
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="could not be read"):
+        MODELS.get("resnet18")(num_classes=10, pretrained=str(garbage))
+    other = tmp_path / "other.pth"
+    torch.save({"something.weight": torch.zeros(3)}, other)
+    with pytest.raises(UserError, match="no tensor of torchvision's resnet18"):
+        MODELS.get("resnet18")(num_classes=10, pretrained=str(other))

@@ -2,7 +2,10 @@
 
 The torchvision networks are used as they are (``weights=None`` unless ``pretrained``) and
 seen through :class:`~kdlab.models.staged.Staged` by naming torchvision's own modules; for
-``in_channels != 3`` only the first convolution is replaced.
+``in_channels != 3`` only the first convolution is replaced. ``pretrained=True`` loads
+torchvision's ImageNet weights through its weights API (a download); ``pretrained`` given as a
+path loads the same weights from a local ``.pth`` / ``.safetensors`` file instead. Tensors whose
+shape differs (the replaced first conv, a classifier for another class count) stay fresh.
 
 Stage divisions (five stages each):
 
@@ -25,8 +28,11 @@ Stage divisions (five stages each):
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from urllib.error import URLError
+from urllib.parse import urlparse
 
+import torch
 import torchvision
 from torch import Tensor, nn
 
@@ -42,34 +48,66 @@ def _names(prefix: str, first: int, last: int) -> list[str]:
     return [f"{prefix}.{i}" for i in range(first, last + 1)]
 
 
-def _load_pretrained(net: nn.Module, name: str, weights: torchvision.models.WeightsEnum) -> None:
-    """Load torchvision's ImageNet weights, skipping tensors whose shape differs (a replaced
-    first conv, a classifier for another class count)."""
+def _read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """A local checkpoint in torchvision's format: a ``.pth`` state dict or ``.safetensors``."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"The pretrained weights file {path} does not exist; pass the path of "
+                        "a downloaded torchvision .pth (or .safetensors) state dict.")
     try:
-        state = weights.get_state_dict(progress=False)
-    except (URLError, OSError, RuntimeError, ValueError) as err:
-        raise UserError(
-            f"The pretrained {name} weights ({weights.url}) could not be downloaded ({err}); "
-            "check the network connection or build the model with pretrained=False."
-        ) from None
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is the same user mistake
+        raise UserError(f"The pretrained weights file {path} could not be read ({err}); pass "
+                        "a torchvision .pth (or .safetensors) state dict.") from None
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise UserError(f"The pretrained weights file {path} is not a state dict of tensors; "
+                        "pass a torchvision .pth (or .safetensors) state dict.")
+    return state
+
+
+def _load_pretrained(
+    net: nn.Module, name: str, weights: torchvision.models.WeightsEnum, pretrained: bool | str
+) -> None:
+    """Load ImageNet weights: torchvision's download for ``pretrained=True``, a local file for a
+    path. Tensors whose shape differs (a replaced first conv, a classifier for another class
+    count) keep their fresh initialisation."""
+    if isinstance(pretrained, (str, Path)):
+        state = _read_state_dict(pretrained)
+    else:
+        try:
+            state = weights.get_state_dict(progress=False)
+        except (URLError, OSError, RuntimeError, ValueError) as err:
+            file = Path(urlparse(weights.url).path).name
+            raise UserError(
+                f"The pretrained {name} weights could not be downloaded from {weights.url} "
+                f"({err}); download {file} on a machine with internet access and pass its "
+                f"local path instead, pretrained='/path/to/{file}'."
+            ) from None
     own = net.state_dict()
-    net.load_state_dict(
-        {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}, strict=False
-    )
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not usable:
+        raise UserError(f"The pretrained weights hold no tensor of torchvision's {name}; pass "
+                        f"a checkpoint of torchvision's {name}.")
+    net.load_state_dict(usable, strict=False)
 
 
 def _torchvision_resnet(
     name: str, factory: Callable[..., nn.Module], weights: torchvision.models.WeightsEnum
 ) -> None:
     def build(
-        *, num_classes: int, in_channels: int = 3, input_size: int = 224, pretrained: bool = False
+        *, num_classes: int, in_channels: int = 3, input_size: int = 224,
+        pretrained: bool | str = False,
     ) -> Staged:
         net = factory(weights=None, num_classes=num_classes)
         if in_channels != 3:
             net.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
             nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
         if pretrained:
-            _load_pretrained(net, name, weights)
+            _load_pretrained(net, name, weights, pretrained)
         return Staged(
             net,
             stem=[],
@@ -94,7 +132,8 @@ _torchvision_resnet("resnet50", torchvision.models.resnet50,
 
 @MODELS.register("mobilenet_v2")
 def mobilenet_v2(
-    *, num_classes: int, in_channels: int = 3, input_size: int = 224, pretrained: bool = False
+    *, num_classes: int, in_channels: int = 3, input_size: int = 224,
+        pretrained: bool | str = False,
 ) -> Staged:
     """torchvision MobileNetV2 (Sandler et al., CVPR 2018), five stages as the CIFAR version."""
     net = torchvision.models.mobilenet_v2(weights=None, num_classes=num_classes)
@@ -103,7 +142,8 @@ def mobilenet_v2(
         nn.init.kaiming_normal_(conv.weight, mode="fan_out")
         net.features[0][0] = conv
     if pretrained:
-        _load_pretrained(net, "mobilenet_v2", torchvision.models.MobileNet_V2_Weights.DEFAULT)
+        _load_pretrained(net, "mobilenet_v2", torchvision.models.MobileNet_V2_Weights.DEFAULT,
+                         pretrained)
     return Staged(
         net,
         stem=[],
