@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import pickle
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +44,7 @@ def find_checkpoint(path: str | Path, which: str = "best") -> Path:
 
 
 def load_run_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a run checkpoint (weights only) and check it holds exported networks."""
+    """Load a run checkpoint (weights only) and check it holds the run's distiller weights."""
     from kdlab.engine.checkpoint import load_checkpoint
 
     try:
@@ -55,9 +57,9 @@ def load_run_checkpoint(path: Path) -> dict[str, Any]:
             f"Checkpoint {str(path)!r} cannot be read ({type(e).__name__}); it is corrupt or "
             "not a kdlab checkpoint: use the run's other checkpoint or train again."
         ) from None
-    if not isinstance(ckpt, dict) or not ckpt.get("exported") or not ckpt.get("models"):
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("distiller"), dict):
         raise UserError(
-            f"{str(path)!r} is not a kdlab run checkpoint (no exported networks); give a run "
+            f"{str(path)!r} is not a kdlab run checkpoint (no distiller weights); give a run "
             "folder or its best.pt / last.pt."
         )
     return ckpt
@@ -81,3 +83,59 @@ def run_config(ckpt_path: Path, ckpt: dict[str, Any], overrides: Sequence[str]) 
         )
     tree = apply_overrides(copy.deepcopy(dict(tree)), overrides)
     return build_dataclass(RunConfig, tree, where="config")
+
+
+# --------------------------------------------------------------------- a finished run
+@dataclass
+class Restored:
+    """A finished run rebuilt from its checkpoint (see :func:`restore_run`)."""
+
+    ckpt_path: Path
+    cfg: RunConfig
+    distiller: Any  # kdlab.methods.Distiller, in eval mode, the run's weights loaded
+    info: Any  # kdlab.data.DatasetInfo (the shape the networks were built for)
+    val: Any  # the validation loader, or None when the data was not loaded
+    device: Any  # torch.device the distiller is on
+
+
+def restore_run(path: str | Path, which: str, overrides: Sequence[str], *,
+                device: str | None = None, load_data: bool = True) -> Restored:
+    """Rebuild a run's distiller from its config and load the checkpoint's weights.
+
+    The distiller (every method, composite networks included) is built from the run's
+    config with the teacher's architecture only (the teacher checkpoint is not needed),
+    then the checkpoint's ``distiller`` state_dict is loaded strictly. With
+    ``load_data=False`` the data shape comes from the dataset's registered info; the data is
+    loaded only if those sizes do not fit the checkpoint (e.g. an ImageNet folder's classes).
+    ``device``: auto | cpu | cuda | ... (default: the run's ``train.device``; the CPU when
+    ``load_data`` is false).
+    """
+    import torch
+
+    from kdlab.data import build_loaders
+    from kdlab.data.loaders import describe, subset_size
+    from kdlab.engine.build import resolve_device, restore_distiller
+
+    ckpt_path = find_checkpoint(path, which)
+    ckpt = load_run_checkpoint(ckpt_path)
+    cfg = run_config(ckpt_path, ckpt, overrides)
+    if device is None:
+        device = "cpu" if not load_data else cfg.train.device
+    dev = resolve_device(device) if device != "cpu" else torch.device("cpu")
+    if not load_data:
+        info = describe(cfg.data.name)
+        info = dataclasses.replace(info, train_size=subset_size(info.train_size,
+                                                                cfg.data.train_subset))
+        try:
+            distiller = restore_distiller(cfg, info, ckpt["distiller"], dev)
+            return Restored(ckpt_path, cfg, distiller, info, None, dev)
+        except UserError as e:
+            first_error = e
+        try:
+            loaders = build_loaders(cfg.data, dev, seed=cfg.train.seed)
+        except UserError:
+            raise first_error from None
+    else:
+        loaders = build_loaders(cfg.data, dev, seed=cfg.train.seed)
+    distiller = restore_distiller(cfg, loaders.info, ckpt["distiller"], dev)
+    return Restored(ckpt_path, cfg, distiller, loaders.info, loaders.val, dev)

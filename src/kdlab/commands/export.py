@@ -1,7 +1,10 @@
-"""``kdlab export``: a run's networks as safetensors files that load into the plain model.
+"""``kdlab export``: a run's exported networks as safetensors files.
 
-``build_model(name, ...).net.load_state_dict(safetensors.torch.load_file(path))``; the file's
-metadata names the model, its class count, input channels and size, and the kdlab version.
+A plain network (``kind: model`` in the metadata) loads into the ordinary model:
+``build_model(model, num_classes=..., in_channels=..., input_size=...).net
+.load_state_dict(safetensors.torch.load_file(path))``. A composite one (``kind: composite``,
+e.g. SimKD's student + projector + reused teacher head) carries the method and the run's
+config; ``kdlab.export.load_exported(path)`` returns the network for either kind.
 """
 
 from __future__ import annotations
@@ -10,20 +13,26 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from kdlab import __version__
-from kdlab.commands.common import WHICH, find_checkpoint, load_run_checkpoint
-from kdlab.commands.evaluate import build_network
-from kdlab.engine.io import atomic_write
+from kdlab.commands.common import WHICH, restore_run
 from kdlab.errors import UserError
+from kdlab.export import export_metadata, write_exported
+
+LOADING = (
+    "Loading: `from kdlab.export import load_exported; net = load_exported(FILE)` gives the "
+    "network (images -> logits, eval mode) for any file. A file whose metadata has "
+    "kind=model also loads without kdlab's run machinery: build_model(model, num_classes=..., "
+    "in_channels=..., input_size=...).net.load_state_dict(safetensors.torch.load_file(FILE)). "
+    "A kind=composite file (SimKD, FCFD with simkd: true) holds the method and the run's "
+    "config in its metadata; load_exported rebuilds it (no teacher checkpoint needed)."
+)
 
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
-        "export", help="write a run's networks as .safetensors (loadable into the plain model)",
-        description="Write each exported network's state_dict as safetensors, with the model "
-        "name, class count, input channels and size in the metadata.",
+        "export", help="write a run's networks as .safetensors (see kdlab.export.load_exported)",
+        description="Rebuild the run's method from its config, load the checkpoint, and write "
+        "each network the method exports (e.g. every DML peer, SimKD's deployed student) as "
+        "a safetensors file with metadata. " + LOADING,
     )
     p.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT")
     p.add_argument("--which", choices=WHICH, default="best", help="checkpoint in a run folder")
@@ -46,38 +55,13 @@ def output_paths(names: list[str], ckpt_path: Path, out: str | None) -> dict[str
     return {n: o.with_name(f"{o.stem}-{n}{o.suffix}") for n in names}
 
 
-def metadata(spec: dict[str, Any], name: str) -> dict[str, str]:
-    return {
-        "name": name,
-        "model": str(spec["model"]),
-        "num_classes": str(int(spec["num_classes"])),
-        "in_channels": str(int(spec["in_channels"])),
-        "input_size": str(int(spec["input_size"])),
-        "kdlab_version": __version__,
-    }
-
-
-def write_safetensors(state: dict[str, torch.Tensor], meta: dict[str, str], path: Path) -> None:
-    """Write a state_dict atomically (tensors made contiguous, shared storage split)."""
-    from safetensors.torch import save_file
-
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
-
-
 def run(args: argparse.Namespace) -> int:
-    ckpt_path = find_checkpoint(args.path, args.which)
-    ckpt = load_run_checkpoint(ckpt_path)
-    names = list(ckpt["exported"])
-    paths = output_paths(names, ckpt_path, args.out)
-    for name in names:
-        spec = ckpt["models"].get(name)
-        if spec is None:
-            raise UserError(f"The checkpoint has weights for {name!r} but no model entry; "
-                            "it is not a kdlab checkpoint of this version.")
-        # Build the plain model and load the weights first: an export that would not load
-        # is refused rather than written.
-        net = build_network(spec, ckpt["exported"][name], name).net
-        write_safetensors(net.state_dict(), metadata(spec, name), paths[name])
-        print(f"{name}: {spec['model']} -> {paths[name]}")
+    r = restore_run(args.path, args.which, [], load_data=False)
+    exported = r.distiller.exported()
+    paths = output_paths(list(exported), r.ckpt_path, args.out)
+    for name, module in exported.items():
+        meta = export_metadata(module, name, r.cfg, r.info)
+        write_exported(module, meta, paths[name])
+        what = meta.get("model") or f"{meta['method']}({meta['student']}), composite"
+        print(f"{name}: {what} -> {paths[name]}")
     return 0

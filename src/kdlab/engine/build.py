@@ -131,8 +131,7 @@ def build_run(
 ) -> Run:
     """Loaders, student, teacher (weights loaded) and the distiller, on ``device``."""
     from kdlab.data import build_loaders
-    from kdlab.methods import METHODS, build_distiller
-    from kdlab.models import build_model
+    from kdlab.methods import METHODS
 
     method = METHODS.get(cfg.method_name)
     teacher_name = cfg.model.teacher
@@ -151,22 +150,73 @@ def build_run(
     loaders = build_loaders(cfg.data, device, seed=cfg.train.seed, rank=rank,
                             world_size=world_size)
     info = loaders.info
-    shape = {"num_classes": info.num_classes, "in_channels": info.in_channels,
-             "input_size": info.input_size}
+    distiller = build_distiller_from_config(cfg, info, device)
+    return Run(distiller=distiller, loaders=loaders, info=info)
+
+
+def build_distiller_from_config(
+    cfg: RunConfig, info: Any, device: torch.device | str = "cpu", *,
+    load_teacher_weights: bool = True,
+) -> Distiller:
+    """The run's distiller (student, teacher, method extras) for data shaped like ``info``.
+
+    ``info`` needs ``num_classes``, ``in_channels``, ``input_size`` and ``train_size`` (a
+    :class:`kdlab.data.DatasetInfo`). With ``load_teacher_weights=False`` the teacher is
+    built with its architecture only (its checkpoint is not read, nor needed): for
+    rebuilding a finished run whose own ``distiller`` state_dict is loaded afterwards
+    (``kdlab eval`` / ``kdlab export``); whatever a method copies out of the teacher is in
+    that state_dict.
+    """
+    from kdlab.methods import METHODS, build_distiller
+    from kdlab.models import build_model
+
+    method = METHODS.get(cfg.method_name)
+    teacher_name = cfg.model.teacher
+    if method.needs_teacher and not teacher_name:
+        raise UserError(f"Method {cfg.method_name!r} needs a teacher: set model.teacher and "
+                        "model.teacher_checkpoint (train the teacher first with `kdlab train`).")
+    shape = {"num_classes": int(info.num_classes), "in_channels": int(info.in_channels),
+             "input_size": int(info.input_size)}
     student = build_model(cfg.model.student, **shape)
     teacher = None
     if teacher_name and method.needs_teacher:
-        assert ckpt is not None
-        _check_teacher_spec(cfg, weights_spec(ckpt), info)
         teacher = build_model(teacher_name, **shape)
-        load_weights(ckpt, teacher.net)
+        if load_teacher_weights:
+            ckpt = cfg.model.teacher_checkpoint
+            if not ckpt:
+                raise UserError("model.teacher is set but model.teacher_checkpoint is not; "
+                                "train the teacher first with `kdlab train ...` and point to "
+                                "its best.pt.")
+            _check_teacher_spec(cfg, weights_spec(ckpt), info)
+            load_weights(ckpt, teacher.net)
     student.to(device)
     if teacher is not None:
         teacher.to(device)
     distiller = build_distiller(cfg.method_name, cfg.method_options, student, teacher,
                                 train_size=info.train_size)
     distiller.to(device)
-    return Run(distiller=distiller, loaders=loaders, info=info)
+    return distiller
+
+
+def restore_distiller(
+    cfg: RunConfig, info: Any, state: dict[str, Any], device: torch.device | str = "cpu"
+) -> Distiller:
+    """A finished run's distiller: rebuilt from its config (teacher architecture only, see
+    :func:`build_distiller_from_config`) with the checkpoint's ``distiller`` state_dict
+    loaded strictly, in eval mode. Every method's evaluated and exported networks come out
+    of it, composite ones (SimKD's student + projector + reused head) included."""
+    distiller = build_distiller_from_config(cfg, info, device, load_teacher_weights=False)
+    try:
+        distiller.load_state_dict(state)
+    except RuntimeError as e:
+        lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+        detail = "; ".join(lines[1:3]) or lines[0]
+        raise UserError(
+            f"The checkpoint's weights do not fit method {cfg.method_name!r} with student "
+            f"{cfg.model.student!r} ({detail[:300]}); evaluate it with the run's own "
+            "config.yaml and no --set of model or method keys."
+        ) from None
+    return distiller.eval()
 
 
 def model_specs(exported: dict[str, nn.Module]) -> dict[str, dict[str, Any]]:
