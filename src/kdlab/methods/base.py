@@ -106,6 +106,21 @@ class Distiller(nn.Module):
         """Return the student's logits and the weighted loss terms, by name."""
         raise NotImplementedError
 
+    #: True when the method implements :meth:`losses` (it can then be part of a ``combo``).
+    combinable: bool = False
+
+    def losses(
+        self,
+        student: Features,
+        teacher: Features | None,
+        targets: Tensor,
+        index: Tensor | None = None,
+    ) -> Losses:
+        """The method's distillation terms (weighted, without the label CE) from features
+        computed once elsewhere; ``combo`` calls it to share one forward pass between
+        methods. Methods that implement it set ``combinable = True``."""
+        raise NotImplementedError(f"{type(self).__name__} has no losses() hook")
+
     def set_epoch(self, epoch: int, num_epochs: int) -> None:
         """Called by the trainer at the start of every epoch (0-based); for warm-ups."""
 
