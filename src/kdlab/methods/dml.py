@@ -29,18 +29,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdlab.errors import UserError
+from kdlab.losses.logits import kd_loss
 from kdlab.methods import METHODS
 from kdlab.methods.base import Distiller, Losses
 from kdlab.models import build_model
 from kdlab.models.staged import Staged
-
-
-def _soft_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
-    """Hinton et al. 2015 soft-label loss: batch-mean KL(softmax(t/T) || softmax(s/T)) * T^2."""
-    log_p_s = F.log_softmax(student_logits / temperature, dim=1)
-    log_p_t = F.log_softmax(teacher_logits / temperature, dim=1)
-    kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1).mean()
-    return kl * temperature**2
 
 
 def _fresh_copy(model: Staged) -> Staged:
@@ -110,7 +103,7 @@ class DML(Distiller):
         for k, (name, z) in enumerate(zip(names, logits, strict=True)):
             prefix = "" if k == 0 else f"{name}_"
             losses[f"{prefix}ce"] = F.cross_entropy(z, targets)
-            others = [_soft_kl(z, t, c.temperature) for j, t in enumerate(targets_soft) if j != k]
+            others = [kd_loss(z, t, c.temperature) for j, t in enumerate(targets_soft) if j != k]
             losses[f"{prefix}kl"] = c.kl_weight * torch.stack(others).mean()
         return logits[0], losses
 

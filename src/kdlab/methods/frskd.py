@@ -34,18 +34,11 @@ from torch import Tensor, nn
 
 from kdlab.errors import UserError
 from kdlab.losses.attention import at_loss
+from kdlab.losses.logits import kd_loss
 from kdlab.methods import METHODS
 from kdlab.methods.base import Distiller, Losses
 from kdlab.models.staged import Staged
 from kdlab.nn.bifpn import BiFPNc
-
-
-def _soft_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
-    """Hinton et al. 2015 soft-label loss: batch-mean KL(softmax(t/T) || softmax(s/T)) * T^2."""
-    log_p_s = F.log_softmax(student_logits / temperature, dim=1)
-    log_p_t = F.log_softmax(teacher_logits / temperature, dim=1)
-    kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1).mean()
-    return kl * temperature**2
 
 
 class SelfTeacherView(nn.Module):
@@ -129,7 +122,7 @@ class FRSKD(Distiller):
             "self_teacher_ce": F.cross_entropy(st_logits, targets),
         }
         if c.alpha > 0:
-            losses["kd"] = c.alpha * _soft_kl(out.logits, st_logits.detach(), c.temperature)
+            losses["kd"] = c.alpha * kd_loss(out.logits, st_logits.detach(), c.temperature)
         if c.beta > 0:
             feat = sum(at_loss(f, r.detach()) for f, r in zip(feats, refined, strict=True))
             losses["feat"] = c.beta * feat
