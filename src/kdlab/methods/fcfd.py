@@ -11,6 +11,7 @@ paper and where we differ from the authors' code.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass
 
@@ -23,7 +24,7 @@ from kdlab.losses.fcfd import app_loss, func_l2_loss
 from kdlab.losses.logits import dkd_loss, kd_loss
 from kdlab.methods import METHODS
 from kdlab.methods.base import Distiller, Losses
-from kdlab.models.staged import Staged
+from kdlab.models.staged import Features, Staged
 from kdlab.nn.bridge import Bridge
 from kdlab.nn.path_bn import PathStats
 from kdlab.nn.simkd_projector import ReusedHead, SimKDProjector, SimKDStudent
@@ -211,11 +212,37 @@ class FCFD(Distiller):
     def forward(
         self, images: Tensor, targets: Tensor, index: Tensor | None = None
     ) -> tuple[Tensor, Losses]:
+        t = self.teacher_features(images)
+        s = self.student.features(images)
+        return self.losses_from(s, t, targets)
+
+    def teacher_lens(self, name: str) -> contextlib.AbstractContextManager[None]:
+        """Context for running the teacher's modules on a bridged student feature.
+
+        ``name`` is :meth:`lens_name` of a ``<k, 1>`` position or ``"s2t_pool"`` (the
+        pooled L_app term). The frozen teacher needs nothing; online FCFD swaps in the
+        path's BN statistics there.
+        """
+        return contextlib.nullcontext()
+
+    @staticmethod
+    def lens_name(k: int) -> str:
+        """Name of the teacher-side BN statistics of path ``<k, delta=1>`` (online FCFD)."""
+        return f"s2t_k{k}"
+
+    def losses_from(
+        self, s: Features, t: Features, targets: Tensor, *, t_source: Features | None = None
+    ) -> tuple[Tensor, Losses]:
+        """Eq. 9 from the student's pass ``s`` and the teacher's pass ``t``.
+
+        ``t`` holds the targets and must carry no gradient. ``t_source`` (default ``t``)
+        supplies the teacher features fed to B_ts on ``<k, 0>`` paths. Returns the
+        student's logits and the weighted terms.
+        """
         c, n = self.cfg, self.num_stages
         teacher = self.teacher
         assert teacher is not None
-        t = self.teacher_features(images)
-        s = self.student.features(images)
+        t_source = t if t_source is None else t_source
         paths = self.sample_paths()
         l2w = self._l2_scale
 
@@ -235,7 +262,9 @@ class FCFD(Distiller):
         if self.app_positions:
             app = sum(app_loss(bridged[k], t.stages[k - 1]) for k in self.app_positions)
             if c.pooled_l2 and n in self.app_positions:
-                app = app + app_loss(teacher.embed(bridged[n]), t.embedding)
+                with self.teacher_lens("s2t_pool"):
+                    pooled = teacher.embed(bridged[n])
+                app = app + app_loss(pooled, t.embedding)
             losses["app"] = c.app_weight * l2w * app
 
         func_kl: list[Tensor] = []
@@ -249,10 +278,12 @@ class FCFD(Distiller):
                 continue
             if delta == 1:  # <k, 1>: B_st(F_s^k) through the teacher's stages k+1..N and C_t
                 if c.partial_func:
-                    out = teacher.stage_forward(k, bridged[k])
-                    func_l2.append(app_loss(out, t.stages[k]))
+                    with self.teacher_lens(self.lens_name(k)):
+                        one = teacher.stage_forward(k, bridged[k])
+                    func_l2.append(app_loss(one, t.stages[k]))
                     continue
-                out = teacher.run_from(k - 1, bridged[k])
+                with self.teacher_lens(self.lens_name(k)):
+                    out = teacher.run_from(k - 1, bridged[k])
                 if c.func_l2_weight and out.stages:
                     l2 = func_l2_loss(out.stages, t.stages[k:])
                     if c.pooled_l2:
@@ -261,7 +292,7 @@ class FCFD(Distiller):
                 if c.func_kl_weight:
                     func_kl.append(self._logit_loss(out.logits, t.logits, targets))
             else:  # <k, 0>: B_ts(F_t^k) through the student's stages k+1..N and C_s
-                x = self.b_ts[str(k)](t.stages[k - 1])
+                x = self.b_ts[str(k)](t_source.stages[k - 1])
                 with self.path_stats.use(self.path_name(k)):
                     out = self.student.run_from(k - 1, x)
                     last = out.stages[-1] if out.stages else x
