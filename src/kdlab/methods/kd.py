@@ -10,6 +10,7 @@ from torch import Tensor
 from kdlab.losses.logits import kd_loss
 from kdlab.methods import METHODS
 from kdlab.methods.base import Distiller, Losses
+from kdlab.models.staged import Features
 
 
 @METHODS.register("kd")
@@ -18,6 +19,8 @@ class KD(Distiller):
 
     Defaults are the FCFD paper's CIFAR setting: L_task = L_kd = 1, tau = 4 (ImageNet: tau = 1).
     """
+
+    combinable = True
 
     @dataclass
     class Config:
@@ -37,3 +40,14 @@ class KD(Distiller):
         if c.kd_weight:
             losses["kd"] = c.kd_weight * kd_loss(logits, teacher_logits, c.temperature)
         return logits, losses
+
+    def losses(
+        self,
+        student: Features,
+        teacher: Features | None,
+        targets: Tensor,
+        index: Tensor | None = None,
+    ) -> Losses:
+        assert teacher is not None
+        c = self.cfg
+        return {"kd": c.kd_weight * kd_loss(student.logits, teacher.logits, c.temperature)}

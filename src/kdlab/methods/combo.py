@@ -1,0 +1,95 @@
+"""Several methods' losses at once over one student and one teacher (e.g. kd + rkd)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kdlab.errors import UserError
+from kdlab.methods import METHODS, build_distiller
+from kdlab.methods.base import Distiller, Losses
+from kdlab.models.staged import Staged
+
+
+@METHODS.register("combo")
+class Combo(Distiller):
+    """A weighted sum of registered methods' distillation losses.
+
+    Recipe::
+
+        method:
+          name: combo
+          parts:
+            - {name: kd, temperature: 4}
+            - {name: rkd, distance_weight: 25, angle_weight: 50}
+
+    Each part is built with its own options (checked against its Config) over the shared
+    student and teacher; the student's and the teacher's features are computed once per step
+    and handed to every part's :meth:`~kdlab.methods.base.Distiller.losses`. The label CE is
+    counted once, with the combo's ``ce_weight`` (a part may not set its own). Each part's
+    extras (projections, memory banks) are submodules of the combo and are trained with it.
+    A loss term is named as its part names it, prefixed by the part's name on a clash.
+    """
+
+    @dataclass
+    class Config:
+        #: default: Hinton KD + RKD (both with their papers' settings)
+        parts: list[dict[str, Any]] = field(
+            default_factory=lambda: [{"name": "kd"}, {"name": "rkd"}])
+        ce_weight: float = 1.0
+
+    def __init__(self, student: Staged, teacher: Staged | None, cfg: object | None = None,
+                 *, train_size: int | None = None) -> None:
+        super().__init__(student, teacher, cfg, train_size=train_size)
+        if not self.cfg.parts:
+            raise UserError(
+                "method.parts is empty; list the methods to combine, e.g. "
+                "parts: [{name: kd}, {name: rkd}]."
+            )
+        self.parts = nn.ModuleDict()
+        for i, spec in enumerate(self.cfg.parts):
+            options = dict(spec)
+            name = options.pop("name", None)
+            if not isinstance(name, str):
+                raise UserError(f"method.parts[{i}] needs a method name, e.g. {{name: kd}}.")
+            cls = METHODS.get(name)
+            if not getattr(cls, "combinable", False) or cls is Combo:
+                combinable = [n for n in METHODS.names() if getattr(METHODS.get(n), "combinable",
+                                                                      False)]
+                raise UserError(
+                    f"Method {name!r} cannot be part of a combo; combinable methods: "
+                    f"{', '.join(combinable)}."
+                )
+            if "ce_weight" in options:
+                raise UserError(
+                    f"method.parts[{i}] ({name}) sets ce_weight; set it once on the combo "
+                    "(method.ce_weight)."
+                )
+            if name in self.parts:
+                raise UserError(f"method.parts lists {name!r} twice; merge its options.")
+            if "ce_weight" in {f for f in getattr(cls.Config, "__dataclass_fields__", {})}:
+                options["ce_weight"] = 0.0
+            self.parts[name] = build_distiller(name, options, student, teacher,
+                                               train_size=train_size)
+        self.may_skip_parameters = any(p.may_skip_parameters for p in self.parts.values())
+
+    def set_epoch(self, epoch: int, num_epochs: int) -> None:
+        for part in self.parts.values():
+            part.set_epoch(epoch, num_epochs)
+
+    def forward(
+        self, images: Tensor, targets: Tensor, index: Tensor | None = None
+    ) -> tuple[Tensor, Losses]:
+        t = self.teacher_features(images) if self.teacher is not None else None
+        s = self.student.features(images)
+        losses: Losses = {}
+        if self.cfg.ce_weight:
+            losses["ce"] = self.cfg.ce_weight * F.cross_entropy(s.logits, targets)
+        for name, part in self.parts.items():
+            for term, value in part.losses(s, t, targets, index).items():
+                key = term if term not in losses else f"{name}.{term}"
+                losses[key] = value
+        return s.logits, losses

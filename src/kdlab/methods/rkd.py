@@ -1,0 +1,80 @@
+"""Relational KD: distance- and angle-wise structure of a batch's embeddings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from kdlab.errors import UserError
+from kdlab.losses.relations import rkd_angle_loss, rkd_distance_loss
+from kdlab.methods import METHODS
+from kdlab.methods.base import Distiller, Losses
+from kdlab.models.staged import Features
+
+
+def feature_at(features: Features, layer: str) -> Tensor:
+    """The named output of a staged pass: ``embedding``, ``logits`` or ``stage<k>``
+    (``k`` 0-based; negative counts from the last stage, e.g. ``stage-1``)."""
+    if layer == "embedding":
+        return features.embedding
+    if layer == "logits":
+        return features.logits
+    if layer.startswith("stage"):
+        try:
+            k = int(layer[len("stage"):])
+            return features.stages[k]
+        except (ValueError, IndexError):
+            pass
+    raise UserError(
+        f"Unknown layer {layer!r}; use 'embedding', 'logits' or 'stage<k>' with k in "
+        f"0..{len(features.stages) - 1} (negative counts from the end)."
+    )
+
+
+@METHODS.register("rkd")
+class RKD(Distiller):
+    """RKD (Park et al., "Relational Knowledge Distillation", CVPR 2019).
+
+    ``ce_weight * CE + distance_weight * L_RKD-D + angle_weight * L_RKD-A`` on ``layer``
+    (default: the penultimate embedding; ``stage<k>`` uses a stage output, flattened).
+    Weights 25 and 50 are the paper's (lambda_RKD-D = 25, lambda_RKD-A = 50).
+    """
+
+    combinable = True
+
+    @dataclass
+    class Config:
+        distance_weight: float = 25.0
+        angle_weight: float = 50.0
+        layer: str = "embedding"
+        ce_weight: float = 1.0
+
+    def losses(
+        self,
+        student: Features,
+        teacher: Features | None,
+        targets: Tensor,
+        index: Tensor | None = None,
+    ) -> Losses:
+        assert teacher is not None
+        c = self.cfg
+        s, t = feature_at(student, c.layer), feature_at(teacher, c.layer)
+        out: Losses = {}
+        if c.distance_weight:
+            out["rkd_distance"] = c.distance_weight * rkd_distance_loss(s, t)
+        if c.angle_weight:
+            out["rkd_angle"] = c.angle_weight * rkd_angle_loss(s, t)
+        return out
+
+    def forward(
+        self, images: Tensor, targets: Tensor, index: Tensor | None = None
+    ) -> tuple[Tensor, Losses]:
+        t = self.teacher_features(images)
+        s = self.student.features(images)
+        losses: Losses = {}
+        if self.cfg.ce_weight:
+            losses["ce"] = self.cfg.ce_weight * F.cross_entropy(s.logits, targets)
+        losses.update(self.losses(s, t, targets, index))
+        return s.logits, losses
