@@ -218,3 +218,39 @@ def test_quickstart_runs_and_reuses_finished_runs(tmp_path, capsys):
     assert second.count("reusing the finished run") == 3
     assert main([*args, "--lr", "0.05"]) == 0  # other settings: each run starts afresh
     assert capsys.readouterr().out.count("starting it afresh") == 3
+
+
+def test_plain_export_is_marked_and_load_exported_gives_the_plain_model(trained, capsys):
+    from kdlab.export import load_exported, read_exported
+    from kdlab.models import build_model
+
+    target = trained / "export_plain" / "kd.safetensors"
+    assert main(["export", str(trained / "student"), "--out", str(target)]) == 0
+    state, meta = read_exported(target)
+    assert meta["kind"] == "model" and meta["name"] == "student"
+    net = load_exported(target)
+    assert type(net) is type(build_model("resnet8", num_classes=10, in_channels=3,
+                                          input_size=16).net)
+    x = torch.randn(2, 3, 16, 16)
+    reference = build_model(meta["model"], num_classes=int(meta["num_classes"]),
+                            in_channels=int(meta["in_channels"]),
+                            input_size=int(meta["input_size"])).net.eval()
+    reference.load_state_dict(state)
+    with torch.no_grad():
+        assert torch.equal(net(x), reference(x))
+
+
+def test_eval_and_export_do_not_need_the_teacher_checkpoint(trained, tmp_path, capsys):
+    """A distilled run is rebuilt from its own checkpoint: the teacher file may be gone."""
+    import shutil
+
+    run = tmp_path / "moved_student"
+    shutil.copytree(trained / "student", run)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["model"]["teacher_checkpoint"] = str(tmp_path / "deleted" / "best.pt")
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    capsys.readouterr()
+    assert main(["eval", str(run), "--which", "last"]) == 0
+    assert "student " in capsys.readouterr().out
+    assert main(["export", str(run), "--which", "last"]) == 0
+    assert (run / "student.safetensors").is_file()

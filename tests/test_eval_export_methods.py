@@ -173,3 +173,14 @@ def test_load_exported_refuses_foreign_and_missing_files(tmp_path):
     broken.write_bytes(b"not safetensors at all")
     with pytest.raises(UserError, match="not a readable"):
         load_exported(broken)
+
+
+def test_a_composite_export_is_refused_as_a_teacher(runs, capsys):
+    path = runs / "composite_teacher.safetensors"
+    assert main(["export", str(runs / "simkd"), "--out", str(path)]) == 0
+    kd = recipe(runs, "kd_from_composite.yaml", method={"name": "kd"},
+                model={"teacher": "resnet20", "teacher_checkpoint": str(path)})
+    out = runs / "kd_from_composite"
+    msg = error_of(capsys, "distill", str(kd), "--out", str(out))
+    assert "composite simkd network" in msg
+    assert not out.exists()

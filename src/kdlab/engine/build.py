@@ -64,6 +64,9 @@ def _read_weights(path: Path, key: str) -> tuple[dict[str, torch.Tensor], dict[s
         except (SafetensorError, OSError, ValueError) as e:
             raise UserError(f"{str(path)!r} is not a readable .safetensors file ({e}); export "
                             "it again with `kdlab export`.") from None
+        if spec.get("kind") == "composite":
+            raise UserError(f"{str(path)!r} is a composite {spec.get('method')} network, not a "
+                            "plain model; use a plain model's export or run checkpoint here.")
         return state, spec
     from kdlab.engine.checkpoint import load_checkpoint
 
