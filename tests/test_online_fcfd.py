@@ -15,6 +15,7 @@ from conftest import tiny_staged
 from kdlab.errors import UserError
 from kdlab.methods import build_distiller
 from kdlab.models import build_model
+from kdlab.models.staged import Staged
 
 N_CLS = 10
 
@@ -257,3 +258,40 @@ def test_bad_input_gives_one_clear_message():
         build_distiller("online_fcfd", {"teacher": "resnet8", "simkd": True}, student, None)
     with pytest.raises(UserError, match="same classes"):
         build_distiller("online_fcfd", {}, student, tiny_staged(num_classes=5))
+
+
+def _teacher_with_head_bn() -> Staged:
+    """The tiny teacher layout plus a BN-ReLU before pooling (as in WRN / pre-act nets)."""
+    torch.manual_seed(1)
+    body, c_in = nn.Sequential(), 3
+    for i, w in enumerate((16, 32, 64, 64)):
+        body.add_module(f"s{i}", nn.Sequential(
+            nn.Conv2d(c_in, w, 3, 2 if i in (1, 2) else 1, 1, bias=False),
+            nn.BatchNorm2d(w), nn.ReLU()))
+        c_in = w
+    net = nn.Sequential()
+    net.add_module("body", body)
+    net.add_module("act", nn.Sequential(nn.BatchNorm2d(c_in), nn.ReLU()))
+    net.add_module("pool", nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()))
+    net.add_module("fc", nn.Linear(c_in, N_CLS))
+    return Staged(net, stem=[], stages=[[f"body.s{i}"] for i in range(4)], pre_pool=["act"],
+                  classifier=["fc"], input_shape=(3, 16, 16), num_classes=N_CLS)
+
+
+@pytest.mark.parametrize("paths", [[], [(3, 1)]])
+def test_the_teachers_head_statistics_stay_pure_too(paths):
+    """The pooled L_app term and <k, 1> paths run the teacher's pre-pool BN on bridged
+    student features: those statistics go to the path's copies, not to the teacher."""
+    teacher = _teacher_with_head_bn()
+    d = build_distiller("online_fcfd", {"pooled_l2": True, "l2_warmup_epochs": 0},
+                        tiny_staged(seed=2), teacher)
+    d = fixed(d.train(), paths)
+    pure = copy.deepcopy(teacher).train()
+    x, y = batch()
+    with torch.no_grad():
+        pure(x)
+        d(x, y)
+    ref = pure.state_dict()
+    for name, value in teacher.state_dict().items():
+        assert torch.equal(value, ref[name]), name
+    assert d.path_stats.paths["s2t_pool"].bn0_num_batches_tracked.item() == 1
