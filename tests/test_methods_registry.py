@@ -1,0 +1,66 @@
+"""Registry-wide contracts that complement tests/test_every_method.py (which trains every
+method a few steps): every method builds from its Config's defaults, is named by a shipped
+recipe, rejects unknown options, and a combinable method's ``losses()`` hook gives exactly
+the distillation terms its own ``forward()`` gives (so it behaves the same inside a combo)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import tiny_staged
+from kdlab.errors import UserError
+from kdlab.methods import METHODS, build_distiller
+
+ROOT = Path(__file__).resolve().parent.parent
+#: the smallest option changes a method needs to build on the tiny pair (explicit, per method)
+TINY_OPTIONS: dict[str, dict] = {
+    "crd": {"num_negatives": 8, "feat_dim": 16},
+    "online_fcfd": {"teacher": "resnet8"},
+}
+
+
+def _pair(cls):
+    teacher = tiny_staged(widths=(16, 32, 64, 64), seed=1) if cls.needs_teacher else None
+    return tiny_staged(widths=(8, 16, 32, 32), seed=2), teacher
+
+
+def _recipe_methods() -> set[str]:
+    names = set()
+    for path in (ROOT / "recipes").rglob("*.yaml"):
+        method = (yaml.safe_load(path.read_text()) or {}).get("method") or {}
+        names.add(method.get("name"))
+    return names
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_method_has_a_recipe_and_checks_its_options(name):
+    assert name in _recipe_methods(), f"no recipe under recipes/ uses method {name!r}"
+    cls = METHODS.get(name)
+    student, teacher = _pair(cls)
+    d = build_distiller(name, TINY_OPTIONS.get(name, {}), student, teacher, train_size=64)
+    assert isinstance(d.cfg, cls.Config)
+    with pytest.raises(UserError, match="Unknown key"):
+        build_distiller(name, {"no_such_option": 1}, student, teacher, train_size=64)
+
+
+COMBINABLE = [n for n in METHODS.names() if getattr(METHODS.get(n), "combinable", False)]
+
+
+@pytest.mark.parametrize("name", COMBINABLE)
+def test_losses_hook_matches_forward(name):
+    cls = METHODS.get(name)
+    student, teacher = _pair(cls)
+    d = build_distiller(name, TINY_OPTIONS.get(name, {}), student, teacher, train_size=64)
+    d.eval()  # deterministic BN: both paths see the same features
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(6, 3, 16, 16, generator=g), torch.arange(6) % 10
+    index = torch.arange(6)
+    _, terms = d(x, y, index)
+    hooked = d.losses(student.features(x), d.teacher_features(x), y, index)
+    assert set(hooked) == set(terms) - {"ce"}
+    for term, value in hooked.items():
+        torch.testing.assert_close(value, terms[term])
