@@ -119,3 +119,10 @@ def test_every_combinable_method_can_join_a_combo(tiny_pair):
                                 train_size=64)
         _, losses = combo(x, y, torch.arange(len(x)))
         assert len(losses) >= 2 and all(torch.isfinite(v) for v in losses.values()), name
+
+
+def test_a_misspelled_part_option_is_caught_when_the_recipe_is_read():
+    from kdlab.config import load_config
+
+    with pytest.raises(UserError, match=r"method\.parts\[0\]\.temprature.*'temperature'"):
+        load_config(None, ["method.name=combo", "method.parts=[{name: kd, temprature: 4}]"])

@@ -8,6 +8,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdlab.config import build_dataclass
 from kdlab.errors import UserError
 from kdlab.methods import METHODS, build_distiller
 from kdlab.methods.base import Distiller, Losses
@@ -41,37 +42,46 @@ class Combo(Distiller):
             default_factory=lambda: [{"name": "kd"}, {"name": "rkd"}])
         ce_weight: float = 1.0
 
+        def __post_init__(self) -> None:
+            """Check every part when the recipe is read, not only when the run starts."""
+            if not self.parts:
+                raise UserError(
+                    "method.parts is empty; list the methods to combine, e.g. "
+                    "parts: [{name: kd}, {name: rkd}]."
+                )
+            seen: set[str] = set()
+            for i, spec in enumerate(self.parts):
+                options = dict(spec)
+                name = options.pop("name", None)
+                if not isinstance(name, str):
+                    raise UserError(f"method.parts[{i}] needs a method name, e.g. {{name: kd}}.")
+                cls = METHODS.get(name)
+                if not getattr(cls, "combinable", False) or cls is Combo:
+                    combinable = [n for n in METHODS.names()
+                                  if getattr(METHODS.get(n), "combinable", False)]
+                    raise UserError(
+                        f"Method {name!r} cannot be part of a combo; combinable methods: "
+                        f"{', '.join(combinable)}."
+                    )
+                if "ce_weight" in options:
+                    raise UserError(
+                        f"method.parts[{i}] ({name}) sets ce_weight; set it once on the combo "
+                        "(method.ce_weight)."
+                    )
+                if name in seen:
+                    raise UserError(f"method.parts lists {name!r} twice; merge its options.")
+                seen.add(name)
+                build_dataclass(cls.Config, options, where=f"method.parts[{i}]")
+
     def __init__(self, student: Staged, teacher: Staged | None, cfg: object | None = None,
                  *, train_size: int | None = None) -> None:
         super().__init__(student, teacher, cfg, train_size=train_size)
-        if not self.cfg.parts:
-            raise UserError(
-                "method.parts is empty; list the methods to combine, e.g. "
-                "parts: [{name: kd}, {name: rkd}]."
-            )
         self.parts = nn.ModuleDict()
-        for i, spec in enumerate(self.cfg.parts):
+        for spec in self.cfg.parts:
             options = dict(spec)
-            name = options.pop("name", None)
-            if not isinstance(name, str):
-                raise UserError(f"method.parts[{i}] needs a method name, e.g. {{name: kd}}.")
-            cls = METHODS.get(name)
-            if not getattr(cls, "combinable", False) or cls is Combo:
-                combinable = [n for n in METHODS.names() if getattr(METHODS.get(n), "combinable",
-                                                                      False)]
-                raise UserError(
-                    f"Method {name!r} cannot be part of a combo; combinable methods: "
-                    f"{', '.join(combinable)}."
-                )
-            if "ce_weight" in options:
-                raise UserError(
-                    f"method.parts[{i}] ({name}) sets ce_weight; set it once on the combo "
-                    "(method.ce_weight)."
-                )
-            if name in self.parts:
-                raise UserError(f"method.parts lists {name!r} twice; merge its options.")
-            if "ce_weight" in {f for f in getattr(cls.Config, "__dataclass_fields__", {})}:
-                options["ce_weight"] = 0.0
+            name = options.pop("name")
+            if "ce_weight" in METHODS.get(name).Config.__dataclass_fields__:
+                options["ce_weight"] = 0.0  # the label CE is counted once, by the combo
             self.parts[name] = build_distiller(name, options, student, teacher,
                                                train_size=train_size)
         self.may_skip_parameters = any(p.may_skip_parameters for p in self.parts.values())
