@@ -1,0 +1,282 @@
+"""Fashion-MNIST accuracy table: teacher, student alone, KD, FitNet, FCFD and its ablations.
+
+Protocol (FCFD issue, "Benchmark"): one teacher is trained once with ``kdlab train``; then,
+for every seed, each row trains the same student from that teacher with ``kdlab distill``
+(``kdlab train`` for the student alone) on the same training subset, for the same epochs,
+with the same optimiser and schedule. Every run goes through the real CLI and trainer
+(a subprocess per run, recipes from ``recipes/fashion_mnist/`` plus ``--set`` overrides);
+the best and last top-1 are read from each run's ``metrics.csv``.
+
+Resumable: a run whose folder holds ``bench_result.json`` is skipped; the tables are
+rewritten from all finished runs at the end of every run. Not part of the test suite.
+
+    .venv/bin/python benchmarks/fashion_mnist_accuracy.py              # the default table
+    .venv/bin/python benchmarks/fashion_mnist_accuracy.py --methods ce,kd,dkd,rkd --seeds 0,1,2
+
+Writes ``benchmarks/results/fashion_mnist_accuracy.{md,csv}``; run folders go under
+``runs/bench/fashion_mnist_accuracy/`` (not committed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = Path("recipes/fashion_mnist")  # relative to ROOT, the runs' working folder
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of the table: how to run it (recipe + method overrides)."""
+
+    name: str
+    label: str
+    recipe: str  # relative to recipes/fashion_mnist
+    overrides: tuple[str, ...] = ()
+    needs_teacher: bool = True
+
+
+# Recipes name their own teacher/student pair; the script overrides model.* so that every
+# row uses the same pair. Method hyper-parameters are the recipes' (the papers' defaults).
+ROWS: dict[str, Row] = {r.name: r for r in (
+    Row("ce", "student alone (CE)", "ce/resnet8.yaml", needs_teacher=False),
+    Row("kd", "KD (Hinton, tau=4)", "kd/resnet8_from_resnet20.yaml"),
+    Row("fitnet", "FitNet (hint at stage 2, weight 100)", "fitnet/resnet8_from_resnet32.yaml"),
+    Row("fcfd", "FCFD (L_app + L_func + L_func', |S|=2)", "fcfd/resnet8_from_resnet20.yaml"),
+    Row("fcfd_app", "FCFD app only (L_app + L_kd)", "fcfd/resnet8_from_resnet32_app_only.yaml"),
+    Row("fcfd_func", "FCFD func only (L_func + L_func' + L_kd)",
+        "fcfd/resnet8_from_resnet32_func_only.yaml"),
+    # other registered methods (part 4 of the brief), same pair and protocol
+    Row("dkd", "DKD", "dkd/resnet8_from_resnet20.yaml"),
+    Row("at", "AT", "at/resnet8_from_resnet32.yaml"),
+    Row("rkd", "RKD", "rkd/resnet8_from_resnet20.yaml"),
+    Row("sp", "SP", "sp/resnet8_from_resnet20.yaml"),
+    Row("cc", "CC", "cc/resnet8_from_resnet20.yaml"),
+    Row("irg", "IRG", "irg/resnet8_from_resnet20.yaml"),
+    Row("vid", "VID", "vid/resnet8_from_resnet32.yaml"),
+    Row("ofd", "OFD", "ofd/resnet8_from_resnet32.yaml"),
+    Row("crd", "CRD", "crd/resnet8_from_resnet32.yaml"),
+    Row("reviewkd", "ReviewKD", "reviewkd/resnet8_from_resnet32.yaml"),
+    Row("simkd", "SimKD", "simkd/resnet8_from_resnet32.yaml"),
+)}
+DEFAULT_METHODS = "ce,kd,fitnet,fcfd,fcfd_app,fcfd_func"
+
+
+def load() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, str]]:
+    path = run_dir / "metrics.csv"
+    if not path.is_file():
+        return []
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def kdlab_cmd() -> list[str]:
+    exe = Path(sys.executable).with_name("kdlab")
+    if not exe.is_file():
+        return [sys.executable, "-m", "kdlab"]
+    try:
+        return [str(exe.relative_to(ROOT))]
+    except ValueError:
+        return [str(exe)]
+
+
+def common_overrides(args: argparse.Namespace, epochs: int, seed: int) -> list[str]:
+    sets = [
+        f"schedule.epochs={epochs}",
+        "schedule.name=cosine",
+        "schedule.warmup_epochs=0",
+        f"train.seed={seed}",
+        "train.device=cpu",
+        "train.progress=none",
+    ]
+    if args.train_subset:
+        sets.append(f"data.train_subset={args.train_subset}")
+    if args.val_subset:
+        sets.append(f"data.val_subset={args.val_subset}")
+    return sets
+
+
+def run_one(cmd: list[str], run_dir: Path, info: dict, threads: int) -> dict:
+    """Run one training command unless already finished; return its result record."""
+    done = run_dir / "bench_result.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    if run_dir.exists():  # an interrupted run: start it again from scratch
+        import shutil
+
+        shutil.rmtree(run_dir)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    load_before = load()
+    print(f"[{time.strftime('%H:%M:%S')}] {info['row']} seed {info['seed']}: "
+          f"{shlex.join(cmd)}", flush=True)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"run failed ({proc.returncode}): {shlex.join(cmd)}\n"
+                         f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    rows = read_metrics(run_dir)
+    top1 = [float(r["val_student_top1"]) for r in rows]
+    rec = dict(info, command=shlex.join(cmd), wall_s=round(wall, 1), epochs_run=len(rows),
+               best_top1=max(top1), last_top1=top1[-1], load_before=load_before,
+               load_after=load(), stdout_tail=proc.stdout.strip().splitlines()[-1:])
+    done.write_text(json.dumps(rec, indent=2) + "\n")
+    print(f"    best {rec['best_top1']:.2f} last {rec['last_top1']:.2f} "
+          f"wall {wall:.0f} s load {load_before} -> {rec['load_after']}", flush=True)
+    return rec
+
+
+def mean_std(xs: list[float]) -> str:
+    if not xs:
+        return "-"
+    if len(xs) == 1:
+        return f"{xs[0]:.2f}"
+    return f"{statistics.fmean(xs):.2f} ± {statistics.stdev(xs):.2f}"
+
+
+def write_tables(args: argparse.Namespace, teacher: dict | None, recs: list[dict],
+                 total_s: float) -> None:
+    import torch
+
+    out = Path(args.results)
+    out.mkdir(parents=True, exist_ok=True)
+    fields = ["row", "label", "seed", "best_top1", "last_top1", "epochs_run", "wall_s",
+              "load_before", "load_after", "command"]
+    with (out / "fashion_mnist_accuracy.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
+        w.writeheader()
+        for r in ([teacher] if teacher else []) + recs:
+            w.writerow(r)
+
+    subset = args.train_subset or "all 60000"
+    lines = [
+        "# Fashion-MNIST accuracy: teacher, student alone, KD, FitNet, FCFD and ablations",
+        "",
+        f"Generated by `benchmarks/fashion_mnist_accuracy.py` on {time.strftime('%Y-%m-%d')}.",
+        "",
+        f"- pair: {args.teacher} (teacher) -> {args.student} (student)",
+        f"- data: Fashion-MNIST, first {subset} training images, "
+        f"{'first ' + str(args.val_subset) if args.val_subset else 'all 10000'} test images "
+        "as the validation set; recipe augmentation",
+        f"- students: {args.epochs} epochs, SGD (recipe LR / momentum / weight decay), "
+        "cosine schedule, batch 64; teacher: "
+        f"{args.teacher_epochs} epochs, same subset and schedule, seed 0",
+        f"- seeds: {args.seeds}; top-1 in % on the validation set, mean ± sample std",
+        f"- hardware: {cpu_name()}, {os.cpu_count()} cores, shared with other jobs; "
+        f"{args.threads} torch thread(s) per run (OMP_NUM_THREADS); torch {torch.__version__}, "
+        f"Python {platform.python_version()}",
+        f"- script command: `{args.command}`",
+        f"- total wall time of the runs in this table: {total_s / 60:.1f} min",
+        "",
+    ]
+    if teacher:
+        lines += [f"Teacher {args.teacher}: best {teacher['best_top1']:.2f}, last "
+                  f"{teacher['last_top1']:.2f} (wall {teacher['wall_s']:.0f} s).", ""]
+    lines += ["| row | best top-1 | last top-1 | per seed (last) | wall s / run |",
+              "|---|---|---|---|---|"]
+    by_row: dict[str, list[dict]] = {}
+    for r in recs:
+        by_row.setdefault(r["row"], []).append(r)
+    for name, rs in by_row.items():
+        rs = sorted(rs, key=lambda r: r["seed"])
+        per = ", ".join(f"{r['last_top1']:.2f}" for r in rs)
+        wall = statistics.fmean(r["wall_s"] for r in rs)
+        lines.append(f"| {ROWS[name].label} | {mean_std([r['best_top1'] for r in rs])} | "
+                     f"{mean_std([r['last_top1'] for r in rs])} | {per} | {wall:.0f} |")
+    lines += ["", "## Exact commands", ""]
+    for r in ([teacher] if teacher else []) + recs:
+        lines.append(f"- {r['row']} seed {r['seed']} (load {r['load_before']}): "
+                     f"`{r['command']}`")
+    lines.append("")
+    notes = out / "fashion_mnist_accuracy_notes.md"
+    if notes.is_file():  # hand-written interpretation, kept across regenerations
+        lines += [notes.read_text()]
+    (out / "fashion_mnist_accuracy.md").write_text("\n".join(lines))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--methods", default=DEFAULT_METHODS,
+                   help=f"comma-separated rows from: {', '.join(ROWS)}")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--teacher", default="resnet20")
+    p.add_argument("--student", default="resnet8")
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--teacher-epochs", type=int, default=8)
+    p.add_argument("--train-subset", type=int, default=6000)
+    p.add_argument("--val-subset", type=int, default=0, help="0 = the whole test set")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads per run (1 is robust on a shared machine)")
+    p.add_argument("--runs", default="runs/bench/fashion_mnist_accuracy",
+                   help="run folders, relative to the repository root")
+    p.add_argument("--results", default=str(ROOT / "benchmarks/results"))
+    args = p.parse_args()
+    args.command = "python benchmarks/fashion_mnist_accuracy.py " + shlex.join(sys.argv[1:])
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in ROWS]
+    if unknown:
+        p.error(f"unknown rows {unknown}; choose from {', '.join(ROWS)}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    runs = Path(args.runs)
+    os.chdir(ROOT)
+    kd = kdlab_cmd()
+
+    t_dir = runs / f"teacher_{args.teacher}"
+    t_cmd = kd + ["train", str(RECIPES / "ce" / "resnet20.yaml"),
+                  "--set", f"model.student={args.teacher}",
+                  *sum((["--set", s] for s in common_overrides(args, args.teacher_epochs, 0)), []),
+                  "--out", str(t_dir)]
+    teacher = run_one(t_cmd, t_dir, {"row": "teacher", "label": f"teacher {args.teacher}",
+                                     "seed": 0}, args.threads)
+    ckpt = t_dir / "best.pt"
+
+    recs: list[dict] = []
+    for seed in seeds:
+        for name in methods:
+            row = ROWS[name]
+            sets = [f"model.student={args.student}"]
+            if row.needs_teacher:
+                sets += [f"model.teacher={args.teacher}", f"model.teacher_checkpoint={ckpt}"]
+            if name.startswith("fcfd"):  # recipe: 2 of 30 epochs; a 4-epoch run gets none
+                sets.append("method.l2_warmup_epochs=1")
+            sets += list(row.overrides) + common_overrides(args, args.epochs, seed)
+            r_dir = runs / name / f"seed{seed}"
+            cmd = kd + ["distill" if row.needs_teacher else "train", str(RECIPES / row.recipe),
+                        *sum((["--set", s] for s in sets), []), "--out", str(r_dir)]
+            recs.append(run_one(cmd, r_dir, {"row": name, "label": row.label, "seed": seed},
+                                args.threads))
+            write_tables(args, teacher, recs, sum(r["wall_s"] for r in [teacher, *recs]))
+    print(f"written to {Path(args.results) / 'fashion_mnist_accuracy.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
