@@ -209,7 +209,8 @@ def write_tables(args: argparse.Namespace, teacher: dict | None, recs: list[dict
         rs = sorted(rs, key=lambda r: r["seed"])
         per = ", ".join(f"{r['last_top1']:.2f}" for r in rs)
         wall = statistics.fmean(r["wall_s"] for r in rs)
-        lines.append(f"| {ROWS[name].label} | {mean_std([r['best_top1'] for r in rs])} | "
+        label = ROWS[name].label.replace("|", "\\|")
+        lines.append(f"| {label} | {mean_std([r['best_top1'] for r in rs])} | "
                      f"{mean_std([r['last_top1'] for r in rs])} | {per} | {wall:.0f} |")
     lines += ["", "## Exact commands", ""]
     for r in ([teacher] if teacher else []) + recs:
@@ -238,8 +239,11 @@ def main() -> int:
     p.add_argument("--runs", default="runs/bench/fashion_mnist_accuracy",
                    help="run folders, relative to the repository root")
     p.add_argument("--results", default=str(ROOT / "benchmarks/results"))
+    p.add_argument("--report-only", action="store_true",
+                   help="only rewrite the tables from the runs already finished")
     args = p.parse_args()
-    args.command = "python benchmarks/fashion_mnist_accuracy.py " + shlex.join(sys.argv[1:])
+    argv = [a for a in sys.argv[1:] if a != "--report-only"]
+    args.command = ("python benchmarks/fashion_mnist_accuracy.py " + shlex.join(argv)).strip()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in ROWS]
     if unknown:
@@ -254,6 +258,16 @@ def main() -> int:
                   "--set", f"model.student={args.teacher}",
                   *sum((["--set", s] for s in common_overrides(args, args.teacher_epochs, 0)), []),
                   "--out", str(t_dir)]
+    if args.report_only:
+        done = [json.loads(p.read_text()) for p in sorted(runs.glob("*/seed*/bench_result.json"))]
+        recs = sorted((r for r in done if r["row"] in methods),
+                      key=lambda r: (r["seed"], methods.index(r["row"])))
+        t_rec = t_dir / "bench_result.json"
+        teacher = json.loads(t_rec.read_text()) if t_rec.is_file() else None
+        all_recs = ([teacher] if teacher else []) + recs
+        write_tables(args, teacher, recs, sum(r["wall_s"] for r in all_recs))
+        print(f"written to {Path(args.results) / 'fashion_mnist_accuracy.md'}")
+        return 0
     teacher = run_one(t_cmd, t_dir, {"row": "teacher", "label": f"teacher {args.teacher}",
                                      "seed": 0}, args.threads)
     ckpt = t_dir / "best.pt"
