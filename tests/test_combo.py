@@ -112,11 +112,13 @@ def test_every_combinable_method_can_join_a_combo(tiny_pair):
     teacher, student = tiny_pair
     names = [n for n in METHODS.names() if getattr(METHODS.get(n), "combinable", False)
              and n != "combo"]
-    assert {"kd", "dkd", "rkd", "sp", "cc", "irg"} <= set(names)
+    assert {"kd", "dkd", "rkd", "sp", "cc", "irg", "at", "fitnet", "crd", "vid",
+            "reviewkd"} <= set(names)
+    tiny = {"crd": {"num_negatives": 8, "feat_dim": 16}}
     x, y = _batch()
     for name in names:
-        combo = build_distiller("combo", {"parts": [{"name": name}]}, student, teacher,
-                                train_size=64)
+        part = {"name": name, **tiny.get(name, {})}
+        combo = build_distiller("combo", {"parts": [part]}, student, teacher, train_size=64)
         _, losses = combo(x, y, torch.arange(len(x)))
         assert len(losses) >= 2 and all(torch.isfinite(v) for v in losses.values()), name
 
@@ -130,3 +132,15 @@ def test_a_misspelled_part_option_is_caught_when_the_recipe_is_checked():
                              "model.teacher=resnet8", "model.teacher_checkpoint=x.pt"])
     with pytest.raises(UserError, match=r"method\.parts\[0\]\.temprature.*'temperature'"):
         check(cfg, "distill")
+
+
+def test_a_logit_method_combines_with_a_feature_method(tiny_pair):
+    """Issue 4's example: dkd + at, one forward pass per network, both terms present."""
+    teacher, student = tiny_pair
+    combo = build_distiller("combo", {"parts": [{"name": "dkd"}, {"name": "at"}]}, student,
+                            teacher)
+    combo.set_epoch(30, 240)  # past DKD's warm-up
+    x, y = _batch()
+    _, losses = combo(x, y)
+    assert set(losses) == {"ce", "dkd", "at"}
+    assert all(torch.isfinite(v) and v > 0 for v in losses.values())

@@ -20,7 +20,7 @@ from kdlab.errors import UserError
 from kdlab.losses.attention import at_loss
 from kdlab.methods import METHODS
 from kdlab.methods.base import Distiller, Losses
-from kdlab.models.staged import Staged
+from kdlab.models.staged import Features, Staged
 
 
 def aligned_stage_pairs(
@@ -82,16 +82,16 @@ class AT(Distiller):
         self.pairs = aligned_stage_pairs(
             student.num_stages, self.teacher.num_stages, self.cfg.stages)
 
-    def forward(
-        self, images: Tensor, targets: Tensor, index: Tensor | None = None
-    ) -> tuple[Tensor, Losses]:
-        s = self.student.features(images)
-        t = self.teacher_features(images)
-        total = s.logits.new_zeros(())
+    def losses(
+        self,
+        student: Features,
+        teacher: Features | None,
+        targets: Tensor,
+        index: Tensor | None = None,
+    ) -> Losses:
+        assert teacher is not None
+        total = student.logits.new_zeros(())
         for i, j in self.pairs:
-            fs, ft = match_spatial(s.stages[i], t.stages[j])
+            fs, ft = match_spatial(student.stages[i], teacher.stages[j])
             total = total + at_loss(fs, ft, self.cfg.p)
-        return s.logits, {
-            "ce": self.cfg.ce_weight * F.cross_entropy(s.logits, targets),
-            "at": self.cfg.beta / 2 * total,
-        }
+        return {"at": self.cfg.beta / 2 * total}

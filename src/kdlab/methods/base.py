@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdlab.errors import UserError
@@ -100,14 +101,34 @@ class Distiller(nn.Module):
         return logits.clone()
 
     # ----------------------------------------------------------------- the method
+    #: True when the class implements :meth:`losses` (set automatically); such a method
+    #: can be part of a ``combo`` and needs no forward of its own.
+    combinable: bool = False
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.combinable = cls.losses is not Distiller.losses
+
     def forward(
         self, images: Tensor, targets: Tensor, index: Tensor | None = None
     ) -> tuple[Tensor, Losses]:
-        """Return the student's logits and the weighted loss terms, by name."""
-        raise NotImplementedError
+        """Return the student's logits and the weighted loss terms, by name.
 
-    #: True when the method implements :meth:`losses` (it can then be part of a ``combo``).
-    combinable: bool = False
+        The default serves every method that implements :meth:`losses`: one student pass,
+        one teacher pass (inference mode), the label CE weighted by ``cfg.ce_weight``, then
+        the method's own terms. Methods that need something else override it.
+        """
+        if not self.combinable:
+            raise NotImplementedError(f"{type(self).__name__} implements neither forward() "
+                                      "nor losses()")
+        t = self.teacher_features(images) if self._teacher is not None else None
+        s = self.student.features(images)
+        out: Losses = {}
+        ce_weight = getattr(self.cfg, "ce_weight", 1.0)
+        if ce_weight:
+            out["ce"] = ce_weight * F.cross_entropy(s.logits, targets)
+        out.update(self.losses(s, t, targets, index))
+        return s.logits, out
 
     def losses(
         self,
@@ -117,8 +138,7 @@ class Distiller(nn.Module):
         index: Tensor | None = None,
     ) -> Losses:
         """The method's distillation terms (weighted, without the label CE) from features
-        computed once elsewhere; ``combo`` calls it to share one forward pass between
-        methods. Methods that implement it set ``combinable = True``."""
+        computed once elsewhere: the default forward and ``combo`` call it."""
         raise NotImplementedError(f"{type(self).__name__} has no losses() hook")
 
     def set_epoch(self, epoch: int, num_epochs: int) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdlab.errors import UserError
@@ -27,8 +26,6 @@ class CC(Distiller):
     is, so the target cannot collapse. ``cc_weight`` 0.02 and ``kd_weight`` 0 follow the
     CRD benchmark's CC setting.
     """
-
-    combinable = True
 
     @dataclass
     class Config:
@@ -67,14 +64,3 @@ class CC(Distiller):
         if c.kd_weight:
             out["kd"] = c.kd_weight * kd_loss(student.logits, teacher.logits, c.temperature)
         return out
-
-    def forward(
-        self, images: Tensor, targets: Tensor, index: Tensor | None = None
-    ) -> tuple[Tensor, Losses]:
-        t = self.teacher_features(images)
-        s = self.student.features(images)
-        losses: Losses = {}
-        if self.cfg.ce_weight:
-            losses["ce"] = self.cfg.ce_weight * F.cross_entropy(s.logits, targets)
-        losses.update(self.losses(s, t, targets, index))
-        return s.logits, losses

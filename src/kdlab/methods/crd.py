@@ -24,7 +24,7 @@ from kdlab.errors import UserError
 from kdlab.losses.crd import crd_nce_loss
 from kdlab.methods import METHODS
 from kdlab.methods.base import Distiller, Losses
-from kdlab.models.staged import Staged
+from kdlab.models.staged import Features, Staged
 from kdlab.nn.memory_bank import ContrastMemory
 
 
@@ -69,27 +69,27 @@ class CRD(Distiller):
         self.memory = ContrastMemory(c.feat_dim, train_size, c.num_negatives,
                                      c.temperature, c.momentum)
 
-    def forward(
-        self, images: Tensor, targets: Tensor, index: Tensor | None = None
-    ) -> tuple[Tensor, Losses]:
+    def losses(
+        self,
+        student: Features,
+        teacher: Features | None,
+        targets: Tensor,
+        index: Tensor | None = None,
+    ) -> Losses:
+        assert teacher is not None
         if index is None:
             raise UserError(
                 "CRD needs the dataset index of every sample; use a loader that yields "
                 "(images, targets, index), as the kdlab trainer does."
             )
-        s = self.student.features(images)
-        t = self.teacher_features(images)
-        if not (s.embedding.shape[0] == t.embedding.shape[0] == index.shape[0]):
+        s, t = student.embedding, teacher.embedding
+        if not (s.shape[0] == t.shape[0] == index.shape[0]):
             raise UserError(
-                f"CRD got {s.embedding.shape[0]} student, {t.embedding.shape[0]} teacher "
+                f"CRD got {s.shape[0]} student, {t.shape[0]} teacher "
                 f"embeddings and {index.shape[0]} indices; give one index per image."
             )
-        v_s = self.embed_student(s.embedding)
-        v_t = self.embed_teacher(t.embedding)
-        scores_s, scores_t = self.memory(v_s, v_t, index.long())
+        scores_s, scores_t = self.memory(self.embed_student(s), self.embed_teacher(t),
+                                         index.long())
         n = self.memory.num_data
         crd = crd_nce_loss(scores_s, n) + crd_nce_loss(scores_t, n)
-        return s.logits, {
-            "ce": self.cfg.ce_weight * F.cross_entropy(s.logits, targets),
-            "crd": self.cfg.weight * crd,
-        }
+        return {"crd": self.cfg.weight * crd}

@@ -25,8 +25,6 @@ class DKD(Distiller):
     shufflev1 <- resnet32x4, 2 for ImageNet with alpha 0.5, tau 1).
     """
 
-    combinable = True
-
     @dataclass
     class Config:
         alpha: float = 1.0

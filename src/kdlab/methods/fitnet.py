@@ -11,14 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch.nn.functional as F
 from torch import Tensor
 
 from kdlab.errors import UserError
 from kdlab.losses.hint import hint_loss
 from kdlab.methods import METHODS
 from kdlab.methods.base import Distiller, Losses
-from kdlab.models.staged import Staged
+from kdlab.models.staged import Features, Staged
 from kdlab.nn.bridge import Bridge
 
 
@@ -57,16 +56,16 @@ class FitNet(Distiller):
             where=f"student -> teacher at stage {k}",
         )
 
-    def forward(
-        self, images: Tensor, targets: Tensor, index: Tensor | None = None
-    ) -> tuple[Tensor, Losses]:
+    def losses(
+        self,
+        student: Features,
+        teacher: Features | None,
+        targets: Tensor,
+        index: Tensor | None = None,
+    ) -> Losses:
+        assert teacher is not None
         c = self.cfg
-        t = self.teacher_features(images)
-        s = self.student.features(images)
-        losses: Losses = {}
-        if c.ce_weight:
-            losses["ce"] = c.ce_weight * F.cross_entropy(s.logits, targets)
-        if c.hint_weight:
-            guided = self.bridge(s.stages[c.position - 1])
-            losses["hint"] = c.hint_weight * hint_loss(guided, t.stages[c.position - 1])
-        return s.logits, losses
+        if not c.hint_weight:
+            return {}
+        guided = self.bridge(student.stages[c.position - 1])
+        return {"hint": c.hint_weight * hint_loss(guided, teacher.stages[c.position - 1])}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch.nn.functional as F
 from torch import Tensor
 
 from kdlab.errors import UserError
@@ -28,8 +27,6 @@ class IRG(Distiller):
     transformations use squared distances, each divided by its largest value. Default
     weights (0.1, 5, 5) follow a common re-implementation's CIFAR setting; tune per pair.
     """
-
-    combinable = True
 
     @dataclass
     class Config:
@@ -76,14 +73,3 @@ class IRG(Distiller):
                 (feature_at(student, la), feature_at(student, lb)),
                 (feature_at(teacher, la), feature_at(teacher, lb)))
         return out
-
-    def forward(
-        self, images: Tensor, targets: Tensor, index: Tensor | None = None
-    ) -> tuple[Tensor, Losses]:
-        t = self.teacher_features(images)
-        s = self.student.features(images)
-        losses: Losses = {}
-        if self.cfg.ce_weight:
-            losses["ce"] = self.cfg.ce_weight * F.cross_entropy(s.logits, targets)
-        losses.update(self.losses(s, t, targets, index))
-        return s.logits, losses

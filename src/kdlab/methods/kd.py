@@ -20,8 +20,6 @@ class KD(Distiller):
     Defaults are the FCFD paper's CIFAR setting: L_task = L_kd = 1, tau = 4 (ImageNet: tau = 1).
     """
 
-    combinable = True
-
     @dataclass
     class Config:
         temperature: float = 4.0

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdlab.errors import UserError
@@ -75,14 +74,14 @@ class ReviewKD(Distiller):
             results[i], residual = self.abfs[i](levels[i], residual, self.out_sizes[i])
         return results
 
-    def forward(
-        self, images: Tensor, targets: Tensor, index: Tensor | None = None
-    ) -> tuple[Tensor, Losses]:
-        s = self.student.features(images)
-        t = self.teacher_features(images)
-        fused = self.review(_levels(s, self.num_stages))
-        loss = hcl_loss(fused, _levels(t, self.num_stages), tuple(self.cfg.hcl_levels))
-        return s.logits, {
-            "ce": self.cfg.ce_weight * F.cross_entropy(s.logits, targets),
-            "review": self.cfg.weight * self._ramp * loss,
-        }
+    def losses(
+        self,
+        student: Features,
+        teacher: Features | None,
+        targets: Tensor,
+        index: Tensor | None = None,
+    ) -> Losses:
+        assert teacher is not None
+        fused = self.review(_levels(student, self.num_stages))
+        loss = hcl_loss(fused, _levels(teacher, self.num_stages), tuple(self.cfg.hcl_levels))
+        return {"review": self.cfg.weight * self._ramp * loss}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch.nn.functional as F
 from torch import Tensor
 
 from kdlab.errors import UserError
@@ -42,8 +41,6 @@ class RKD(Distiller):
     Weights 25 and 50 are the paper's (lambda_RKD-D = 25, lambda_RKD-A = 50).
     """
 
-    combinable = True
-
     @dataclass
     class Config:
         distance_weight: float = 25.0
@@ -67,14 +64,3 @@ class RKD(Distiller):
         if c.angle_weight:
             out["rkd_angle"] = c.angle_weight * rkd_angle_loss(s, t)
         return out
-
-    def forward(
-        self, images: Tensor, targets: Tensor, index: Tensor | None = None
-    ) -> tuple[Tensor, Losses]:
-        t = self.teacher_features(images)
-        s = self.student.features(images)
-        losses: Losses = {}
-        if self.cfg.ce_weight:
-            losses["ce"] = self.cfg.ce_weight * F.cross_entropy(s.logits, targets)
-        losses.update(self.losses(s, t, targets, index))
-        return s.logits, losses

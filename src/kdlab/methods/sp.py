@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch.nn.functional as F
 from torch import Tensor
 
 from kdlab.errors import UserError
@@ -22,8 +21,6 @@ class SP(Distiller):
     pairs in ``stages`` (indices into both networks' stage lists; default the last stage,
     as in the paper's CIFAR experiments). ``sp_weight`` 3000 is the paper's gamma on CIFAR.
     """
-
-    combinable = True
 
     @dataclass
     class Config:
@@ -50,14 +47,3 @@ class SP(Distiller):
                 ) from None
             total = total + sp_loss(s, t)
         return {"sp": self.cfg.sp_weight * total}
-
-    def forward(
-        self, images: Tensor, targets: Tensor, index: Tensor | None = None
-    ) -> tuple[Tensor, Losses]:
-        t = self.teacher_features(images)
-        s = self.student.features(images)
-        losses: Losses = {}
-        if self.cfg.ce_weight:
-            losses["ce"] = self.cfg.ce_weight * F.cross_entropy(s.logits, targets)
-        losses.update(self.losses(s, t, targets, index))
-        return s.logits, losses

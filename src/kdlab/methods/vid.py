@@ -23,7 +23,7 @@ from kdlab.losses.vid import vid_loss
 from kdlab.methods import METHODS
 from kdlab.methods.at import aligned_stage_pairs, match_spatial
 from kdlab.methods.base import Distiller, Losses
-from kdlab.models.staged import Staged
+from kdlab.models.staged import Features, Staged
 
 
 class VIDRegressor(nn.Module):
@@ -74,17 +74,17 @@ class VID(Distiller):
             for i, j in self.pairs
         )
 
-    def forward(
-        self, images: Tensor, targets: Tensor, index: Tensor | None = None
-    ) -> tuple[Tensor, Losses]:
-        s = self.student.features(images)
-        t = self.teacher_features(images)
-        total = s.logits.new_zeros(())
+    def losses(
+        self,
+        student: Features,
+        teacher: Features | None,
+        targets: Tensor,
+        index: Tensor | None = None,
+    ) -> Losses:
+        assert teacher is not None
+        total = student.logits.new_zeros(())
         for (i, j), reg in zip(self.pairs, self.regressors, strict=True):
-            fs, ft = match_spatial(s.stages[i], t.stages[j])
+            fs, ft = match_spatial(student.stages[i], teacher.stages[j])
             mean, var = reg(fs)
             total = total + vid_loss(mean, var, ft)
-        return s.logits, {
-            "ce": self.cfg.ce_weight * F.cross_entropy(s.logits, targets),
-            "vid": self.cfg.weight * total,
-        }
+        return {"vid": self.cfg.weight * total}
