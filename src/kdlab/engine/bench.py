@@ -264,8 +264,13 @@ def bench_method(
     times: list[float] = []
     with MemoryMeter(device) as meter:
         s_model = build_model(student, **shape)
-        t_model = build_model(teacher, **shape) if METHODS.get(spec.name).needs_teacher else None
-        distiller = build_distiller(spec.name, spec.options, s_model, t_model,
+        method = METHODS.get(spec.name)
+        t_model = build_model(teacher, **shape) if method.needs_teacher else None
+        options = dict(spec.options)
+        if "teacher" in getattr(method.Config, "__dataclass_fields__", {}):
+            # online methods train their own teacher: the pair's teacher architecture
+            options.setdefault("teacher", teacher)
+        distiller = build_distiller(spec.name, options, s_model, t_model,
                                     train_size=train_size).to(device)
         distiller.train()
         distiller.set_epoch(0, 1)
