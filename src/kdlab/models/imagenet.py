@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from kdlab.errors import UserError
 from kdlab.models import MODELS
+from kdlab.models.init import he_init
 from kdlab.models.staged import Staged
 
 _RESNET_STAGES = [["conv1", "bn1", "relu", "maxpool"], ["layer1"], ["layer2"], ["layer3"],
@@ -192,12 +193,7 @@ class MobileNetV1(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten(1)
         self.fc = nn.Linear(planes, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        he_init(self)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc(self.flatten(self.avgpool(self.features(x))))

@@ -20,6 +20,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from kdlab.models import MODELS
+from kdlab.models.init import he_init
 from kdlab.models.staged import Staged
 
 # (expansion t, output channels c, blocks n, first stride s) of each block group.
@@ -92,15 +93,7 @@ class CifarMobileNetV2(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten(1)
         self.classifier = nn.Linear(self.last_channels, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
+        he_init(self, linear="normal")
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.relu(self.conv1(x))

@@ -15,6 +15,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from kdlab.models import MODELS
+from kdlab.models.init import he_init
 from kdlab.models.staged import Staged
 
 
@@ -69,12 +70,7 @@ class CifarResNet50(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten(1)
         self.linear = nn.Linear(planes, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        he_init(self)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.relu(self.bn1(self.conv1(x)))
