@@ -32,6 +32,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from kdlab.engine.bench import cpu_name
+
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = Path("recipes/fashion_mnist")  # relative to ROOT, the runs' working folder
 
@@ -69,6 +71,13 @@ ROWS: dict[str, Row] = {r.name: r for r in (
     Row("crd", "CRD", "crd/resnet8_from_resnet32.yaml"),
     Row("reviewkd", "ReviewKD", "reviewkd/resnet8_from_resnet32.yaml"),
     Row("simkd", "SimKD", "simkd/resnet8_from_resnet32.yaml"),
+    # distillation without a fixed teacher (issue 5): self-KD and online KD
+    Row("frskd", "FRSKD (self-teacher)", "frskd/resnet8_from_self.yaml", needs_teacher=False),
+    Row("frskd_f", "FRSKD\\F (soft labels only)", "frskd/resnet8_from_self_f.yaml",
+        needs_teacher=False),
+    Row("dml", "DML (two resnet8 peers)", "dml/resnet8_from_resnet8.yaml", needs_teacher=False),
+    Row("online_fcfd", "online FCFD (resnet8 with a resnet20 trained alongside)",
+        "online_fcfd/resnet8_with_resnet20.yaml", needs_teacher=False),
 )}
 DEFAULT_METHODS = "ce,kd,fitnet,fcfd,fcfd_app,fcfd_func"
 
@@ -78,16 +87,6 @@ def load() -> str:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
     except OSError:
         return "n/a"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, str]]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 
 import pytest
 import torch
@@ -15,29 +14,12 @@ from conftest import tiny_staged
 from kdlab.errors import UserError
 from kdlab.methods import build_distiller
 from kdlab.models.staged import Staged
+from references import ref_kl, ref_l2
 
 N_CLS = 10
 
 
 # --------------------------------------------------------------------- slow references
-def ref_l2(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Mean over all elements of the squared difference, element by element."""
-    a, b = a.detach().flatten().tolist(), b.detach().flatten().tolist()
-    return sum((x - y) ** 2 for x, y in zip(a, b, strict=True)) / len(a)
-
-
-def ref_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float) -> float:
-    """tau^2 * mean over the batch of sum_c p_t log(p_t / p_s), at temperature tau."""
-    total = 0.0
-    for zs, zt in zip(student_logits.tolist(), teacher_logits.tolist(), strict=True):
-        es = [math.exp(v / tau) for v in zs]
-        et = [math.exp(v / tau) for v in zt]
-        ps = [v / sum(es) for v in es]
-        pt = [v / sum(et) for v in et]
-        total += sum(t * math.log(t / s) for t, s in zip(pt, ps, strict=True))
-    return tau * tau * total / len(student_logits)
-
-
 def other_family(seed: int = 3) -> Staged:
     """A different layout: stride-2 in stages 1 and 2 (0-based 0, 1), pre-ReLU outputs."""
     torch.manual_seed(seed)
