@@ -254,3 +254,16 @@ def test_eval_and_export_do_not_need_the_teacher_checkpoint(trained, tmp_path, c
     assert "student " in capsys.readouterr().out
     assert main(["export", str(run), "--which", "last"]) == 0
     assert (run / "student.safetensors").is_file()
+
+
+def test_a_reader_that_leaves_early_is_not_an_error():
+    """`kdlab list models | head -1`: a closed pipe ends quietly with status 0."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "kdlab", "list", "models"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait() == 0 and "Traceback" not in err

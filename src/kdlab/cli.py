@@ -9,6 +9,7 @@ with 130. Any other exception keeps its traceback: it is a bug to report.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -50,6 +51,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("kdlab: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `kdlab list models | head`: the reader left; not an error
+        # Point stdout at /dev/null so that the interpreter's final flush does not fail too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
