@@ -49,6 +49,22 @@ def _names(prefix: str, first: int, last: int) -> list[str]:
     return [f"{prefix}.{i}" for i in range(first, last + 1)]
 
 
+def _features_staged(net: nn.Module, ends: tuple[int, ...], classifier: str, in_channels: int,
+                     input_size: int, num_classes: int) -> Staged:
+    """Staged view of a network whose body is ``net.features``: stage ``i`` runs
+    ``features[ends[i-1] + 1 .. ends[i]]`` (stage 0 is ``features[0 .. ends[0]]``)."""
+    starts = (0, *(e + 1 for e in ends[:-1]))
+    return Staged(
+        net,
+        stem=[],
+        stages=[_names("features", a, b) for a, b in zip(starts, ends, strict=True)],
+        classifier=[classifier],
+        input_shape=(in_channels, input_size, input_size),
+        num_classes=num_classes,
+    )
+
+
+
 def _read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """A local checkpoint in torchvision's format: a ``.pth`` state dict or ``.safetensors``."""
     path = Path(path).expanduser()
@@ -145,20 +161,8 @@ def mobilenet_v2(
     if pretrained:
         _load_pretrained(net, "mobilenet_v2", torchvision.models.MobileNet_V2_Weights.DEFAULT,
                          pretrained)
-    return Staged(
-        net,
-        stem=[],
-        stages=[
-            ["features.0"],
-            _names("features", 1, 3),
-            _names("features", 4, 6),
-            _names("features", 7, 13),
-            _names("features", 14, 18),
-        ],
-        classifier=["classifier"],
-        input_shape=(in_channels, input_size, input_size),
-        num_classes=num_classes,
-    )
+    return _features_staged(net, (0, 3, 6, 13, 18), "classifier", in_channels, input_size,
+                            num_classes)
 
 
 def _conv_bn_relu(in_planes: int, planes: int, stride: int, groups: int = 1,
@@ -203,17 +207,4 @@ class MobileNetV1(nn.Module):
 def mobilenet_v1(*, num_classes: int, in_channels: int = 3, input_size: int = 224) -> Staged:
     """MobileNet v1 of the KD papers' ImageNet ResNet-50 -> MobileNet pair, five FCFD stages."""
     net = MobileNetV1(num_classes, in_channels)
-    return Staged(
-        net,
-        stem=[],
-        stages=[
-            ["features.0"],
-            _names("features", 1, 3),
-            _names("features", 4, 5),
-            _names("features", 6, 11),
-            _names("features", 12, 13),
-        ],
-        classifier=["fc"],
-        input_shape=(in_channels, input_size, input_size),
-        num_classes=num_classes,
-    )
+    return _features_staged(net, (0, 3, 5, 11, 13), "fc", in_channels, input_size, num_classes)
