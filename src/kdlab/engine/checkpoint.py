@@ -7,6 +7,7 @@ PyTorch's own ``state_dict`` methods produce (e.g. ``MultiStepLR``'s ``Counter``
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,11 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """Write ``state`` to ``path`` atomically: the old file stays intact until the new one is
     complete on disk."""
     atomic_write(Path(path), lambda tmp: torch.save(plain(state), tmp))
+
+
+def copy_checkpoint(source: str | Path, path: str | Path) -> None:
+    """Copy a written checkpoint to ``path`` atomically (no second serialisation)."""
+    atomic_write(Path(path), lambda tmp: shutil.copyfile(source, tmp))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -28,7 +28,13 @@ from torch.optim import lr_scheduler
 from kdlab.config import OptimConfig, RunConfig, ScheduleConfig, save_config
 from kdlab.engine import distributed
 from kdlab.engine.build import build_run, model_specs, resolve_device
-from kdlab.engine.checkpoint import FORMAT, VERSION, load_checkpoint, save_checkpoint
+from kdlab.engine.checkpoint import (
+    FORMAT,
+    VERSION,
+    copy_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from kdlab.engine.evaluate import AMP_DTYPES, autocast, evaluate
 from kdlab.engine.metrics_log import MetricsLog, Progress
 from kdlab.engine.report import write_report
@@ -294,8 +300,8 @@ class Trainer:
         if d.is_main:
             state = self._state(epoch, raw, opt, sched, scaler, best, log.rows)
             save_checkpoint(self.out_dir / "last.pt", state)
-            if improved:
-                save_checkpoint(self.out_dir / "best.pt", state)
+            if improved:  # the same state: copy the file rather than serialise it again
+                copy_checkpoint(self.out_dir / "last.pt", self.out_dir / "best.pt")
         distributed.barrier()
         return best
 
