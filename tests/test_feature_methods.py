@@ -160,6 +160,40 @@ def test_crd_memory_bank_update_rule_and_state_dict(tiny_pair):
     assert torch.equal(d2.memory.z_teacher, d.memory.z_teacher)
 
 
+@pytest.mark.parametrize("dense", [True, False])
+def test_crd_scores_match_the_formula_and_both_scorings_agree(dense, monkeypatch):
+    """score_ij = exp(<v_i, m_{rows_ij}> / T) / Z with Z = mean(first scores) * N (the NCE
+    memory of Tian et al. 2020, Sec. 3), by a loop; the dense (GEMM + pick) and the gathered
+    scoring give the same scores and the same gradient to the embeddings."""
+    from kdlab.nn import memory_bank
+    from kdlab.nn.memory_bank import ContrastMemory
+
+    monkeypatch.setattr(memory_bank, "DENSE_SCORING_MAX_RATIO", 10**6 if dense else 0)
+    torch.manual_seed(0)
+    n, b, k, dim, temp = 30, 4, 7, 5, 0.5
+    mem = ContrastMemory(dim, n, k, temperature=temp)  # training: the banks move after scoring
+    v_s = F.normalize(torch.randn(b, dim), dim=1).requires_grad_()
+    v_t = F.normalize(torch.randn(b, dim), dim=1).requires_grad_()
+    index = torch.tensor([0, 7, 7, 29])
+    rows = memory_bank.sample_negatives(index, n, k, torch.Generator().manual_seed(1))
+    bank_s, bank_t = mem.bank_student.clone(), mem.bank_teacher.clone()
+    s, t = mem(v_s, v_t, index, rows=rows)
+    assert not torch.equal(mem.bank_teacher, bank_t)
+    for scores, v, bank, z in ((s, v_s, bank_t, mem.z_student),
+                               (t, v_t, bank_s, mem.z_teacher)):
+        raw = torch.empty(b, k + 1, dtype=torch.float64)
+        for i in range(b):
+            for j in range(k + 1):
+                dot = sum(float(v[i, c].detach()) * float(bank[rows[i, j], c]) for c in range(dim))
+                raw[i, j] = torch.exp(torch.tensor(dot / temp, dtype=torch.float64))
+        assert float(z) == pytest.approx(float(raw.mean()) * n, rel=1e-5)
+        assert torch.allclose(scores.double(), raw / float(z), rtol=1e-5)
+    (s.log().sum() + t.log().sum()).backward()
+    # d/dv_i sum_j log score_ij = sum_j m_{rows_ij} / T, whatever the scoring
+    want_s = bank_t[rows].sum(1) / temp
+    assert torch.allclose(v_s.grad, want_s, atol=1e-5)
+
+
 def test_crd_negatives_exclude_the_positive():
     from kdlab.nn.memory_bank import sample_negatives
 
