@@ -59,6 +59,40 @@ def test_bench_runs_ce_and_kd_and_writes_json(tmp_path, capsys):
     assert kd["ratio_to_kd"] == pytest.approx(1.0)
 
 
+def test_ratios_are_paired_round_by_round():
+    from kdlab.engine.bench import BenchResult, set_ratios
+
+    def result(method, round_ms):
+        return BenchResult(method, method, {}, 10, sum(round_ms) / len(round_ms), 0.0, 1.0,
+                           None, 0.0, rounds=len(round_ms), round_ms=round_ms)
+
+    # the machine slowed down 2x in round 2 and 3: paired ratios do not see it
+    kd, fcfd = result("kd", [100.0, 200.0, 200.0]), result("fcfd", [210.0, 400.0, 380.0])
+    set_ratios([fcfd, kd])
+    assert fcfd.ratio_to_kd == pytest.approx(2.0)  # median of 2.1, 2.0, 1.9
+    assert (fcfd.ratio_min, fcfd.ratio_max) == (pytest.approx(1.9), pytest.approx(2.1))
+    assert kd.ratio_to_kd == 1.0
+    lone = result("ce", [50.0])
+    set_ratios([lone])  # no kd: no ratio
+    assert lone.ratio_to_kd is None
+
+
+def test_bench_rounds_take_turns_and_report_the_spread(tmp_path, capsys):
+    out = tmp_path / "results.json"
+    assert main(bench_args("--methods", "ce,kd", "--rounds", "2", "--out", str(out))) == 0
+    printed = capsys.readouterr().out
+    assert printed.index("ce (round 1/2)") < printed.index("kd (round 1/2)") \
+        < printed.index("ce (round 2/2)") < printed.index("kd (round 2/2)")
+    assert "2 rounds in turn" in printed
+    report = json.loads(out.read_text())
+    assert report["meta"]["rounds"] == 2
+    ce, kd = report["results"]
+    assert ce["rounds"] == 2 and len(ce["round_ms"]) == 2
+    assert ce["ratio_min"] <= ce["ratio_to_kd"] <= ce["ratio_max"]
+    assert kd["ratio_min"] == kd["ratio_max"] == pytest.approx(1.0)
+    assert min(ce["round_ms"]) <= ce["ms_mean"] <= max(ce["round_ms"])
+
+
 def test_bench_writes_csv_with_metadata(tmp_path, capsys):
     out = tmp_path / "results.csv"
     assert main(bench_args("--methods", "ce", "--out", str(out))) == 0
@@ -77,6 +111,7 @@ def test_bench_writes_csv_with_metadata(tmp_path, capsys):
     (["--pair", "resnet20"], "TEACHER:STUDENT"),
     (["--pair", "resnet20:resnet9"], "Unknown model 'resnet9'"),
     (["--methods", "ce", "--out", "results.txt"], ".csv or .json"),
+    (["--methods", "ce", "--rounds", "0"], "--rounds must be at least 1"),
 ])
 def test_bench_user_errors(tmp_path, capsys, monkeypatch, extra, message):
     monkeypatch.chdir(tmp_path)

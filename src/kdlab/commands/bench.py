@@ -26,6 +26,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--batch", type=int, default=None, help="batch size (default: the preset's, 64)")
     p.add_argument("--steps", type=int, default=20, help="timed steps per method")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run the methods in turn this many times (fresh build, new seed each "
+                   "round); ratios to kd are paired by round (default 1)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1 | mps")
     p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
     p.add_argument("--out", metavar="FILE.csv|FILE.json", help="also write the results here")
@@ -52,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     command = "kdlab " + shlex.join(getattr(args, "argv", []) or ["bench"])
     report = run_bench(
         specs, preset=preset, pair=args.pair, batch=args.batch, steps=args.steps,
-        warmup=args.warmup, device=device, amp=args.amp, command=command,
+        warmup=args.warmup, rounds=args.rounds, device=device, amp=args.amp, command=command,
     )
     print(format_table(report))
     if args.out:

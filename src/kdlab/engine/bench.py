@@ -6,6 +6,12 @@ numbers measure the method's compute and memory, not data loading. Preset ``cifa
 FCFD paper's Table 11 setting (ResNet32x4 -> ResNet8x4, 3x32x32, 100 classes, batch 64;
 Liu et al., ICLR 2023); preset ``cpu`` is a small pair that runs in seconds on a CPU.
 
+Rounds: with ``rounds > 1`` the methods take turns (round 1: every method, round 2: every
+method again, ...), each round with a fresh build and its own seed (so FCFD draws other
+paths). A method's ratio to KD is then the median over rounds of the ratio of the two
+methods' mean step times *in the same round*: slow drifts of the machine's load hit both
+sides of each ratio alike, which a single pass, method after method, cannot promise.
+
 Memory: on CUDA, ``torch.cuda.max_memory_allocated`` over the method's build and steps; on
 CPU, the increase of the process's resident set size (RSS) over its level just before the
 method is built, sampled every 2 ms by a background thread (short spikes between samples
@@ -106,6 +112,8 @@ def parse_methods(text: str) -> list[MethodSpec]:
 
 @dataclass
 class BenchResult:
+    """One method's timings: ``steps`` timed steps per round, over ``rounds`` rounds."""
+
     label: str
     method: str
     options: dict[str, Any]
@@ -115,7 +123,38 @@ class BenchResult:
     images_per_s: float
     peak_mib: float | None
     final_loss: float
-    ratio_to_kd: float | None = None
+    ratio_to_kd: float | None = None  # median over rounds of the same-round ratio
+    rounds: int = 1
+    ms_median: float = 0.0
+    ratio_min: float | None = None  # spread of the per-round ratios
+    ratio_max: float | None = None
+    round_ms: list[float] = field(default_factory=list)  # mean ms/iter of each round
+
+
+def merge_rounds(per_round: Sequence[BenchResult], times_ms: Sequence[float]) -> BenchResult:
+    """One result from the rounds of one method: statistics over every timed step."""
+    first = per_round[0]
+    mean = statistics.fmean(times_ms)
+    peaks = [r.peak_mib for r in per_round if r.peak_mib is not None]
+    return BenchResult(
+        label=first.label, method=first.method, options=first.options, steps=first.steps,
+        ms_mean=mean, ms_std=statistics.stdev(times_ms) if len(times_ms) > 1 else 0.0,
+        images_per_s=first.images_per_s * first.ms_mean / mean,
+        peak_mib=max(peaks) if peaks else None, final_loss=per_round[-1].final_loss,
+        rounds=len(per_round), ms_median=statistics.median(times_ms),
+        round_ms=[r.ms_mean for r in per_round],
+    )
+
+
+def set_ratios(results: Sequence[BenchResult]) -> None:
+    """Ratios to the plain ``kd`` entry, paired round by round (nothing without one)."""
+    kd = next((r for r in results if r.method == "kd" and not r.options), None)
+    if kd is None:
+        return
+    for r in results:
+        ratios = [a / b for a, b in zip(r.round_ms, kd.round_ms, strict=True)]
+        r.ratio_to_kd = statistics.median(ratios)
+        r.ratio_min, r.ratio_max = min(ratios), max(ratios)
 
 
 @dataclass
@@ -249,8 +288,11 @@ def bench_method(
     amp: str = "none",
     train_size: int = 50_000,
     seed: int = 0,
+    times_out: list[float] | None = None,
 ) -> BenchResult:
-    """Build one method and time ``steps`` training steps after ``warmup`` untimed ones."""
+    """Build one method and time ``steps`` training steps after ``warmup`` untimed ones.
+
+    The step times (ms) are appended to ``times_out`` when it is given."""
     from kdlab.methods import METHODS, build_distiller
     from kdlab.models import build_model
 
@@ -295,11 +337,14 @@ def bench_method(
         final_loss = float(loss.detach())
     del distiller, s_model, t_model, opt
     ms = [t * 1000 for t in times]
+    if times_out is not None:
+        times_out.extend(ms)
     mean = statistics.fmean(ms)
     return BenchResult(
         label=spec.label, method=spec.name, options=dict(spec.options), steps=steps,
         ms_mean=mean, ms_std=statistics.stdev(ms) if len(ms) > 1 else 0.0,
         images_per_s=batch / (mean / 1000), peak_mib=meter.peak_mib, final_loss=final_loss,
+        ms_median=statistics.median(ms), round_ms=[mean],
     )
 
 
@@ -332,12 +377,14 @@ def run_bench(
     batch: int | None = None,
     steps: int = 20,
     warmup: int = 5,
+    rounds: int = 1,
     device: torch.device | str = "cpu",
     amp: str = "none",
     command: str = "",
     progress: bool = True,
 ) -> BenchReport:
-    """Benchmark every method in ``specs`` on one pair; ratios are ms/iter over kd's."""
+    """Benchmark every method in ``specs`` on one pair, ``rounds`` times in turn; ratios are
+    ms/iter over kd's, paired by round (see the module docstring)."""
     from kdlab.models import MODELS
 
     if preset not in PRESETS:
@@ -351,8 +398,8 @@ def run_bench(
                             "e.g. resnet32x4:resnet8x4.")
     MODELS.get(teacher)
     MODELS.get(student)
-    if steps < 1 or warmup < 0:
-        raise UserError("--steps must be at least 1 and --warmup at least 0.")
+    if steps < 1 or warmup < 0 or rounds < 1:
+        raise UserError("--steps and --rounds must be at least 1 and --warmup at least 0.")
     batch = batch or p.batch
     if batch < 2:
         raise UserError("--batch must be at least 2 (BatchNorm needs two samples in training).")
@@ -362,25 +409,27 @@ def run_bench(
     meta = {
         "teacher": teacher, "student": student, "input_shape": list(p.input_shape),
         "num_classes": p.num_classes, "batch": batch, "steps": steps, "warmup": warmup,
+        "rounds": rounds,
         "device": str(device), "amp": amp, "hardware": hardware(device),
         "torch": torch.__version__, "kdlab": __version__, "python": platform.python_version(),
         "memory": MemoryMeter.label(device), "command": command,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     _prime(student, p.input_shape, p.num_classes, batch, device, amp)
-    results = []
-    for spec in specs:
-        if progress:
-            print(f"  {spec.label} ...", flush=True)
-        results.append(bench_method(
-            spec, teacher=teacher, student=student, input_shape=p.input_shape,
-            num_classes=p.num_classes, batch=batch, steps=steps, warmup=warmup, device=device,
-            amp=amp, train_size=p.train_size,
-        ))
-    kd = next((r for r in results if r.method == "kd" and not r.options), None)
-    if kd is not None:
-        for r in results:
-            r.ratio_to_kd = r.ms_mean / kd.ms_mean
+    per_round: list[list[BenchResult]] = [[] for _ in specs]
+    times: list[list[float]] = [[] for _ in specs]
+    for rnd in range(rounds):
+        for i, spec in enumerate(specs):
+            if progress:
+                where = f" (round {rnd + 1}/{rounds})" if rounds > 1 else ""
+                print(f"  {spec.label}{where} ...", flush=True)
+            per_round[i].append(bench_method(
+                spec, teacher=teacher, student=student, input_shape=p.input_shape,
+                num_classes=p.num_classes, batch=batch, steps=steps, warmup=warmup,
+                device=device, amp=amp, train_size=p.train_size, seed=rnd, times_out=times[i],
+            ))
+    results = [merge_rounds(r, t) for r, t in zip(per_round, times, strict=True)]
+    set_ratios(results)
     return BenchReport(meta, results)
 
 
@@ -388,24 +437,31 @@ def run_bench(
 def format_table(report: BenchReport) -> str:
     m = report.meta
     shape = "x".join(str(s) for s in m["input_shape"])
+    rounds = m.get("rounds", 1)
+    per = f" per round, {rounds} rounds in turn" if rounds > 1 else ""
     lines = [
         f"kdlab bench: {m['teacher']} -> {m['student']}, input {shape}, {m['num_classes']} "
-        f"classes, batch {m['batch']}, {m['steps']} timed steps after {m['warmup']} warm-up, "
-        f"amp {m['amp']}",
+        f"classes, batch {m['batch']}, {m['steps']} timed steps after {m['warmup']} warm-up"
+        f"{per}, amp {m['amp']}",
         f"device {m['device']}: {m['hardware']}; torch {m['torch']}; kdlab {m['kdlab']}",
         f"command: {m['command']}",
         "",
     ]
     mem = m["memory"]
     width = max([len("method")] + [len(r.label) for r in report.results])
+    ratio_head = "× kd (rounds' range)" if rounds > 1 else "× kd"
     lines.append(f"{'method':<{width}}  {'images/s':>9}  {'ms/iter mean ± std':>19}  "
-                 f"{mem:>{len(mem)}}  {'× kd':>6}")
+                 f"{'median':>8}  {mem:>{len(mem)}}  {ratio_head}")
     for r in report.results:
         peak = f"{r.peak_mib:.1f}" if r.peak_mib is not None else "n/a"
-        ratio = f"{r.ratio_to_kd:.2f}" if r.ratio_to_kd is not None else "-"
+        ratio = "-"
+        if r.ratio_to_kd is not None:
+            ratio = f"{r.ratio_to_kd:.2f}"
+            if rounds > 1 and r.ratio_min is not None:
+                ratio += f" ({r.ratio_min:.2f}-{r.ratio_max:.2f})"
         timing = f"{r.ms_mean:.2f} ± {r.ms_std:.2f}"
         lines.append(f"{r.label:<{width}}  {r.images_per_s:>9.1f}  {timing:>19}  "
-                     f"{peak:>{len(mem)}}  {ratio:>6}")
+                     f"{r.ms_median:>8.2f}  {peak:>{len(mem)}}  {ratio}")
     if any(not math.isfinite(r.final_loss) for r in report.results):
         lines.append("warning: a method's loss was not finite on the random batch.")
     return "\n".join(lines)
@@ -433,17 +489,20 @@ def write_report(report: BenchReport, path: str | Path) -> Path:
     buf = io.StringIO()
     for key, value in report.meta.items():
         buf.write(f"# {key}: {value}\n")
-    columns = ["method", "options", "steps", "images_per_s", "ms_mean", "ms_std",
-               "peak_mib", "ratio_to_kd", "final_loss"]
+    columns = ["method", "options", "steps", "rounds", "images_per_s", "ms_mean", "ms_std",
+               "ms_median", "peak_mib", "ratio_to_kd", "ratio_min", "ratio_max", "final_loss"]
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for r in report.results:
         writer.writerow({
             "method": r.label, "options": json.dumps(r.options), "steps": r.steps,
-            "images_per_s": f"{r.images_per_s:.2f}", "ms_mean": f"{r.ms_mean:.3f}",
-            "ms_std": f"{r.ms_std:.3f}",
+            "rounds": r.rounds, "images_per_s": f"{r.images_per_s:.2f}",
+            "ms_mean": f"{r.ms_mean:.3f}", "ms_std": f"{r.ms_std:.3f}",
+            "ms_median": f"{r.ms_median:.3f}",
             "peak_mib": "" if r.peak_mib is None else f"{r.peak_mib:.1f}",
             "ratio_to_kd": "" if r.ratio_to_kd is None else f"{r.ratio_to_kd:.3f}",
+            "ratio_min": "" if r.ratio_min is None else f"{r.ratio_min:.3f}",
+            "ratio_max": "" if r.ratio_max is None else f"{r.ratio_max:.3f}",
             "final_loss": f"{r.final_loss:.4f}",
         })
     atomic_write_text(p, buf.getvalue())
