@@ -7,6 +7,9 @@ L2-normalised codes; every training sample has a slot in a student bank and a te
 code is contrasted with the other network's bank: its own sample as the positive, 16384
 uniformly drawn other samples as negatives, temperature 0.07, bank momentum 0.5. Defaults
 are the paper's CIFAR-100 setting: CE 1, CRD 0.8 (no KD term; add one in a combined recipe).
+Under torchrun DDP the banks and Z are synchronised: every process applies every process's
+bank updates (rank order) and Z comes from all processes' first batches, so every rank holds
+the banks one process would (the authors' code is single-GPU).
 
 The forward pass needs ``index``, the dataset indices of the batch, and the method needs the
 training-set size. Negatives are drawn uniformly over the other samples (the memory-bank

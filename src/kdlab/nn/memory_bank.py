@@ -1,7 +1,9 @@
 """CRD's memory banks: one L2-normalised embedding per training sample, for each network.
 
 Tian, Krishnan & Isola, "Contrastive Representation Distillation", ICLR 2020 (Sec. 3.4,
-memory buffer with momentum updates, after Wu et al. 2018).
+memory buffer with momentum updates, after Wu et al. 2018). The authors' code runs on one GPU;
+under torch.distributed the banks and the normalising constants are kept identical on every
+process (see :class:`ContrastMemory`).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from kdlab.errors import UserError
@@ -44,6 +47,32 @@ def bank_logits(bank: Tensor, v: Tensor, rows: Tensor) -> Tensor:
     return torch.bmm(bank[rows], v.unsqueeze(2)).squeeze(2)
 
 
+def distributed_world_size() -> int:
+    """Processes in the default process group (1 when torch.distributed is not initialised)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
+
+
+def all_gather_rows(*tensors: Tensor) -> list[tuple[Tensor, ...]]:
+    """Every process's ``tensors``, in rank order. Within a process they share one row count;
+    counts may differ between processes (they are gathered first, and the rows padded to the
+    longest for the collectives). All tensors must be on the device of the backend."""
+    world = dist.get_world_size()
+    count = torch.tensor([tensors[0].shape[0]], device=tensors[0].device)
+    counts = [torch.empty_like(count) for _ in range(world)]
+    dist.all_gather(counts, count)
+    sizes = [int(c) for c in counts]
+    gathered = []
+    for x in tensors:
+        padded = x.new_zeros((max(sizes), *x.shape[1:]))
+        padded[: x.shape[0]] = x
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(parts, padded)
+        gathered.append([part[:size] for part, size in zip(parts, sizes)])
+    return list(zip(*gathered))
+
+
 class ContrastMemory(nn.Module):
     """Two memory banks (student and teacher embeddings) and the normalised NCE scores.
 
@@ -52,6 +81,15 @@ class ContrastMemory(nn.Module):
     fixed from the first batch (mean score times ``num_data``), as in the paper's NCE.
     After scoring, the positives' rows are moved towards the new embeddings:
     ``m <- normalise(momentum * m + (1 - momentum) * v)``.
+
+    Synchronised under torch.distributed (world size > 1, training mode): scoring stays local
+    (gradients reach this process's embeddings only), but every process applies every
+    process's updates, rank 0's rows first, then rank 1's, and so on; a sample in the batches
+    of two ranks (DistributedSampler's padding) is thus moved twice, in rank order. Z is fixed
+    from the mean of all processes' first-batch scores. Banks and Z therefore stay identical
+    on every process, as in one process applying the same updates. Each training step runs
+    three small collectives (batch sizes, indices, embeddings), so every process must call
+    the forward equally often; in evaluation mode nothing is exchanged.
     """
 
     def __init__(self, dim: int, num_data: int, num_negatives: int,
@@ -88,19 +126,44 @@ class ContrastMemory(nn.Module):
         v_student, v_teacher = v_student.float(), v_teacher.float()
         s_scores = torch.exp(bank_logits(self.bank_teacher, v_student, rows) / self.temperature)
         t_scores = torch.exp(bank_logits(self.bank_student, v_teacher, rows) / self.temperature)
-        if self.z_student < 0:
-            self.z_student.fill_(float(s_scores.mean().detach()) * self.num_data)
-        if self.z_teacher < 0:
-            self.z_teacher.fill_(float(t_scores.mean().detach()) * self.num_data)
+        if self.z_student < 0 or self.z_teacher < 0:
+            self._fix_normalisers(s_scores.detach(), t_scores.detach())
         s_scores = s_scores / self.z_student
         t_scores = t_scores / self.z_teacher
         if self.training:
             self.update(v_student, v_teacher, index)
         return s_scores, t_scores
 
+    def _fix_normalisers(self, s_scores: Tensor, t_scores: Tensor) -> None:
+        """Set the unset Z to the mean score times ``num_data``; the mean runs over every
+        process's scores when training under torch.distributed."""
+        if self.training and distributed_world_size() > 1:
+            totals = torch.stack([s_scores.double().sum(), t_scores.double().sum(),
+                                  torch.tensor(s_scores.numel(), dtype=torch.float64,
+                                               device=s_scores.device)])
+            dist.all_reduce(totals)
+            s_mean, t_mean = float(totals[0] / totals[2]), float(totals[1] / totals[2])
+        else:
+            s_mean, t_mean = float(s_scores.mean()), float(t_scores.mean())
+        if self.z_student < 0:
+            self.z_student.fill_(s_mean * self.num_data)
+        if self.z_teacher < 0:
+            self.z_teacher.fill_(t_mean * self.num_data)
+
     @torch.no_grad()
     def update(self, v_student: Tensor, v_teacher: Tensor, index: Tensor) -> None:
-        """Momentum update of the positives' rows, then L2 normalisation."""
+        """Momentum update of the positives' rows, then L2 normalisation; under
+        torch.distributed, every process's rows, in rank order (see the class docstring)."""
+        v_student, v_teacher = v_student.detach(), v_teacher.detach()
+        if distributed_world_size() == 1:
+            self._move_rows(v_student, v_teacher, index)
+            return
+        codes = torch.cat([v_student, v_teacher.to(v_student.dtype)], dim=1)
+        dim = v_student.shape[1]
+        for rank_index, rank_codes in all_gather_rows(index.to(codes.device), codes):
+            self._move_rows(rank_codes[:, :dim], rank_codes[:, dim:], rank_index)
+
+    def _move_rows(self, v_student: Tensor, v_teacher: Tensor, index: Tensor) -> None:
         for bank, v in ((self.bank_student, v_student), (self.bank_teacher, v_teacher)):
-            new = bank[index] * self.momentum + v.detach() * (1 - self.momentum)
+            new = bank[index] * self.momentum + v * (1 - self.momentum)
             bank[index] = nn.functional.normalize(new, dim=1)
