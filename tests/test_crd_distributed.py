@@ -66,10 +66,12 @@ def _ddp_crd_steps(rank: int) -> dict[str, torch.Tensor]:
 
     teacher = tiny_staged(widths=(16, 32, 64, 64), seed=1)
     student = tiny_staged(widths=(8, 16, 32, 32), seed=2)
-    torch.manual_seed(3)
+    torch.manual_seed(3 + rank)  # banks start different: wrap() must make them equal once
     d = build_distiller("crd", {"num_negatives": 4}, student, teacher, train_size=16)
-    initial = {k: v.clone() for k, v in d.memory.state_dict().items()}
     model = distributed.wrap(d, torch.device("cpu"), find_unused=d.may_skip_parameters)
+    initial = {k: v.clone() for k, v in d.memory.state_dict().items()}
+    ignored = set(getattr(d, "_ddp_params_and_buffers_to_ignore", ()))
+    assert {"memory.bank_student", "memory.bank_teacher", "memory.z_student"} <= ignored
     model.train()
     for step in range(2):
         g = torch.Generator().manual_seed(10 * step + rank)
@@ -178,10 +180,12 @@ def test_banks_and_z_match_one_process_applying_every_ranks_updates(ranks):
 
 @pytest.mark.slow
 def test_ddp_wrapped_crd_keeps_every_ranks_updates(ranks):
-    """Through DistributedDataParallel (which broadcasts rank 0's buffers before each
-    forward), the rows of both ranks' samples have moved on both ranks, the rest not."""
+    """Through kdlab's DDP wrapper (rank 0's banks copied once at wrap time, then not
+    broadcast before each forward), the banks start equal on both ranks, and the rows of both
+    ranks' samples have moved on both ranks, the rest not."""
     r0, r1 = ranks
     for key in ("bank_student", "bank_teacher", "z_student", "z_teacher"):
+        assert torch.equal(r0[f"ddp_initial_{key}"], r1[f"ddp_initial_{key}"]), key
         assert torch.equal(r0[f"ddp_{key}"], r1[f"ddp_{key}"]), key
     for key in ("bank_student", "bank_teacher"):
         moved = (r0[f"ddp_{key}"] != r0[f"ddp_initial_{key}"]).any(1)

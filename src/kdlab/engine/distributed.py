@@ -78,8 +78,29 @@ def cleanup(info: DistInfo) -> None:
         dist.destroy_process_group()
 
 
+def self_synced_buffers(model: nn.Module) -> list[str]:
+    """Names of the buffers of submodules that keep them identical on every rank themselves
+    (a class attribute ``keeps_buffers_in_sync = True``, e.g. CRD's memory banks)."""
+    names = []
+    for prefix, module in model.named_modules():
+        if getattr(module, "keeps_buffers_in_sync", False):
+            names += [f"{prefix}.{n}" if prefix else n for n, _ in module.named_buffers()]
+    return names
+
+
 def wrap(model: nn.Module, device: torch.device, *, find_unused: bool) -> nn.Module:
-    """DistributedDataParallel around ``model`` (the distiller)."""
+    """DistributedDataParallel around ``model`` (the distiller).
+
+    DDP copies rank 0's buffers to every rank before each forward. Buffers that their module
+    keeps in sync itself (:func:`self_synced_buffers`) are copied once, here, and then left to
+    it: for CRD's banks over CIFAR-100 that per-step copy is 51 MB, and it would overwrite
+    the other ranks' updates if the module did not synchronise them."""
+    synced = self_synced_buffers(model)
+    if synced:
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, synced)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            for name in synced:
+                dist.broadcast(model.get_buffer(name), src=0)
     ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused)
 

@@ -89,8 +89,12 @@ class ContrastMemory(nn.Module):
     from the mean of all processes' first-batch scores. Banks and Z therefore stay identical
     on every process, as in one process applying the same updates. Each training step runs
     three small collectives (batch sizes, indices, embeddings), so every process must call
-    the forward equally often; in evaluation mode nothing is exchanged.
+    the forward equally often; in evaluation mode nothing is exchanged. Hence
+    ``keeps_buffers_in_sync``: kdlab's DDP wrapper broadcasts these buffers once instead of
+    before every forward (:func:`kdlab.engine.distributed.wrap`).
     """
+
+    keeps_buffers_in_sync = True
 
     def __init__(self, dim: int, num_data: int, num_negatives: int,
                  temperature: float = 0.07, momentum: float = 0.5) -> None:
