@@ -41,7 +41,10 @@ class DataConfig:
 class ModelConfig:
     student: str = "resnet8"
     teacher: str | None = None
+    # A teacher's weights come from exactly one of these two:
     teacher_checkpoint: str | None = None  # a run's best.pt or an exported .safetensors
+    teacher_pretrained: bool | str = False  # true: torchvision's ImageNet weights; or a local file
+    student_pretrained: bool | str = False  # start the student from them (fine-tuning)
 
 
 @dataclass
@@ -97,8 +100,18 @@ class RunConfig:
 
 
 # --------------------------------------------------------------------- validation
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+_KIND = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+         list: "a list", dict: "a mapping"}
+
+
+def _kind(tp: Any) -> str:
+    """How a value of annotation ``tp`` is described to the user ("an integer", ...)."""
+    origin = typing.get_origin(tp) or tp
+    if origin is Sequence or origin is tuple:
+        origin = list
+    if origin is Mapping:
+        origin = dict
+    return _KIND.get(origin, f"a {getattr(origin, '__name__', origin)}")
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -110,41 +123,36 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
+        choices = [arg for arg in args if arg is not type(None)]
         errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
+        for arg in choices:
             try:
                 return _coerce(value, arg, where)
             except UserError as e:
                 errors.append(e)
-        raise errors[0] if errors else UserError(f"{where}: bad value {value!r}.")
+        if len(errors) == 1:
+            raise errors[0]
+        raise UserError(f"{where} must be {' or '.join(_kind(a) for a in choices)}, "
+                        f"got {value!r}.")
     if origin in (list, Sequence, tuple):
         if not isinstance(value, (list, tuple)):
-            raise UserError(f"{where} must be a list, got {value!r}.")
+            raise UserError(f"{where} must be {_kind(tp)}, got {value!r}.")
         (item_tp, *_) = typing.get_args(tp) or (Any,)
         return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin in (dict, Mapping):
         if not isinstance(value, Mapping):
-            raise UserError(f"{where} must be a mapping, got {value!r}.")
+            raise UserError(f"{where} must be {_kind(tp)}, got {value!r}.")
         return dict(value)
     if dataclasses.is_dataclass(tp):
         return build_dataclass(tp, value, where=where)
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UserError(f"{where} must be a number, got {value!r}.")
+            raise UserError(f"{where} must be {_kind(tp)}, got {value!r}.")
         return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise UserError(f"{where} must be an integer, got {value!r}.")
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise UserError(f"{where} must be true or false, got {value!r}.")
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise UserError(f"{where} must be a string, got {value!r}.")
+    if tp in (int, bool, str):
+        # bool is a subclass of int: `true` is not an integer, 1 is not true.
+        if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+            raise UserError(f"{where} must be {_kind(tp)}, got {value!r}.")
         return value
     return value
 
