@@ -1,29 +1,51 @@
 """Model registry: every entry builds a :class:`~kdlab.models.staged.Staged` network.
 
-A builder takes ``num_classes``, ``in_channels`` and ``input_size`` keyword arguments and
-returns a ``Staged`` view whose ``net`` is the ordinary model.
+A builder takes ``num_classes``, ``in_channels`` and ``input_size`` keyword arguments (and
+``pretrained`` when it has pretrained weights) and returns a ``Staged`` view whose ``net`` is
+the ordinary model.
 """
 
 from __future__ import annotations
 
+import inspect
+
 from kdlab.autoimport import import_submodules
+from kdlab.errors import UserError
 from kdlab.models.staged import Features, Staged, StageInfo
 from kdlab.registry import Registry
 
 MODELS: Registry = Registry("model")
 
 
+def pretrained_models() -> list[str]:
+    """The registered models that can start from pretrained weights (their builder takes a
+    ``pretrained`` argument: torchvision's ImageNet networks)."""
+    return [name for name in MODELS
+            if "pretrained" in inspect.signature(MODELS.get(name)).parameters]
+
+
 def build_model(
-    name: str, *, num_classes: int, in_channels: int = 3, input_size: int = 32
+    name: str, *, num_classes: int, in_channels: int = 3, input_size: int = 32,
+    pretrained: bool | str = False,
 ) -> Staged:
     """Build a registered model by name (an unknown name suggests close ones).
+
+    ``pretrained``: ``True`` for torchvision's ImageNet weights (a download), or the path of a
+    local copy; only the models of :func:`pretrained_models` have them.
 
     The result and its ``net`` carry ``kdlab_spec`` (model name, num_classes, in_channels,
     input_size), which run checkpoints record so that exports and ``kdlab eval`` can rebuild
     the plain model.
     """
-    staged = MODELS.get(name)(
-        num_classes=num_classes, in_channels=in_channels, input_size=input_size
+    builder = MODELS.get(name)
+    options = {}
+    if pretrained:
+        if name not in pretrained_models():
+            raise UserError(f"Model {name!r} has no pretrained weights; the models that have "
+                            f"them are {', '.join(pretrained_models())}.")
+        options["pretrained"] = pretrained
+    staged = builder(
+        num_classes=num_classes, in_channels=in_channels, input_size=input_size, **options
     )
     spec = {"model": name, "num_classes": num_classes, "in_channels": in_channels,
             "input_size": input_size}
@@ -34,4 +56,4 @@ def build_model(
 
 import_submodules(__name__)
 
-__all__ = ["MODELS", "Features", "StageInfo", "Staged", "build_model"]
+__all__ = ["MODELS", "Features", "StageInfo", "Staged", "build_model", "pretrained_models"]

@@ -3,9 +3,12 @@
 The torchvision networks are used as they are (``weights=None`` unless ``pretrained``) and
 seen through :class:`~kdlab.models.staged.Staged` by naming torchvision's own modules; for
 ``in_channels != 3`` only the first convolution is replaced. ``pretrained=True`` loads
-torchvision's ImageNet weights through its weights API (a download); ``pretrained`` given as a
-path loads the same weights from a local ``.pth`` / ``.safetensors`` file instead. Tensors whose
-shape differs (the replaced first conv, a classifier for another class count) stay fresh.
+torchvision's original ImageNet weights (``IMAGENET1K_V1``: the teachers of the KD papers'
+ImageNet tables, e.g. ResNet-34 73.3 and ResNet-50 76.1 top-1; torchvision's newer
+``IMAGENET1K_V2`` ResNet-50 comes from a different, much longer recipe) through its weights
+API (a download); ``pretrained`` given as a path loads the same weights from a local ``.pth`` /
+``.safetensors`` file instead. Tensors whose shape differs (the replaced first conv, a
+classifier for another class count) stay fresh.
 
 Stage divisions (five stages each):
 
@@ -91,7 +94,8 @@ def _load_pretrained(
 ) -> None:
     """Load ImageNet weights: torchvision's download for ``pretrained=True``, a local file for a
     path. Tensors whose shape differs (a replaced first conv, a classifier for another class
-    count) keep their fresh initialisation."""
+    count) keep their fresh initialisation; their names are left in
+    ``net.kdlab_pretrained_skipped`` (a frozen teacher must have none)."""
     if isinstance(pretrained, (str, Path)):
         state = _read_state_dict(pretrained)
     else:
@@ -110,6 +114,8 @@ def _load_pretrained(
         raise UserError(f"The pretrained weights hold no tensor of torchvision's {name}; pass "
                         f"a checkpoint of torchvision's {name}.")
     net.load_state_dict(usable, strict=False)
+    net.kdlab_pretrained_skipped = [k for k in own if k not in usable
+                                    and not k.endswith("num_batches_tracked")]
 
 
 def _torchvision_resnet(
@@ -140,11 +146,11 @@ def _torchvision_resnet(
 
 
 _torchvision_resnet("resnet18", torchvision.models.resnet18,
-                    torchvision.models.ResNet18_Weights.DEFAULT)
+                    torchvision.models.ResNet18_Weights.IMAGENET1K_V1)
 _torchvision_resnet("resnet34", torchvision.models.resnet34,
-                    torchvision.models.ResNet34_Weights.DEFAULT)
+                    torchvision.models.ResNet34_Weights.IMAGENET1K_V1)
 _torchvision_resnet("resnet50", torchvision.models.resnet50,
-                    torchvision.models.ResNet50_Weights.DEFAULT)
+                    torchvision.models.ResNet50_Weights.IMAGENET1K_V1)
 
 
 @MODELS.register("mobilenet_v2")
@@ -159,8 +165,8 @@ def mobilenet_v2(
         nn.init.kaiming_normal_(conv.weight, mode="fan_out")
         net.features[0][0] = conv
     if pretrained:
-        _load_pretrained(net, "mobilenet_v2", torchvision.models.MobileNet_V2_Weights.DEFAULT,
-                         pretrained)
+        _load_pretrained(net, "mobilenet_v2",
+                         torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1, pretrained)
     return _features_staged(net, (0, 3, 6, 13, 18), "classifier", in_channels, input_size,
                             num_classes)
 
