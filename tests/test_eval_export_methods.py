@@ -213,7 +213,7 @@ def test_every_method_restores_and_exports_its_networks(method, tmp_path):
     info = SimpleNamespace(name="synthetic", num_classes=10, in_channels=3, input_size=16,
                            train_size=64)
     torch.manual_seed(0)
-    a = build_distiller_from_config(cfg, info, load_teacher_weights=False)
+    a = build_distiller_from_config(cfg, info, architecture_only=True)
     x = torch.randn(8, 3, 16, 16)
     a.train()
     with torch.no_grad():  # moves BatchNorm running statistics away from their init

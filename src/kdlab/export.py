@@ -113,7 +113,7 @@ def _composite(meta: dict[str, str], path: Path) -> nn.Module:
     cfg = build_dataclass(RunConfig, tree, where=f"{path.name} config")
     # Rebuilding initialises layers from the global RNG: keep the caller's RNG untouched.
     with torch.random.fork_rng(devices=[]):
-        distiller = build_distiller_from_config(cfg, info, "cpu", load_teacher_weights=False)
+        distiller = build_distiller_from_config(cfg, info, "cpu", architecture_only=True)
     exported = distiller.exported()
     if name not in exported:
         raise UserError(f"Method {cfg.method_name!r} exports {', '.join(exported)}, not "

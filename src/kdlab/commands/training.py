@@ -39,35 +39,22 @@ def check(cfg: RunConfig, mode: str) -> None:
     """Names, method options and the teacher, so that mistakes fail before a run folder exists."""
     from kdlab.config import build_dataclass
     from kdlab.data import DATASETS
+    from kdlab.engine.build import check_model_config
     from kdlab.methods import METHODS
-    from kdlab.models import MODELS
 
     method = METHODS.get(cfg.method_name)
     build_dataclass(method.Config, cfg.method_options, where=f"method.{cfg.method_name}")
     DATASETS.get(cfg.data.name)
-    MODELS.get(cfg.model.student)
-    if mode == "train":
-        if method.needs_teacher:
-            raise UserError(
-                f"Method {cfg.method_name!r} needs a teacher: run it with `kdlab distill` "
-                "and set model.teacher and model.teacher_checkpoint."
-            )
-        return
-    if not method.needs_teacher:
+    if mode == "train" and method.needs_teacher:
+        raise UserError(
+            f"Method {cfg.method_name!r} needs a teacher: run it with `kdlab distill` and set "
+            "model.teacher with model.teacher_checkpoint or model.teacher_pretrained."
+        )
+    if mode == "distill" and not method.needs_teacher:
         raise UserError(
             f"Method {cfg.method_name!r} trains without a teacher: run it with `kdlab train`."
         )
-    if not cfg.model.teacher or not cfg.model.teacher_checkpoint:
-        raise UserError(
-            "`kdlab distill` needs model.teacher and model.teacher_checkpoint, e.g. "
-            "--set model.teacher=resnet20 --set model.teacher_checkpoint=runs/t/best.pt."
-        )
-    MODELS.get(cfg.model.teacher)
-    if not Path(cfg.model.teacher_checkpoint).is_file():
-        raise UserError(
-            f"Teacher checkpoint {cfg.model.teacher_checkpoint!r} does not exist; train the "
-            "teacher first with `kdlab train` or fix model.teacher_checkpoint."
-        )
+    check_model_config(cfg)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -113,6 +113,47 @@ class Run:
     info: Any  # kdlab.data.DatasetInfo
 
 
+def check_model_config(cfg: RunConfig, *, weights: bool = True) -> None:
+    """The networks of ``cfg.model`` are registered and, with ``weights``, their starting
+    weights are well given: a teacher's come from exactly one of ``teacher_checkpoint`` (an
+    existing file) and ``teacher_pretrained``, and ``*_pretrained`` names only models that have
+    pretrained weights. Nothing is read or downloaded; a UserError says what to fix."""
+    from kdlab.methods import METHODS
+    from kdlab.models import MODELS, pretrained_models
+
+    m = cfg.model
+    method = METHODS.get(cfg.method_name)
+    MODELS.get(m.student)
+    if method.needs_teacher and not m.teacher:
+        raise UserError(f"Method {cfg.method_name!r} needs a teacher: set model.teacher and "
+                        "either model.teacher_checkpoint (train the teacher first with `kdlab "
+                        "train`) or model.teacher_pretrained.")
+    teacher = m.teacher if method.needs_teacher else None
+    if teacher:
+        MODELS.get(teacher)
+    if not weights:
+        return
+    if teacher:
+        ckpt = m.teacher_checkpoint
+        if ckpt and m.teacher_pretrained:
+            raise UserError("model.teacher_checkpoint and model.teacher_pretrained are both set; "
+                            "keep one: a trained teacher's best.pt or the pretrained weights.")
+        if not ckpt and not m.teacher_pretrained:
+            raise UserError("model.teacher is set but neither model.teacher_checkpoint nor "
+                            "model.teacher_pretrained is; train the teacher first with `kdlab "
+                            "train ...` and point to its best.pt, or set "
+                            "model.teacher_pretrained=true for torchvision's ImageNet weights.")
+        if ckpt and not Path(ckpt).is_file():
+            raise UserError(f"Teacher checkpoint {ckpt!r} does not exist; train the teacher "
+                            "first with `kdlab train ...` or fix model.teacher_checkpoint.")
+    for role, name, pretrained in (("student", m.student, m.student_pretrained),
+                                   ("teacher", teacher, m.teacher_pretrained)):
+        if name and pretrained and name not in pretrained_models():
+            raise UserError(f"model.{role}_pretrained is set but model.{role} {name!r} has no "
+                            f"pretrained weights; use one of {', '.join(pretrained_models())} "
+                            f"or set model.{role}_pretrained=false.")
+
+
 def _check_teacher_spec(cfg: RunConfig, spec: dict[str, Any], info: Any) -> None:
     """The teacher's recorded classes / input shape against the data; UserError on mismatch."""
     ckpt = cfg.model.teacher_checkpoint
@@ -129,27 +170,27 @@ def _check_teacher_spec(cfg: RunConfig, spec: dict[str, Any], info: Any) -> None
             )
 
 
+def _check_pretrained_teacher(teacher: nn.Module, info: Any) -> None:
+    """A frozen teacher must be pretrained throughout: a tensor whose shape the pretrained file
+    does not match (another class count or input channels) would stay random."""
+    skipped = getattr(teacher, "kdlab_pretrained_skipped", [])
+    if skipped:
+        raise UserError(
+            f"model.teacher_pretrained leaves {len(skipped)} teacher tensor(s) untrained "
+            f"({', '.join(skipped[:3])}): their shapes differ for data with "
+            f"{info.num_classes} classes and {info.in_channels} input channels; give pretrained "
+            "weights for this data (torchvision's are ImageNet's: 1000 classes, 3 channels) or "
+            "a trained teacher in model.teacher_checkpoint."
+        )
+
+
 def build_run(
     cfg: RunConfig, device: torch.device, *, rank: int = 0, world_size: int = 1
 ) -> Run:
     """Loaders, student, teacher (weights loaded) and the distiller, on ``device``."""
     from kdlab.data import build_loaders
-    from kdlab.methods import METHODS
 
-    method = METHODS.get(cfg.method_name)
-    teacher_name = cfg.model.teacher
-    if method.needs_teacher and not teacher_name:
-        raise UserError(f"Method {cfg.method_name!r} needs a teacher: set model.teacher and "
-                        "model.teacher_checkpoint (train the teacher first with `kdlab train`).")
-    ckpt = cfg.model.teacher_checkpoint
-    if teacher_name and method.needs_teacher:
-        if not ckpt:
-            raise UserError("model.teacher is set but model.teacher_checkpoint is not; train the "
-                            "teacher first with `kdlab train ...` and point to its best.pt.")
-        if not Path(ckpt).is_file():
-            raise UserError(f"Teacher checkpoint {ckpt!r} does not exist; train the teacher "
-                            "first with `kdlab train ...` or fix model.teacher_checkpoint.")
-
+    check_model_config(cfg)  # before the data is loaded
     loaders = build_loaders(cfg.data, device, seed=cfg.train.seed, rank=rank,
                             world_size=world_size)
     info = loaders.info
@@ -159,39 +200,37 @@ def build_run(
 
 def build_distiller_from_config(
     cfg: RunConfig, info: Any, device: torch.device | str = "cpu", *,
-    load_teacher_weights: bool = True,
+    architecture_only: bool = False,
 ) -> Distiller:
     """The run's distiller (student, teacher, method extras) for data shaped like ``info``.
 
     ``info`` needs ``num_classes``, ``in_channels``, ``input_size`` and ``train_size`` (a
-    :class:`kdlab.data.DatasetInfo`). With ``load_teacher_weights=False`` the teacher is
-    built with its architecture only (its checkpoint is not read, nor needed): for
-    rebuilding a finished run whose own ``distiller`` state_dict is loaded afterwards
-    (``kdlab eval`` / ``kdlab export``); whatever a method copies out of the teacher is in
-    that state_dict.
+    :class:`kdlab.data.DatasetInfo`). The teacher's weights come from
+    ``model.teacher_checkpoint`` or ``model.teacher_pretrained``, the student's from
+    ``model.student_pretrained`` if set. With ``architecture_only=True`` no weights are read
+    or downloaded (nor needed): for rebuilding a finished run whose own ``distiller``
+    state_dict is loaded afterwards (``kdlab eval`` / ``kdlab export``); whatever a method
+    copies out of the teacher is in that state_dict.
     """
     from kdlab.methods import METHODS, build_distiller
     from kdlab.models import build_model
 
-    method = METHODS.get(cfg.method_name)
-    teacher_name = cfg.model.teacher
-    if method.needs_teacher and not teacher_name:
-        raise UserError(f"Method {cfg.method_name!r} needs a teacher: set model.teacher and "
-                        "model.teacher_checkpoint (train the teacher first with `kdlab train`).")
+    check_model_config(cfg, weights=not architecture_only)
+    m = cfg.model
+    load = not architecture_only
     shape = {"num_classes": int(info.num_classes), "in_channels": int(info.in_channels),
              "input_size": int(info.input_size)}
-    student = build_model(cfg.model.student, **shape)
+    student = build_model(m.student, **shape,
+                          pretrained=m.student_pretrained if load else False)
     teacher = None
-    if teacher_name and method.needs_teacher:
-        teacher = build_model(teacher_name, **shape)
-        if load_teacher_weights:
-            ckpt = cfg.model.teacher_checkpoint
-            if not ckpt:
-                raise UserError("model.teacher is set but model.teacher_checkpoint is not; "
-                                "train the teacher first with `kdlab train ...` and point to "
-                                "its best.pt.")
-            _check_teacher_spec(cfg, weights_spec(ckpt), info)
-            load_weights(ckpt, teacher.net)
+    if m.teacher and METHODS.get(cfg.method_name).needs_teacher:
+        teacher = build_model(m.teacher, **shape,
+                              pretrained=m.teacher_pretrained if load else False)
+        if load and m.teacher_pretrained:
+            _check_pretrained_teacher(teacher.net, info)
+        if load and m.teacher_checkpoint:
+            _check_teacher_spec(cfg, weights_spec(m.teacher_checkpoint), info)
+            load_weights(m.teacher_checkpoint, teacher.net)
     student.to(device)
     if teacher is not None:
         teacher.to(device)
@@ -204,11 +243,12 @@ def build_distiller_from_config(
 def restore_distiller(
     cfg: RunConfig, info: Any, state: dict[str, Any], device: torch.device | str = "cpu"
 ) -> Distiller:
-    """A finished run's distiller: rebuilt from its config (teacher architecture only, see
-    :func:`build_distiller_from_config`) with the checkpoint's ``distiller`` state_dict
+    """A finished run's distiller: rebuilt from its config (architectures only: no teacher
+    checkpoint or pretrained weights are read, see :func:`build_distiller_from_config`) with
+    the checkpoint's ``distiller`` state_dict
     loaded strictly, in eval mode. Every method's evaluated and exported networks come out
     of it, composite ones (SimKD's student + projector + reused head) included."""
-    distiller = build_distiller_from_config(cfg, info, device, load_teacher_weights=False)
+    distiller = build_distiller_from_config(cfg, info, device, architecture_only=True)
     try:
         distiller.load_state_dict(state)
     except RuntimeError as e:

@@ -41,7 +41,9 @@ def markdown(rows: Sequence[dict[str, Any]], summary: dict[str, Any]) -> str:
     lines = [f"# kdlab run: {method}", ""]
     what = f"- method **{method}**, student **{model.get('student', '?')}**"
     if model.get("teacher"):
-        what += f", teacher **{model['teacher']}** ({model.get('teacher_checkpoint')})"
+        source = (model.get("teacher_checkpoint")
+                  or f"teacher_pretrained={model.get('teacher_pretrained')}")
+        what += f", teacher **{model['teacher']}** ({source})"
     lines += [what, f"- data **{data.get('name', '?')}**, batch {data.get('batch_size', '?')}",
               f"- epochs {summary.get('epochs', len(rows))}, device {summary.get('device', '?')}"
               f", {summary.get('world_size', 1)} process(es), amp "
