@@ -1,11 +1,14 @@
-"""BiFPNc (FRSKD's self-teacher pyramid): shapes, widths, fusion weights, gradients."""
+"""BiFPNc (FRSKD's self-teacher pyramid): shapes, widths, fusion weights, gradients, and the
+fast implementation against the formulas written out directly."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-from kdlab.nn.bifpn import BiFPNc, FastFusion, level_widths, resize_to
+from kdlab.nn.bifpn import BiFPNc, FastFusion, PointwiseConv, level_widths, resize_to
 
 
 def _feats(channels, sizes, batch=2):
@@ -80,9 +83,11 @@ def test_fast_fusion_matches_formula():
     fusion = FastFusion(3, eps=1e-4)
     with torch.no_grad():
         fusion.weight.copy_(torch.tensor([2.0, -1.0, 1.0]))
-    xs = [torch.randn(1, 2, 3, 3) for _ in range(3)]
-    expected = (2.0 * xs[0].relu() + 0.0 * xs[1].relu() + 1.0 * xs[2].relu()) / (3.0 + 1e-4)
+    xs = [torch.rand(1, 2, 3, 3) for _ in range(3)]  # activated maps: the layer's job
+    before = [x.clone() for x in xs]
+    expected = (2.0 * xs[0] + 0.0 * xs[1] + 1.0 * xs[2]) / (3.0 + 1e-4)
     torch.testing.assert_close(fusion(xs), expected)
+    assert all(torch.equal(x, b) for x, b in zip(xs, before, strict=True))  # inputs untouched
     w = fusion.normalized_weights()
     assert w[1] == 0 and w.sum().item() == pytest.approx(1.0, abs=1e-4)
 
@@ -109,3 +114,103 @@ def test_resize_to():
 def test_rejects_single_level():
     with pytest.raises(ValueError):
         BiFPNc([8], num_classes=3)
+
+
+# ----------------------------------------------------------------------------------------------
+# The implementation shares each ReLU among the nodes that read a map, sums fusions in place,
+# and runs ReLUs in place on BatchNorm outputs. The reference
+# below is the pyramid written out directly, the way it was first implemented: a ReLU on every
+# input of every fusion node, layers returning pre-activation maps, a final ReLU, NCHW only.
+
+
+def _ref_fuse(fusion, inputs):
+    w = F.relu(fusion.weight)
+    w = w / (w.sum() + fusion.eps)
+    return sum(w[j] * F.relu(x) for j, x in enumerate(inputs))
+
+
+def _ref_pointwise(block, x):
+    conv, bn, _ = block
+    return F.relu(bn(conv(x)))
+
+
+def _ref_separable(block, x):
+    for m in block:
+        x = F.relu(x) if isinstance(m, nn.ReLU) else m(x)
+    return x
+
+
+def _ref_layer(layer, feats):
+    n = len(feats)
+    p = [_ref_pointwise(lat, f) if isinstance(lat, PointwiseConv) else f
+         for lat, f in zip(layer.lateral, feats, strict=True)]
+    td = [p[-1]]
+    for i in range(n - 2, -1, -1):
+        up = resize_to(_ref_pointwise(layer.td_proj[i], F.relu(td[0])), p[i].shape[-2:])
+        td.insert(0, _ref_separable(layer.td_conv[i], _ref_fuse(layer.td_fuse[i], [p[i], up])))
+    out = [td[0]]
+    for i in range(1, n):
+        down = resize_to(_ref_pointwise(layer.bu_proj[i - 1], F.relu(out[-1])), p[i].shape[-2:])
+        inputs = [p[i], td[i], down] if i < n - 1 else [p[i], down]
+        out.append(_ref_separable(layer.bu_conv[i - 1], _ref_fuse(layer.bu_fuse[i - 1], inputs)))
+    return out
+
+
+def _reference(net, feats):
+    x = [f.contiguous() for f in feats]
+    for layer in net.layers:
+        x = _ref_layer(layer, x)
+    refined = [F.relu(f) for f in x]
+    return refined, net.fc(torch.flatten(F.adaptive_avg_pool2d(refined[-1], 1), 1))
+
+
+PYRAMIDS = [
+    # resnet8-like: two finest levels share a size (identity resize), width 2, depth 2
+    dict(channels=[4, 4, 8, 16], sizes=[12, 12, 6, 3], width=2.0, depth=2, repeat=1),
+    # width 1: same-width laterals (a ReLU in the first layer), two stacked layers
+    dict(channels=[4, 8, 16], sizes=[8, 4, 2], width=1.0, depth=3, repeat=2),
+    # odd sizes: adaptive pooling down, non-integer nearest upsampling
+    dict(channels=[4, 8, 8], sizes=[14, 7, 3], width=1.5, depth=1, repeat=1),
+]
+
+
+def _run(net, feats, forward, seed=1):
+    """Outputs, input gradients and parameter gradients of a random linear read-out."""
+    net.zero_grad(set_to_none=True)
+    xs = [f.clone().requires_grad_() for f in feats]
+    refined, logits = forward(net, xs)
+    g = torch.Generator().manual_seed(seed)
+    outs = [*refined, logits]
+    (sum((o * torch.randn(o.shape, generator=g, dtype=o.dtype)).sum() for o in outs)).backward()
+    return ([o.detach() for o in outs], [x.grad for x in xs],
+            [q.grad for q in net.parameters()])
+
+
+def _pyramid(cfg, dtype=torch.float32, batch=3):
+    torch.manual_seed(0)
+    net = BiFPNc(cfg["channels"], num_classes=5, width=cfg["width"], depth=cfg["depth"],
+                 repeat=cfg["repeat"]).to(dtype)
+    with torch.no_grad():  # uneven fusion weights, one below zero (counts as zero)
+        for f in net.fusions():
+            f.weight.uniform_(0.2, 2.0)
+        net.fusions()[0].weight[0] = -0.5
+    feats = [torch.randn(batch, c, s, s, dtype=dtype)  # raw: some entries negative
+             for c, s in zip(cfg["channels"], cfg["sizes"], strict=True)]
+    return net, feats
+
+
+@pytest.mark.parametrize("cfg", PYRAMIDS)
+def test_same_values_and_gradients_as_the_reference_bit_for_bit(cfg):
+    net, feats = _pyramid(cfg)
+    fast = _run(net, feats, lambda m, xs: m(xs))
+    ref = _run(net, feats, _reference)
+    for got, want in zip(fast, ref, strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+
+
+def test_inputs_left_alone():
+    net, feats = _pyramid(PYRAMIDS[1])  # width 1: the lateral ReLU must not work in place
+    before = [f.clone() for f in feats]
+    refined, logits = net(feats)
+    (logits.sum() + sum(r.sum() for r in refined)).backward()
+    assert all(torch.equal(f, b) for f, b in zip(feats, before, strict=True))

@@ -121,6 +121,25 @@ def test_gradient_flow(tiny_pair):
     assert len(_grads(first_stage)) > 0
 
 
+def test_one_pass_through_each_network_per_step(tiny_pair, monkeypatch):
+    """The self-teacher reads the features of the student's one forward pass."""
+    _, student = tiny_pair
+    d = build_distiller("frskd", {}, student, None)
+    calls = {"student": 0, "self_teacher": 0}
+
+    def counted(name, fn):
+        def wrapper(*args):
+            calls[name] += 1
+            return fn(*args)
+        return wrapper
+
+    monkeypatch.setattr(student, "features", counted("student", student.features))
+    monkeypatch.setattr(d.self_teacher, "forward", counted("self_teacher", d.self_teacher.forward))
+    _, losses = d(*_batch(student))
+    sum(losses.values()).backward()
+    assert calls == {"student": 1, "self_teacher": 1}
+
+
 def test_one_training_step_changes_student_and_self_teacher(tiny_pair):
     _, student = tiny_pair
     d = build_distiller("frskd", {}, student, None)

@@ -14,6 +14,7 @@ Every fusion node mixes its inputs with learnable *fast normalised* weights,
 Levels may have any spatial sizes (the student's stages need not halve the resolution
 each time): a coarser map is brought up with nearest-neighbour interpolation, a finer one
 down with max pooling (3x3 stride 2 when it is exactly twice the size, adaptive otherwise).
+
 """
 
 from __future__ import annotations
@@ -43,25 +44,29 @@ def resize_to(x: Tensor, size: tuple[int, int]) -> Tensor:
 
 
 class PointwiseConv(nn.Sequential):
-    """1x1 convolution, BatchNorm, ReLU: changes the number of channels."""
+    """1x1 convolution, BatchNorm, ReLU: changes the number of channels.
+
+    The ReLU works in place on the BatchNorm's output (BatchNorm's backward needs only its
+    input): one full-size allocation fewer per call, same values.
+    """
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__(
             nn.Conv2d(in_channels, out_channels, 1, bias=False),
             nn.BatchNorm2d(out_channels),
-            nn.ReLU(),
+            nn.ReLU(inplace=True),
         )
 
 
 class SeparableConvBlock(nn.Sequential):
     """``depth`` depth-wise separable 3x3 convolutions (depth-wise, point-wise, BN), ReLU
-    between them; the output is pre-activation (the caller decides where the ReLU goes)."""
+    (in place on the BN output) between them; the output is pre-activation."""
 
     def __init__(self, channels: int, depth: int) -> None:
         layers: list[nn.Module] = []
         for i in range(depth):
             if i > 0:
-                layers.append(nn.ReLU())
+                layers.append(nn.ReLU(inplace=True))
             layers += [
                 nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False),
                 nn.Conv2d(channels, channels, 1, bias=False),
@@ -71,7 +76,11 @@ class SeparableConvBlock(nn.Sequential):
 
 
 class FastFusion(nn.Module):
-    """Weighted sum of same-shaped maps with fast normalised weights (EfficientDet Eq. 3)."""
+    """Weighted sum of same-shaped maps with fast normalised weights (EfficientDet Eq. 3).
+
+    The inputs must already be activated (non-negative): :class:`BiFPNLayer` applies each
+    ReLU once, where a map is made, instead of once per fusion node that reads it.
+    """
 
     def __init__(self, num_inputs: int, eps: float = 1e-4) -> None:
         super().__init__()
@@ -84,23 +93,41 @@ class FastFusion(nn.Module):
 
     def forward(self, inputs: Sequence[Tensor]) -> Tensor:
         w = self.normalized_weights()
-        return sum(w[j] * F.relu(x) for j, x in enumerate(inputs))  # type: ignore[return-value]
+        out = w[0] * inputs[0]
+        for j in range(1, len(inputs)):
+            # in place: the running sum is saved by no backward, so no new map per term
+            out = out.add_(w[j] * inputs[j])
+        return out
 
 
 class BiFPNLayer(nn.Module):
     """One top-down + bottom-up pass over ``len(widths)`` levels (level 0 the finest).
 
-    Top-down: ``T_n = P_n``; ``T_i = conv(fuse(P_i, up(T_{i+1})))``.
-    Bottom-up: ``O_0 = T_0``; ``O_i = conv(fuse(P_i, T_i, down(O_{i-1})))`` and, at the top,
-    ``O_n = conv(fuse(P_n, down(O_{n-1})))``. ``P_i`` (the layer's input at level ``i``) is
-    the same-level lateral link. ``up``/``down`` also change ``d_{i+-1}`` to ``d_i`` channels.
+    Top-down: ``T_n = P_n``; ``T_i = act(conv(fuse(P_i, up(T_{i+1}))))``.
+    Bottom-up: ``O_0 = T_0``; ``O_i = act(conv(fuse(P_i, T_i, down(O_{i-1}))))`` and, at the
+    top, ``O_n = act(conv(fuse(P_n, down(O_{n-1}))))``. ``P_i`` (the layer's input at level
+    ``i``, activated) is the same-level lateral link. ``up``/``down`` also change ``d_{i+-1}``
+    to ``d_i`` channels (a 1x1 conv, BN and ReLU before the resize).
+
+    Every map is activated (ReLU) once, where it is made, and the activated map is shared by
+    every node that reads it. ``inputs_activated`` says the inputs are already non-negative
+    (the outputs of a previous layer), so a lateral link that keeps the width is an identity
+    rather than a ReLU.
     """
 
-    def __init__(self, in_channels: Sequence[int], widths: Sequence[int], depth: int) -> None:
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        widths: Sequence[int],
+        depth: int,
+        *,
+        inputs_activated: bool = False,
+    ) -> None:
         super().__init__()
         n = len(widths)
+        keep = nn.Identity if inputs_activated else nn.ReLU
         self.lateral = nn.ModuleList(
-            nn.Identity() if c == d else PointwiseConv(c, d)
+            keep() if c == d else PointwiseConv(c, d)
             for c, d in zip(in_channels, widths, strict=True)
         )
         # index i is the node at level i (the top level has no top-down node, level 0 no
@@ -116,18 +143,18 @@ class BiFPNLayer(nn.Module):
         return [*self.td_fuse, *self.bu_fuse]
 
     def forward(self, feats: Sequence[Tensor]) -> list[Tensor]:
-        """Pre-activation outputs, one per level, each shaped like its lateral input."""
+        """Activated (post-ReLU) outputs, one per level, each shaped like its lateral input."""
         n = len(feats)
         p = [lat(f) for lat, f in zip(self.lateral, feats, strict=True)]
         td: list[Tensor] = [p[-1]]  # td[0] is the current coarsest top-down map
         for i in range(n - 2, -1, -1):
-            up = resize_to(self.td_proj[i](F.relu(td[0])), p[i].shape[-2:])
-            td.insert(0, self.td_conv[i](self.td_fuse[i]([p[i], up])))
+            up = resize_to(self.td_proj[i](td[0]), p[i].shape[-2:])
+            td.insert(0, F.relu(self.td_conv[i](self.td_fuse[i]([p[i], up])), inplace=True))
         out = [td[0]]
         for i in range(1, n):
-            down = resize_to(self.bu_proj[i - 1](F.relu(out[-1])), p[i].shape[-2:])
+            down = resize_to(self.bu_proj[i - 1](out[-1]), p[i].shape[-2:])
             inputs = [p[i], td[i], down] if i < n - 1 else [p[i], down]
-            out.append(self.bu_conv[i - 1](self.bu_fuse[i - 1](inputs)))
+            out.append(F.relu(self.bu_conv[i - 1](self.bu_fuse[i - 1](inputs)), inplace=True))
         return out
 
 
@@ -163,7 +190,9 @@ class BiFPNc(nn.Module):
         self.in_channels = list(in_channels)
         self.widths = level_widths(in_channels, width)
         self.layers = nn.ModuleList(
-            BiFPNLayer(self.in_channels if r == 0 else self.widths, self.widths, depth)
+            BiFPNLayer(self.in_channels, self.widths, depth)
+            if r == 0
+            else BiFPNLayer(self.widths, self.widths, depth, inputs_activated=True)
             for r in range(repeat)
         )
         self.fc = nn.Linear(self.widths[-1], num_classes)
@@ -178,6 +207,5 @@ class BiFPNc(nn.Module):
         x = list(feats)
         for layer in self.layers:
             x = layer(x)
-        refined = [F.relu(f) for f in x]
-        pooled = torch.flatten(F.adaptive_avg_pool2d(refined[-1], 1), 1)
-        return refined, self.fc(pooled)
+        pooled = torch.flatten(F.adaptive_avg_pool2d(x[-1], 1), 1)
+        return x, self.fc(pooled)
