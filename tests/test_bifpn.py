@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import kdlab.nn.bifpn as bifpn
 from kdlab.nn.bifpn import BiFPNc, FastFusion, PointwiseConv, level_widths, resize_to
 
 
@@ -118,7 +119,7 @@ def test_rejects_single_level():
 
 # ----------------------------------------------------------------------------------------------
 # The implementation shares each ReLU among the nodes that read a map, sums fusions in place,
-# and runs ReLUs in place on BatchNorm outputs. The reference
+# runs ReLUs in place on BatchNorm outputs and works in channels-last on CPU. The reference
 # below is the pyramid written out directly, the way it was first implemented: a ReLU on every
 # input of every fusion node, layers returning pre-activation maps, a final ReLU, NCHW only.
 
@@ -200,7 +201,8 @@ def _pyramid(cfg, dtype=torch.float32, batch=3):
 
 
 @pytest.mark.parametrize("cfg", PYRAMIDS)
-def test_same_values_and_gradients_as_the_reference_bit_for_bit(cfg):
+def test_same_values_and_gradients_as_the_reference_bit_for_bit_in_nchw(cfg, monkeypatch):
+    monkeypatch.setattr(bifpn, "preferred_layout", lambda device: torch.contiguous_format)
     net, feats = _pyramid(cfg)
     fast = _run(net, feats, lambda m, xs: m(xs))
     ref = _run(net, feats, _reference)
@@ -208,9 +210,31 @@ def test_same_values_and_gradients_as_the_reference_bit_for_bit(cfg):
         assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
 
 
-def test_inputs_left_alone():
+@pytest.mark.parametrize("cfg", PYRAMIDS)
+def test_channels_last_has_the_reference_values_and_gradients(cfg):
+    # float64: the layouts differ only in rounding, so they must agree to ~1e-12
+    net, feats = _pyramid(cfg, torch.float64)
+    fast = _run(net, feats, lambda m, xs: m(xs))
+    ref = _run(net, feats, _reference)
+    assert fast[0][0].is_contiguous(memory_format=torch.channels_last)
+    for got, want in zip(fast, ref, strict=True):
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    # float32 (what training runs): BatchNorm's channels-last kernel sums in float32
+    net, feats = _pyramid(cfg)
+    with torch.no_grad():
+        for a, b in zip(net(feats)[0], _reference(net, feats)[0], strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_layout_by_device_and_inputs_left_alone():
+    assert bifpn.preferred_layout(torch.device("cpu")) == torch.channels_last
+    assert bifpn.preferred_layout(torch.device("cuda")) == torch.contiguous_format
     net, feats = _pyramid(PYRAMIDS[1])  # width 1: the lateral ReLU must not work in place
+    # already channels-last (a channels-last student): the pyramid gets these very tensors
+    feats = [f.contiguous(memory_format=torch.channels_last) for f in feats]
     before = [f.clone() for f in feats]
     refined, logits = net(feats)
     (logits.sum() + sum(r.sum() for r in refined)).backward()
     assert all(torch.equal(f, b) for f, b in zip(feats, before, strict=True))
+    assert all(r.is_contiguous(memory_format=torch.channels_last) for r in refined)

@@ -15,6 +15,13 @@ Levels may have any spatial sizes (the student's stages need not halve the resol
 each time): a coarser map is brought up with nearest-neighbour interpolation, a finer one
 down with max pooling (3x3 stride 2 when it is exactly twice the size, adaptive otherwise).
 
+On CPU the pyramid runs in channels-last (NHWC) memory layout: oneDNN convolves NHWC maps
+directly, while every NCHW convolution pays a reorder to its blocked layout and back (into
+fresh buffers) on each call, and BatchNorm's NHWC kernel is several times faster too. Same
+arithmetic, other rounding: BatchNorm's NHWC kernel sums its statistics in float32 (the NCHW
+one in float64, CUDA's in float32), so float32 outputs agree with NCHW to about 1e-5
+relative; in float64 to 1e-10 (tests/test_bifpn.py). Costs measured in
+benchmarks/results/frskd_cost_cpu.md.
 """
 
 from __future__ import annotations
@@ -24,6 +31,11 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+
+def preferred_layout(device: torch.device) -> torch.memory_format:
+    """Channels-last on CPU (oneDNN's native layout), the default layout elsewhere."""
+    return torch.channels_last if device.type == "cpu" else torch.contiguous_format
 
 
 def level_widths(channels: Sequence[int], width: float) -> list[int]:
@@ -169,8 +181,9 @@ class BiFPNc(nn.Module):
         repeat: number of stacked BiFPN layers.
 
     ``forward(feats)`` returns ``(refined, logits)``: the refined maps (post-ReLU, level ``i``
-    with ``d_i`` channels and the spatial size of ``feats[i]``) and the classifier's logits
-    (global average pooling and a linear layer on the top refined map).
+    with ``d_i`` channels and the spatial size of ``feats[i]``; channels-last on CPU, see
+    :func:`preferred_layout`) and the classifier's logits (global average pooling and a linear
+    layer on the top refined map).
     """
 
     def __init__(
@@ -204,7 +217,8 @@ class BiFPNc(nn.Module):
     def forward(self, feats: Sequence[Tensor]) -> tuple[list[Tensor], Tensor]:
         if len(feats) != len(self.in_channels):
             raise ValueError(f"expected {len(self.in_channels)} feature levels, got {len(feats)}")
-        x = list(feats)
+        layout = preferred_layout(feats[0].device)
+        x = [f.contiguous(memory_format=layout) for f in feats]
         for layer in self.layers:
             x = layer(x)
         pooled = torch.flatten(F.adaptive_avg_pool2d(x[-1], 1), 1)
