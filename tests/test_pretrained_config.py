@@ -226,3 +226,20 @@ def test_eval_and_export_do_not_load_pretrained_weights(pretrained_run, tmp_path
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["eval", str(run), "--which", "last"]) == 0
     assert asked == []
+
+
+def test_a_resumed_run_does_not_load_the_students_pretrained_weights(
+        pretrained_run, tmp_path, capsys, monkeypatch, resnet18_file):
+    """The checkpoint replaces the student, so an offline resume works: only the teacher's
+    weights (here a local file) are read."""
+    run = tmp_path / "run"
+    shutil.copytree(pretrained_run, run)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["model"]["teacher_pretrained"] = str(resnet18_file)
+    cfg["schedule"]["epochs"] += 1
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    asked = offline(monkeypatch)
+    capsys.readouterr()
+    assert main(["distill", str(run / "config.yaml"), "--out", str(run), "--resume"]) == 0
+    assert "resuming" in capsys.readouterr().out
+    assert asked == []

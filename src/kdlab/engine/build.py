@@ -185,22 +185,26 @@ def _check_pretrained_teacher(teacher: nn.Module, info: Any) -> None:
 
 
 def build_run(
-    cfg: RunConfig, device: torch.device, *, rank: int = 0, world_size: int = 1
+    cfg: RunConfig, device: torch.device, *, rank: int = 0, world_size: int = 1,
+    resuming: bool = False,
 ) -> Run:
-    """Loaders, student, teacher (weights loaded) and the distiller, on ``device``."""
+    """Loaders, student, teacher (weights loaded) and the distiller, on ``device``.
+
+    ``resuming``: the run's checkpoint will overwrite the student, so its pretrained weights
+    (``model.student_pretrained``) are not read or downloaded."""
     from kdlab.data import build_loaders
 
     check_model_config(cfg)  # before the data is loaded
     loaders = build_loaders(cfg.data, device, seed=cfg.train.seed, rank=rank,
                             world_size=world_size)
     info = loaders.info
-    distiller = build_distiller_from_config(cfg, info, device)
+    distiller = build_distiller_from_config(cfg, info, device, student_weights=not resuming)
     return Run(distiller=distiller, loaders=loaders, info=info)
 
 
 def build_distiller_from_config(
     cfg: RunConfig, info: Any, device: torch.device | str = "cpu", *,
-    architecture_only: bool = False,
+    architecture_only: bool = False, student_weights: bool = True,
 ) -> Distiller:
     """The run's distiller (student, teacher, method extras) for data shaped like ``info``.
 
@@ -210,7 +214,8 @@ def build_distiller_from_config(
     ``model.student_pretrained`` if set. With ``architecture_only=True`` no weights are read
     or downloaded (nor needed): for rebuilding a finished run whose own ``distiller``
     state_dict is loaded afterwards (``kdlab eval`` / ``kdlab export``); whatever a method
-    copies out of the teacher is in that state_dict.
+    copies out of the teacher is in that state_dict. ``student_weights=False`` skips the
+    student's pretrained weights only (a resumed run's checkpoint replaces them).
     """
     from kdlab.methods import METHODS, build_distiller
     from kdlab.models import build_model
@@ -221,7 +226,7 @@ def build_distiller_from_config(
     shape = {"num_classes": int(info.num_classes), "in_channels": int(info.in_channels),
              "input_size": int(info.input_size)}
     student = build_model(m.student, **shape,
-                          pretrained=m.student_pretrained if load else False)
+                          pretrained=m.student_pretrained if load and student_weights else False)
     teacher = None
     if m.teacher and METHODS.get(cfg.method_name).needs_teacher:
         teacher = build_model(m.teacher, **shape,

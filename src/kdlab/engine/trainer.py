@@ -191,7 +191,9 @@ class Trainer:
         main = d.is_main
         amp = cfg.train.amp
         seed_all(cfg.train.seed, -1)
-        run = build_run(cfg, device, rank=d.rank, world_size=d.world_size)
+        last_path = self.out_dir / "last.pt"
+        run = build_run(cfg, device, rank=d.rank, world_size=d.world_size,
+                        resuming=self.resume and last_path.is_file())
         self.run = run  # the trained distiller stays reachable after fit()
         raw = run.distiller
         if cfg.train.channels_last:
@@ -205,7 +207,6 @@ class Trainer:
         scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
         epochs = cfg.schedule.epochs
         start, best, history = 0, float("-inf"), []
-        last_path = self.out_dir / "last.pt"
         if self.resume and last_path.is_file():
             ckpt = load_checkpoint(last_path)
             start, best, history = self._restore(ckpt, raw, opt, sched, scaler)
