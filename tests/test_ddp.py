@@ -18,7 +18,14 @@ SCRIPT = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     import torch
     from engine_support import registered, tiny_config
+    import kdlab.engine.trainer as trainer_module
     from kdlab.engine.trainer import Trainer
+
+    seeds = []
+    def recording_seed_all(*args, _seed_all=trainer_module.seed_all):
+        seeds.append(args)
+        _seed_all(*args)
+    trainer_module.seed_all = recording_seed_all
 
     out = {out!r}
     with registered():
@@ -28,6 +35,7 @@ SCRIPT = textwrap.dedent("""
     rank = int(os.environ["RANK"])
     state = trainer.run.distiller.state_dict()
     torch.save(state, os.path.join(os.path.dirname(out), f"rank{{rank}}.pt"))
+    print("RANK", rank, "SEEDS", repr(seeds).replace(" ", ""))
     print("RANK", rank, "WORLD", summary["world_size"], "TOP1", summary["last_top1"])
 """)
 
@@ -57,6 +65,12 @@ def test_two_process_gloo_run(tmp_path):
         if value.is_floating_point() and "running" not in key:
             assert torch.allclose(value, r1[key], atol=1e-6), key
     assert torch.equal(r0["student.net.fc.weight"], ckpt["distiller"]["student.net.fc.weight"])
+    # the build is seeded alike on both ranks; each epoch with the rank, so that each rank
+    # draws its own random stream in training (CRD's negatives, FCFD's paths, dropout)
+    seeds = {line.split()[1]: line.split()[3] for line in proc.stdout.splitlines()
+             if line.startswith("RANK") and "SEEDS" in line}
+    assert seeds == {"0": "[(0,-1),(0,0,0),(0,1,0)]", "1": "[(0,-1),(0,0,1),(0,1,1)]"}, \
+        proc.stdout
     # top-1 is reduced over ranks: with 63 validation images (shards of 32 and 31) every
     # value is a multiple of 100/63
     top1 = float(proc.stdout.split("TOP1")[-1].split()[0])

@@ -232,3 +232,18 @@ def test_real_ce_teacher_then_kd_student(tmp_path):
                                   method={"name": "kd", "temperature": 4.0})).fit()
     assert {"ce", "kd"} <= set(summary["final_losses"])
     assert load_checkpoint(tmp_path / "s" / "best.pt")["config"]["method"]["name"] == "kd"
+
+
+def test_seed_all_gives_each_rank_its_own_stream_and_rank_0_the_single_process_one():
+    from kdlab.engine.trainer import seed_all
+
+    def draw(*args):
+        seed_all(*args)
+        return torch.rand(4)
+
+    assert torch.equal(draw(7, 3), draw(7, 3, 0))
+    torch.manual_seed(7 * 1_000_003 + 3 + 1)
+    want = torch.rand(4)
+    assert torch.equal(draw(7, 3), want)  # unchanged for single-process runs
+    assert not torch.equal(draw(7, 3, 0), draw(7, 3, 1))
+    assert not torch.equal(draw(7, 3, 1), draw(7, 4, 1))

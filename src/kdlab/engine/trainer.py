@@ -46,9 +46,12 @@ RUN_FILES = ("last.pt", "best.pt", "config.yaml", "metrics.csv")
 
 
 # --------------------------------------------------------------------- pieces
-def seed_all(seed: int, epoch: int) -> None:
-    """Seed torch (all devices), random and numpy from ``(seed, epoch)``; epoch -1 = build."""
-    s = (seed * 1_000_003 + epoch + 1) % 2**32
+def seed_all(seed: int, epoch: int, rank: int = 0) -> None:
+    """Seed torch (all devices), random and numpy from ``(seed, epoch, rank)``; epoch -1 =
+    build. Under DDP each rank draws its own stream during training (CRD's negatives, FCFD's
+    paths, dropout masks), so ranks do not repeat each other's draws on different data;
+    rank 0's stream is the single-process one."""
+    s = (seed * 1_000_003 + epoch + 1 + rank * 104_729) % 2**32
     torch.manual_seed(s)
     random.seed(s)
     try:
@@ -273,7 +276,7 @@ class Trainer:
                progress: Progress) -> float:
         cfg, device, d = self.cfg, self.device, self.dist
         epochs = cfg.schedule.epochs
-        seed_all(cfg.train.seed, epoch)
+        seed_all(cfg.train.seed, epoch, d.rank)
         run.loaders.train.set_epoch(epoch)
         raw.set_epoch(epoch, epochs)
         lr = float(opt.param_groups[0]["lr"])
