@@ -23,6 +23,13 @@ self-teacher learns from its own CE.
 Defaults follow the authors' CIFAR-100 setting (their README: alpha 2, beta 100; their code:
 temperature 4, width 2, depth 2, one BiFPN layer). The paper searches alpha in {1, 2, 3} and
 beta in {100, 200} per dataset. ``beta: 0`` is the paper's FRSKD\\F ablation (soft labels only).
+
+Cost: a training step runs the student once and the self-teacher once. On the ``cpu`` bench
+pair (resnet8, 1x28x28, batch 64) FRSKD does 1.40x KD's FLOPs but keeps 8-10x the student's
+activations for the backward (the self-teacher is twice the student's width at every level,
+with ~10 full-size maps per fusion node), so on CPU its step costs ~3x KD's; with
+``levels: 3`` (the authors' CIFAR ResNets feed their residual stages, not the stem) 1.10x
+the FLOPs. Numbers and profile: benchmarks/results/frskd_cost_cpu.md.
 """
 
 from __future__ import annotations
@@ -42,7 +49,11 @@ from kdlab.nn.bifpn import BiFPNc
 
 
 class SelfTeacherView(nn.Module):
-    """Images -> self-teacher logits (student features, detached, through the BiFPNc)."""
+    """Images -> self-teacher logits (student features, detached, through the BiFPNc).
+
+    For evaluation only: the trainer evaluates each network on its own, so this runs the
+    student's forward again; training (:meth:`FRSKD.forward`) runs it once per step.
+    """
 
     def __init__(self, student: Staged, self_teacher: BiFPNc, levels: int) -> None:
         super().__init__()
