@@ -98,6 +98,7 @@ class Staged(nn.Module):
         self._stages = [[net.get_submodule(n) for n in names] for names in stages]
         self._pre_pool = [net.get_submodule(n) for n in pre_pool]
         self._classifier = [net.get_submodule(n) for n in classifier]
+        self.stem_names = list(stem)  # empty: stage 0 reads the input, so it holds the stem
         self.stage_names = [list(names) for names in stages]
         self.classifier_names = list(classifier)
         self._pool = pool
