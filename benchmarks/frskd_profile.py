@@ -4,10 +4,11 @@ FRSKD: Ji et al., CVPR 2021. FRSKD has no teacher: for the ``cpu`` bench pair's 
 (resnet8, 1x28x28, batch 64) this script
 
 1. counts the FLOPs of one training step (``torch.utils.flop_counter``) for ce, kd and FRSKD
-   (all four student stages, the default, and the last three), FRSKD's split into student
-   forward, self-teacher forward, the self-teacher's backward and the student's backward
-   (the two graphs are disjoint: the self-teacher reads detached features), and the
-   self-teacher's forward FLOPs per pyramid level and kind of layer;
+   (the default: the three stages after the stem, as the authors; and all four stages),
+   FRSKD's split into student forward, self-teacher forward, the self-teacher's backward
+   and the student's backward (the two graphs are disjoint: the self-teacher reads
+   detached features), and the self-teacher's forward FLOPs per pyramid level and kind of
+   layer (``--tables`` picks the parts to run);
 2. times the same parts of a few steps by wrapping those calls on the instance, with the
    minor page faults per step (fresh memory the kernel has to map);
 3. sums the bytes autograd keeps for the backward (distinct storages), kd against FRSKD;
@@ -49,8 +50,8 @@ TEACHER_FWD = "self-teacher forward (BiFPNc + classifier)"
 TEACHER_BWD = "backward: self-teacher (its CE)"
 STUDENT_BWD = "backward: student (CE, KD, attention)"
 OPTIMISER = "optimiser (SGD step + zero_grad)"
-FRSKD_VARIANTS = {"frskd (4 levels: stem + 3 layers, default)": {},
-                  "frskd levels=3 (layer outputs only)": {"levels": 3}}
+FRSKD_VARIANTS = {"frskd (default: 3 levels, after the stem)": {},
+                  "frskd levels=4 (the stem too)": {"levels": 4}}
 
 
 def conv_backward_flop(grad_out_shape: list[int], x_shape: list[int], w_shape: list[int],
@@ -139,7 +140,8 @@ def _kind_and_level(name: str, conv: torch.nn.Conv2d) -> tuple[str, int]:
     level = int(index) + (1 if group.startswith("bu_") else 0)
     if conv.groups > 1:
         return "separable: depth-wise 3x3", level
-    return {"lateral": "lateral 1x1", "td_proj": "top-down resample 1x1",
+    return {"lateral": "top-down lateral 1x1", "bu_lateral": "bottom-up lateral 1x1",
+            "td_proj": "top-down resample 1x1",
             "bu_proj": "bottom-up resample 1x1", "td_conv": "separable: point-wise 1x1",
             "bu_conv": "separable: point-wise 1x1"}[group], level
 
@@ -165,7 +167,7 @@ def level_table(opts: dict[str, Any]) -> list[str]:
     total = sum(v for row in table.values() for v in row.values())
     lines = [f"== self-teacher forward MFLOP per level fed and kind of convolution "
              f"({opts or 'defaults'}; level: channels x H x W: {sizes}; a resample 1x1 runs "
-             "before the resize, so top-down at the coarser size, bottom-up at the finer)",
+             "at the coarser size: before the upsampling, after the pooling)",
              f"{'':<28} " + " ".join(f"{'L' + str(i):>9}" for i in range(n)) + "   share"]
     for kind in sorted(table):
         cells = " ".join(f"{table[kind].get(i, 0) / 1e6:9.1f}" for i in range(n))
@@ -279,6 +281,8 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--rows", type=int, default=25)
+    ap.add_argument("--tables", default="flops,levels,memory,parts,profiler",
+                    help="comma-separated subset of flops,levels,memory,parts,profiler")
     ap.add_argument("--layout", choices=["auto", "nchw"], default="auto",
                     help="self-teacher memory layout: bifpn.preferred_layout, or NCHW")
     args = ap.parse_args()
@@ -293,10 +297,16 @@ def main() -> int:
           f"torch {torch.__version__}; Python {platform.python_version()}; load at start "
           f"{load}")
     print()
-    for line in (flop_table() + level_table({}) + level_table({"levels": 3})
-                 + memory_table()
-                 + part_table(args.steps, args.warmup) + profiler_table(args.steps, args.rows)):
-        print(line)
+    tables = {
+        "flops": flop_table,
+        "levels": lambda: level_table({}) + level_table({"levels": 4}),
+        "memory": memory_table,
+        "parts": lambda: part_table(args.steps, args.warmup),
+        "profiler": lambda: profiler_table(args.steps, args.rows),
+    }
+    for name in args.tables.split(","):
+        for line in tables[name.strip()]():
+            print(line)
     print(f"load at end {' '.join(open('/proc/loadavg').read().split()[:3])}")
     return 0
 

@@ -3,6 +3,8 @@ fast implementation against the formulas written out directly."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -107,9 +109,31 @@ def test_resize_to():
     x = torch.arange(16.0).view(1, 1, 4, 4)
     assert resize_to(x, (4, 4)) is x
     assert resize_to(x, (8, 8)).shape[-2:] == (8, 8)
-    down = resize_to(x, (2, 2))
-    torch.testing.assert_close(down, torch.nn.functional.max_pool2d(x, 3, 2, 1))
+    # TensorFlow "same" pooling of an even size: windows start at row/column 0 and the
+    # padding is at the bottom/right, so the 3x3 windows are rows/cols {0,1,2} and {2,3}
+    torch.testing.assert_close(resize_to(x, (2, 2)), torch.tensor([[[[10.0, 11.0],
+                                                                     [14.0, 15.0]]]]))
     assert resize_to(torch.randn(1, 1, 14, 14), (4, 4)).shape[-2:] == (4, 4)
+
+
+def _ref_max_pool_same(x):
+    """The authors' down-sampling written out: pad to TensorFlow "same" (the extra row and
+    column at the bottom/right) with zeros, then a 3x3 stride-2 max pool without padding."""
+    pads = []
+    for size in (x.shape[-1], x.shape[-2]):  # F.pad order: last dimension first
+        extra = (math.ceil(size / 2) - 1) * 2 - size + 3
+        pads += [extra // 2, extra - extra // 2]
+    return F.max_pool2d(F.pad(x, pads), 3, 2)
+
+
+@pytest.mark.parametrize(("h", "w"), [(8, 8), (7, 7), (6, 9), (28, 28), (1, 2)])
+def test_max_pool_same_is_the_authors_padding(h, w):
+    x = torch.rand(2, 3, h, w)  # activated maps: zero padding and -inf padding agree
+    got = bifpn.max_pool_same(x)
+    assert got.shape[-2:] == (math.ceil(h / 2), math.ceil(w / 2))
+    assert torch.equal(got, _ref_max_pool_same(x))
+    cl = x.contiguous(memory_format=torch.channels_last)
+    assert torch.equal(bifpn.max_pool_same(cl), got)
 
 
 def test_rejects_single_level():
@@ -119,9 +143,12 @@ def test_rejects_single_level():
 
 # ----------------------------------------------------------------------------------------------
 # The implementation shares each ReLU among the nodes that read a map, sums fusions in place,
-# runs ReLUs in place on BatchNorm outputs and works in channels-last on CPU. The reference
-# below is the pyramid written out directly, the way it was first implemented: a ReLU on every
-# input of every fusion node, layers returning pre-activation maps, a final ReLU, NCHW only.
+# runs ReLUs in place on BatchNorm outputs, pools without a padded copy and works in
+# channels-last on CPU. The reference below is the authors' node written out directly
+# (MingiJi/FRSKD, models/bifpnc.py): a ReLU on every input of every fusion node and of every
+# lateral or resample projection, two lateral projections per level, zero-padded "same"
+# max pooling before the bottom-up 1x1, layers returning pre-activation maps, a final ReLU,
+# NCHW only. ``upsample_first`` runs the top-down resample in the authors' order too.
 
 
 def _ref_fuse(fusion, inputs):
@@ -132,7 +159,7 @@ def _ref_fuse(fusion, inputs):
 
 def _ref_pointwise(block, x):
     conv, bn, _ = block
-    return F.relu(bn(conv(x)))
+    return F.relu(bn(conv(F.relu(x))))
 
 
 def _ref_separable(block, x):
@@ -141,26 +168,44 @@ def _ref_separable(block, x):
     return x
 
 
-def _ref_layer(layer, feats):
+def _ref_down(x, size):
+    if x.shape[-2:] == size:
+        return x
+    if tuple(math.ceil(s / 2) for s in x.shape[-2:]) == tuple(size):
+        return _ref_max_pool_same(x)
+    return F.adaptive_max_pool2d(x, size)
+
+
+def _ref_up(block, x, size, upsample_first):
+    if upsample_first:  # the authors' order: nearest upsampling, then the 1x1 conv block
+        return _ref_pointwise(block, F.interpolate(F.relu(x), size=size, mode="nearest"))
+    return resize_to(_ref_pointwise(block, x), size)
+
+
+def _ref_layer(layer, feats, upsample_first=False):
     n = len(feats)
-    p = [_ref_pointwise(lat, f) if isinstance(lat, PointwiseConv) else f
-         for lat, f in zip(layer.lateral, feats, strict=True)]
+    if layer.first:
+        p = [_ref_pointwise(lat, f) for lat, f in zip(layer.lateral, feats, strict=True)]
+    else:  # later layers: the previous layer's outputs (every reader rectifies them)
+        p = list(feats)
+    q = [None, *(_ref_pointwise(lat, f) for lat, f in zip(layer.bu_lateral, feats[1:],
+                                                           strict=True))]
     td = [p[-1]]
     for i in range(n - 2, -1, -1):
-        up = resize_to(_ref_pointwise(layer.td_proj[i], F.relu(td[0])), p[i].shape[-2:])
+        up = _ref_up(layer.td_proj[i], td[0], p[i].shape[-2:], upsample_first)
         td.insert(0, _ref_separable(layer.td_conv[i], _ref_fuse(layer.td_fuse[i], [p[i], up])))
     out = [td[0]]
     for i in range(1, n):
-        down = resize_to(_ref_pointwise(layer.bu_proj[i - 1], F.relu(out[-1])), p[i].shape[-2:])
-        inputs = [p[i], td[i], down] if i < n - 1 else [p[i], down]
+        down = _ref_pointwise(layer.bu_proj[i - 1], _ref_down(F.relu(out[-1]), p[i].shape[-2:]))
+        inputs = [q[i], td[i], down] if i < n - 1 else [q[i], down]
         out.append(_ref_separable(layer.bu_conv[i - 1], _ref_fuse(layer.bu_fuse[i - 1], inputs)))
     return out
 
 
-def _reference(net, feats):
+def _reference(net, feats, upsample_first=False):
     x = [f.contiguous() for f in feats]
     for layer in net.layers:
-        x = _ref_layer(layer, x)
+        x = _ref_layer(layer, x, upsample_first)
     refined = [F.relu(f) for f in x]
     return refined, net.fc(torch.flatten(F.adaptive_avg_pool2d(refined[-1], 1), 1))
 
@@ -168,9 +213,10 @@ def _reference(net, feats):
 PYRAMIDS = [
     # resnet8-like: two finest levels share a size (identity resize), width 2, depth 2
     dict(channels=[4, 4, 8, 16], sizes=[12, 12, 6, 3], width=2.0, depth=2, repeat=1),
-    # width 1: same-width laterals (a ReLU in the first layer), two stacked layers
+    # width 1 (the first layer still projects every level), two stacked layers
     dict(channels=[4, 8, 16], sizes=[8, 4, 2], width=1.0, depth=3, repeat=2),
-    # odd sizes: adaptive pooling down, non-integer nearest upsampling
+    # odd sizes: "same" pooling of an even (14 -> 7) size, adaptive pooling (7 -> 3),
+    # non-integer nearest upsampling
     dict(channels=[4, 8, 8], sizes=[14, 7, 3], width=1.5, depth=1, repeat=1),
 ]
 
@@ -208,6 +254,35 @@ def test_same_values_and_gradients_as_the_reference_bit_for_bit_in_nchw(cfg, mon
     ref = _run(net, feats, _reference)
     for got, want in zip(fast, ref, strict=True):
         assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+
+
+@pytest.mark.parametrize("cfg", PYRAMIDS[:2])  # factor-2 (or 1) resamples, as the authors'
+def test_top_down_order_is_the_authors_in_training(cfg, monkeypatch):
+    # 1x1 block then upsampling (ours) against upsampling then 1x1 block (the authors'):
+    # the same function in training mode (BatchNorm statistics over copied pixels do not
+    # change), so float64 values and every gradient agree to rounding
+    monkeypatch.setattr(bifpn, "preferred_layout", lambda device: torch.contiguous_format)
+    net, feats = _pyramid(cfg, torch.float64)
+    ours = _run(net, feats, _reference)
+    authors = _run(net, feats, lambda m, xs: _reference(m, xs, upsample_first=True))
+    for got, want in zip(ours, authors, strict=True):
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_two_lateral_projections_per_level_as_the_authors():
+    net = BiFPNc([4, 8, 16], num_classes=3, width=1.0, repeat=2)
+    first, second = net.layers
+    # first layer: every level projected for the top-down path, even at width 1, and levels
+    # 1..n-1 projected again, with their own weights, for the bottom-up nodes
+    assert all(isinstance(m, PointwiseConv) for m in first.lateral)
+    assert [m[0].in_channels for m in first.bu_lateral] == [8, 16]
+    assert not {id(p) for p in first.lateral.parameters()} & {
+        id(p) for p in first.bu_lateral.parameters()}
+    # later layers: top-down reads the previous outputs as they are, bottom-up projects
+    assert all(isinstance(m, nn.Identity) for m in second.lateral)
+    assert len(second.bu_lateral) == 2
+    assert all(f.eps == 1e-6 for f in net.fusions())
 
 
 @pytest.mark.parametrize("cfg", PYRAMIDS)

@@ -13,7 +13,8 @@ from torch import nn
 from kdlab.config import build_dataclass, load_config
 from kdlab.errors import UserError
 from kdlab.methods import build_distiller
-from kdlab.methods.frskd import FRSKD
+from kdlab.methods.frskd import FRSKD, default_levels
+from kdlab.models import MODELS
 from kdlab.models.staged import Staged
 
 
@@ -73,7 +74,8 @@ def test_losses_match_the_paper_formulas(tiny_pair):
     logits, losses = d(images, targets)
     assert set(losses) == {"ce", "self_teacher_ce", "kd", "feat"}
     assert logits.shape == (3, student.num_classes)
-    feats = student.features(images).stages
+    assert d.levels == 3  # the tiny student's stages after its stem (stage 0)
+    feats = student.features(images).stages[-3:]
     refined, st_logits = d.self_teacher([f.detach() for f in feats])
     torch.testing.assert_close(losses["ce"], nn.functional.cross_entropy(logits, targets))
     torch.testing.assert_close(
@@ -114,7 +116,7 @@ def test_gradient_flow(tiny_pair):
         assert not _grads(d.self_teacher), name
 
     # the feature loss reaches the earliest stage the self-teacher reads
-    first_stage = d.student.stage_modules(0)
+    first_stage = d.student.stage_modules(d.student.num_stages - d.levels)
     d.zero_grad()
     _, losses = d(images, targets)
     losses["feat"].backward()
@@ -179,6 +181,39 @@ def _torchvision_resnet18(num_classes: int = 10, size: int = 64) -> Staged:
     return Staged(net, stem=["conv1", "bn1", "relu", "maxpool"],
                   stages=[["layer1"], ["layer2"], ["layer3"], ["layer4"]],
                   classifier=["fc"], input_shape=(3, size, size), num_classes=num_classes)
+
+
+@pytest.mark.parametrize(
+    ("model", "kwargs", "channels"),
+    [
+        # the authors' CIFAR ResNets and WRN: their residual stages, not the stem conv
+        ("resnet8", {}, [16, 32, 64]),
+        ("wrn_16_2", {}, [32, 64, 128]),
+        ("resnet8x4", {}, [64, 128, 256]),
+        # the authors' ImageNet ResNets: layer1..layer4
+        ("resnet18", {"input_size": 64}, [64, 128, 256, 512]),
+    ],
+)
+def test_default_levels_are_the_authors_stages_after_the_stem(model, kwargs, channels):
+    student = MODELS.get(model)(num_classes=10, **kwargs)
+    assert not student.stem_names  # the zoo's stage 0 is the stem
+    d = build_distiller("frskd", {}, student, None)
+    assert default_levels(student) == d.levels == len(channels)
+    assert d.self_teacher.in_channels == channels
+    assert d.self_teacher.widths == [2 * c for c in channels]
+    # method.levels still overrides: all stages, the stem included
+    d = build_distiller("frskd", {"levels": student.num_stages}, student, None)
+    assert d.self_teacher.in_channels == [s.channels for s in student.stage_info]
+
+
+def test_default_levels_keep_every_stage_when_the_stem_is_named_apart():
+    student = _torchvision_resnet18()  # stem = conv1..maxpool, stages = layer1..layer4
+    assert student.stem_names and default_levels(student) == 4
+    two = Staged(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3, 2), nn.Flatten(),
+                               nn.Linear(4, 3)),
+                 stem=[], stages=[["0"], ["1"]], classifier=["2", "3"],
+                 input_shape=(3, 9, 9), num_classes=3)
+    assert default_levels(two) == 2  # never fewer than two levels
 
 
 def test_torchvision_resnet18_one_step():

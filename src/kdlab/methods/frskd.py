@@ -24,12 +24,16 @@ Defaults follow the authors' CIFAR-100 setting (their README: alpha 2, beta 100;
 temperature 4, width 2, depth 2, one BiFPN layer). The paper searches alpha in {1, 2, 3} and
 beta in {100, 200} per dataset. ``beta: 0`` is the paper's FRSKD\\F ablation (soft labels only).
 
+Which features: by default the stages after the network's stem, as the authors feed the
+residual stages (``layer1..4`` of their CIFAR and ImageNet ResNets, ``block1..3`` of their
+WRN), never the stem convolution (:func:`default_levels`); ``levels: N`` takes the last
+``N`` stages instead. The self-teacher follows the authors' BiFPNc code too (see
+:mod:`kdlab.nn.bifpn` for where).
+
 Cost: a training step runs the student once and the self-teacher once. On the ``cpu`` bench
-pair (resnet8, 1x28x28, batch 64) FRSKD does 1.40x KD's FLOPs but keeps 8-10x the student's
-activations for the backward (the self-teacher is twice the student's width at every level,
-with ~10 full-size maps per fusion node), so on CPU its step costs ~3x KD's; with
-``levels: 3`` (the authors' CIFAR ResNets feed their residual stages, not the stem) 1.10x
-the FLOPs. Numbers and profile: benchmarks/results/frskd_cost_cpu.md.
+pair (resnet8, 1x28x28, batch 64) FRSKD does 1.00x KD's FLOPs but its CPU step takes
+1.6-2.0x KD's: the self-teacher is twice the student's width at every level and keeps ~4x
+the student's activations for the backward. Numbers and profile: benchmarks/results/frskd_cost_cpu.md.
 """
 
 from __future__ import annotations
@@ -46,6 +50,18 @@ from kdlab.methods import METHODS
 from kdlab.methods.base import Distiller, Losses
 from kdlab.models.staged import Staged
 from kdlab.nn.bifpn import BiFPNc
+
+
+def default_levels(student: Staged) -> int:
+    """How many of the last stages FRSKD feeds by default: those after the network's stem.
+
+    The authors feed their networks' residual stages, never the stem. A staged view whose
+    stem is empty (every network of the zoo: FCFD's stage division) runs the input through
+    stage 0, which therefore holds the stem: it is left out. A view that names its stem
+    separately has no stem among its stages: all are fed. At least two levels.
+    """
+    n = student.num_stages
+    return max(2, n - 1) if not student.stem_names else n
 
 
 class SelfTeacherView(nn.Module):
@@ -80,7 +96,7 @@ class FRSKD(Distiller):
         width: float = 2.0  # self-teacher channels per level: width x student channels
         depth: int = 2  # depth-wise separable convolutions per fusion node
         repeat: int = 1  # stacked BiFPN layers
-        levels: int | None = None  # use the last N student stages (None = all)
+        levels: int | None = None  # use the last N student stages (None = after the stem)
 
     def __init__(
         self,
@@ -100,7 +116,7 @@ class FRSKD(Distiller):
         if c.alpha < 0 or c.beta < 0:
             raise UserError("FRSKD's alpha and beta must be >= 0; fix the method section.")
         info = student.stage_info
-        levels = len(info) if c.levels is None else c.levels
+        levels = default_levels(student) if c.levels is None else c.levels
         if not 2 <= levels <= len(info):
             raise UserError(
                 f"FRSKD needs 2 to {len(info)} feature levels for this student, got "

@@ -8,12 +8,35 @@ a top-down path, a bottom-up path and same-level lateral links) with two changes
   the channels of the student's ``i``-th feature), instead of one fixed width for all levels;
 - the 3x3 convolutions are depth-wise separable (depth-wise 3x3, then point-wise 1x1).
 
-Every fusion node mixes its inputs with learnable *fast normalised* weights,
-``w = relu(v) / (sum(relu(v)) + eps)``: non-negative and summing to (almost) one.
+Where the paper leaves details open we follow the authors' code (``MingiJi/FRSKD``,
+``models/bifpnc.py`` and ``models/utils.py``):
 
-Levels may have any spatial sizes (the student's stages need not halve the resolution
-each time): a coarser map is brought up with nearest-neighbour interpolation, a finer one
-down with max pooling (3x3 stride 2 when it is exactly twice the size, adaptive otherwise).
+- the first layer rectifies the network's features and projects every level with a 1x1
+  conv, BN and ReLU (even when the width is kept) for the top-down path, and projects levels
+  ``1..n-1`` once more, with their own 1x1 conv, BN and ReLU, for the bottom-up nodes'
+  same-level input (EfficientDet's second lateral); later layers pass their inputs to the
+  top-down path as they are and still project them for the bottom-up nodes;
+- a bottom-up resample max-pools first (3x3, stride 2, TensorFlow "same" padding: the extra
+  row/column goes at the bottom/right), then changes the channels (1x1 conv, BN, ReLU) on
+  the smaller map;
+- a fusion node is ``act(BN(sep(sum_j w_j x_j)))``: fast normalised weights
+  ``w = relu(v) / (sum(relu(v)) + eps)`` with ``eps = 1e-6`` (EfficientDet uses 1e-4),
+  initialised to ones; ``depth`` separable convolutions (depth-wise 3x3, point-wise 1x1,
+  BN; a ReLU between them, none inside); no conv has a bias;
+- the outputs are post-ReLU; the classifier reads the top one (average pool, linear).
+
+One deliberate difference: a top-down resample changes the channels (1x1 conv, BN, ReLU) at
+the *coarser* size and then upsamples (nearest), where the authors upsample first. For a
+factor-2 upsampling (the only one their code runs) both orders give the same outputs and
+gradients in training (nearest upsampling copies each pixel 4 times, which leaves the
+BatchNorm batch statistics unchanged; tests/test_bifpn.py checks it), and ours runs the
+1x1 on a quarter of the pixels. Only BatchNorm's running variance differs, by its unbiased
+``n / (n - 1)`` correction (``n`` = batch x pixels, a relative ~1/n).
+
+Levels may have any spatial sizes (the authors' code needs each level to halve the
+previous one): a coarser map is brought up with nearest-neighbour interpolation, a finer one
+down with max pooling (3x3 stride 2 "same" when it is the ceiling of half the size, adaptive
+otherwise), a map of the same size is used as it is.
 
 On CPU the pyramid runs in channels-last (NHWC) memory layout: oneDNN convolves NHWC maps
 directly, while every NCHW convolution pays a reorder to its blocked layout and back (into
@@ -43,6 +66,19 @@ def level_widths(channels: Sequence[int], width: float) -> list[int]:
     return [max(1, round(width * c)) for c in channels]
 
 
+def max_pool_same(x: Tensor) -> Tensor:
+    """3x3 max pooling, stride 2, TensorFlow "same" padding (the authors' down-sampling).
+
+    The output has ``ceil(h / 2)`` rows; an odd size is padded by one on both sides, an even
+    one at the bottom/right only, so its windows start at row 0. Done without a padded copy:
+    padding 1 for an odd size, 0 for an even one, whose last window ``ceil_mode`` lets run
+    over the edge. PyTorch pads with -inf, the authors with zeros: the same for the
+    activated (non-negative) maps the pyramid pools.
+    """
+    h, w = x.shape[-2:]
+    return F.max_pool2d(x, kernel_size=3, stride=2, padding=(h % 2, w % 2), ceil_mode=True)
+
+
 def resize_to(x: Tensor, size: tuple[int, int]) -> Tensor:
     """Bring ``x`` to spatial ``size``: nearest upsampling or max-pool downsampling."""
     h, w = x.shape[-2:]
@@ -51,7 +87,7 @@ def resize_to(x: Tensor, size: tuple[int, int]) -> Tensor:
     if h <= size[0] and w <= size[1]:
         return F.interpolate(x, size=size, mode="nearest")
     if (h + 1) // 2 == size[0] and (w + 1) // 2 == size[1]:
-        return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
+        return max_pool_same(x)
     return F.adaptive_max_pool2d(x, size)
 
 
@@ -90,11 +126,13 @@ class SeparableConvBlock(nn.Sequential):
 class FastFusion(nn.Module):
     """Weighted sum of same-shaped maps with fast normalised weights (EfficientDet Eq. 3).
 
+    ``eps = 1e-6`` as in the FRSKD authors' code (EfficientDet: 1e-4).
+
     The inputs must already be activated (non-negative): :class:`BiFPNLayer` applies each
     ReLU once, where a map is made, instead of once per fusion node that reads it.
     """
 
-    def __init__(self, num_inputs: int, eps: float = 1e-4) -> None:
+    def __init__(self, num_inputs: int, eps: float = 1e-6) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(num_inputs))
         self.eps = eps
@@ -116,15 +154,17 @@ class BiFPNLayer(nn.Module):
     """One top-down + bottom-up pass over ``len(widths)`` levels (level 0 the finest).
 
     Top-down: ``T_n = P_n``; ``T_i = act(conv(fuse(P_i, up(T_{i+1}))))``.
-    Bottom-up: ``O_0 = T_0``; ``O_i = act(conv(fuse(P_i, T_i, down(O_{i-1}))))`` and, at the
-    top, ``O_n = act(conv(fuse(P_n, down(O_{n-1}))))``. ``P_i`` (the layer's input at level
-    ``i``, activated) is the same-level lateral link. ``up``/``down`` also change ``d_{i+-1}``
-    to ``d_i`` channels (a 1x1 conv, BN and ReLU before the resize).
+    Bottom-up: ``O_0 = T_0``; ``O_i = act(conv(fuse(Q_i, T_i, down(O_{i-1}))))`` and, at the
+    top, ``O_n = act(conv(fuse(Q_n, down(O_{n-1}))))``. ``P_i`` and ``Q_i`` are two lateral
+    links from the layer's input at level ``i``: in the ``first`` layer both are 1x1 conv, BN
+    and ReLU projections of the rectified network feature (separate weights, as in the
+    authors' code); in later layers ``P_i`` is the input itself (the previous layer's
+    activated output) and ``Q_i`` still a projection. ``up`` changes ``d_{i+1}`` to ``d_i``
+    channels (1x1 conv, BN, ReLU) and then upsamples; ``down`` max-pools and then changes
+    ``d_{i-1}`` to ``d_i`` channels.
 
     Every map is activated (ReLU) once, where it is made, and the activated map is shared by
-    every node that reads it. ``inputs_activated`` says the inputs are already non-negative
-    (the outputs of a previous layer), so a lateral link that keeps the width is an identity
-    rather than a ReLU.
+    every node that reads it.
     """
 
     def __init__(
@@ -133,17 +173,22 @@ class BiFPNLayer(nn.Module):
         widths: Sequence[int],
         depth: int,
         *,
-        inputs_activated: bool = False,
+        first: bool = True,
     ) -> None:
         super().__init__()
         n = len(widths)
-        keep = nn.Identity if inputs_activated else nn.ReLU
+        if not first and list(in_channels) != list(widths):
+            raise ValueError("a BiFPN layer after the first reads maps of its own widths")
+        self.first = first
         self.lateral = nn.ModuleList(
-            keep() if c == d else PointwiseConv(c, d)
+            PointwiseConv(c, d) if first else nn.Identity()
             for c, d in zip(in_channels, widths, strict=True)
         )
-        # index i is the node at level i (the top level has no top-down node, level 0 no
-        # bottom-up node)
+        # index i is the node at level i + 1 (level 0 has no bottom-up node)
+        self.bu_lateral = nn.ModuleList(
+            PointwiseConv(in_channels[i], widths[i]) for i in range(1, n)
+        )
+        # index i is the node at level i (the top level has no top-down node)
         self.td_fuse = nn.ModuleList(FastFusion(2) for _ in range(n - 1))
         self.td_proj = nn.ModuleList(PointwiseConv(widths[i + 1], widths[i]) for i in range(n - 1))
         self.td_conv = nn.ModuleList(SeparableConvBlock(widths[i], depth) for i in range(n - 1))
@@ -157,15 +202,18 @@ class BiFPNLayer(nn.Module):
     def forward(self, feats: Sequence[Tensor]) -> list[Tensor]:
         """Activated (post-ReLU) outputs, one per level, each shaped like its lateral input."""
         n = len(feats)
+        if self.first:  # not in place: these are the student's own maps
+            feats = [F.relu(f) for f in feats]
         p = [lat(f) for lat, f in zip(self.lateral, feats, strict=True)]
+        q = [lat(f) for lat, f in zip(self.bu_lateral, feats[1:], strict=True)]
         td: list[Tensor] = [p[-1]]  # td[0] is the current coarsest top-down map
         for i in range(n - 2, -1, -1):
             up = resize_to(self.td_proj[i](td[0]), p[i].shape[-2:])
             td.insert(0, F.relu(self.td_conv[i](self.td_fuse[i]([p[i], up])), inplace=True))
         out = [td[0]]
         for i in range(1, n):
-            down = resize_to(self.bu_proj[i - 1](out[-1]), p[i].shape[-2:])
-            inputs = [p[i], td[i], down] if i < n - 1 else [p[i], down]
+            down = self.bu_proj[i - 1](resize_to(out[-1], p[i].shape[-2:]))
+            inputs = [q[i - 1], td[i], down] if i < n - 1 else [q[i - 1], down]
             out.append(F.relu(self.bu_conv[i - 1](self.bu_fuse[i - 1](inputs)), inplace=True))
         return out
 
@@ -178,7 +226,10 @@ class BiFPNc(nn.Module):
         num_classes: outputs of the classifier on the refined top level.
         width: width factor; level ``i`` has ``d_i = width * c_i`` channels.
         depth: separable convolutions per fusion node.
-        repeat: number of stacked BiFPN layers.
+        repeat: number of stacked BiFPN layers. Layers after the first project their
+            bottom-up laterals from ``d_i`` to ``d_i`` channels (the authors' ``bifpnc.py``
+            builds them from ``c_i``, which runs only for width 1; their other BiFPN,
+            ``classification/models/bifpn.py``, does it as here); their default is 1.
 
     ``forward(feats)`` returns ``(refined, logits)``: the refined maps (post-ReLU, level ``i``
     with ``d_i`` channels and the spatial size of ``feats[i]``; channels-last on CPU, see
@@ -203,9 +254,9 @@ class BiFPNc(nn.Module):
         self.in_channels = list(in_channels)
         self.widths = level_widths(in_channels, width)
         self.layers = nn.ModuleList(
-            BiFPNLayer(self.in_channels, self.widths, depth)
+            BiFPNLayer(self.in_channels, self.widths, depth, first=True)
             if r == 0
-            else BiFPNLayer(self.widths, self.widths, depth, inputs_activated=True)
+            else BiFPNLayer(self.widths, self.widths, depth, first=False)
             for r in range(repeat)
         )
         self.fc = nn.Linear(self.widths[-1], num_classes)
