@@ -32,8 +32,9 @@ WRN), never the stem convolution (:func:`default_levels`); ``levels: N`` takes t
 
 Cost: a training step runs the student once and the self-teacher once. On the ``cpu`` bench
 pair (resnet8, 1x28x28, batch 64) FRSKD does 1.00x KD's FLOPs but its CPU step takes
-1.6-2.0x KD's: the self-teacher is twice the student's width at every level and keeps ~4.5x
-the student's activations for the backward. Numbers and profile: benchmarks/results/frskd_cost_cpu.md.
+1.6-2.0x KD's: the self-teacher is twice the student's width at every level and keeps
+~4.5x the student's activations for the backward. Numbers and profile:
+benchmarks/results/frskd_cost_cpu.md.
 """
 
 from __future__ import annotations
