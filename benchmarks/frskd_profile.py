@@ -21,26 +21,30 @@ FRSKD: Ji et al., CVPR 2021. FRSKD has no teacher: for the ``cpu`` bench pair's 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/frskd_profile.py > \
         benchmarks/results/frskd_profile_cpu.txt
 
-Reuses the builder, step and part timer of ``fcfd_profile.py`` (same folder). Not part of
-the test suite.
+Reuses the builder, step and part timer of ``fcfd_profile.py`` and the FLOP, page-fault and
+saved-memory helpers of ``profiling.py`` (same folder). Not part of the test suite.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import platform
-import resource
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 from typing import Any
 
 import torch
 from fcfd_profile import FORWARD, Parts, build, step
+from profiling import (
+    count_step,
+    flop_counter,
+    load_average,
+    minor_faults,
+    record_calls,
+    saved_storages,
+)
 from torch.profiler import ProfilerActivity, profile
-from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 import kdlab.nn.bifpn as bifpn
 from kdlab.engine.bench import PRESETS, cpu_name
@@ -52,36 +56,6 @@ STUDENT_BWD = "backward: student (CE, KD, attention)"
 OPTIMISER = "optimiser (SGD step + zero_grad)"
 FRSKD_VARIANTS = {"frskd (default: 3 levels, after the stem)": {},
                   "frskd levels=4 (the stem too)": {"levels": 4}}
-
-
-def conv_backward_flop(grad_out_shape: list[int], x_shape: list[int], w_shape: list[int],
-                       *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
-    """``convolution_backward`` FLOPs: the forward's count once per gradient computed.
-
-    Each multiply-add of the forward appears once in the input gradient and once in the
-    weight gradient. torch 2.14's formula forgets ``groups`` in the weight-gradient term and
-    counts a depth-wise convolution's weight gradient ``channels`` times too high.
-    """
-    transposed, output_mask = args[4], args[7]
-    forward = conv_flop_count(x_shape, w_shape, grad_out_shape, transposed)
-    return forward * (int(output_mask[0]) + int(output_mask[1]))
-
-
-def flop_counter(*, grouped_fix: bool = True, depth: int | None = 2) -> FlopCounterMode:
-    mapping = {torch.ops.aten.convolution_backward: conv_backward_flop} if grouped_fix else {}
-    return FlopCounterMode(display=False, depth=depth, custom_mapping=mapping)
-
-
-def count_step(method: str, options: dict[str, Any], *, grouped_fix: bool = True) -> int:
-    d, opt, x, y = build(method, options)
-    step(d, opt, x, y)  # untimed, also builds optimiser state
-    with flop_counter(grouped_fix=grouped_fix) as fc:
-        step(d, opt, x, y)
-    return fc.get_total_flops()
-
-
-def minor_faults() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def instrument(d: Any, parts: Parts) -> None:
@@ -215,31 +189,6 @@ def part_table(steps: int, warmup: int) -> list[str]:
     return lines
 
 
-@contextlib.contextmanager
-def saved_storages(*into: dict[int, int]) -> Iterator[None]:
-    """Record the storages autograd saves for the backward (pointer -> bytes) in each dict.
-    The innermost hooks alone see a tensor, so a nested recorder fills the outer dicts too."""
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        s = t.untyped_storage()
-        for d in into:
-            d[s.data_ptr()] = s.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        yield
-
-
-def record_calls(module: torch.nn.Module, *into: dict[int, int]) -> None:
-    """Record what ``module``'s forward saves for the backward (instance attribute)."""
-    forward = module.forward
-
-    def recorded(*args: Any) -> Any:
-        with saved_storages(*into):
-            return forward(*args)
-
-    object.__setattr__(module, "forward", recorded)
-
-
 def memory_table() -> list[str]:
     mib = 2**20
     lines = ["== memory autograd keeps for the backward (distinct storages), batch 64",
@@ -289,7 +238,7 @@ def main() -> int:
     if args.layout == "nchw":
         bifpn.preferred_layout = lambda device: torch.contiguous_format
     p = PRESETS["cpu"]
-    load = " ".join(open("/proc/loadavg").read().split()[:3])
+    load = load_average()
     print(f"frskd_profile: student {p.student} (kd: {p.teacher} -> {p.student}), input "
           f"{p.input_shape}, batch {p.batch}, random data, FRSKD defaults (alpha 2, beta 100, "
           f"width 2, depth 2, one BiFPN layer), self-teacher layout {args.layout}")
@@ -307,7 +256,7 @@ def main() -> int:
     for name in args.tables.split(","):
         for line in tables[name.strip()]():
             print(line)
-    print(f"load at end {' '.join(open('/proc/loadavg').read().split()[:3])}")
+    print(f"load at end {load_average()}")
     return 0
 
 
