@@ -1,13 +1,30 @@
 """Attention-based fusion (ABF) for ReviewKD's review mechanism.
 
-Chen, Liu, Zhao & Jia, "Distilling Knowledge via Knowledge Review", CVPR 2021, Sec. 3.2.
+Chen, Liu, Zhao & Jia, "Distilling Knowledge via Knowledge Review", CVPR 2021, Sec. 3.2;
+the layers follow the authors' ``ABF`` (``dvlab-research/ReviewKD``).
+
+Computed as the authors' module, with three changes to how, not what:
+
+- the attention logits ``conv1x1(cat([x, residual]))`` are computed as
+  ``conv1x1(x, W[:, :m]) + conv1x1(residual, W[:, m:])``: no concatenated copy is made or
+  kept for the backward (the two halves of each dot product are summed apart: equal up to
+  float rounding);
+- a nearest resize to the size the map already has (a copy, forward and backward) is
+  skipped;
+- on CPU the maps are kept channels-last (NHWC, :func:`kdlab.nn.bifpn.preferred_layout`):
+  oneDNN convolves them without reordering, and the broadcasts of the attention maps over
+  the channels run along contiguous memory. BatchNorm's NHWC kernel sums its statistics in
+  float32 (the NCHW kernel in float64): equal up to float rounding.
+
+Measured in benchmarks/results/reviewkd_cost_cpu.md.
 """
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from kdlab.nn.bifpn import preferred_layout
 
 
 class ABF(nn.Module):
@@ -33,14 +50,24 @@ class ABF(nn.Module):
         nn.init.kaiming_uniform_(self.conv1[0].weight, a=1)
         nn.init.kaiming_uniform_(self.conv2[0].weight, a=1)
 
+    def attention(self, x: Tensor, residual: Tensor) -> Tensor:
+        """``att_conv(cat([x, residual]))`` without the concatenation: ``(b, 2, h, w)``."""
+        assert self.att_conv is not None
+        conv, sigmoid = self.att_conv
+        m = x.shape[1]
+        logits = (F.conv2d(x, conv.weight[:, :m], conv.bias)
+                  + F.conv2d(residual, conv.weight[:, m:]))
+        return sigmoid(logits)
+
     def forward(self, x: Tensor, residual: Tensor | None = None,
                 out_size: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
-        x = self.conv1(x)
+        x = self.conv1(x.contiguous(memory_format=preferred_layout(x.device)))
         if self.att_conv is not None:
             if residual is None:
                 raise ValueError("a fusing ABF needs the deeper level's residual")
-            residual = F.interpolate(residual, size=x.shape[-2:], mode="nearest")
-            att = self.att_conv(torch.cat([x, residual], dim=1))
+            if residual.shape[-2:] != x.shape[-2:]:
+                residual = F.interpolate(residual, size=x.shape[-2:], mode="nearest")
+            att = self.attention(x, residual)
             x = x * att[:, 0:1] + residual * att[:, 1:2]
         if out_size is not None and tuple(x.shape[-2:]) != tuple(out_size):
             x = F.interpolate(x, size=out_size, mode="nearest")
