@@ -7,7 +7,10 @@ shape at that level; HCL compares every fused map with the teacher's feature. De
 the authors' CIFAR setting: CE 1, review loss 1 ramped up linearly over the first 20 epochs,
 ABF width ``min(512, student embedding channels)``. The features are the staged view's stage
 outputs (post-activation where the network ends a stage with a ReLU); the authors' code
-takes pre-ReLU features.
+takes pre-ReLU features. All stages are reviewed: for the zoo's networks stage 0 holds the
+stem, which the authors' CIFAR ResNets do not review (their ``in_channels`` list the residual
+stages and the embedding); on resnet20 -> resnet8 this costs a second 64-channel ABF at
+28x28 (2.15x KD's FLOPs per step instead of 1.73x; benchmarks/results/reviewkd_cost_cpu.md).
 """
 
 from __future__ import annotations
