@@ -56,13 +56,10 @@ from kdlab.nn.bifpn import BiFPNc
 def default_levels(student: Staged) -> int:
     """How many of the last stages FRSKD feeds by default: those after the network's stem.
 
-    The authors feed their networks' residual stages, never the stem. A staged view whose
-    stem is empty (every network of the zoo: FCFD's stage division) runs the input through
-    stage 0, which therefore holds the stem: it is left out. A view that names its stem
-    separately has no stem among its stages: all are fed. At least two levels.
+    The authors feed their networks' residual stages, never the stem
+    (:meth:`Staged.stages_after_stem`). At least two levels.
     """
-    n = student.num_stages
-    return max(2, n - 1) if not student.stem_names else n
+    return max(2, len(student.stages_after_stem()))
 
 
 class SelfTeacherView(nn.Module):

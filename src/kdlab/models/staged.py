@@ -112,6 +112,16 @@ class Staged(nn.Module):
     def num_stages(self) -> int:
         return len(self._stages)
 
+    def stages_after_stem(self) -> list[int]:
+        """Indices of the stages after the network's stem: the residual stages.
+
+        A view whose stem is empty (every network of the zoo: FCFD's stage division) runs the
+        input through stage 0, which therefore holds the stem: it is left out. A view that
+        names its stem separately has no stem among its stages: all are kept. Methods whose
+        authors never use the stem (FRSKD, ReviewKD) take these stages by default.
+        """
+        return list(range(0 if self.stem_names else 1, self.num_stages))
+
     def stage_modules(self, i: int) -> nn.ModuleList:
         """The modules of stage ``i`` (for optimiser groups, hooks or freezing)."""
         return nn.ModuleList(self._stages[i])
