@@ -105,7 +105,8 @@ def test_reviewkd_loss_and_gradients_match_the_authors_formulation(tiny_pair, la
     y = torch.arange(8) % 10
     _, losses = d(x, y)
     s, t = ref.student.features(x), ref.teacher_features(x)
-    levels, t_levels = ([*f.stages, f.embedding[:, :, None, None]] for f in (s, t))
+    # the authors' levels: the stages after the stem (the tiny nets' stage 0) and the pool
+    levels, t_levels = ([*f.stages[1:], f.embedding[:, :, None, None]] for f in (s, t))
     want = hcl_loss(reference_review(ref, levels), t_levels)
     torch.testing.assert_close(losses["review"], want, rtol=1e-10, atol=0)
     got = torch.autograd.grad(losses["review"], list(d.parameters()), allow_unused=True)

@@ -5,12 +5,22 @@ student's stage outputs plus its pooled embedding (as a 1x1 map) are visited dee
 each level's ABF fuses it with the residual of the deeper level and maps it to the teacher's
 shape at that level; HCL compares every fused map with the teacher's feature. Defaults are
 the authors' CIFAR setting: CE 1, review loss 1 ramped up linearly over the first 20 epochs,
-ABF width ``min(512, student embedding channels)``. The features are the staged view's stage
-outputs (post-activation where the network ends a stage with a ReLU); the authors' code
-takes pre-ReLU features. All stages are reviewed: for the zoo's networks stage 0 holds the
-stem, which the authors' CIFAR ResNets do not review (their ``in_channels`` list the residual
-stages and the embedding); on resnet20 -> resnet8 this costs a second 64-channel ABF at
-28x28 (2.15x KD's FLOPs per step instead of 1.73x; benchmarks/results/reviewkd_cost_cpu.md).
+ABF width ``min(512, student embedding channels)``.
+
+Which levels: as in the authors' code, the stages after the stem
+(:meth:`Staged.stages_after_stem`) plus the pooled embedding; never the stem. Their CIFAR
+ResNets review ``layer1..3`` and the pool (``in_channels = [16, 32, 64, 64]`` for resnet20;
+the stem output ``f0`` is dropped on both sides), their ImageNet ResNet-18 ``layer1..4`` and
+the pool (``[64, 128, 256, 512, 512]``). The zoo's staged views hold the stem in stage 0, so
+resnet8 reviews its 3 residual stages and the embedding (4 ABFs); a view that names its stem
+apart reviews all its stages. Student and teacher are paired from the deepest level up.
+``levels: N`` reviews the last ``N`` stages of each network instead (plus the embedding).
+On resnet20 -> resnet8 dropping the stem level took ReviewKD from 2.15x to 1.73x KD's FLOPs
+per step (benchmarks/results/reviewkd_cost_cpu.md).
+
+The features are the staged view's stage outputs (post-activation where the network ends a
+stage with a ReLU); the authors' CIFAR code takes the teacher's pre-ReLU features (the
+student's post-ReLU ones), their ImageNet code pre-ReLU features on both sides.
 """
 
 from __future__ import annotations
@@ -43,13 +53,23 @@ class ReviewKD(Distiller):
         warmup_epochs: int = 20  # the review weight grows linearly over these epochs
         mid_channels: int | None = None  # ABF width; None = min(512, student embedding dim)
         hcl_levels: list[int] = field(default_factory=lambda: [4, 2, 1])  # pooled HCL sizes
+        levels: int | None = None  # review the last N stages; None = those after the stem
 
     def __init__(self, student: Staged, teacher: Staged | None, cfg: object | None = None,
                  *, train_size: int | None = None) -> None:
         super().__init__(student, teacher, cfg, train_size=train_size)
         t = self.teacher
         assert t is not None
-        self.num_stages = min(student.num_stages, t.num_stages)
+        most = min(student.num_stages, t.num_stages)
+        after_stem = min(len(student.stages_after_stem()), len(t.stages_after_stem()))
+        # a one-stage network with its stem in that stage still gets a spatial level
+        n = max(1, after_stem) if self.cfg.levels is None else self.cfg.levels
+        if not 1 <= n <= most:
+            raise UserError(
+                f"method.levels must be between 1 and {most} for this pair (the stages "
+                f"of the shallower network), got {self.cfg.levels}; set it or leave it out."
+            )
+        self.num_stages = n  # stage levels reviewed, the last n of each network
         s_info = student.stage_info[student.num_stages - self.num_stages:]
         t_info = t.stage_info[t.num_stages - self.num_stages:]
         in_ch = [i.channels for i in s_info] + [student.embedding_dim]
