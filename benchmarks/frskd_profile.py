@@ -16,7 +16,7 @@ FRSKD: Ji et al., CVPR 2021. FRSKD has no teacher: for the ``cpu`` bench pair's 
    input shape.
 
 ``--layout nchw`` runs the self-teacher in the default (NCHW) layout instead of
-:func:`kdlab.nn.bifpn.preferred_layout`'s channels-last, to see what the layout buys.
+:func:`kdlab.nn.layout.preferred_layout`'s channels-last, to see what the layout buys.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/frskd_profile.py > \
         benchmarks/results/frskd_profile_cpu.txt

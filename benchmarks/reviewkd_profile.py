@@ -16,7 +16,7 @@ batch 64) this script
    input shape.
 
 ``--layout nchw`` runs the ABFs in the default (NCHW) layout instead of
-:func:`kdlab.nn.bifpn.preferred_layout`'s channels-last, to see what the layout buys. Runs on
+:func:`kdlab.nn.layout.preferred_layout`'s channels-last, to see what the layout buys. Runs on
 older sources too (``PYTHONPATH=<old>/src``), for before/after comparisons.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/reviewkd_profile.py > out.txt

@@ -11,7 +11,7 @@ Computed as the authors' module, with three changes to how, not what:
   float rounding);
 - a nearest resize to the size the map already has (a copy, forward and backward) is
   skipped;
-- on CPU the maps are kept channels-last (NHWC, :func:`kdlab.nn.bifpn.preferred_layout`):
+- on CPU the maps are kept channels-last (NHWC, :func:`kdlab.nn.layout.preferred_layout`):
   oneDNN convolves them without reordering, and the broadcasts of the attention maps over
   the channels run along contiguous memory. BatchNorm's NHWC kernel sums its statistics in
   float32 (the NCHW kernel in float64): equal up to float rounding.
@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdlab.nn.bifpn import preferred_layout
+from kdlab.nn.layout import preferred_layout
 
 
 class ABF(nn.Module):

@@ -55,10 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
-def preferred_layout(device: torch.device) -> torch.memory_format:
-    """Channels-last on CPU (oneDNN's native layout), the default layout elsewhere."""
-    return torch.channels_last if device.type == "cpu" else torch.contiguous_format
+from kdlab.nn.layout import preferred_layout
 
 
 def level_widths(channels: Sequence[int], width: float) -> list[int]:
