@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from kdlab.errors import UserError
 from kdlab.methods import build_distiller
 from kdlab.methods.dml import DML
 from kdlab.models import MODELS
+from references import ref_kl
 
 
 def _batch(student, n: int = 8, seed: int = 0):
@@ -21,18 +21,6 @@ def _batch(student, n: int = 8, seed: int = 0):
     images = torch.randn(n, *student.input_shape, generator=g)
     targets = torch.randint(0, student.num_classes, (n,), generator=g)
     return images, targets
-
-
-def _ref_kl(p_logits, q_logits):
-    """Batch-mean KL(softmax(q) || softmax(p)) by loops (q is the target peer)."""
-    total = 0.0
-    for p_row, q_row in zip(p_logits.tolist(), q_logits.tolist(), strict=True):
-        zp = [math.exp(v) for v in p_row]
-        zq = [math.exp(v) for v in q_row]
-        p = [v / sum(zp) for v in zp]
-        q = [v / sum(zq) for v in zq]
-        total += sum(b * math.log(b / a) for a, b in zip(p, q, strict=True))
-    return total / len(p_logits)
 
 
 @pytest.fixture
@@ -76,7 +64,7 @@ def test_named_peers_and_mutual_kl_formula(tiny_pair, tiny_peer_models):
     outs = [net(images) for net in nets.values()]
     torch.testing.assert_close(logits, outs[0])
     for k, name in enumerate(["", "peer1_test_tiny_wide_", "peer2_test_tiny_narrow_"]):
-        others = [_ref_kl(outs[k], outs[j]) for j in range(3) if j != k]
+        others = [ref_kl(outs[k], outs[j], 1.0) for j in range(3) if j != k]
         assert losses[f"{name}kl"].item() == pytest.approx(sum(others) / 2, rel=1e-4)
         ce = torch.nn.functional.cross_entropy(outs[k], targets)
         torch.testing.assert_close(losses[f"{name}ce"], ce)

@@ -16,6 +16,7 @@ from kdlab.methods import build_distiller
 from kdlab.methods.frskd import FRSKD, default_levels
 from kdlab.models import MODELS
 from kdlab.models.staged import Staged
+from references import ref_kl
 
 
 def _batch(student: Staged, n: int = 4, seed: int = 0):
@@ -23,18 +24,6 @@ def _batch(student: Staged, n: int = 4, seed: int = 0):
     images = torch.randn(n, *student.input_shape, generator=g)
     targets = torch.randint(0, student.num_classes, (n,), generator=g)
     return images, targets
-
-
-def _ref_kl(student_logits, teacher_logits, tau):
-    """KL(softmax(t/tau) || softmax(s/tau)) * tau^2, averaged over the batch, by loops."""
-    total = 0.0
-    for s_row, t_row in zip(student_logits.tolist(), teacher_logits.tolist(), strict=True):
-        zs = [math.exp(v / tau) for v in s_row]
-        zt = [math.exp(v / tau) for v in t_row]
-        ps = [v / sum(zs) for v in zs]
-        pt = [v / sum(zt) for v in zt]
-        total += sum(q * math.log(q / p) for p, q in zip(ps, pt, strict=True))
-    return total / len(student_logits) * tau**2
 
 
 def _ref_at(f_s, f_t):
@@ -80,7 +69,7 @@ def test_losses_match_the_paper_formulas(tiny_pair):
     torch.testing.assert_close(losses["ce"], nn.functional.cross_entropy(logits, targets))
     torch.testing.assert_close(
         losses["self_teacher_ce"], nn.functional.cross_entropy(st_logits, targets))
-    assert losses["kd"].item() == pytest.approx(2.0 * _ref_kl(logits, st_logits, 4.0), rel=1e-4)
+    assert losses["kd"].item() == pytest.approx(2.0 * ref_kl(logits, st_logits, 4.0), rel=1e-4)
     ref_feat = sum(_ref_at(f.detach(), r.detach()) for f, r in zip(feats, refined, strict=True))
     assert losses["feat"].item() == pytest.approx(100.0 * ref_feat, rel=1e-4)
     # refined maps are d_i = width x c_i wide and keep the student's spatial sizes
