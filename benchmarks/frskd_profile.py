@@ -41,10 +41,9 @@ from profiling import (
     flop_counter,
     load_average,
     minor_faults,
-    record_calls,
-    saved_storages,
+    profiler_tables,
+    saved_memory_mib,
 )
-from torch.profiler import ProfilerActivity, profile
 
 import kdlab.nn.bifpn as bifpn
 from kdlab.engine.bench import PRESETS, cpu_name
@@ -190,39 +189,15 @@ def part_table(steps: int, warmup: int) -> list[str]:
 
 
 def memory_table() -> list[str]:
-    mib = 2**20
     lines = ["== memory autograd keeps for the backward (distinct storages), batch 64",
              f"{'':<46} {'MiB':>7} {'self-teacher':>13} {'student + losses':>17}"]
     for label, method, opts in [("kd", "kd", {}), *(
             (k, "frskd", v) for k, v in FRSKD_VARIANTS.items())]:
-        d, _, x, y = build(method, opts)
-        everything: dict[int, int] = {}
-        teacher: dict[int, int] = {}
-        if method == "frskd":
-            record_calls(d.self_teacher, everything, teacher)
-        with saved_storages(everything):
-            _, losses = d(x, y)
-        sum(losses.values()).backward()
-        rest = sum(v for k, v in everything.items() if k not in teacher)
-        lines.append(f"{label:<46} {sum(everything.values()) / mib:7.1f} "
-                     f"{sum(teacher.values()) / mib:13.1f} {rest / mib:17.1f}")
+        total, teacher, rest = saved_memory_mib(
+            method, opts, lambda d: [d.self_teacher] if hasattr(d, "self_teacher") else [])
+        lines.append(f"{label:<46} {total:7.1f} {teacher:13.1f} {rest:17.1f}")
     lines.append("")
     return lines
-
-
-def profiler_table(steps: int, rows: int) -> list[str]:
-    d, opt, x, y = build("frskd", {})
-    for _ in range(3):
-        step(d, opt, x, y)
-    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
-        for _ in range(steps):
-            step(d, opt, x, y)
-    by_op = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
-    by_shape = prof.key_averages(group_by_input_shape=True).table(
-        sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=32,
-        max_shapes_column_width=70)
-    return [f"== torch.profiler, FRSKD defaults, {steps} steps: top operators by self CPU time",
-            by_op, "", "== the same, by input shape", by_shape, ""]
 
 
 def main() -> int:
@@ -251,7 +226,7 @@ def main() -> int:
         "levels": lambda: level_table({}) + level_table({"levels": 4}),
         "memory": memory_table,
         "parts": lambda: part_table(args.steps, args.warmup),
-        "profiler": lambda: profiler_table(args.steps, args.rows),
+        "profiler": lambda: profiler_tables("frskd", "FRSKD defaults", args.steps, args.rows),
     }
     for name in args.tables.split(","):
         for line in tables[name.strip()]():

@@ -1,20 +1,21 @@
 """Helpers shared by the per-method cost profiles (``frskd_profile.py``, ``reviewkd_profile.py``).
 
 FLOPs of a training step with a corrected convolution-backward count, minor page faults,
-the storages autograd keeps for the backward, and the machine's load. The distiller builder,
-the step and the part timer live in ``fcfd_profile.py`` (same folder). Not part of the test
-suite.
+the storages autograd keeps for the backward, the machine's load and the profiler tables.
+The distiller builder, the step and the part timer live in ``fcfd_profile.py`` (same
+folder). Not part of the test suite.
 """
 
 from __future__ import annotations
 
 import contextlib
 import resource
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
 from fcfd_profile import build, step
+from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 
@@ -77,3 +78,38 @@ def record_calls(module: torch.nn.Module, *into: dict[int, int]) -> None:
             return forward(*args)
 
     object.__setattr__(module, "forward", recorded)
+
+
+def saved_memory_mib(
+    method: str, options: dict[str, Any], part: Callable[[Any], Iterable[torch.nn.Module]]
+) -> tuple[float, float, float]:
+    """MiB autograd keeps for the backward of one training forward of ``method``: in all, in
+    the modules ``part(distiller)`` gives, and in the rest (distinct storages)."""
+    d, _, x, y = build(method, options)
+    everything: dict[int, int] = {}
+    inside: dict[int, int] = {}
+    for module in part(d):
+        record_calls(module, everything, inside)
+    with saved_storages(everything):
+        _, losses = d(x, y)
+    sum(losses.values()).backward()
+    rest = sum(v for k, v in everything.items() if k not in inside)
+    mib = 2**20
+    return sum(everything.values()) / mib, sum(inside.values()) / mib, rest / mib
+
+
+def profiler_tables(method: str, label: str, steps: int, rows: int) -> list[str]:
+    """torch.profiler's top operators by self CPU time over ``steps`` training steps of
+    ``method`` (defaults, after 3 untimed ones), by operator and by input shape."""
+    d, opt, x, y = build(method, {})
+    for _ in range(3):
+        step(d, opt, x, y)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for _ in range(steps):
+            step(d, opt, x, y)
+    by_op = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+    by_shape = prof.key_averages(group_by_input_shape=True).table(
+        sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=32,
+        max_shapes_column_width=70)
+    return [f"== torch.profiler, {label}, {steps} steps: top operators by self CPU time",
+            by_op, "", "== the same, by input shape", by_shape, ""]

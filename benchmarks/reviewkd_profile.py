@@ -45,10 +45,9 @@ from profiling import (
     flop_counter,
     load_average,
     minor_faults,
-    record_calls,
-    saved_storages,
+    profiler_tables,
+    saved_memory_mib,
 )
-from torch.profiler import ProfilerActivity, profile
 
 import kdlab.methods.reviewkd as reviewkd
 import kdlab.nn.abf as abf
@@ -238,21 +237,11 @@ def checks_table() -> list[str]:
 
 
 def memory_table() -> list[str]:
-    mib = 2**20
     lines = ["== memory autograd keeps for the backward (distinct storages), batch 64",
              f"{'':<30} {'MiB':>7} {'ABFs':>7} {'student + HCL':>14}"]
     for method in ("kd", "reviewkd"):
-        d, _, x, y = build(method, {})
-        everything: dict[int, int] = {}
-        review: dict[int, int] = {}
-        for m in getattr(d, "abfs", []):
-            record_calls(m, everything, review)
-        with saved_storages(everything):
-            _, losses = d(x, y)
-        sum(losses.values()).backward()
-        rest = sum(v for k, v in everything.items() if k not in review)
-        lines.append(f"{method:<30} {sum(everything.values()) / mib:7.1f} "
-                     f"{sum(review.values()) / mib:7.1f} {rest / mib:14.1f}")
+        total, review, rest = saved_memory_mib(method, {}, lambda d: getattr(d, "abfs", []))
+        lines.append(f"{method:<30} {total:7.1f} {review:7.1f} {rest:14.1f}")
     return [*lines, ""]
 
 
@@ -289,21 +278,6 @@ def part_table(steps: int, warmup: int) -> list[str]:
     return [*lines, ""]
 
 
-def profiler_table(steps: int, rows: int) -> list[str]:
-    d, opt, x, y = build("reviewkd", {})
-    for _ in range(3):
-        step(d, opt, x, y)
-    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
-        for _ in range(steps):
-            step(d, opt, x, y)
-    by_op = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
-    by_shape = prof.key_averages(group_by_input_shape=True).table(
-        sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=32,
-        max_shapes_column_width=70)
-    return [f"== torch.profiler, ReviewKD defaults, {steps} steps: top operators by self CPU "
-            "time", by_op, "", "== the same, by input shape", by_shape, ""]
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=10)
@@ -331,7 +305,8 @@ def main() -> int:
         "checks": checks_table,
         "memory": memory_table,
         "parts": lambda: part_table(args.steps, args.warmup),
-        "profiler": lambda: profiler_table(args.steps, args.rows),
+        "profiler": lambda: profiler_tables("reviewkd", "ReviewKD defaults", args.steps,
+                                              args.rows),
     }
     for name in args.tables.split(","):
         for line in tables[name.strip()]():
