@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from kdlab.errors import UserError
@@ -73,6 +73,32 @@ def _local_device(device: torch.device, local_rank: int) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
+def world_size() -> int:
+    """Processes in the default process group (1 when torch.distributed is not initialised)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
+
+
+def all_gather_rows(*tensors: Tensor) -> list[tuple[Tensor, ...]]:
+    """Every process's ``tensors``, in rank order. Within a process they share one row count;
+    counts may differ between processes (they are gathered first, and the rows padded to the
+    longest for the collectives). All tensors must be on the device of the backend."""
+    world = dist.get_world_size()
+    count = torch.tensor([tensors[0].shape[0]], device=tensors[0].device)
+    counts = [torch.empty_like(count) for _ in range(world)]
+    dist.all_gather(counts, count)
+    sizes = [int(c) for c in counts]
+    gathered = []
+    for x in tensors:
+        padded = x.new_zeros((max(sizes), *x.shape[1:]))
+        padded[: x.shape[0]] = x
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(parts, padded)
+        gathered.append([part[:size] for part, size in zip(parts, sizes)])
+    return list(zip(*gathered))
+
+
 def cleanup(info: DistInfo) -> None:
     if info.owns_group and dist.is_initialized():
         dist.destroy_process_group()
@@ -98,7 +124,7 @@ def wrap(model: nn.Module, device: torch.device, *, find_unused: bool) -> nn.Mod
     synced = self_synced_buffers(model)
     if synced:
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, synced)
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if world_size() > 1:
             for name in synced:
                 dist.broadcast(model.get_buffer(name), src=0)
     ids = [device.index] if device.type == "cuda" else None
@@ -118,24 +144,24 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum ``t`` over ranks in place (a no-op outside a process group)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if world_size() > 1:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
 
 
 def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if world_size() > 1:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return t
 
 
 def broadcast_buffers(model: nn.Module) -> None:
     """Copy rank 0's buffers (BatchNorm statistics) to every rank, e.g. before evaluating."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if world_size() > 1:
         for b in model.buffers():
             dist.broadcast(b, src=0)
 
 
 def barrier() -> None:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if world_size() > 1:
         dist.barrier()

@@ -11,9 +11,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
+from kdlab.engine.distributed import all_gather_rows, all_reduce_sum, world_size
 from kdlab.errors import UserError
 
 # Score against the whole bank (one GEMM, then pick the sampled columns) while the bank has at
@@ -45,32 +45,6 @@ def bank_logits(bank: Tensor, v: Tensor, rows: Tensor) -> Tensor:
     if bank.shape[0] <= DENSE_SCORING_MAX_RATIO * rows.shape[1]:
         return (v @ bank.clone().t()).gather(1, rows)
     return torch.bmm(bank[rows], v.unsqueeze(2)).squeeze(2)
-
-
-def distributed_world_size() -> int:
-    """Processes in the default process group (1 when torch.distributed is not initialised)."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size()
-    return 1
-
-
-def all_gather_rows(*tensors: Tensor) -> list[tuple[Tensor, ...]]:
-    """Every process's ``tensors``, in rank order. Within a process they share one row count;
-    counts may differ between processes (they are gathered first, and the rows padded to the
-    longest for the collectives). All tensors must be on the device of the backend."""
-    world = dist.get_world_size()
-    count = torch.tensor([tensors[0].shape[0]], device=tensors[0].device)
-    counts = [torch.empty_like(count) for _ in range(world)]
-    dist.all_gather(counts, count)
-    sizes = [int(c) for c in counts]
-    gathered = []
-    for x in tensors:
-        padded = x.new_zeros((max(sizes), *x.shape[1:]))
-        padded[: x.shape[0]] = x
-        parts = [torch.empty_like(padded) for _ in range(world)]
-        dist.all_gather(parts, padded)
-        gathered.append([part[:size] for part, size in zip(parts, sizes)])
-    return list(zip(*gathered))
 
 
 class ContrastMemory(nn.Module):
@@ -141,11 +115,11 @@ class ContrastMemory(nn.Module):
     def _fix_normalisers(self, s_scores: Tensor, t_scores: Tensor) -> None:
         """Set the unset Z to the mean score times ``num_data``; the mean runs over every
         process's scores when training under torch.distributed."""
-        if self.training and distributed_world_size() > 1:
+        if self.training and world_size() > 1:
             totals = torch.stack([s_scores.double().sum(), t_scores.double().sum(),
                                   torch.tensor(s_scores.numel(), dtype=torch.float64,
                                                device=s_scores.device)])
-            dist.all_reduce(totals)
+            all_reduce_sum(totals)
             s_mean, t_mean = float(totals[0] / totals[2]), float(totals[1] / totals[2])
         else:
             s_mean, t_mean = float(s_scores.mean()), float(t_scores.mean())
@@ -159,7 +133,7 @@ class ContrastMemory(nn.Module):
         """Momentum update of the positives' rows, then L2 normalisation; under
         torch.distributed, every process's rows, in rank order (see the class docstring)."""
         v_student, v_teacher = v_student.detach(), v_teacher.detach()
-        if distributed_world_size() == 1:
+        if world_size() == 1:
             self._move_rows(v_student, v_teacher, index)
             return
         codes = torch.cat([v_student, v_teacher.to(v_student.dtype)], dim=1)
