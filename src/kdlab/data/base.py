@@ -31,6 +31,8 @@ class DatasetInfo:
     val_size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    task: str = "classification"  # the kdlab.tasks entry whose targets the loaders yield
+    ignore_index: int | None = None  # a target value that no loss or metric counts
 
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]

@@ -8,6 +8,7 @@ the recipe's ``method:`` block is checked against it, so an unknown key is an er
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,8 @@ class Distiller(nn.Module):
 
     Config: type = NoConfig
     needs_teacher: bool = True
+    #: The tasks (``kdlab.tasks``) this method can distil; the run's ``task`` must be one.
+    tasks: ClassVar[tuple[str, ...]] = ("classification",)
     #: Some trainable parameters may get no gradient in a step (e.g. sampled paths); tells
     #: DistributedDataParallel to look for unused parameters.
     may_skip_parameters: bool = False

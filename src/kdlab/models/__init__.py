@@ -24,6 +24,12 @@ def pretrained_models() -> list[str]:
             if "pretrained" in inspect.signature(MODELS.get(name)).parameters]
 
 
+def model_task(name: str) -> str:
+    """The task a registered model is built for: its builder's ``task`` attribute
+    (``"segmentation"``, ``"detection"``), ``"classification"`` when it has none."""
+    return str(getattr(MODELS.get(name), "task", "classification"))
+
+
 def build_model(
     name: str, *, num_classes: int, in_channels: int = 3, input_size: int = 32,
     pretrained: bool | str = False,
@@ -56,4 +62,5 @@ def build_model(
 
 import_submodules(__name__)
 
-__all__ = ["MODELS", "Features", "StageInfo", "Staged", "build_model", "pretrained_models"]
+__all__ = ["MODELS", "Features", "StageInfo", "Staged", "build_model", "model_task",
+           "pretrained_models"]
