@@ -10,6 +10,7 @@ from kdlab.config import build_dataclass
 from kdlab.methods.base import Distiller, Losses
 from kdlab.models.staged import Staged
 from kdlab.registry import Registry
+from kdlab.tasks import Task, build_task
 
 METHODS: Registry = Registry("method")
 
@@ -21,11 +22,15 @@ def build_distiller(
     teacher: Staged | None,
     *,
     train_size: int | None = None,
+    task: Task | None = None,
 ) -> Distiller:
-    """Build method ``name`` with hyper-parameters ``options`` (checked against its Config)."""
-    cls = METHODS.get(name)
+    """Build method ``name`` with hyper-parameters ``options`` (checked against its Config)
+    for ``task`` (classification by default); a method that does not support the task is a
+    UserError."""
+    task = task if task is not None else build_task("classification")
+    cls = METHODS.get(name).for_task(task.name)
     cfg = build_dataclass(cls.Config, options, where=f"method.{name}")
-    return cls(student, teacher, cfg, train_size=train_size)
+    return cls(student, teacher, cfg, train_size=train_size, task=task)
 
 
 import_submodules(__name__)

@@ -20,7 +20,7 @@ from kdlab.errors import UserError
 from kdlab.losses.attention import at_loss
 from kdlab.methods import METHODS
 from kdlab.methods.base import Distiller, Losses
-from kdlab.models.staged import Features, Staged
+from kdlab.models.staged import Features
 
 
 def aligned_stage_pairs(
@@ -75,12 +75,10 @@ class AT(Distiller):
         ce_weight: float = 1.0
         stages: list[int] | None = None  # None = every stage pair
 
-    def __init__(self, student: Staged, teacher: Staged | None, cfg: object | None = None,
-                 *, train_size: int | None = None) -> None:
-        super().__init__(student, teacher, cfg, train_size=train_size)
+    def setup(self) -> None:
         assert self.teacher is not None
         self.pairs = aligned_stage_pairs(
-            student.num_stages, self.teacher.num_stages, self.cfg.stages)
+            self.student.num_stages, self.teacher.num_stages, self.cfg.stages)
 
     def losses(
         self,

@@ -7,15 +7,17 @@ the recipe's ``method:`` block is checked against it, so an unknown key is an er
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.optim import Optimizer
 
 from kdlab.errors import UserError
 from kdlab.models.staged import Features, Staged
+from kdlab.tasks import Task, build_task
 
 Losses = dict[str, Tensor]
 
@@ -52,6 +54,7 @@ class Distiller(nn.Module):
         cfg: object | None = None,
         *,
         train_size: int | None = None,
+        task: Task | None = None,
     ) -> None:
         super().__init__()
         if self.needs_teacher and teacher is None:
@@ -63,10 +66,17 @@ class Distiller(nn.Module):
         self.cfg = cfg if cfg is not None else self.Config()
         #: number of training samples (memory-bank methods such as CRD need it)
         self.train_size = train_size
+        #: the run's task: its label loss, targets and outputs (kdlab.tasks)
+        self.task = task if task is not None else build_task("classification")
         if teacher is not None:
             teacher.eval()
             teacher.requires_grad_(False)
         object.__setattr__(self, "_teacher", teacher)
+        self.setup()
+
+    def setup(self) -> None:
+        """Build the method's own modules (bridges, heads, memory banks) from ``self.student``,
+        ``self.teacher``, ``self.cfg`` and ``self.train_size``; called once by ``__init__``."""
 
     # ----------------------------------------------------------------- teacher handling
     @property
@@ -112,6 +122,30 @@ class Distiller(nn.Module):
         super().__init_subclass__(**kwargs)
         cls.combinable = cls.losses is not Distiller.losses
 
+    @classmethod
+    def for_task(cls, task: str) -> type[Distiller]:
+        """The class that runs this method on ``task``: itself where it supports the task; a
+        method whose form differs by task (e.g. FCFD on a detector) returns its variant."""
+        if task not in cls.tasks:
+            raise UserError(f"Method {cls.__name__} does not support task {task!r} (it supports "
+                            f"{', '.join(cls.tasks)}); pick a method for {task}, see "
+                            "`kdlab list methods`.")
+        return cls
+
+    def task_loss(self, out: Features, targets: Tensor) -> Tensor:
+        """The label loss of a network's output for the run's task (CE on labels, pixels,
+        or the detector's own losses)."""
+        return self.task.loss(out, targets)
+
+    def separate_optimizers(
+        self,
+    ) -> dict[str, tuple[list[nn.Parameter], Callable[[list[nn.Parameter]], Optimizer]]]:
+        """Trainable parameters stepped by an optimiser of their own (e.g. SKD's
+        discriminator with Adam), by name, with the factory of that optimiser. The trainer
+        leaves them out of the run's optimiser and steps each after the same backward; the
+        method keeps each loss's gradient on its own side."""
+        return {}
+
     def forward(
         self, images: Tensor, targets: Tensor, index: Tensor | None = None
     ) -> tuple[Tensor, Losses]:
@@ -125,11 +159,11 @@ class Distiller(nn.Module):
             raise NotImplementedError(f"{type(self).__name__} implements neither forward() "
                                       "nor losses()")
         t = self.teacher_features(images) if self._teacher is not None else None
-        s = self.student.features(images)
+        s = self.task.features(self.student, images, targets)
         out: Losses = {}
         ce_weight = getattr(self.cfg, "ce_weight", 1.0)
         if ce_weight:
-            out["ce"] = ce_weight * F.cross_entropy(s.logits, targets)
+            out["ce"] = ce_weight * self.task_loss(s, targets)
         out.update(self.losses(s, t, targets, index))
         return s.logits, out
 

@@ -11,7 +11,7 @@ from kdlab.losses.logits import kd_loss
 from kdlab.losses.relations import cc_loss
 from kdlab.methods import METHODS
 from kdlab.methods.base import Distiller, Losses
-from kdlab.models.staged import Features, Staged
+from kdlab.models.staged import Features
 
 
 @METHODS.register("cc")
@@ -37,16 +37,14 @@ class CC(Distiller):
         temperature: float = 4.0
         ce_weight: float = 1.0
 
-    def __init__(self, student: Staged, teacher: Staged | None, cfg: object | None = None,
-                 *, train_size: int | None = None) -> None:
-        super().__init__(student, teacher, cfg, train_size=train_size)
+    def setup(self) -> None:
         c = self.cfg
         if c.kernel not in ("gaussian", "bilinear"):
             raise UserError(f"Unknown method.kernel {c.kernel!r}; use 'gaussian' or 'bilinear'.")
         if c.order < 0:
             raise UserError("method.order (Taylor order P) must be >= 0; the paper uses 2.")
-        assert teacher is not None
-        ds, dt = student.embedding_dim, teacher.embedding_dim
+        assert self.teacher is not None
+        ds, dt = self.student.embedding_dim, self.teacher.embedding_dim
         self.projection = nn.Linear(ds, dt) if ds != dt else nn.Identity()
 
     def losses(

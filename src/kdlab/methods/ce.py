@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor
 
+from kdlab.errors import UserError
 from kdlab.methods import METHODS
 from kdlab.methods.base import Distiller, Losses
 
@@ -16,14 +17,23 @@ class CrossEntropy(Distiller):
     """Cross-entropy training without a teacher (teachers and 'student alone' baselines)."""
 
     needs_teacher = False
+    tasks = ("classification", "segmentation", "detection")
 
     @dataclass
     class Config:
-        label_smoothing: float = 0.0
+        label_smoothing: float = 0.0  # classification only
+
+    def setup(self) -> None:
+        if self.cfg.label_smoothing and self.task.name != "classification":
+            raise UserError(f"method.label_smoothing applies to classification only; remove it "
+                            f"for task {self.task.name!r}.")
 
     def forward(
         self, images: Tensor, targets: Tensor, index: Tensor | None = None
     ) -> tuple[Tensor, Losses]:
-        logits = self.student(images)
-        ce = F.cross_entropy(logits, targets, label_smoothing=self.cfg.label_smoothing)
-        return logits, {"ce": ce}
+        out = self.task.features(self.student, images, targets)
+        if self.cfg.label_smoothing:
+            ce = F.cross_entropy(out.logits, targets, label_smoothing=self.cfg.label_smoothing)
+        else:
+            ce = self.task_loss(out, targets)
+        return out.logits, {"ce": ce}

@@ -12,7 +12,6 @@ from kdlab.config import build_dataclass
 from kdlab.errors import UserError
 from kdlab.methods import METHODS, build_distiller
 from kdlab.methods.base import Distiller, Losses
-from kdlab.models.staged import Staged
 
 
 @METHODS.register("combo")
@@ -73,17 +72,15 @@ class Combo(Distiller):
                 seen.add(name)
                 build_dataclass(cls.Config, options, where=f"method.parts[{i}]")
 
-    def __init__(self, student: Staged, teacher: Staged | None, cfg: object | None = None,
-                 *, train_size: int | None = None) -> None:
-        super().__init__(student, teacher, cfg, train_size=train_size)
+    def setup(self) -> None:
         self.parts = nn.ModuleDict()
         for spec in self.cfg.parts:
             options = dict(spec)
             name = options.pop("name")
             if "ce_weight" in METHODS.get(name).Config.__dataclass_fields__:
                 options["ce_weight"] = 0.0  # the label CE is counted once, by the combo
-            self.parts[name] = build_distiller(name, options, student, teacher,
-                                               train_size=train_size)
+            self.parts[name] = build_distiller(name, options, self.student, self.teacher,
+                                               train_size=self.train_size, task=self.task)
         self.may_skip_parameters = any(p.may_skip_parameters for p in self.parts.values())
 
     def set_epoch(self, epoch: int, num_epochs: int) -> None:

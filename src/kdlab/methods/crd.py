@@ -27,7 +27,7 @@ from kdlab.errors import UserError
 from kdlab.losses.crd import crd_nce_loss
 from kdlab.methods import METHODS
 from kdlab.methods.base import Distiller, Losses
-from kdlab.models.staged import Features, Staged
+from kdlab.models.staged import Features
 from kdlab.nn.memory_bank import ContrastMemory
 
 
@@ -55,11 +55,9 @@ class CRD(Distiller):
         temperature: float = 0.07
         momentum: float = 0.5
 
-    def __init__(self, student: Staged, teacher: Staged | None, cfg: object | None = None,
-                 *, train_size: int | None = None) -> None:
-        super().__init__(student, teacher, cfg, train_size=train_size)
+    def setup(self) -> None:
         assert self.teacher is not None
-        if train_size is None:
+        if self.train_size is None:
             raise UserError(
                 "CRD keeps one memory slot per training sample and needs the training-set "
                 "size; build it through the trainer (or pass train_size=len(dataset))."
@@ -67,9 +65,9 @@ class CRD(Distiller):
         c = self.cfg
         if c.num_negatives < 1:
             raise UserError("method.num_negatives must be at least 1 (the paper uses 16384).")
-        self.embed_student = Embed(student.embedding_dim, c.feat_dim)
+        self.embed_student = Embed(self.student.embedding_dim, c.feat_dim)
         self.embed_teacher = Embed(self.teacher.embedding_dim, c.feat_dim)
-        self.memory = ContrastMemory(c.feat_dim, train_size, c.num_negatives,
+        self.memory = ContrastMemory(c.feat_dim, self.train_size, c.num_negatives,
                                      c.temperature, c.momentum)
 
     def losses(

@@ -11,7 +11,7 @@ from kdlab.errors import UserError
 from kdlab.losses.logits import dkd_loss
 from kdlab.methods import METHODS
 from kdlab.methods.base import Distiller, Losses
-from kdlab.models.staged import Features, Staged
+from kdlab.models.staged import Features
 
 
 @METHODS.register("dkd")
@@ -33,9 +33,7 @@ class DKD(Distiller):
         ce_weight: float = 1.0
         warmup: int = 20
 
-    def __init__(self, student: Staged, teacher: Staged | None, cfg: object | None = None,
-                 *, train_size: int | None = None) -> None:
-        super().__init__(student, teacher, cfg, train_size=train_size)
+    def setup(self) -> None:
         if self.cfg.warmup < 0:
             raise UserError("method.warmup must be >= 0 epochs (0 turns the warm-up off).")
         self.set_epoch(0, 1)

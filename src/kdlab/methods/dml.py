@@ -34,6 +34,7 @@ from kdlab.methods import METHODS
 from kdlab.methods.base import Distiller, Losses
 from kdlab.models import build_model
 from kdlab.models.staged import Staged
+from kdlab.tasks import Task
 
 
 def _fresh_copy(model: Staged) -> Staged:
@@ -65,8 +66,9 @@ class DML(Distiller):
         cfg: DML.Config | None = None,
         *,
         train_size: int | None = None,
+        task: Task | None = None,
     ) -> None:
-        super().__init__(student, None, cfg, train_size=train_size)
+        super().__init__(student, None, cfg, train_size=train_size, task=task)
         c = self.cfg
         if c.temperature <= 0 or c.kl_weight < 0:
             raise UserError("DML needs temperature > 0 and kl_weight >= 0; fix the recipe.")

@@ -24,7 +24,7 @@ from kdlab.losses.fcfd import app_loss, func_l2_loss
 from kdlab.losses.logits import dkd_loss, kd_loss
 from kdlab.methods import METHODS
 from kdlab.methods.base import Distiller, Losses
-from kdlab.models.staged import Features, Staged
+from kdlab.models.staged import Features
 from kdlab.nn.bridge import Bridge
 from kdlab.nn.path_bn import PathStats
 from kdlab.nn.simkd_projector import ReusedHead, SimKDProjector, SimKDStudent
@@ -69,22 +69,14 @@ class FCFD(Distiller):
         simkd: bool = False  # FCFD+SimKD (App. C.2): logits = C_t(B_st^N(F_s^N))
         simkd_factor: int = 2  # SimKD projector bottleneck factor
 
-    def __init__(
-        self,
-        student: Staged,
-        teacher: Staged | None,
-        cfg: object | None = None,
-        *,
-        train_size: int | None = None,
-    ) -> None:
-        super().__init__(student, teacher, cfg, train_size=train_size)
-        assert teacher is not None  # the Distiller base refuses a missing teacher
+    def setup(self) -> None:
+        assert self.teacher is not None  # the Distiller base refuses a missing teacher
         c = self.cfg
-        n = student.num_stages
-        if teacher.num_stages != n:
+        n = self.student.num_stages
+        if self.teacher.num_stages != n:
             raise UserError(
                 f"FCFD needs teacher and student cut into the same number of stages (teacher "
-                f"{teacher.num_stages}, student {n}); pick a pair from the same stage layout."
+                f"{self.teacher.num_stages}, student {n}); pick a pair from the same stage layout."
             )
         self.num_stages = n
         if c.logit_loss not in ("kl", "dkd"):
@@ -129,7 +121,7 @@ class FCFD(Distiller):
         self.may_skip_parameters = self.num_paths < len(self.candidates)
 
         # ------------------------------------------------------------- bridges
-        s_info, t_info = student.stage_info, teacher.stage_info
+        s_info, t_info = self.student.stage_info, self.teacher.stage_info
         st_positions = set(self.app_positions) | {k for k, d in self.candidates if d == 1}
         if c.simkd:
             st_positions.add(n)
@@ -157,15 +149,15 @@ class FCFD(Distiller):
         # ------------------------------------------------------------- SimKD head
         self.simkd_head: ReusedHead | None = None
         if c.simkd:
-            head = list(teacher.head_modules())
-            n_cls = len(teacher.classifier_modules())
+            head = list(self.teacher.head_modules())
+            n_cls = len(self.teacher.classifier_modules())
             self.simkd_head = ReusedHead(
                 copy.deepcopy(head[: len(head) - n_cls]),
-                teacher._pool,
+                self.teacher._pool,
                 copy.deepcopy(head[len(head) - n_cls :]),
             )
             object.__setattr__(self, "_deployable", SimKDStudent(
-                student, self.b_st[str(n)], self.simkd_head,
+                self.student, self.b_st[str(n)], self.simkd_head,
                 (t_info[-1].height, t_info[-1].width)))
 
         # ------------------------------------------------------------- path-aware BN
@@ -175,8 +167,8 @@ class FCFD(Distiller):
         # path and need no copies.
         self.path_stats = PathStats()
         for k in sorted({k for k, d in self.candidates if d == 0}):
-            modules = [student.stage_modules(i) for i in range(k, n)]
-            modules.append(student.head_modules())
+            modules = [self.student.stage_modules(i) for i in range(k, n)]
+            modules.append(self.student.head_modules())
             if c.simkd:
                 modules.append(self.b_st[str(n)])
             self.path_stats.add_path(self.path_name(k), modules)

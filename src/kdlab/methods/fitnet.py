@@ -17,7 +17,7 @@ from kdlab.errors import UserError
 from kdlab.losses.hint import hint_loss
 from kdlab.methods import METHODS
 from kdlab.methods.base import Distiller, Losses
-from kdlab.models.staged import Features, Staged
+from kdlab.models.staged import Features
 from kdlab.nn.bridge import Bridge
 
 
@@ -35,24 +35,16 @@ class FitNet(Distiller):
         hint_weight: float = 100.0
         position: int = 2
 
-    def __init__(
-        self,
-        student: Staged,
-        teacher: Staged | None,
-        cfg: object | None = None,
-        *,
-        train_size: int | None = None,
-    ) -> None:
-        super().__init__(student, teacher, cfg, train_size=train_size)
-        assert teacher is not None  # the Distiller base refuses a missing teacher
+    def setup(self) -> None:
+        assert self.teacher is not None  # the Distiller base refuses a missing teacher
         k = self.cfg.position
-        n = min(student.num_stages, teacher.num_stages)
+        n = min(self.student.num_stages, self.teacher.num_stages)
         if not 1 <= k <= n:
             raise UserError(
                 f"method.position {k} is outside the stages; use 1..{n} (1-based stage numbers)."
             )
         self.bridge = Bridge(
-            student.stage_info[k - 1], teacher.stage_info[k - 1],
+            self.student.stage_info[k - 1], self.teacher.stage_info[k - 1],
             where=f"student -> teacher at stage {k}",
         )
 

@@ -51,6 +51,7 @@ from kdlab.methods import METHODS
 from kdlab.methods.base import Distiller, Losses
 from kdlab.models.staged import Staged
 from kdlab.nn.bifpn import BiFPNc
+from kdlab.tasks import Task
 
 
 def default_levels(student: Staged) -> int:
@@ -103,8 +104,9 @@ class FRSKD(Distiller):
         cfg: FRSKD.Config | None = None,
         *,
         train_size: int | None = None,
+        task: Task | None = None,
     ) -> None:
-        super().__init__(student, None, cfg, train_size=train_size)
+        super().__init__(student, None, cfg, train_size=train_size, task=task)
         c = self.cfg
         if c.temperature <= 0 or c.width <= 0 or c.depth < 1 or c.repeat < 1:
             raise UserError(

@@ -11,7 +11,7 @@ from kdlab.losses.relations import irg_edge_loss, irg_transformation_loss, irg_v
 from kdlab.methods import METHODS
 from kdlab.methods.base import Distiller, Losses
 from kdlab.methods.rkd import feature_at
-from kdlab.models.staged import Features, Staged
+from kdlab.models.staged import Features
 
 
 @METHODS.register("irg")
@@ -39,9 +39,7 @@ class IRG(Distiller):
         transform_layers: list[str] = field(default_factory=lambda: ["stage-2", "stage-1"])
         ce_weight: float = 1.0
 
-    def __init__(self, student: Staged, teacher: Staged | None, cfg: object | None = None,
-                 *, train_size: int | None = None) -> None:
-        super().__init__(student, teacher, cfg, train_size=train_size)
+    def setup(self) -> None:
         if len(self.cfg.transform_layers) != 2:
             raise UserError(
                 "method.transform_layers must name exactly two layers, e.g. "

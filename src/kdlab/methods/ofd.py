@@ -136,10 +136,8 @@ class OFD(Distiller):
         ce_weight: float = 1.0
         stages: list[int] | None = None  # None = every stage pair
 
-    def __init__(self, student: Staged, teacher: Staged | None, cfg: object | None = None,
-                 *, train_size: int | None = None) -> None:
-        super().__init__(student, teacher, cfg, train_size=train_size)
-        t = self.teacher
+    def setup(self) -> None:
+        student, t = self.student, self.teacher
         assert t is not None
         self.pairs = aligned_stage_pairs(student.num_stages, t.num_stages, self.cfg.stages)
         self.student_tap = PreReLUTap(student, [i for i, _ in self.pairs], "student")

@@ -46,6 +46,7 @@ from kdlab.methods.base import Losses
 from kdlab.methods.fcfd import FCFD
 from kdlab.models import build_model
 from kdlab.models.staged import Staged
+from kdlab.tasks import Task
 
 #: name of the teacher-side BN statistics for the pooled L_app term (see FCFD.teacher_lens)
 POOL_LENS = "s2t_pool"
@@ -73,6 +74,7 @@ class OnlineFCFD(FCFD):
         cfg: OnlineFCFD.Config | None = None,
         *,
         train_size: int | None = None,
+        task: Task | None = None,
     ) -> None:
         """``teacher``: a network to train alongside (tests); None builds ``cfg.teacher``."""
         c = cfg if cfg is not None else self.Config()
@@ -102,7 +104,7 @@ class OnlineFCFD(FCFD):
                 f"online_fcfd needs teacher and student with the same classes (teacher "
                 f"{teacher.num_classes}, student {student.num_classes})."
             )
-        super().__init__(student, teacher, c, train_size=train_size)
+        super().__init__(student, teacher, c, train_size=train_size, task=task)
         # The Distiller base froze it as an offline teacher; here it is trained.
         object.__setattr__(self, "_teacher", None)
         teacher.requires_grad_(True)
@@ -118,8 +120,10 @@ class OnlineFCFD(FCFD):
 
     @property
     def teacher(self) -> Staged:
-        """The teacher network (trained here; a submodule, unlike an offline teacher)."""
-        return self.teacher_net
+        """The teacher network (trained here; a submodule, unlike an offline teacher). While
+        the base class builds FCFD's bridges it is still the frozen reference."""
+        net = self._modules.get("teacher_net")
+        return net if net is not None else self._teacher
 
     @contextlib.contextmanager
     def teacher_lens(self, name: str) -> Iterator[None]:

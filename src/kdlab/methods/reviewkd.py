@@ -33,7 +33,7 @@ from kdlab.errors import UserError
 from kdlab.losses.review import hcl_loss
 from kdlab.methods import METHODS
 from kdlab.methods.base import Distiller, Losses
-from kdlab.models.staged import Features, Staged
+from kdlab.models.staged import Features
 from kdlab.nn.abf import ABF
 
 
@@ -55,13 +55,11 @@ class ReviewKD(Distiller):
         hcl_levels: list[int] = field(default_factory=lambda: [4, 2, 1])  # pooled HCL sizes
         levels: int | None = None  # review the last N stages; None = those after the stem
 
-    def __init__(self, student: Staged, teacher: Staged | None, cfg: object | None = None,
-                 *, train_size: int | None = None) -> None:
-        super().__init__(student, teacher, cfg, train_size=train_size)
+    def setup(self) -> None:
         t = self.teacher
         assert t is not None
-        most = min(student.num_stages, t.num_stages)
-        after_stem = min(len(student.stages_after_stem()), len(t.stages_after_stem()))
+        most = min(self.student.num_stages, t.num_stages)
+        after_stem = min(len(self.student.stages_after_stem()), len(t.stages_after_stem()))
         # a one-stage network with its stem in that stage still gets a spatial level
         n = max(1, after_stem) if self.cfg.levels is None else self.cfg.levels
         if not 1 <= n <= most:
@@ -70,9 +68,9 @@ class ReviewKD(Distiller):
                 f"of the shallower network), got {self.cfg.levels}; set it or leave it out."
             )
         self.num_stages = n  # stage levels reviewed, the last n of each network
-        s_info = student.stage_info[student.num_stages - self.num_stages:]
+        s_info = self.student.stage_info[self.student.num_stages - self.num_stages:]
         t_info = t.stage_info[t.num_stages - self.num_stages:]
-        in_ch = [i.channels for i in s_info] + [student.embedding_dim]
+        in_ch = [i.channels for i in s_info] + [self.student.embedding_dim]
         out_ch = [i.channels for i in t_info] + [t.embedding_dim]
         self.out_sizes = [(i.height, i.width) for i in t_info] + [(1, 1)]
         mid = self.cfg.mid_channels or min(512, in_ch[-1])

@@ -26,7 +26,6 @@ from torch import Tensor, nn
 
 from kdlab.methods import METHODS
 from kdlab.methods.base import Distiller, Losses
-from kdlab.models.staged import Staged
 from kdlab.nn.simkd_projector import ReusedHead, SimKDProjector, SimKDStudent, conv_cost
 
 
@@ -40,12 +39,10 @@ class SimKD(Distiller):
         feature_weight: float = 1.0  # MSE(projected student feature, teacher feature)
         ce_weight: float = 0.0  # the authors train with the feature loss alone
 
-    def __init__(self, student: Staged, teacher: Staged | None, cfg: object | None = None,
-                 *, train_size: int | None = None) -> None:
-        super().__init__(student, teacher, cfg, train_size=train_size)
+    def setup(self) -> None:
         t = self.teacher
         assert t is not None
-        s_info, t_info = student.stage_info[-1], t.stage_info[-1]
+        s_info, t_info = self.student.stage_info[-1], t.stage_info[-1]
         self.projector = SimKDProjector(s_info.channels, t_info.channels, self.cfg.factor)
         head = list(t.head_modules())
         n_cls = len(t.classifier_modules())
@@ -57,7 +54,7 @@ class SimKD(Distiller):
         # Built from the same modules; kept out of the module tree so that the state_dict
         # holds each weight once.
         object.__setattr__(self, "_deployable", SimKDStudent(
-            student, self.projector, self.head, (t_info.height, t_info.width)))
+            self.student, self.projector, self.head, (t_info.height, t_info.width)))
 
     @property
     def deployable(self) -> SimKDStudent:

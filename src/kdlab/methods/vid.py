@@ -23,7 +23,7 @@ from kdlab.losses.vid import vid_loss
 from kdlab.methods import METHODS
 from kdlab.methods.at import aligned_stage_pairs, match_spatial
 from kdlab.methods.base import Distiller, Losses
-from kdlab.models.staged import Features, Staged
+from kdlab.models.staged import Features
 
 
 class VIDRegressor(nn.Module):
@@ -60,16 +60,14 @@ class VID(Distiller):
         eps: float = 1e-5
         stages: list[int] | None = None  # None = every stage pair
 
-    def __init__(self, student: Staged, teacher: Staged | None, cfg: object | None = None,
-                 *, train_size: int | None = None) -> None:
-        super().__init__(student, teacher, cfg, train_size=train_size)
+    def setup(self) -> None:
         t = self.teacher
         assert t is not None
         if self.cfg.init_variance <= self.cfg.eps:
             raise UserError("method.init_variance must be larger than method.eps (e.g. 5.0).")
-        self.pairs = aligned_stage_pairs(student.num_stages, t.num_stages, self.cfg.stages)
+        self.pairs = aligned_stage_pairs(self.student.num_stages, t.num_stages, self.cfg.stages)
         self.regressors = nn.ModuleList(
-            VIDRegressor(student.stage_info[i].channels, t.stage_info[j].channels,
+            VIDRegressor(self.student.stage_info[i].channels, t.stage_info[j].channels,
                          t.stage_info[j].channels, self.cfg.init_variance, self.cfg.eps)
             for i, j in self.pairs
         )

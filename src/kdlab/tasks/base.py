@@ -1,0 +1,75 @@
+"""The task layer: what differs between classification, segmentation and detection.
+
+A :class:`Task` owns the target format, the label loss, the training score, the evaluation
+metric and what a network's forward pass returns for that task. The trainer, checkpoints,
+logs and CLI ask the run's task and never branch on its name; a Distiller holds the task of
+its run (``distiller.task``) and computes its label loss with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from kdlab.registry import Registry
+
+
+class Task:
+    """One task. Subclasses set :attr:`name`, :attr:`primary` and implement the hooks.
+
+    ``ignore_index`` is the target value that no loss or metric counts (segmentation's 255);
+    ``None`` where the task has none.
+    """
+
+    name: ClassVar[str]
+    #: the validation metric (a key of :meth:`evaluate`'s result) that selects ``best.pt``;
+    #: larger is better
+    primary: ClassVar[str]
+    #: the training-score column of ``metrics.csv`` (``train_<name>``), or None
+    train_score_name: ClassVar[str | None] = None
+
+    def __init__(self, ignore_index: int | None = None) -> None:
+        self.ignore_index = ignore_index
+
+    # ----------------------------------------------------------------- a training step
+    def features(self, net: nn.Module, images: Any, targets: Any) -> Any:
+        """One forward pass of ``net`` for a training step (a ``Features`` for staged
+        networks); detection networks also need the targets to sample their proposals."""
+        return net.features(images)
+
+    def loss(self, out: Any, targets: Any) -> Tensor:
+        """The label loss of a network's output ``out`` (what :meth:`features` returned)."""
+        raise NotImplementedError
+
+    def batch_size(self, targets: Any) -> int:
+        """The number of samples (images) of a batch, from its targets."""
+        return int(targets.shape[0]) if isinstance(targets, Tensor) else len(targets)
+
+    def train_counts(self, outputs: Any, targets: Any) -> Tensor | None:
+        """``[hits, total]`` (float64) of the training score for one batch, or None where
+        the task has no cheap training score; summed over steps and ranks by the trainer."""
+        return None
+
+    # ----------------------------------------------------------------- evaluation
+    def evaluate(self, net: nn.Module, loader: Iterable[Any], *, device: torch.device,
+                 amp: str = "none") -> dict[str, float]:
+        """The metrics of ``net`` (images -> outputs) over ``loader``, reduced over ranks;
+        the result holds :attr:`primary`."""
+        raise NotImplementedError
+
+    def report_figures(self, out_dir: Any, networks: dict[str, nn.Module], loader: Any, *,
+                       device: torch.device) -> list[str]:
+        """Pictures for the run report (file names written into ``out_dir``); none by
+        default."""
+        return []
+
+
+TASKS: Registry[type[Task]] = Registry("task")
+
+
+def build_task(name: str, ignore_index: int | None = None) -> Task:
+    """The registered task ``name`` (an unknown name suggests close ones)."""
+    return TASKS.get(name)(ignore_index=ignore_index)
