@@ -17,7 +17,7 @@ from kdlab.methods.base import Distiller
 from kdlab.models import MODELS
 from kdlab.models.staged import Staged
 
-MODEL, CE, KD = "_engine_tiny", "_engine_ce", "_engine_kd"
+MODEL, CE, KD, ADV = "_engine_tiny", "_engine_ce", "_engine_kd", "_engine_adv"
 
 
 def engine_tiny(*, num_classes: int, in_channels: int = 3, input_size: int = 16,
@@ -75,10 +75,40 @@ class EngineKD(Distiller):
         return logits, {"ce": F.cross_entropy(logits, targets), "kd": kd}
 
 
+class EngineAdversary(Distiller):
+    """CE plus a critic on the logits stepped by its own Adam (``separate_optimizers``): the
+    critic term sees detached logits (it trains the critic only), the student term evaluates
+    the critic with detached weights (it trains the student only)."""
+
+    @dataclass
+    class Config:
+        critic_lr: float = 1e-3
+
+    needs_teacher = False
+
+    def setup(self) -> None:
+        self.critic = nn.Linear(self.student.num_classes, 1)
+
+    def separate_optimizers(self):  # noqa: ANN201
+        def adam(params):  # noqa: ANN001, ANN202
+            return torch.optim.Adam(params, lr=self.cfg.critic_lr)
+
+        return {"critic": (list(self.critic.parameters()), adam)}
+
+    def forward(self, images, targets, index=None):  # noqa: ANN001
+        logits = self.student(images)
+        frozen = {k: v.detach() for k, v in self.critic.named_parameters()}
+        fool = -torch.func.functional_call(self.critic, frozen, (logits,)).mean()
+        critic = self.critic(logits.detach()).mean()
+        return logits, {"ce": F.cross_entropy(logits, targets), "fool": 0.01 * fool,
+                        "critic": critic}
+
+
 @contextlib.contextmanager
 def registered() -> Iterator[None]:
     """Register the test model and methods, and remove them afterwards."""
-    entries = ((MODELS, MODEL, engine_tiny), (METHODS, CE, EngineCE), (METHODS, KD, EngineKD))
+    entries = ((MODELS, MODEL, engine_tiny), (METHODS, CE, EngineCE), (METHODS, KD, EngineKD),
+               (METHODS, ADV, EngineAdversary))
     added = []
     try:
         for reg, name, obj in entries:

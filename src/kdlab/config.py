@@ -58,11 +58,12 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    name: str = "multistep"  # multistep | cosine | constant
+    name: str = "multistep"  # multistep | cosine | constant | poly (per iteration)
     epochs: int = 240
     milestones: list[int] = field(default_factory=lambda: [150, 180, 210])
     gamma: float = 0.1
     warmup_epochs: int = 0
+    power: float = 0.9  # poly: lr * (1 - iteration / iterations) ** power
 
 
 @dataclass
@@ -80,6 +81,7 @@ class TrainConfig:
 
 @dataclass
 class RunConfig:
+    task: str = "classification"  # classification | segmentation | detection (kdlab.tasks)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     method: dict[str, Any] = field(default_factory=lambda: {"name": "ce"})

@@ -1,4 +1,5 @@
-"""``kdlab eval``: top-1 / top-5 of a run's evaluated networks on the validation split."""
+"""``kdlab eval``: the task's metrics (top-1 / top-5, mIoU, mAP) of a run's evaluated networks
+on the validation split."""
 
 from __future__ import annotations
 
@@ -35,13 +36,16 @@ def network_label(net: nn.Module, cfg: RunConfig) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kdlab.engine.evaluate import evaluate
+    from kdlab.engine.report import COMPANION, LABELS
 
     r = restore_run(args.path, args.which, args.overrides, device=args.device)
+    task = r.distiller.task
+    first, second = task.primary, COMPANION.get(task.primary, task.primary)
     print(f"{r.ckpt_path}  ({r.cfg.data.name}, val split)")
-    print(f"{'network':<12} {'model':<14} {'top-1':>7} {'top-5':>7} {'images':>8}")
+    print(f"{'network':<12} {'model':<14} {LABELS.get(first, first):>10} "
+          f"{LABELS.get(second, second):>10} {'images':>8}")
     for name, net in r.distiller.evaluated().items():
-        m = evaluate(net, r.val, device=r.device, amp=r.cfg.train.amp)
-        print(f"{name:<12} {network_label(net, r.cfg):<14} {m['top1']:>7.2f} "
-              f"{m['top5']:>7.2f} {m['images']:>8d}")
+        m = task.evaluate(net, r.val, device=r.device, amp=r.cfg.train.amp)
+        print(f"{name:<12} {network_label(net, r.cfg):<14} {m[first]:>10.2f} "
+              f"{m[second]:>10.2f} {int(m.get('images', 0)):>8d}")
     return 0

@@ -1,4 +1,5 @@
-"""``kdlab list models|methods|datasets``: registered names with a one-line description."""
+"""``kdlab list models|methods|datasets|tasks``: registered names, the task(s) each serves,
+and a one-line description."""
 
 from __future__ import annotations
 
@@ -6,12 +7,13 @@ import argparse
 import inspect
 from typing import Any
 
-KINDS = ("models", "methods", "datasets")
+KINDS = ("models", "methods", "datasets", "tasks")
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("list", help="list registered models, methods or datasets",
-                       description="List registered names with the first line of their docstring.")
+    p = sub.add_parser("list", help="list registered models, methods, datasets or tasks",
+                       description="List registered names with the task(s) they serve and the "
+                       "first line of their docstring.")
     p.add_argument("kind", choices=KINDS)
     p.set_defaults(run=run)
 
@@ -25,9 +27,24 @@ def registry(kind: str) -> Any:
         from kdlab.methods import METHODS
 
         return METHODS
+    if kind == "tasks":
+        from kdlab.tasks import TASKS
+
+        return TASKS
     from kdlab.data import DATASETS
 
     return DATASETS
+
+
+def served_tasks(kind: str, obj: Any) -> str:
+    """The task(s) a registry entry serves: a model's or dataset's task, a method's tasks."""
+    if kind == "methods":
+        return ",".join(obj.tasks)
+    if kind == "datasets":
+        return str(obj.info.task)
+    if kind == "models":
+        return str(getattr(obj, "task", "classification"))
+    return ""
 
 
 def summary_line(obj: Any) -> str:
@@ -39,7 +56,10 @@ def summary_line(obj: Any) -> str:
 def run(args: argparse.Namespace) -> int:
     reg = registry(args.kind)
     names = reg.names()
+    tasks = {n: served_tasks(args.kind, reg.get(n)) for n in names}
     width = max((len(n) for n in names), default=0)
+    task_width = max((len(t) for t in tasks.values()), default=0)
     for name in names:
-        print(f"{name:<{width}}  {summary_line(reg.get(name))}".rstrip())
+        served = f"{tasks[name]:<{task_width}}  " if task_width else ""
+        print(f"{name:<{width}}  {served}{summary_line(reg.get(name))}".rstrip())
     return 0

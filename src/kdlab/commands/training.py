@@ -9,6 +9,7 @@ from typing import Any
 
 from kdlab.commands.common import add_set_option
 from kdlab.config import RunConfig, load_config
+from kdlab.engine.report import LABELS
 from kdlab.errors import UserError
 
 
@@ -85,8 +86,11 @@ def print_summary(summary: dict[str, Any]) -> None:
         value = summary.get(key)
         return format(value, spec) if isinstance(value, (int, float)) else "-"
 
+    metric = str(summary.get("metric", "top1"))
+    label = LABELS.get(metric, metric)
     print(
-        f"done: best top-1 {fmt('best_top1', '.2f')}  last top-1 {fmt('last_top1', '.2f')}  "
+        f"done: best {label} {fmt(f'best_{metric}', '.2f')}  last {label} "
+        f"{fmt(f'last_{metric}', '.2f')}  "
         f"epochs {summary.get('epochs', '-')}  time {fmt('seconds', '.1f')} s  "
         f"{fmt('images_per_s', '.0f')} images/s  -> {summary.get('out_dir', '')}"
     )

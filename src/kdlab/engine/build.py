@@ -113,6 +113,31 @@ class Run:
     info: Any  # kdlab.data.DatasetInfo
 
 
+def check_task(cfg: RunConfig) -> None:
+    """The run's ``task`` is registered and its dataset, networks and method are made for it;
+    a UserError names the part that is not. Nothing is loaded."""
+    from kdlab.data import describe
+    from kdlab.methods import METHODS
+    from kdlab.models import model_task
+    from kdlab.tasks import TASKS
+
+    TASKS.get(cfg.task)
+    data_task = describe(cfg.data.name).task
+    if data_task != cfg.task:
+        raise UserError(f"Dataset {cfg.data.name!r} is a {data_task} dataset but the run's task "
+                        f"is {cfg.task!r}; set task: {data_task} in the recipe or pick a "
+                        f"{cfg.task} dataset.")
+    m = cfg.model
+    method = METHODS.get(cfg.method_name)
+    teacher = m.teacher if method.needs_teacher else None
+    for role, name in (("student", m.student), ("teacher", teacher)):
+        if name and model_task(name) != cfg.task:
+            raise UserError(f"model.{role} {name!r} is a {model_task(name)} network but the "
+                            f"run's task is {cfg.task!r}; pick a {cfg.task} network (`kdlab list "
+                            "models`).")
+    method.for_task(cfg.task)
+
+
 def check_model_config(cfg: RunConfig, *, weights: bool = True) -> None:
     """The networks of ``cfg.model`` are registered and, with ``weights``, their starting
     weights are well given: a teacher's come from exactly one of ``teacher_checkpoint`` (an
@@ -124,6 +149,7 @@ def check_model_config(cfg: RunConfig, *, weights: bool = True) -> None:
     m = cfg.model
     method = METHODS.get(cfg.method_name)
     MODELS.get(m.student)
+    check_task(cfg)
     if method.needs_teacher and not m.teacher:
         raise UserError(f"Method {cfg.method_name!r} needs a teacher: set model.teacher and "
                         "either model.teacher_checkpoint (train the teacher first with `kdlab "
@@ -219,6 +245,7 @@ def build_distiller_from_config(
     """
     from kdlab.methods import METHODS, build_distiller
     from kdlab.models import build_model
+    from kdlab.tasks import build_task
 
     check_model_config(cfg, weights=not architecture_only)
     m = cfg.model
@@ -239,8 +266,9 @@ def build_distiller_from_config(
     student.to(device)
     if teacher is not None:
         teacher.to(device)
+    task = build_task(cfg.task, ignore_index=getattr(info, "ignore_index", None))
     distiller = build_distiller(cfg.method_name, cfg.method_options, student, teacher,
-                                train_size=info.train_size)
+                                train_size=info.train_size, task=task)
     distiller.to(device)
     return distiller
 

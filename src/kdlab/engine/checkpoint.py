@@ -18,7 +18,7 @@ from kdlab.engine.io import atomic_write
 from kdlab.errors import UserError
 
 FORMAT = "kdlab-run"
-VERSION = 1
+VERSION = 2  # 2: best_score + metric (was best_top1), separate_optimizers
 
 
 def plain(value: Any) -> Any:

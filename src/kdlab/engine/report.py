@@ -13,28 +13,39 @@ from kdlab.engine.metrics_log import read_csv
 LOSS_PREFIX = "loss_"
 
 
-def networks(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """Evaluated network names, from the ``val_<name>_top1`` columns (in order)."""
+#: how each task's primary metric and its companion are named in reports
+LABELS = {"top1": "top-1", "top5": "top-5", "miou": "mIoU", "pixel_acc": "pixel acc.",
+          "map": "mAP", "ap50": "AP50"}
+#: the second number a report shows beside the primary metric
+COMPANION = {"top1": "top5", "miou": "pixel_acc", "map": "ap50"}
+
+
+def networks(rows: Sequence[dict[str, Any]], metric: str = "top1") -> list[str]:
+    """Evaluated network names, from the ``val_<name>_<metric>`` columns (in order)."""
     names: list[str] = []
+    suffix = f"_{metric}"
     for row in rows:
         for key in row:
-            if key.startswith("val_") and key.endswith("_top1"):
-                name = key[len("val_"):-len("_top1")]
+            if key.startswith("val_") and key.endswith(suffix):
+                name = key[len("val_"):-len(suffix)]
                 if name not in names:
                     names.append(name)
     return names
 
 
-def write_report(out_dir: str | Path, summary: dict[str, Any]) -> None:
-    """Write ``report.md`` and ``curves.png`` in ``out_dir`` from its ``metrics.csv``."""
+def write_report(out_dir: str | Path, summary: dict[str, Any],
+                 figures: Sequence[str] = ()) -> None:
+    """Write ``report.md`` and ``curves.png`` in ``out_dir`` from its ``metrics.csv``;
+    ``figures`` are pictures already in ``out_dir`` (e.g. predictions) that the report shows."""
     out = Path(out_dir)
     rows = read_csv(out / "metrics.csv")
-    atomic_write_text(out / "report.md", markdown(rows, summary))
+    atomic_write_text(out / "report.md", markdown(rows, summary, figures))
     if rows:
-        plot_curves(rows, out / "curves.png")
+        plot_curves(rows, out / "curves.png", summary.get("metric", "top1"))
 
 
-def markdown(rows: Sequence[dict[str, Any]], summary: dict[str, Any]) -> str:
+def markdown(rows: Sequence[dict[str, Any]], summary: dict[str, Any],
+             figures: Sequence[str] = ()) -> str:
     cfg = summary.get("config", {})
     model, data = cfg.get("model", {}), cfg.get("data", {})
     method = cfg.get("method", {}).get("name", "?")
@@ -50,15 +61,21 @@ def markdown(rows: Sequence[dict[str, Any]], summary: dict[str, Any]) -> str:
               f"{cfg.get('train', {}).get('amp', 'none')}",
               f"- time {summary.get('seconds', 0.0):.1f} s, "
               f"{summary.get('images_per_s', 0.0):.0f} train images/s", ""]
-    lines += ["## Accuracy (validation, %)", "",
-              "| network | best top-1 | last top-1 | last top-5 |", "|---|---|---|---|"]
+    metric = summary.get("metric", "top1")
+    other = COMPANION.get(metric, metric)
+    label, other_label = LABELS.get(metric, metric), LABELS.get(other, other)
+    lines += ["## Validation (%)", "",
+              f"| network | best {label} | last {label} | last {other_label} |",
+              "|---|---|---|---|"]
     for name, m in summary.get("networks", {}).items():
-        lines.append(f"| {name} | {_num(m.get('best_top1'))} | {_num(m.get('last_top1'))} | "
-                     f"{_num(m.get('last_top5'))} |")
+        lines.append(f"| {name} | {_num(m.get(f'best_{metric}'))} | "
+                     f"{_num(m.get(f'last_{metric}'))} | {_num(m.get(f'last_{other}'))} |")
     losses = [k for k in (rows[-1] if rows else {}) if k.startswith(LOSS_PREFIX)]
     if losses:
         lines += ["", "## Final epoch losses", "", "| loss | value |", "|---|---|"]
         lines += [f"| {k[len(LOSS_PREFIX):]} | {_num(rows[-1][k], '.4g')} |" for k in losses]
+    for figure in figures:
+        lines += ["", f"![{figure}]({figure})"]
     lines += ["", "Per-epoch numbers: `metrics.csv`; curves: `curves.png`.", ""]
     return "\n".join(lines)
 
@@ -67,8 +84,9 @@ def _num(value: Any, spec: str = ".2f") -> str:
     return format(value, spec) if isinstance(value, (int, float)) else "-"
 
 
-def plot_curves(rows: Sequence[dict[str, Any]], path: Path) -> None:
-    """Two panels: training losses by name; train and validation top-1 per network."""
+def plot_curves(rows: Sequence[dict[str, Any]], path: Path, metric: str = "top1") -> None:
+    """Two panels: training losses by name; the training score and each network's validation
+    ``metric`` (top-1, mIoU, mAP) per epoch."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -84,13 +102,15 @@ def plot_curves(rows: Sequence[dict[str, Any]], path: Path) -> None:
         ax_loss.plot(xs, ys, color="black", linewidth=2, label="total")
     ax_loss.set(xlabel="epoch", ylabel="training loss", title="losses")
     ax_loss.legend(fontsize="small")
-    xs, ys = _series(rows, "train_top1")
-    if xs:
-        ax_acc.plot(xs, ys, linestyle="--", label="train (student)")
-    for name in networks(rows):
-        xs, ys = _series(rows, f"val_{name}_top1")
+    train = [k for k in _keys(rows) if k.startswith("train_")]
+    for key in train:
+        xs, ys = _series(rows, key)
+        ax_acc.plot(xs, ys, linestyle="--", label=f"train {LABELS.get(key[6:], key[6:])}")
+    for name in networks(rows, metric):
+        xs, ys = _series(rows, f"val_{name}_{metric}")
         ax_acc.plot(xs, ys, marker="o", label=f"val {name}")
-    ax_acc.set(xlabel="epoch", ylabel="top-1 (%)", title="accuracy")
+    label = LABELS.get(metric, metric)
+    ax_acc.set(xlabel="epoch", ylabel=f"{label} (%)", title=label)
     ax_acc.legend(fontsize="small")
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))

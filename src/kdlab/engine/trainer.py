@@ -17,17 +17,15 @@ import itertools
 import math
 import random
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.optim import lr_scheduler
 
-from kdlab.config import OptimConfig, RunConfig, ScheduleConfig, save_config
+from kdlab.config import RunConfig, save_config
 from kdlab.engine import distributed
-from kdlab.engine.build import build_run, model_specs, resolve_device
+from kdlab.engine.build import build_run, check_task, model_specs, resolve_device
 from kdlab.engine.checkpoint import (
     FORMAT,
     VERSION,
@@ -35,8 +33,9 @@ from kdlab.engine.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from kdlab.engine.evaluate import AMP_DTYPES, autocast, evaluate
+from kdlab.engine.evaluate import AMP_DTYPES, autocast
 from kdlab.engine.metrics_log import MetricsLog, Progress
+from kdlab.engine.optimisation import Optimisation, build_optimizer, build_scheduler
 from kdlab.engine.report import write_report
 from kdlab.errors import UserError
 
@@ -78,61 +77,6 @@ def rng_state() -> dict[str, Any]:
     return state
 
 
-def build_optimizer(cfg: OptimConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-    """SGD (momentum, weight decay, optional Nesterov) or AdamW."""
-    if cfg.lr <= 0:
-        raise UserError(f"optim.lr must be positive, got {cfg.lr}.")
-    if cfg.name == "sgd":
-        if cfg.nesterov and cfg.momentum <= 0:
-            raise UserError("optim.nesterov needs optim.momentum > 0; set a momentum such as "
-                            "0.9 or nesterov false.")
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
-                               weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
-    if cfg.name == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    raise UserError(f"optim.name {cfg.name!r} is not known; use sgd or adamw.")
-
-
-def _one(epoch: int) -> float:
-    return 1.0
-
-
-def build_scheduler(cfg: ScheduleConfig, opt: torch.optim.Optimizer) -> lr_scheduler.LRScheduler:
-    """Per-epoch LR schedule: multistep | cosine | constant, after an optional linear warm-up
-    of ``warmup_epochs`` (milestones stay absolute epochs)."""
-    warm = cfg.warmup_epochs
-    if cfg.epochs < 1:
-        raise UserError(f"schedule.epochs must be at least 1, got {cfg.epochs}.")
-    if not 0 <= warm < cfg.epochs:
-        raise UserError(f"schedule.warmup_epochs must be between 0 and schedule.epochs - 1, "
-                        f"got {warm}.")
-    if cfg.name == "multistep":
-        if any(m <= warm for m in cfg.milestones):
-            raise UserError(f"schedule.milestones {cfg.milestones} must all come after the "
-                            f"{warm} warm-up epochs.")
-        main: lr_scheduler.LRScheduler = lr_scheduler.MultiStepLR(
-            opt, milestones=[m - warm for m in cfg.milestones], gamma=cfg.gamma)
-    elif cfg.name == "cosine":
-        main = lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs - warm)
-    elif cfg.name == "constant":
-        main = lr_scheduler.LambdaLR(opt, _one)
-    else:
-        raise UserError(f"schedule.name {cfg.name!r} is not known; use multistep, cosine or "
-                        "constant.")
-    if warm == 0:
-        return main
-    ramp = lr_scheduler.LinearLR(opt, start_factor=1.0 / (warm + 1), end_factor=1.0,
-                                 total_iters=warm)
-    return lr_scheduler.SequentialLR(opt, [ramp, main], milestones=[warm])
-
-
-def _restore_counters(sched: lr_scheduler.LRScheduler) -> None:
-    """Checkpoints store MultiStepLR's milestone Counter as a dict; make it a Counter again."""
-    for s in [sched, *getattr(sched, "_schedulers", [])]:
-        if isinstance(s, lr_scheduler.MultiStepLR) and not isinstance(s.milestones, Counter):
-            s.milestones = Counter({int(k): int(v) for k, v in s.milestones.items()})
-
-
 def check_train_settings(cfg: RunConfig) -> None:
     t = cfg.train
     if t.amp not in ("none", *AMP_DTYPES):
@@ -167,6 +111,7 @@ class Trainer:
         # Settings errors before any process group or folder exists.
         probe = torch.nn.Linear(1, 1)
         build_scheduler(cfg.schedule, build_optimizer(cfg.optim, list(probe.parameters())))
+        check_task(cfg)  # the data, networks and method are made for the run's task
         self._check_out_dir()
         device = resolve_device(cfg.train.device)
         dist_info, device = distributed.setup(device)
@@ -192,32 +137,32 @@ class Trainer:
     def _fit(self) -> dict[str, Any]:
         cfg, device, d = self.cfg, self.device, self.dist
         main = d.is_main
-        amp = cfg.train.amp
         seed_all(cfg.train.seed, -1)
         last_path = self.out_dir / "last.pt"
         run = build_run(cfg, device, rank=d.rank, world_size=d.world_size,
                         resuming=self.resume and last_path.is_file())
         self.run = run  # the trained distiller stays reachable after fit()
         raw = run.distiller
+        self.task = raw.task
         if cfg.train.channels_last:
             raw.to(memory_format=torch.channels_last)
         params = [p for p in raw.parameters() if p.requires_grad]
         if not params:
             raise UserError(f"Method {cfg.method_name!r} has no trainable parameters; check the "
                             "model and method settings.")
-        opt = build_optimizer(cfg.optim, params)
-        sched = build_scheduler(cfg.schedule, opt)
-        scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+        optim = Optimisation.build(params, raw.separate_optimizers(), cfg.optim, cfg.schedule,
+                                   steps_per_epoch=self._steps_per_epoch(run.loaders.train),
+                                   device=device, amp=cfg.train.amp)
         epochs = cfg.schedule.epochs
         start, best, history = 0, float("-inf"), []
         if self.resume and last_path.is_file():
             ckpt = load_checkpoint(last_path)
-            start, best, history = self._restore(ckpt, raw, opt, sched, scaler)
+            start, best, history = self._restore(ckpt, raw, optim)
             if start >= epochs:
                 if main:
                     print(f"The run in {self.out_dir} is finished ({start} of {epochs} epochs); "
                           "nothing to resume. Raise schedule.epochs to train longer.")
-                return self._summary(history, raw, run, finished=True)
+                return self._summary(history, raw, finished=True)
             if main:
                 print(f"resuming {self.out_dir} at epoch {start + 1} of {epochs}")
         elif self.resume and main:
@@ -237,18 +182,22 @@ class Trainer:
         progress = Progress(cfg.train.progress, enabled=main)
         try:
             for epoch in range(start, epochs):
-                best = self._epoch(epoch, model, raw, run, opt, sched, scaler, best, log,
-                                   progress)
+                best = self._epoch(epoch, model, raw, run, optim, best, log, progress)
         finally:
             log.close()
-        summary = self._summary(log.rows, raw, run, finished=True)
+        summary = self._summary(log.rows, raw, finished=True)
         if main:
-            write_report(self.out_dir, summary)
+            figures = self.task.report_figures(self.out_dir, raw.evaluated(), run.loaders.val,
+                                               device=device)
+            write_report(self.out_dir, summary, figures=figures)
         distributed.barrier()
         return summary
 
-    def _restore(self, ckpt: dict[str, Any], raw: nn.Module, opt: torch.optim.Optimizer,
-                 sched: lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler
+    def _steps_per_epoch(self, loader: Any) -> int:
+        n, cap = len(loader), self.cfg.train.max_steps_per_epoch
+        return n if cap is None else min(n, cap)
+
+    def _restore(self, ckpt: dict[str, Any], raw: nn.Module, optim: Optimisation
                  ) -> tuple[int, float, list[dict[str, Any]]]:
         path = self.out_dir / "last.pt"
         if ckpt.get("format") != FORMAT or "distiller" not in ckpt:
@@ -259,79 +208,71 @@ class Trainer:
                             f"{ckpt['version']}); upgrade kdlab to resume it.")
         try:
             raw.load_state_dict(ckpt["distiller"])
-            opt.load_state_dict(ckpt["optimizer"])
-            sched.load_state_dict(ckpt["scheduler"])
-            scaler.load_state_dict(ckpt["scaler"])
+            optim.load_state_dict(ckpt)
         except (RuntimeError, ValueError, KeyError) as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             raise UserError(f"{str(path)!r} does not match this run's model, method or optimiser "
                             f"({first}); resume with the run's own config.yaml.") from None
-        _restore_counters(sched)
-        return int(ckpt["epoch"]) + 1, float(ckpt["best_top1"]), list(ckpt.get("history", []))
+        best = ckpt.get("best_score", ckpt.get("best_top1"))  # best_top1: format 1
+        return int(ckpt["epoch"]) + 1, float(best), list(ckpt.get("history", []))
 
     # ----------------------------------------------------------------- one epoch
     def _epoch(self, epoch: int, model: nn.Module, raw: nn.Module, run: Any,
-               opt: torch.optim.Optimizer, sched: lr_scheduler.LRScheduler,
-               scaler: torch.amp.GradScaler, best: float, log: MetricsLog,
-               progress: Progress) -> float:
+               optim: Optimisation, best: float, log: MetricsLog, progress: Progress) -> float:
         cfg, device, d = self.cfg, self.device, self.dist
         epochs = cfg.schedule.epochs
         seed_all(cfg.train.seed, epoch, d.rank)
         run.loaders.train.set_epoch(epoch)
         raw.set_epoch(epoch, epochs)
-        lr = float(opt.param_groups[0]["lr"])
+        lr = optim.lr
         t0 = time.perf_counter()
-        stats = self._train_epoch(epoch, model, opt, scaler, run.loaders.train, progress)
-        sched.step()
+        stats = self._train_epoch(epoch, model, optim, run.loaders.train, progress)
+        optim.end_epoch()
         train_seconds = time.perf_counter() - t0
         row: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "loss": stats["loss"]}
         row.update({f"loss_{k}": v for k, v in stats["terms"].items()})
-        row["train_top1"] = stats["top1"]
+        if self.task.train_score_name is not None:
+            row[f"train_{self.task.train_score_name}"] = stats["score"]
         improved = False
         if (epoch + 1) % cfg.train.eval_every == 0 or epoch == epochs - 1:
             distributed.broadcast_buffers(raw)
             for i, (name, net) in enumerate(raw.evaluated().items()):
-                m = evaluate(net, run.loaders.val, device=device, amp=cfg.train.amp)
-                row[f"val_{name}_top1"] = m["top1"]
-                row[f"val_{name}_top5"] = m["top5"]
-                row[f"val_{name}_loss"] = m["loss"]
-                if i == 0 and m["top1"] > best:
-                    best, improved = m["top1"], True
+                m = self.task.evaluate(net, run.loaders.val, device=device, amp=cfg.train.amp)
+                row.update({f"val_{name}_{k}": v for k, v in m.items() if k != "images"})
+                if i == 0 and m[self.task.primary] > best:
+                    best, improved = m[self.task.primary], True
         row["epoch_seconds"] = time.perf_counter() - t0
         row["images_per_s"] = stats["images"] / max(train_seconds, 1e-9)
         log.log(row)
         progress.epoch_line(row)
         if d.is_main:
-            state = self._state(epoch, raw, opt, sched, scaler, best, log.rows)
+            state = self._state(epoch, raw, optim, best, log.rows)
             save_checkpoint(self.out_dir / "last.pt", state)
             if improved:  # the same state: copy the file rather than serialise it again
                 copy_checkpoint(self.out_dir / "last.pt", self.out_dir / "best.pt")
         distributed.barrier()
         return best
 
-    def _train_epoch(self, epoch: int, model: nn.Module, opt: torch.optim.Optimizer,
-                     scaler: torch.amp.GradScaler, loader: Any, progress: Progress
-                     ) -> dict[str, Any]:
-        cfg, device = self.cfg, self.device
-        n = len(loader)
-        if cfg.train.max_steps_per_epoch is not None:
-            n = min(n, cfg.train.max_steps_per_epoch)
+    def _train_epoch(self, epoch: int, model: nn.Module, optim: Optimisation, loader: Any,
+                     progress: Progress) -> dict[str, Any]:
+        cfg, device, task = self.cfg, self.device, self.task
+        n = self._steps_per_epoch(loader)
         model.train()
         terms: dict[str, torch.Tensor] = {}
         bad: dict[str, torch.Tensor] = {}
         total_sum = torch.zeros((), dtype=torch.float64, device=device)
-        correct = torch.zeros((), dtype=torch.float64, device=device)
+        score = torch.zeros(2, dtype=torch.float64, device=device)  # hits, counted
         seen = steps = 0
         batches = itertools.islice(iter(loader), n)
         for step, batch in enumerate(progress.steps(batches, n, epoch, cfg.schedule.epochs)):
             images, targets, index = batch[0], batch[1], batch[2] if len(batch) > 2 else None
-            if cfg.train.channels_last and images.dim() == 4:
+            if cfg.train.channels_last and isinstance(images, torch.Tensor) and images.dim() == 4:
                 images = images.contiguous(memory_format=torch.channels_last)
             with autocast(device, cfg.train.amp):
-                logits, losses = model(images, targets, index)
+                outputs, losses = model(images, targets, index)
             if not isinstance(losses, dict) or not losses:
                 raise UserError(f"Method {cfg.method_name!r} returned no loss terms; it must "
-                                "return (logits, {name: loss}).")
+                                "return (outputs, {name: loss}).")
             total = sum(v.float() for v in losses.values())
             assert isinstance(total, torch.Tensor)
             for k, v in losses.items():
@@ -341,32 +282,34 @@ class Trainer:
                     bad[k] = torch.zeros((), dtype=torch.bool, device=device)
                 terms[k] += v.double()
                 bad[k] |= ~torch.isfinite(v)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(total).backward()
-            scaler.step(opt)
-            scaler.update()
+            optim.step(total)
             with torch.no_grad():
                 total_sum += total.detach().double()
-                correct += (logits.detach().argmax(dim=1) == targets).sum()
-            seen += targets.shape[0]
+                counts = task.train_counts(outputs, targets)
+                if counts is not None:
+                    score += counts.to(score)
+            seen += task.batch_size(targets)
             steps += 1
             if steps % CHECK_EVERY == 0 or steps == n:
                 self._check_finite(bad, epoch, step)
-                progress.update({"loss": total_sum.item() / steps,
-                                 "top1": 100.0 * correct.item() / seen})
+                shown = {"loss": total_sum.item() / steps}
+                if task.train_score_name is not None:
+                    shown[task.train_score_name] = 100.0 * score[0].item() / max(
+                        score[1].item(), 1.0)
+                progress.update(shown)
         if steps == 0:
             raise UserError("The training loader yielded no batches; lower data.batch_size or "
                             "use more training data.")
-        sums = torch.stack([total_sum, correct, torch.tensor(float(seen), dtype=torch.float64,
-                                                             device=device),
-                            *terms.values()])
+        sums = torch.cat([torch.stack([total_sum, torch.tensor(float(seen), dtype=torch.float64,
+                                                               device=device)]),
+                          score, torch.stack(list(terms.values()))])
         distributed.all_reduce_sum(sums)
         world = self.dist.world_size
         return {
             "loss": sums[0].item() / (steps * world),
-            "top1": 100.0 * sums[1].item() / max(sums[2].item(), 1.0),
-            "images": int(sums[2].item()),
-            "terms": {k: sums[3 + i].item() / (steps * world) for i, k in enumerate(terms)},
+            "images": int(sums[1].item()),
+            "score": 100.0 * sums[2].item() / max(sums[3].item(), 1.0),
+            "terms": {k: sums[4 + i].item() / (steps * world) for i, k in enumerate(terms)},
         }
 
     def _check_finite(self, bad: dict[str, torch.Tensor], epoch: int, step: int) -> None:
@@ -385,8 +328,7 @@ class Trainer:
         )
 
     # ----------------------------------------------------------------- state and summary
-    def _state(self, epoch: int, raw: nn.Module, opt: torch.optim.Optimizer,
-               sched: lr_scheduler.LRScheduler, scaler: torch.amp.GradScaler, best: float,
+    def _state(self, epoch: int, raw: nn.Module, optim: Optimisation, best: float,
                history: list[dict[str, Any]]) -> dict[str, Any]:
         exported = raw.exported()
         return {
@@ -395,11 +337,10 @@ class Trainer:
             "epoch": epoch,
             "epochs": self.cfg.schedule.epochs,
             "distiller": raw.state_dict(),
-            "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(),
-            "scaler": scaler.state_dict(),
+            **optim.state_dict(),
             "rng": rng_state(),
-            "best_top1": best,
+            "metric": self.task.primary,
+            "best_score": best,
             "config": self.cfg.to_dict(),
             "history": [dict(r) for r in history],
             "exported": {name: m.state_dict() for name, m in exported.items()},
@@ -407,20 +348,30 @@ class Trainer:
             "world_size": self.dist.world_size,
         }
 
-    def _summary(self, rows: list[dict[str, Any]], raw: nn.Module, run: Any, *,
+    def _summary(self, rows: list[dict[str, Any]], raw: nn.Module, *,
                  finished: bool) -> dict[str, Any]:
+        """The run in numbers. Per network ``best_<metric>`` (the task's primary metric) and
+        ``last_<key>`` of every validation number; the first network's ``best_<metric>`` /
+        ``last_<metric>`` at the top level too (``best_top1`` for classification)."""
+        metric = self.task.primary
         networks: dict[str, dict[str, float]] = {}
         for name in raw.evaluated():
-            top1 = [r[f"val_{name}_top1"] for r in rows if f"val_{name}_top1" in r]
-            top5 = [r[f"val_{name}_top5"] for r in rows if f"val_{name}_top5" in r]
-            networks[name] = {"best_top1": max(top1, default=math.nan),
-                              "last_top1": top1[-1] if top1 else math.nan,
-                              "last_top5": top5[-1] if top5 else math.nan}
+            prefix = f"val_{name}_"
+            evaluated = [r for r in rows if prefix + metric in r]
+            last = evaluated[-1] if evaluated else {}
+            entry = {f"best_{metric}": max((r[prefix + metric] for r in evaluated),
+                                           default=math.nan)}
+            entry.update({f"last_{k[len(prefix):]}": v for k, v in last.items()
+                          if k.startswith(prefix)})
+            entry.setdefault(f"last_{metric}", math.nan)
+            networks[name] = entry
         first = next(iter(networks.values()), {})
         rates = [r["images_per_s"] for r in rows if "images_per_s" in r]
         return {
-            "best_top1": first.get("best_top1", math.nan),
-            "last_top1": first.get("last_top1", math.nan),
+            "task": self.task.name,
+            "metric": metric,
+            f"best_{metric}": first.get(f"best_{metric}", math.nan),
+            f"last_{metric}": first.get(f"last_{metric}", math.nan),
             "epochs": len(rows),
             "seconds": sum(r.get("epoch_seconds", 0.0) for r in rows),
             "images_per_s": sum(rates) / len(rates) if rates else 0.0,

@@ -14,7 +14,10 @@ from kdlab.tasks.base import TASKS, Task
 
 @TASKS.register("classification")
 class Classification(Task):
-    """Targets ``(B,)`` int64 class indices; networks return ``(B, K)`` logits."""
+    """Image classification: labels, cross-entropy, top-1 / top-5 accuracy.
+
+    Targets ``(B,)`` int64 class indices; networks return ``(B, K)`` logits.
+    """
 
     name = "classification"
     primary = "top1"
