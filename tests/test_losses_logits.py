@@ -63,3 +63,17 @@ def test_dkd_finite_with_confident_teacher_and_gradient_flows():
     loss = dkd_loss(zs, zt, torch.tensor([0, 0, 0]))
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(zs.grad).all() and zs.grad.abs().sum() > 0
+
+
+def test_kd_loss_on_score_maps_is_the_pixel_mean_of_per_pixel_kl():
+    """Pixel-wise distillation (Liu et al., CVPR 2019, Eq. 1): KL per pixel, averaged."""
+    from references import ref_kl
+
+    g = torch.Generator().manual_seed(3)
+    s, t = torch.randn(2, 5, 3, 4, generator=g), torch.randn(2, 5, 3, 4, generator=g)
+    pixels_s = [s[b, :, i, j] for b in range(2) for i in range(3) for j in range(4)]
+    pixels_t = [t[b, :, i, j] for b in range(2) for i in range(3) for j in range(4)]
+    want = ref_kl(torch.stack(pixels_s), torch.stack(pixels_t), 2.0)
+    assert kd_loss(s, t, 2.0).item() == pytest.approx(want, rel=1e-5)
+    with pytest.raises(ValueError, match="one shape"):
+        kd_loss(s, t[:, :, :2], 2.0)

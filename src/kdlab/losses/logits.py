@@ -15,13 +15,27 @@ def _wide(logits: Tensor) -> Tensor:
     return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
 
 
+def per_position(logits: Tensor) -> Tensor:
+    """``(B, K)`` as it is; a score map ``(B, K, H, W)`` as ``(B * H * W, K)`` rows, one per
+    pixel, so that a per-sample loss becomes a per-pixel loss averaged over the pixels."""
+    if logits.dim() <= 2:
+        return logits
+    return logits.movedim(1, -1).reshape(-1, logits.shape[1])
+
+
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
     """Hinton et al., "Distilling the Knowledge in a Neural Network", 2015.
 
     ``tau^2 * KL(p_t || p_s)`` with ``p = softmax(z / tau)``, summed over classes and
     averaged over the batch (FCFD §2.1, L_kd). The tau^2 factor keeps the gradient scale
-    independent of the temperature.
+    independent of the temperature. Score maps ``(B, K, H, W)`` of equal size are compared
+    pixel by pixel and averaged over the pixels (the pixel-wise distillation of Liu et al.,
+    "Structured Knowledge Distillation for Semantic Segmentation", CVPR 2019, Eq. 1).
     """
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"kd_loss needs logits of one shape, got {tuple(student_logits.shape)}"
+                         f" and {tuple(teacher_logits.shape)}")
+    student_logits, teacher_logits = per_position(student_logits), per_position(teacher_logits)
     log_p_s = F.log_softmax(_wide(student_logits) / temperature, dim=1)
     log_p_t = F.log_softmax(_wide(teacher_logits) / temperature, dim=1)
     kl = F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)

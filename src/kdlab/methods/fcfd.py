@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdlab.errors import UserError
@@ -34,7 +34,15 @@ Path = tuple[int, int]  # (k, delta): 1-based position, 1 = student->teacher, 0 
 
 @METHODS.register("fcfd")
 class FCFD(Distiller):
-    """FCFD (Liu et al., ICLR 2023): L_task + L_kd + sum_K L_app + sampled L_func / L_func'."""
+    """FCFD (Liu et al., ICLR 2023): L_task + L_kd + sum_K L_app + sampled L_func / L_func'.
+
+    On segmentation networks the same method distils backbone stages with the decoder as
+    the lens: L_func runs a bridged student feature through the teacher's later stages and
+    decoder (L2 at every later stage and on the decoder's feature map when ``pooled_l2``,
+    pixel-wise KL on the score map), L_func' the other way round (see docs/segmentation.md).
+    """
+
+    tasks = ("classification", "segmentation")
 
     @dataclass
     class Config:
@@ -72,6 +80,10 @@ class FCFD(Distiller):
     def setup(self) -> None:
         assert self.teacher is not None  # the Distiller base refuses a missing teacher
         c = self.cfg
+        if self.task.name != "classification" and (c.simkd or c.logit_loss == "dkd"):
+            raise UserError(f"FCFD+SimKD and FCFD+DKD are classification methods; set "
+                            f"method.simkd=false and method.logit_loss=kl for task "
+                            f"{self.task.name!r}.")
         n = self.student.num_stages
         if self.teacher.num_stages != n:
             raise UserError(
@@ -247,7 +259,8 @@ class FCFD(Distiller):
 
         losses: Losses = {}
         if c.ce_weight:
-            losses["ce"] = c.ce_weight * F.cross_entropy(logits, targets)
+            own = s if logits is s.logits else dataclasses.replace(s, logits=logits)
+            losses["ce"] = c.ce_weight * self.task_loss(own, targets)
         if c.kd_weight:
             losses["kd"] = c.kd_weight * self._logit_loss(logits, t.logits, targets)
 

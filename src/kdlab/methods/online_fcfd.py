@@ -57,6 +57,7 @@ class OnlineFCFD(FCFD):
     """Online FCFD (Liu et al., ICLR 2023, App. F): Eq. 9 + teacher CE + teacher KD."""
 
     needs_teacher = False
+    tasks = ("classification",)
 
     @dataclass
     class Config(FCFD.Config):
