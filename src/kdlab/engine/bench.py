@@ -54,6 +54,7 @@ class Preset:
     num_classes: int
     batch: int
     train_size: int  # dataset size given to memory-bank methods (CRD, ...)
+    task: str = "classification"
 
 
 PRESETS: dict[str, Preset] = {
@@ -125,6 +126,7 @@ class BenchResult:
     final_loss: float
     ratio_to_kd: float | None = None  # median over rounds of the same-round ratio
     rounds: int = 1
+    ratio_to_ce: float | None = None  # the same, to the student alone (plain ``ce``)
     ms_median: float = 0.0
     ratio_min: float | None = None  # spread of the per-round ratios
     ratio_max: float | None = None
@@ -147,14 +149,20 @@ def merge_rounds(per_round: Sequence[BenchResult], times_ms: Sequence[float]) ->
 
 
 def set_ratios(results: Sequence[BenchResult]) -> None:
-    """Ratios to the plain ``kd`` entry, paired round by round (nothing without one)."""
+    """Ratios to the plain ``kd`` entry (with their spread) and to the plain ``ce`` entry (the
+    student alone), each paired round by round; nothing where that entry is absent."""
+    def paired(base: BenchResult, r: BenchResult) -> list[float]:
+        return [a / b for a, b in zip(r.round_ms, base.round_ms, strict=True)]
+
     kd = next((r for r in results if r.method == "kd" and not r.options), None)
-    if kd is None:
-        return
+    ce = next((r for r in results if r.method == "ce" and not r.options), None)
     for r in results:
-        ratios = [a / b for a, b in zip(r.round_ms, kd.round_ms, strict=True)]
-        r.ratio_to_kd = statistics.median(ratios)
-        r.ratio_min, r.ratio_max = min(ratios), max(ratios)
+        if kd is not None:
+            ratios = paired(kd, r)
+            r.ratio_to_kd = statistics.median(ratios)
+            r.ratio_min, r.ratio_max = min(ratios), max(ratios)
+        if ce is not None:
+            r.ratio_to_ce = statistics.median(paired(ce, r))
 
 
 @dataclass
@@ -289,18 +297,21 @@ def bench_method(
     train_size: int = 50_000,
     seed: int = 0,
     times_out: list[float] | None = None,
+    task: str = "classification",
 ) -> BenchResult:
     """Build one method and time ``steps`` training steps after ``warmup`` untimed ones.
 
     The step times (ms) are appended to ``times_out`` when it is given."""
     from kdlab.methods import METHODS, build_distiller
     from kdlab.models import build_model
+    from kdlab.tasks import build_task
 
     dtype = _autocast_dtype(amp)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     images = torch.randn(batch, *input_shape, generator=gen).to(device)
-    targets = torch.randint(0, num_classes, (batch,), generator=gen).to(device)
+    the_task = build_task(task)
+    targets = the_task.example_targets(batch, num_classes, input_shape[1:], gen, device)
     index = torch.randint(0, train_size, (batch,), generator=gen).to(device)
     shape = dict(num_classes=num_classes, in_channels=input_shape[0], input_size=input_shape[1])
     times: list[float] = []
@@ -313,7 +324,7 @@ def bench_method(
             # online methods train their own teacher: the pair's teacher architecture
             options.setdefault("teacher", teacher)
         distiller = build_distiller(spec.name, options, s_model, t_model,
-                                    train_size=train_size).to(device)
+                                    train_size=train_size, task=the_task).to(device)
         distiller.train()
         distiller.set_epoch(0, 1)
         params = [p for p in distiller.parameters() if p.requires_grad]
@@ -349,20 +360,20 @@ def bench_method(
 
 
 def _prime(student: str, input_shape: tuple[int, int, int], num_classes: int, batch: int,
-           device: torch.device, amp: str) -> None:
+           device: torch.device, amp: str, task: str = "classification") -> None:
     """One untimed, unmeasured training step, so that one-time library start-up (kernel
     libraries, thread pools, the autograd engine) is not charged to the first method."""
-    import torch.nn.functional as F
-
     from kdlab.models import build_model
+    from kdlab.tasks import build_task
 
     net = build_model(student, num_classes=num_classes, in_channels=input_shape[0],
                       input_size=input_shape[1]).to(device)
+    the_task = build_task(task)
     dtype = _autocast_dtype(amp)
     x = torch.randn(batch, *input_shape, device=device)
-    y = torch.zeros(batch, dtype=torch.long, device=device)
+    y = the_task.example_targets(batch, num_classes, input_shape[1:], torch.Generator(), device)
     with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-        loss = F.cross_entropy(net(x), y)
+        loss = the_task.loss(the_task.features(net, x, y), y)
     loss.backward()
     torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9).step()
     _synchronize(device)
@@ -407,6 +418,7 @@ def run_bench(
     _autocast_dtype(amp)
     check_methods(specs)
     meta = {
+        "task": p.task,
         "teacher": teacher, "student": student, "input_shape": list(p.input_shape),
         "num_classes": p.num_classes, "batch": batch, "steps": steps, "warmup": warmup,
         "rounds": rounds,
@@ -415,7 +427,7 @@ def run_bench(
         "memory": MemoryMeter.label(device), "command": command,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    _prime(student, p.input_shape, p.num_classes, batch, device, amp)
+    _prime(student, p.input_shape, p.num_classes, batch, device, amp, p.task)
     per_round: list[list[BenchResult]] = [[] for _ in specs]
     times: list[list[float]] = [[] for _ in specs]
     for rnd in range(rounds):
@@ -427,6 +439,7 @@ def run_bench(
                 spec, teacher=teacher, student=student, input_shape=p.input_shape,
                 num_classes=p.num_classes, batch=batch, steps=steps, warmup=warmup,
                 device=device, amp=amp, train_size=p.train_size, seed=rnd, times_out=times[i],
+                task=p.task,
             ))
     results = [merge_rounds(r, t) for r, t in zip(per_round, times, strict=True)]
     set_ratios(results)
@@ -440,9 +453,9 @@ def format_table(report: BenchReport) -> str:
     rounds = m.get("rounds", 1)
     per = f" per round, {rounds} rounds in turn" if rounds > 1 else ""
     lines = [
-        f"kdlab bench: {m['teacher']} -> {m['student']}, input {shape}, {m['num_classes']} "
-        f"classes, batch {m['batch']}, {m['steps']} timed steps after {m['warmup']} warm-up"
-        f"{per}, amp {m['amp']}",
+        f"kdlab bench ({m.get('task', 'classification')}): {m['teacher']} -> {m['student']}, "
+        f"input {shape}, {m['num_classes']} classes, batch {m['batch']}, {m['steps']} timed "
+        f"steps after {m['warmup']} warm-up{per}, amp {m['amp']}",
         f"device {m['device']}: {m['hardware']}; torch {m['torch']}; kdlab {m['kdlab']}",
         f"command: {m['command']}",
         "",
@@ -451,7 +464,7 @@ def format_table(report: BenchReport) -> str:
     width = max([len("method")] + [len(r.label) for r in report.results])
     ratio_head = "× kd (rounds' range)" if rounds > 1 else "× kd"
     lines.append(f"{'method':<{width}}  {'images/s':>9}  {'ms/iter mean ± std':>19}  "
-                 f"{'median':>8}  {mem:>{len(mem)}}  {ratio_head}")
+                 f"{'median':>8}  {mem:>{len(mem)}}  {'× ce':>5}  {ratio_head}")
     for r in report.results:
         peak = f"{r.peak_mib:.1f}" if r.peak_mib is not None else "n/a"
         ratio = "-"
@@ -460,8 +473,9 @@ def format_table(report: BenchReport) -> str:
             if rounds > 1 and r.ratio_min is not None:
                 ratio += f" ({r.ratio_min:.2f}-{r.ratio_max:.2f})"
         timing = f"{r.ms_mean:.2f} ± {r.ms_std:.2f}"
+        to_ce = f"{r.ratio_to_ce:.2f}" if r.ratio_to_ce is not None else "-"
         lines.append(f"{r.label:<{width}}  {r.images_per_s:>9.1f}  {timing:>19}  "
-                     f"{r.ms_median:>8.2f}  {peak:>{len(mem)}}  {ratio}")
+                     f"{r.ms_median:>8.2f}  {peak:>{len(mem)}}  {to_ce:>5}  {ratio}")
     if any(not math.isfinite(r.final_loss) for r in report.results):
         lines.append("warning: a method's loss was not finite on the random batch.")
     return "\n".join(lines)
@@ -490,7 +504,8 @@ def write_report(report: BenchReport, path: str | Path) -> Path:
     for key, value in report.meta.items():
         buf.write(f"# {key}: {value}\n")
     columns = ["method", "options", "steps", "rounds", "images_per_s", "ms_mean", "ms_std",
-               "ms_median", "peak_mib", "ratio_to_kd", "ratio_min", "ratio_max", "final_loss"]
+               "ms_median", "peak_mib", "ratio_to_kd", "ratio_min", "ratio_max", "ratio_to_ce",
+               "final_loss"]
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for r in report.results:
@@ -503,6 +518,7 @@ def write_report(report: BenchReport, path: str | Path) -> Path:
             "ratio_to_kd": "" if r.ratio_to_kd is None else f"{r.ratio_to_kd:.3f}",
             "ratio_min": "" if r.ratio_min is None else f"{r.ratio_min:.3f}",
             "ratio_max": "" if r.ratio_max is None else f"{r.ratio_max:.3f}",
+            "ratio_to_ce": "" if r.ratio_to_ce is None else f"{r.ratio_to_ce:.3f}",
             "final_loss": f"{r.final_loss:.4f}",
         })
     atomic_write_text(p, buf.getvalue())

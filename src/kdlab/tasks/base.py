@@ -48,6 +48,12 @@ class Task:
         """The number of samples (images) of a batch, from its targets."""
         return int(targets.shape[0]) if isinstance(targets, Tensor) else len(targets)
 
+    def example_targets(self, batch: int, num_classes: int, size: tuple[int, int],
+                        generator: torch.Generator, device: torch.device | str) -> Any:
+        """Random targets of this task's format for ``batch`` images of ``size`` (H, W),
+        drawn from ``generator`` (benchmarks and tests)."""
+        raise NotImplementedError
+
     def train_counts(self, outputs: Any, targets: Any) -> Tensor | None:
         """``[hits, total]`` (float64) of the training score for one batch, or None where
         the task has no cheap training score; summed over steps and ranks by the trainer."""

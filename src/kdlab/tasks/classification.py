@@ -26,6 +26,10 @@ class Classification(Task):
     def loss(self, out: Any, targets: Tensor) -> Tensor:
         return F.cross_entropy(out.logits, targets)
 
+    def example_targets(self, batch: int, num_classes: int, size: tuple[int, int],
+                        generator: torch.Generator, device: torch.device | str) -> Tensor:
+        return torch.randint(0, num_classes, (batch,), generator=generator).to(device)
+
     def train_counts(self, outputs: Tensor, targets: Tensor) -> Tensor:
         hits = (outputs.detach().argmax(dim=1) == targets).sum()
         return torch.stack([hits.double(), torch.tensor(float(targets.numel()),
