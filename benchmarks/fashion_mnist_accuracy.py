@@ -26,15 +26,15 @@ import os
 import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from protocol import ROOT, kdlab_cmd, mean_std, run_one
+
 from kdlab.engine.bench import cpu_name
 
-ROOT = Path(__file__).resolve().parents[1]
 RECIPES = Path("recipes/fashion_mnist")  # relative to ROOT, the runs' working folder
 
 
@@ -89,31 +89,6 @@ ROWS: dict[str, Row] = {r.name: r for r in (
 DEFAULT_METHODS = "ce,kd,fitnet,fcfd,fcfd_app,fcfd_func"
 
 
-def load() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "n/a"
-
-
-def read_metrics(run_dir: Path) -> list[dict[str, str]]:
-    path = run_dir / "metrics.csv"
-    if not path.is_file():
-        return []
-    with path.open() as f:
-        return list(csv.DictReader(f))
-
-
-def kdlab_cmd() -> list[str]:
-    exe = Path(sys.executable).with_name("kdlab")
-    if not exe.is_file():
-        return [sys.executable, "-m", "kdlab"]
-    try:
-        return [str(exe.relative_to(ROOT))]
-    except ValueError:
-        return [str(exe)]
-
-
 def common_overrides(args: argparse.Namespace, epochs: int, seed: int) -> list[str]:
     sets = [
         f"schedule.epochs={epochs}",
@@ -128,44 +103,6 @@ def common_overrides(args: argparse.Namespace, epochs: int, seed: int) -> list[s
     if args.val_subset:
         sets.append(f"data.val_subset={args.val_subset}")
     return sets
-
-
-def run_one(cmd: list[str], run_dir: Path, info: dict, threads: int) -> dict:
-    """Run one training command unless already finished; return its result record."""
-    done = run_dir / "bench_result.json"
-    if done.is_file():
-        return json.loads(done.read_text())
-    if run_dir.exists():  # an interrupted run: start it again from scratch
-        import shutil
-
-        shutil.rmtree(run_dir)
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    load_before = load()
-    print(f"[{time.strftime('%H:%M:%S')}] {info['row']} seed {info['seed']}: "
-          f"{shlex.join(cmd)}", flush=True)
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise SystemExit(f"run failed ({proc.returncode}): {shlex.join(cmd)}\n"
-                         f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    rows = read_metrics(run_dir)
-    top1 = [float(r["val_student_top1"]) for r in rows]
-    rec = dict(info, command=shlex.join(cmd), wall_s=round(wall, 1), epochs_run=len(rows),
-               best_top1=max(top1), last_top1=top1[-1], load_before=load_before,
-               load_after=load(), stdout_tail=proc.stdout.strip().splitlines()[-1:])
-    done.write_text(json.dumps(rec, indent=2) + "\n")
-    print(f"    best {rec['best_top1']:.2f} last {rec['last_top1']:.2f} "
-          f"wall {wall:.0f} s load {load_before} -> {rec['load_after']}", flush=True)
-    return rec
-
-
-def mean_std(xs: list[float]) -> str:
-    if not xs:
-        return "-"
-    if len(xs) == 1:
-        return f"{xs[0]:.2f}"
-    return f"{statistics.fmean(xs):.2f} ± {statistics.stdev(xs):.2f}"
 
 
 def write_tables(args: argparse.Namespace, teacher: dict | None, recs: list[dict],

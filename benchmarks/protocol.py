@@ -1,0 +1,89 @@
+"""What the accuracy benchmarks share: running one training command through the real CLI
+(a subprocess), recording its result once (resumable), and summarising seeds.
+
+A run whose folder holds ``bench_result.json`` is not run again; an interrupted run (a folder
+without it) starts again from scratch. Each record keeps the exact command, the wall time and
+the machine's load before and after, so that a table can say what produced each number.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load() -> str:
+    """The 1/5/15-minute load averages of this machine ('n/a' where unknown)."""
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, str]]:
+    path = run_dir / "metrics.csv"
+    if not path.is_file():
+        return []
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def kdlab_cmd() -> list[str]:
+    """The ``kdlab`` console script of this interpreter's environment (relative to the
+    repository root when inside it), or ``python -m kdlab``."""
+    exe = Path(sys.executable).with_name("kdlab")
+    if not exe.is_file():
+        return [sys.executable, "-m", "kdlab"]
+    try:
+        return [str(exe.relative_to(ROOT))]
+    except ValueError:
+        return [str(exe)]
+
+
+def run_one(cmd: list[str], run_dir: Path, info: dict, threads: int,
+            column: str = "val_student_top1", metric: str = "top1") -> dict:
+    """Run one training command unless already finished; return its result record with
+    ``best_<metric>`` / ``last_<metric>`` read from ``column`` of the run's metrics.csv."""
+    done = run_dir / "bench_result.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    if run_dir.exists():  # an interrupted run: start it again from scratch
+        shutil.rmtree(run_dir)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    load_before = load()
+    print(f"[{time.strftime('%H:%M:%S')}] {info['row']} seed {info['seed']}: "
+          f"{shlex.join(cmd)}", flush=True)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"run failed ({proc.returncode}): {shlex.join(cmd)}\n"
+                         f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    values = [float(r[column]) for r in read_metrics(run_dir) if r.get(column)]
+    rec = dict(info, command=shlex.join(cmd), wall_s=round(wall, 1), epochs_run=len(values),
+               load_before=load_before, load_after=load(),
+               stdout_tail=proc.stdout.strip().splitlines()[-1:])
+    rec[f"best_{metric}"], rec[f"last_{metric}"] = max(values), values[-1]
+    done.write_text(json.dumps(rec, indent=2) + "\n")
+    print(f"    best {rec[f'best_{metric}']:.2f} last {rec[f'last_{metric}']:.2f} "
+          f"wall {wall:.0f} s load {load_before} -> {rec['load_after']}", flush=True)
+    return rec
+
+
+def mean_std(xs: list[float]) -> str:
+    """``mean ± sample std`` with two decimals ('-' for none, the value for one)."""
+    if not xs:
+        return "-"
+    if len(xs) == 1:
+        return f"{xs[0]:.2f}"
+    return f"{statistics.fmean(xs):.2f} ± {statistics.stdev(xs):.2f}"
