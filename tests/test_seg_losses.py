@@ -113,6 +113,13 @@ def test_cwd_matches_the_per_channel_formula(tau):
     assert cwd_loss(ys, yt, tau).item() == pytest.approx(ref_cwd(ys, yt, tau), rel=1e-5)
 
 
+def test_pixel_kl_refuses_different_classes_and_flat_logits():
+    with pytest.raises(UserError, match="same classes"):
+        pixel_kl_loss(torch.randn(1, 3, 4, 4), torch.randn(1, 5, 4, 4))
+    with pytest.raises(UserError, match="height, width"):
+        pixel_kl_loss(torch.randn(2, 3), torch.randn(2, 3))
+
+
 def test_cwd_refuses_different_channels():
     with pytest.raises(UserError, match="project"):
         cwd_loss(torch.randn(1, 3, 4, 4), torch.randn(1, 5, 4, 4))

@@ -62,6 +62,10 @@ def pixel_kl_loss(student_logits: Tensor, teacher_logits: Tensor,
     divide by ``h w`` but not by the batch size.
     """
     _check_maps(student_logits, teacher_logits, "Pixel-wise distillation")
+    if student_logits.shape[1] != teacher_logits.shape[1]:
+        raise UserError(f"Pixel-wise distillation needs the same classes, got "
+                        f"{student_logits.shape[1]} and {teacher_logits.shape[1]}; build the "
+                        "student and the teacher for the same data set.")
     s, t = match_size(_wide(student_logits), _wide(teacher_logits))
     log_p_s = F.log_softmax(s / temperature, dim=1)
     log_p_t = F.log_softmax(t / temperature, dim=1)

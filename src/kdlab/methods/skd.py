@@ -83,7 +83,7 @@ class SKD(Distiller):
         ce_weight: float = 1.0
         pixel_weight: float = 10.0  # lambda_pi
         temperature: float = 1.0  # the authors' pixel-wise term has none (tau = 1)
-        pair_weight: float = 0.5  # lambda_pa (run_train_val.sh; the paper's lambda_1 is 10)
+        pair_weight: float = 0.5  # lambda_pa (run_train_val.sh; the option default is 1.0)
         pool_scale: float = 0.5  # pooling window = int(size * scale), so a 2x2 grid
         pair_stage: int | None = None
         pair_detach_norm: bool = True  # the authors' similarity divides by detached norms
