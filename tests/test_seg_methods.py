@@ -205,3 +205,15 @@ def test_one_skd_step_is_the_authors_alternation(critic_optimizer):
     before = _build("skd", {"critic_optimizer": critic_optimizer})[0].state_dict()
     assert not torch.equal(before["critic.4.weight"], ours["critic.4.weight"])
     assert not torch.equal(before["student.net.cls.weight"], ours["student.net.cls.weight"])
+
+
+def test_skd_under_bf16_autocast_stays_finite():
+    d, *_ = _build("skd")
+    d.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, losses = d(*seg_batch())
+    assert losses["pair"].dtype == torch.float32  # cosine differences are compared in fp32
+    total = sum(v.float() for v in losses.values())
+    total.backward()
+    assert torch.isfinite(total)
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in d.parameters())

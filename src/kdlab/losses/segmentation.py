@@ -90,11 +90,13 @@ def spatial_similarity(feature: Tensor, detach_norm: bool = True) -> Tensor:
 
     As in the authors' ``similarity`` (``utils/utils.py``) the norms get ``1e-8`` added and,
     with ``detach_norm``, are constants for the backward pass (the value is the same).
+    Half-precision maps (under autocast) are compared in float32.
     """
     f = _wide(feature).flatten(2)  # (B, C, N)
     norm = f.norm(dim=1, keepdim=True) + 1e-8
     f = f / (norm.detach() if detach_norm else norm)
-    return f.transpose(1, 2) @ f
+    with torch.autocast(f.device.type, enabled=False):  # small differences of cosines: fp32
+        return f.transpose(1, 2) @ f
 
 
 def pairwise_similarity_loss(student_feature: Tensor, teacher_feature: Tensor, *,
