@@ -7,6 +7,7 @@ import torch
 
 from kdlab.errors import UserError
 from kdlab.methods import METHODS, build_distiller
+from segtiny import seg_task
 
 
 def test_teacher_is_frozen_and_outside_the_trainable_state(tiny_pair):
@@ -35,5 +36,6 @@ def test_teacher_features_carry_no_graph(tiny_pair):
 @pytest.mark.parametrize("name", [n for n in METHODS.names() if METHODS.get(n).needs_teacher])
 def test_methods_that_need_a_teacher_refuse_to_build_without_one(tiny_pair, name):
     _, student = tiny_pair
+    task = None if "classification" in METHODS.get(name).tasks else seg_task()
     with pytest.raises(UserError, match="needs a teacher"):
-        build_distiller(name, {}, student, None)
+        build_distiller(name, {}, student, None, task=task)

@@ -27,7 +27,12 @@ def _batch(n: int = 16):
     return x, y, torch.arange(n)
 
 
-@pytest.mark.parametrize("name", METHODS.names())
+#: segmentation-only methods are run on a segmentation pair in test_seg_methods.py
+CLASSIFICATION_METHODS = [n for n in METHODS.names()
+                          if "classification" in METHODS.get(n).tasks]
+
+
+@pytest.mark.parametrize("name", CLASSIFICATION_METHODS)
 def test_method_trains_and_leaves_the_teacher_alone(name):
     cls = METHODS.get(name)
     teacher = tiny_staged(widths=(16, 32, 64, 64), seed=1) if cls.needs_teacher else None

@@ -68,6 +68,8 @@ def match_spatial(fs: Tensor, ft: Tensor) -> tuple[Tensor, Tensor]:
 class AT(Distiller):
     """Attention transfer (Zagoruyko & Komodakis, ICLR 2017) plus cross-entropy."""
 
+    tasks = ("classification", "segmentation")  # backbone stage features either way
+
     @dataclass
     class Config:
         beta: float = 1000.0  # the loss is beta / 2 * sum over stage pairs

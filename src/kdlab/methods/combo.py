@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.optim import Optimizer
 
 from kdlab.config import build_dataclass
 from kdlab.errors import UserError
@@ -33,6 +34,9 @@ class Combo(Distiller):
     extras (projections, memory banks) are submodules of the combo and are trained with it.
     A loss term is named as its part names it, prefixed by the part's name on a clash.
     """
+
+    #: a part that does not support the run's task is refused when the combo is built
+    tasks = ("classification", "segmentation")
 
     @dataclass
     class Config:
@@ -83,6 +87,13 @@ class Combo(Distiller):
                                                train_size=self.train_size, task=self.task)
         self.may_skip_parameters = any(p.may_skip_parameters for p in self.parts.values())
 
+    def separate_optimizers(
+        self,
+    ) -> dict[str, tuple[list[nn.Parameter], Callable[[list[nn.Parameter]], Optimizer]]]:
+        """The parts' own optimisers (e.g. SKD's critic), named ``<part>.<name>``."""
+        return {f"{name}.{key}": value for name, part in self.parts.items()
+                for key, value in part.separate_optimizers().items()}
+
     def set_epoch(self, epoch: int, num_epochs: int) -> None:
         for part in self.parts.values():
             part.set_epoch(epoch, num_epochs)
@@ -91,10 +102,10 @@ class Combo(Distiller):
         self, images: Tensor, targets: Tensor, index: Tensor | None = None
     ) -> tuple[Tensor, Losses]:
         t = self.teacher_features(images) if self.teacher is not None else None
-        s = self.student.features(images)
+        s = self.task.features(self.student, images, targets)
         losses: Losses = {}
         if self.cfg.ce_weight:
-            losses["ce"] = self.cfg.ce_weight * F.cross_entropy(s.logits, targets)
+            losses["ce"] = self.cfg.ce_weight * self.task_loss(s, targets)
         for name, part in self.parts.items():
             for term, value in part.losses(s, t, targets, index).items():
                 key = term if term not in losses else f"{name}.{term}"

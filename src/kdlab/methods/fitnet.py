@@ -25,6 +25,8 @@ from kdlab.nn.bridge import Bridge
 class FitNet(Distiller):
     """FitNet (Romero et al., ICLR 2015): CE + weight * MSE(B(F_s^k), F_t^k)."""
 
+    tasks = ("classification", "segmentation")  # backbone stage features either way
+
     @dataclass
     class Config:
         """``position`` is the 1-based stage whose output is the hint / guided layer

@@ -18,7 +18,18 @@ class KD(Distiller):
     """KD (Hinton et al., 2015): ce_weight * CE + kd_weight * tau^2 KL(p_t || p_s).
 
     Defaults are the FCFD paper's CIFAR setting: L_task = L_kd = 1, tau = 4 (ImageNet: tau = 1).
+    On segmentation it runs per pixel (:class:`~kdlab.methods.kd_pixel.PixelKD`).
     """
+
+    tasks = ("classification", "segmentation")
+
+    @classmethod
+    def for_task(cls, task: str) -> type[Distiller]:
+        if task == "segmentation":
+            from kdlab.methods.kd_pixel import PixelKD
+
+            return PixelKD
+        return super().for_task(task)
 
     @dataclass
     class Config:

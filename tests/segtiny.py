@@ -1,0 +1,79 @@
+"""Tiny segmentation networks and task for the segmentation-method tests.
+
+``seg_task()`` is the registered ``segmentation`` task when the branch has it; until then a
+minimal test-only stand-in (pixel CE with ignore index on logits upsampled to the label size)
+is registered under that name so that ``build_task("segmentation", ignore_index=255)``
+works. Switch to the real task when it lands (delete ``_StandInSegmentation``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kdlab.models.staged import Staged
+from kdlab.tasks import TASKS, Task, build_task
+
+NUM_CLASSES = 11
+IGNORE = 255
+
+
+class _StandInSegmentation(Task):
+    name = "segmentation"
+    primary = "miou"
+
+    def loss(self, out, targets: Tensor) -> Tensor:
+        logits = F.interpolate(out.logits, size=targets.shape[-2:], mode="bilinear",
+                               align_corners=False)
+        return F.cross_entropy(logits, targets, ignore_index=self.ignore_index)
+
+
+if "segmentation" not in TASKS.names():
+    TASKS.register("segmentation")(_StandInSegmentation)
+
+
+def seg_task() -> Task:
+    return build_task("segmentation", ignore_index=IGNORE)
+
+
+def _identity(x: Tensor) -> Tensor:
+    return x
+
+
+def tiny_seg(widths=(8, 16, 32), head: int = 16, num_classes: int = NUM_CLASSES,
+             input_size: int = 32, seed: int = 0) -> Staged:
+    """3 conv-BN-ReLU stages (strides 1, 2, 2: output stride 4), a 3x3 decoder conv and a
+    1x1 classifier, seen as a segmentation Staged view (pool = identity)."""
+    torch.manual_seed(seed)
+    body = nn.Sequential()
+    c_in = 3
+    for i, w in enumerate(widths):
+        body.add_module(f"s{i}", nn.Sequential(
+            nn.Conv2d(c_in, w, 3, 1 if i == 0 else 2, 1, bias=False), nn.BatchNorm2d(w),
+            nn.ReLU()))
+        c_in = w
+    net = nn.Sequential()
+    net.add_module("body", body)
+    net.add_module("decoder", nn.Sequential(nn.Conv2d(c_in, head, 3, 1, 1, bias=False),
+                                            nn.BatchNorm2d(head), nn.ReLU()))
+    net.add_module("cls", nn.Conv2d(head, num_classes, 1))
+    return Staged(net, stem=[], stages=[[f"body.s{i}"] for i in range(len(widths))],
+                  pre_pool=["decoder"], pool=_identity, classifier=["cls"],
+                  input_shape=(3, input_size, input_size), num_classes=num_classes)
+
+
+def tiny_seg_pair(input_size: int = 32) -> tuple[Staged, Staged]:
+    """(teacher, student): the teacher twice as wide."""
+    teacher = tiny_seg((16, 32, 64), head=32, input_size=input_size, seed=1)
+    student = tiny_seg((8, 16, 32), head=16, input_size=input_size, seed=2)
+    return teacher, student
+
+
+def seg_batch(n: int = 4, size: int = 32, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Images (n, 3, size, size) and labels (n, size, size) in 0..10 with some 255s."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, size, size, generator=g)
+    y = torch.randint(0, NUM_CLASSES, (n, size, size), generator=g)
+    y[:, :3] = IGNORE
+    return x, y
