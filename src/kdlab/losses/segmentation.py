@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdlab.errors import UserError
-from kdlab.losses.logits import _wide
+from kdlab.losses.logits import _wide, kd_loss
 
 
 def _check_maps(student: Tensor, teacher: Tensor, what: str) -> None:
@@ -66,11 +66,7 @@ def pixel_kl_loss(student_logits: Tensor, teacher_logits: Tensor,
         raise UserError(f"Pixel-wise distillation needs the same classes, got "
                         f"{student_logits.shape[1]} and {teacher_logits.shape[1]}; build the "
                         "student and the teacher for the same data set.")
-    s, t = match_size(_wide(student_logits), _wide(teacher_logits))
-    log_p_s = F.log_softmax(s / temperature, dim=1)
-    log_p_t = F.log_softmax(t / temperature, dim=1)
-    kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1)  # (B, h, w)
-    return kl.mean() * temperature**2
+    return kd_loss(*match_size(student_logits, teacher_logits), temperature)
 
 
 # --------------------------------------------------------------------- pair-wise
