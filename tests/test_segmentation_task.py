@@ -174,3 +174,33 @@ def test_report_writes_the_prediction_grid_and_class_iou(tmp_path):
     assert (tmp_path / "segmentation.png").read_bytes()[:4] == b"\x89PNG"
     rows = (tmp_path / "class_iou.csv").read_text().splitlines()
     assert rows[0] == "class,teacher,student" and len(rows) == 6
+
+
+def test_scenes_seg_trains_a_few_steps_through_the_task(tmp_path):
+    """scenes_seg batches -> task.loss -> SGD steps: finite, the loss falls on a fixed batch,
+    and evaluate / train_counts run on the loaders' targets (ignore index included)."""
+    from kdlab.config import DataConfig
+    from kdlab.data import build_loaders
+    from test_data import tiny_fashion
+
+    tiny_fashion(tmp_path)
+    cfg = DataConfig(name="scenes_seg", root=str(tmp_path), download=False, canvas=32,
+                     scenes_train=16, scenes_val=6, batch_size=8, eval_batch_size=3)
+    loaders = build_loaders(cfg, torch.device("cpu"))
+    task = build_task("segmentation", ignore_index=loaders.info.ignore_index)
+    net = tiny_segnet(classes=loaders.info.num_classes)
+    opt = torch.optim.SGD(net.parameters(), lr=0.5)
+    images, targets, _ = next(iter(loaders.train))
+    assert (targets == 255).any() and targets.max() < 256
+    losses = []
+    for _ in range(8):
+        loss = task.loss(net.features(images), targets)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0]
+    hits, total = task.train_counts(net(images), targets).tolist()
+    assert 0 <= hits <= total == int((targets != 255).sum())
+    result = task.evaluate(net, loaders.val, device=torch.device("cpu"))
+    assert result["pixels"] == 6 * 32 * 32 and 0 <= result["miou"] <= 100

@@ -78,8 +78,10 @@ class ScenesSource(DatasetSource):
 
 @DATASETS.register("scenes_seg")
 class ScenesSeg(ScenesSource):
-    """Fashion-MNIST scenes for segmentation: 1 x 64 x 64 (data.canvas), 11 classes
-    (0 = background, 1 + garment class), ignore index 255, 10000 / 2000 scenes (generated)."""
+    """Fashion-MNIST scenes (generated), 1x64x64, 11 classes (background + 10), ignore 255.
+
+    Label 0 is background, ``1 + c`` garment class ``c``; 10000 / 2000 scenes by default
+    (``data.canvas``, ``data.scenes_train``, ``data.scenes_val``)."""
 
     info = DatasetInfo(name="scenes_seg", num_classes=11, in_channels=1, input_size=64,
                        train_size=10000, val_size=2000, mean=MEAN, std=STD,
@@ -89,8 +91,10 @@ class ScenesSeg(ScenesSource):
 
 @DATASETS.register("scenes_det")
 class ScenesDet(ScenesSource):
-    """Fashion-MNIST scenes for detection: 1 x 64 x 64, 10 object classes with labels 1..10
-    (``num_classes`` counts objects only: a torchvision detector takes ``num_classes + 1``)."""
+    """Fashion-MNIST scenes (generated) with boxes, 1x64x64, 10 object classes, labels 1..10.
+
+    ``num_classes`` counts the object classes only (background is not a class here): a
+    torchvision detector is built with ``num_classes + 1`` outputs, label 0 = background."""
 
     info = DatasetInfo(name="scenes_det", num_classes=10, in_channels=1, input_size=64,
                        train_size=10000, val_size=2000, mean=MEAN, std=STD,
