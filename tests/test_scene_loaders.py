@@ -6,7 +6,7 @@ import torch
 
 from kdlab.config import DataConfig
 from kdlab.data import build_loaders, describe
-from kdlab.data.dense_augment import JointCropFlip, resolve, sample_grid, warp, warp_boxes
+from kdlab.data.dense_augment import JointCropFlip, resolve, warp, warp_boxes
 from kdlab.data.dense_loader import box_targets
 from kdlab.data.scene_sets import load_scenes
 from test_data import tiny_fashion
@@ -104,9 +104,9 @@ def test_warp_exact_path_equals_grid_path_and_mask_follows_image():
     xi, mi = warp(images, masks, (s, dy, dx, flip), 3, 255)
     assert torch.equal(xi[:, 0] == 0, mi == 255)
     assert torch.equal(xi[:, 0][mi != 255], (mi[mi != 255] * 40 + 10).to(torch.uint8))
-    grid = sample_grid(s, dy.float(), dx.float(), flip, 12, 12, 3)
-    gx = torch.nn.functional.grid_sample(images.float(), grid, align_corners=False)
+    gx, gm = warp(images, masks, (s, dy, dx, flip), 3, 255, scaled=True)  # grid_sample
     torch.testing.assert_close(gx, xi.float(), atol=1e-3, rtol=0)
+    assert torch.equal(gm, mi)
 
 
 def test_random_scale_moves_boxes_with_the_pixels():
@@ -125,3 +125,19 @@ def test_random_scale_moves_boxes_with_the_pixels():
             continue
         pixel_box = torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]).float()
         assert (out[i, 0] - pixel_box).abs().max() <= 1.0
+
+
+def test_scaled_training_batches(tmp_path, monkeypatch):
+    from kdlab.data.scene_sets import ScenesDet, ScenesSeg
+
+    tiny_fashion(tmp_path)
+    monkeypatch.setattr(ScenesSeg, "scale", (0.75, 1.5))
+    monkeypatch.setattr(ScenesDet, "scale", (0.75, 1.5))
+    x, y, _ = next(iter(build_loaders(config(tmp_path), CPU).train))
+    assert x.shape == (8, 1, 32, 32) and y.shape == (8, 32, 32) and y.dtype == torch.int64
+    assert set(y.unique().tolist()) <= set(range(11)) | {255}
+    _, targets, _ = next(iter(build_loaders(config(tmp_path, name="scenes_det"), CPU).train))
+    for t in targets:
+        b = t["boxes"]
+        assert ((b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])).all()
+        assert b.min() >= 0 and b.max() <= 32

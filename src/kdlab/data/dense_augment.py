@@ -67,24 +67,43 @@ def sample_grid(s: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch
     return torch.stack([gx, gy], dim=-1)
 
 
-def warp(images: torch.Tensor, masks: torch.Tensor, params: tuple[torch.Tensor, ...],
-         pad: int, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Apply each sample's map to ``images`` ``(B, C, H, W)`` (any dtype; result float32 when
-    scaling, the input dtype otherwise) and ``masks`` ``(B, H, W)`` (result int64, pixels from
-    outside the image = ``ignore_index``)."""
+def warp_images(images: torch.Tensor, params: tuple[torch.Tensor, ...], pad: int,
+                scaled: bool) -> torch.Tensor:
+    """Apply each sample's map to ``images`` ``(B, C, H, W)``: an exact gather when not
+    ``scaled`` (all scales 1; the dtype is kept), bilinear ``grid_sample`` otherwise
+    (float32). Outside the image: 0."""
     s, dy, dx, flip = params
-    h, w = images.shape[-2:]
-    m = masks.to(torch.int64) + 1  # 0 marks padding
-    if bool((s == 1).all()):
-        images = crop_flip(images, dy, dx, flip, pad)
-        m = crop_flip(m[:, None], dy, dx, flip, pad)[:, 0]
+    if not scaled:
+        return crop_flip(images, dy, dx, flip, pad)
+    grid = sample_grid(s.float(), dy.float(), dx.float(), flip, *images.shape[-2:], pad)
+    return F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="zeros",
+                         align_corners=False)
+
+
+def warp_masks(masks: torch.Tensor, params: tuple[torch.Tensor, ...], pad: int,
+               ignore_index: int, scaled: bool) -> torch.Tensor:
+    """The same maps on label maps ``(B, H, W)`` (nearest neighbour); int64, pixels from
+    outside the image = ``ignore_index``."""
+    s, dy, dx, flip = params
+    m = masks.to(torch.int64)[:, None] + 1  # 0 marks padding
+    if not scaled:
+        m = crop_flip(m, dy, dx, flip, pad)[:, 0]
     else:
-        grid = sample_grid(s.float(), dy.float(), dx.float(), flip, h, w, pad)
-        images = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="zeros",
-                               align_corners=False)
-        m = F.grid_sample(m[:, None].float(), grid, mode="nearest", padding_mode="zeros",
+        grid = sample_grid(s.float(), dy.float(), dx.float(), flip, *masks.shape[-2:], pad)
+        m = F.grid_sample(m.float(), grid, mode="nearest", padding_mode="zeros",
                           align_corners=False)[:, 0].round().to(torch.int64)
-    return images, torch.where(m == 0, ignore_index, m - 1)
+    return torch.where(m == 0, ignore_index, m - 1)
+
+
+def warp(images: torch.Tensor, masks: torch.Tensor, params: tuple[torch.Tensor, ...],
+         pad: int, ignore_index: int, scaled: bool | None = None
+         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`warp_images` and :func:`warp_masks` with one set of maps (``scaled=None``
+    looks at the scales, which costs a device sync)."""
+    if scaled is None:
+        scaled = not bool((params[0] == 1).all())
+    return (warp_images(images, params, pad, scaled),
+            warp_masks(masks, params, pad, ignore_index, scaled))
 
 
 def warp_boxes(boxes: torch.Tensor, params: tuple[torch.Tensor, ...], h: int, w: int,

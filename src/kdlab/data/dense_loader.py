@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from kdlab.data.augment import normalise
-from kdlab.data.dense_augment import JointCropFlip, resolve, warp, warp_boxes
+from kdlab.data.dense_augment import JointCropFlip, resolve, warp, warp_boxes, warp_images
 from kdlab.data.sampling import epoch_generator, train_shard, val_shard
 
 
@@ -129,12 +129,13 @@ class DenseTensorLoader:
             if self.kind == "mask":
                 y = rest[0].to(torch.int64)
                 if p is not None:
-                    x, y = warp(x, y, p, self.augment.pad, self.ignore_index)
+                    x, y = warp(x, y, p, self.augment.pad, self.ignore_index,
+                                self.augment.scales)
                 targets: Any = y
             else:
                 boxes, labels = rest
                 if p is not None:
-                    x = warp(x, torch.zeros_like(x[:, 0]), p, self.augment.pad, 0)[0]
+                    x = warp_images(x, p, self.augment.pad, self.augment.scales)
                     boxes = warp_boxes(boxes, p, h, w, self.augment.pad)
                 targets = box_targets(boxes, labels)
             yield normalise(x, self.mean, self.std, self.scale), targets, index

@@ -50,6 +50,8 @@ class ScenesSource(DatasetSource):
     """Shared build: device-resident :class:`DenseTensorLoader` s of one target kind."""
 
     kind: ClassVar[str]
+    #: random scale range of the training augmentation ((1, 1): none; items keep their size)
+    scale: ClassVar[tuple[float, float]] = (1.0, 1.0)
 
     def build(
         self, cfg: DataConfig, device: torch.device, *, seed: int, rank: int, world_size: int
@@ -58,7 +60,7 @@ class ScenesSource(DatasetSource):
         nt = subset_size(len(train_set), cfg.train_subset)
         nv = subset_size(len(val_set), cfg.val_subset)
         store = torch.device(device) if cfg.device_resident is not False else torch.device("cpu")
-        augment = JointCropFlip(pad=max(cfg.canvas // 16, 1), flip=True)
+        augment = JointCropFlip(pad=max(cfg.canvas // 16, 1), flip=True, scale=self.scale)
         common = dict(kind=self.kind, device=device, mean=self.info.mean, std=self.info.std,
                       ignore_index=IGNORE_INDEX, seed=seed, rank=rank, world_size=world_size)
 
