@@ -77,7 +77,7 @@ class SceneSpec:
 @dataclass
 class SceneSet:
     """Generated scenes: images ``(N, 1, S, S)`` uint8, masks ``(N, S, S)`` uint8 (0..10),
-    boxes ``(N, MAX_ITEMS, 4)`` float32 and box labels ``(N, MAX_ITEMS)`` int64 (0 = no box;
+    boxes ``(N, max_items, 4)`` float32 and box labels ``(N, max_items)`` int64 (0 = no box;
     the rows of a scene with a box come first), and ``dropped`` (N,) int64: items of each
     scene with too few visible pixels to get a box."""
 
@@ -91,7 +91,7 @@ class SceneSet:
         return self.images.shape[0]
 
     def to_dict(self) -> dict[str, torch.Tensor]:
-        return dataclasses.asdict(self)
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
 def window_index(y: torch.Tensor, x: torch.Tensor, size: int, width: int) -> torch.Tensor:
