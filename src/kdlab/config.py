@@ -35,6 +35,10 @@ class DataConfig:
     augment: bool = True
     train_subset: int | None = None  # use only the first N training images (quick runs)
     val_subset: int | None = None
+    # Fashion-MNIST scenes (scenes_seg / scenes_det): canvas side and scenes per split
+    canvas: int = 64
+    scenes_train: int = 10000
+    scenes_val: int = 2000
 
 
 @dataclass

@@ -62,16 +62,18 @@ class IndexedFolder(Dataset):
 
 
 class FolderLoader:
-    """A ``DataLoader`` over an :class:`IndexedFolder` that yields normalised batches on device."""
+    """A ``DataLoader`` over an :class:`IndexedFolder` (or any dataset of ``(uint8 image,
+    target, index)`` with an ``epoch`` attribute) that yields normalised batches on device."""
 
-    def __init__(self, dataset: IndexedFolder, sampler: Any, *, batch_size: int, train: bool,
-                 device: torch.device, num_workers: int, mean: tuple, std: tuple) -> None:
+    def __init__(self, dataset: Any, sampler: Any, *, batch_size: int, train: bool,
+                 device: torch.device, num_workers: int, mean: tuple, std: tuple,
+                 collate_fn: Any = None) -> None:
         self.dataset, self.sampler, self.device = dataset, sampler, device
         self.mean = torch.tensor(mean, dtype=torch.float32, device=device)
         self.std = torch.tensor(std, dtype=torch.float32, device=device)
         self.loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler,
                                  num_workers=num_workers, drop_last=train,
-                                 pin_memory=device.type == "cuda")
+                                 pin_memory=device.type == "cuda", collate_fn=collate_fn)
 
     def __len__(self) -> int:
         return len(self.loader)

@@ -1,0 +1,169 @@
+"""Semantic segmentation: per-pixel labels, pixel-wise cross-entropy, mIoU.
+
+Targets are ``(B, H, W)`` int64 label maps with an ignore index (255 unless the dataset says
+otherwise). A network's score map ``Features.logits`` is at the decoder's resolution; the
+loss and the metrics upsample it bilinearly (``align_corners=False``) to the label size.
+The label loss is the pixel-wise cross-entropy averaged over the non-ignored pixels, plus
+``aux_weight`` times the same loss of the auxiliary head's map (``Features.extras["aux"]``)
+when the network has one: 0.4 as in PSPNet (Zhao et al., CVPR 2017, Sec. 3.3) and CIRKD's
+``train_baseline.py`` (which upsamples with ``align_corners=True``; torchvision's
+segmentation references and kdlab use ``False``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kdlab.engine.distributed import all_reduce_sum
+from kdlab.engine.evaluate import autocast
+from kdlab.tasks.base import TASKS, Task
+from kdlab.tasks.segmentation.inference import score_map, sliding, upsample, whole
+from kdlab.tasks.segmentation.metrics import class_iou, confusion_matrix, scores
+
+DEFAULT_IGNORE = 255
+
+
+def pixel_ce(scores: Tensor, targets: Tensor, ignore_index: int) -> Tensor:
+    """Cross-entropy of ``scores`` ``(B, K, h, w)`` upsampled to the targets' size, averaged
+    over the non-ignored pixels (0, not NaN, when a batch has none)."""
+    logits = upsample(scores.float(), tuple(targets.shape[-2:]))
+    total = F.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="sum")
+    return total / (targets != ignore_index).sum().clamp(min=1)
+
+
+def aux_map(out: Any) -> Tensor | None:
+    """The auxiliary head's score map of a network output, if it has one."""
+    if isinstance(out, dict):
+        return out.get("aux")
+    extras = getattr(out, "extras", None)
+    return extras.get("aux") if extras else None
+
+
+@TASKS.register("segmentation")
+class Segmentation(Task):
+    """Targets ``(B, H, W)`` int64 label maps; networks return ``(B, K, h, w)`` score maps.
+
+    Options: ``aux_weight`` (weight of the auxiliary head's loss; class default 0.4),
+    ``window`` / ``stride`` (sliding-window evaluation with ``window``-sized crops every
+    ``stride`` pixels, default two thirds of the window; whole images when ``window`` is None),
+    ``num_classes`` (the confusion matrix's size; by default the network's ``num_classes``
+    or the score map's channels).
+    """
+
+    name = "segmentation"
+    primary = "miou"
+    train_score_name = "pixel_acc"
+    aux_weight: ClassVar[float] = 0.4
+
+    def __init__(self, ignore_index: int | None = None, *, aux_weight: float | None = None,
+                 window: int | tuple[int, int] | None = None,
+                 stride: int | tuple[int, int] | None = None,
+                 num_classes: int | None = None) -> None:
+        super().__init__(DEFAULT_IGNORE if ignore_index is None else ignore_index)
+        if aux_weight is not None:
+            self.aux_weight = aux_weight  # type: ignore[misc]
+        self.window = (window, window) if isinstance(window, int) else window
+        if self.window is not None and stride is None:
+            stride = (max(2 * self.window[0] // 3, 1), max(2 * self.window[1] // 3, 1))
+        self.stride = (stride, stride) if isinstance(stride, int) else stride
+        self.num_classes = num_classes
+
+    # ----------------------------------------------------------------- a training step
+    def loss(self, out: Any, targets: Tensor) -> Tensor:
+        loss = pixel_ce(score_map(out), targets, self.ignore_index)
+        aux = aux_map(out)
+        if aux is not None and self.aux_weight:
+            loss = loss + self.aux_weight * pixel_ce(aux, targets, self.ignore_index)
+        return loss
+
+    def train_counts(self, outputs: Any, targets: Tensor) -> Tensor:
+        """``[correct, labelled]`` pixels of the upsampled score map's argmax."""
+        with torch.no_grad():
+            pred = upsample(score_map(outputs).detach(), tuple(targets.shape[-2:])).argmax(1)
+            valid = targets != self.ignore_index
+            hits = (pred.eq(targets) & valid).sum()
+            return torch.stack([hits.double(), valid.sum().double()])
+
+    # ----------------------------------------------------------------- evaluation
+    def predict(self, net: nn.Module, images: Tensor) -> Tensor:
+        """Score maps at the image size, whole-image or sliding-window (see the options)."""
+        if self.window is None:
+            return whole(net, images)
+        assert self.stride is not None
+        return sliding(net, images, self.window, self.stride)
+
+    def confusion(self, net: nn.Module, loader: Iterable[Any], device: torch.device,
+                  amp: str) -> tuple[Tensor, Tensor]:
+        """This rank's confusion matrix and ``[loss sum, pixels]`` (float64) over ``loader``."""
+        k = self.num_classes or getattr(net, "num_classes", None)
+        cm = None if k is None else torch.zeros(k, k, dtype=torch.int64, device=device)
+        sums = torch.zeros(2, dtype=torch.float64, device=device)
+        for batch in loader:
+            images, targets = batch[0].to(device), batch[1].to(device)
+            with autocast(device, amp):
+                out = self.predict(net, images)
+            out = out.float()
+            if cm is None:
+                k = out.shape[1]
+                cm = torch.zeros(k, k, dtype=torch.int64, device=device)
+            cm += confusion_matrix(out.argmax(1), targets, cm.shape[0], self.ignore_index)
+            sums[0] += F.cross_entropy(out, targets, ignore_index=self.ignore_index,
+                                       reduction="sum").double()
+            sums[1] += (targets != self.ignore_index).sum()
+        if cm is None:
+            raise ValueError("this rank had no validation batch and the number of classes "
+                             "is unknown; pass num_classes to the segmentation task")
+        return cm, sums
+
+    def evaluate(self, net: nn.Module, loader: Iterable[Any], *, device: torch.device,
+                 amp: str = "none") -> dict[str, float]:
+        """``miou``, ``pixel_acc``, ``mean_acc`` (percent), ``loss`` (mean pixel CE) and
+        ``pixels`` over the whole split: one confusion matrix, summed over the ranks.
+
+        Per-class IoU is not returned (ADE20K would add 150 columns to ``metrics.csv``):
+        :meth:`report_figures` writes it to ``class_iou.csv``."""
+        was_training = net.training
+        net.eval()
+        try:
+            with torch.inference_mode():
+                cm, sums = self.confusion(net, loader, device, amp)
+        finally:
+            net.train(was_training)
+        all_reduce_sum(cm)
+        all_reduce_sum(sums)
+        result: dict[str, float] = {k: float(v) for k, v in scores(cm).items()}
+        result["loss"] = float(sums[0] / sums[1].clamp(min=1))
+        return result
+
+    # ----------------------------------------------------------------- report
+    def report_figures(self, out_dir: Any, networks: dict[str, nn.Module], loader: Any, *,
+                       device: torch.device) -> list[str]:
+        """``segmentation.png``: a few validation images, their ground truth and each
+        network's prediction side by side; ``class_iou.csv``: per-class IoU of each network
+        over ``loader`` (this process's part of the split)."""
+        from kdlab.tasks.segmentation.figures import class_iou_csv, prediction_grid
+
+        out_dir = Path(out_dir)
+        images, targets = next(iter(loader))[:2]
+        images, targets = images[:4].to(device), targets[:4].to(device)
+        preds = {}
+        ious = {}
+        for name, net in networks.items():
+            was_training = net.training
+            net.eval()
+            try:
+                with torch.inference_mode():
+                    preds[name] = self.predict(net, images).argmax(1).cpu()
+                    ious[name] = class_iou(self.confusion(net, loader, device, "none")[0])
+            finally:
+                net.train(was_training)
+        prediction_grid(out_dir / "segmentation.png", images.cpu(), targets.cpu(), preds,
+                        self.ignore_index)
+        class_iou_csv(out_dir / "class_iou.csv", ious)
+        return ["segmentation.png", "class_iou.csv"]
