@@ -1,36 +1,15 @@
-"""Tiny segmentation networks and task for the segmentation-method tests.
-
-``seg_task()`` is the registered ``segmentation`` task when the branch has it; until then a
-minimal test-only stand-in (pixel CE with ignore index on logits upsampled to the label size)
-is registered under that name so that ``build_task("segmentation", ignore_index=255)``
-works. Switch to the real task when it lands (delete ``_StandInSegmentation``).
-"""
+"""Tiny segmentation networks, batches and the segmentation task for the method tests."""
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdlab.models.staged import Staged
-from kdlab.tasks import TASKS, Task, build_task
+from kdlab.tasks import Task, build_task
 
 NUM_CLASSES = 11
 IGNORE = 255
-
-
-class _StandInSegmentation(Task):
-    name = "segmentation"
-    primary = "miou"
-
-    def loss(self, out, targets: Tensor) -> Tensor:
-        logits = F.interpolate(out.logits, size=targets.shape[-2:], mode="bilinear",
-                               align_corners=False)
-        return F.cross_entropy(logits, targets, ignore_index=self.ignore_index)
-
-
-if "segmentation" not in TASKS.names():
-    TASKS.register("segmentation")(_StandInSegmentation)
 
 
 def seg_task() -> Task:

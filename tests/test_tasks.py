@@ -130,3 +130,12 @@ def test_classification_summary_keeps_its_names(tmp_path):
     report = (tmp_path / "run" / "report.md").read_text()
     assert "best top-1" in report
 
+
+
+def test_task_options_reach_the_task_and_unknown_ones_are_refused():
+    task = build_task("segmentation", 255, num_classes=11, options={"aux_weight": 0.2})
+    assert task.aux_weight == 0.2 and task.num_classes == 11 and task.ignore_index == 255
+    with pytest.raises(UserError, match="Unknown task_options windw"):
+        build_task("segmentation", 255, options={"windw": 64})
+    with pytest.raises(UserError, match="takes none"):
+        build_task("classification", options={"window": 64})

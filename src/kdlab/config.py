@@ -86,6 +86,7 @@ class TrainConfig:
 @dataclass
 class RunConfig:
     task: str = "classification"  # classification | segmentation | detection (kdlab.tasks)
+    task_options: dict[str, Any] = field(default_factory=dict)  # e.g. {aux_weight: 0.4}
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     method: dict[str, Any] = field(default_factory=lambda: {"name": "ce"})

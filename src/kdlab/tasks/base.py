@@ -8,12 +8,14 @@ its run (``distiller.task``) and computes its label loss with it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import inspect
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from kdlab.errors import UserError
 from kdlab.registry import Registry
 
 
@@ -31,8 +33,10 @@ class Task:
     #: the training-score column of ``metrics.csv`` (``train_<name>``), or None
     train_score_name: ClassVar[str | None] = None
 
-    def __init__(self, ignore_index: int | None = None) -> None:
+    def __init__(self, ignore_index: int | None = None, *,
+                 num_classes: int | None = None) -> None:
         self.ignore_index = ignore_index
+        self.num_classes = num_classes
 
     # ----------------------------------------------------------------- a training step
     def features(self, net: nn.Module, images: Any, targets: Any) -> Any:
@@ -76,6 +80,17 @@ class Task:
 TASKS: Registry[type[Task]] = Registry("task")
 
 
-def build_task(name: str, ignore_index: int | None = None) -> Task:
-    """The registered task ``name`` (an unknown name suggests close ones)."""
-    return TASKS.get(name)(ignore_index=ignore_index)
+def build_task(name: str, ignore_index: int | None = None, *, num_classes: int | None = None,
+               options: Mapping[str, Any] | None = None) -> Task:
+    """The registered task ``name`` (an unknown name suggests close ones) for data with
+    ``num_classes`` classes whose targets use ``ignore_index``; ``options`` are the task's own
+    settings (a run's ``task_options``, e.g. segmentation's ``aux_weight`` or ``window``)."""
+    cls = TASKS.get(name)
+    options = dict(options or {})
+    known = [p for p in inspect.signature(cls).parameters if p not in ("ignore_index",
+                                                                          "num_classes")]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise UserError(f"Unknown task_options {', '.join(unknown)} for task {name!r}; it takes "
+                        f"{', '.join(known) or 'none'}.")
+    return cls(ignore_index=ignore_index, num_classes=num_classes, **options)

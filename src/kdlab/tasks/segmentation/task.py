@@ -65,14 +65,14 @@ class Segmentation(Task):
                  window: int | tuple[int, int] | None = None,
                  stride: int | tuple[int, int] | None = None,
                  num_classes: int | None = None) -> None:
-        super().__init__(DEFAULT_IGNORE if ignore_index is None else ignore_index)
+        super().__init__(DEFAULT_IGNORE if ignore_index is None else ignore_index,
+                         num_classes=num_classes)
         if aux_weight is not None:
             self.aux_weight = aux_weight  # type: ignore[misc]
         self.window = (window, window) if isinstance(window, int) else window
         if self.window is not None and stride is None:
             stride = (max(2 * self.window[0] // 3, 1), max(2 * self.window[1] // 3, 1))
         self.stride = (stride, stride) if isinstance(stride, int) else stride
-        self.num_classes = num_classes
 
     # ----------------------------------------------------------------- a training step
     def loss(self, out: Any, targets: Tensor) -> Tensor:
