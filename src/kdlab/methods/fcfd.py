@@ -36,6 +36,15 @@ Path = tuple[int, int]  # (k, delta): 1-based position, 1 = student->teacher, 0 
 class FCFD(Distiller):
     """FCFD (Liu et al., ICLR 2023): L_task + L_kd + sum_K L_app + sampled L_func / L_func'."""
 
+    @classmethod
+    def for_task(cls, task: str) -> type[Distiller]:
+        """On a detector: :class:`kdlab.methods.detection.fcfd.FCFDDetection` (FCFD App. D)."""
+        if task == "detection" and cls is FCFD:
+            from kdlab.methods.detection.fcfd import FCFDDetection
+
+            return FCFDDetection
+        return super().for_task(task)
+
     @dataclass
     class Config:
         """FCFD hyper-parameters; defaults are the paper's CIFAR-100 setting (App. A.1).

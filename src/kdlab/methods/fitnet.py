@@ -25,6 +25,15 @@ from kdlab.nn.bridge import Bridge
 class FitNet(Distiller):
     """FitNet (Romero et al., ICLR 2015): CE + weight * MSE(B(F_s^k), F_t^k)."""
 
+    @classmethod
+    def for_task(cls, task: str) -> type[Distiller]:
+        """On a detector: :class:`kdlab.methods.detection.fitnet.FitNetDetection` (FCFD App. D)."""
+        if task == "detection" and cls is FitNet:
+            from kdlab.methods.detection.fitnet import FitNetDetection
+
+            return FitNetDetection
+        return super().for_task(task)
+
     @dataclass
     class Config:
         """``position`` is the 1-based stage whose output is the hint / guided layer

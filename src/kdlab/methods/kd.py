@@ -20,6 +20,15 @@ class KD(Distiller):
     Defaults are the FCFD paper's CIFAR setting: L_task = L_kd = 1, tau = 4 (ImageNet: tau = 1).
     """
 
+    @classmethod
+    def for_task(cls, task: str) -> type[Distiller]:
+        """On a detector: :class:`kdlab.methods.detection.kd.KDDetection` (FCFD App. D)."""
+        if task == "detection" and cls is KD:
+            from kdlab.methods.detection.kd import KDDetection
+
+            return KDDetection
+        return super().for_task(task)
+
     @dataclass
     class Config:
         temperature: float = 4.0

@@ -15,8 +15,9 @@ checkpoints load whole.
   ``fasterrcnn_mobilenet_v2_fpn`` puts torchvision's ``mobilenet_backbone`` FPN on the
   stride-4..32 stages of MobileNetV2 (the FCFD authors' MobileNetV2 FPN reads the same four
   strides). The RPN keeps 1000 proposals per image after NMS in training (the Detectron2
-  setting of the FCFD authors; torchvision's default is 2000). ResNet training sizes: the shorter side
-  is drawn from Detectron2's 1x scales (640..800) scaled to ``input_size / 800``, at most
+  setting of the FCFD authors; torchvision's default is 2000). ResNet training sizes: the
+  shorter side is drawn from Detectron2's 1x scales (640..800) scaled to ``input_size / 800``,
+  at most
   ``1333 * input_size / 800`` long; evaluation uses ``input_size``.
 - ``frcnn_tiny_r18`` / ``frcnn_tiny_r10`` / ``frcnn_tiny_r10_slim``: small CPU detectors for
   64x64 one-channel scenes: a ResNet of torchvision ``BasicBlock`` stages (2 or 1 blocks per

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
 from kdlab.errors import UserError
 
@@ -115,6 +116,25 @@ class Detector(nn.Module):
     def fpn_channels(self) -> int:
         """Channels of every FPN level."""
         return int(self.net.backbone.out_channels)
+
+    @property
+    def fpn_levels(self) -> list[str]:
+        """Names of the FPN outputs, in order (``"0"``..``"3"``, ``"pool"`` by default)."""
+        backbone = self.net.backbone
+        try:
+            names = list(backbone.body.return_layers.values())
+            extra = backbone.fpn.extra_blocks
+        except AttributeError:
+            raise UserError("kdlab distils detectors with a torchvision BackboneWithFPN; "
+                            "build the detector with an FPN backbone.") from None
+        if isinstance(extra, LastLevelMaxPool):
+            names.append("pool")
+        elif isinstance(extra, LastLevelP6P7):
+            names += ["p6", "p7"]
+        elif extra is not None:
+            raise UserError(f"Unknown FPN extra block {type(extra).__name__}; use torchvision's "
+                            "LastLevelMaxPool or LastLevelP6P7.")
+        return [str(n) for n in names]
 
     @property
     def roi_levels(self) -> list[str]:
