@@ -138,8 +138,10 @@ class Detector(nn.Module):
 
     @property
     def roi_levels(self) -> list[str]:
-        """The FPN levels the ROI head's box pooler reads."""
-        return list(self.net.roi_heads.box_roi_pool.featmap_names)
+        """The FPN levels the ROI head's box pooler reads (those of its ``featmap_names`` that
+        the FPN has: torchvision's default pooler names four, a MobileNetV3 FPN has two)."""
+        names = self.net.roi_heads.box_roi_pool.featmap_names
+        return [n for n in self.fpn_levels if n in names]
 
     @property
     def num_classes(self) -> int:
