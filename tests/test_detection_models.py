@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torchvision
-from detection_support import CLASSES, SIZE, scenes, tiny, tiny_pair
 
+from detection_support import CLASSES, SIZE, scenes, tiny, tiny_pair
 from kdlab.errors import UserError
 from kdlab.models import MODELS, build_model, model_task
 from kdlab.models.detection import Detector, inherit_from, roi_lens
@@ -25,7 +25,8 @@ def test_the_detection_zoo_is_registered():
 def test_every_detector_detects_in_eval_mode(name):
     channels = 1 if name.startswith("frcnn_tiny") else 3
     det = build_model(name, num_classes=CLASSES, in_channels=channels, input_size=SIZE)
-    assert isinstance(det, Detector) and isinstance(det.net, torchvision.models.detection.FasterRCNN)
+    assert isinstance(det, Detector)
+    assert isinstance(det.net, torchvision.models.detection.FasterRCNN)
     assert det.num_classes == CLASSES and det.net.kdlab_spec["model"] == name
     assert set(det.roi_levels) <= set(det.fpn_levels)
     det.eval()
