@@ -22,7 +22,8 @@ checkpoints load whole.
 - ``frcnn_tiny_r18`` / ``frcnn_tiny_r10`` / ``frcnn_tiny_r10_slim``: small CPU detectors for
   64x64 one-channel scenes: a ResNet of torchvision ``BasicBlock`` stages (2 or 1 blocks per
   stage, widths 32..256 or 16..128) after a 3x3 stride-2 stem, a 64-channel FPN, anchors of
-  8..128 pixels, few proposals, a 256-wide box head, BatchNorm trained from scratch, and no
+  8..128 pixels, the ROI pooler's canonical box size scaled to the canvas (224 * size / 800),
+  few proposals, a 256-wide box head, BatchNorm trained from scratch, and no
   resize (``min_size = max_size = input_size``). ``r10`` has ``r18``'s FPN, RPN and ROI head
   shapes (the inheriting strategy applies, as ResNet-101 -> ResNet-50); ``r10_slim`` does not.
 
@@ -224,7 +225,11 @@ def tiny_detector(widths: tuple[int, ...], blocks: int, *, num_classes: int, in_
     backbone = BackboneWithFPN(body, {f"layer{i}": str(i - 1) for i in range(1, 5)},
                                list(widths), TINY_FPN_CHANNELS)
     anchors = AnchorGenerator(((8,), (16,), (32,), (64,), (128,)), ((0.5, 1.0, 2.0),) * 5)
-    pool = MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=7, sampling_ratio=2)
+    # torchvision's level mapper sends a 224-pixel box to level 4 (stride 16) of an 800-pixel
+    # image; scaled to the canvas, so that small scenes use every level (at 224 every box of
+    # a 64-pixel scene would go to the finest level)
+    pool = MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=7, sampling_ratio=2,
+                              canonical_scale=max(1, round(224 * input_size / 800)))
     rep = 256
     net = FasterRCNN(
         backbone, min_size=input_size, max_size=input_size, **_identity_norm(in_channels),
