@@ -5,6 +5,10 @@ pair and trained on one fixed batch of random data (forward, backward, SGD step)
 numbers measure the method's compute and memory, not data loading. Preset ``cifar`` is the
 FCFD paper's Table 11 setting (ResNet32x4 -> ResNet8x4, 3x32x32, 100 classes, batch 64;
 Liu et al., ICLR 2023); preset ``cpu`` is a small pair that runs in seconds on a CPU.
+Detection presets (task ``detection``, random images with three random boxes each):
+``scenes_det`` is the CPU pair of the Fashion-MNIST scenes (frcnn_tiny_r18 ->
+frcnn_tiny_r10_slim, 1x64x64, batch 16); ``coco_det`` the FCFD paper's ResNet-101 ->
+ResNet-18 Faster R-CNN FPN at batch 8 (App. D.2) on 800x800 images.
 
 Rounds: with ``rounds > 1`` the methods take turns (round 1: every method, round 2: every
 method again, ...), each round with a fresh build and its own seed (so FCFD draws other
@@ -54,16 +58,26 @@ class Preset:
     num_classes: int
     batch: int
     train_size: int  # dataset size given to memory-bank methods (CRD, ...)
+    task: str = "classification"  # the kdlab.tasks entry of the pair
+    methods: str | None = None  # the default --methods (None: DEFAULT_METHODS)
 
+
+DEFAULT_METHODS = "ce,kd,fitnet,fcfd:num_paths=1,fcfd:num_paths=2,fcfd:num_paths=4"
+#: the detection methods (FCFD App. D has no path sampling)
+DETECTION_METHODS = "ce,kd,fitnet,fcfd"
 
 PRESETS: dict[str, Preset] = {
     # FCFD paper, Table 11 (training cost on CIFAR-100).
     "cifar": Preset("resnet32x4", "resnet8x4", (3, 32, 32), 100, 64, 50_000),
     # Fashion-MNIST-shaped pair, seconds per method on a laptop CPU.
     "cpu": Preset("resnet20", "resnet8", (1, 28, 28), 10, 64, 60_000),
+    # Fashion-MNIST scenes detectors (CPU).
+    "scenes_det": Preset("frcnn_tiny_r18", "frcnn_tiny_r10_slim", (1, 64, 64), 10, 16, 60_000,
+                         task="detection", methods=DETECTION_METHODS),
+    # FCFD paper, Table 3: ResNet-101 -> ResNet-18 Faster R-CNN FPN, batch 8 (GPU).
+    "coco_det": Preset("fasterrcnn_resnet101_fpn", "fasterrcnn_resnet18_fpn", (3, 800, 800), 90,
+                       8, 117_266, task="detection", methods=DETECTION_METHODS),
 }
-
-DEFAULT_METHODS = "ce,kd,fitnet,fcfd:num_paths=1,fcfd:num_paths=2,fcfd:num_paths=4"
 
 
 @dataclass(frozen=True)
@@ -264,14 +278,41 @@ def _autocast_dtype(amp: str) -> torch.dtype | None:
         raise UserError(f"--amp {amp!r} is not one of none, bf16, fp16.") from None
 
 
-def check_methods(specs: Sequence[MethodSpec]) -> None:
-    """Unknown names and options fail before any timing starts."""
+def check_methods(specs: Sequence[MethodSpec], task: str = "classification") -> None:
+    """Unknown names and options (of the methods' variants for ``task``) fail before any
+    timing starts."""
     from kdlab.config import build_dataclass
     from kdlab.methods import METHODS
 
     for spec in specs:
-        cls = METHODS.get(spec.name)
+        cls = METHODS.get(spec.name).for_task(task)
         build_dataclass(cls.Config, spec.options, where=f"method.{spec.name}")
+
+
+def random_batch(task: str, batch: int, input_shape: tuple[int, int, int], num_classes: int,
+                 train_size: int, gen: torch.Generator) -> tuple[torch.Tensor, Any, torch.Tensor]:
+    """``(images, targets, index)`` of random data: class labels, or for detection three
+    random boxes (a quarter to a half of the image wide) with labels 1..K per image."""
+    images = torch.randn(batch, *input_shape, generator=gen)
+    if task != "detection":
+        targets: Any = torch.randint(0, num_classes, (batch,), generator=gen)
+    else:
+        h, w = input_shape[1:]
+        size = torch.tensor([w, h, w, h], dtype=torch.float32)
+        targets = []
+        for _ in range(batch):
+            xy = torch.rand(3, 2, generator=gen) * 0.5
+            wh = 0.25 + 0.25 * torch.rand(3, 2, generator=gen)
+            targets.append({"boxes": torch.cat([xy, xy + wh], dim=1) * size,
+                            "labels": torch.randint(1, num_classes + 1, (3,), generator=gen)})
+    index = torch.randint(0, train_size, (batch,), generator=gen)
+    return images, targets, index
+
+
+def _to(targets: Any, device: torch.device) -> Any:
+    if isinstance(targets, torch.Tensor):
+        return targets.to(device)
+    return [{k: v.to(device) for k, v in t.items()} for t in targets]
 
 
 def bench_method(
@@ -289,19 +330,21 @@ def bench_method(
     train_size: int = 50_000,
     seed: int = 0,
     times_out: list[float] | None = None,
+    task: str = "classification",
 ) -> BenchResult:
     """Build one method and time ``steps`` training steps after ``warmup`` untimed ones.
 
     The step times (ms) are appended to ``times_out`` when it is given."""
     from kdlab.methods import METHODS, build_distiller
     from kdlab.models import build_model
+    from kdlab.tasks import build_task
 
     dtype = _autocast_dtype(amp)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    images = torch.randn(batch, *input_shape, generator=gen).to(device)
-    targets = torch.randint(0, num_classes, (batch,), generator=gen).to(device)
-    index = torch.randint(0, train_size, (batch,), generator=gen).to(device)
+    images, targets, index = random_batch(task, batch, input_shape, num_classes, train_size,
+                                          gen)
+    images, targets, index = images.to(device), _to(targets, device), index.to(device)
     shape = dict(num_classes=num_classes, in_channels=input_shape[0], input_size=input_shape[1])
     times: list[float] = []
     with MemoryMeter(device) as meter:
@@ -313,7 +356,7 @@ def bench_method(
             # online methods train their own teacher: the pair's teacher architecture
             options.setdefault("teacher", teacher)
         distiller = build_distiller(spec.name, options, s_model, t_model,
-                                    train_size=train_size).to(device)
+                                    train_size=train_size, task=build_task(task)).to(device)
         distiller.train()
         distiller.set_epoch(0, 1)
         params = [p for p in distiller.parameters() if p.requires_grad]
@@ -349,20 +392,20 @@ def bench_method(
 
 
 def _prime(student: str, input_shape: tuple[int, int, int], num_classes: int, batch: int,
-           device: torch.device, amp: str) -> None:
+           device: torch.device, amp: str, task: str = "classification") -> None:
     """One untimed, unmeasured training step, so that one-time library start-up (kernel
     libraries, thread pools, the autograd engine) is not charged to the first method."""
-    import torch.nn.functional as F
-
     from kdlab.models import build_model
+    from kdlab.tasks import build_task
 
     net = build_model(student, num_classes=num_classes, in_channels=input_shape[0],
                       input_size=input_shape[1]).to(device)
     dtype = _autocast_dtype(amp)
-    x = torch.randn(batch, *input_shape, device=device)
-    y = torch.zeros(batch, dtype=torch.long, device=device)
+    x, y, _ = random_batch(task, batch, input_shape, num_classes, 1, torch.Generator())
+    x, y = x.to(device), _to(y, device)
+    the_task = build_task(task)
     with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-        loss = F.cross_entropy(net(x), y)
+        loss = the_task.loss(the_task.features(net, x, y), y)
     loss.backward()
     torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9).step()
     _synchronize(device)
@@ -405,9 +448,9 @@ def run_bench(
         raise UserError("--batch must be at least 2 (BatchNorm needs two samples in training).")
     device = torch.device(device)
     _autocast_dtype(amp)
-    check_methods(specs)
+    check_methods(specs, p.task)
     meta = {
-        "teacher": teacher, "student": student, "input_shape": list(p.input_shape),
+        "task": p.task, "teacher": teacher, "student": student, "input_shape": list(p.input_shape),
         "num_classes": p.num_classes, "batch": batch, "steps": steps, "warmup": warmup,
         "rounds": rounds,
         "device": str(device), "amp": amp, "hardware": hardware(device),
@@ -415,7 +458,7 @@ def run_bench(
         "memory": MemoryMeter.label(device), "command": command,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    _prime(student, p.input_shape, p.num_classes, batch, device, amp)
+    _prime(student, p.input_shape, p.num_classes, batch, device, amp, p.task)
     per_round: list[list[BenchResult]] = [[] for _ in specs]
     times: list[list[float]] = [[] for _ in specs]
     for rnd in range(rounds):
@@ -427,6 +470,7 @@ def run_bench(
                 spec, teacher=teacher, student=student, input_shape=p.input_shape,
                 num_classes=p.num_classes, batch=batch, steps=steps, warmup=warmup,
                 device=device, amp=amp, train_size=p.train_size, seed=rnd, times_out=times[i],
+                task=p.task,
             ))
     results = [merge_rounds(r, t) for r, t in zip(per_round, times, strict=True)]
     set_ratios(results)
