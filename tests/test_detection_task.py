@@ -146,6 +146,14 @@ def test_the_task_loss_is_the_sum_of_the_detector_losses():
         sum(v.item() for v in out.losses.values()))
 
 
+def test_a_classification_network_is_no_detector(tiny_pair):
+    from kdlab.errors import UserError
+
+    x, targets = scenes()
+    with pytest.raises(UserError, match="not a detector"):
+        TASK.features(tiny_pair[1], x, targets)
+
+
 def test_report_figure_shows_ground_truth_teacher_and_student(tmp_path):
     teacher, student = tiny_pair()
     x, targets = scenes(batch=3)

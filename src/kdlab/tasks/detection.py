@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from kdlab.engine.distributed import all_gather_rows, world_size
-from kdlab.models.detection import DetectionOutput
+from kdlab.models.detection import DetectionOutput, check_detector
 from kdlab.tasks.base import TASKS, Task
 from kdlab.tasks.coco_map import coco_map
 
@@ -80,7 +80,8 @@ class Detection(Task):
     primary = "map"
 
     def features(self, net: nn.Module, images: Any, targets: Any) -> DetectionOutput:
-        return net.features(images, targets)
+        """The detector's training pass (its losses, FPN features, sampled proposals)."""
+        return check_detector(net, "network").features(images, targets)
 
     def loss(self, out: DetectionOutput, targets: Any) -> Tensor:
         """The detector's own losses, summed (RPN objectness + box, ROI class + box)."""
