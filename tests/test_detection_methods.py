@@ -270,3 +270,25 @@ def test_the_func_prime_pass_keeps_its_own_box_head_statistics():
     student.features(x, targets)
     torch.testing.assert_close(after_fcfd, bn.running_mean)
     assert not torch.equal(after_fcfd, start)
+
+
+def test_a_detection_combo_sums_its_parts_once():
+    from kdlab.methods.detection.combo import DetectionCombo
+
+    assert METHODS.get("combo").for_task("detection") is DetectionCombo
+    x, targets = scenes(seed=12)
+    combo = distiller("combo", {"parts": [{"name": "kd", "kd_l2_weight": 0.0},
+                                          {"name": "fitnet"}]})
+    torch.manual_seed(2)
+    _, out = combo(x, targets)
+    assert set(out) == {"ce", "kd", "hint"}
+    fcfd = distiller("fcfd")
+    torch.manual_seed(2)
+    _, full = fcfd(x, targets)
+    for k, ref in (("ce", "ce"), ("kd", "kd"), ("hint", "app")):
+        assert out[k].item() == pytest.approx(full[ref].item(), rel=1e-5), k
+    sum(out.values()).backward()
+    with pytest.raises(UserError, match="cannot be part of a detection combo"):
+        distiller("combo", {"parts": [{"name": "rkd"}]})
+    with pytest.raises(UserError, match="Unknown key"):
+        distiller("combo", {"parts": [{"name": "kd", "num_paths": 2}]})

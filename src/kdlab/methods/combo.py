@@ -72,6 +72,15 @@ class Combo(Distiller):
                 seen.add(name)
                 build_dataclass(cls.Config, options, where=f"method.parts[{i}]")
 
+    @classmethod
+    def for_task(cls, task: str) -> type[Distiller]:
+        """On a detector: :class:`kdlab.methods.detection.combo.DetectionCombo`."""
+        if task == "detection" and cls is Combo:
+            from kdlab.methods.detection.combo import DetectionCombo
+
+            return DetectionCombo
+        return super().for_task(task)
+
     def setup(self) -> None:
         self.parts = nn.ModuleDict()
         for spec in self.cfg.parts:

@@ -35,6 +35,15 @@ class TeacherROI:
     box_deltas: Tensor
 
 
+def teacher_roi(teacher: Detector, s: DetectionOutput) -> TeacherROI:
+    """``teacher``'s FPN on the student's resized batch and its ROI head on the student's
+    sampled proposals, under ``no_grad``."""
+    with torch.no_grad():
+        fpn = teacher.backbone(s.images)
+        logits, deltas = teacher.lens(fpn, s.proposals, s.image_sizes)
+    return TeacherROI(fpn=fpn, logits=logits, box_deltas=deltas)
+
+
 class DetectionDistiller(Distiller):
     """Base of the detection methods: checks both networks are detectors, applies the
     inheriting strategy (``cfg.inherit``, FCFD App. E), and provides the default step
@@ -70,10 +79,7 @@ class DetectionDistiller(Distiller):
 
     def teacher_roi(self, s: DetectionOutput) -> TeacherROI:
         """The teacher on the student's resized batch and sampled proposals (no gradient)."""
-        with torch.no_grad():
-            fpn = self.t_det.backbone(s.images)
-            logits, deltas = self.t_det.lens(fpn, s.proposals, s.image_sizes)
-        return TeacherROI(fpn=fpn, logits=logits, box_deltas=deltas)
+        return teacher_roi(self.t_det, s)
 
     def forward(self, images: Any, targets: Any,
                 index: Tensor | None = None) -> tuple[Tensor | None, Losses]:
