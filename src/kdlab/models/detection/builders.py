@@ -36,7 +36,9 @@ ImageNet classification weights of the backbone (torchvision's ``resnet50-*.pth`
 ``mobilenet_v2-*.pth``); ``True`` is refused (no downloads at run time). Tensors of another
 shape stay fresh and are listed in ``net.kdlab_pretrained_skipped``. With ImageNet backbone
 weights the stem and ``layer1`` of a ResNet stay frozen (Detectron2's ``FREEZE_AT = 2``, the
-authors' setting); MobileNetV2 trains every layer (their ``FREEZE_AT = 0``).
+authors' setting); MobileNetV2 trains every layer (their ``FREEZE_AT = 0``). The FrozenBatchNorm
+detectors are meant to start from pretrained weights (from a random initialisation their
+activations grow without bound); the tiny detectors train BatchNorm from scratch.
 """
 
 from __future__ import annotations
