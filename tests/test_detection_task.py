@@ -123,14 +123,20 @@ def test_evaluation_gathers_every_rank(monkeypatch):
     calls = []
 
     def gather(x):
-        calls.append(x.shape[1])
+        calls.append(tuple(x.shape))
         mine = {8: 0, 7: 1, 1: 2}[x.shape[1]]
         return [(x,), (other[mine],)]
 
     monkeypatch.setattr(detection, "world_size", lambda: WORLD)
     monkeypatch.setattr(detection, "all_gather_rows", gather)
     got = TASK.evaluate(net, _loader(targets, shards[0]), device=torch.device("cpu"))
-    assert calls == [8, 7, 1]
+    assert [c[1] for c in calls] == [8, 7, 1]
+    calls.clear()
+    nothing = {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0),
+               "labels": torch.zeros(0, dtype=torch.int64)}
+    TASK.evaluate(Replay(dict.fromkeys(range(len(targets)), nothing)),
+                  _loader(targets, shards[0]), device=torch.device("cpu"))
+    assert calls[1] == (1, 7)  # no detections here: one placeholder row, never an empty gather
     ids = list(range(len(targets)))
     want = coco_map(gt_rows(targets, ids), det_rows(preds, ids), torch.tensor(ids))
     assert got["images"] == len(ids)

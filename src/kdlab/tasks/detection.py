@@ -71,6 +71,15 @@ def _cat(rows: list[Tensor], width: int) -> Tensor:
     return torch.cat(rows).cpu() if rows else torch.zeros(0, width, dtype=torch.float64)
 
 
+def _gather_rows(rows: Tensor, device: torch.device) -> Tensor:
+    """Every rank's ``rows`` (column 0 an image id >= 0), concatenated in rank order. Each
+    rank adds one placeholder row (image -1, dropped afterwards), so that no collective sees
+    an empty tensor (e.g. no detections anywhere early in training)."""
+    mine = torch.cat([rows, rows.new_full((1, rows.shape[1]), -1.0)]).to(device)
+    out = torch.cat([part[0] for part in all_gather_rows(mine)]).cpu()
+    return out[out[:, 0] >= 0]
+
+
 @TASKS.register("detection")
 class Detection(Task):
     """Box detection with a two-stage detector; ``map`` (COCO mAP@[.5:.95], percent) selects
@@ -121,8 +130,7 @@ class Detection(Task):
         gt, det, ids = self.predict(net, loader, device=device, amp=amp)
         if world_size() > 1:
             backend = device if device.type == "cuda" else torch.device("cpu")
-            gt, det, ids = (torch.cat([p[0] for p in all_gather_rows(x.to(backend))]).cpu()
-                            for x in (gt, det, ids[:, None]))
+            gt, det, ids = (_gather_rows(x, backend) for x in (gt, det, ids[:, None]))
             ids = ids[:, 0]
         metrics = coco_map(gt, det, ids)
         metrics["images"] = float(len(set(ids.long().tolist())))
