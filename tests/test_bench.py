@@ -119,3 +119,18 @@ def test_bench_user_errors(tmp_path, capsys, monkeypatch, extra, message):
     err = capsys.readouterr().err
     assert err.startswith("kdlab: error:") and message in err
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_bench_times_the_detection_methods_on_random_boxes(tmp_path, capsys):
+    out = tmp_path / "det.json"
+    args = ["bench", "--preset", "scenes_det", "--device", "cpu", "--batch", "2", "--steps", "1",
+            "--warmup", "0", "--methods", "kd,fcfd", "--out", str(out)]
+    assert main(args) == 0
+    report = json.loads(out.read_text())
+    assert report["meta"]["task"] == "detection"
+    assert report["meta"]["student"] == "frcnn_tiny_r10_slim"
+    assert [r["label"] for r in report["results"]] == ["kd", "fcfd"]
+    assert all(math.isfinite(r["final_loss"]) for r in report["results"])
+    capsys.readouterr()
+    assert main(args[:-4] + ["--methods", "fcfd:num_paths=2"]) == 2  # no path sampling
+    assert "Unknown key method.fcfd.num_paths" in capsys.readouterr().err

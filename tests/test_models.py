@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from kdlab.errors import UserError
-from kdlab.models import MODELS, build_model
+from kdlab.models import MODELS, build_model, model_task
 
 CIFAR_PARAMS = {
     "resnet8": 83_892,
@@ -92,7 +92,7 @@ STRIDES = {
     "mobilenet_v2": [2, 4, 8, 16, 32],
 }
 
-NAMES = MODELS.names()
+NAMES = [n for n in MODELS.names() if model_task(n) == "classification"]
 NUM_CLASSES = 7
 
 

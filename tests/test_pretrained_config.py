@@ -85,7 +85,8 @@ def test_the_keys_take_true_or_a_path_and_nothing_else():
 
 
 def test_only_torchvision_networks_take_pretrained_weights(resnet18_file):
-    assert pretrained_models() == ["mobilenet_v2", "resnet18", "resnet34", "resnet50"]
+    assert pretrained_models("classification") == ["mobilenet_v2", "resnet18", "resnet34",
+                                                   "resnet50"]
     names = "mobilenet_v2, resnet18, resnet34, resnet50"
     with pytest.raises(UserError, match=f"'resnet8' has no pretrained weights; use one of "
                                         f"{names} or set model.student_pretrained=false"):

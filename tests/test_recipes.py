@@ -23,7 +23,7 @@ def test_recipes_exist():
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(ROOT / "recipes")))
 def test_recipe_is_valid(path):
     cfg = load_config(path)
-    method = METHODS.get(cfg.method_name)
+    method = METHODS.get(cfg.method_name).for_task(getattr(cfg, "task", "classification"))
     build_dataclass(method.Config, cfg.method_options, where=f"method.{cfg.method_name}")
     assert cfg.data.name in DATASETS
     assert cfg.model.student in MODELS, f"{path}: unknown student {cfg.model.student}"

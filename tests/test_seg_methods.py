@@ -15,7 +15,7 @@ from kdlab.methods import METHODS, build_distiller
 from kdlab.methods.kd_pixel import PixelKD
 from segtiny import seg_batch, seg_task, tiny_seg_pair
 
-SEG_METHODS = [n for n in METHODS.names() if "segmentation" in METHODS.get(n).tasks]
+SEG_METHODS = [n for n in METHODS.names() if "segmentation" in METHODS.get(n).supported_tasks()]
 #: every method that can be part of a combo on segmentation
 SEG_PARTS = [n for n in SEG_METHODS if METHODS.get(n).combinable and n != "combo"]
 #: options a method needs on the tiny pair (combo: every segmentation part at once)

@@ -6,7 +6,7 @@ import argparse
 import shlex
 from typing import Any
 
-from kdlab.engine.bench import DEFAULT_METHODS, PRESETS
+from kdlab.engine.bench import DEFAULT_METHODS, DETECTION_METHODS, PRESETS
 
 
 def add_parser(sub: Any) -> None:
@@ -17,12 +17,15 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("--methods", default=None, metavar="LIST",
                    help=f"comma-separated methods, variants as name:key=value,key=value "
-                   f"(default: {DEFAULT_METHODS}, those registered)")
+                   f"(default: {DEFAULT_METHODS}, those registered; detection presets: "
+                   f"{DETECTION_METHODS})")
     p.add_argument("--pair", metavar="TEACHER:STUDENT", help="models (default: the preset's)")
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="cifar: resnet32x4 -> resnet8x4, 3x32x32, 100 classes (FCFD Table 11); "
                    "cpu: resnet20 -> resnet8, 1x28x28, 10 classes (default: cifar on a GPU, "
-                   "cpu otherwise)")
+                   "cpu otherwise); detection: scenes_det (frcnn_tiny_r18 -> "
+                   "frcnn_tiny_r10_slim, 1x64x64, CPU), coco_det (Faster R-CNN FPN ResNet-101 -> "
+                   "ResNet-18, 800x800, batch 8)")
     p.add_argument("--batch", type=int, default=None, help="batch size (default: the preset's, 64)")
     p.add_argument("--steps", type=int, default=20, help="timed steps per method")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first")
@@ -35,11 +38,12 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(run=run)
 
 
-def default_methods() -> str:
+def default_methods(preset: str | None = None) -> str:
     from kdlab.engine.bench import parse_methods
     from kdlab.methods import METHODS
 
-    specs = parse_methods(DEFAULT_METHODS)
+    chosen = PRESETS[preset].methods if preset in PRESETS else None
+    specs = parse_methods(chosen or DEFAULT_METHODS)
     return ",".join(s.label for s in specs if s.name in METHODS)
 
 
@@ -51,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         check_output_path(args.out)
     device = resolve_device(args.device)
     preset = args.preset or ("cifar" if device.type == "cuda" else "cpu")
-    specs = parse_methods(args.methods or default_methods())
+    specs = parse_methods(args.methods or default_methods(preset))
     command = "kdlab " + shlex.join(getattr(args, "argv", []) or ["bench"])
     report = run_bench(
         specs, preset=preset, pair=args.pair, batch=args.batch, steps=args.steps,

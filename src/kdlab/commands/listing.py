@@ -39,7 +39,7 @@ def registry(kind: str) -> Any:
 def served_tasks(kind: str, obj: Any) -> str:
     """The task(s) a registry entry serves: a model's or dataset's task, a method's tasks."""
     if kind == "methods":
-        return ",".join(obj.tasks)
+        return ",".join(obj.supported_tasks())
     if kind == "datasets":
         return str(obj.info.task)
     if kind == "models":

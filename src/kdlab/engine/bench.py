@@ -5,6 +5,10 @@ pair and trained on one fixed batch of random data (forward, backward, SGD step)
 numbers measure the method's compute and memory, not data loading. Preset ``cifar`` is the
 FCFD paper's Table 11 setting (ResNet32x4 -> ResNet8x4, 3x32x32, 100 classes, batch 64;
 Liu et al., ICLR 2023); preset ``cpu`` is a small pair that runs in seconds on a CPU.
+Detection presets (task ``detection``, random images with three random boxes each):
+``scenes_det`` is the CPU pair of the Fashion-MNIST scenes (frcnn_tiny_r18 ->
+frcnn_tiny_r10_slim, 1x64x64, batch 16); ``coco_det`` the FCFD paper's ResNet-101 ->
+ResNet-18 Faster R-CNN FPN at batch 8 (App. D.2) on 800x800 images.
 
 Rounds: with ``rounds > 1`` the methods take turns (round 1: every method, round 2: every
 method again, ...), each round with a fresh build and its own seed (so FCFD draws other
@@ -54,17 +58,26 @@ class Preset:
     num_classes: int
     batch: int
     train_size: int  # dataset size given to memory-bank methods (CRD, ...)
-    task: str = "classification"
+    task: str = "classification"  # the kdlab.tasks entry of the pair
+    methods: str | None = None  # the default --methods (None: DEFAULT_METHODS)
 
+
+DEFAULT_METHODS = "ce,kd,fitnet,fcfd:num_paths=1,fcfd:num_paths=2,fcfd:num_paths=4"
+#: the detection methods (FCFD App. D has no path sampling)
+DETECTION_METHODS = "ce,kd,fitnet,fcfd"
 
 PRESETS: dict[str, Preset] = {
     # FCFD paper, Table 11 (training cost on CIFAR-100).
     "cifar": Preset("resnet32x4", "resnet8x4", (3, 32, 32), 100, 64, 50_000),
     # Fashion-MNIST-shaped pair, seconds per method on a laptop CPU.
     "cpu": Preset("resnet20", "resnet8", (1, 28, 28), 10, 64, 60_000),
+    # Fashion-MNIST scenes detectors (CPU).
+    "scenes_det": Preset("frcnn_tiny_r18", "frcnn_tiny_r10_slim", (1, 64, 64), 10, 16, 60_000,
+                         task="detection", methods=DETECTION_METHODS),
+    # FCFD paper, Table 3: ResNet-101 -> ResNet-18 Faster R-CNN FPN, batch 8 (GPU).
+    "coco_det": Preset("fasterrcnn_resnet101_fpn", "fasterrcnn_resnet18_fpn", (3, 800, 800), 90,
+                       8, 117_266, task="detection", methods=DETECTION_METHODS),
 }
-
-DEFAULT_METHODS = "ce,kd,fitnet,fcfd:num_paths=1,fcfd:num_paths=2,fcfd:num_paths=4"
 
 
 @dataclass(frozen=True)
@@ -272,13 +285,14 @@ def _autocast_dtype(amp: str) -> torch.dtype | None:
         raise UserError(f"--amp {amp!r} is not one of none, bf16, fp16.") from None
 
 
-def check_methods(specs: Sequence[MethodSpec]) -> None:
-    """Unknown names and options fail before any timing starts."""
+def check_methods(specs: Sequence[MethodSpec], task: str = "classification") -> None:
+    """Unknown names and options (of the methods' variants for ``task``) fail before any
+    timing starts."""
     from kdlab.config import build_dataclass
     from kdlab.methods import METHODS
 
     for spec in specs:
-        cls = METHODS.get(spec.name)
+        cls = METHODS.get(spec.name).for_task(task)
         build_dataclass(cls.Config, spec.options, where=f"method.{spec.name}")
 
 
@@ -416,7 +430,7 @@ def run_bench(
         raise UserError("--batch must be at least 2 (BatchNorm needs two samples in training).")
     device = torch.device(device)
     _autocast_dtype(amp)
-    check_methods(specs)
+    check_methods(specs, p.task)
     meta = {
         "task": p.task,
         "teacher": teacher, "student": student, "input_shape": list(p.input_shape),

@@ -7,6 +7,7 @@ the recipe's ``method:`` block is checked against it, so an unknown key is an er
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
@@ -122,13 +123,27 @@ class Distiller(nn.Module):
         super().__init_subclass__(**kwargs)
         cls.combinable = cls.losses is not Distiller.losses
 
+    #: Classes that run this method on another task, as ``{task: "module:Class"}`` (imported
+    #: when asked for): e.g. FCFD on a detector. Not inherited: a subclass names its own.
+    variants: ClassVar[dict[str, str]] = {}
+
+    @classmethod
+    def supported_tasks(cls) -> tuple[str, ...]:
+        """Every task this method runs on: its own and those of its variants."""
+        own = cls.__dict__.get("variants", {})
+        return tuple(cls.tasks) + tuple(t for t in own if t not in cls.tasks)
+
     @classmethod
     def for_task(cls, task: str) -> type[Distiller]:
-        """The class that runs this method on ``task``: itself where it supports the task; a
-        method whose form differs by task (e.g. FCFD on a detector) returns its variant."""
+        """The class that runs this method on ``task``: the method's own variant for that task
+        where it names one (:attr:`variants`), else itself where it supports the task."""
+        target = cls.__dict__.get("variants", {}).get(task)
+        if target is not None:
+            module, _, name = target.partition(":")
+            return getattr(importlib.import_module(module), name)
         if task not in cls.tasks:
             raise UserError(f"Method {cls.__name__} does not support task {task!r} (it supports "
-                            f"{', '.join(cls.tasks)}); pick a method for {task}, see "
+                            f"{', '.join(cls.supported_tasks())}); pick a method for {task}, see "
                             "`kdlab list methods`.")
         return cls
 

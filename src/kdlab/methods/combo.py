@@ -76,6 +76,8 @@ class Combo(Distiller):
                 seen.add(name)
                 build_dataclass(cls.Config, options, where=f"method.parts[{i}]")
 
+    variants = {"detection": "kdlab.methods.detection.combo:DetectionCombo"}
+
     def setup(self) -> None:
         self.parts = nn.ModuleDict()
         for spec in self.cfg.parts:

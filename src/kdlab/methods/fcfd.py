@@ -44,6 +44,8 @@ class FCFD(Distiller):
 
     tasks = ("classification", "segmentation")
 
+    variants = {"detection": "kdlab.methods.detection.fcfd:FCFDDetection"}  # FCFD App. D
+
     @dataclass
     class Config:
         """FCFD hyper-parameters; defaults are the paper's CIFAR-100 setting (App. A.1).

@@ -26,6 +26,7 @@ class FitNet(Distiller):
     """FitNet (Romero et al., ICLR 2015): CE + weight * MSE(B(F_s^k), F_t^k)."""
 
     tasks = ("classification", "segmentation")  # backbone stage features either way
+    variants = {"detection": "kdlab.methods.detection.fitnet:FitNetDetection"}  # FCFD App. D
 
     @dataclass
     class Config:

@@ -21,15 +21,9 @@ class KD(Distiller):
     On segmentation it runs per pixel (:class:`~kdlab.methods.kd_pixel.PixelKD`).
     """
 
-    tasks = ("classification", "segmentation")
-
-    @classmethod
-    def for_task(cls, task: str) -> type[Distiller]:
-        if task == "segmentation":
-            from kdlab.methods.kd_pixel import PixelKD
-
-            return PixelKD
-        return super().for_task(task)
+    tasks = ("classification",)
+    variants = {"segmentation": "kdlab.methods.kd_pixel:PixelKD",
+                "detection": "kdlab.methods.detection.kd:KDDetection"}  # FCFD App. D
 
     @dataclass
     class Config:

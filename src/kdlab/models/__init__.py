@@ -17,11 +17,13 @@ from kdlab.registry import Registry
 MODELS: Registry = Registry("model")
 
 
-def pretrained_models() -> list[str]:
+def pretrained_models(task: str | None = None) -> list[str]:
     """The registered models that can start from pretrained weights (their builder takes a
-    ``pretrained`` argument: torchvision's ImageNet networks)."""
+    ``pretrained`` argument: torchvision's ImageNet networks, the detectors), of ``task``
+    only when it is given."""
     return [name for name in MODELS
-            if "pretrained" in inspect.signature(MODELS.get(name)).parameters]
+            if "pretrained" in inspect.signature(MODELS.get(name)).parameters
+            and (task is None or model_task(name) == task)]
 
 
 def model_task(name: str) -> str:
@@ -48,7 +50,7 @@ def build_model(
     if pretrained:
         if name not in pretrained_models():
             raise UserError(f"Model {name!r} has no pretrained weights; the models that have "
-                            f"them are {', '.join(pretrained_models())}.")
+                            f"them are {', '.join(pretrained_models(model_task(name)))}.")
         options["pretrained"] = pretrained
     staged = builder(
         num_classes=num_classes, in_channels=in_channels, input_size=input_size, **options

@@ -74,6 +74,11 @@ class Segmentation(Task):
             stride = (max(2 * self.window[0] // 3, 1), max(2 * self.window[1] // 3, 1))
         self.stride = (stride, stride) if isinstance(stride, int) else stride
 
+    def example_targets(self, batch: int, num_classes: int, size: tuple[int, int],
+                        generator: torch.Generator, device: torch.device | str) -> Tensor:
+        """Random label maps ``(batch, H, W)`` in ``0..K-1``."""
+        return torch.randint(0, num_classes, (batch, *size), generator=generator).to(device)
+
     # ----------------------------------------------------------------- a training step
     def loss(self, out: Any, targets: Tensor) -> Tensor:
         loss = pixel_ce(score_map(out), targets, self.ignore_index)
