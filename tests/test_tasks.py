@@ -99,7 +99,22 @@ def test_separate_optimisers_step_only_their_parameters():
     assert torch.allclose(a, torch.full((2,), 0.9))  # SGD, lr 0.1, gradient 1
     assert torch.allclose(b, torch.full((2,), 0.5))  # Adam's first step: lr * sign
     state = optim.state_dict()
-    assert set(state["separate_optimizers"]) == {"b"}
+    assert set(state["separate_optimizers"]) == {"b"} == set(state["separate_schedulers"])
+
+
+def test_separate_optimisers_follow_the_run_schedule():
+    a, b = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
+    from kdlab.config import OptimConfig
+
+    def adam(params):
+        return torch.optim.Adam(params, lr=0.5)
+
+    optim = Optimisation.build([a, b], {"b": ([b], adam)}, OptimConfig(lr=0.1),
+                               ScheduleConfig(name="poly", epochs=2, power=1.0),
+                               steps_per_epoch=2, device=torch.device("cpu"), amp="none")
+    optim.step(a.sum() + b.sum())
+    assert optim.lr == pytest.approx(0.1 * 3 / 4)
+    assert optim.separate["b"].param_groups[0]["lr"] == pytest.approx(0.5 * 3 / 4)
 
 
 def test_a_separately_optimised_critic_trains_and_resumes_exactly(tmp_path):

@@ -109,6 +109,9 @@ class Optimisation:
     scaler: torch.amp.GradScaler
     per_iteration: bool
     separate: dict[str, Optimizer] = field(default_factory=dict)
+    #: the run's schedule applied to each separate optimiser too (the SKD authors poly-decay
+    #: their critic's learning rate like the student's)
+    separate_scheds: dict[str, lr_scheduler.LRScheduler] = field(default_factory=dict)
 
     @classmethod
     def build(cls, params: list[nn.Parameter], separate: SeparateGroups, optim: OptimConfig,
@@ -117,13 +120,19 @@ class Optimisation:
         """``params`` minus those of ``separate`` go to the run's optimiser."""
         apart = {id(p) for group, _ in separate.values() for p in group}
         opt = build_optimizer(optim, [p for p in params if id(p) not in apart])
+        own = {name: make(group) for name, (group, make) in separate.items()}
         return cls(
             opt=opt,
             sched=build_scheduler(schedule, opt, steps_per_epoch),
             scaler=torch.amp.GradScaler(device.type, enabled=amp == "fp16"),
             per_iteration=schedule.name in PER_ITERATION,
-            separate={name: make(group) for name, (group, make) in separate.items()},
+            separate=own,
+            separate_scheds={name: build_scheduler(schedule, o, steps_per_epoch)
+                             for name, o in own.items()},
         )
+
+    def schedules(self) -> list[lr_scheduler.LRScheduler]:
+        return [self.sched, *self.separate_scheds.values()]
 
     def optimisers(self) -> list[Optimizer]:
         return [self.opt, *self.separate.values()]
@@ -138,11 +147,13 @@ class Optimisation:
             self.scaler.step(o)
         self.scaler.update()
         if self.per_iteration:
-            self.sched.step()
+            for sched in self.schedules():
+                sched.step()
 
     def end_epoch(self) -> None:
         if not self.per_iteration:
-            self.sched.step()
+            for sched in self.schedules():
+                sched.step()
 
     @property
     def lr(self) -> float:
@@ -151,7 +162,9 @@ class Optimisation:
     def state_dict(self) -> dict[str, Any]:
         return {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
                 "scaler": self.scaler.state_dict(),
-                "separate_optimizers": {n: o.state_dict() for n, o in self.separate.items()}}
+                "separate_optimizers": {n: o.state_dict() for n, o in self.separate.items()},
+                "separate_schedulers": {n: s.state_dict()
+                                        for n, s in self.separate_scheds.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.opt.load_state_dict(state["optimizer"])
@@ -162,4 +175,6 @@ class Optimisation:
             raise KeyError(f"separate optimisers {sorted(saved)} != {sorted(self.separate)}")
         for name, o in self.separate.items():
             o.load_state_dict(saved[name])
-        _restore_counters(self.sched)
+            self.separate_scheds[name].load_state_dict(state["separate_schedulers"][name])
+        for sched in self.schedules():
+            _restore_counters(sched)
