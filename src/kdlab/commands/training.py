@@ -36,15 +36,14 @@ def prepare(args: argparse.Namespace) -> RunConfig:
 
 
 def check(cfg: RunConfig, mode: str) -> None:
-    """Names, method options and the teacher, so that mistakes fail before a run folder exists."""
-    from kdlab.config import build_dataclass
-    from kdlab.data import DATASETS
+    """Settings, names, method options and the teacher, so that mistakes fail before a run
+    folder exists."""
     from kdlab.engine.build import check_model_config
+    from kdlab.engine.validate import validate_config
     from kdlab.methods import METHODS
 
+    validate_config(cfg)
     method = METHODS.get(cfg.method_name)
-    build_dataclass(method.Config, cfg.method_options, where=f"method.{cfg.method_name}")
-    DATASETS.get(cfg.data.name)
     if mode == "train" and method.needs_teacher:
         raise UserError(
             f"Method {cfg.method_name!r} needs a teacher: run it with `kdlab distill` and set "

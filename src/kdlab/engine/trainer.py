@@ -35,9 +35,10 @@ from kdlab.engine.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from kdlab.engine.evaluate import AMP_DTYPES, autocast, evaluate
+from kdlab.engine.evaluate import autocast, evaluate
 from kdlab.engine.metrics_log import MetricsLog, Progress
 from kdlab.engine.report import write_report
+from kdlab.engine.validate import validate_config
 from kdlab.errors import UserError
 
 #: steps between the (synchronising) checks for a non-finite loss and progress updates
@@ -133,20 +134,6 @@ def _restore_counters(sched: lr_scheduler.LRScheduler) -> None:
             s.milestones = Counter({int(k): int(v) for k, v in s.milestones.items()})
 
 
-def check_train_settings(cfg: RunConfig) -> None:
-    t = cfg.train
-    if t.amp not in ("none", *AMP_DTYPES):
-        raise UserError(f"train.amp {t.amp!r} is not known; use none, bf16 or fp16.")
-    if t.progress not in ("auto", "bar", "lines", "none"):
-        raise UserError(f"train.progress {t.progress!r} is not known; use auto, bar, lines or "
-                        "none.")
-    if t.eval_every < 1:
-        raise UserError(f"train.eval_every must be at least 1, got {t.eval_every}.")
-    if t.max_steps_per_epoch is not None and t.max_steps_per_epoch < 1:
-        raise UserError("train.max_steps_per_epoch must be at least 1 (or null for whole "
-                        f"epochs), got {t.max_steps_per_epoch}.")
-
-
 # --------------------------------------------------------------------- the trainer
 class Trainer:
     """Train ``cfg``'s method; :meth:`fit` returns a summary dict.
@@ -163,10 +150,7 @@ class Trainer:
     # ----------------------------------------------------------------- entry point
     def fit(self) -> dict[str, Any]:
         cfg = self.cfg
-        check_train_settings(cfg)
-        # Settings errors before any process group or folder exists.
-        probe = torch.nn.Linear(1, 1)
-        build_scheduler(cfg.schedule, build_optimizer(cfg.optim, list(probe.parameters())))
+        validate_config(cfg)  # settings errors before any process group or folder exists
         self._check_out_dir()
         device = resolve_device(cfg.train.device)
         dist_info, device = distributed.setup(device)
