@@ -38,6 +38,8 @@ from kdlab.engine.checkpoint import (
 from kdlab.engine.evaluate import autocast, evaluate
 from kdlab.engine.metrics_log import MetricsLog, Progress
 from kdlab.engine.report import write_report
+from kdlab.engine.resume import check_resume
+from kdlab.engine.run_lock import RunLock, is_main_process, remove_stale_temporaries
 from kdlab.engine.validate import validate_config
 from kdlab.errors import UserError
 
@@ -151,26 +153,38 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         cfg = self.cfg
         validate_config(cfg)  # settings errors before any process group or folder exists
-        self._check_out_dir()
-        device = resolve_device(cfg.train.device)
-        dist_info, device = distributed.setup(device)
-        self.dist, self.device = dist_info, device
+        self._lock: RunLock | None = None
         try:
-            return self._fit()
+            self._check_out_dir()
+            device = resolve_device(cfg.train.device)
+            dist_info, device = distributed.setup(device)
+            self.dist, self.device = dist_info, device
+            try:
+                return self._fit()
+            finally:
+                distributed.cleanup(dist_info)
         finally:
-            distributed.cleanup(dist_info)
+            if self._lock is not None:
+                self._lock.release()
 
     def _check_out_dir(self) -> None:
         out = self.out_dir
         if out.exists() and not out.is_dir():
             raise UserError(f"train.out_dir {str(out)!r} is a file; choose a folder.")
+        if self.resume and not out.is_dir():
+            raise UserError(f"Nothing to resume: {str(out)!r} does not exist; check the path or "
+                            "start the run without --resume.")
+        if is_main_process():  # one run per folder; see kdlab.engine.run_lock
+            self._lock = RunLock(out).acquire()
+            remove_stale_temporaries(out)
         held = [f for f in RUN_FILES if (out / f).exists()]
         if not self.resume and held:
             raise UserError(f"{str(out)!r} already holds a run ({', '.join(held)}); use --resume "
                             "to continue it or another out_dir.")
-        if self.resume and not out.is_dir():
-            raise UserError(f"Nothing to resume: {str(out)!r} does not exist; check the path or "
-                            "start the run without --resume.")
+        if self.resume:  # what may change on resume: kdlab.engine.resume
+            for note in check_resume(self.cfg, out):
+                if is_main_process():
+                    print(f"resume: {note}")
 
     # ----------------------------------------------------------------- the run
     def _fit(self) -> dict[str, Any]:
