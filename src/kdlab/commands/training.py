@@ -67,7 +67,10 @@ def run(args: argparse.Namespace) -> int:
     except UserError:
         remove_if_empty_run(out, existed)
         raise
-    print_summary(summary)
+    from kdlab.engine.run_lock import is_main_process
+
+    if is_main_process():  # under torchrun one `done:` line, from rank 0
+        print_summary(summary)
     return 0
 
 

@@ -5,8 +5,9 @@ process id and host into it. The operating system drops the lock when the proces
 any way (kill -9 included), so a lock file left by a dead run is stale and simply taken
 over; a second run started into a folder that a live run holds is refused with a
 :class:`~kdlab.errors.UserError` that names the holder. The lock file is removed when the run
-ends (and the folder too if the run created it and left it empty). With the lock held, :func:`remove_stale_temporaries` deletes the half-written
-temporaries (``.last.pt.XXXXXXXX.tmp``) of a run that was killed during a write.
+ends (and the folder too if the run created it and left it empty). With the lock held,
+:func:`remove_stale_temporaries` deletes the half-written temporaries
+(``.last.pt.XXXXXXXX.tmp``) of a run that was killed during a write.
 
 Under torchrun the rank-0 process holds the lock for the whole job. The lock is advisory and
 local: it protects against two kdlab runs, not against other programs, and on network file

@@ -1,0 +1,101 @@
+"""Failures of the machine, not of kdlab, told in one sentence at the command line.
+
+:func:`describe` turns an exception of a kind a user can meet without a bug — a file system
+error (by ``errno``), running out of memory, a text file that is not UTF-8, a torchrun peer
+that died — into the sentence the CLI prints; for anything else it returns None and the
+traceback stays (a bug to report).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+OOM_HINT = ("lower data.batch_size (and data.eval_batch_size for evaluation), use a smaller "
+            "model, or set train.amp=bf16")
+
+
+def _last_good_epoch(folder: Path) -> str:
+    """'the last good checkpoint is epoch N (PATH)' for a run folder, else a fallback."""
+    last = folder / "last.pt"
+    if not last.is_file():
+        return "no epoch checkpoint was written yet"
+    try:
+        import torch
+
+        epoch = torch.load(last, map_location="cpu", weights_only=True, mmap=True)["epoch"]
+        return f"the last good checkpoint is epoch {int(epoch) + 1} ({str(last)!r})"
+    except Exception:  # noqa: BLE001 - only a hint; the file is checked again on resume
+        return f"the last good checkpoint is {str(last)!r}"
+
+
+def _os_error(e: OSError) -> str | None:
+    name = e.filename if e.filename is not None else e.filename2
+    path = str(name) if name is not None else "a file"
+    shown = repr(path) if name is not None else path
+    code = e.errno
+    if code in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+        folder = Path(path).parent if name is not None else Path(".")
+        return (f"No space left on the device (or quota) while writing {shown}; "
+                f"{_last_good_epoch(folder)}: free some space, then continue with --resume "
+                "(or choose another out_dir / --out).")
+    if code in (errno.EACCES, errno.EPERM):
+        return (f"Permission denied for {shown}; choose a folder you can write to (--out or "
+                "train.out_dir) or change its permissions.")
+    if code == errno.EROFS:
+        return (f"{shown} is on a read-only file system; choose a writable folder (--out or "
+                "train.out_dir).")
+    if code == errno.ENOENT:
+        return f"{shown} does not exist (a folder on its path is missing); check the path."
+    if code == errno.EEXIST:
+        return (f"{shown} exists and is not a folder; remove it or choose another path "
+                "(--out or train.out_dir).")
+    if code == errno.ENOTDIR:
+        return (f"A part of the path {shown} is a file, not a folder; choose another path "
+                "(--out or train.out_dir).")
+    if code == errno.EISDIR:
+        return f"{shown} is a folder; give a file name."
+    if code == errno.ENAMETOOLONG:
+        return f"The path {shown} is too long for the file system; choose a shorter one."
+    return None
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    import torch
+
+    if isinstance(e, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and ("can't allocate memory" in text
+                                            or "out of memory" in text.lower())
+
+
+def _peer_failure(e: BaseException) -> str | None:
+    """A collective that failed because another torchrun process died."""
+    rank = os.environ.get("RANK")
+    if rank is None or os.environ.get("WORLD_SIZE", "1") == "1":
+        return None
+    text = str(e)
+    markers = ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
+               "ProcessGroupGloo", "NCCL", "DistBackendError", "recvBytes", "sendBytes")
+    if not (type(e).__name__ == "DistBackendError" or any(m in text for m in markers)):
+        return None
+    return (f"Another process of this torchrun job stopped (this is rank {rank} of "
+            f"{os.environ['WORLD_SIZE']}; see the first error above for the rank that failed); "
+            "start the same command with --resume to continue from the last checkpoint.")
+
+
+def describe(e: BaseException) -> str | None:
+    """The one sentence for ``e``, or None when ``e`` is a bug that keeps its traceback."""
+    if isinstance(e, UnicodeDecodeError):
+        return (f"A text file kdlab read is not UTF-8 ({e.reason} at byte {e.start}); save "
+                "recipes and config.yaml as UTF-8 text.")
+    if isinstance(e, OSError):
+        return _os_error(e)
+    if _out_of_memory(e):
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        return f"Out of memory ({first}); {OOM_HINT}."
+    if isinstance(e, RuntimeError):
+        return _peer_failure(e)
+    return None
