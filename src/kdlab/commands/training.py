@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     existed = out.exists()
     try:
         summary = Trainer(cfg, resume=args.resume).fit()
-    except UserError:
+    except Exception:  # noqa: BLE001 - any failure before the first checkpoint
         remove_if_empty_run(out, existed)
         raise
     from kdlab.engine.run_lock import is_main_process

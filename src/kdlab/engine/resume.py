@@ -127,30 +127,26 @@ def check_resume(cfg: RunConfig, out_dir: Path) -> list[str]:
                if before.get(k) != after.get(k)}
     refused = [k for k, (old, new) in changes.items() if not _allowed(k, old, new, cfg)]
     notes = []
-    if saved.has_checkpoint:
-        world = _current_world_size()
+    world = _current_world_size()
+    if saved.has_checkpoint and world != saved.world_size:
         old_bs, new_bs = saved.config.data.batch_size, cfg.data.batch_size
-        if (world, new_bs) != (saved.world_size, old_bs):
-            if world * new_bs != saved.world_size * old_bs:
-                raise UserError(
-                    f"{str(out_dir)!r} was trained with {saved.world_size} process(es) x "
-                    f"data.batch_size {old_bs} (global batch {saved.world_size * old_bs}); "
-                    f"resuming with {world} x {new_bs} would change the results: resume "
-                    f"with {saved.world_size} process(es), or set data.batch_size="
-                    f"{saved.world_size * old_bs // world} if that divides evenly.")
-            notes.append(f"{saved.world_size} -> {world} process(es) with the same global "
-                         f"batch {world * new_bs}; BatchNorm statistics and random streams "
-                         "differ, so the weights will not match an uninterrupted run exactly")
-    elif "data.batch_size" in changes:
-        refused.append("data.batch_size")
+        if world * new_bs != saved.world_size * old_bs:
+            raise UserError(
+                f"{str(out_dir)!r} was trained with {saved.world_size} process(es) x "
+                f"data.batch_size {old_bs} (global batch {saved.world_size * old_bs}); "
+                f"resuming with {world} x {new_bs} would change the results: resume with "
+                f"{saved.world_size} process(es), or set data.batch_size="
+                f"{saved.world_size * old_bs // world} if that divides evenly.")
+        notes.append(f"{saved.world_size} -> {world} process(es) with the same global batch "
+                     f"{world * new_bs}; BatchNorm statistics and random streams differ, so "
+                     "the weights will not match an uninterrupted run exactly")
+        refused = [k for k in refused if k != "data.batch_size"]
     if refused:
         listed = "; ".join(f"{k} {_show(changes[k][0])} -> {_show(changes[k][1])}"
-                           for k in sorted(set(refused)))
+                           for k in refused)
         raise UserError(
             f"--resume would change settings of the run in {str(out_dir)!r} ({listed}); "
             f"resume with its own config ({str(out_dir / 'config.yaml')!r}) or start a new run "
             "in another out_dir (only schedule.epochs, train.progress, train.device, data "
             "locations and eval batch size, and moved weight files may change).")
-    notes[:0] = [f"{k} {_show(old)} -> {_show(new)}" for k, (old, new) in changes.items()
-                 if k != "data.batch_size"]
-    return notes
+    return [f"{k} {_show(old)} -> {_show(new)}" for k, (old, new) in changes.items()] + notes
