@@ -10,11 +10,11 @@ process costs seconds for the torch import); only the kill tests start a child p
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
 import sys
-import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -423,16 +423,16 @@ def small_fs(tmp_path) -> Iterator[Callable[..., Path]]:
 
 
 def test_full_disk_keeps_the_last_good_checkpoint(tmp_path, small_fs, capsys):
-    disk = small_fs("disk", "size=160k")
-    path = write_recipe(tmp_path, model={"student": MODEL},
-                        train={"out_dir": str(disk / "run")})
+    disk = small_fs("disk", "size=160k")  # room for epoch 1's files, not for epoch 2's
+    path = write_recipe(tmp_path, train={"out_dir": str(disk / "run")})
     line = one_error(capsys, ["train", str(path)])
-    assert "No space left" in line
+    assert "No space left" in line and "the last good checkpoint is epoch 1" in line
     run = disk / "run"
-    if (run / "last.pt").is_file():  # the size fits one epoch's files
-        assert "the last good checkpoint is epoch 1" in line
-        assert load_checkpoint(run / "last.pt")["epoch"] == 0
-    assert not [p for p in run.rglob("*.tmp")]
+    assert load_checkpoint(run / "last.pt")["epoch"] == 0
+    assert not [p for p in run.rglob("*.tmp")] and not (run / LOCK_NAME).exists()
+    subprocess.run(["mount", "-o", "remount,size=1m", str(disk)], check=True)  # space freed
+    assert main(["train", str(path), "--resume"]) == 0
+    assert load_checkpoint(run / "last.pt")["epoch"] == 1
 
 
 def test_read_only_run_folder_and_export(finished, tmp_path, small_fs, capsys):
@@ -445,26 +445,28 @@ def test_read_only_run_folder_and_export(finished, tmp_path, small_fs, capsys):
 
 # --------------------------------------------------------------------- kill -9 and resume
 CHILD = """
-import os, signal, sys
+import json, os, signal, sys
 sys.path[:0] = [{tests!r}, {src!r}]
 from engine_support import registered
 from kdlab.cli import main
 import kdlab.engine.io as io
 import kdlab.engine.trainer as trainer_mod
 
-point = {point!r}
+
 def die():
     os.kill(os.getpid(), signal.SIGKILL)
 
-if point == "mid_epoch":
-    real = trainer_mod.Trainer._train_epoch
-    def train_epoch(self, epoch, *a, **k):
-        if epoch == 1:
-            die()
-        return real(self, epoch, *a, **k)
-    trainer_mod.Trainer._train_epoch = train_epoch
-else:
-    real_replace = io.os.replace
+
+def inject(point):
+    if point == "mid_epoch":
+        real = trainer_mod.Trainer._train_epoch
+        def train_epoch(self, epoch, *a, **k):
+            if epoch == 1:
+                die()
+            return real(self, epoch, *a, **k)
+        trainer_mod.Trainer._train_epoch = train_epoch
+        return
+    real_replace = os.replace
     class OS:
         def __getattr__(self, name):
             return getattr(os, name)
@@ -476,8 +478,19 @@ else:
                 die()
             real_replace(src, dst)
     io.os = OS()
-with registered():
-    sys.exit(main(["train", {recipe!r}]))
+
+
+# torch is imported once; each kill runs in a fork of this process
+status = {{}}
+for point, recipe in json.loads(sys.argv[1]).items():
+    pid = os.fork()
+    if pid == 0:
+        inject(point)
+        with registered():
+            os._exit(main(["train", recipe]))
+    _, code = os.waitpid(pid, 0)
+    status[point] = os.WTERMSIG(code) if os.WIFSIGNALED(code) else -os.WEXITSTATUS(code)
+print(json.dumps(status))
 """
 
 
@@ -489,15 +502,27 @@ def straight(tmp_path_factory) -> dict:
     return load_checkpoint(tmp / "run" / "last.pt")
 
 
-@pytest.mark.parametrize("point", ["mid_epoch", "mid_write", "before_rename"])
-def test_kill_9_then_resume_gives_the_uninterrupted_weights(point, tmp_path, straight, capsys):
-    path = write_recipe(tmp_path)
-    code = CHILD.format(tests=str(TESTS), src=SRC, point=point, recipe=str(path))
+POINTS = ("mid_epoch", "mid_write", "before_rename")
+
+
+@pytest.fixture(scope="module")
+def killed(tmp_path_factory) -> dict[str, tuple[Path, int]]:
+    """A run killed at each point: (its recipe, the signal that ended it)."""
+    recipes = {point: str(write_recipe(tmp_path_factory.mktemp(point))) for point in POINTS}
+    code = CHILD.format(tests=str(TESTS), src=SRC)
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    res = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
-                         capture_output=True, text=True, timeout=120)
-    assert res.returncode == -signal.SIGKILL, res.stderr
-    run = tmp_path / "run"
+    res = subprocess.run([sys.executable, "-c", code, json.dumps(recipes)], env=env,
+                         capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stderr
+    status = json.loads(res.stdout.strip().splitlines()[-1])
+    return {point: (Path(recipes[point]), status[point]) for point in POINTS}
+
+
+@pytest.mark.parametrize("point", POINTS)
+def test_kill_9_then_resume_gives_the_uninterrupted_weights(point, killed, straight):
+    path, ended_by = killed[point]
+    assert ended_by == signal.SIGKILL
+    run = path.parent / "run"
     assert load_checkpoint(run / "last.pt")["epoch"] == 0
     left = [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
     assert bool(left) == (point != "mid_epoch")  # the kill left a temporary behind
