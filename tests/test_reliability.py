@@ -533,3 +533,49 @@ def test_kill_9_then_resume_gives_the_uninterrupted_weights(point, killed, strai
     for key, value in straight["distiller"].items():
         assert torch.equal(value, done["distiller"][key]), key
     assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []
+
+
+# --------------------------------------------------------------------- torchrun
+TORCHRUN_SCRIPT = """
+import os, signal, sys
+sys.path[:0] = [{tests!r}, {src!r}]
+from engine_support import registered
+from kdlab.cli import main
+import kdlab.engine.trainer as trainer_mod
+
+real = trainer_mod.Trainer._train_epoch
+def train_epoch(self, epoch, *a, **k):
+    if epoch == 1 and os.environ["RANK"] == "1" and os.environ.get("KILL_RANK_1") == "1":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(self, epoch, *a, **k)
+trainer_mod.Trainer._train_epoch = train_epoch
+with registered():
+    sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_torchrun_rank_killed_then_resumed(tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(TORCHRUN_SCRIPT.format(tests=str(TESTS), src=SRC))
+    path = write_recipe(tmp_path)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+
+    def torchrun(*args: str, **extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone",
+             "--nproc_per_node=2", str(script), "train", str(path), *args],
+            cwd=tmp_path, env={**env, **extra}, capture_output=True, text=True, timeout=180)
+
+    killed = torchrun(KILL_RANK_1="1")
+    assert killed.returncode != 0
+    survivor = [line for line in killed.stderr.splitlines() if line.startswith("kdlab: error:")]
+    assert len(survivor) == 1 and "rank 0 of 2" in survivor[0] and "--resume" in survivor[0]
+    assert "rank      : 1" in killed.stderr  # torchrun names the rank that failed first
+    resumed = torchrun("--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert resumed.stdout.count("done:") == 1  # from rank 0 only
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 1
+    assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith(".")]

@@ -44,6 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # argparse prints "kdlab: error: ..." itself
         return int(e.code) if isinstance(e.code, int) else 2
     args.argv = argv
+    failures.watch_launcher()
     try:
         return int(args.run(args) or 0)
     except UserError as e:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 from pathlib import Path
+from types import FrameType
 
 OOM_HINT = ("lower data.batch_size (and data.eval_batch_size for evaluation), use a smaller "
             "model, or set train.amp=bf16")
@@ -71,23 +73,49 @@ def _out_of_memory(e: BaseException) -> bool:
                                             or "out of memory" in text.lower())
 
 
+class StoppedByLauncher(Exception):
+    """torchrun sent SIGTERM: another process of the job ended."""
+
+
+def _torchrun_rank() -> tuple[str, str] | None:
+    rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE", "1")
+    return None if rank is None or world == "1" else (rank, world)
+
+
+def _stop(signum: int, frame: FrameType | None) -> None:
+    raise StoppedByLauncher
+
+
+def watch_launcher() -> None:
+    """Under torchrun, turn the SIGTERM that stops the survivors of a failed process into
+    :class:`StoppedByLauncher` (so that they say why, instead of dying silently)."""
+    if _torchrun_rank() is not None:
+        signal.signal(signal.SIGTERM, _stop)
+
+
+def _survivor_message() -> str:
+    rank, world = _torchrun_rank() or ("0", "1")
+    return (f"Another process of this torchrun job stopped, so rank {rank} of {world} stops "
+            "too (torchrun's summary names the rank that failed first, as the root cause); "
+            "start the same command with --resume to continue from the last checkpoint.")
+
+
 def _peer_failure(e: BaseException) -> str | None:
     """A collective that failed because another torchrun process died."""
-    rank = os.environ.get("RANK")
-    if rank is None or os.environ.get("WORLD_SIZE", "1") == "1":
+    if _torchrun_rank() is None:
         return None
     text = str(e)
     markers = ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
-               "ProcessGroupGloo", "NCCL", "DistBackendError", "recvBytes", "sendBytes")
-    if not (type(e).__name__ == "DistBackendError" or any(m in text for m in markers)):
-        return None
-    return (f"Another process of this torchrun job stopped (this is rank {rank} of "
-            f"{os.environ['WORLD_SIZE']}; see the first error above for the rank that failed); "
-            "start the same command with --resume to continue from the last checkpoint.")
+               "ProcessGroupGloo", "NCCL", "recvBytes", "sendBytes")
+    if type(e).__name__ == "DistBackendError" or any(m in text for m in markers):
+        return _survivor_message()
+    return None
 
 
 def describe(e: BaseException) -> str | None:
     """The one sentence for ``e``, or None when ``e`` is a bug that keeps its traceback."""
+    if isinstance(e, StoppedByLauncher):
+        return _survivor_message()
     if isinstance(e, UnicodeDecodeError):
         return (f"A text file kdlab read is not UTF-8 ({e.reason} at byte {e.start}); save "
                 "recipes and config.yaml as UTF-8 text.")
