@@ -201,7 +201,7 @@ CASES: dict[str, tuple[Callable[[Path, Path], list[str]], str]] = {
     "teacher checkpoint missing": (_kd_teacher(lambda t, f: t / "none.pt"), "does not exist"),
     "teacher checkpoint truncated": (_kd_teacher(_corrupt_teacher), "cannot be read"),
     "checkpoint corrupt": (_bad_checkpoint("eval", lambda f: b"not a checkpoint" * 20),
-                           "cannot be read"),
+                           "cannot be read (unknown data); it is truncated, corrupt"),
     "checkpoint truncated": (_bad_checkpoint(
         "eval", lambda f: (f / "best.pt").read_bytes()[:1000]), "cannot be read"),
     "checkpoint empty": (_bad_checkpoint("export", lambda f: b""), "cannot be read"),

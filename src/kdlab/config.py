@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import yaml
 
 from kdlab.errors import UserError
-from kdlab.recipe_yaml import DuplicateKeyError, load_yaml, read_text
+from kdlab.recipe_yaml import DuplicateKeyError, load_yaml, read_text, yaml_problem
 from kdlab.registry import did_you_mean
 
 T = TypeVar("T")
@@ -224,7 +224,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except DuplicateKeyError as e:
         raise UserError(f"Recipe {str(p)!r} is ambiguous: {e}; keep one.") from None
     except yaml.YAMLError as e:
-        raise UserError(f"Recipe {str(p)!r} is not valid YAML ({e}); fix the file.") from None
+        raise UserError(f"Recipe {str(p)!r} is not valid YAML ({yaml_problem(e)}); fix the "
+                        "file.") from None
     if tree is None or tree == {}:
         raise UserError(f"Recipe {str(p)!r} is empty; a recipe needs at least a data, model, "
                         "method and schedule section (copy one from `recipes/`).")

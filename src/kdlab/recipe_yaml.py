@@ -65,6 +65,14 @@ def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=RecipeLoader)  # noqa: S506 - a SafeLoader subclass
 
 
+def yaml_problem(e: yaml.YAMLError) -> str:
+    """A YAML error in a few words with its line and column (PyYAML's text spans lines)."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{problem}{where}"
+
+
 def read_text(path: Path, what: str) -> str:
     """The UTF-8 text of ``path``; a folder, a missing file or a binary / non-UTF-8 file is a
     UserError that names ``what`` (e.g. "Recipe")."""

@@ -87,8 +87,8 @@ def load_checkpoint(path: str | Path, *, mmap: bool = False) -> dict[str, Any]:
     try:
         state = torch.load(p, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
-        if "weights only" not in str(e).lower():
-            raise _unreadable(p, e) from None
+        if "global" not in str(e).lower():  # not an object the safe unpickler refused
+            raise _unreadable(p, "unknown data") from None
         raise UserError(
             f"Checkpoint {str(p)!r} cannot be read: it holds pickled Python objects, so it is "
             "not a kdlab or torchvision checkpoint, and it was not loaded, for safety; give a "
@@ -102,8 +102,11 @@ def load_checkpoint(path: str | Path, *, mmap: bool = False) -> dict[str, Any]:
     return state
 
 
-def _unreadable(p: Path, e: BaseException) -> UserError:
-    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+def _unreadable(p: Path, e: BaseException | str) -> UserError:
+    """The error for a file that is not a readable checkpoint; ``e``'s first sentence (not
+    PyTorch's advice that follows it) says why."""
+    first = e if isinstance(e, str) else (str(e).strip().splitlines() or [""])[0]
+    first = first.split(". ")[0].strip().rstrip(".")[:160] or type(e).__name__
     return UserError(f"Checkpoint {str(p)!r} cannot be read ({first}); it is truncated, "
                      "corrupt or not a PyTorch checkpoint: use another checkpoint or train "
                      "again.")
