@@ -1,14 +1,15 @@
-"""The reliability case table: what each bad input gives through ``kdlab.cli.main`` now.
+"""The reliability page: what each bad input and injected fault gives through the CLI now.
 
 Runs every case of ``tests/test_reliability.py``'s table (recipes, settings, checkpoints,
-data, export destinations, run folders) in a fresh temporary folder, and records the exit
-status, the number of stderr lines, whether a traceback appeared and the message. The
-cases that need a fault (kill -9, a full or read-only file system, torchrun) are
-described, with their tests, in the hand-written part of the page.
+data, export destinations, run folders) in a fresh temporary folder through
+``kdlab.cli.main`` and records the exit status, the number of stderr lines, whether a
+traceback appeared and the message. The cases that need a fault (kill -9, a full or
+read-only file system, torchrun, out of memory) are the hand-written part of the page,
+above that table, each with the test that checks it.
 
     PYTHONPATH=src .venv/bin/python benchmarks/reliability_cases.py
 
-Writes ``benchmarks/results/reliability_cases.md`` (included by ``reliability.md``).
+Writes ``benchmarks/results/reliability.md``.
 """
 
 from __future__ import annotations
@@ -56,7 +57,11 @@ def main_table() -> str:
     return "\n".join(rows) + "\n"
 
 
+MARKER = "## Bad inputs (measured)\n"
+
+
 if __name__ == "__main__":
-    out = ROOT / "benchmarks" / "results" / "reliability_cases.md"
-    out.write_text("<!-- written by benchmarks/reliability_cases.py -->\n" + main_table())
+    out = ROOT / "benchmarks" / "results" / "reliability.md"
+    written = out.read_text()  # the hand-written part ends at MARKER; the rest is replaced
+    out.write_text(written[: written.index(MARKER) + len(MARKER)] + "\n" + main_table())
     print(f"wrote {out}")
