@@ -39,9 +39,12 @@ def _os_error(e: OSError) -> str | None:
     code = e.errno
     if code in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
         folder = Path(path).parent if name is not None else Path(".")
+        if not any((folder / f).is_file() for f in ("last.pt", "config.yaml")):  # not a run
+            return (f"No space left on the device (or quota) while writing {shown}; free some "
+                    "space or choose another path.")
         return (f"No space left on the device (or quota) while writing {shown}; "
                 f"{_last_good_epoch(folder)}: free some space, then continue with --resume "
-                "(or choose another out_dir / --out).")
+                "(or choose another out_dir).")
     if code in (errno.EACCES, errno.EPERM):
         return (f"Permission denied for {shown}; choose a folder you can write to (--out or "
                 "train.out_dir) or change its permissions.")
