@@ -480,16 +480,29 @@ def inject(point):
     io.os = OS()
 
 
-# torch is imported once; each kill runs in a fork of this process
-status = {{}}
-for point, recipe in json.loads(sys.argv[1]).items():
+def run_in_fork(recipe, point=None, stderr=None):
     pid = os.fork()
     if pid == 0:
-        inject(point)
+        if stderr is not None:
+            os.dup2(os.open(stderr, os.O_WRONLY | os.O_CREAT, 0o644), 2)
+        if point is not None:
+            inject(point)
         with registered():
             os._exit(main(["train", recipe]))
+    return pid
+
+
+def ended(pid):
     _, code = os.waitpid(pid, 0)
-    status[point] = os.WTERMSIG(code) if os.WIFSIGNALED(code) else -os.WEXITSTATUS(code)
+    return os.WTERMSIG(code) if os.WIFSIGNALED(code) else -os.WEXITSTATUS(code)
+
+
+# torch is imported once; each run is a fork of this process
+recipes, concurrent = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+status = {{point: ended(run_in_fork(recipe, point)) for point, recipe in recipes.items()}}
+# two runs started into one folder at the same time
+pids = [run_in_fork(concurrent["recipe"], stderr=err) for err in concurrent["stderr"]]
+status["concurrent"] = [ended(pid) for pid in pids]
 print(json.dumps(status))
 """
 
@@ -506,16 +519,37 @@ POINTS = ("mid_epoch", "mid_write", "before_rename")
 
 
 @pytest.fixture(scope="module")
-def killed(tmp_path_factory) -> dict[str, tuple[Path, int]]:
-    """A run killed at each point: (its recipe, the signal that ended it)."""
+def killed(tmp_path_factory) -> dict:
+    """A run killed at each point: {point: (its recipe, the signal that ended it)}, and
+    "concurrent": (recipe, [exit statuses], [stderr files]) of two runs started together."""
     recipes = {point: str(write_recipe(tmp_path_factory.mktemp(point))) for point in POINTS}
+    both = tmp_path_factory.mktemp("concurrent")
+    concurrent = {"recipe": str(write_recipe(both)),
+                  "stderr": [str(both / f"stderr{i}.txt") for i in range(2)]}
     code = CHILD.format(tests=str(TESTS), src=SRC)
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    res = subprocess.run([sys.executable, "-c", code, json.dumps(recipes)], env=env,
-                         capture_output=True, text=True, timeout=180)
+    res = subprocess.run([sys.executable, "-c", code, json.dumps(recipes),
+                          json.dumps(concurrent)], env=env, capture_output=True, text=True,
+                         timeout=180)
     assert res.returncode == 0, res.stderr
     status = json.loads(res.stdout.strip().splitlines()[-1])
-    return {point: (Path(recipes[point]), status[point]) for point in POINTS}
+    out = {point: (Path(recipes[point]), status[point]) for point in POINTS}
+    out["concurrent"] = (Path(concurrent["recipe"]), [-c for c in status["concurrent"]],
+                         [Path(p) for p in concurrent["stderr"]])
+    return out
+
+
+def test_two_runs_started_into_one_folder_at_once(killed, straight):
+    path, codes, stderr = killed["concurrent"]
+    assert sorted(codes) == [0, 2]
+    loser = stderr[codes.index(2)].read_text().strip().splitlines()
+    assert len(loser) == 1, loser
+    assert "in use by another kdlab run" in loser[0] or "already holds a run" in loser[0]
+    run = path.parent / "run"
+    done = load_checkpoint(run / "last.pt")  # the winner's run, whole
+    for key, value in straight["distiller"].items():
+        assert torch.equal(value, done["distiller"][key]), key
+    assert not [p for p in run.iterdir() if p.name.startswith(".")]
 
 
 @pytest.mark.parametrize("point", POINTS)
