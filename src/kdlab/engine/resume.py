@@ -73,6 +73,7 @@ def _normalised(cfg: RunConfig) -> dict[str, Any]:
         tree["method"] = {"name": cfg.method_name, **dataclasses.asdict(method_cfg)}
     except UserError:
         pass  # compared as written
+    tree["train"]["out_dir"] = str(Path(cfg.train.out_dir).resolve())  # runs/x == ./runs/x/
     return _flatten(tree)
 
 
