@@ -60,6 +60,8 @@ NON_NEGATIVE = Domain(low=0)
 AT_LEAST_ONE = Domain(low=1)
 UNIT = Domain(low=0, high=1)
 UNIT_OPEN_TOP = Domain(low=0, high=1, high_open=True)
+#: a Python index into the stages (-1 = the last); the method checks it against the network
+STAGE_INDEX = Domain()
 
 #: every numeric run setting (a key absent from this kdlab's config is skipped)
 RUN_DOMAINS: dict[str, Domain] = {
@@ -103,10 +105,10 @@ METHOD_DOMAINS: dict[str, Domain] = {
     "k_min": AT_LEAST_ONE,
     "levels": AT_LEAST_ONE,
     "mid_channels": AT_LEAST_ONE,
-    "position": NON_NEGATIVE,
-    "positions": NON_NEGATIVE,
-    "app_positions": NON_NEGATIVE,
-    "stages": NON_NEGATIVE,
+    "position": AT_LEAST_ONE,  # 1-based stage numbers (FitNet, FCFD)
+    "positions": AT_LEAST_ONE,
+    "app_positions": AT_LEAST_ONE,
+    "stages": STAGE_INDEX,
     "hcl_levels": AT_LEAST_ONE,
     "warmup": NON_NEGATIVE,
 }
