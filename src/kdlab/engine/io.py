@@ -41,7 +41,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
     except OSError as e:
-        if e.filename not in (None, str(tmp_path), tmp_path):
+        if e.errno is None or e.filename not in (None, str(tmp_path), tmp_path):
             raise
         # name the file the user knows (e.g. a full disk while writing last.pt)
         raise OSError(e.errno, e.strerror, str(path)) from e
