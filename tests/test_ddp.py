@@ -36,9 +36,9 @@ SCRIPT = textwrap.dedent("""
     state = trainer.run.distiller.state_dict()
     torch.save(state, os.path.join(os.path.dirname(out), f"rank{{rank}}.pt"))
     # one write per line: the two ranks share the pipe (unbuffered print writes piecewise)
-    sys.stdout.write(f"RANK {{rank}} SEEDS {{repr(seeds).replace(' ', '')}}\n")
+    sys.stdout.write(f"RANK {{rank}} SEEDS {{repr(seeds).replace(' ', '')}}\\n")
     sys.stdout.write(f"RANK {{rank}} WORLD {{summary['world_size']}} TOP1 "
-                     f"{{summary['last_top1']}}\n")
+                     f"{{summary['last_top1']}}\\n")
 """)
 
 
