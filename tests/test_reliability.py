@@ -613,3 +613,37 @@ def test_torchrun_rank_killed_then_resumed(tmp_path):
     assert resumed.stdout.count("done:") == 1  # from rank 0 only
     assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 1
     assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith(".")]
+
+
+# --------------------------------------------------------------------- failures by kind
+@pytest.mark.parametrize("error,expected", [
+    (PermissionError(13, "Permission denied", "/srv/runs/a"), "Permission denied for"),
+    (OSError(30, "Read-only file system", "/mnt/ro/run"), "read-only file system"),
+    (FileNotFoundError(2, "No such file or directory", "/no/such/x"), "does not exist"),
+    (FileExistsError(17, "File exists", "/tmp/afile"), "exists and is not a folder"),
+    (NotADirectoryError(20, "Not a directory", "/tmp/afile/x"), "is a file, not a folder"),
+    (IsADirectoryError(21, "Is a directory", "/tmp/d"), "is a folder"),
+    (OSError(28, "No space left on device", "/nowhere/x.safetensors"),
+     "No space left on the device (or quota) while writing '/nowhere/x.safetensors'; free"),
+    (UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"), "not UTF-8"),
+    (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes"),
+     "lower data.batch_size"),
+])
+def test_machine_failures_are_described_by_kind(error, expected):
+    from kdlab.commands.failures import describe
+
+    message = describe(error)
+    assert message is not None and expected in message, message
+
+
+def test_bugs_and_unknown_errors_are_not_described(monkeypatch):
+    from kdlab.commands.failures import describe
+
+    monkeypatch.delenv("RANK", raising=False)
+    for error in (ZeroDivisionError(), KeyError("x"), RuntimeError("shape mismatch"),
+                  OSError(5, "Input/output error"), RuntimeError("Connection closed by peer")):
+        assert describe(error) is None, error
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    message = describe(RuntimeError("[gloo] Connection closed by peer [127.0.0.1]:1234"))
+    assert message is not None and "rank 1 of 2" in message and "--resume" in message
