@@ -350,10 +350,27 @@ def test_a_second_run_into_a_held_folder_is_refused(tmp_path, capsys):
     path = write_recipe(tmp_path)
     run = tmp_path / "run"
     with RunLock(run):
+        (run / "config.yaml").write_text("the holder's\n")  # a live run without a checkpoint
         line = one_error(capsys, ["train", str(path)])
         assert "in use by another kdlab run" in line and f"pid {os.getpid()}" in line
-        assert files_under(run) == {LOCK_NAME}
-    assert not run.exists()  # the holder made the folder and left it empty
+        assert files_under(run) == {LOCK_NAME, "config.yaml"}  # the refused run removed nothing
+    assert files_under(run) == {"config.yaml"}
+
+
+def test_a_failed_start_removes_only_the_folder_it_made(tmp_path, capsys, monkeypatch):
+    import kdlab.engine.trainer as trainer_mod
+
+    def fails(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(trainer_mod.Trainer, "_train_epoch", fails)
+    path = write_recipe(tmp_path)
+    one_error(capsys, ["train", str(path)])
+    assert not (tmp_path / "run").exists()  # made by this run, no checkpoint: removed
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    one_error(capsys, ["train", str(path)])
+    assert {p.name for p in (tmp_path / "run").iterdir()} >= {"notes.txt"}  # not made by it
 
 
 def test_stale_lock_and_temporaries_are_cleared_and_modes_follow_the_umask(tmp_path, capsys):

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import shutil
-from pathlib import Path
 from typing import Any
 
 from kdlab.commands.common import add_set_option
@@ -60,26 +58,13 @@ def run(args: argparse.Namespace) -> int:
     cfg = prepare(args)
     from kdlab.engine.trainer import Trainer
 
-    out = Path(cfg.train.out_dir)
-    existed = out.exists()
-    try:
-        summary = Trainer(cfg, resume=args.resume).fit()
-    except Exception:  # noqa: BLE001 - any failure before the first checkpoint
-        remove_if_empty_run(out, existed)
-        raise
+    # A failed start removes the run folder it made (kdlab.engine.run_lock.RunLock.release).
+    summary = Trainer(cfg, resume=args.resume).fit()
     from kdlab.engine.run_lock import is_main_process
 
     if is_main_process():  # under torchrun one `done:` line, from rank 0
         print_summary(summary)
     return 0
-
-
-def remove_if_empty_run(out: Path, existed: bool) -> None:
-    """After a failed start, remove the run folder this command created if it holds no
-    checkpoint (a run that failed later keeps its last checkpoint and logs)."""
-    if existed or not out.is_dir() or any(out.glob("*.pt")):
-        return
-    shutil.rmtree(out, ignore_errors=True)
 
 
 def print_summary(summary: dict[str, Any]) -> None:

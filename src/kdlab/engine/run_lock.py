@@ -5,7 +5,8 @@ process id and host into it. The operating system drops the lock when the proces
 any way (kill -9 included), so a lock file left by a dead run is stale and simply taken
 over; a second run started into a folder that a live run holds is refused with a
 :class:`~kdlab.errors.UserError` that names the holder. The lock file is removed when the run
-ends (and the folder too if the run created it and left it empty). With the lock held,
+ends; a folder the run created goes too when it is empty or the run failed before its first
+checkpoint (``release(discard=True)``: a failed start leaves nothing behind). With the lock held,
 :func:`remove_stale_temporaries` deletes the half-written temporaries
 (``.last.pt.XXXXXXXX.tmp``) of a run that was killed during a write.
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -85,10 +87,21 @@ class RunLock:
             text = ""
         return text or "a process that has not written its id yet"
 
-    def release(self) -> None:
-        """Remove the lock file and drop the lock (the order keeps a waiting run safe)."""
+    def release(self, *, discard: bool = False) -> None:
+        """Remove the lock file and drop the lock (the order keeps a waiting run safe). With
+        ``discard`` (a failed start), a folder that :meth:`acquire` created and that holds no
+        checkpoint is emptied first, while the lock is still held, so that it is removed."""
         if self._fd is None:
             return
+        if discard and self._created and not any(self.folder.glob("*.pt")):
+            for child in self.folder.iterdir():
+                if child.name == LOCK_NAME:
+                    continue
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    with contextlib.suppress(OSError):
+                        child.unlink()
         with contextlib.suppress(OSError):
             self.path.unlink()
         os.close(self._fd)  # closing the descriptor drops the flock

@@ -154,6 +154,7 @@ class Trainer:
         cfg = self.cfg
         validate_config(cfg)  # settings errors before any process group or folder exists
         self._lock: RunLock | None = None
+        failed = False
         try:
             self._check_out_dir()
             device = resolve_device(cfg.train.device)
@@ -163,9 +164,12 @@ class Trainer:
                 return self._fit()
             finally:
                 distributed.cleanup(dist_info)
+        except Exception:
+            failed = True  # a folder this run made is removed if it holds no checkpoint
+            raise
         finally:
             if self._lock is not None:
-                self._lock.release()
+                self._lock.release(discard=failed)
 
     def _check_out_dir(self) -> None:
         out = self.out_dir
