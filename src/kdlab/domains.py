@@ -60,7 +60,8 @@ NON_NEGATIVE = Domain(low=0)
 AT_LEAST_ONE = Domain(low=1)
 UNIT = Domain(low=0, high=1)
 UNIT_OPEN_TOP = Domain(low=0, high=1, high_open=True)
-#: a Python index into the stages (-1 = the last); the method checks it against the network
+#: stage numbers, indices (-1 = the last) and counts: the method checks them against the
+#: network's stages, which only it knows
 STAGE_INDEX = Domain()
 
 #: every numeric run setting (a key absent from this kdlab's config is skipped)
@@ -101,13 +102,13 @@ METHOD_DOMAINS: dict[str, Domain] = {
     "factor": AT_LEAST_ONE,
     "feat_dim": AT_LEAST_ONE,
     "num_negatives": AT_LEAST_ONE,
-    "num_paths": AT_LEAST_ONE,
+    "num_paths": NON_NEGATIVE,  # FCFD: 0 = appearance loss only
     "k_min": AT_LEAST_ONE,
-    "levels": AT_LEAST_ONE,
+    "levels": STAGE_INDEX,
     "mid_channels": AT_LEAST_ONE,
-    "position": AT_LEAST_ONE,  # 1-based stage numbers (FitNet, FCFD)
-    "positions": AT_LEAST_ONE,
-    "app_positions": AT_LEAST_ONE,
+    "position": STAGE_INDEX,
+    "positions": STAGE_INDEX,
+    "app_positions": STAGE_INDEX,
     "stages": STAGE_INDEX,
     "hcl_levels": AT_LEAST_ONE,
     "warmup": NON_NEGATIVE,

@@ -131,13 +131,15 @@ def check_resume(cfg: RunConfig, out_dir: Path) -> list[str]:
     world = _current_world_size()
     if saved.has_checkpoint and world != saved.world_size:
         old_bs, new_bs = saved.config.data.batch_size, cfg.data.batch_size
-        if world * new_bs != saved.world_size * old_bs:
+        total = saved.world_size * old_bs
+        if world * new_bs != total:
+            keep = (f", or set data.batch_size={total // world} to keep the global batch"
+                    if total % world == 0 else "")
             raise UserError(
                 f"{str(out_dir)!r} was trained with {saved.world_size} process(es) x "
-                f"data.batch_size {old_bs} (global batch {saved.world_size * old_bs}); "
-                f"resuming with {world} x {new_bs} would change the results: resume with "
-                f"{saved.world_size} process(es), or set data.batch_size="
-                f"{saved.world_size * old_bs // world} if that divides evenly.")
+                f"data.batch_size {old_bs} (global batch {total}); resuming with {world} x "
+                f"{new_bs} would change the results: resume with {saved.world_size} "
+                f"process(es){keep}.")
         notes.append(f"{saved.world_size} -> {world} process(es) with the same global batch "
                      f"{world * new_bs}; BatchNorm statistics and random streams differ, so "
                      "the weights will not match an uninterrupted run exactly")
