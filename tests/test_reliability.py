@@ -664,3 +664,13 @@ def test_bugs_and_unknown_errors_are_not_described(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     message = describe(RuntimeError("[gloo] Connection closed by peer [127.0.0.1]:1234"))
     assert message is not None and "rank 1 of 2" in message and "--resume" in message
+
+
+def test_a_runs_config_that_is_not_utf8_is_named(finished, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    (run / "config.yaml").write_bytes(b"\xff\xfe" + (run / "config.yaml").read_bytes())
+    line = one_error(capsys, ["eval", str(run)])
+    assert "config.yaml" in line and "not UTF-8" in line
