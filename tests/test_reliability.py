@@ -148,6 +148,15 @@ def _export_out(out: Callable[[Path], str]) -> Callable[[Path, Path], list[str]]
     return make
 
 
+def _run_with_latin1_config(tmp: Path, finished: Path) -> list[str]:
+    import shutil
+
+    run = tmp / "copy"
+    shutil.copytree(finished, run)
+    (run / "config.yaml").write_bytes(b"\xff\xfe" + (run / "config.yaml").read_bytes())
+    return ["eval", str(run)]
+
+
 def _folder_out(tmp: Path) -> str:
     (tmp / "d.safetensors").mkdir()
     return str(tmp / "d.safetensors")
@@ -208,6 +217,7 @@ CASES: dict[str, tuple[Callable[[Path, Path], list[str]], str]] = {
     "checkpoint malicious pickle": (_bad_checkpoint("eval", _pickle),
                                     "not a kdlab or torchvision checkpoint"),
     "checkpoint missing": (_bad_checkpoint("eval", None), "no best.pt"),
+    "run config.yaml not UTF-8": (_run_with_latin1_config, "config.yaml' is not UTF-8"),
     # data
     "missing data": (_with_sets("data.name=fashion_mnist", "data.root=/nonexistent/fm",
                                 "data.download=false"), "data.root"),
@@ -665,12 +675,3 @@ def test_bugs_and_unknown_errors_are_not_described(monkeypatch):
     message = describe(RuntimeError("[gloo] Connection closed by peer [127.0.0.1]:1234"))
     assert message is not None and "rank 1 of 2" in message and "--resume" in message
 
-
-def test_a_runs_config_that_is_not_utf8_is_named(finished, tmp_path, capsys):
-    import shutil
-
-    run = tmp_path / "run"
-    shutil.copytree(finished, run)
-    (run / "config.yaml").write_bytes(b"\xff\xfe" + (run / "config.yaml").read_bytes())
-    line = one_error(capsys, ["eval", str(run)])
-    assert "config.yaml" in line and "not UTF-8" in line
