@@ -35,8 +35,10 @@ SCRIPT = textwrap.dedent("""
     rank = int(os.environ["RANK"])
     state = trainer.run.distiller.state_dict()
     torch.save(state, os.path.join(os.path.dirname(out), f"rank{{rank}}.pt"))
-    print("RANK", rank, "SEEDS", repr(seeds).replace(" ", ""))
-    print("RANK", rank, "WORLD", summary["world_size"], "TOP1", summary["last_top1"])
+    # one write per line: the two ranks share the pipe (unbuffered print writes piecewise)
+    sys.stdout.write(f"RANK {{rank}} SEEDS {{repr(seeds).replace(' ', '')}}\\n")
+    sys.stdout.write(f"RANK {{rank}} WORLD {{summary['world_size']}} TOP1 "
+                     f"{{summary['last_top1']}}\\n")
 """)
 
 

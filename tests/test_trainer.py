@@ -10,7 +10,8 @@ import torch
 from engine_support import CE, KD, MODEL, engine_tiny, registered, tiny_config
 from kdlab.engine.build import load_weights, resolve_device
 from kdlab.engine.checkpoint import load_checkpoint
-from kdlab.engine.trainer import Trainer, build_scheduler
+from kdlab.engine.optimisation import build_scheduler
+from kdlab.engine.trainer import Trainer
 from kdlab.errors import UserError
 
 

@@ -2,8 +2,10 @@
 
 Each subcommand lives in :mod:`kdlab.commands` and exposes ``add_parser(subparsers)`` and
 ``run(args) -> int``. Mistakes a user can make (:class:`~kdlab.errors.UserError`, argparse
-misuse) end with one line ``kdlab: error: ...`` on stderr and exit status 2; Ctrl-C exits
-with 130. Any other exception keeps its traceback: it is a bug to report.
+misuse) end with one line ``kdlab: error: ...`` on stderr and exit status 2, and so do the
+machine's failures that :mod:`kdlab.commands.failures` knows (a full disk, a read-only or
+missing folder, out of memory, a non-UTF-8 file, a dead torchrun peer); Ctrl-C exits with
+130. Any other exception keeps its traceback: it is a bug to report.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from kdlab import __version__
-from kdlab.commands import bench, evaluate, export, listing, quickstart, training
+from kdlab.commands import bench, evaluate, export, failures, listing, quickstart, training
 from kdlab.errors import UserError
 
 COMMANDS = (training, evaluate, export, listing, bench, quickstart)
@@ -42,6 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # argparse prints "kdlab: error: ..." itself
         return int(e.code) if isinstance(e.code, int) else 2
     args.argv = argv
+    failures.watch_launcher()
     try:
         return int(args.run(args) or 0)
     except UserError as e:
@@ -55,6 +58,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Point stdout at /dev/null so that the interpreter's final flush does not fail too.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Exception as e:  # a full disk, a read-only folder, no memory, ...: by kind
+        message = failures.describe(e)
+        if message is None:
+            raise  # a bug: keep the traceback
+        print(f"kdlab: error: {' '.join(message.split())}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

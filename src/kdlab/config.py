@@ -8,6 +8,7 @@ wrong type is a :class:`~kdlab.errors.UserError` naming the key and the closest 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -18,6 +19,7 @@ from typing import Any, TypeVar
 import yaml
 
 from kdlab.errors import UserError
+from kdlab.recipe_yaml import DuplicateKeyError, load_yaml, read_text, yaml_problem
 from kdlab.registry import did_you_mean
 
 T = TypeVar("T")
@@ -155,6 +157,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"{where} must be {_kind(tp)}, got {value!r}.")
+        if not math.isfinite(value):  # .nan / .inf: never a meaningful setting
+            raise UserError(f"{where} must be a finite number, got {value!r}.")
         return float(value)
     if tp in (int, bool, str):
         # bool is a subclass of int: `true` is not an integer, 1 is not true.
@@ -195,7 +199,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not path:
         raise UserError(f"Override {text!r} has an empty key; write e.g. optim.lr=0.05.")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = load_yaml(raw) if raw.strip() else None
+    except DuplicateKeyError as e:
+        raise UserError(f"Override {text!r}: {e}; give each key once.") from None
     except yaml.YAMLError:
         value = raw
     return path, value
@@ -218,13 +224,18 @@ def apply_overrides(tree: dict[str, Any], overrides: Sequence[str]) -> dict[str,
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A recipe's sections; a missing, binary, empty or repeated-key file is a UserError."""
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"Recipe {str(p)!r} does not exist; see `recipes/` for examples.")
     try:
-        tree = yaml.safe_load(p.read_text()) or {}
+        tree = load_yaml(read_text(p, "Recipe"))
+    except DuplicateKeyError as e:
+        raise UserError(f"Recipe {str(p)!r} is ambiguous: {e}; keep one.") from None
     except yaml.YAMLError as e:
-        raise UserError(f"Recipe {str(p)!r} is not valid YAML ({e}); fix the file.") from None
+        raise UserError(f"Recipe {str(p)!r} is not valid YAML ({yaml_problem(e)}); fix the "
+                        "file.") from None
+    if tree is None or tree == {}:
+        raise UserError(f"Recipe {str(p)!r} is empty; a recipe needs at least a data, model, "
+                        "method and schedule section (copy one from `recipes/`).")
     if not isinstance(tree, dict):
         raise UserError(f"Recipe {str(p)!r} must be a mapping of sections (data, model, ...).")
     return tree

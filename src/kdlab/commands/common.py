@@ -14,6 +14,7 @@ import yaml
 
 from kdlab.config import RunConfig, apply_overrides, build_dataclass
 from kdlab.errors import UserError
+from kdlab.recipe_yaml import load_yaml, read_text
 
 WHICH = ("best", "last")
 
@@ -71,7 +72,7 @@ def run_config(ckpt_path: Path, ckpt: dict[str, Any], overrides: Sequence[str]) 
     beside = ckpt_path.parent / "config.yaml"
     if beside.is_file():
         try:
-            tree = yaml.safe_load(beside.read_text()) or {}
+            tree = load_yaml(read_text(beside, "The run's config")) or {}
         except yaml.YAMLError as e:
             raise UserError(f"{str(beside)!r} is not valid YAML ({e}); fix or delete it.") from None
     elif isinstance(ckpt.get("config"), dict):

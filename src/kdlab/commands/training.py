@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import shutil
-from pathlib import Path
 from typing import Any
 
 from kdlab.commands.common import add_set_option
@@ -37,15 +35,14 @@ def prepare(args: argparse.Namespace) -> RunConfig:
 
 
 def check(cfg: RunConfig, mode: str) -> None:
-    """Names, method options and the teacher, so that mistakes fail before a run folder exists."""
-    from kdlab.config import build_dataclass
-    from kdlab.data import DATASETS
+    """Settings, names, method options and the teacher, so that mistakes fail before a run
+    folder exists."""
     from kdlab.engine.build import check_model_config
+    from kdlab.engine.validate import validate_config
     from kdlab.methods import METHODS
 
+    validate_config(cfg)
     method = METHODS.get(cfg.method_name)
-    build_dataclass(method.Config, cfg.method_options, where=f"method.{cfg.method_name}")
-    DATASETS.get(cfg.data.name)
     if mode == "train" and method.needs_teacher:
         raise UserError(
             f"Method {cfg.method_name!r} needs a teacher: run it with `kdlab distill` and set "
@@ -62,23 +59,13 @@ def run(args: argparse.Namespace) -> int:
     cfg = prepare(args)
     from kdlab.engine.trainer import Trainer
 
-    out = Path(cfg.train.out_dir)
-    existed = out.exists()
-    try:
-        summary = Trainer(cfg, resume=args.resume).fit()
-    except UserError:
-        remove_if_empty_run(out, existed)
-        raise
-    print_summary(summary)
+    # A failed start removes the run folder it made (kdlab.engine.run_lock.RunLock.release).
+    summary = Trainer(cfg, resume=args.resume).fit()
+    from kdlab.engine.run_lock import is_main_process
+
+    if is_main_process():  # under torchrun one `done:` line, from rank 0
+        print_summary(summary)
     return 0
-
-
-def remove_if_empty_run(out: Path, existed: bool) -> None:
-    """After a failed start, remove the run folder this command created if it holds no
-    checkpoint (a run that failed later keeps its last checkpoint and logs)."""
-    if existed or not out.is_dir() or any(out.glob("*.pt")):
-        return
-    shutil.rmtree(out, ignore_errors=True)
 
 
 def print_summary(summary: dict[str, Any]) -> None:

@@ -169,6 +169,9 @@ def check_model_config(cfg: RunConfig, *, weights: bool = True) -> None:
                             "model.teacher_pretrained is; train the teacher first with `kdlab "
                             "train ...` and point to its best.pt, or set "
                             "model.teacher_pretrained=true for torchvision's ImageNet weights.")
+        if ckpt and Path(ckpt).is_dir():
+            raise UserError(f"Teacher checkpoint {ckpt!r} is a folder; give the file in it, e.g. "
+                            f"{str(Path(ckpt) / 'best.pt')!r}.")
         if ckpt and not Path(ckpt).is_file():
             raise UserError(f"Teacher checkpoint {ckpt!r} does not exist; train the teacher "
                             "first with `kdlab train ...` or fix model.teacher_checkpoint.")

@@ -7,6 +7,9 @@ PyTorch's own ``state_dict`` methods produce (e.g. ``MultiStepLR``'s ``Counter``
 
 from __future__ import annotations
 
+import errno
+import os
+import pickle
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,10 +35,36 @@ def plain(value: Any) -> Any:
     return value
 
 
+def _nbytes(value: Any) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, Mapping):
+        return sum(_nbytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_nbytes(v) for v in value)
+    return 0
+
+
+def _free_bytes(folder: Path) -> int | None:
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):  # pragma: no cover - no statvfs (Windows)
+        return None
+    return st.f_bavail * st.f_frsize
+
+
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """Write ``state`` to ``path`` atomically: the old file stays intact until the new one is
-    complete on disk."""
-    atomic_write(Path(path), lambda tmp: torch.save(plain(state), tmp))
+    complete on disk. A full disk is an ``OSError`` with ``errno.ENOSPC`` naming ``path``
+    (PyTorch's writer reports it as a RuntimeError about the stream position)."""
+    path = Path(path)
+    try:
+        atomic_write(path, lambda tmp: torch.save(plain(state), tmp))
+    except RuntimeError:
+        free = _free_bytes(path.parent)
+        if free is None or free >= _nbytes(state) + (1 << 16):
+            raise
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
 
 
 def copy_checkpoint(source: str | Path, path: str | Path) -> None:
@@ -43,24 +72,41 @@ def copy_checkpoint(source: str | Path, path: str | Path) -> None:
     atomic_write(Path(path), lambda tmp: shutil.copyfile(source, tmp))
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint on the CPU with ``weights_only=True``.
+def load_checkpoint(path: str | Path, *, mmap: bool = False) -> dict[str, Any]:
+    """Load a checkpoint on the CPU with ``weights_only=True`` (``mmap``: map the tensors
+    instead of reading them, for a quick look at the small entries).
 
     A missing, truncated or corrupt file, or one that holds pickled objects, is a UserError.
     """
     p = Path(path)
+    if p.is_dir():
+        raise UserError(f"Checkpoint {str(p)!r} is a folder; give the file in it, e.g. "
+                        f"{str(p / 'best.pt')!r}.")
     if not p.is_file():
         raise UserError(f"Checkpoint {str(p)!r} does not exist; check the path or train first.")
     try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
+        state = torch.load(p, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        if "global" not in str(e).lower():  # not an object the safe unpickler refused
+            raise _unreadable(p, "unknown data") from None
+        raise UserError(
+            f"Checkpoint {str(p)!r} cannot be read: it holds pickled Python objects, so it is "
+            "not a kdlab or torchvision checkpoint, and it was not loaded, for safety; give a "
+            "kdlab run's best.pt / last.pt or a .safetensors export.") from None
     except Exception as e:  # noqa: BLE001 - a broken file can fail anywhere in the unpickler
         # (UnpicklingError, EOFError, zipfile errors, IndexError from a torn stream, ...)
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise UserError(
-            f"Checkpoint {str(p)!r} cannot be read ({first}); it is truncated, corrupt or not a "
-            "PyTorch checkpoint: use another checkpoint or train again."
-        ) from None
+        raise _unreadable(p, e) from None
     if not isinstance(state, dict):
         raise UserError(f"Checkpoint {str(p)!r} does not hold a dict; it is not a kdlab "
                         "checkpoint: use another file.")
     return state
+
+
+def _unreadable(p: Path, e: BaseException | str) -> UserError:
+    """The error for a file that is not a readable checkpoint; ``e``'s first sentence (not
+    PyTorch's advice that follows it) says why."""
+    first = e if isinstance(e, str) else (str(e).strip().splitlines() or [""])[0]
+    first = first.split(". ")[0].strip().rstrip(".")[:160] or type(e).__name__
+    return UserError(f"Checkpoint {str(p)!r} cannot be read ({first}); it is truncated, "
+                     "corrupt or not a PyTorch checkpoint: use another checkpoint or train "
+                     "again.")

@@ -1,16 +1,32 @@
 """Atomic file writes: a temporary file in the same folder, fsync, then rename.
 
 A reader (or a resumed run) sees either the old file or the complete new one, never a
-half-written file, even when the process is killed mid-write.
+half-written file, even when the process is killed mid-write. The temporary is named
+``.NAME.XXXXXXXX.tmp`` (:data:`TEMP_GLOB` finds those a killed run left behind) and is
+created with the user's umask, like any other file (``mkstemp`` would make it 0600).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+#: the pattern of the temporaries :func:`atomic_path` makes (``.last.pt.1a2b3c4d.tmp``)
+TEMP_GLOB = ".*.*.tmp"
+
+
+def _create_temporary(path: Path) -> Path:
+    """A new, empty file beside ``path`` (mode 0666 less the umask)."""
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:  # pragma: no cover - 32 random bits
+            continue
+        return tmp
 
 
 @contextlib.contextmanager
@@ -18,14 +34,17 @@ def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path``, else vanishes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _create_temporary(path)
     try:
         yield tmp_path
         with open(tmp_path, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
+    except OSError as e:
+        if e.errno is None or e.filename not in (None, str(tmp_path), tmp_path):
+            raise
+        # name the file the user knows (e.g. a full disk while writing last.pt)
+        raise OSError(e.errno, e.strerror, str(path)) from e
     finally:
         tmp_path.unlink(missing_ok=True)
 

@@ -33,10 +33,13 @@ from kdlab.engine.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from kdlab.engine.evaluate import AMP_DTYPES, autocast
+from kdlab.engine.evaluate import autocast
 from kdlab.engine.metrics_log import MetricsLog, Progress
-from kdlab.engine.optimisation import Optimisation, build_optimizer, build_scheduler
+from kdlab.engine.optimisation import Optimisation
 from kdlab.engine.report import write_report
+from kdlab.engine.resume import check_resume
+from kdlab.engine.run_lock import RunLock, is_main_process, remove_stale_temporaries
+from kdlab.engine.validate import validate_config
 from kdlab.errors import UserError
 
 #: steps between the (synchronising) checks for a non-finite loss and progress updates
@@ -77,18 +80,6 @@ def rng_state() -> dict[str, Any]:
     return state
 
 
-def check_train_settings(cfg: RunConfig) -> None:
-    t = cfg.train
-    if t.amp not in ("none", *AMP_DTYPES):
-        raise UserError(f"train.amp {t.amp!r} is not known; use none, bf16 or fp16.")
-    if t.progress not in ("auto", "bar", "lines", "none"):
-        raise UserError(f"train.progress {t.progress!r} is not known; use auto, bar, lines or "
-                        "none.")
-    if t.eval_every < 1:
-        raise UserError(f"train.eval_every must be at least 1, got {t.eval_every}.")
-    if t.max_steps_per_epoch is not None and t.max_steps_per_epoch < 1:
-        raise UserError("train.max_steps_per_epoch must be at least 1 (or null for whole "
-                        f"epochs), got {t.max_steps_per_epoch}.")
 
 
 # --------------------------------------------------------------------- the trainer
@@ -107,31 +98,44 @@ class Trainer:
     # ----------------------------------------------------------------- entry point
     def fit(self) -> dict[str, Any]:
         cfg = self.cfg
-        check_train_settings(cfg)
-        # Settings errors before any process group or folder exists.
-        probe = torch.nn.Linear(1, 1)
-        build_scheduler(cfg.schedule, build_optimizer(cfg.optim, list(probe.parameters())))
+        validate_config(cfg)  # settings errors before any process group or folder exists
         check_task(cfg)  # the data, networks and method are made for the run's task
-        self._check_out_dir()
-        device = resolve_device(cfg.train.device)
-        dist_info, device = distributed.setup(device)
-        self.dist, self.device = dist_info, device
+        self._lock: RunLock | None = None
+        failed = False
         try:
-            return self._fit()
+            self._check_out_dir()
+            device = resolve_device(cfg.train.device)
+            dist_info, device = distributed.setup(device)
+            self.dist, self.device = dist_info, device
+            try:
+                return self._fit()
+            finally:
+                distributed.cleanup(dist_info)
+        except Exception:
+            failed = True  # a folder this run made is removed if it holds no checkpoint
+            raise
         finally:
-            distributed.cleanup(dist_info)
+            if self._lock is not None:
+                self._lock.release(discard=failed)
 
     def _check_out_dir(self) -> None:
         out = self.out_dir
         if out.exists() and not out.is_dir():
             raise UserError(f"train.out_dir {str(out)!r} is a file; choose a folder.")
+        if self.resume and not out.is_dir():
+            raise UserError(f"Nothing to resume: {str(out)!r} does not exist; check the path or "
+                            "start the run without --resume.")
+        if is_main_process():  # one run per folder; see kdlab.engine.run_lock
+            self._lock = RunLock(out).acquire()
+            remove_stale_temporaries(out)
         held = [f for f in RUN_FILES if (out / f).exists()]
         if not self.resume and held:
             raise UserError(f"{str(out)!r} already holds a run ({', '.join(held)}); use --resume "
                             "to continue it or another out_dir.")
-        if self.resume and not out.is_dir():
-            raise UserError(f"Nothing to resume: {str(out)!r} does not exist; check the path or "
-                            "start the run without --resume.")
+        if self.resume:  # what may change on resume: kdlab.engine.resume
+            for note in check_resume(self.cfg, out):
+                if is_main_process():
+                    print(f"resume: {note}")
 
     # ----------------------------------------------------------------- the run
     def _fit(self) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from typing import Any
 
 from kdlab.autoimport import import_submodules
 from kdlab.config import build_dataclass
+from kdlab.domains import check_method_domains
 from kdlab.methods.base import Distiller, Losses
 from kdlab.models.staged import Staged
 from kdlab.registry import Registry
@@ -30,6 +31,7 @@ def build_distiller(
     task = task if task is not None else build_task("classification")
     cls = METHODS.get(name).for_task(task.name)
     cfg = build_dataclass(cls.Config, options, where=f"method.{name}")
+    check_method_domains(cfg, f"method.{name}")
     return cls(student, teacher, cfg, train_size=train_size, task=task)
 
 
