@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from kdlab.errors import UserError
-from kdlab.models import MODELS, build_model
+from kdlab.models import MODELS, build_model, model_task
 
 CIFAR_PARAMS = {
     "resnet8": 83_892,
@@ -92,7 +92,8 @@ STRIDES = {
     "mobilenet_v2": [2, 4, 8, 16, 32],
 }
 
-NAMES = MODELS.names()
+# The classification zoo; the segmentation networks have their own tests (test_seg_models.py).
+NAMES = [n for n in MODELS.names() if model_task(n) == "classification"]
 NUM_CLASSES = 7
 
 
