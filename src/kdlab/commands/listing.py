@@ -36,10 +36,22 @@ def summary_line(obj: Any) -> str:
     return doc.strip().splitlines()[0].strip() if doc.strip() else ""
 
 
+def describe(kind: str, name: str) -> str:
+    """One entry's description; a model built for another task than classification starts
+    with its task in brackets, e.g. ``[segmentation]``."""
+    text = summary_line(registry(kind).get(name))
+    if kind == "models":
+        from kdlab.models import model_task
+
+        task = model_task(name)
+        if task != "classification":
+            text = f"[{task}] {text}"
+    return text
+
+
 def run(args: argparse.Namespace) -> int:
-    reg = registry(args.kind)
-    names = reg.names()
+    names = registry(args.kind).names()
     width = max((len(n) for n in names), default=0)
     for name in names:
-        print(f"{name:<{width}}  {summary_line(reg.get(name))}".rstrip())
+        print(f"{name:<{width}}  {describe(args.kind, name)}".rstrip())
     return 0
