@@ -185,7 +185,8 @@ def test_auxiliary_head_in_training_mode(name):
         assert "aux" not in m.run_from(0, m.features(x).stages[0]).extras
 
 
-def test_aux_options_errors():
+def test_architecture_options_and_their_errors():
+    assert "options" not in _model("seg_resnet8").kdlab_spec  # only recorded when given
     with pytest.raises(UserError, match="no auxiliary head"):
         build_model("lraspp_mobilenet_v3_large", num_classes=K, options={"aux": True})
     with pytest.raises(UserError, match="takes no option 'depth'"):
