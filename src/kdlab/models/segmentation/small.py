@@ -12,8 +12,15 @@ the teacher clearly beats the student: kdlab's CIFAR ResNets (widths 16-16-32-64
   bridges are 3x3 stride-1 convs and the decoders' score maps have one size.
 - ``aux=True``: torchvision's FCN head on stage 2 (layer2).
 
-``seg_resnet20`` (3 blocks a layer, decoder width 64) teaches ``seg_resnet8`` (1 block a
-layer, decoder width 32).
+``seg_resnet20`` (3 blocks a layer, decoder width 64; 408k parameters) teaches ``seg_resnet8``
+(1 block a layer, decoder width 32; 132k parameters).
+
+Evidence (preliminary, one shared CPU thread, not a kdlab recipe): 4096 training / 1000
+validation scenes of the scenes generator (64x64), SGD momentum 0.9, LR 0.05 with poly decay,
+weight decay 1e-4, batch 32, random flips, pixel CE on the upsampled logits, 5 epochs, seeds 0
+and 1: ``seg_resnet20`` 36.0 / 37.6 mIoU, ``seg_resnet8`` 34.1 / 34.4 mIoU; a step of the
+teacher costs about 2.5 times the student's (about 0.6 s and 0.25 s at batch 32). The
+benchmark's recipes should replace these numbers.
 """
 
 from __future__ import annotations
