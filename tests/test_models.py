@@ -92,6 +92,7 @@ STRIDES = {
     "mobilenet_v2": [2, 4, 8, 16, 32],
 }
 
+# The classification zoo; the segmentation networks have their own tests (test_seg_models.py).
 NAMES = [n for n in MODELS.names() if model_task(n) == "classification"]
 NUM_CLASSES = 7
 

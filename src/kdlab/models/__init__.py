@@ -8,6 +8,8 @@ the ordinary model.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
+from typing import Any
 
 from kdlab.autoimport import import_submodules
 from kdlab.errors import UserError
@@ -15,6 +17,7 @@ from kdlab.models.staged import Features, Staged, StageInfo
 from kdlab.registry import Registry
 
 MODELS: Registry = Registry("model")
+_SHAPE_ARGS = {"num_classes", "in_channels", "input_size", "pretrained"}
 
 
 def pretrained_models(task: str | None = None) -> list[str]:
@@ -34,19 +37,27 @@ def model_task(name: str) -> str:
 
 def build_model(
     name: str, *, num_classes: int, in_channels: int = 3, input_size: int = 32,
-    pretrained: bool | str = False,
+    pretrained: bool | str = False, options: Mapping[str, Any] | None = None,
 ) -> Staged:
     """Build a registered model by name (an unknown name suggests close ones).
 
     ``pretrained``: ``True`` for torchvision's ImageNet weights (a download), or the path of a
-    local copy; only the models of :func:`pretrained_models` have them.
+    local copy; only the models of :func:`pretrained_models` have them. ``options``: further
+    keyword arguments of the builder that change the architecture (a segmentation network's
+    ``aux``).
 
     The result and its ``net`` carry ``kdlab_spec`` (model name, num_classes, in_channels,
-    input_size), which run checkpoints record so that exports and ``kdlab eval`` can rebuild
-    the plain model.
+    input_size, and ``options`` when given), which run checkpoints record so that exports and
+    ``kdlab eval`` can rebuild the plain model.
     """
     builder = MODELS.get(name)
-    options = {}
+    options = dict(options or {})
+    accepted = inspect.signature(builder).parameters
+    unknown = sorted(set(options) - (set(accepted) - _SHAPE_ARGS))
+    if unknown:
+        raise UserError(f"Model {name!r} takes no option {unknown[0]!r}; its options are "
+                        f"{', '.join(sorted(set(accepted) - _SHAPE_ARGS)) or 'none'}.")
+    spec_options = dict(options)
     if pretrained:
         if name not in pretrained_models():
             raise UserError(f"Model {name!r} has no pretrained weights; the models that have "
@@ -57,6 +68,8 @@ def build_model(
     )
     spec = {"model": name, "num_classes": num_classes, "in_channels": in_channels,
             "input_size": input_size}
+    if spec_options:
+        spec["options"] = spec_options
     staged.kdlab_spec = spec
     staged.net.kdlab_spec = spec
     return staged

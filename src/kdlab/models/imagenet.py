@@ -89,6 +89,24 @@ def _read_state_dict(path: str | Path) -> dict[str, Tensor]:
     return state
 
 
+def pretrained_state_dict(
+    name: str, weights: torchvision.models.WeightsEnum, pretrained: bool | str | Path
+) -> dict[str, Tensor]:
+    """torchvision's ImageNet state dict of ``name``: its download for ``pretrained=True``, the
+    local ``.pth`` / ``.safetensors`` file for a path (a clear error when either fails)."""
+    if isinstance(pretrained, (str, Path)):
+        return _read_state_dict(pretrained)
+    try:
+        return weights.get_state_dict(progress=False)
+    except (URLError, OSError, RuntimeError, ValueError) as err:
+        file = Path(urlparse(weights.url).path).name
+        raise UserError(
+            f"The pretrained {name} weights could not be downloaded from {weights.url} "
+            f"({err}); download {file} on a machine with internet access and pass its "
+            f"local path instead, pretrained='/path/to/{file}'."
+        ) from None
+
+
 def _load_pretrained(
     net: nn.Module, name: str, weights: torchvision.models.WeightsEnum, pretrained: bool | str
 ) -> None:
@@ -96,18 +114,7 @@ def _load_pretrained(
     path. Tensors whose shape differs (a replaced first conv, a classifier for another class
     count) keep their fresh initialisation; their names are left in
     ``net.kdlab_pretrained_skipped`` (a frozen teacher must have none)."""
-    if isinstance(pretrained, (str, Path)):
-        state = _read_state_dict(pretrained)
-    else:
-        try:
-            state = weights.get_state_dict(progress=False)
-        except (URLError, OSError, RuntimeError, ValueError) as err:
-            file = Path(urlparse(weights.url).path).name
-            raise UserError(
-                f"The pretrained {name} weights could not be downloaded from {weights.url} "
-                f"({err}); download {file} on a machine with internet access and pass its "
-                f"local path instead, pretrained='/path/to/{file}'."
-            ) from None
+    state = pretrained_state_dict(name, weights, pretrained)
     own = net.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not usable:

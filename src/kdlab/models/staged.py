@@ -10,15 +10,27 @@ into the plain architecture, which is what ``kdlab export`` writes.
 Indexing is 0-based: ``features(x).stages[i]`` is the output of ``stages[i]`` and
 ``run_from(i, f)`` feeds ``f`` (shaped like ``stages[i]``'s output) to ``stages[i + 1:]``
 and the head.
+
+Dense-prediction networks use two optional extensions (classification views use neither):
+
+- ``aux=(stage, names)``: an auxiliary head (PSPNet's and DeepLab's FCN head on layer3) that
+  reads stage ``stage``'s output; in training mode :meth:`Staged.features` puts its output in
+  ``Features.extras["aux"]``. :meth:`Staged.run_from` does not compute it.
+- ``decoder=Decoder(...)``: a head that is not a chain of modules on the last stage, e.g.
+  LRASPP's, which also reads an earlier ("skip") stage. Its functions take the plain network
+  as first argument (never a closure over its modules, so that ``copy.deepcopy`` of the view
+  stays consistent).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
+
+from kdlab.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -62,6 +74,28 @@ def _global_avg_pool(x: Tensor) -> Tensor:
     return torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
 
 
+def no_pool(x: Tensor) -> Tensor:
+    """The pool of dense-prediction views: the decoder's feature map is the embedding."""
+    return x
+
+
+@dataclass(frozen=True)
+class Decoder:
+    """A head that reads stage outputs besides the last one, or that is not a chain.
+
+    ``skips``: indices of the earlier stages it reads; ``embed(net, last, skip_outputs)``
+    returns the (pre-pool) embedding from the last stage's output and those stages' outputs
+    (in ``skips`` order); ``classify(net, embedding)`` returns the logits, ``None`` to run the
+    view's ``classifier`` modules in order. With a decoder, the view's ``pre_pool`` (and, when
+    ``classify`` is given, ``classifier``) names only list the modules these functions use
+    (for :meth:`Staged.head_modules`); they are not run in order.
+    """
+
+    skips: tuple[int, ...]
+    embed: Callable[[nn.Module, Tensor, list[Tensor]], Tensor]
+    classify: Callable[[nn.Module, Tensor], Tensor] | None = None
+
+
 class Staged(nn.Module):
     """A network seen as stem, stages and head, built by naming its modules.
 
@@ -75,6 +109,9 @@ class Staged(nn.Module):
         pool: maps the (pre-pooled) last feature map to the embedding vector.
         input_shape: ``(C, H, W)`` the network expects; used for the metadata pass.
         num_classes: number of classifier outputs.
+        aux: ``(stage index, dotted names)`` of an auxiliary head run (in training mode
+            only) on that stage's output into ``Features.extras["aux"]``.
+        decoder: a :class:`Decoder` for heads that read earlier stages too.
 
     The forward pass of the staged view must equal ``net(x)``; the model tests check it
     for every registered model.
@@ -91,6 +128,8 @@ class Staged(nn.Module):
         num_classes: int,
         pre_pool: Sequence[str] = (),
         pool: Callable[[Tensor], Tensor] = _global_avg_pool,
+        aux: tuple[int, Sequence[str]] | None = None,
+        decoder: Decoder | None = None,
     ) -> None:
         super().__init__()
         self.net = net
@@ -106,6 +145,16 @@ class Staged(nn.Module):
         self.num_classes = num_classes
         self._info: list[StageInfo] | None = None
         self._embedding_dim: int | None = None
+        self.aux_stage: int | None = None
+        self._aux: list[nn.Module] = []
+        if aux is not None:
+            self.aux_stage, aux_names = aux
+            if not 0 <= self.aux_stage < len(stages):
+                raise ValueError(f"aux stage {self.aux_stage} out of range")
+            self._aux = [net.get_submodule(n) for n in aux_names]
+        self.decoder = decoder
+        if decoder is not None and not all(0 <= i < len(stages) - 1 for i in decoder.skips):
+            raise ValueError(f"decoder skips {decoder.skips} must be stages before the last")
 
     # ----------------------------------------------------------------- structure
     @property
@@ -131,6 +180,15 @@ class Staged(nn.Module):
 
     def head_modules(self) -> nn.ModuleList:
         return nn.ModuleList(self._pre_pool + self._classifier)
+
+    def aux_modules(self) -> nn.ModuleList:
+        """The auxiliary head's modules (empty without one)."""
+        return nn.ModuleList(self._aux)
+
+    @property
+    def skips(self) -> tuple[int, ...]:
+        """The earlier stages the head reads besides the last one (a decoder's skips)."""
+        return self.decoder.skips if self.decoder is not None else ()
 
     @property
     def stage_info(self) -> list[StageInfo]:
@@ -182,15 +240,23 @@ class Staged(nn.Module):
     def stage_forward(self, i: int, x: Tensor) -> Tensor:
         return self._run(self._stages[i], x)
 
-    def embed(self, last: Tensor) -> Tensor:
-        """The pooled penultimate vector from the last stage's output."""
+    def embed(self, last: Tensor, skips: Sequence[Tensor] = ()) -> Tensor:
+        """The pooled penultimate vector (a dense view's decoder map) from the last stage's
+        output, and the outputs of the stages in :attr:`skips` when the head reads any."""
+        if len(skips) != len(self.skips):
+            raise ValueError(f"the head reads the outputs of stages {self.skips}; "
+                             f"got {len(skips)} skip tensor(s)")
+        if self.decoder is not None:
+            return self._pool(self.decoder.embed(self.net, last, list(skips)))
         return self._pool(self._run(self._pre_pool, last))
 
     def classify(self, embedding: Tensor) -> Tensor:
+        if self.decoder is not None and self.decoder.classify is not None:
+            return self.decoder.classify(self.net, embedding)
         return self._run(self._classifier, embedding)
 
-    def head_forward(self, last: Tensor) -> Tensor:
-        return self.classify(self.embed(last))
+    def head_forward(self, last: Tensor, skips: Sequence[Tensor] = ()) -> Tensor:
+        return self.classify(self.embed(last, skips))
 
     # ----------------------------------------------------------------- public passes
     def forward(self, x: Tensor) -> Tensor:
@@ -203,21 +269,41 @@ class Staged(nn.Module):
         for i in range(self.num_stages):
             x = self.stage_forward(i, x)
             stages.append(x)
-        embedding = self.embed(x)
-        return Features(stages=stages, embedding=embedding, logits=self.classify(embedding))
+        embedding = self.embed(x, [stages[i] for i in self.skips])
+        extras = {}
+        if self._aux and self.training:
+            assert self.aux_stage is not None
+            extras["aux"] = self._run(self._aux, stages[self.aux_stage])
+        return Features(stages=stages, embedding=embedding, logits=self.classify(embedding),
+                        extras=extras)
 
-    def run_from(self, k: int, feature: Tensor) -> Features:
+    def run_from(
+        self, k: int, feature: Tensor, *, earlier: Mapping[int, Tensor] | None = None
+    ) -> Features:
         """Continue from the output of stage ``k``: run stages ``k+1..N-1`` and the head.
 
         ``k = -1`` starts right after the stem. The returned ``stages`` hold the outputs of
-        stages ``k+1..N-1`` (empty when ``k`` is the last stage).
+        stages ``k+1..N-1`` (empty when ``k`` is the last stage). A head that reads an earlier
+        stage ``s`` (:attr:`skips`) takes its output from this pass when ``k <= s`` and from
+        ``earlier[s]`` when ``k > s`` (a clear error without it). The auxiliary head is not
+        run.
         """
         if not -1 <= k < self.num_stages:
             raise IndexError(f"stage {k} out of range for a {self.num_stages}-stage network")
+        known = dict(earlier or {})
+        known[k] = feature
         x = feature
         stages = []
         for i in range(k + 1, self.num_stages):
             x = self.stage_forward(i, x)
             stages.append(x)
-        embedding = self.embed(x)
+            known[i] = x
+        missing = [s for s in self.skips if s not in known]
+        if missing:
+            raise UserError(
+                f"This network's head also reads stage {missing[0]}, so continuing from stage "
+                f"{k} needs that stage's output: start from a stage at or before {missing[0]} "
+                f"or pass earlier={{{missing[0]}: feature}}."
+            )
+        embedding = self.embed(x, [known[s] for s in self.skips])
         return Features(stages=stages, embedding=embedding, logits=self.classify(embedding))
