@@ -144,7 +144,7 @@ def check_model_config(cfg: RunConfig, *, weights: bool = True) -> None:
     existing file) and ``teacher_pretrained``, and ``*_pretrained`` names only models that have
     pretrained weights. Nothing is read or downloaded; a UserError says what to fix."""
     from kdlab.methods import METHODS
-    from kdlab.models import MODELS, pretrained_models
+    from kdlab.models import MODELS, has_pretrained, pretrained_models
 
     m = cfg.model
     method = METHODS.get(cfg.method_name)
@@ -174,7 +174,7 @@ def check_model_config(cfg: RunConfig, *, weights: bool = True) -> None:
                             "first with `kdlab train ...` or fix model.teacher_checkpoint.")
     for role, name, pretrained in (("student", m.student, m.student_pretrained),
                                    ("teacher", teacher, m.teacher_pretrained)):
-        if name and pretrained and name not in pretrained_models():
+        if name and pretrained and not has_pretrained(name):
             raise UserError(f"model.{role}_pretrained is set but model.{role} {name!r} has no "
                             f"pretrained weights; use one of {', '.join(pretrained_models())} "
                             f"or set model.{role}_pretrained=false.")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import inspect
 
+from torch import nn
+
 from kdlab.autoimport import import_submodules
 from kdlab.errors import UserError
 from kdlab.models.staged import Features, Staged, StageInfo
@@ -24,6 +26,12 @@ def pretrained_models() -> list[str]:
             if "pretrained" in inspect.signature(MODELS.get(name)).parameters]
 
 
+def has_pretrained(name: str) -> bool:
+    """Whether model ``name`` (registered, or ``timm/<name>``) can start from pretrained
+    weights: its builder takes a ``pretrained`` argument."""
+    return "pretrained" in inspect.signature(MODELS.get(name)).parameters
+
+
 def model_task(name: str) -> str:
     """The task a registered model is built for: its builder's ``task`` attribute
     (``"segmentation"``, ``"detection"``), ``"classification"`` when it has none."""
@@ -31,10 +39,16 @@ def model_task(name: str) -> str:
 
 
 def build_model(
-    name: str, *, num_classes: int, in_channels: int = 3, input_size: int = 32,
-    pretrained: bool | str = False,
+    name: str | nn.Module, *, num_classes: int | None = None, in_channels: int = 3,
+    input_size: int = 32, pretrained: bool | str = False,
 ) -> Staged:
-    """Build a registered model by name (an unknown name suggests close ones).
+    """Build a registered model by name (an unknown name suggests close ones), or stage a
+    network given as a module.
+
+    ``name``: a registered model, ``timm/<any timm model>`` (the ``[timm]`` extra), or an
+    existing network: a :class:`Staged` view is returned as it is, a timm or torchvision ResNet
+    module is staged by :func:`~kdlab.models.staging.auto_stage`; stage any other network
+    with :func:`stage`. ``num_classes`` is needed for a name (a module's is read from it).
 
     ``pretrained``: ``True`` for torchvision's ImageNet weights (a download), or the path of a
     local copy; only the models of :func:`pretrained_models` have them.
@@ -43,12 +57,19 @@ def build_model(
     input_size), which run checkpoints record so that exports and ``kdlab eval`` can rebuild
     the plain model.
     """
+    if isinstance(name, nn.Module):
+        if pretrained:
+            raise UserError("pretrained is for a model given by name; load the weights into "
+                            "your network before passing it.")
+        return auto_stage(name, (in_channels, input_size, input_size))
+    if num_classes is None:
+        raise UserError(f"build_model({name!r}) needs num_classes.")
     builder = MODELS.get(name)
     options = {}
     if pretrained:
-        if name not in pretrained_models():
+        if not has_pretrained(name):
             raise UserError(f"Model {name!r} has no pretrained weights; the models that have "
-                            f"them are {', '.join(pretrained_models())}.")
+                            f"them are {', '.join(pretrained_models())} and timm/<name>.")
         options["pretrained"] = pretrained
     staged = builder(
         num_classes=num_classes, in_channels=in_channels, input_size=input_size, **options
@@ -60,7 +81,9 @@ def build_model(
     return staged
 
 
+from kdlab.models.staging import auto_stage, stage  # noqa: E402 - needs MODELS above
+
 import_submodules(__name__)
 
-__all__ = ["MODELS", "Features", "StageInfo", "Staged", "build_model", "model_task",
-           "pretrained_models"]
+__all__ = ["MODELS", "Features", "StageInfo", "Staged", "auto_stage", "build_model",
+           "has_pretrained", "model_task", "pretrained_models", "stage"]
