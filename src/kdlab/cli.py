@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from kdlab import __version__
+from kdlab import __version__, plugins
 from kdlab.commands import bench, evaluate, export, listing, quickstart, training
 from kdlab.errors import UserError
 
@@ -27,6 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Knowledge distillation for vision models, built around FCFD.",
     )
     parser.add_argument("--version", action="version", version=f"kdlab {__version__}")
+    parser.add_argument(
+        "--import", dest="imports", action="append", default=[], metavar="MODULE",
+        help="import a plugin module that registers methods, models or datasets (repeatable; "
+             "a run records it for eval, export and --resume)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in COMMANDS:
         module.add_parser(sub)
@@ -43,6 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(e.code) if isinstance(e.code, int) else 2
     args.argv = argv
     try:
+        args.plugins = plugins.startup(args.imports)
         return int(args.run(args) or 0)
     except UserError as e:
         message = " ".join(str(e).split())  # always one line
