@@ -1,4 +1,4 @@
-"""The ``kdlab`` command line: train, distill, eval, export, list, bench, quickstart.
+"""The ``kdlab`` command line: train, distill, eval, export, list, bench, quickstart, compare.
 
 Each subcommand lives in :mod:`kdlab.commands` and exposes ``add_parser(subparsers)`` and
 ``run(args) -> int``. Mistakes a user can make (:class:`~kdlab.errors.UserError`, argparse
@@ -14,10 +14,10 @@ import sys
 from collections.abc import Sequence
 
 from kdlab import __version__, plugins
-from kdlab.commands import bench, evaluate, export, listing, quickstart, training
+from kdlab.commands import bench, compare, evaluate, export, listing, quickstart, training
 from kdlab.errors import UserError
 
-COMMANDS = (training, evaluate, export, listing, bench, quickstart)
+COMMANDS = (training, evaluate, export, listing, bench, quickstart, compare)
 
 
 def build_parser() -> argparse.ArgumentParser:
