@@ -135,3 +135,14 @@ def test_a_timm_student_trains_and_exports_from_the_cli(tmp_path, capsys):
     assert main(["export", str(run), "--out", str(out)]) == 0
     net = build_model("timm/test_resnet", num_classes=10, input_size=16).net
     net.load_state_dict(load_file(str(out)))  # strict: the plain timm model
+
+
+def test_simkd_reuses_a_parameter_free_timm_head_and_refuses_one_with_weights():
+    student = build_model("resnet18", num_classes=7, input_size=32)
+    _train("simkd", student, build_model("timm/test_resnet", num_classes=7, input_size=32),
+           steps=1)
+    convnext = build_model("timm/test_convnext", num_classes=7, input_size=32)
+    assert convnext._pool.outside == ["head.norm.weight", "head.norm.bias"]
+    with pytest.raises(UserError, match="pools with weights of its own"):
+        build_distiller("simkd", {}, build_model("resnet18", num_classes=7, input_size=32),
+                        convnext)

@@ -66,6 +66,10 @@ class _TimmHead:
 
     def __init__(self, net: nn.Module) -> None:
         self.net = net
+        #: weights the pooling uses that no named part of the view holds (e.g. ConvNeXt's
+        #: head norm, MobileNetV3's conv_head); set by stage_timm. A method that copies the
+        #: head out of the network (SimKD) cannot take them along and refuses the network.
+        self.outside: list[str] = []
 
     def __call__(self, x: Tensor) -> Tensor:
         return self.net.forward_head(x, pre_logits=True)
@@ -169,6 +173,10 @@ def stage_timm(net: nn.Module, *, input_shape: tuple[int, int, int],
             staged = Staged(net, stem=[], stages=[], classifier=[classifier],
                             pool=_TimmBody(net), input_shape=input_shape,
                             num_classes=num_classes)
+        named = [*staged.stem_names, *(n for s in staged.stage_names for n in s),
+                 *staged.pre_pool_names, *staged.classifier_names]
+        staged._pool.outside = [k for k, _ in [*net.named_parameters(), *net.named_buffers()]
+                                if not any(k.startswith(n + ".") for n in named)]
         x = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(1))
         with torch.no_grad():
             if not _matches(staged(x.clone()), net(x.clone())):
