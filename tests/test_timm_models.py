@@ -146,3 +146,16 @@ def test_simkd_reuses_a_parameter_free_timm_head_and_refuses_one_with_weights():
     with pytest.raises(UserError, match="pools with weights of its own"):
         build_distiller("simkd", {}, build_model("resnet18", num_classes=7, input_size=32),
                         convnext)
+
+
+def test_a_combo_on_a_vit_is_checked_part_by_part():
+    def vit():
+        return build_model("timm/test_vit", num_classes=7, input_size=32)
+
+    def cifar():
+        return build_model("resnet8", num_classes=7, input_size=32)
+
+    _train("combo", cifar(), vit(), {"parts": [{"name": "kd"}, {"name": "crd",
+                                                                "num_negatives": 8}]}, steps=1)
+    with pytest.raises(UserError, match="Method 'fitnet' distils intermediate feature maps"):
+        build_distiller("combo", {"parts": [{"name": "kd"}, {"name": "fitnet"}]}, cifar(), vit())

@@ -34,6 +34,8 @@ class Combo(Distiller):
     A loss term is named as its part names it, prefixed by the part's name on a clash.
     """
 
+    uses_stages = False  # itself: logits only; each part is checked when it is built
+
     @dataclass
     class Config:
         #: default: Hinton KD + RKD (both with their papers' settings)
