@@ -27,6 +27,13 @@ TARGET = ROOT / "docs" / "methods.md"
 RECIPES = ROOT / "recipes"
 
 
+#: what the settings many methods share mean, where a method's source has no comment of its own
+COMMON = {
+    "ce_weight": "weight of the task's label loss (cross-entropy); 0 turns it off",
+    "kd_weight": "weight of the KL divergence to the teacher's softened outputs",
+}
+
+
 def field_comments(cls: type) -> dict[str, str]:
     """``{field: comment}`` from the source of dataclass ``cls``: the comment at the end of a
     field's line, else the full-line comments right above it."""
@@ -81,7 +88,7 @@ def settings_table(config: type) -> list[str]:
     for f in dataclasses.fields(config):
         kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
         lines.append(f"| `{f.name}` | `{_cell(kind)}` | `{_cell(_default(f))}` | "
-                     f"{_cell(comments.get(f.name, ''))} |")
+                     f"{_cell(comments.get(f.name, COMMON.get(f.name, '')))} |")
     return lines
 
 
