@@ -159,3 +159,15 @@ def test_a_combo_on_a_vit_is_checked_part_by_part():
                                                                 "num_negatives": 8}]}, steps=1)
     with pytest.raises(UserError, match="Method 'fitnet' distils intermediate feature maps"):
         build_distiller("combo", {"parts": [{"name": "kd"}, {"name": "fitnet"}]}, cifar(), vit())
+
+
+def test_a_recipe_asking_to_download_timm_weights_fails_before_any_data(tmp_path, capsys):
+    from kdlab.cli import main
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "data": {"name": "synthetic"}, "method": {"name": "ce"},
+        "model": {"student": "timm/test_resnet", "student_pretrained": True}}))
+    assert main(["train", str(recipe), "--out", str(tmp_path / "run")]) == 2
+    assert "reads them from a local file only" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

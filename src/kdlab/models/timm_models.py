@@ -239,6 +239,7 @@ def timm_builder(name: str) -> Callable[..., Staged]:
         return stage_timm(net, input_shape=(in_channels, input_size, input_size),
                           num_classes=num_classes)
 
+    build.weights_from_file_only = True  # checked with the run's config, before any data
     build.__name__ = f"{PREFIX}{name}"
     build.__doc__ = f"timm {name}, staged at its feature_info modules."
     return build
