@@ -52,7 +52,8 @@ def test_names_and_modules_stage_a_network_that_matches_its_forward():
 
 def test_clear_errors():
     net = Net()
-    with pytest.raises(UserError, match="'blok1' is not a module of the Net. Did you mean"):
+    with pytest.raises(UserError, match=r"stages\[0\] 'blok1' is not a module of the Net\. "
+                                        "Did you mean 'block1'"):
         _view(net, stages=["blok1", "block2"])
     with pytest.raises(UserError, match=r"stages\[1\]\[0\] is a Conv2d that is not a module"):
         _view(net, stages=["block1", [nn.Conv2d(16, 32, 3)]])

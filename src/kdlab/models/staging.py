@@ -50,7 +50,7 @@ def _name_of(net: nn.Module, part: object, where: str) -> str:
 
 def _names(net: nn.Module, parts: Parts, where: str) -> list[str]:
     if isinstance(parts, (str, nn.Module)):
-        parts = [parts]
+        return [_name_of(net, parts, where)]
     if not isinstance(parts, Sequence):
         raise UserError(f"{where} must be a module name, a module, or a list of them; got "
                         f"{parts!r}.")
