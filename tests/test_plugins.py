@@ -131,3 +131,52 @@ def test_entry_point_plugins_are_loaded_and_recorded(plugin_dir, monkeypatch, ca
     monkeypatch.setattr(plugins, "_entry_points", lambda: [broken])
     assert main(["list", "methods"]) == 2
     assert "which does not exist" in capsys.readouterr().err
+
+
+DATA_PLUGIN = "kdlab_test_plugin_data"
+DATA_SOURCE = '''
+"""A user's dataset as the 'bring your own data' guide writes it."""
+import torch
+
+from kdlab.data.augment import CropFlip
+from kdlab.data.base import DATASETS, DatasetInfo
+from kdlab.data.loaders import TensorSource
+
+
+@DATASETS.register("plugin_data")
+class PluginData(TensorSource):
+    """Random 3x16x16 images, 4 classes."""
+
+    info = DatasetInfo(name="plugin_data", num_classes=4, in_channels=3, input_size=16,
+                       train_size=64, val_size=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    augmentation = CropFlip(pad=2, flip=True)
+
+    def load(self, cfg):
+        x_train, y_train = torch.load(f"{cfg.root}/train.pt", weights_only=True)
+        x_val, y_val = torch.load(f"{cfg.root}/val.pt", weights_only=True)
+        return (x_train, y_train), (x_val, y_val)
+'''
+
+
+def test_a_plugin_dataset_trains(tmp_path, monkeypatch):
+    import torch
+
+    from kdlab.data import DATASETS
+
+    (tmp_path / f"{DATA_PLUGIN}.py").write_text(textwrap.dedent(DATA_SOURCE))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    g = torch.Generator().manual_seed(0)
+    for split, n in (("train", 64), ("val", 32)):
+        images = torch.randint(0, 256, (n, 3, 16, 16), dtype=torch.uint8, generator=g)
+        torch.save((images, torch.arange(n) % 4), tmp_path / f"{split}.pt")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "data": {"name": "plugin_data", "root": str(tmp_path), "batch_size": 16},
+        "model": {"student": "resnet8"}, "schedule": {"name": "constant", "epochs": 1},
+        "train": {"device": "cpu", "max_steps_per_epoch": 2, "progress": "none"}}))
+    try:
+        assert main(["--import", DATA_PLUGIN, "train", str(recipe), "--out",
+                     str(tmp_path / "run")]) == 0
+    finally:
+        sys.modules.pop(DATA_PLUGIN, None)
+        DATASETS._entries.pop("plugin_data", None)
