@@ -27,5 +27,7 @@ def test_prefix_names_resolve_without_being_listed():
         reg.get("zoo/b2")
     with pytest.raises(UserError, match="Did you mean 'tiny'"):
         reg.get("tinny")
+    with pytest.raises(UserError, match="Unknown model None"):
+        reg.get(None)
     with pytest.raises(ValueError, match="registered twice"):
         reg.register_prefix("zoo/", resolve)

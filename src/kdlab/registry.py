@@ -57,7 +57,7 @@ class Registry(Generic[T]):
         if name in self._entries:
             return self._entries[name]
         for prefix, resolve in self._prefixes.items():
-            if name.startswith(prefix):
+            if isinstance(name, str) and name.startswith(prefix):
                 return resolve(name[len(prefix):])
         try:
             return self._entries[name]

@@ -178,7 +178,8 @@ def check_model_config(cfg: RunConfig, *, weights: bool = True) -> None:
             raise UserError(f"model.{role}_pretrained is set but model.{role} {name!r} has no "
                             f"pretrained weights; use one of {', '.join(pretrained_models())} "
                             f"or set model.{role}_pretrained=false.")
-        if pretrained is True and getattr(MODELS.get(name), "weights_from_file_only", False):
+        if name and pretrained is True and getattr(MODELS.get(name), "weights_from_file_only",
+                                                   False):
             raise UserError(f"model.{role}_pretrained=true would download {name}'s weights; "
                             "kdlab reads them from a local file only: set it to the path of "
                             "the .safetensors / .pth file.")
