@@ -63,7 +63,7 @@ class Registry(Generic[T]):
             return self._entries[name]
         except KeyError:
             raise UserError(
-                f"Unknown {self.kind} {name!r}.{did_you_mean(name, self.names())} "
+                f"Unknown {self.kind} {name!r}.{did_you_mean(str(name), self.names())} "
                 f"Run `kdlab list {self.kind}s` to see them all."
             ) from None
 
