@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs kdlab and what it needs into ./.venv:
 #  - Debian's dataset-fashion-mnist (the embedded default data set) where apt-get is available;
-#  - the package with its [dev] extras (pytest, ruff, tensorboard) into a virtual environment.
+#  - the package with its [dev] extras (pytest, ruff, tensorboard, timm, mkdocs) into a virtual environment.
 # Safe to run again. Set KDLAB_SKIP_APT=1 to skip the Debian package.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,4 +1,4 @@
-"""The ``kdlab`` command line: train, distill, eval, export, list, bench, quickstart.
+"""The ``kdlab`` command line: train, distill, eval, export, list, bench, quickstart, compare.
 
 Each subcommand lives in :mod:`kdlab.commands` and exposes ``add_parser(subparsers)`` and
 ``run(args) -> int``. Mistakes a user can make (:class:`~kdlab.errors.UserError`, argparse
@@ -15,11 +15,20 @@ import os
 import sys
 from collections.abc import Sequence
 
-from kdlab import __version__
-from kdlab.commands import bench, evaluate, export, failures, listing, quickstart, training
+from kdlab import __version__, plugins
+from kdlab.commands import (
+    bench,
+    compare,
+    evaluate,
+    export,
+    failures,
+    listing,
+    quickstart,
+    training,
+)
 from kdlab.errors import UserError
 
-COMMANDS = (training, evaluate, export, listing, bench, quickstart)
+COMMANDS = (training, evaluate, export, listing, bench, quickstart, compare)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,6 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Knowledge distillation for vision models, built around FCFD.",
     )
     parser.add_argument("--version", action="version", version=f"kdlab {__version__}")
+    parser.add_argument(
+        "--import", dest="imports", action="append", default=[], metavar="MODULE",
+        help="import a plugin module that registers methods, models or datasets (repeatable; "
+             "a run records it for eval, export and --resume)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in COMMANDS:
         module.add_parser(sub)
@@ -46,6 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = argv
     failures.watch_launcher()
     try:
+        args.plugins = plugins.startup(args.imports)
         return int(args.run(args) or 0)
     except UserError as e:
         message = " ".join(str(e).split())  # always one line

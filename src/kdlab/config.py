@@ -95,6 +95,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    plugins: list[str] = field(default_factory=list)  # modules imported first (kdlab.plugins)
 
     @property
     def method_name(self) -> str:

@@ -28,6 +28,7 @@ class Registry(Generic[T]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, T] = {}
+        self._prefixes: dict[str, Callable[[str], T]] = {}
 
     def register(self, name: str | None = None) -> Callable[[T], T]:
         def add(obj: T) -> T:
@@ -41,12 +42,28 @@ class Registry(Generic[T]):
 
         return add
 
+    def register_prefix(self, prefix: str, resolve: Callable[[str], T]) -> None:
+        """Resolve every name ``prefix + rest`` that is not registered with ``resolve(rest)``
+        (e.g. ``timm/`` for any timm network); ``resolve`` raises UserError for an unknown
+        ``rest``. Such names are not listed by :meth:`names`."""
+        if prefix in self._prefixes:
+            raise ValueError(f"{self.kind} prefix {prefix!r} is registered twice")
+        self._prefixes[prefix] = resolve
+
+    def prefixes(self) -> list[str]:
+        return sorted(self._prefixes)
+
     def get(self, name: str) -> T:
+        if name in self._entries:
+            return self._entries[name]
+        for prefix, resolve in self._prefixes.items():
+            if isinstance(name, str) and name.startswith(prefix):
+                return resolve(name[len(prefix):])
         try:
             return self._entries[name]
         except KeyError:
             raise UserError(
-                f"Unknown {self.kind} {name!r}.{did_you_mean(name, self.names())} "
+                f"Unknown {self.kind} {name!r}.{did_you_mean(str(name), self.names())} "
                 f"Run `kdlab list {self.kind}s` to see them all."
             ) from None
 
@@ -54,7 +71,15 @@ class Registry(Generic[T]):
         return sorted(self._entries)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        if name in self._entries:
+            return True
+        if isinstance(name, str) and any(name.startswith(p) for p in self._prefixes):
+            try:
+                self.get(name)
+            except UserError:
+                return False
+            return True
+        return False
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())

@@ -83,7 +83,11 @@ def run_config(ckpt_path: Path, ckpt: dict[str, Any], overrides: Sequence[str]) 
             "config.yaml next to the checkpoint."
         )
     tree = apply_overrides(copy.deepcopy(dict(tree)), overrides)
-    return build_dataclass(RunConfig, tree, where="config")
+    cfg = build_dataclass(RunConfig, tree, where="config")
+    from kdlab.plugins import load_plugins
+
+    load_plugins(cfg.plugins, source=f"the plugins of the run's config beside {str(ckpt_path)!r}")
+    return cfg
 
 
 # --------------------------------------------------------------------- a finished run

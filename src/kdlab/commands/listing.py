@@ -62,4 +62,6 @@ def run(args: argparse.Namespace) -> int:
     for name in names:
         served = f"{tasks[name]:<{task_width}}  " if task_width else ""
         print(f"{name:<{width}}  {served}{summary_line(reg.get(name))}".rstrip())
+    if args.kind == "models" and "timm/" in reg.prefixes():
+        print("timm/<name>: any timm model, e.g. timm/resnet18 (pip install 'kdlab[timm]')")
     return 0

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from kdlab.commands.common import add_set_option
 from kdlab.config import RunConfig, load_config
@@ -30,8 +33,23 @@ def prepare(args: argparse.Namespace) -> RunConfig:
     if args.out:
         overrides.append(f"train.out_dir={args.out}")
     cfg = load_config(args.recipe, overrides)
+    cfg.plugins = load_run_plugins(cfg, getattr(args, "plugins", []), args.resume)
     check(cfg, args.mode)
     return cfg
+
+
+def load_run_plugins(cfg: RunConfig, loaded: list[str], resume: bool) -> list[str]:
+    """Import the recipe's plugins; returns what the run records: those, the ones the command
+    line loaded (``--import``, entry points) and, on ``--resume``, the run's own."""
+    from kdlab.plugins import load_plugins
+
+    previous: list[str] = []
+    saved = Path(cfg.train.out_dir) / "config.yaml"
+    if resume and saved.is_file():
+        tree = yaml.safe_load(saved.read_text()) or {}
+        previous = [str(m) for m in tree.get("plugins") or []] if isinstance(tree, dict) else []
+    load_plugins(previous, source=str(saved))
+    return load_plugins([*previous, *cfg.plugins, *loaded], source="the recipe's plugins")
 
 
 def check(cfg: RunConfig, mode: str) -> None:

@@ -144,7 +144,7 @@ def check_model_config(cfg: RunConfig, *, weights: bool = True) -> None:
     existing file) and ``teacher_pretrained``, and ``*_pretrained`` names only models that have
     pretrained weights. Nothing is read or downloaded; a UserError says what to fix."""
     from kdlab.methods import METHODS
-    from kdlab.models import MODELS, model_task, pretrained_models
+    from kdlab.models import MODELS, has_pretrained, model_task, pretrained_models
 
     m = cfg.model
     method = METHODS.get(cfg.method_name)
@@ -177,11 +177,16 @@ def check_model_config(cfg: RunConfig, *, weights: bool = True) -> None:
                             "first with `kdlab train ...` or fix model.teacher_checkpoint.")
     for role, name, pretrained in (("student", m.student, m.student_pretrained),
                                    ("teacher", teacher, m.teacher_pretrained)):
-        if name and pretrained and name not in pretrained_models():
+        if name and pretrained and not has_pretrained(name):
             same_task = pretrained_models(model_task(name))
             raise UserError(f"model.{role}_pretrained is set but model.{role} {name!r} has no "
                             f"pretrained weights; use one of {', '.join(same_task)} "
                             f"or set model.{role}_pretrained=false.")
+        if name and pretrained is True and getattr(MODELS.get(name), "weights_from_file_only",
+                                                   False):
+            raise UserError(f"model.{role}_pretrained=true would download {name}'s weights; "
+                            "kdlab reads them from a local file only: set it to the path of "
+                            "the .safetensors / .pth file.")
 
 
 def _check_teacher_spec(cfg: RunConfig, spec: dict[str, Any], info: Any) -> None:

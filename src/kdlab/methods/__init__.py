@@ -8,6 +8,7 @@ from typing import Any
 from kdlab.autoimport import import_submodules
 from kdlab.config import build_dataclass
 from kdlab.domains import check_method_domains
+from kdlab.errors import UserError
 from kdlab.methods.base import Distiller, Losses
 from kdlab.models.staged import Staged
 from kdlab.registry import Registry
@@ -30,9 +31,26 @@ def build_distiller(
     UserError."""
     task = task if task is not None else build_task("classification")
     cls = METHODS.get(name).for_task(task.name)
+    check_stages(name, cls, student, teacher)
     cfg = build_dataclass(cls.Config, options, where=f"method.{name}")
     check_method_domains(cfg, f"method.{name}")
     return cls(student, teacher, cfg, train_size=train_size, task=task)
+
+
+def check_stages(name: str, cls: type[Distiller], student: Staged,
+                 teacher: Staged | None) -> None:
+    """A method that distils intermediate feature maps refuses a network without stages."""
+    if not cls.uses_stages:
+        return
+    for role, net in (("student", student), ("teacher", teacher)):
+        if net is not None and net.num_stages == 0:
+            model = getattr(net, "kdlab_spec", {}).get("model", type(net.net).__name__)
+            stage_free = [n for n in METHODS.names() if not METHODS.get(n).uses_stages]
+            raise UserError(
+                f"Method {name!r} distils intermediate feature maps but the {role} {model!r} "
+                "has no stages (its forward is not a sequence of modules, e.g. a vision "
+                f"transformer); use a method on logits or embeddings ({', '.join(stage_free)}) "
+                "or a convolutional network.")
 
 
 import_submodules(__name__)

@@ -44,6 +44,9 @@ class Distiller(nn.Module):
     needs_teacher: bool = True
     #: The tasks (``kdlab.tasks``) this method can distil; the run's ``task`` must be one.
     tasks: ClassVar[tuple[str, ...]] = ("classification",)
+    #: False for a method that reads only logits and pooled embeddings: it also distils
+    #: networks whose staged view has no stages (timm's ViTs, see kdlab.models.timm_models).
+    uses_stages: ClassVar[bool] = True
     #: Some trainable parameters may get no gradient in a step (e.g. sampled paths); tells
     #: DistributedDataParallel to look for unused parameters.
     may_skip_parameters: bool = False

@@ -27,6 +27,8 @@ class CC(Distiller):
     CRD benchmark's CC setting.
     """
 
+    uses_stages = False  # logits and pooled embeddings only: ViTs too
+
     @dataclass
     class Config:
         cc_weight: float = 0.02

@@ -19,6 +19,8 @@ class CrossEntropy(Distiller):
     needs_teacher = False
     tasks = ("classification", "segmentation", "detection")
 
+    uses_stages = False  # logits and pooled embeddings only: ViTs too
+
     @dataclass
     class Config:
         label_smoothing: float = 0.0  # classification only

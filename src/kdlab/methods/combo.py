@@ -37,6 +37,7 @@ class Combo(Distiller):
 
     #: a part that does not support the run's task is refused when the combo is built
     tasks = ("classification", "segmentation")
+    uses_stages = False  # itself: logits only; each part is checked when it is built
 
     @dataclass
     class Config:

@@ -46,6 +46,8 @@ class Embed(nn.Module):
 class CRD(Distiller):
     """Contrastive representation distillation (Tian et al., ICLR 2020) plus CE."""
 
+    uses_stages = False  # logits and pooled embeddings only: ViTs too
+
     @dataclass
     class Config:
         weight: float = 0.8

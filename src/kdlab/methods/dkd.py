@@ -25,6 +25,8 @@ class DKD(Distiller):
     shufflev1 <- resnet32x4, 2 for ImageNet with alpha 0.5, tau 1).
     """
 
+    uses_stages = False  # logits and pooled embeddings only: ViTs too
+
     @dataclass
     class Config:
         alpha: float = 1.0

@@ -53,6 +53,8 @@ class DML(Distiller):
 
     needs_teacher = False
 
+    uses_stages = False  # logits and pooled embeddings only: ViTs too
+
     @dataclass
     class Config:
         peers: list[str] = field(default_factory=list)  # model names; [] = a student copy

@@ -24,6 +24,7 @@ class KD(Distiller):
     tasks = ("classification",)
     variants = {"segmentation": "kdlab.methods.kd_pixel:PixelKD",
                 "detection": "kdlab.methods.detection.kd:KDDetection"}  # FCFD App. D
+    uses_stages = False  # logits and pooled embeddings only: ViTs too
 
     @dataclass
     class Config:

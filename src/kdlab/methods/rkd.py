@@ -41,6 +41,8 @@ class RKD(Distiller):
     Weights 25 and 50 are the paper's (lambda_RKD-D = 25, lambda_RKD-A = 50).
     """
 
+    uses_stages = False  # logits and pooled embeddings only: ViTs too
+
     @dataclass
     class Config:
         distance_weight: float = 25.0

@@ -11,6 +11,8 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
+from torch import nn
+
 from kdlab.autoimport import import_submodules
 from kdlab.errors import UserError
 from kdlab.models.staged import Features, Staged, StageInfo
@@ -29,6 +31,12 @@ def pretrained_models(task: str | None = None) -> list[str]:
             and (task is None or model_task(name) == task)]
 
 
+def has_pretrained(name: str) -> bool:
+    """Whether model ``name`` (registered, or ``timm/<name>``) can start from pretrained
+    weights: its builder takes a ``pretrained`` argument."""
+    return "pretrained" in inspect.signature(MODELS.get(name)).parameters
+
+
 def model_task(name: str) -> str:
     """The task a registered model is built for: its builder's ``task`` attribute
     (``"segmentation"``, ``"detection"``), ``"classification"`` when it has none."""
@@ -36,10 +44,17 @@ def model_task(name: str) -> str:
 
 
 def build_model(
-    name: str, *, num_classes: int, in_channels: int = 3, input_size: int = 32,
-    pretrained: bool | str = False, options: Mapping[str, Any] | None = None,
+    name: str | nn.Module, *, num_classes: int | None = None, in_channels: int = 3,
+    input_size: int = 32, pretrained: bool | str = False,
+    options: Mapping[str, Any] | None = None,
 ) -> Staged:
-    """Build a registered model by name (an unknown name suggests close ones).
+    """Build a registered model by name (an unknown name suggests close ones), or stage a
+    network given as a module.
+
+    ``name``: a registered model, ``timm/<any timm model>`` (the ``[timm]`` extra), or an
+    existing network: a :class:`Staged` view is returned as it is, a timm or torchvision ResNet
+    module is staged by :func:`~kdlab.models.staging.auto_stage`; stage any other network
+    with :func:`stage`. ``num_classes`` is needed for a name (a module's is read from it).
 
     ``pretrained``: ``True`` for torchvision's ImageNet weights (a download), or the path of a
     local copy; only the models of :func:`pretrained_models` have them. ``options``: further
@@ -50,6 +65,13 @@ def build_model(
     input_size, and ``options`` when given), which run checkpoints record so that exports and
     ``kdlab eval`` can rebuild the plain model.
     """
+    if isinstance(name, nn.Module):
+        if pretrained:
+            raise UserError("pretrained is for a model given by name; load the weights into "
+                            "your network before passing it.")
+        return auto_stage(name, (in_channels, input_size, input_size))
+    if num_classes is None:
+        raise UserError(f"build_model({name!r}) needs num_classes.")
     builder = MODELS.get(name)
     options = dict(options or {})
     accepted = inspect.signature(builder).parameters
@@ -59,9 +81,11 @@ def build_model(
                         f"{', '.join(sorted(set(accepted) - _SHAPE_ARGS)) or 'none'}.")
     spec_options = dict(options)
     if pretrained:
-        if name not in pretrained_models():
+        if not has_pretrained(name):
+            task = model_task(name)
+            timm = " and timm/<name>" if task == "classification" else ""
             raise UserError(f"Model {name!r} has no pretrained weights; the models that have "
-                            f"them are {', '.join(pretrained_models(model_task(name)))}.")
+                            f"them are {', '.join(pretrained_models(task))}{timm}.")
         options["pretrained"] = pretrained
     staged = builder(
         num_classes=num_classes, in_channels=in_channels, input_size=input_size, **options
@@ -75,7 +99,9 @@ def build_model(
     return staged
 
 
+from kdlab.models.staging import auto_stage, stage  # noqa: E402 - needs MODELS above
+
 import_submodules(__name__)
 
-__all__ = ["MODELS", "Features", "StageInfo", "Staged", "build_model", "model_task",
-           "pretrained_models"]
+__all__ = ["MODELS", "Features", "StageInfo", "Staged", "auto_stage", "build_model",
+           "has_pretrained", "model_task", "pretrained_models", "stage"]

@@ -140,6 +140,7 @@ class Staged(nn.Module):
         self.stem_names = list(stem)  # empty: stage 0 reads the input, so it holds the stem
         self.stage_names = [list(names) for names in stages]
         self.classifier_names = list(classifier)
+        self.pre_pool_names = list(pre_pool)
         self._pool = pool
         self.input_shape = tuple(input_shape)
         self.num_classes = num_classes

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdlab.errors import UserError
 from kdlab.models.staged import Staged
 
 
@@ -39,6 +40,13 @@ class ReusedHead(nn.Module):
     def __init__(self, pre_pool: list[nn.Module], pool: Callable[[Tensor], Tensor],
                  classifier: list[nn.Module]) -> None:
         super().__init__()
+        outside = getattr(pool, "outside", None)
+        if outside:
+            raise UserError(
+                f"SimKD reuses the teacher's head, but this teacher pools with weights of its "
+                f"own ({', '.join(outside[:2])}) that a copied head cannot hold; pick a teacher "
+                "whose head is pooling and a classifier (e.g. timm/resnet18, "
+                "timm/efficientnet_b0).")
         self.pre_pool = nn.ModuleList(pre_pool)
         self.classifier = nn.ModuleList(classifier)
         self._pool = pool
