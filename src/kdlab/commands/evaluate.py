@@ -43,9 +43,9 @@ def run(args: argparse.Namespace) -> int:
     first, second = task.primary, COMPANION.get(task.primary, task.primary)
     print(f"{r.ckpt_path}  ({r.cfg.data.name}, val split)")
     print(f"{'network':<12} {'model':<14} {LABELS.get(first, first):>10} "
-          f"{LABELS.get(second, second):>10} {'images':>8}")
+          f"{LABELS.get(second, second):>10} {'samples':>10}")
     for name, net in r.distiller.evaluated().items():
         m = task.evaluate(net, r.val, device=r.device, amp=r.cfg.train.amp)
         print(f"{name:<12} {network_label(net, r.cfg):<14} {m[first]:>10.2f} "
-              f"{m[second]:>10.2f} {int(m.get('images', 0)):>8d}")
+              f"{m[second]:>10.2f} {int(m.get('images', m.get('pixels', 0))):>10d}")
     return 0

@@ -74,8 +74,9 @@ def markdown(rows: Sequence[dict[str, Any]], summary: dict[str, Any],
     if losses:
         lines += ["", "## Final epoch losses", "", "| loss | value |", "|---|---|"]
         lines += [f"| {k[len(LOSS_PREFIX):]} | {_num(rows[-1][k], '.4g')} |" for k in losses]
-    for figure in figures:
-        lines += ["", f"![{figure}]({figure})"]
+    for figure in figures:  # pictures are shown, other files (e.g. a CSV) linked
+        shown = figure.lower().endswith((".png", ".jpg", ".svg"))
+        lines += ["", f"![{figure}]({figure})" if shown else f"- [{figure}]({figure})"]
     lines += ["", "Per-epoch numbers: `metrics.csv`; curves: `curves.png`.", ""]
     return "\n".join(lines)
 

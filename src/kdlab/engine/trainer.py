@@ -191,7 +191,10 @@ class Trainer:
             log.close()
         summary = self._summary(log.rows, raw, finished=True)
         if main:
-            figures = self.task.report_figures(self.out_dir, raw.evaluated(), run.loaders.val,
+            shown = dict(raw.evaluated())
+            if raw.teacher is not None:  # the report shows the teacher's predictions too
+                shown = {"teacher": raw.teacher, **shown}
+            figures = self.task.report_figures(self.out_dir, shown, run.loaders.val,
                                                device=device)
             write_report(self.out_dir, summary, figures=figures)
         distributed.barrier()
