@@ -41,11 +41,6 @@ def _task(cls):
     return seg_task() if _segmentation_only(cls) else None
 
 
-#: methods whose recipes wait for the segmentation task's config (``task:``, ``poly``) and
-#: the scenes models / data set (merged from other branches): strict, so that adding the
-#: recipe turns the mark into a failure that asks for its removal
-NO_RECIPE_YET = {"skd", "cwd"}
-
 
 def _recipe_methods() -> set[str]:
     names = set()
@@ -55,9 +50,7 @@ def _recipe_methods() -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="segmentation recipes pending"))
-    if n in NO_RECIPE_YET else n for n in METHODS.names()])
+@pytest.mark.parametrize("name", METHODS.names())
 def test_method_has_a_recipe(name):
     assert name in _recipe_methods(), f"no recipe under recipes/ uses method {name!r}"
 

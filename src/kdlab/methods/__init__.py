@@ -43,7 +43,7 @@ def check_stages(name: str, cls: type[Distiller], student: Staged,
     if not cls.uses_stages:
         return
     for role, net in (("student", student), ("teacher", teacher)):
-        if net is not None and net.num_stages == 0:
+        if net is not None and getattr(net, "num_stages", None) == 0:  # a detector: no view
             model = getattr(net, "kdlab_spec", {}).get("model", type(net.net).__name__)
             stage_free = [n for n in METHODS.names() if not METHODS.get(n).uses_stages]
             raise UserError(
