@@ -154,3 +154,28 @@ def test_task_options_reach_the_task_and_unknown_ones_are_refused():
         build_task("segmentation", 255, options={"windw": 64})
     with pytest.raises(UserError, match="takes none"):
         build_task("classification", options={"window": 64})
+
+
+def test_a_segmentation_run_with_an_aux_head_trains_exports_and_reloads(tmp_path):
+    """task: segmentation end to end: builder options from the recipe (an auxiliary head),
+    mIoU as the run's metric, and the export rebuilt with the same options."""
+    from kdlab.cli import main
+    from kdlab.config import RunConfig, build_dataclass
+    from kdlab.export import load_exported
+
+    cfg = build_dataclass(RunConfig, {
+        "task": "segmentation", "task_options": {"aux_weight": 0.4},
+        "data": {"name": "scenes_seg", "scenes_train": 64, "scenes_val": 32, "batch_size": 16,
+                 "eval_batch_size": 32},
+        "model": {"student": "seg_resnet8", "student_options": {"aux": True}},
+        "method": {"name": "ce"}, "schedule": {"name": "poly", "epochs": 1},
+        "train": {"device": "cpu", "out_dir": str(tmp_path / "run"), "progress": "none"},
+    }, where="config")
+    summary = Trainer(cfg).fit()
+    assert summary["metric"] == "miou" and 0.0 <= summary["best_miou"] <= 100.0
+    assert (tmp_path / "run" / "segmentation.png").is_file()
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "s.safetensors")]) == 0
+    net = load_exported(tmp_path / "s.safetensors")
+    assert hasattr(net, "aux_classifier") and net.aux_classifier is not None
+    out = net(torch.zeros(1, 1, 64, 64))
+    assert out["out"].shape == (1, 11, 64, 64)

@@ -51,6 +51,9 @@ class ModelConfig:
     teacher_checkpoint: str | None = None  # a run's best.pt or an exported .safetensors
     teacher_pretrained: bool | str = False  # true: torchvision's ImageNet weights; or a local file
     student_pretrained: bool | str = False  # start the student from them (fine-tuning)
+    # architecture options of the networks' builders, e.g. {aux: true} (an auxiliary head)
+    student_options: dict[str, Any] = field(default_factory=dict)
+    teacher_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

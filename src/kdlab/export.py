@@ -45,6 +45,7 @@ def export_metadata(module: nn.Module, name: str, cfg: Any, info: Any) -> dict[s
             "name": name,
             "model": str(spec["model"]),
             **{k: str(int(spec[k])) for k in _SHAPE},
+            "options": json.dumps(dict(spec.get("options") or {}), sort_keys=True),
             "kdlab_version": __version__,
         }
     return {
@@ -140,7 +141,8 @@ def load_exported(path: str | Path, device: torch.device | str = "cpu") -> nn.Mo
             raise UserError(f"{str(p)!r} lacks valid model metadata ({e}); export it again "
                             "with `kdlab export`.") from None
         with torch.random.fork_rng(devices=[]):
-            module: nn.Module = build_model(model, **shape).net
+            options = json.loads(meta.get("options", "{}"))  # builder options, e.g. aux
+            module: nn.Module = build_model(model, **shape, options=options).net
     elif kind == COMPOSITE:
         module = _composite(meta, p)
     else:

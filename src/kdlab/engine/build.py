@@ -261,11 +261,11 @@ def build_distiller_from_config(
     load = not architecture_only
     shape = {"num_classes": int(info.num_classes), "in_channels": int(info.in_channels),
              "input_size": int(info.input_size)}
-    student = build_model(m.student, **shape,
+    student = build_model(m.student, **shape, options=m.student_options,
                           pretrained=m.student_pretrained if load and student_weights else False)
     teacher = None
     if m.teacher and METHODS.get(cfg.method_name).needs_teacher:
-        teacher = build_model(m.teacher, **shape,
+        teacher = build_model(m.teacher, **shape, options=m.teacher_options,
                               pretrained=m.teacher_pretrained if load else False)
         if load and m.teacher_pretrained:
             _check_pretrained_teacher(teacher.net, info)
