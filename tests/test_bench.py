@@ -134,3 +134,18 @@ def test_bench_times_the_detection_methods_on_random_boxes(tmp_path, capsys):
     capsys.readouterr()
     assert main(args[:-4] + ["--methods", "fcfd:num_paths=2"]) == 2  # no path sampling
     assert "Unknown key method.fcfd.num_paths" in capsys.readouterr().err
+
+
+def test_bench_times_the_segmentation_methods_on_random_label_maps(tmp_path, capsys):
+    out = tmp_path / "seg.json"
+    args = ["bench", "--preset", "scenes_seg", "--device", "cpu", "--batch", "2", "--steps", "1",
+            "--warmup", "0", "--methods", "ce,kd,skd,fcfd:num_paths=1", "--out", str(out)]
+    assert main(args) == 0
+    report = json.loads(out.read_text())
+    assert report["meta"]["task"] == "segmentation"
+    assert (report["meta"]["teacher"], report["meta"]["student"]) == ("seg_resnet20",
+                                                                       "seg_resnet8")
+    results = {r["label"]: r for r in report["results"]}
+    assert all(math.isfinite(r["final_loss"]) for r in results.values())
+    assert results["ce"]["ratio_to_ce"] == 1.0 and results["kd"]["ratio_to_kd"] == 1.0
+    assert "× ce" in capsys.readouterr().out

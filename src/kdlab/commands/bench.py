@@ -23,7 +23,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="cifar: resnet32x4 -> resnet8x4, 3x32x32, 100 classes (FCFD Table 11); "
                    "cpu: resnet20 -> resnet8, 1x28x28, 10 classes (default: cifar on a GPU, "
-                   "cpu otherwise); detection: scenes_det (frcnn_tiny_r18 -> "
+                   "cpu otherwise); segmentation: scenes_seg (seg_resnet20 -> seg_resnet8, "
+                   "1x64x64, CPU), cityscapes_seg (DeepLabV3 R101 -> R18, 512x1024, batch 8); "
+                   "detection: scenes_det (frcnn_tiny_r18 -> "
                    "frcnn_tiny_r10_slim, 1x64x64, CPU), coco_det (Faster R-CNN FPN ResNet-101 -> "
                    "ResNet-18, 800x800, batch 8)")
     p.add_argument("--batch", type=int, default=None, help="batch size (default: the preset's, 64)")
