@@ -60,3 +60,11 @@ def test_bad_position_is_a_user_error(tiny_pair):
         build_distiller("fitnet", {"position": 5}, student, teacher)
     with pytest.raises(UserError, match="teacher"):
         build_distiller("fitnet", {}, student, None)
+
+
+def test_default_hint_is_the_benchmarks_hint_layer_2(tiny_pair):
+    """RepDistiller's hint_layer=2 is feat[2] with feat[0] the stem: the zoo's stages[2]."""
+    teacher, student = tiny_pair
+    d = build_distiller("fitnet", {}, student, teacher)
+    assert d.cfg.position == 3
+    assert d.bridge[1].num_features == teacher.stage_info[2].channels  # conv, BN, ...
