@@ -353,3 +353,15 @@ def test_mismatched_batch_is_a_user_error(name, tiny_pair, monkeypatch):
     monkeypatch.setattr(d, "teacher_features", lambda images: real(images[:4]))
     with pytest.raises(UserError):
         d(x, y)
+
+
+def test_crd_runs_in_float64(tiny_pair):
+    """The parity checks run whole methods in float64: the banks follow the model's dtype."""
+    teacher, student = tiny_pair
+    d = build_distiller("crd", {"num_negatives": 8}, student, teacher,
+                        train_size=TRAIN_SIZE).double()
+    x, y, idx = _batch()
+    _, losses = d(x.double(), y, idx)
+    assert losses["crd"].dtype == torch.float64 and torch.isfinite(losses["crd"])
+    assert d.memory.bank_student.dtype == torch.float64
+    losses["crd"].backward()
