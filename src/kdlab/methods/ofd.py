@@ -92,7 +92,8 @@ class PreReLUTap:
         param = next(net.parameters())
         try:
             with torch.no_grad(), self:
-                out = net.features(torch.randn(2, *net.input_shape, device=param.device))
+                out = net.features(torch.randn(2, *net.input_shape, device=param.device,
+                                               dtype=param.dtype))
                 pre = self.features(out)
         finally:
             net.train(was_training)
