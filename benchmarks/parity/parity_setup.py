@@ -53,7 +53,9 @@ def seeded_network(name: str, seed: int) -> Staged:
                 m.bias.copy_(torch.randn(c, generator=g) * 0.2)
                 m.running_mean.copy_(torch.randn(c, generator=g) * 0.1)
                 m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
-    return net.double()
+    net.double()
+    net.stage_info  # noqa: B018 - describe now: it draws a probe batch from the global RNG
+    return net
 
 
 def batch() -> tuple[Tensor, Tensor, Tensor]:
@@ -134,7 +136,7 @@ def kdlab_terms(method: str, d: Distiller, x: Tensor, y: Tensor, index: Tensor,
             if ce_weight:
                 losses["ce"] = ce_weight * F.cross_entropy(s.logits, y)
             losses.update(d.losses(s, teacher_features, y, index))
-    return {k: float(v) for k, v in losses.items()}
+    return {k: float(v.detach()) for k, v in losses.items()}
 
 
 #: methods whose forward is not the default one (extra passes, taps or paths)
