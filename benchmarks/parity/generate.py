@@ -7,6 +7,7 @@ Usage (each path a checkout of that repository, e.g. ``git archive`` of the comm
         --repdistiller /tmp/parity-ref/RepDistiller \
         --mdistiller /tmp/parity-ref/mdistiller \
         --kdzoo /tmp/parity-ref/Knowledge-Distillation-Zoo \
+        --fcfd /tmp/parity-ref/FCFD \
         [--out tests/fixtures/parity]
 
 Nothing of the references is copied into kdlab: their modules are imported from those paths
@@ -47,6 +48,7 @@ REPOS = {
     "repdistiller": "github.com/HobbitLong/RepDistiller",
     "mdistiller": "github.com/megvii-research/mdistiller",
     "kdzoo": "github.com/AberHu/Knowledge-Distillation-Zoo",
+    "fcfd": "github.com/LiuDongyang6/FCFD",
 }
 #: kdlab model name -> RepDistiller's model_dict name
 REF_NAMES = {"resnet32x4": "resnet32x4", "resnet8x4": "resnet8x4", "vgg13": "vgg13",
@@ -257,11 +259,80 @@ def kdzoo_terms(pair: str, nets: dict, x: torch.Tensor, y: torch.Tensor) -> dict
             "irg_transform": float(IRG(0.0, 0.0, 5.0)(args_s, args_t))}
 
 
+# --------------------------------------------------------------------- FCFD authors
+FCFD_NAMES = {"resnet32x4": "resnet32x4", "resnet8x4": "resnet8x4", "vgg13": "vgg13",
+              "mobilenetv2": "MobileNetV2"}
+
+
+def _copy_bridge(ours: torch.nn.Module, theirs: torch.nn.Module) -> None:
+    """kdlab's bridge (conv without bias, BN, [LeakyReLU]) into the authors' (their stride-2
+    and transposed convs have a bias: set to zero, which the BN after it cancels anyway)."""
+    with torch.no_grad():
+        theirs[0].weight.copy_(ours[0].weight)
+        if theirs[0].bias is not None:
+            theirs[0].bias.zero_()
+    P.copy_weights(ours[1], theirs[1])
+    if len(ours) != len(theirs):
+        raise SystemExit("bridge layouts differ (LeakyReLU on one side only)")
+
+
+def fcfd_terms(pair: str, teacher: Any, student: Any, d: Any, x: torch.Tensor,
+               y: torch.Tensor) -> dict[str, float]:
+    """The authors' MetaModel (``classification/models/meta.py``) runs the teacher, the
+    student and every candidate path (their ``bi`` set) with kdlab's bridges; the terms are
+    then assembled as their training loop does (``cifar/main.py``, ``train_one_epoch``, which
+    needs CUDA and their data pipeline to run as is): per stage after the first, MSE of every
+    other feature in the teacher's space to the pure teacher feature, plus at the last stage
+    the same after ReLU + global average pool, times ``weight_l2``; CE and KL(student ||
+    teacher) for the student; KL(path || teacher) per mixed path; KL at temperature T,
+    batchmean, x T^2. The L2 terms come as one number (kdlab's ``app + func_l2``)."""
+    import models as zoo  # type: ignore[import-not-found]
+    from models import meta  # type: ignore[import-not-found]
+
+    t_name, s_name = P.PAIRS[pair]
+    ref_t = getattr(zoo, FCFD_NAMES[t_name])(num_classes=P.NUM_CLASSES)
+    ref_s = getattr(zoo, FCFD_NAMES[s_name])(num_classes=P.NUM_CLASSES)
+    P.copy_weights(teacher.net, ref_t)
+    P.copy_weights(student.net, ref_s)
+    mm = meta.MetaModel([ref_t, ref_s], "bi", input_size=(1, 3, 32, 32))
+    for k in d.b_st:
+        _copy_bridge(d.b_st[k], mm.bridges[int(k) - 1][0][1])
+    for k in d.b_ts:
+        _copy_bridge(d.b_ts[k], mm.bridges[int(k) - 1][1][0])
+    mm.double().train()  # their model.train(): the frozen teacher on batch statistics too
+    meta.random = types.SimpleNamespace(sample=lambda seq, n: list(seq)[:n])  # all, in order
+    paths = [[str(m) for m in p] for p in mm.extra_path_list]
+    c = d.cfg
+    outputs, inters = mm(x, extra_path_num=len(paths))
+    l2 = 0.0
+    for stage, per_model in enumerate(inters):
+        feats = list(per_model[0].values())
+        target = feats[0].detach()
+        l2 += sum(float(F.mse_loss(v, target)) for v in feats[1:])
+        if stage == len(inters) - 1:
+            def pooled(f: torch.Tensor) -> torch.Tensor:
+                return F.adaptive_avg_pool2d(F.relu(f), 1).flatten(1)
+            l2 += sum(float(F.mse_loss(pooled(v), pooled(target))) for v in feats[1:])
+
+    def kl(src: torch.Tensor, tgt: torch.Tensor) -> float:
+        t = c.temperature
+        return float(F.kl_div(F.log_softmax(src / t, 1), F.softmax(tgt.detach() / t, 1),
+                              reduction="batchmean") * t * t)
+
+    out = {"ce": ce(outputs[1], y), "kd": c.kd_weight * kl(outputs[1], outputs[0]),
+           "app+func_l2": c.app_weight * l2, "func_kl": 0.0, "funcp_kl": 0.0}
+    for path, logits in zip(paths, outputs[2:], strict=True):
+        name = "func_kl" if path[-1] == "0" else "funcp_kl"  # ends in the teacher: <k, 1>
+        weight = c.func_kl_weight if name == "func_kl" else c.funcp_kl_weight
+        out[name] += weight * kl(logits, outputs[0])
+    return out
+
+
 # --------------------------------------------------------------------- driver
 METHODS: dict[str, str] = {  # method -> reference key
     "kd": "repdistiller", "fitnet": "repdistiller", "at": "repdistiller", "sp": "repdistiller",
     "cc": "repdistiller", "vid": "repdistiller", "rkd": "repdistiller", "crd": "repdistiller",
-    "dkd": "mdistiller", "ofd": "mdistiller", "irg": "kdzoo",
+    "dkd": "mdistiller", "ofd": "mdistiller", "irg": "kdzoo", "fcfd": "fcfd",
 }
 #: methods the cross-architecture pair is not checked for (the reference has no such code)
 SKIP = {
@@ -272,6 +343,7 @@ SKIP = {
 
 
 def record(method: str, pair: str, ref: dict[str, float], ours: dict[str, float]) -> dict:
+    ours = {name: P.combined(ours, name) for name in ref}
     if set(ref) != set(ours):
         raise SystemExit(f"{method} on {pair}: reference terms {sorted(ref)} vs kdlab "
                          f"{sorted(ours)}")
@@ -293,14 +365,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repdistiller", type=Path, required=True)
     ap.add_argument("--mdistiller", type=Path, required=True)
     ap.add_argument("--kdzoo", type=Path, required=True)
+    ap.add_argument("--fcfd", type=Path, required=True)
     ap.add_argument("--out", type=Path, default=P.FIXTURES)
+    ap.add_argument("--methods", nargs="*", help="only these (for a look; use --out elsewhere)")
     args = ap.parse_args(argv)
     paths = {"repdistiller": args.repdistiller, "mdistiller": args.mdistiller,
-             "kdzoo": args.kdzoo}
+             "kdzoo": args.kdzoo, "fcfd": args.fcfd}
     KDZOO_PATH[:] = [args.kdzoo]
     refs = {k: {"repository": REPOS[k], "commit": commit_of(p)} for k, p in paths.items()}
     command = ("python benchmarks/parity/generate.py --repdistiller <RepDistiller checkout> "
-               "--mdistiller <mdistiller checkout> --kdzoo <Knowledge-Distillation-Zoo checkout>")
+               "--mdistiller <mdistiller checkout> --kdzoo <Knowledge-Distillation-Zoo checkout> "
+               "--fcfd <FCFD checkout>")
     args.out.mkdir(parents=True, exist_ok=True)
     for pair, (t_name, s_name) in P.PAIRS.items():
         teacher = P.seeded_network(t_name, P.SEEDS["teacher"])
@@ -311,7 +386,7 @@ def main(argv: list[str] | None = None) -> None:
             nets = repdistiller_nets(teacher, student, pair)
         entries: dict[str, Any] = {}
         for method, key in METHODS.items():
-            if (method, pair) in SKIP:
+            if (method, pair) in SKIP or (args.methods and method not in args.methods):
                 continue
             d = P.build(method, pair, teacher, student)
             if key == "repdistiller":
@@ -321,6 +396,9 @@ def main(argv: list[str] | None = None) -> None:
             elif key == "mdistiller":
                 with imported_from(paths[key], "mdistiller"):
                     ref = mdistiller_terms(method, pair, teacher, student, d, x, y)
+            elif key == "fcfd":
+                with imported_from(paths[key] / "classification", "models", "utils"):
+                    ref = fcfd_terms(pair, teacher, student, d, x, y)
             else:
                 ref = kdzoo_terms(pair, nets, x, y)
             ours = P.kdlab_terms(method, d, x, y, index)

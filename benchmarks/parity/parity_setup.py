@@ -102,7 +102,15 @@ def build(method: str, pair: str, teacher: Staged, student: Staged) -> Distiller
                         train_size=CRD_TRAIN_SIZE)
     d.double().train()
     d.set_epoch(239, 240)  # past every warm-up
+    if method == "fcfd":  # every candidate path at once (the reference is told the same)
+        d.sample_paths = lambda: list(d.candidates)
     return d
+
+
+def combined(terms: dict[str, float], name: str) -> float:
+    """A fixture term ``a+b`` is the sum of kdlab's terms ``a`` and ``b`` (where a reference
+    reports one number for what kdlab logs as two)."""
+    return sum(terms[part] for part in name.split("+"))
 
 
 def copy_weights(src: nn.Module, dst: nn.Module) -> None:
