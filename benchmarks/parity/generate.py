@@ -63,6 +63,10 @@ INTENTIONAL = {
                               "bias) + BN + ReLU for equal sizes, so weights cannot be shared"),
     ("at", "mobilenetv2_from_vgg13", "at"): STAGE_CUT,
     ("vid", "mobilenetv2_from_vgg13", "vid"): STAGE_CUT,
+    ("reviewkd", "*", "review"): ("kdlab reviews the teacher's stage outputs as the staged "
+                                  "view gives them (post-ReLU on ResNets); mdistiller's and "
+                                  "the authors' CIFAR code take the teacher's pre-ReLU "
+                                  "features (documented in kdlab.methods.reviewkd)"),
     ("sp", "mobilenetv2_from_vgg13", "sp"): STAGE_CUT,
 }
 
@@ -207,15 +211,32 @@ def mdistiller_terms(method: str, pair: str, teacher: Any, student: Any, d: Any,
         return {"ce": c.ce_weight * ce(logits, y),
                 "dkd": warm * float(dkd_loss(logits, t_logits, y, c.alpha, c.beta,
                                              c.temperature))}
+    from mdistiller.models.cifar import resnet  # type: ignore[import-not-found]
+
+    t_name, s_name = P.PAIRS[pair]
+    ref_t = getattr(resnet, t_name)(num_classes=P.NUM_CLASSES).double()
+    ref_s = getattr(resnet, s_name)(num_classes=P.NUM_CLASSES).double()
+    P.copy_weights(teacher.net, ref_t)
+    P.copy_weights(student.net, ref_s)
+    if method == "reviewkd":  # mdistiller's CIFAR-100 resnet32x4 -> resnet8x4 configuration
+        from mdistiller.distillers.ReviewKD import (  # type: ignore[import-not-found]
+            ReviewKD,
+        )
+
+        cfg = types.SimpleNamespace(REVIEWKD=types.SimpleNamespace(
+            CE_WEIGHT=1.0, REVIEWKD_WEIGHT=1.0, WARMUP_EPOCHS=20, SHAPES=[1, 8, 16, 32],
+            OUT_SHAPES=[1, 8, 16, 32], IN_CHANNELS=[64, 128, 256, 256],
+            OUT_CHANNELS=[64, 128, 256, 256], STU_PREACT=False, MAX_MID_CHANNEL=512))
+        rkd = ReviewKD(ref_s, ref_t, cfg).double()
+        for i, abf in enumerate(d.abfs):  # theirs are kept deepest first
+            P.copy_weights(abf, rkd.abfs[len(d.abfs) - 1 - i])
+        rkd.train()
+        rkd.teacher.eval()
+        _, losses = rkd.forward_train(image=x, target=y, epoch=240)
+        return {"ce": float(losses["loss_ce"]), "review": float(losses["loss_kd"])}
     if method == "ofd":
         from mdistiller.distillers.OFD import OFD  # type: ignore[import-not-found]
-        from mdistiller.models.cifar import resnet  # type: ignore[import-not-found]
 
-        t_name, s_name = P.PAIRS[pair]
-        ref_t = getattr(resnet, t_name)(num_classes=P.NUM_CLASSES).double()
-        ref_s = getattr(resnet, s_name)(num_classes=P.NUM_CLASSES).double()
-        P.copy_weights(teacher.net, ref_t)
-        P.copy_weights(student.net, ref_s)
         cfg = types.SimpleNamespace(OFD=types.SimpleNamespace(
             LOSS=types.SimpleNamespace(CE_WEIGHT=1.0, FEAT_WEIGHT=0.001),
             CONNECTOR=types.SimpleNamespace(KERNEL_SIZE=1)))
@@ -332,11 +353,13 @@ def fcfd_terms(pair: str, teacher: Any, student: Any, d: Any, x: torch.Tensor,
 METHODS: dict[str, str] = {  # method -> reference key
     "kd": "repdistiller", "fitnet": "repdistiller", "at": "repdistiller", "sp": "repdistiller",
     "cc": "repdistiller", "vid": "repdistiller", "rkd": "repdistiller", "crd": "repdistiller",
-    "dkd": "mdistiller", "ofd": "mdistiller", "irg": "kdzoo", "fcfd": "fcfd",
+    "dkd": "mdistiller", "ofd": "mdistiller", "reviewkd": "mdistiller", "irg": "kdzoo",
+    "fcfd": "fcfd",
 }
 #: methods the cross-architecture pair is not checked for (the reference has no such code)
 SKIP = {
     ("ofd", "mobilenetv2_from_vgg13"),  # mdistiller's OFD code here is its CIFAR ResNets'
+    ("reviewkd", "mobilenetv2_from_vgg13"),  # (its configuration is the ResNet pair's)
     # the KD-Zoo's IRG-t halves channels once (a 2x gap): mobilenetv2's 48 -> 160 fails there
     ("irg", "mobilenetv2_from_vgg13"),
 }
