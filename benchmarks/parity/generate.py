@@ -8,6 +8,7 @@ Usage (each path a checkout of that repository, e.g. ``git archive`` of the comm
         --mdistiller /tmp/parity-ref/mdistiller \
         --kdzoo /tmp/parity-ref/Knowledge-Distillation-Zoo \
         --fcfd /tmp/parity-ref/FCFD \
+        --srrl /tmp/parity-ref/KD_SRRL \
         [--out tests/fixtures/parity]
 
 Nothing of the references is copied into kdlab: their modules are imported from those paths
@@ -49,6 +50,7 @@ REPOS = {
     "mdistiller": "github.com/megvii-research/mdistiller",
     "kdzoo": "github.com/AberHu/Knowledge-Distillation-Zoo",
     "fcfd": "github.com/LiuDongyang6/FCFD",
+    "srrl": "github.com/jingyang2017/KD_SRRL",
 }
 #: kdlab model name -> RepDistiller's model_dict name
 REF_NAMES = {"resnet32x4": "resnet32x4", "resnet8x4": "resnet8x4", "vgg13": "vgg13",
@@ -280,6 +282,29 @@ def kdzoo_terms(pair: str, nets: dict, x: torch.Tensor, y: torch.Tensor) -> dict
             "irg_transform": float(IRG(0.0, 0.0, 5.0)(args_s, args_t))}
 
 
+# --------------------------------------------------------------------- SRRL authors
+def srrl_terms(nets: dict, d: Any, x: torch.Tensor, y: torch.Tensor,
+               path: Path) -> dict[str, float]:
+    """The SRRL authors' connector (``transfer_conv``) and feature loss (``statm_loss``,
+    which their ImageNet script calls as ``statm_loss(feat_s, feat_t)``, constructing the
+    module instead of calling it; used here as ``statm_loss()(feat_s, feat_t)``) on the
+    last feature maps; softmax regression as their script: the teacher's own pooling and
+    classifier on the connected student feature, MSE to the teacher's logits; weights 1."""
+    ain = load_file(path / "distiller_zoo" / "AIN.py")
+    ref_t, ref_s = nets["ref_teacher"], nets["ref_student"]
+    ref_s.train()
+    feat_s, logit_s = ref_s(x, is_feat=True)
+    with torch.no_grad():
+        feat_t, logit_t = ref_t(x, is_feat=True)
+    conn = ain.transfer_conv(feat_s[-2].shape[1], feat_t[-2].shape[1]).double().train()
+    P.copy_weights(d.connector, conn.Connectors)
+    f = conn(feat_s[-2])
+    regressed = ref_t.fc(torch.flatten(ref_t.avgpool(f), 1))
+    return {"ce": ce(logit_s, y),
+            "srrl_fm": d.cfg.fm_weight * float(ain.statm_loss()(f, feat_t[-2])),
+            "srrl_sr": d.cfg.sr_weight * float(F.mse_loss(regressed, logit_t))}
+
+
 # --------------------------------------------------------------------- FCFD authors
 FCFD_NAMES = {"resnet32x4": "resnet32x4", "resnet8x4": "resnet8x4", "vgg13": "vgg13",
               "mobilenetv2": "MobileNetV2"}
@@ -354,12 +379,15 @@ METHODS: dict[str, str] = {  # method -> reference key
     "kd": "repdistiller", "fitnet": "repdistiller", "at": "repdistiller", "sp": "repdistiller",
     "cc": "repdistiller", "vid": "repdistiller", "rkd": "repdistiller", "crd": "repdistiller",
     "dkd": "mdistiller", "ofd": "mdistiller", "reviewkd": "mdistiller", "irg": "kdzoo",
-    "fcfd": "fcfd",
+    "fcfd": "fcfd", "srrl": "srrl",
 }
 #: methods the cross-architecture pair is not checked for (the reference has no such code)
 SKIP = {
     ("ofd", "mobilenetv2_from_vgg13"),  # mdistiller's OFD code here is its CIFAR ResNets'
     ("reviewkd", "mobilenetv2_from_vgg13"),  # (its configuration is the ResNet pair's)
+    # SRRL's connector reads the last feature map: RepDistiller's mobilenetv2 has no conv2
+    # in its feature list (160 channels, the zoo's last stage 1280): nothing to copy
+    ("srrl", "mobilenetv2_from_vgg13"),
     # the KD-Zoo's IRG-t halves channels once (a 2x gap): mobilenetv2's 48 -> 160 fails there
     ("irg", "mobilenetv2_from_vgg13"),
 }
@@ -389,16 +417,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--mdistiller", type=Path, required=True)
     ap.add_argument("--kdzoo", type=Path, required=True)
     ap.add_argument("--fcfd", type=Path, required=True)
+    ap.add_argument("--srrl", type=Path, required=True)
     ap.add_argument("--out", type=Path, default=P.FIXTURES)
     ap.add_argument("--methods", nargs="*", help="only these (for a look; use --out elsewhere)")
     args = ap.parse_args(argv)
     paths = {"repdistiller": args.repdistiller, "mdistiller": args.mdistiller,
-             "kdzoo": args.kdzoo, "fcfd": args.fcfd}
+             "kdzoo": args.kdzoo, "fcfd": args.fcfd, "srrl": args.srrl}
     KDZOO_PATH[:] = [args.kdzoo]
     refs = {k: {"repository": REPOS[k], "commit": commit_of(p)} for k, p in paths.items()}
     command = ("python benchmarks/parity/generate.py --repdistiller <RepDistiller checkout> "
                "--mdistiller <mdistiller checkout> --kdzoo <Knowledge-Distillation-Zoo checkout> "
-               "--fcfd <FCFD checkout>")
+               "--fcfd <FCFD checkout> --srrl <KD_SRRL checkout>")
     args.out.mkdir(parents=True, exist_ok=True)
     for pair, (t_name, s_name) in P.PAIRS.items():
         teacher = P.seeded_network(t_name, P.SEEDS["teacher"])
@@ -419,6 +448,8 @@ def main(argv: list[str] | None = None) -> None:
             elif key == "mdistiller":
                 with imported_from(paths[key], "mdistiller"):
                     ref = mdistiller_terms(method, pair, teacher, student, d, x, y)
+            elif key == "srrl":
+                ref = srrl_terms(nets, d, x, y, paths[key])
             elif key == "fcfd":
                 with imported_from(paths[key] / "classification", "models", "utils"):
                     ref = fcfd_terms(pair, teacher, student, d, x, y)

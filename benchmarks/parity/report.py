@@ -18,7 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import parity_setup as P  # noqa: E402
 
 NAMES = {"repdistiller": "RepDistiller (CRD benchmark)", "mdistiller": "mdistiller",
-         "kdzoo": "Knowledge-Distillation-Zoo", "fcfd": "FCFD authors"}
+         "kdzoo": "Knowledge-Distillation-Zoo", "fcfd": "FCFD authors",
+         "srrl": "SRRL authors"}
 
 HEADER = """# Reference parity
 
@@ -66,9 +67,14 @@ outputs are the same tensors, those methods match.
 - SimKD (bcmi/SimKD) and FRSKD (MingiJi/FRSKD): their networks and modules need a weight
   mapping of their own (BiFPNc, the SimKD projector); FRSKD's gradient flow is tested
   against the authors' loop in `tests/test_frskd.py` instead.
-- mdistiller's OFD and ReviewKD and the Knowledge-Distillation-Zoo's IRG on the
+- mdistiller's OFD and ReviewKD, the Knowledge-Distillation-Zoo's IRG and SRRL on the
   cross-architecture pair: the references' code is written for their ResNets (OFD, ReviewKD
-  configuration) or cannot run on mobilenetv2's channel gap (IRG-t halves channels once).
+  configuration), cannot run on mobilenetv2's channel gap (IRG-t halves channels once), or
+  reads a last feature map that RepDistiller's mobilenetv2 does not expose (SRRL: its
+  feature list stops before conv2, the zoo's last stage includes it).
+- SRRL's released script calls its feature loss as `statm_loss(feat_s, feat_t)`, which
+  constructs the module rather than computing the loss; the fixture uses the evident
+  intent, `statm_loss()(feat_s, feat_t)`.
 - RKD, SP and CC are checked against RepDistiller only (their authors' code is not public
   or is what RepDistiller restructured).
 
