@@ -60,9 +60,10 @@ STAGE_CUT = ("kdlab's zoo cuts vgg/mobilenetv2 into FCFD's stages: a vgg stage e
              "ReLU (RepDistiller's feature list is after it) and mobilenetv2's last stage "
              "includes conv2 (RepDistiller's f4 is before it)")
 INTENTIONAL = {
-    ("fitnet", "*", "hint"): ("the regressor is FCFD's bridge (3x3 conv + BN + LeakyReLU(0.1) "
-                              "for post-ReLU targets); RepDistiller's ConvReg is a 1x1 conv (with "
-                              "bias) + BN + ReLU for equal sizes, so weights cannot be shared"),
+    ("fitnet", "mobilenetv2_from_vgg13", "hint"): (
+        "no CIFAR-100 FitNet recipe for this pair, so the defaults' regressor is FCFD's bridge "
+        "(3x3 conv + BN + LeakyReLU), not the benchmark's ConvReg (method.regressor: convreg); "
+        "and " + STAGE_CUT),
     ("at", "mobilenetv2_from_vgg13", "at"): STAGE_CUT,
     ("vid", "mobilenetv2_from_vgg13", "vid"): STAGE_CUT,
     ("reviewkd", "*", "review"): ("kdlab reviews the teacher's stage outputs as the staged "
@@ -130,6 +131,8 @@ def repdistiller_terms(method: str, pair: str, nets: dict, d: Any, x: torch.Tens
     if method == "fitnet":  # -a 0 -b 100, hint_layer 2
         torch.manual_seed(P.SEEDS["extras"])
         reg = ConvReg(feat_s[2].shape, feat_t[2].shape).double().train()
+        if d.cfg.regressor == "convreg":  # the same module: kdlab's weights
+            P.copy_weights(d.bridge, reg)
         out["hint"] = 100 * float(HintLoss()(reg(feat_s[2]), feat_t[2]))
     elif method == "at":  # -a 0 -b 1000
         out["at"] = 1000 * float(sum(Attention()(feat_s[1:-1], feat_t[1:-1])))

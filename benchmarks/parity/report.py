@@ -84,7 +84,8 @@ outputs are the same tensors, those methods match.
    of both networks) is `formulation: benchmark`, the default and the recipes'; the paper's
    kernel correlation stays `formulation: paper` (about 600x smaller at the same weight).
 2. FitNet: the hint is at the second residual stage (`position: 3`, the benchmark's
-   `hint_layer=2`).
+   `hint_layer=2`); `regressor: convreg` is the benchmark's ConvReg (the CIFAR-100 recipes'),
+   `bridge` (default) FCFD's bridge.
 3. AT, VID, OFD: the stage outputs after the stem (`include_stem: true` for the former
    pairing); AT is `beta * sum` (the paper's `beta / 2` is `beta: 500`).
 4. FCFD recipes: the authors' ten per-pair CIFAR configurations; Config L2 weights 5.

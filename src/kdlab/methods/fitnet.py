@@ -2,9 +2,12 @@
 
 Romero et al., "FitNets: Hints for Thin Deep Nets", ICLR 2015. As in the CRD benchmark
 (Tian et al., ICLR 2020), the hint is trained jointly with the task loss (one stage, no
-separate hint pre-training), with weight 100 on the mean-squared hint loss. The regressor is
-the same :class:`~kdlab.nn.bridge.Bridge` FCFD uses (conv + BN, + LeakyReLU for post-ReLU
-targets).
+separate hint pre-training), with weight 100 on the mean-squared hint loss. The regressor
+(``regressor``) is either the same :class:`~kdlab.nn.bridge.Bridge` FCFD uses (``bridge``,
+the default: 3x3 conv + BN, + LeakyReLU for post-ReLU targets) or the benchmark's own
+(``convreg``, :class:`~kdlab.nn.conv_regressor.ConvRegressor`: conv with bias + BN + ReLU,
+a 1x1 conv for equal sizes), which the CIFAR-100 recipes that stand for the benchmark's
+FitNet row use.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from kdlab.methods import METHODS
 from kdlab.methods.base import Distiller, Losses
 from kdlab.models.staged import Features
 from kdlab.nn.bridge import Bridge
+from kdlab.nn.conv_regressor import ConvRegressor
 
 
 @METHODS.register("fitnet")
@@ -37,6 +41,7 @@ class FitNet(Distiller):
         ce_weight: float = 1.0
         hint_weight: float = 100.0
         position: int = 3
+        regressor: str = "bridge"  # bridge (FCFD's) | convreg (the CRD benchmark's ConvReg)
 
     def setup(self) -> None:
         assert self.teacher is not None  # the Distiller base refuses a missing teacher
@@ -46,10 +51,14 @@ class FitNet(Distiller):
             raise UserError(
                 f"method.position {k} is outside the stages; use 1..{n} (1-based stage numbers)."
             )
-        self.bridge = Bridge(
-            self.student.stage_info[k - 1], self.teacher.stage_info[k - 1],
-            where=f"student -> teacher at stage {k}",
-        )
+        src, dst = self.student.stage_info[k - 1], self.teacher.stage_info[k - 1]
+        if self.cfg.regressor == "bridge":
+            self.bridge = Bridge(src, dst, where=f"student -> teacher at stage {k}")
+        elif self.cfg.regressor == "convreg":
+            self.bridge = ConvRegressor(src, dst)
+        else:
+            raise UserError(f"Unknown method.regressor {self.cfg.regressor!r}; use 'bridge' "
+                            "(FCFD's bridge) or 'convreg' (the CRD benchmark's regressor).")
 
     def losses(
         self,
