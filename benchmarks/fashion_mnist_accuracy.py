@@ -58,6 +58,11 @@ ROWS: dict[str, Row] = {r.name: r for r in (
     Row("kd", "KD (Hinton, tau=4)", "kd/resnet8_from_resnet20.yaml"),
     Row("fitnet", "FitNet (hint at stage 2, weight 100)", "fitnet/resnet8_from_resnet32.yaml"),
     Row("fcfd", "FCFD (L_app + L_func + L_func', |S|=2)", "fcfd/resnet8_from_resnet20.yaml"),
+    # the frozen teacher's BN on batch statistics (issue 14's teacher-BN A/B)
+    Row("kd_bn_batch", "KD, teacher BN on batch statistics", "kd/resnet8_from_resnet20.yaml",
+        ("method.teacher_bn=batch",)),
+    Row("fcfd_bn_batch", "FCFD, teacher BN on batch statistics",
+        "fcfd/resnet8_from_resnet20.yaml", ("method.teacher_bn=batch",)),
     Row("fcfd_app", "FCFD app only (L_app + L_kd)", "fcfd/resnet8_from_resnet32_app_only.yaml"),
     Row("fcfd_func", "FCFD func only (L_func + L_func' + L_kd)",
         "fcfd/resnet8_from_resnet32_func_only.yaml"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -39,3 +41,27 @@ def test_methods_that_need_a_teacher_refuse_to_build_without_one(tiny_pair, name
     task = None if "classification" in METHODS.get(name).tasks else seg_task()
     with pytest.raises(UserError, match="needs a teacher"):
         build_distiller(name, {}, student, None, task=task)
+
+
+def test_teacher_bn_batch_uses_batch_statistics_and_leaves_the_teacher_alone(tiny_pair):
+    teacher, student = tiny_pair
+    x = torch.randn(4, 3, 16, 16)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    d = build_distiller("ofd", {"teacher_bn": "batch"}, student, teacher)
+    d.train()
+    got = d.teacher_features(x).logits
+    assert not teacher.training  # still an eval-mode network outside the block
+    for k, v in teacher.state_dict().items():
+        assert torch.equal(v, before[k]), k  # running statistics untouched
+    reference = copy.deepcopy(teacher).train()
+    with torch.no_grad():
+        expected = reference(x)
+    torch.testing.assert_close(got, expected)
+    evaluated = build_distiller("ofd", {}, student, teacher).teacher_features(x).logits
+    assert not torch.allclose(got, evaluated)  # eval mode is a different function
+
+
+def test_teacher_bn_rejects_unknown_modes(tiny_pair):
+    teacher, student = tiny_pair
+    with pytest.raises(UserError, match="teacher_bn"):
+        build_distiller("ofd", {"teacher_bn": "train"}, student, teacher)

@@ -71,11 +71,35 @@ def test_app_loss_is_eq5_at_every_position(tiny_pair, pooled):
         for k in (2, 3, 4):  # k_min = 2 .. N
             ref += ref_l2(d.b_st[str(k)](s.stages[k - 1]), t.stages[k - 1])
         if pooled:
-            ref += ref_l2(teacher.embed(d.b_st["4"](s.stages[3])), t.embedding)
+            pool = torch.nn.functional.adaptive_avg_pool2d
+            relu = torch.nn.functional.relu
+            ref += ref_l2(pool(relu(d.b_st["4"](s.stages[3])), 1), pool(relu(t.stages[3]), 1))
     assert losses["app"].item() == pytest.approx(0.5 * ref, rel=1e-9)
     # no path drawn: the function terms are reported, as zeros
     assert set(losses) == {"ce", "kd", "app", "func_l2", "func_kl", "funcp_kl"}
     assert all(losses[n].item() == 0 for n in ("func_l2", "func_kl", "funcp_kl"))
+
+
+def test_teacher_bn_batch_runs_targets_and_lens_on_batch_statistics(tiny_pair):
+    """teacher_bn: batch is the authors' train-mode frozen teacher: the targets and the
+    <k, 1> lens normalise with the statistics of their own batch; nothing is updated."""
+    d = fixed(make(tiny_pair, double=True, pooled_l2=False, func_l2_weight=0.3,
+                   func_kl_weight=0.7, app_weight=0.0, kd_weight=0.0, teacher_bn="batch"),
+              [(2, 1)])
+    frozen = copy.deepcopy(d.teacher.state_dict())
+    x, y = batch(dtype=torch.float64)
+    _, losses = d(x, y)
+    train_mode = copy.deepcopy(d.teacher).train()
+    with torch.no_grad():
+        t = train_mode.features(x)
+        f = d.b_st["2"](d.student.features(x).stages[1])
+        out = train_mode.run_from(1, f)
+        l2 = sum(ref_l2(a, b) for a, b in zip(out.stages, t.stages[2:], strict=True))
+        kl = ref_kl(out.logits, t.logits, 4.0)
+    assert losses["func_l2"].item() == pytest.approx(0.3 * l2, rel=1e-9)
+    assert losses["func_kl"].item() == pytest.approx(0.7 * kl, rel=1e-9)
+    assert all(torch.equal(v, frozen[k]) for k, v in d.teacher.state_dict().items())
+    assert not d.teacher.training
 
 
 @pytest.mark.parametrize("k", [2, 3])

@@ -67,12 +67,29 @@ def test_at_pools_mismatched_sizes(tiny_pair):
     teacher, _ = tiny_pair
     student = tiny_staged(widths=(8, 16, 32), input_size=16, seed=3)  # 3 stages
     d = build_distiller("at", {}, student, teacher)
-    assert d.pairs == [(0, 1), (1, 2), (2, 3)]
+    assert d.pairs == [(1, 2), (2, 3)]  # the stage outputs after the stems, deepest aligned
+    assert build_distiller("at", {"include_stem": True}, student, teacher).pairs == [
+        (0, 1), (1, 2), (2, 3)]
     x, y, _ = _batch()
     _, losses = d(x, y)
     assert torch.isfinite(losses["at"]) and losses["at"] > 0
     with pytest.raises(UserError, match="Stage 5"):
         build_distiller("at", {"stages": [5]}, student, teacher)
+
+
+def test_at_is_beta_times_the_sum_over_the_stages_after_the_stem(tiny_pair):
+    from kdlab.losses.attention import at_loss
+
+    teacher, student = tiny_pair
+    d = build_distiller("at", {"beta": 7.0}, student, teacher)
+    x, y, _ = _batch()
+    with torch.no_grad():
+        _, losses = d(x, y)
+        s, t = student.features(x), teacher.features(x)
+    want = 7.0 * sum(at_loss(s.stages[i], t.stages[i]) for i in (1, 2, 3))
+    torch.testing.assert_close(losses["at"], want)
+    for name in ("vid", "ofd"):
+        assert build_distiller(name, {}, student, teacher).pairs == [(1, 1), (2, 2), (3, 3)]
 
 
 # --------------------------------------------------------------------- SimKD
@@ -279,13 +296,14 @@ def test_ofd_taps_pre_relu_features(tiny_pair):
     with torch.no_grad(), d.teacher_tap:
         out = teacher.features(x)
         pre = d.teacher_tap.features(out)
-    for i, p in enumerate(pre):
+    assert d.teacher_tap.stages == [1, 2, 3]  # after the stem
+    for i, p in zip(d.teacher_tap.stages, pre, strict=True):
         stage = teacher.stage_modules(i)[0]  # conv, BN, ReLU
-        want = stage[1](stage[0](out.stages[i - 1] if i else x))
+        want = stage[1](stage[0](out.stages[i - 1]))
         assert torch.allclose(p, want, atol=1e-6)
         assert (p < 0).any()  # really before the ReLU
     margins = d.teacher_tap.margins()
-    assert [m.shape[0] for m in margins] == [16, 32, 64, 64]
+    assert [m.shape[0] for m in margins] == [32, 64, 64]
     assert all((m < 0).all() for m in margins)
 
 
@@ -335,3 +353,15 @@ def test_mismatched_batch_is_a_user_error(name, tiny_pair, monkeypatch):
     monkeypatch.setattr(d, "teacher_features", lambda images: real(images[:4]))
     with pytest.raises(UserError):
         d(x, y)
+
+
+def test_crd_runs_in_float64(tiny_pair):
+    """The parity checks run whole methods in float64: the banks follow the model's dtype."""
+    teacher, student = tiny_pair
+    d = build_distiller("crd", {"num_negatives": 8}, student, teacher,
+                        train_size=TRAIN_SIZE).double()
+    x, y, idx = _batch()
+    _, losses = d(x.double(), y, idx)
+    assert losses["crd"].dtype == torch.float64 and torch.isfinite(losses["crd"])
+    assert d.memory.bank_student.dtype == torch.float64
+    losses["crd"].backward()

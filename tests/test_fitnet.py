@@ -60,3 +60,38 @@ def test_bad_position_is_a_user_error(tiny_pair):
         build_distiller("fitnet", {"position": 5}, student, teacher)
     with pytest.raises(UserError, match="teacher"):
         build_distiller("fitnet", {}, student, None)
+
+
+def test_default_hint_is_the_benchmarks_hint_layer_2(tiny_pair):
+    """RepDistiller's hint_layer=2 is feat[2] with feat[0] the stem: the zoo's stages[2]."""
+    teacher, student = tiny_pair
+    d = build_distiller("fitnet", {}, student, teacher)
+    assert d.cfg.position == 3
+    assert d.bridge[1].num_features == teacher.stage_info[2].channels  # conv, BN, ...
+
+
+@pytest.mark.parametrize(("size_s", "size_t", "kind"), [
+    (8, 8, "1x1"), (16, 8, "stride2"), (4, 8, "transposed"), (10, 8, "valid3")])
+def test_convreg_is_the_benchmarks_regressor(size_s, size_t, kind):
+    from kdlab.models.staged import StageInfo
+    from kdlab.nn.conv_regressor import ConvRegressor
+
+    reg = ConvRegressor(StageInfo(6, size_s, size_s, True), StageInfo(5, size_t, size_t, True))
+    conv = reg[0]
+    assert conv.bias is not None and isinstance(reg[2], torch.nn.ReLU)
+    want = {"1x1": (1, 1), "stride2": (3, 3), "transposed": (4, 4), "valid3": (3, 3)}[kind]
+    assert tuple(conv.kernel_size) == want
+    assert isinstance(conv, torch.nn.ConvTranspose2d) == (kind == "transposed")
+    assert reg(torch.randn(2, 6, size_s, size_s)).shape == (2, 5, size_t, size_t)
+    with pytest.raises(UserError, match="regressor"):
+        ConvRegressor(StageInfo(6, 3, 3, True), StageInfo(5, 8, 8, True))
+
+
+def test_fitnet_with_the_benchmarks_regressor_trains_it(tiny_pair):
+    teacher, student = tiny_pair
+    d = build_distiller("fitnet", {"regressor": "convreg"}, student, teacher).train()
+    _, losses = d(torch.randn(4, 3, 16, 16), torch.randint(0, 10, (4,)))
+    losses["hint"].backward()
+    assert all(p.grad is not None for p in d.bridge.parameters())
+    with pytest.raises(UserError, match="regressor"):
+        build_distiller("fitnet", {"regressor": "mlp"}, student, teacher)

@@ -10,6 +10,9 @@ Liu, Kan, Shan & Chen, "Function-Consistent Feature Distillation", ICLR 2023.
 * The ``l = N + 1`` term of Eq. 6 and Eq. 7 are KL divergences of logits at temperature
   tau; they use :func:`kdlab.losses.logits.kd_loss` (or ``dkd_loss`` for FCFD+DKD).
 
+* ``pooled_l2_loss`` - not in the paper, in the authors' code: at the last stage, the same
+  L2 between the ReLU'd, globally average-pooled features.
+
 "L2" is the mean squared difference over all elements, as in the authors' code
 (``F.mse_loss``); targets are detached there and must carry no gradient here.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch.nn.functional as F
 from torch import Tensor
 
 from kdlab.errors import UserError
@@ -44,3 +48,17 @@ def func_l2_loss(path_features: Sequence[Tensor], target_features: Sequence[Tens
     for f, t in zip(path_features[1:], target_features[1:], strict=True):
         total = total + hint_loss(f, t)
     return total
+
+
+def relu_pooled(feature: Tensor) -> Tensor:
+    """``avgpool(ReLU(F))`` flattened to ``(b, c)``: the authors' pooled view of a last-stage
+    feature (a vector passes through the ReLU only)."""
+    x = F.relu(feature)
+    return F.adaptive_avg_pool2d(x, 1).flatten(1) if x.dim() == 4 else x
+
+
+def pooled_l2_loss(feature: Tensor, teacher_feature: Tensor) -> Tensor:
+    """The authors' extra last-stage term (FCFD code, ``classification/cifar/main.py``; not in
+    the paper): mean squared difference of :func:`relu_pooled` of a last-stage feature
+    (``B_st^N(F_s^N)`` or a ``<k, 1>`` path's last teacher-stage output) and of ``F_t^N``."""
+    return hint_loss(relu_pooled(feature), relu_pooled(teacher_feature))

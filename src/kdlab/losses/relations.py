@@ -162,6 +162,26 @@ def cc_loss(student: Tensor, teacher: Tensor, *, kernel: str = "gaussian",
     return (c_t - c_s).pow(2).sum() / b**2
 
 
+def cc_benchmark_loss(student: Tensor, teacher: Tensor) -> Tensor:
+    """CC as the CRD benchmark measures it (Tian et al., ICLR 2020, RepDistiller's
+    ``Correlation``, the CC authors' code restructured there; not the paper's Eq. 7).
+
+    With ``delta_i = |e_s,i - e_t,i|`` the element-wise gap between the student's and the
+    teacher's (already embedded, equally sized) vectors of sample ``i``, the loss is the mean
+    over consecutive samples of the batch of ``sum_d delta_i,d * delta_i+1,d``: it couples
+    each sample's gap with the next one's, in batch order.
+    """
+    check_batch(student, teacher, "CC (benchmark) loss")
+    if student.shape != teacher.shape:
+        raise UserError(
+            f"CC (benchmark) compares embeddings of one size, got {tuple(student.shape)} and "
+            f"{tuple(teacher.shape)}; embed both to method.feat_dim first."
+        )
+    s = _flat(student)
+    delta = (s - _flat(teacher).to(s.dtype)).abs()
+    return (delta[:-1] * delta[1:]).sum(dim=1).mean()
+
+
 def _max_normalised(d: Tensor) -> Tensor:
     return d / d.max().clamp_min(_EPS)
 

@@ -2,11 +2,15 @@
 
 Zagoruyko & Komodakis, "Paying More Attention to Attention", ICLR 2017. Loss::
 
-    L = ce_weight * CE + beta / 2 * sum_j at_loss(F_s^j, F_t^j)
+    L = ce_weight * CE + beta * sum_j at_loss(F_s^j, F_t^j)
 
-over stage pairs ``j`` (all stages when both networks have as many; otherwise the last
-stages of each, aligned from the end). A larger map is average-pooled to the smaller size.
-Defaults are the authors' CIFAR setting: p = 2, beta = 1000.
+over stage pairs ``j``: the stage outputs after the stem (the residual stages), aligned from
+the deepest when the networks have different numbers of them, as both benchmarks pair them
+(RepDistiller ``feat[1:-1]``, mdistiller ``feats[1:]``). A larger map is average-pooled to
+the smaller size. Defaults are the CRD benchmark's / mdistiller's CIFAR setting: p = 2,
+``beta * sum`` with beta = 1000. The paper's Eq. 2 writes ``beta / 2`` with beta = 1000,
+i.e. ``beta: 500`` here; ``include_stem: true`` also pairs the stem outputs (kdlab's former
+default).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from kdlab.errors import UserError
 from kdlab.losses.attention import at_loss
 from kdlab.methods import METHODS
 from kdlab.methods.base import Distiller, Losses
-from kdlab.models.staged import Features
+from kdlab.models.staged import Features, Staged
 
 
 def aligned_stage_pairs(
@@ -31,8 +35,23 @@ def aligned_stage_pairs(
     ``stages`` selects pairs by their index counted on the shallower network (negative
     indices allowed); None takes every pair.
     """
-    n = min(num_student, num_teacher)
-    pairs = [(num_student - n + j, num_teacher - n + j) for j in range(n)]
+    return _select(list(range(num_student)), list(range(num_teacher)), stages)
+
+
+def stage_pairs(
+    student: Staged, teacher: Staged, stages: list[int] | None, *, include_stem: bool = False
+) -> list[tuple[int, int]]:
+    """(student stage, teacher stage) pairs of the stage outputs after each network's stem
+    (:meth:`Staged.stages_after_stem`), aligned from the deepest; ``include_stem`` takes
+    every stage. ``stages`` selects pairs by their index in that list (negative allowed)."""
+    s_idx = list(range(student.num_stages)) if include_stem else student.stages_after_stem()
+    t_idx = list(range(teacher.num_stages)) if include_stem else teacher.stages_after_stem()
+    return _select(s_idx, t_idx, stages)
+
+
+def _select(s_idx: list[int], t_idx: list[int], stages: list[int] | None) -> list[tuple[int, int]]:
+    n = min(len(s_idx), len(t_idx))
+    pairs = list(zip(s_idx[len(s_idx) - n:], t_idx[len(t_idx) - n:], strict=True))
     if stages is None:
         return pairs
     picked = []
@@ -72,15 +91,16 @@ class AT(Distiller):
 
     @dataclass
     class Config:
-        beta: float = 1000.0  # the loss is beta / 2 * sum over stage pairs
+        beta: float = 1000.0  # the loss is beta * sum over stage pairs (paper's beta/2: 500)
         p: float = 2.0  # attention map: mean over channels of |F|^p
         ce_weight: float = 1.0
-        stages: list[int] | None = None  # None = every stage pair
+        stages: list[int] | None = None  # None = every pair after the stem
+        include_stem: bool = False  # also pair the stem outputs (kdlab's former default)
 
     def setup(self) -> None:
         assert self.teacher is not None
-        self.pairs = aligned_stage_pairs(
-            self.student.num_stages, self.teacher.num_stages, self.cfg.stages)
+        self.pairs = stage_pairs(self.student, self.teacher, self.cfg.stages,
+                                 include_stem=self.cfg.include_stem)
 
     def losses(
         self,
@@ -94,4 +114,4 @@ class AT(Distiller):
         for i, j in self.pairs:
             fs, ft = match_spatial(student.stages[i], teacher.stages[j])
             total = total + at_loss(fs, ft, self.cfg.p)
-        return {"at": self.cfg.beta / 2 * total}
+        return {"at": self.cfg.beta * total}

@@ -7,6 +7,7 @@ the recipe's ``method:`` block is checked against it, so an unknown key is an er
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from torch.optim import Optimizer
 
 from kdlab.errors import UserError
 from kdlab.models.staged import Features, Staged
+from kdlab.nn.batch_stats import batch_statistics
 from kdlab.tasks import Task, build_task
 
 Losses = dict[str, Tensor]
@@ -38,6 +40,12 @@ class Distiller(nn.Module):
     still reach it through :meth:`_apply`.
 
     Subclasses set ``Config`` and ``needs_teacher`` and implement :meth:`forward`.
+
+    Teacher BatchNorm: a method whose ``Config`` has a ``teacher_bn`` field chooses how the
+    frozen teacher's BatchNorm layers normalise in the teacher passes below (and in any pass
+    a method runs inside :meth:`teacher_bn_mode`): ``eval`` (running statistics, the
+    default) or ``batch`` (the current batch's statistics, as reference code that calls
+    ``train()`` on its frozen teacher; the running statistics are left untouched).
     """
 
     Config: type = NoConfig
@@ -76,6 +84,9 @@ class Distiller(nn.Module):
             teacher.eval()
             teacher.requires_grad_(False)
         object.__setattr__(self, "_teacher", teacher)
+        if getattr(self.cfg, "teacher_bn", "eval") not in ("eval", "batch"):
+            raise UserError(f"method.teacher_bn is {self.cfg.teacher_bn!r}; use 'eval' (running "
+                            "statistics) or 'batch' (batch statistics, as the reference code).")
         self.setup()
 
     def setup(self) -> None:
@@ -99,6 +110,12 @@ class Distiller(nn.Module):
             self._teacher._apply(fn, recurse)
         return self
 
+    def teacher_bn_mode(self) -> contextlib.AbstractContextManager[None]:
+        """Context for running the frozen teacher under the method's ``teacher_bn`` setting."""
+        if self._teacher is not None and getattr(self.cfg, "teacher_bn", "eval") == "batch":
+            return batch_statistics(self._teacher)
+        return contextlib.nullcontext()
+
     def teacher_features(self, images: Tensor) -> Features:
         """The frozen teacher's features under ``torch.inference_mode`` (no autograd work).
 
@@ -106,14 +123,14 @@ class Distiller(nn.Module):
         backward pass; they carry no gradient.
         """
         assert self._teacher is not None, "this method was built without a teacher"
-        with torch.inference_mode():
+        with torch.inference_mode(), self.teacher_bn_mode():
             out = self._teacher.features(images)
         return out.map(torch.Tensor.clone)
 
     def teacher_logits(self, images: Tensor) -> Tensor:
         """The frozen teacher's logits only (inference mode, cloned like teacher_features)."""
         assert self._teacher is not None, "this method was built without a teacher"
-        with torch.inference_mode():
+        with torch.inference_mode(), self.teacher_bn_mode():
             logits = self._teacher(images)
         return logits.clone()
 

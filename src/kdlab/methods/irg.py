@@ -18,14 +18,23 @@ from kdlab.models.staged import Features
 class IRG(Distiller):
     """IRG (Liu et al., "Knowledge Distillation via Instance Relationship Graph", CVPR 2019).
 
-    ``ce_weight * CE + vertex_weight * L_V(logits) + edge_weight * sum_l L_E(A_T^L, A_S^l)
-    + transform_weight * L_IRG-t``. In
-    the paper's one-to-many mode (``one_to_many``) the teacher's last layer (logits) guides
-    every student layer in ``edge_layers``; otherwise each layer is matched with the same
-    layer of the teacher. IRG-t compares how far each instance moves between the two
-    ``transform_layers`` (made equal-sized by parameter-free pooling). Edges and
-    transformations use squared distances, each divided by its largest value. Default
-    weights (0.1, 5, 5) follow a common re-implementation's CIFAR setting; tune per pair.
+    ``ce_weight * CE + vertex_weight * L_V(logits) + edge_weight * mean_l L_E(A_T^l, A_S^l)
+    + transform_weight * L_IRG-t``. The defaults are those of the public PyTorch
+    re-implementation whose CIFAR weights (0.1, 5, 5) they use, the Knowledge-Distillation-Zoo
+    (AberHu, ``kd_losses/irg.py``): vertex = MSE of the logits; edges on the pooled
+    embedding and the outputs of the last two stages, each paired with the *same* layer of
+    the teacher (``one_to_many: false``), the edge terms *averaged* (``edge_reduction:
+    mean``); IRG-t between the last two stages. Edges and transformations use squared
+    distances, each divided by its largest value.
+
+    Named alternatives: ``one_to_many: true`` is the paper's one-to-many mode (the teacher's
+    last layer, its logits, guides every student layer in ``edge_layers``; kdlab's former
+    default, with ``edge_layers: [logits, embedding, stage-1]`` and ``edge_reduction: sum``,
+    a 3x larger edge term). The authors' Caffe configuration is different again: one edge
+    loss on the pooled feature and no vertex loss (``vertex_weight: 0, edge_layers:
+    [embedding]``) with a weight of its own. IRG-t compares how far each instance moves
+    between the two ``transform_layers`` (made equal-sized by parameter-free pooling, which
+    for a 2x channel gap is the re-implementation's pair averaging).
     """
 
     @dataclass
@@ -33,13 +42,17 @@ class IRG(Distiller):
         vertex_weight: float = 0.1
         edge_weight: float = 5.0
         transform_weight: float = 5.0
-        edge_layers: list[str] = field(default_factory=lambda: ["logits", "embedding",
+        edge_layers: list[str] = field(default_factory=lambda: ["embedding", "stage-2",
                                                                  "stage-1"])
-        one_to_many: bool = True
+        one_to_many: bool = False  # True: the teacher's logits guide every student layer
+        edge_reduction: str = "mean"  # mean (the re-implementation) | sum over edge_layers
         transform_layers: list[str] = field(default_factory=lambda: ["stage-2", "stage-1"])
         ce_weight: float = 1.0
 
     def setup(self) -> None:
+        if self.cfg.edge_reduction not in ("mean", "sum"):
+            raise UserError(f"method.edge_reduction is {self.cfg.edge_reduction!r}; use 'mean' "
+                            "or 'sum' (over method.edge_layers).")
         if len(self.cfg.transform_layers) != 2:
             raise UserError(
                 "method.transform_layers must name exactly two layers, e.g. "
@@ -64,6 +77,8 @@ class IRG(Distiller):
                 t_layer = "logits" if c.one_to_many else layer
                 edge = edge + irg_edge_loss(feature_at(student, layer),
                                             feature_at(teacher, t_layer))
+            if c.edge_reduction == "mean":
+                edge = edge / len(c.edge_layers)
             out["irg_edge"] = c.edge_weight * edge
         if c.transform_weight:
             la, lb = c.transform_layers

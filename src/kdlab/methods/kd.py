@@ -19,6 +19,11 @@ class KD(Distiller):
 
     Defaults are the FCFD paper's CIFAR setting: L_task = L_kd = 1, tau = 4 (ImageNet: tau = 1).
     On segmentation it runs per pixel (:class:`~kdlab.methods.kd_pixel.PixelKD`).
+    The CIFAR-100 KD recipes stand for the CRD benchmark's KD row and use its weights,
+    ``ce_weight: 0.1, kd_weight: 0.9`` (RepDistiller ``-r 0.1 -a 0.9``); FCFD's own L_kd
+    keeps 1 / 1 as its paper says. ``teacher_bn: batch`` runs the frozen teacher's BN on
+    batch statistics (see :class:`~kdlab.methods.base.Distiller`); the references run KD's
+    teacher in eval mode, the default.
     """
 
     tasks = ("classification",)
@@ -31,6 +36,7 @@ class KD(Distiller):
         temperature: float = 4.0
         ce_weight: float = 1.0
         kd_weight: float = 1.0
+        teacher_bn: str = "eval"  # eval | batch (for the teacher-BN comparison)
 
     def forward(
         self, images: Tensor, targets: Tensor, index: Tensor | None = None

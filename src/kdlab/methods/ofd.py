@@ -9,6 +9,13 @@ the partial L2 (:func:`kdlab.losses.ofd.ofd_partial_l2`). Position ``i`` of ``n`
 weighted ``1 / 2^(n - i - 1)``; the sum is divided by the batch size and by 1000 (the
 paper's CIFAR setting; 10000 on ImageNet: ``method.weight: 1.0e-4``).
 
+Which stages: the outputs after the stem, aligned from the deepest, as mdistiller
+(``preact_feats[1:]``) and the authors pair them; ``include_stem: true`` also pairs the
+stems (kdlab's former default). Teacher BatchNorm: mdistiller's OFD (like the authors' code)
+puts the frozen teacher in train mode, so its BN uses batch statistics; ``teacher_bn:
+batch`` does that (the CIFAR recipe uses it), ``eval`` (default) uses the running
+statistics, the trained teacher's own function.
+
 Finding pre-ReLU features in any network: the staged view returns stage outputs. For a
 stage whose output is non-negative we hook the input of its last ``nn.ReLU`` module (the
 hook keeps the last call, so a ReLU module reused within a block works) and check once, on
@@ -30,7 +37,7 @@ from torch import Tensor, nn
 from kdlab.errors import UserError
 from kdlab.losses.ofd import bn_margin, ofd_partial_l2
 from kdlab.methods import METHODS
-from kdlab.methods.at import aligned_stage_pairs, match_spatial
+from kdlab.methods.at import match_spatial, stage_pairs
 from kdlab.methods.base import Distiller, Losses
 from kdlab.models.staged import Staged
 
@@ -85,7 +92,8 @@ class PreReLUTap:
         param = next(net.parameters())
         try:
             with torch.no_grad(), self:
-                out = net.features(torch.randn(2, *net.input_shape, device=param.device))
+                out = net.features(torch.randn(2, *net.input_shape, device=param.device,
+                                               dtype=param.dtype))
                 pre = self.features(out)
         finally:
             net.train(was_training)
@@ -134,12 +142,14 @@ class OFD(Distiller):
     class Config:
         weight: float = 1.0e-3  # CIFAR: 1/1000 (per image); ImageNet: 1e-4
         ce_weight: float = 1.0
-        stages: list[int] | None = None  # None = every stage pair
+        stages: list[int] | None = None  # None = every pair after the stem
+        include_stem: bool = False  # also pair the stem outputs (kdlab's former default)
+        teacher_bn: str = "eval"  # eval | batch (mdistiller's / the authors' train-mode teacher)
 
     def setup(self) -> None:
         student, t = self.student, self.teacher
         assert t is not None
-        self.pairs = aligned_stage_pairs(student.num_stages, t.num_stages, self.cfg.stages)
+        self.pairs = stage_pairs(student, t, self.cfg.stages, include_stem=self.cfg.include_stem)
         self.student_tap = PreReLUTap(student, [i for i, _ in self.pairs], "student")
         self.teacher_tap = PreReLUTap(t, [j for _, j in self.pairs], "teacher")
         self.connectors = nn.ModuleList(

@@ -15,7 +15,7 @@ Which tensors carry gradient (App. F does not say; our choices):
   how KD targets are treated in DML and in the authors' code (``target.detach()``).
 * ``teacher_path_grad: false`` (default): the teacher learns from the two terms App. F adds
   and nothing else. On ``<k, 1>`` paths its later stages act as a fixed lens: the gradient
-  of L_func (and of the pooled L_app term) flows *through* them to B_st and the student, but
+  of L_func flows *through* them to B_st and the student, but
   their parameters are left out of that graph (``requires_grad`` off during the lens pass);
   on ``<k, 0>`` paths the teacher feature entering B_ts is detached. Otherwise the teacher
   would be pushed to become insensitive to the student's features, a trivial way to lower
@@ -26,9 +26,10 @@ Which tensors carry gradient (App. F does not say; our choices):
 
 Path-aware BatchNorm now covers both networks: the teacher is trained and in train mode, so
 its stages ``k+1..N`` and head keep separate running statistics for the bridged student
-features of path ``<k, 1>`` (and its head for the pooled L_app term), exactly as the
+features of path ``<k, 1>``, exactly as the
 student's do for ``<k, 0>`` (FCFD Sec. 2.3, Fig. 3). The pure statistics of both networks
-stay in the networks, so each exports as an ordinary model.
+stay in the networks, so each exports as an ordinary model. (The pooled L_app term is the
+authors' ReLU + average pool of the bridged feature and runs no teacher module.)
 """
 
 from __future__ import annotations
@@ -47,9 +48,6 @@ from kdlab.methods.fcfd import FCFD
 from kdlab.models import build_model
 from kdlab.models.staged import Staged
 from kdlab.tasks import Task
-
-#: name of the teacher-side BN statistics for the pooled L_app term (see FCFD.teacher_lens)
-POOL_LENS = "s2t_pool"
 
 
 @METHODS.register("online_fcfd")
@@ -115,8 +113,6 @@ class OnlineFCFD(FCFD):
             modules = [teacher.stage_modules(i) for i in range(k, n)]
             modules.append(teacher.head_modules())
             self.path_stats.add_path(self.lens_name(k), modules)
-        if c.pooled_l2 and n in self.app_positions:
-            self.path_stats.add_path(POOL_LENS, [teacher.head_modules()])
         self.train()
 
     @property

@@ -6,7 +6,8 @@ position, the mean of a Gaussian over the teacher's feature from the student's f
 variance is one learned value per teacher channel, ``softplus(alpha_c) + eps``. The loss is
 the Gaussian negative log-likelihood (:func:`kdlab.losses.vid.vid_loss`), summed over pairs.
 Defaults are the CRD benchmark's CIFAR-100 setting of VID: CE 1, VID 1, initial variance 5,
-regressor width = teacher channels, every stage pair.
+regressor width = teacher channels, the stage outputs after the stem (the benchmark's
+``feat[1:-1]``; ``include_stem: true`` also pairs the stems, kdlab's former default).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from torch import Tensor, nn
 from kdlab.errors import UserError
 from kdlab.losses.vid import vid_loss
 from kdlab.methods import METHODS
-from kdlab.methods.at import aligned_stage_pairs, match_spatial
+from kdlab.methods.at import match_spatial, stage_pairs
 from kdlab.methods.base import Distiller, Losses
 from kdlab.models.staged import Features
 
@@ -58,14 +59,16 @@ class VID(Distiller):
         ce_weight: float = 1.0
         init_variance: float = 5.0
         eps: float = 1e-5
-        stages: list[int] | None = None  # None = every stage pair
+        stages: list[int] | None = None  # None = every pair after the stem
+        include_stem: bool = False  # also pair the stem outputs (kdlab's former default)
 
     def setup(self) -> None:
         t = self.teacher
         assert t is not None
         if self.cfg.init_variance <= self.cfg.eps:
             raise UserError("method.init_variance must be larger than method.eps (e.g. 5.0).")
-        self.pairs = aligned_stage_pairs(self.student.num_stages, t.num_stages, self.cfg.stages)
+        self.pairs = stage_pairs(self.student, t, self.cfg.stages,
+                                 include_stem=self.cfg.include_stem)
         self.regressors = nn.ModuleList(
             VIDRegressor(self.student.stage_info[i].channels, t.stage_info[j].channels,
                          t.stage_info[j].channels, self.cfg.init_variance, self.cfg.eps)

@@ -209,11 +209,12 @@ class Staged(nn.Module):
     def _describe(self) -> None:
         param = next(self.net.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
+        dtype = param.dtype if param is not None and param.is_floating_point() else None
         was_training = self.training
         self.eval()
         try:
             with torch.no_grad():
-                x = torch.randn(2, *self.input_shape, device=device)
+                x = torch.randn(2, *self.input_shape, device=device, dtype=dtype)
                 out = self.features(x)
         finally:
             self.train(was_training)

@@ -100,8 +100,10 @@ class ContrastMemory(nn.Module):
             )
         if rows is None:
             rows = sample_negatives(index, self.num_data, self.num_negatives)
-        # float32 even under autocast: exp(1 / 0.07) overflows float16
-        v_student, v_teacher = v_student.float(), v_teacher.float()
+        # the banks' dtype, at least float32 even under autocast: exp(1 / 0.07) overflows
+        # float16; a float64 model (parity checks) keeps its banks and codes in float64
+        dtype = torch.promote_types(self.bank_student.dtype, torch.float32)
+        v_student, v_teacher = v_student.to(dtype), v_teacher.to(dtype)
         s_scores = torch.exp(bank_logits(self.bank_teacher, v_student, rows) / self.temperature)
         t_scores = torch.exp(bank_logits(self.bank_student, v_teacher, rows) / self.temperature)
         if self.z_student < 0 or self.z_teacher < 0:
