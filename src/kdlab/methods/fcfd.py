@@ -195,7 +195,7 @@ class FCFD(Distiller):
                 modules.append(self.b_st[str(n)])
             self.path_stats.add_path(self.path_name(k), modules)
 
-        self._l2_scale = 1.0
+        self.set_epoch(0, 1)  # the L2 warm-up starts right without the trainer calling it
 
     # ----------------------------------------------------------------- helpers
     @staticmethod
