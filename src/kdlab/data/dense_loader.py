@@ -21,7 +21,7 @@ import torch
 
 from kdlab.data.augment import normalise
 from kdlab.data.dense_augment import JointCropFlip, resolve, warp, warp_boxes, warp_images
-from kdlab.data.sampling import epoch_generator, train_shard, val_shard
+from kdlab.data.sampling import EpochPlan
 
 
 def box_targets(boxes: torch.Tensor, labels: torch.Tensor) -> list[dict[str, torch.Tensor]]:
@@ -34,7 +34,7 @@ def box_targets(boxes: torch.Tensor, labels: torch.Tensor) -> list[dict[str, tor
             zip(flat_boxes.split(counts), flat_labels.split(counts))]
 
 
-class DenseTensorLoader:
+class DenseTensorLoader(EpochPlan):
     """Batches ``(images, targets, index)`` on ``device`` from in-memory uint8 tensors.
 
     ``images`` ``(N, C, H, W)``; ``masks`` ``(N, H, W)`` (label maps, for ``kind="mask"``);
@@ -70,33 +70,12 @@ class DenseTensorLoader:
             raise ValueError(f"kind={kind!r} needs its targets")
         self.kind, self.device = kind, torch.device(device)
         self.images, self.masks, self.boxes, self.box_labels = images, masks, boxes, box_labels
-        self.batch_size, self.train, self.ignore_index = batch_size, train, ignore_index
+        self.ignore_index = ignore_index
         self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device)
         self.std = torch.tensor(std, dtype=torch.float32, device=self.device)
         self.scale = scale
-        self.augment = augment if train else None
-        self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.epoch = 0
-        n = images.shape[0]
-        self._shard_size = -(-n // world_size) if train else val_shard(n, rank, world_size).numel()
-
-    def __len__(self) -> int:
-        if self.train:
-            return self._shard_size // self.batch_size
-        return -(-self._shard_size // self.batch_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Make the next iteration's order and augmentation those of ``epoch``."""
-        self.epoch = epoch
-
-    def _plan(self) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
-        n = self.images.shape[0]
-        if not self.train:
-            return val_shard(n, self.rank, self.world_size), None
-        g = epoch_generator(self.seed, self.epoch)
-        order = train_shard(torch.randperm(n, generator=g), self.rank, self.world_size)
-        params = self.augment.draw(n, g) if self.augment is not None else None
-        return order, params
+        self._init_plan(images.shape[0], batch_size=batch_size, train=train, augment=augment,
+                        seed=seed, rank=rank, world_size=world_size)
 
     def _gather(self, idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """This batch's stored tensors, moved to the device."""

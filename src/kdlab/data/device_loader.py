@@ -15,10 +15,10 @@ import torch
 
 from kdlab.data.augment import CropFlip, crop_flip, normalise
 from kdlab.data.base import Batch
-from kdlab.data.sampling import epoch_generator, train_shard, val_shard
+from kdlab.data.sampling import EpochPlan
 
 
-class TensorLoader:
+class TensorLoader(EpochPlan):
     """Batches ``(images, targets, index)`` on ``device`` from in-memory tensors.
 
     ``train=True``: shuffled each epoch, sharded like ``DistributedSampler``, last incomplete
@@ -47,34 +47,11 @@ class TensorLoader:
         self.device = torch.device(device)
         self.images = images
         self.labels = labels.to(images.device, torch.int64)
-        self.batch_size = batch_size
         self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device)
         self.std = torch.tensor(std, dtype=torch.float32, device=self.device)
         self.scale = scale
-        self.train = train
-        self.augment = augment if train else None
-        self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.epoch = 0
-        n = images.shape[0]
-        self._shard_size = -(-n // world_size) if train else val_shard(n, rank, world_size).numel()
-
-    def __len__(self) -> int:
-        if self.train:
-            return self._shard_size // self.batch_size
-        return -(-self._shard_size // self.batch_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Make the next iteration's order and augmentation those of ``epoch``."""
-        self.epoch = epoch
-
-    def _plan(self) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
-        n = self.images.shape[0]
-        if not self.train:
-            return val_shard(n, self.rank, self.world_size), None
-        g = epoch_generator(self.seed, self.epoch)
-        order = train_shard(torch.randperm(n, generator=g), self.rank, self.world_size)
-        params = self.augment.draw(n, g) if self.augment is not None else None
-        return order, params
+        self._init_plan(images.shape[0], batch_size=batch_size, train=train, augment=augment,
+                        seed=seed, rank=rank, world_size=world_size)
 
     def __iter__(self) -> Iterator[Batch]:
         order, params = self._plan()

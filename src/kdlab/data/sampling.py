@@ -43,3 +43,37 @@ def val_shard(n: int, rank: int, world_size: int) -> torch.Tensor:
     evaluation must not run a collective per batch, only one reduction at the end.
     """
     return torch.arange(rank, n, world_size, dtype=torch.int64)
+
+
+class EpochPlan:
+    """The epoch logic of the in-memory loaders: batches per epoch, ``set_epoch``, and each
+    epoch's order and per-index augmentation parameters (``augment.draw(n, generator)``).
+
+    ``train=True``: a shuffled ``DistributedSampler``-style shard, the last incomplete batch
+    dropped; ``train=False``: this rank's unpadded shard in order, no augmentation.
+    """
+
+    def _init_plan(self, n: int, *, batch_size: int, train: bool, augment: object | None,
+                   seed: int, rank: int, world_size: int) -> None:
+        self.n, self.batch_size, self.train = n, batch_size, train
+        self.augment = augment if train else None
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.epoch = 0
+        self._shard_size = -(-n // world_size) if train else val_shard(n, rank, world_size).numel()
+
+    def __len__(self) -> int:
+        if self.train:
+            return self._shard_size // self.batch_size
+        return -(-self._shard_size // self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next iteration's order and augmentation those of ``epoch``."""
+        self.epoch = epoch
+
+    def _plan(self) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        if not self.train:
+            return val_shard(self.n, self.rank, self.world_size), None
+        g = epoch_generator(self.seed, self.epoch)
+        order = train_shard(torch.randperm(self.n, generator=g), self.rank, self.world_size)
+        params = self.augment.draw(self.n, g) if self.augment is not None else None  # type: ignore[attr-defined]
+        return order, params
