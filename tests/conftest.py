@@ -8,6 +8,19 @@ from torch import nn
 
 from kdlab.models.staged import Staged
 
+#: the whole suite (``pytest`` with no selection) must collect at least this many tests, so
+#: that a broken import that leaves only a few modules cannot pass as green
+MIN_SUITE_TESTS = 1000
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    cfg = session.config
+    whole = (not cfg.args or cfg.args == ["tests"]) and not cfg.option.keyword \
+        and not cfg.option.markexpr
+    if whole and len(session.items) < MIN_SUITE_TESTS:
+        raise pytest.UsageError(f"the suite collected {len(session.items)} tests, fewer than "
+                                f"{MIN_SUITE_TESTS}: a test module failed to import or was lost")
+
 
 def tiny_staged(widths=(8, 16, 32, 32), num_classes: int = 10, in_channels: int = 3,
                 input_size: int = 16, seed: int = 0) -> Staged:
