@@ -81,6 +81,7 @@ def test_build_model_takes_a_network_or_a_staged_view_and_methods_distil_it():
     assert teacher.num_stages == 5 and teacher.num_classes == 10 and teacher.net is tv
     with pytest.raises(UserError, match="cannot tell the stages of a Net.*kdlab.models.stage"):
         build_model(Net())
-    d = build_distiller("fitnet", {}, _view(Net(10), input_shape=(3, 32, 32)), teacher)
+    view = _view(Net(10), input_shape=(3, 32, 32))  # two stages: the hint at the last one
+    d = build_distiller("fitnet", {"position": 2}, view, teacher)
     _, losses = d(torch.randn(4, 3, 32, 32), torch.arange(4))
     assert all(torch.isfinite(v) for v in losses.values())
