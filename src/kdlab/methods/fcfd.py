@@ -1,6 +1,6 @@
 """FCFD: Function-Consistent Feature Distillation.
 
-Liu, Kan, Shan & Chen, ICLR 2023 (``/work/shared/papers/fcfd-paper.txt``). Both networks are
+Liu, Kan, Shan & Chen, "Function-Consistent Feature Distillation", ICLR 2023. Both networks are
 cut into N stages; at positions k a student feature is judged by its appearance (``L_app``,
 Eq. 5) and by its function: bridged through the teacher's later stages (``L_func``, path
 ``<k, delta=1>``, Eq. 6) and, the other way round, a bridged teacher feature through the

@@ -1,7 +1,7 @@
 """Online FCFD: teacher and student trained together from scratch.
 
-Liu, Kan, Shan & Chen, "Function-Consistent Feature Distillation", ICLR 2023, App. F
-(``/work/shared/papers/fcfd-paper.txt``), in the online setting of Deep Mutual Learning
+Liu, Kan, Shan & Chen, "Function-Consistent Feature Distillation", ICLR 2023, App. F, in
+the online setting of Deep Mutual Learning
 (Zhang et al., CVPR 2018): both networks start from random weights and learn from each
 other. The loss is FCFD's Eq. 9 for the student (L_task + L_kd + L_app + sampled L_func /
 L_func') plus, for the teacher, its task loss (CE with the labels) and its KD loss toward
