@@ -6,30 +6,11 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from kdlab.errors import UserError
 from kdlab.losses.relations import rkd_angle_loss, rkd_distance_loss
 from kdlab.methods import METHODS
 from kdlab.methods.base import Distiller, Losses
+from kdlab.models.stage_pairs import feature_at
 from kdlab.models.staged import Features
-
-
-def feature_at(features: Features, layer: str) -> Tensor:
-    """The named output of a staged pass: ``embedding``, ``logits`` or ``stage<k>``
-    (``k`` 0-based; negative counts from the last stage, e.g. ``stage-1``)."""
-    if layer == "embedding":
-        return features.embedding
-    if layer == "logits":
-        return features.logits
-    if layer.startswith("stage"):
-        try:
-            k = int(layer[len("stage"):])
-            return features.stages[k]
-        except (ValueError, IndexError):
-            pass
-    raise UserError(
-        f"Unknown layer {layer!r}; use 'embedding', 'logits' or 'stage<k>' with k in "
-        f"0..{len(features.stages) - 1} (negative counts from the end)."
-    )
 
 
 @METHODS.register("rkd")

@@ -22,9 +22,10 @@ from torch import Tensor, nn
 from kdlab.errors import UserError
 from kdlab.losses.vid import vid_loss
 from kdlab.methods import METHODS
-from kdlab.methods.at import match_spatial, stage_pairs
 from kdlab.methods.base import Distiller, Losses
+from kdlab.models.stage_pairs import stage_pairs
 from kdlab.models.staged import Features
+from kdlab.nn.spatial import match_spatial
 
 
 class VIDRegressor(nn.Module):
