@@ -29,6 +29,8 @@ from kdlab.nn.bridge import Bridge
 from kdlab.nn.path_bn import PathStats
 from kdlab.nn.simkd_projector import ReusedHead, SimKDProjector, SimKDStudent
 
+#: the function terms a sampled path can produce, in the order they are reported
+PATH_TERMS = ("func_l2", "func_kl", "funcp_kl", "funcp_l2")
 Path = tuple[int, int]  # (k, delta): 1-based position, 1 = student->teacher, 0 = teacher->student
 
 
@@ -255,8 +257,6 @@ class FCFD(Distiller):
         student's logits and the weighted terms.
         """
         c, n = self.cfg, self.num_stages
-        teacher = self.teacher
-        assert teacher is not None
         t_source = t if t_source is None else t_source
         paths = self.sample_paths()
         l2w = self._l2_scale
@@ -281,58 +281,80 @@ class FCFD(Distiller):
                 app = app + pooled_l2_loss(bridged[n], t.stages[n - 1])
             losses["app"] = c.app_weight * l2w * app
 
-        func_kl: list[Tensor] = []
-        func_l2: list[Tensor] = []
-        funcp_kl: list[Tensor] = []
-        funcp_l2: list[Tensor] = []
+        found: dict[str, list[Tensor]] = {name: [] for name in PATH_TERMS}
         for k, delta in paths:
-            if delta == 1 and not (c.func_l2_weight or c.func_kl_weight):
-                continue
-            if delta == 0 and not (c.funcp_kl_weight or c.funcp_l2_weight):
-                continue
-            if delta == 1:  # <k, 1>: B_st(F_s^k) through the teacher's stages k+1..N and C_t
-                if c.partial_func:
-                    with self.teacher_lens(self.lens_name(k)):
-                        one = teacher.stage_forward(k, bridged[k])
-                    func_l2.append(app_loss(one, t.stages[k]))
-                    continue
-                with self.teacher_lens(self.lens_name(k)):
-                    out = teacher.run_from(k - 1, bridged[k])
-                if c.func_l2_weight and out.stages:
-                    l2 = func_l2_loss(out.stages, t.stages[k:])
-                    if c.pooled_l2:
-                        l2 = l2 + pooled_l2_loss(out.stages[-1], t.stages[n - 1])
-                    func_l2.append(l2)
-                if c.func_kl_weight:
-                    func_kl.append(self._logit_loss(out.logits, t.logits, targets))
-            else:  # <k, 0>: B_ts(F_t^k) through the student's stages k+1..N and C_s
-                x = self.b_ts[str(k)](t_source.stages[k - 1])
-                with self.path_stats.use(self.path_name(k)):
-                    out = self.student.run_from(k - 1, x)
-                    last = out.stages[-1] if out.stages else x
-                    if self.simkd_head is None:
-                        p_ts = out.logits
-                    else:  # FCFD+SimKD: p_ts ends with C_t(B_st^N(.)) instead of C_s
-                        p_ts = self.simkd_head(self._deployable.project(last))
-                if c.funcp_kl_weight:
-                    funcp_kl.append(self._logit_loss(p_ts, t.logits, targets))
-                if c.funcp_l2_weight and out.stages:
-                    own = [f.detach() for f in s.stages[k:]]
-                    funcp_l2.append(func_l2_loss(out.stages, own))
-
-        # A term whose weight is nonzero is always reported (zero when no sampled path
-        # produced it), so the logged columns do not change from one iteration to the next.
-        zero = logits.new_zeros(())
-        deltas = {d for _, d in self.candidates}
-        if 1 in deltas and c.func_l2_weight:
-            losses["func_l2"] = c.func_l2_weight * l2w * sum(func_l2, zero)
-        if 1 in deltas and c.func_kl_weight and not c.partial_func:
-            losses["func_kl"] = c.func_kl_weight * sum(func_kl, zero)
-        if 0 in deltas and c.funcp_kl_weight:
-            losses["funcp_kl"] = c.funcp_kl_weight * sum(funcp_kl, zero)
-        if 0 in deltas and c.funcp_l2_weight:
-            losses["funcp_l2"] = c.funcp_l2_weight * l2w * sum(funcp_l2, zero)
+            terms = (self._through_teacher(k, bridged[k], t, targets) if delta == 1
+                     else self._through_student(k, s, t, t_source, targets))
+            for name, value in terms.items():
+                found[name].append(value)
+        losses.update(self._path_losses(found, logits.new_zeros(())))
         return logits, losses
+
+    def _through_teacher(self, k: int, bridged: Tensor, t: Features,
+                         targets: Tensor) -> dict[str, Tensor]:
+        """Path ``<k, 1>`` (Eq. 6): ``B_st(F_s^k)`` through the teacher's stages k+1..N and
+        C_t; L2 against the teacher's own later features, KL against its output."""
+        c, teacher = self.cfg, self.teacher
+        assert teacher is not None
+        if not (c.func_l2_weight or c.func_kl_weight):
+            return {}
+        if c.partial_func:  # App. G: one teacher stage after k only
+            with self.teacher_lens(self.lens_name(k)):
+                one = teacher.stage_forward(k, bridged)
+            return {"func_l2": app_loss(one, t.stages[k])}
+        with self.teacher_lens(self.lens_name(k)):
+            out = teacher.run_from(k - 1, bridged)
+        terms: dict[str, Tensor] = {}
+        if c.func_l2_weight and out.stages:
+            l2 = func_l2_loss(out.stages, t.stages[k:])
+            if c.pooled_l2:
+                l2 = l2 + pooled_l2_loss(out.stages[-1], t.stages[self.num_stages - 1])
+            terms["func_l2"] = l2
+        if c.func_kl_weight:
+            terms["func_kl"] = self._logit_loss(out.logits, t.logits, targets)
+        return terms
+
+    def _through_student(self, k: int, s: Features, t: Features, t_source: Features,
+                         targets: Tensor) -> dict[str, Tensor]:
+        """Path ``<k, 0>`` (Eq. 7): ``B_ts(F_t^k)`` through the student's stages k+1..N and
+        C_s (per-path BN statistics); KL against the teacher's output, and for App. G's
+        ``L_func'-L2`` against the student's own later features."""
+        c = self.cfg
+        if not (c.funcp_kl_weight or c.funcp_l2_weight):
+            return {}
+        x = self.b_ts[str(k)](t_source.stages[k - 1])
+        with self.path_stats.use(self.path_name(k)):
+            out = self.student.run_from(k - 1, x)
+            last = out.stages[-1] if out.stages else x
+            if self.simkd_head is None:
+                p_ts = out.logits
+            else:  # FCFD+SimKD: p_ts ends with C_t(B_st^N(.)) instead of C_s
+                p_ts = self.simkd_head(self._deployable.project(last))
+        terms: dict[str, Tensor] = {}
+        if c.funcp_kl_weight:
+            terms["funcp_kl"] = self._logit_loss(p_ts, t.logits, targets)
+        if c.funcp_l2_weight and out.stages:
+            terms["funcp_l2"] = func_l2_loss(out.stages, [f.detach() for f in s.stages[k:]])
+        return terms
+
+    def _path_losses(self, found: dict[str, list[Tensor]], zero: Tensor) -> Losses:
+        """The weighted sums of the sampled paths' terms. A term whose weight is nonzero is
+        always reported (zero when no sampled path produced it), so the logged columns do not
+        change from one iteration to the next."""
+        c, l2w = self.cfg, self._l2_scale
+        deltas = {d for _, d in self.candidates}
+        weights = {  # name: (can a candidate path produce it, its weight, L2 warm-up scale)
+            "func_l2": (1 in deltas, c.func_l2_weight, l2w),
+            "func_kl": (1 in deltas and not c.partial_func, c.func_kl_weight, 1.0),
+            "funcp_kl": (0 in deltas, c.funcp_kl_weight, 1.0),
+            "funcp_l2": (0 in deltas, c.funcp_l2_weight, l2w),
+        }
+        losses: Losses = {}
+        for name in PATH_TERMS:
+            possible, weight, scale = weights[name]
+            if possible and weight:
+                losses[name] = weight * scale * sum(found[name], zero)
+        return losses
 
     # ----------------------------------------------------------------- evaluation
     def evaluated(self) -> dict[str, nn.Module]:
