@@ -58,6 +58,10 @@ class Distiller(nn.Module):
     #: Some trainable parameters may get no gradient in a step (e.g. sampled paths); tells
     #: DistributedDataParallel to look for unused parameters.
     may_skip_parameters: bool = False
+    #: True for online methods (online FCFD) whose second network is trained with the
+    #: student: it is then a submodule ``teacher_net`` (in ``parameters()``, the checkpoint
+    #: and DDP), not frozen, and ``self.teacher`` returns it.
+    trains_teacher: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -80,7 +84,10 @@ class Distiller(nn.Module):
         self.train_size = train_size
         #: the run's task: its label loss, targets and outputs (kdlab.tasks)
         self.task = task if task is not None else build_task("classification")
-        if teacher is not None:
+        if teacher is not None and self.trains_teacher:
+            self.teacher_net = teacher
+            teacher = None
+        elif teacher is not None:
             teacher.eval()
             teacher.requires_grad_(False)
         object.__setattr__(self, "_teacher", teacher)
@@ -96,7 +103,8 @@ class Distiller(nn.Module):
     # ----------------------------------------------------------------- teacher handling
     @property
     def teacher(self) -> Staged | None:
-        return self._teacher
+        """The frozen teacher, or the network trained alongside (``trains_teacher``)."""
+        return self._teacher if not self.trains_teacher else self._modules.get("teacher_net")
 
     def train(self, mode: bool = True) -> Distiller:
         super().train(mode)

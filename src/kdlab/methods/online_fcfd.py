@@ -55,6 +55,7 @@ class OnlineFCFD(FCFD):
     """Online FCFD (Liu et al., ICLR 2023, App. F): Eq. 9 + teacher CE + teacher KD."""
 
     needs_teacher = False
+    trains_teacher = True
     tasks = ("classification",)
 
     @dataclass
@@ -104,23 +105,12 @@ class OnlineFCFD(FCFD):
                 f"{teacher.num_classes}, student {student.num_classes})."
             )
         super().__init__(student, teacher, c, train_size=train_size, task=task)
-        # The Distiller base froze it as an offline teacher; here it is trained.
-        object.__setattr__(self, "_teacher", None)
-        teacher.requires_grad_(True)
-        self.teacher_net = teacher
         n = self.num_stages
         for k in sorted({k for k, d in self.candidates if d == 1}):
             modules = [teacher.stage_modules(i) for i in range(k, n)]
             modules.append(teacher.head_modules())
             self.path_stats.add_path(self.lens_name(k), modules)
         self.train()
-
-    @property
-    def teacher(self) -> Staged:
-        """The teacher network (trained here; a submodule, unlike an offline teacher). While
-        the base class builds FCFD's bridges it is still the frozen reference."""
-        net = self._modules.get("teacher_net")
-        return net if net is not None else self._teacher
 
     @contextlib.contextmanager
     def teacher_lens(self, name: str) -> Iterator[None]:
