@@ -210,14 +210,16 @@ def test_quickstart_runs_and_reuses_finished_runs(tmp_path, capsys):
             "--epochs", "1", "--max-steps-per-epoch", "2", "--device", "cpu"]
     assert main(args) == 0
     first = capsys.readouterr().out
-    for row in ("teacher resnet20", "student resnet8 alone", "student resnet8 + KD"):
+    for row in ("teacher resnet20", "student resnet8 alone", "student resnet8 + KD",
+                "student resnet8 + FCFD", "within noise"):
         assert row in first
     assert "kdlab distill recipes/" in first
+    assert (tmp_path / "qs" / "quickstart.png").stat().st_size > 0
     assert main(args) == 0  # the same settings again: nothing is retrained
     second = capsys.readouterr().out
-    assert second.count("reusing the finished run") == 3
+    assert second.count("reusing the finished run") == 4
     assert main([*args, "--lr", "0.05"]) == 0  # other settings: each run starts afresh
-    assert capsys.readouterr().out.count("starting it afresh") == 3
+    assert capsys.readouterr().out.count("starting it afresh") == 4
 
 
 def test_plain_export_is_marked_and_load_exported_gives_the_plain_model(trained, capsys):

@@ -1,10 +1,11 @@
-"""The README's main job: a teacher, the student alone and the student with KD, compared.
+"""The README's main job: a teacher, the student alone, with KD and with FCFD, compared.
 
 On Fashion-MNIST it trains a small teacher with cross-entropy, the student alone with
-cross-entropy, and the student with Hinton KD (Hinton et al., 2015) from that teacher, then
-prints top-1 and wall time of each. The settings are cut down (few epochs, a training
-subset) so that the whole job finishes in minutes on a 2-core CPU; the recipes under
-``recipes/`` hold the full-length settings.
+cross-entropy, the student with Hinton KD (Hinton et al., 2015) and the student with FCFD
+(Liu et al., ICLR 2023: L_app + L_func + L_func' with |S| = 2 sampled paths) from that
+teacher, then prints top-1 and wall time of each and saves a bar plot (``quickstart.png``).
+The settings are cut down (few epochs, a training subset) so that the whole job finishes in
+minutes on a 2-core CPU; the recipes under ``recipes/`` hold the full-length settings.
 
 Re-running with the same out dir reuses finished runs whose settings match, resumes an
 interrupted one and starts afresh (with a note) where the settings changed.
@@ -38,6 +39,7 @@ class QuickstartSettings:
     batch_size: int = 128
     lr: float = 0.1
     temperature: float = 4.0
+    l2_weight: float = 0.02  # FCFD's L_app / L_func-L2 weight (the paper's same-family value)
     dataset: str = "fashion_mnist"
     data_root: str | None = None
     device: str = "auto"
@@ -48,7 +50,8 @@ class QuickstartSettings:
 
 
 def run_configs(s: QuickstartSettings) -> dict[str, RunConfig]:
-    """The three runs: teacher (ce), student alone (ce), student with KD from the teacher."""
+    """The four runs: teacher (ce), student alone (ce), student with KD and with FCFD from
+    the teacher."""
     out = Path(s.out)
     milestones = [max(1, round(s.epochs * 0.6)), max(1, round(s.epochs * 0.85))]
 
@@ -65,12 +68,15 @@ def run_configs(s: QuickstartSettings) -> dict[str, RunConfig]:
         }
         return build_dataclass(RunConfig, tree, where="quickstart")
 
+    distil = {"student": s.student, "teacher": s.teacher,
+              "teacher_checkpoint": str(out / "teacher" / "best.pt")}
     return {
         "teacher": make("teacher", {"student": s.teacher}, {"name": "ce"}),
         "student": make("student", {"student": s.student}, {"name": "ce"}),
-        "kd": make("kd", {"student": s.student, "teacher": s.teacher,
-                          "teacher_checkpoint": str(out / "teacher" / "best.pt")},
-                   {"name": "kd", "temperature": s.temperature}),
+        "kd": make("kd", distil, {"name": "kd", "temperature": s.temperature}),
+        "fcfd": make("fcfd", distil, {
+            "name": "fcfd", "temperature": s.temperature, "app_weight": s.l2_weight,
+            "func_l2_weight": s.l2_weight, "num_paths": 2, "l2_warmup_epochs": 1}),
     }
 
 
@@ -132,6 +138,7 @@ def quickstart(s: QuickstartSettings) -> dict[str, dict[str, Any]]:
         "teacher": f"teacher {s.teacher} (cross-entropy)",
         "student": f"student {s.student} alone (cross-entropy)",
         "kd": f"student {s.student} + KD from the teacher (T={s.temperature:g})",
+        "fcfd": f"student {s.student} + FCFD from the teacher (|S|=2)",
     }
     subset = f"first {s.train_subset} training images" if s.train_subset else "all training images"
     print(f"kdlab quickstart: {s.dataset}, {s.epochs} epochs each, {subset}, batch "
@@ -139,16 +146,18 @@ def quickstart(s: QuickstartSettings) -> dict[str, dict[str, Any]]:
     started = time.perf_counter()
     summaries: dict[str, dict[str, Any]] = {}
     for i, (name, cfg) in enumerate(cfgs.items(), 1):
-        print(f"[{i}/3] {titles[name]}", flush=True)
+        print(f"[{i}/{len(cfgs)}] {titles[name]}", flush=True)
         depends = ({k: v for k, v in summaries["teacher"].items() if k != "reused"}
-                   if name == "kd" else None)
+                   if name != "teacher" and cfgs[name].model.teacher else None)
         summaries[name] = _train_or_reuse(name, cfg, s.fresh, depends)
         print(f"  top-1 {_top1(summaries[name]):.2f}  "
               f"({summaries[name].get('wall_seconds', 0):.0f} s)", flush=True)
     total = time.perf_counter() - started
     print()
     print(format_table(summaries, titles))
-    print(f"\ntotal {total:.0f} s on this machine"
+    print(NOISE_NOTE)
+    plot = plot_bars(summaries, titles, Path(s.out) / "quickstart.png")
+    print(f"\ntotal {total:.0f} s on this machine; bar plot {plot}"
           + (" (some runs reused)" if any(v.get("reused") for v in summaries.values()) else ""))
     print("These are short runs. Full-length training uses the recipes, e.g.\n"
           f"  kdlab train recipes/{s.dataset}/ce/{s.teacher}.yaml\n"
@@ -156,6 +165,37 @@ def quickstart(s: QuickstartSettings) -> dict[str, dict[str, Any]]:
           f"  kdlab distill recipes/{s.dataset}/fcfd/{s.student}_from_{s.teacher}.yaml\n"
           "(`kdlab list methods` shows every method; benchmarks/README.md compares them).")
     return summaries
+
+
+#: how far from noise a difference in the table is (3-seed spreads measured on short
+#: Fashion-MNIST runs: benchmarks/results/fashion_mnist_accuracy.md and epyc/)
+NOISE_NOTE = ("Runs this short vary by about 0.5-1 point of top-1 from seed to seed: a "
+              "difference under ~1.5 points is within noise, one of 2+ points is not.")
+
+
+def plot_bars(summaries: dict[str, dict[str, Any]], titles: dict[str, str], path: Path) -> Path:
+    """A bar chart of the runs' top-1, written atomically to ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from kdlab.engine.io import atomic_write
+
+    names = list(summaries)
+    values = [_top1(summaries[n]) for n in names]
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    bars = ax.barh([titles[n] for n in names][::-1], values[::-1], color="#4878a8")
+    ax.bar_label(bars, fmt="%.2f", padding=3)
+    low = min(v for v in values if v == v) if any(v == v for v in values) else 0.0
+    ax.set_xlim(max(0.0, low - 5.0), 100.0)
+    ax.set_xlabel("validation top-1 (%)")
+    ax.set_title("kdlab quickstart")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
+    return path
 
 
 def format_table(summaries: dict[str, dict[str, Any]], titles: dict[str, str]) -> str:

@@ -1,4 +1,5 @@
-"""``kdlab quickstart``: teacher, student alone and student + KD on Fashion-MNIST, compared."""
+"""``kdlab quickstart``: teacher, student alone, student + KD and student + FCFD on
+Fashion-MNIST, compared."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ D = QuickstartSettings()
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
-        "quickstart", help="train a teacher, the student alone and with KD; print a table",
+        "quickstart", help="train a teacher, the student alone, with KD and with FCFD; print "
+        "a table and save a bar plot",
         description="The README's main job: short runs on Fashion-MNIST (minutes on a CPU).",
     )
     p.add_argument("--out", default=D.out, metavar="DIR", help=f"runs folder (default {D.out})")
