@@ -187,8 +187,8 @@ def plot_bars(summaries: dict[str, dict[str, Any]], titles: dict[str, str], path
     fig, ax = plt.subplots(figsize=(8, 3.2))
     bars = ax.barh([titles[n] for n in names][::-1], values[::-1], color="#4878a8")
     ax.bar_label(bars, fmt="%.2f", padding=3)
-    low = min(v for v in values if v == v) if any(v == v for v in values) else 0.0
-    ax.set_xlim(max(0.0, low - 5.0), 100.0)
+    finite = [v for v in values if v == v] or [0.0, 100.0]
+    ax.set_xlim(max(0.0, min(finite) - 5.0), min(100.0, max(finite) + 4.0))
     ax.set_xlabel("validation top-1 (%)")
     ax.set_title("kdlab quickstart")
     fig.tight_layout()
