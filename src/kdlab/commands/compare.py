@@ -21,7 +21,7 @@ import yaml
 
 from kdlab.engine.io import atomic_write, atomic_write_text
 from kdlab.engine.metrics_log import read_csv
-from kdlab.engine.report import LABELS, networks
+from kdlab.engine.report import LABELS, networks, series
 from kdlab.errors import UserError
 
 #: the primary validation metric of each task (``val_<network>_<metric>`` in metrics.csv)
@@ -132,10 +132,7 @@ def plot(table: list[dict[str, Any]], histories: list[list[dict[str, Any]]], pat
             if row["metric"] != metric:
                 continue
             key = f"val_{row['network']}_{metric}"
-            pts = [(float(r["epoch"]), float(r[key])) for r in rows
-                   if isinstance(r.get(key), float)]
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
-                    label=f"{row['run']} ({row['method']})")
+            ax.plot(*series(rows, key), marker="o", label=f"{row['run']} ({row['method']})")
         label = LABELS.get(metric, metric)
         ax.set(xlabel="epoch", ylabel=f"validation {label} (%)", title=label)
         ax.legend(fontsize="small")

@@ -96,19 +96,19 @@ def plot_curves(rows: Sequence[dict[str, Any]], path: Path, metric: str = "top1"
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
     keys = [k for k in _keys(rows) if k.startswith(LOSS_PREFIX)]
     for key in keys:
-        xs, ys = _series(rows, key)
+        xs, ys = series(rows, key)
         ax_loss.plot(xs, ys, marker=".", label=key[len(LOSS_PREFIX):])
-    xs, ys = _series(rows, "loss")
+    xs, ys = series(rows, "loss")
     if xs:
         ax_loss.plot(xs, ys, color="black", linewidth=2, label="total")
     ax_loss.set(xlabel="epoch", ylabel="training loss", title="losses")
     ax_loss.legend(fontsize="small")
     train = [k for k in _keys(rows) if k.startswith("train_")]
     for key in train:
-        xs, ys = _series(rows, key)
+        xs, ys = series(rows, key)
         ax_acc.plot(xs, ys, linestyle="--", label=f"train {LABELS.get(key[6:], key[6:])}")
     for name in networks(rows, metric):
-        xs, ys = _series(rows, f"val_{name}_{metric}")
+        xs, ys = series(rows, f"val_{name}_{metric}")
         ax_acc.plot(xs, ys, marker="o", label=f"val {name}")
     label = LABELS.get(metric, metric)
     ax_acc.set(xlabel="epoch", ylabel=f"{label} (%)", title=label)
@@ -125,7 +125,8 @@ def _keys(rows: Sequence[dict[str, Any]]) -> list[str]:
     return keys
 
 
-def _series(rows: Sequence[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
+def series(rows: Sequence[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    """(epochs, values) of column ``key`` over the rows that hold a number there."""
     pairs = [(float(r["epoch"]), float(r[key])) for r in rows
              if isinstance(r.get(key), (int, float))]
     return [p[0] for p in pairs], [p[1] for p in pairs]
