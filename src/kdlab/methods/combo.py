@@ -48,34 +48,7 @@ class Combo(Distiller):
 
         def __post_init__(self) -> None:
             """Check every part when the recipe is read, not only when the run starts."""
-            if not self.parts:
-                raise UserError(
-                    "method.parts is empty; list the methods to combine, e.g. "
-                    "parts: [{name: kd}, {name: rkd}]."
-                )
-            seen: set[str] = set()
-            for i, spec in enumerate(self.parts):
-                options = dict(spec)
-                name = options.pop("name", None)
-                if not isinstance(name, str):
-                    raise UserError(f"method.parts[{i}] needs a method name, e.g. {{name: kd}}.")
-                cls = METHODS.get(name)
-                if not getattr(cls, "combinable", False) or cls is Combo:
-                    combinable = [n for n in METHODS.names()
-                                  if getattr(METHODS.get(n), "combinable", False)]
-                    raise UserError(
-                        f"Method {name!r} cannot be part of a combo; combinable methods: "
-                        f"{', '.join(combinable)}."
-                    )
-                if "ce_weight" in options:
-                    raise UserError(
-                        f"method.parts[{i}] ({name}) sets ce_weight; set it once on the combo "
-                        "(method.ce_weight)."
-                    )
-                if name in seen:
-                    raise UserError(f"method.parts lists {name!r} twice; merge its options.")
-                seen.add(name)
-                build_dataclass(cls.Config, options, where=f"method.parts[{i}]")
+            check_parts(self.parts, _classification_part)
 
     variants = {"detection": "kdlab.methods.detection.combo:DetectionCombo"}
 
@@ -109,8 +82,44 @@ class Combo(Distiller):
         losses: Losses = {}
         if self.cfg.ce_weight:
             losses["ce"] = self.cfg.ce_weight * self.task_loss(s, targets)
+        self.add_part_losses(losses, s, t, targets, index)
+        return s.logits, losses
+
+    def add_part_losses(self, losses: Losses, s: Any, t: Any, targets: Any,
+                        index: Tensor | None) -> None:
+        """Add every part's terms to ``losses``, prefixed by the part's name on a clash."""
         for name, part in self.parts.items():
             for term, value in part.losses(s, t, targets, index).items():
-                key = term if term not in losses else f"{name}.{term}"
-                losses[key] = value
-        return s.logits, losses
+                losses[term if term not in losses else f"{name}.{term}"] = value
+
+
+def check_parts(parts: list[dict[str, Any]], part_class: Callable[[str], type]) -> None:
+    """Check a combo's ``parts`` list: each names a method once, sets no ``ce_weight`` and
+    has valid options for the class ``part_class(name)`` returns (it raises when the method
+    cannot be a part)."""
+    if not parts:
+        raise UserError("method.parts is empty; list the methods to combine, e.g. "
+                        "parts: [{name: kd}, {name: rkd}].")
+    seen: set[str] = set()
+    for i, spec in enumerate(parts):
+        options = dict(spec)
+        name = options.pop("name", None)
+        if not isinstance(name, str):
+            raise UserError(f"method.parts[{i}] needs a method name, e.g. {{name: kd}}.")
+        cls = part_class(name)
+        if "ce_weight" in options:
+            raise UserError(f"method.parts[{i}] ({name}) sets ce_weight; set it once on the "
+                            "combo (method.ce_weight).")
+        if name in seen:
+            raise UserError(f"method.parts lists {name!r} twice; merge its options.")
+        seen.add(name)
+        build_dataclass(cls.Config, options, where=f"method.parts[{i}]")
+
+
+def _classification_part(name: str) -> type[Distiller]:
+    cls = METHODS.get(name)
+    if not getattr(cls, "combinable", False) or cls is Combo:
+        combinable = [n for n in METHODS.names() if getattr(METHODS.get(n), "combinable", False)]
+        raise UserError(f"Method {name!r} cannot be part of a combo; combinable methods: "
+                        f"{', '.join(combinable)}.")
+    return cls

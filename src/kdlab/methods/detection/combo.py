@@ -15,39 +15,23 @@ from typing import Any
 
 from torch import Tensor
 
-from kdlab.config import build_dataclass
 from kdlab.errors import UserError
 from kdlab.methods.base import Losses
-from kdlab.methods.combo import Combo
+from kdlab.methods.combo import Combo, check_parts
 from kdlab.methods.detection.base import DetectionDistiller, teacher_roi
 
 
-def _check_parts(parts: list[dict[str, Any]]) -> None:
+def _detection_part(name: str) -> type[DetectionDistiller]:
     from kdlab.methods import METHODS
 
-    if not parts:
-        raise UserError("method.parts is empty; list the methods to combine, e.g. "
-                        "parts: [{name: kd}, {name: fitnet}].")
-    seen: set[str] = set()
-    for i, spec in enumerate(parts):
-        options = dict(spec)
-        name = options.pop("name", None)
-        if not isinstance(name, str):
-            raise UserError(f"method.parts[{i}] needs a method name, e.g. {{name: kd}}.")
-        try:
-            variant = METHODS.get(name).for_task("detection")
-        except UserError:
-            variant = None
-        if variant is None or not issubclass(variant, DetectionDistiller):
-            raise UserError(f"Method {name!r} cannot be part of a detection combo; combine "
-                            "kd, fitnet and fcfd.")
-        if "ce_weight" in options:
-            raise UserError(f"method.parts[{i}] ({name}) sets ce_weight; set it once on the "
-                            "combo (method.ce_weight).")
-        if name in seen:
-            raise UserError(f"method.parts lists {name!r} twice; merge its options.")
-        seen.add(name)
-        build_dataclass(variant.Config, options, where=f"method.parts[{i}]")
+    try:
+        variant = METHODS.get(name).for_task("detection")
+    except UserError:
+        variant = None
+    if variant is None or not issubclass(variant, DetectionDistiller):
+        raise UserError(f"Method {name!r} cannot be part of a detection combo; combine "
+                        "kd, fitnet and fcfd.")
+    return variant
 
 
 class DetectionCombo(Combo):
@@ -63,7 +47,7 @@ class DetectionCombo(Combo):
         ce_weight: float = 1.0
 
         def __post_init__(self) -> None:
-            _check_parts(self.parts)
+            check_parts(self.parts, _detection_part)
 
     def forward(self, images: Any, targets: Any,
                 index: Tensor | None = None) -> tuple[Tensor | None, Losses]:
@@ -72,8 +56,5 @@ class DetectionCombo(Combo):
         losses: Losses = {}
         if self.cfg.ce_weight:
             losses["ce"] = self.cfg.ce_weight * self.task_loss(s, targets)
-        for name, part in self.parts.items():
-            for term, value in part.losses(s, t, targets, index).items():
-                key = term if term not in losses else f"{name}.{term}"
-                losses[key] = value
+        self.add_part_losses(losses, s, t, targets, index)
         return s.logits, losses
