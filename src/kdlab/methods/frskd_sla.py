@@ -21,8 +21,9 @@ targets detached)::
     self_teacher_joint_ce  CE(joint(self_teacher(x_r)), (y, r))
     sla_sd                 sla_weight * KL_T(agg_student || student(x))
     self_teacher_sla_sd    sla_weight * KL_T(agg_self_teacher || self_teacher(x))
-    kd    alpha * 1/2 * [KL_T(self_teacher(x) || student(x)) + KL_T(agg_self_teacher || agg_student)]
-    feat  beta * sum_levels [1/5 AT(F, R) + 4/5 AT(F_r, R_r)]
+    kd                     alpha * 1/2 * [KL_T(self_teacher(x) || student(x))
+                                          + KL_T(agg_self_teacher || agg_student)]
+    feat                   beta * sum_levels [1/5 AT(F, R) + 4/5 AT(F_r, R_r)]
 
 The ``1/2`` and ``1/5, 4/5`` are the authors' choice: their FRSKD loss reads the batch of
 ``B`` single and ``B`` aggregated logits (for ``kd``) and of the ``B + 4B`` un-rotated and
