@@ -11,7 +11,7 @@ Usage (each path a checkout of that repository, e.g. ``git archive`` of the comm
         --srrl /tmp/parity-ref/KD_SRRL \
         --simkd /tmp/parity-ref/SimKD \
         --frskd /tmp/parity-ref/FRSKD \
-        [--out tests/fixtures/parity] [--methods simkd frskd --update]
+        [--out tests/fixtures/parity] [--methods simkd frskd frskd_sla --update]
 
 Nothing of the references is copied into kdlab: their modules are imported from those paths
 while this script runs. Their commit is read with ``git rev-parse HEAD`` or from a file
