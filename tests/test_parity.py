@@ -1,6 +1,7 @@
 """Reference parity: kdlab's loss terms against numbers produced by the reference
-implementations' own code (RepDistiller, mdistiller, the Knowledge-Distillation-Zoo) on the
-same seeded CIFAR networks, weights and batch, in float64.
+implementations' own code (RepDistiller, mdistiller, the Knowledge-Distillation-Zoo, and the
+FCFD, SRRL, SimKD and FRSKD authors' code) on the same seeded CIFAR networks, weights and
+batch, in float64.
 
 The fixtures (``tests/fixtures/parity/*.json``) record the references' values, their
 repositories and commits, the seeds and the command that produced them

@@ -9,20 +9,25 @@ Usage (each path a checkout of that repository, e.g. ``git archive`` of the comm
         --kdzoo /tmp/parity-ref/Knowledge-Distillation-Zoo \
         --fcfd /tmp/parity-ref/FCFD \
         --srrl /tmp/parity-ref/KD_SRRL \
-        [--out tests/fixtures/parity]
+        --simkd /tmp/parity-ref/SimKD \
+        --frskd /tmp/parity-ref/FRSKD \
+        [--out tests/fixtures/parity] [--methods simkd frskd frskd_sla --update]
 
 Nothing of the references is copied into kdlab: their modules are imported from those paths
 while this script runs. Their commit is read with ``git rev-parse HEAD`` or from a file
 ``COMMIT`` at the checkout's root. Two shims keep them importable on a CPU-only machine
 without their extra dependencies: RepDistiller's negative sampler's ``.cuda()`` is a no-op
 (the rows are passed in explicitly anyway), and ``scipy.stats.norm.cdf`` (mdistiller's OFD
-margins) is the normal CDF from ``math.erf``.
+margins; imported, unused, by the FRSKD authors' ``distill_loss`` package) is the normal CDF
+from ``math.erf``.
 
 For every pair of ``parity_setup.PAIRS`` and every method with a reference, the script builds
 kdlab's distiller (the pair's CIFAR-100 recipe options, extras from a seed), copies the
 networks' and the method's own weights into the reference's modules, computes the
 reference's weighted terms, and records them with kdlab's value. A term whose difference is
 intentional is marked ``match: false`` with the reason (benchmarks/results/parity.md).
+``--methods ... --update`` recomputes only those methods and keeps every other entry of the
+existing fixtures as it is.
 """
 
 from __future__ import annotations
@@ -51,6 +56,8 @@ REPOS = {
     "kdzoo": "github.com/AberHu/Knowledge-Distillation-Zoo",
     "fcfd": "github.com/LiuDongyang6/FCFD",
     "srrl": "github.com/jingyang2017/KD_SRRL",
+    "simkd": "github.com/DefangChen/SimKD",
+    "frskd": "github.com/MingiJi/FRSKD",
 }
 #: kdlab model name -> RepDistiller's model_dict name
 REF_NAMES = {"resnet32x4": "resnet32x4", "resnet8x4": "resnet8x4", "vgg13": "vgg13",
@@ -72,6 +79,13 @@ INTENTIONAL = {
                                   "features (documented in kdlab.methods.reviewkd)"),
     ("sp", "mobilenetv2_from_vgg13", "sp"): STAGE_CUT,
 }
+JOINT_HEAD = ("kdlab's student joint head reads the student's pooled penultimate vector (what "
+              "its classifier reads, after conv2's ReLU on mobilenetv2); the authors' fc1 pools "
+              "the last stage output, which their own networks return after its ReLU (the same "
+              "vector) but which the zoo's mobilenetv2 stage cut, handed to their code here, "
+              "ends before that ReLU")
+for _term in ("joint_ce", "sla_sd", "kd"):
+    INTENTIONAL[("frskd_sla", "mobilenetv2_from_vgg13", _term)] = JOINT_HEAD
 
 
 def commit_of(path: Path) -> str:
@@ -377,12 +391,143 @@ def fcfd_terms(pair: str, teacher: Any, student: Any, d: Any, x: torch.Tensor,
     return out
 
 
+# --------------------------------------------------------------------- SimKD authors
+def simkd_terms(pair: str, teacher: Any, student: Any, d: Any,
+                x: torch.Tensor) -> tuple[dict[str, float], torch.Tensor]:
+    """The SimKD authors' networks (their ``models`` zoo, RepDistiller's layout) and their
+    ``SimKD`` module (``models/util.py``) with kdlab's projector weights, called as their
+    training loop does (``helper/loops.py``, ``train_distill``: ``feat_s[-2]``,
+    ``feat_t[-2]`` and the teacher's classifier ``get_feat_modules()[-1]``; the teacher in
+    eval mode); the loss as their CIFAR script (``scripts/run_distill.sh``: ``-c 0 -d 0
+    -b 1``): MSE of the projected student feature to the teacher's. Also returns their
+    prediction through the reused classifier (what kdlab's composite student outputs)."""
+    from models import model_dict  # type: ignore[import-not-found]
+    from models.util import SimKD  # type: ignore[import-not-found]
+
+    t_name, s_name = P.PAIRS[pair]
+    ref_t = model_dict[REF_NAMES[t_name]](num_classes=P.NUM_CLASSES).double().eval()
+    ref_s = model_dict[REF_NAMES[s_name]](num_classes=P.NUM_CLASSES).double().train()
+    P.copy_weights(teacher.net, ref_t)
+    P.copy_weights(student.net, ref_s)
+    feat_s, _ = ref_s(x, is_feat=True)
+    with torch.no_grad():
+        feat_t, _ = ref_t(x, is_feat=True)
+    module = SimKD(s_n=feat_s[-2].shape[1], t_n=feat_t[-2].shape[1],
+                   factor=d.cfg.factor).double().train()
+    P.copy_weights(d.projector, module.transfer)
+    trans_s, trans_t, pred = module(feat_s[-2], feat_t[-2], ref_t.get_feat_modules()[-1])
+    loss = float(F.mse_loss(trans_s, trans_t).detach())
+    return {"simkd": d.cfg.feature_weight * loss}, pred.detach()
+
+
+# --------------------------------------------------------------------- FRSKD authors
+class _StagesOf(torch.nn.Module):
+    """A RepDistiller network as the FRSKD authors' models answer: ``(feats, logits)`` with
+    ``feats`` the stage outputs after the stem as kdlab cuts them (``f1..f3`` of resnet8x4;
+    for mobilenetv2 ``f1..f3`` and conv2's convolution and BatchNorm on ``f4``: the zoo's
+    last stage includes conv2 and ends before its ReLU)."""
+
+    def __init__(self, net: torch.nn.Module, pair: str) -> None:
+        super().__init__()
+        self.net, self.mobile = net, P.PAIRS[pair][1] == "mobilenetv2"
+
+    def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        feats, logits = self.net(x, is_feat=True)
+        if self.mobile:
+            return [*feats[1:4], self.net.conv2[:2](feats[4])], logits
+        return feats[1:-1], logits
+
+
+def _copy_bifpnc(ours: Any, theirs: torch.nn.Module) -> None:
+    """kdlab's BiFPNc into the authors' (``models/bifpnc.py``), node by node: lateral ->
+    ``lat_conv``, bottom-up lateral -> ``lat_conv2``, top-down fusion weights / resample /
+    separable convs -> ``up_weight`` / ``up_sample[.][1]`` / ``up_conv``, bottom-up ones ->
+    ``down_weight`` / ``down_sample[.][1]`` / ``down_conv``, classifier -> ``fc``."""
+    for mine, their in zip(ours.layers, theirs.layers, strict=True):
+        for i, m in enumerate(mine.lateral):
+            P.copy_weights(m, their.lat_conv[i])
+        for i in range(len(mine.bu_lateral)):
+            P.copy_weights(mine.bu_lateral[i], their.lat_conv2[i])
+            P.copy_weights(mine.bu_proj[i], their.down_sample[i][1])
+            P.copy_weights(mine.bu_conv[i], their.down_conv[i])
+            with torch.no_grad():
+                their.down_weight[i].copy_(mine.bu_fuse[i].weight)
+        for i in range(len(mine.td_proj)):
+            P.copy_weights(mine.td_proj[i], their.up_sample[i][1])
+            P.copy_weights(mine.td_conv[i], their.up_conv[i])
+            with torch.no_grad():
+                their.up_weight[i].copy_(mine.td_fuse[i].weight)
+    P.copy_weights(ours.fc, theirs.fc)
+
+
+class _Recorded(torch.nn.Module):
+    """Calls ``loss`` and keeps each value (to read the terms the authors' SLA loss sums)."""
+
+    def __init__(self, loss: torch.nn.Module) -> None:
+        super().__init__()
+        self.loss, self.values = loss, []
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        value = self.loss(*args)
+        self.values.append(float(value.detach()))
+        return value
+
+
+def frskd_terms(method: str, pair: str, nets: dict, d: Any, x: torch.Tensor,
+                y: torch.Tensor) -> dict[str, float]:
+    """The FRSKD authors' self-teacher (``BiFPNc``) and losses (``distill_loss``: ``att``'s
+    ``Attention``, ``sla``'s ``SLALoss``) with kdlab's weights, on RepDistiller's student
+    (the authors' zoo has no resnet8x4 / mobilenetv2; :class:`_StagesOf`), both in train
+    mode as their ``utils.train``. FRSKD: their loop's non-SLA branch (CE of both heads, then
+    ``Attention`` at ``alpha`` and at ``beta`` separately). FRSKD+SLA (``--aux sla``): their
+    ``SLALoss`` forward with kdlab's joint heads as its ``fc1`` / ``fc2``, each CE and KL it
+    sums read in call order, then ``Attention`` on the concatenated outputs it returns."""
+    _norm_cdf_shim()
+    from classification.distill_loss.AT import Attention  # type: ignore[import-not-found]
+    from classification.distill_loss.sla import SLALoss  # type: ignore[import-not-found]
+    from classification.models.bifpnc import BiFPNc  # type: ignore[import-not-found]
+
+    c = d.cfg
+    model = _StagesOf(nets["ref_student"], pair).train()
+    channels = d.self_teacher.in_channels
+    width = int(c.width)
+    if width != c.width or c.repeat != 1:
+        raise SystemExit("the authors' BiFPNc takes an integer width (and 1 layer here)")
+    args = types.SimpleNamespace(
+        repeat=c.repeat, depth=[c.depth] * 3, width=width, num_features=len(channels),
+        network_channels=channels, num_classes=P.NUM_CLASSES, temperature=c.temperature,
+        alpha=c.alpha, beta=c.beta, distill="att", aux_lamb=getattr(c, "sla_weight", 0.0))
+    bifpn = BiFPNc(channels, P.NUM_CLASSES, args).double().train()
+    _copy_bifpnc(d.self_teacher, bifpn)
+    kd = Attention(types.SimpleNamespace(**{**vars(args), "beta": 0.0}))
+    feat = Attention(types.SimpleNamespace(**{**vars(args), "alpha": 0.0}))
+    if method == "frskd":
+        feats, outputs = model(x)
+        bi_feats, bi_outputs = bifpn(feats[-args.num_features:])
+        return {"ce": ce(outputs, y), "self_teacher_ce": ce(bi_outputs, y),
+                "kd": float(kd(outputs, bi_outputs, feats, bi_feats).detach()),
+                "feat": float(feat(outputs, bi_outputs, feats, bi_feats).detach())}
+    sla = SLALoss(args).double().train()
+    P.copy_weights(d.joint_head, sla.fc1)
+    P.copy_weights(d.self_teacher_joint_head, sla.fc2)
+    sla.ce, sla.kd = _Recorded(sla.ce), _Recorded(sla.kd)
+    outputs, bi_outputs, feats, bi_feats, total = sla(model, bifpn, x, y)
+    ces, kls = sla.ce.values, sla.kd.values  # in their order: model, bifpn, fc1, fc2
+    if abs(sum(ces) + args.aux_lamb * sum(kls) - float(total.detach())) > 1e-9 * abs(sum(ces)):
+        raise SystemExit("the authors' SLALoss sums other terms than recorded")
+    return {"ce": ces[0], "self_teacher_ce": ces[1], "joint_ce": ces[2],
+            "self_teacher_joint_ce": ces[3], "sla_sd": args.aux_lamb * kls[0],
+            "self_teacher_sla_sd": args.aux_lamb * kls[1],
+            "kd": float(kd(outputs, bi_outputs, feats, bi_feats).detach()),
+            "feat": float(feat(outputs, bi_outputs, feats, bi_feats).detach())}
+
+
 # --------------------------------------------------------------------- driver
 METHODS: dict[str, str] = {  # method -> reference key
     "kd": "repdistiller", "fitnet": "repdistiller", "at": "repdistiller", "sp": "repdistiller",
     "cc": "repdistiller", "vid": "repdistiller", "rkd": "repdistiller", "crd": "repdistiller",
     "dkd": "mdistiller", "ofd": "mdistiller", "reviewkd": "mdistiller", "irg": "kdzoo",
-    "fcfd": "fcfd", "srrl": "srrl",
+    "fcfd": "fcfd", "srrl": "srrl", "simkd": "simkd", "frskd": "frskd", "frskd_sla": "frskd",
 }
 #: methods the cross-architecture pair is not checked for (the reference has no such code)
 SKIP = {
@@ -393,7 +538,20 @@ SKIP = {
     ("srrl", "mobilenetv2_from_vgg13"),
     # the KD-Zoo's IRG-t halves channels once (a 2x gap): mobilenetv2's 48 -> 160 fails there
     ("irg", "mobilenetv2_from_vgg13"),
+    # SimKD projects feat[-2]: the SimKD authors' mobilenetv2 gives it before conv2 (160
+    # channels), the zoo's last stage includes conv2 (1280): the projectors differ in shape
+    ("simkd", "mobilenetv2_from_vgg13"),
 }
+
+
+def check_simkd_prediction(d: Any, x: torch.Tensor, y: torch.Tensor,
+                           pred: torch.Tensor) -> None:
+    """kdlab's SimKD logits (its composite student) must be the authors' prediction through
+    the reused teacher classifier (checked here, not stored: no loss term carries them)."""
+    logits, _ = d(x, y)
+    if not torch.allclose(logits.detach(), pred, rtol=1e-8, atol=1e-10):
+        raise SystemExit("SimKD: kdlab's logits differ from the authors' reused-classifier "
+                         f"prediction (max difference {(logits - pred).abs().max():.3g})")
 
 
 def record(method: str, pair: str, ref: dict[str, float], ours: dict[str, float]) -> dict:
@@ -421,16 +579,22 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--kdzoo", type=Path, required=True)
     ap.add_argument("--fcfd", type=Path, required=True)
     ap.add_argument("--srrl", type=Path, required=True)
+    ap.add_argument("--simkd", type=Path, required=True)
+    ap.add_argument("--frskd", type=Path, required=True)
     ap.add_argument("--out", type=Path, default=P.FIXTURES)
     ap.add_argument("--methods", nargs="*", help="only these (for a look; use --out elsewhere)")
+    ap.add_argument("--update", action="store_true",
+                    help="with --methods: replace only those entries of the existing fixtures")
     args = ap.parse_args(argv)
     paths = {"repdistiller": args.repdistiller, "mdistiller": args.mdistiller,
-             "kdzoo": args.kdzoo, "fcfd": args.fcfd, "srrl": args.srrl}
+             "kdzoo": args.kdzoo, "fcfd": args.fcfd, "srrl": args.srrl,
+             "simkd": args.simkd, "frskd": args.frskd}
     KDZOO_PATH[:] = [args.kdzoo]
     refs = {k: {"repository": REPOS[k], "commit": commit_of(p)} for k, p in paths.items()}
     command = ("python benchmarks/parity/generate.py --repdistiller <RepDistiller checkout> "
                "--mdistiller <mdistiller checkout> --kdzoo <Knowledge-Distillation-Zoo checkout> "
-               "--fcfd <FCFD checkout> --srrl <KD_SRRL checkout>")
+               "--fcfd <FCFD checkout> --srrl <KD_SRRL checkout> --simkd <SimKD checkout> "
+               "--frskd <FRSKD checkout>")
     args.out.mkdir(parents=True, exist_ok=True)
     for pair, (t_name, s_name) in P.PAIRS.items():
         teacher = P.seeded_network(t_name, P.SEEDS["teacher"])
@@ -456,6 +620,14 @@ def main(argv: list[str] | None = None) -> None:
             elif key == "fcfd":
                 with imported_from(paths[key] / "classification", "models", "utils"):
                     ref = fcfd_terms(pair, teacher, student, d, x, y)
+            elif key == "simkd":
+                with imported_from(paths[key], "models", "helper", "distiller_zoo", "crd",
+                                   "dataset"):
+                    ref, pred = simkd_terms(pair, teacher, student, d, x)
+                check_simkd_prediction(d, x, y, pred)
+            elif key == "frskd":
+                with imported_from(paths[key], "classification"):
+                    ref = frskd_terms(method, pair, nets, d, x, y)
             else:
                 ref = kdzoo_terms(pair, nets, x, y)
             ours = P.kdlab_terms(method, d, x, y, index)
@@ -470,6 +642,10 @@ def main(argv: list[str] | None = None) -> None:
             "references": refs, "command": command, "methods": entries,
         }
         path = args.out / f"{pair}.json"
+        if args.update:
+            old = json.loads(path.read_text())
+            fixture["methods"] = {**old["methods"], **entries}
+            fixture["references"] = {**old["references"], **refs}
         path.write_text(json.dumps(fixture, indent=1, sort_keys=True) + "\n")
         print("wrote", path)
 

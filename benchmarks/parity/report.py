@@ -19,7 +19,7 @@ import parity_setup as P  # noqa: E402
 
 NAMES = {"repdistiller": "RepDistiller (CRD benchmark)", "mdistiller": "mdistiller",
          "kdzoo": "Knowledge-Distillation-Zoo", "fcfd": "FCFD authors",
-         "srrl": "SRRL authors"}
+         "srrl": "SRRL authors", "simkd": "SimKD authors", "frskd": "FRSKD authors"}
 
 HEADER = """# Reference parity
 
@@ -44,6 +44,13 @@ recorded value instead, so neither side can move unnoticed.
 - FCFD: every candidate path at once (the recipe samples 2 per step; both sides are given
   the same paths); the authors' training loop reports the L2 terms as one number, kdlab
   as `app` and `func_l2`, so the table compares their sum
+- SimKD: the authors' `SimKD` module and networks, called as their training loop
+  (`feat[-2]` of both, the teacher's classifier reused, MSE weight 1, no CE); kdlab's logits
+  (its composite student) are also checked against their prediction (not a stored term)
+- FRSKD, FRSKD+SLA: self-distillation, so only the pair's student is used; the authors'
+  `BiFPNc`, `Attention` and `SLALoss` (`--aux sla`, every CE and KL it sums read one by
+  one) on RepDistiller's student network (the authors' zoo has neither resnet8x4 nor
+  mobilenetv2), handed the stage outputs as kdlab's zoo cuts them
 
 References:
 
@@ -62,11 +69,19 @@ the choice of teacher feature differs. `STAGE_CUT`-type differences likewise com
 tensor is compared, not from the loss code: on resnet32x4 -> resnet8x4, where the stage
 outputs are the same tensors, those methods match.
 
+FRSKD+SLA on mobilenetv2: handed the last stage after its ReLU instead (what the authors' own
+networks return; a one-off check by hand, not part of the fixtures), the authors' code gives
+kdlab's `joint_ce`, `sla_sd` and `kd` to 1e-13 (and then differs in `feat`, which kdlab takes
+on the stage output as cut): the joint heads, aggregation and the SLA terms agree; only which
+tensor the student's joint head pools differs.
+
 ## Not covered (yet)
 
-- SimKD (bcmi/SimKD) and FRSKD (MingiJi/FRSKD): their networks and modules need a weight
-  mapping of their own (BiFPNc, the SimKD projector); FRSKD's gradient flow is tested
-  against the authors' loop in `tests/test_frskd.py` instead.
+- SimKD on the cross-architecture pair: it projects `feat[-2]`, which the SimKD authors'
+  mobilenetv2 gives before conv2 (160 channels) where the zoo's last stage includes it
+  (1280): the projectors differ in shape, nothing to copy.
+- FRSKD's gradient flow (which parameters each term trains) is not a loss value: it is
+  tested against the authors' loop in `tests/test_frskd.py` and `tests/test_frskd_sla.py`.
 - mdistiller's OFD and ReviewKD, the Knowledge-Distillation-Zoo's IRG and SRRL on the
   cross-architecture pair: the references' code is written for their ResNets (OFD, ReviewKD
   configuration), cannot run on mobilenetv2's channel gap (IRG-t halves channels once), or

@@ -36,7 +36,17 @@ COMMON = {
 
 def field_comments(cls: type) -> dict[str, str]:
     """``{field: comment}`` from the source of dataclass ``cls``: the comment at the end of a
-    field's line, else the full-line comments right above it."""
+    field's line, else the full-line comments right above it. Fields a Config inherits keep
+    their base class's comments."""
+    comments: dict[str, str] = {}
+    for base in reversed(cls.__mro__[1:]):
+        if dataclasses.is_dataclass(base):
+            comments.update(_own_field_comments(base))
+    comments.update(_own_field_comments(cls))
+    return comments
+
+
+def _own_field_comments(cls: type) -> dict[str, str]:
     try:
         source = inspect.getsource(cls)
     except (OSError, TypeError):

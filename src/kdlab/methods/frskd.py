@@ -27,6 +27,8 @@ student's gradient norm is 2.26 with the authors' flow and 1.81 without that ter
 Defaults follow the authors' CIFAR-100 setting (their README: alpha 2, beta 100; their code:
 temperature 4, width 2, depth 2, one BiFPN layer). The paper searches alpha in {1, 2, 3} and
 beta in {100, 200} per dataset. ``beta: 0`` is the paper's FRSKD\\F ablation (soft labels only).
+FRSKD+SLA (the paper's self-supervised label augmentation variant) is the method
+``frskd_sla`` (:mod:`kdlab.methods.frskd_sla`).
 
 Which features: by default the stages after the network's stem, as the authors feed the
 residual stages (``layer1..4`` of their CIFAR and ImageNet ResNets, ``block1..3`` of their
