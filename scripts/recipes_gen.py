@@ -40,10 +40,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 # Commits of the references the values were read from.
-REPDISTILLER = "HobbitLong/RepDistiller @ b84f547"
-MDISTILLER = "megvii-research/mdistiller @ a08d46f"
-REVIEWKD = "dvlab-research/ReviewKD @ cede6ea"
-OFD = "clovaai/overhaul-distillation @ 76344a8"
+REPDISTILLER = "HobbitLong/RepDistiller@b84f547"
+MDISTILLER = "megvii-research/mdistiller@a08d46f"
+REVIEWKD = "dvlab-research/ReviewKD@cede6ea"
+OFD = "clovaai/overhaul-distillation@76344a8"
 
 
 @dataclass(frozen=True)
