@@ -6,7 +6,8 @@ from that method's own paper or benchmark. The recipes written here give every s
 on every pair, the per-pair settings of the implementation behind the quoted number, and
 say in their header which repository and file each value comes from:
 
-- CRD, FitNet, VID on CIFAR-100: the CRD benchmark (HobbitLong/RepDistiller,
+- CRD, FitNet, VID (and AT, the benchmark's row that Table 1 leaves out) on CIFAR-100: the
+  CRD benchmark (HobbitLong/RepDistiller,
   ``train_student.py`` defaults, ``scripts/run_cifar_distill.sh``);
 - DKD on CIFAR-100 and ImageNet, KD / AT / CRD / ReviewKD on ImageNet: mdistiller
   (megvii-research/mdistiller, ``configs/cifar100/dkd/*.yaml``, ``configs/imagenet/*/*.yaml``,
@@ -177,6 +178,24 @@ def fitnet(pair: Pair) -> str:
                          lr=0.01 if pair.small_lr else 0.05)
 
 
+def at(pair: Pair) -> str:
+    header = [
+        f"AT (Zagoruyko & Komodakis, ICLR 2017) on CIFAR-100, {pair.teacher} -> {pair.student},",
+        "the CRD benchmark's AT row (not a column of FCFD's Table 1; kept for the benchmark):",
+        "CE 1 + 1000 x attention loss summed over the stage pairs after the stem (RepDistiller's",
+        "feat[1:-1]), p 2, the larger map average-pooled to the smaller.",
+        f"Source: {REPDISTILLER}, {_rep_command(pair, 'attention', '-r 1 -a 0 -b 1000')}",
+        "(distiller_zoo/AT.py: p 2);", _rep_schedule(pair) + ".",
+    ]
+    if "vgg" in pair.student or "vgg" in pair.teacher:
+        header.append(_VGG_CUT)
+    if pair.student == "mobilenetv2":
+        header.append(_MV2_CUT)
+    options = [("beta", "1000.0"), ("p", "2.0"), ("ce_weight", "1.0")]
+    return _cifar_recipe("at", pair, header, options, batch=64,
+                         lr=0.01 if pair.small_lr else 0.05)
+
+
 def vid(pair: Pair) -> str:
     header = [
         f"VID (Ahn et al., CVPR 2019) on CIFAR-100, {pair.teacher} -> {pair.student}, the CRD",
@@ -247,7 +266,8 @@ def dkd(pair: Pair) -> str:
     return _cifar_recipe("dkd", pair, header, options, batch=64, lr=lr)
 
 
-CIFAR_METHODS = {"crd": crd, "fitnet": fitnet, "vid": vid, "reviewkd": reviewkd, "dkd": dkd}
+CIFAR_METHODS = {"crd": crd, "fitnet": fitnet, "vid": vid, "reviewkd": reviewkd, "dkd": dkd,
+                 "at": at}
 
 
 # --- ImageNet (FCFD Table 2) -------------------------------------------------------------
