@@ -137,10 +137,34 @@ def _rep_schedule(pair: Pair) -> str:
             "x0.1 at 150/180/210")
 
 
-_VGG_CUT = ("Stage cut: kdlab's vgg stages end before their ReLU (RepDistiller's features "
-            "are after it).")
-_MV2_CUT = ("Stage cut: kdlab's mobilenetv2 last stage includes conv2 (RepDistiller's f4 is "
-            "before it).")
+# Where kdlab's staged view (the FCFD authors' stage cut) and RepDistiller's feature list
+# differ, per network: (affects every stage, note). "every" = also the hint stage (kdlab
+# position 3); otherwise only the last stage, which AT and VID pair but FitNet does not.
+_CUTS = {
+    "vgg8": (True, "a vgg stage ends before its ReLU (RepDistiller's feature is after it)"),
+    "vgg13": (True, "a vgg stage ends before its ReLU (RepDistiller's feature is after it)"),
+    "shufflev1": (True, "a ShuffleV1 stage ends before its ReLU (RepDistiller's feature is "
+                        "after it)"),
+    "mobilenetv2": (False, "MobileNetV2's last stage includes conv2 (RepDistiller's f4 is "
+                           "before it)"),
+    "shufflev2": (False, "ShuffleV2's last stage includes conv2 + BN + ReLU (RepDistiller's f3 "
+                         "is before them)"),
+    "wrn_16_2": (False, "a WRN's last stage includes the final BN (RepDistiller's f3 is before "
+                        "it)"),
+    "wrn_40_1": (False, "a WRN's last stage includes the final BN (RepDistiller's f3 is before "
+                        "it)"),
+    "wrn_40_2": (False, "a WRN's last stage includes the final BN (RepDistiller's f3 is before "
+                        "it)"),
+}
+
+
+def _cut_notes(pair: Pair, *, hint_only: bool) -> list[str]:
+    """The stage-cut differences that touch the features a method pairs."""
+    notes = [note for net in (pair.student, pair.teacher) if net in _CUTS
+             for every, note in [_CUTS[net]] if every or not hint_only]
+    if not notes:
+        return []
+    return ["Stage cut: " + "; ".join(dict.fromkeys(notes)) + " (docs/fcfd.md)."]
 
 
 def crd(pair: Pair) -> str:
@@ -169,8 +193,7 @@ def fitnet(pair: Pair) -> str:
         "and its default --hint_layer 2;",
         _rep_schedule(pair) + ".",
     ]
-    if "vgg" in pair.student or "vgg" in pair.teacher:
-        header.append(_VGG_CUT)
+    header += _cut_notes(pair, hint_only=True)
     options = [("ce_weight", "1.0"), ("hint_weight", "100.0"),
                ("position", "3  # the benchmark's hint_layer=2"),
                ("regressor", "convreg  # the benchmark's ConvReg")]
@@ -187,10 +210,7 @@ def at(pair: Pair) -> str:
         f"Source: {REPDISTILLER}, {_rep_command(pair, 'attention', '-r 1 -a 0 -b 1000')}",
         "(distiller_zoo/AT.py: p 2);", _rep_schedule(pair) + ".",
     ]
-    if "vgg" in pair.student or "vgg" in pair.teacher:
-        header.append(_VGG_CUT)
-    if pair.student == "mobilenetv2":
-        header.append(_MV2_CUT)
+    header += _cut_notes(pair, hint_only=False)
     options = [("beta", "1000.0"), ("p", "2.0"), ("ce_weight", "1.0")]
     return _cifar_recipe("at", pair, header, options, batch=64,
                          lr=0.01 if pair.small_lr else 0.05)
@@ -205,10 +225,7 @@ def vid(pair: Pair) -> str:
         "(VIDLoss(..., init_pred_var=5.0, eps=1e-5) in distiller_zoo/VID.py);",
         _rep_schedule(pair) + ".",
     ]
-    if "vgg" in pair.student or "vgg" in pair.teacher:
-        header.append(_VGG_CUT)
-    if pair.student == "mobilenetv2":
-        header.append(_MV2_CUT)
+    header += _cut_notes(pair, hint_only=False)
     options = [("weight", "1.0"), ("ce_weight", "1.0"), ("init_variance", "5.0"),
                ("eps", "1.0e-5")]
     return _cifar_recipe("vid", pair, header, options, batch=64,
