@@ -6,8 +6,8 @@ from that method's own paper or benchmark. The recipes written here give every s
 on every pair, the per-pair settings of the implementation behind the quoted number, and
 say in their header which repository and file each value comes from:
 
-- CRD, FitNet, VID (and AT, the benchmark's row that Table 1 leaves out) on CIFAR-100: the
-  CRD benchmark (HobbitLong/RepDistiller,
+- KD, CRD, FitNet, VID (and AT, the benchmark's row that Table 1 leaves out) on CIFAR-100:
+  the CRD benchmark (HobbitLong/RepDistiller,
   ``train_student.py`` defaults, ``scripts/run_cifar_distill.sh``);
 - DKD on CIFAR-100 and ImageNet, KD / AT / CRD / ReviewKD on ImageNet: mdistiller
   (megvii-research/mdistiller, ``configs/cifar100/dkd/*.yaml``, ``configs/imagenet/*/*.yaml``,
@@ -17,9 +17,9 @@ say in their header which repository and file each value comes from:
 - OFD on ImageNet: the OFD authors (clovaai/overhaul-distillation,
   ``ImageNet/train_with_distillation.py``).
 
-KD, FCFD, SRRL and the ``ce`` baselines are written by hand (their headers carry the same
-kind of source note). The CIFAR-100 pairs also include the CRD benchmark's resnet110 ->
-resnet32 and ResNet50 -> vgg8, which kdlab carries for every method.
+FCFD and SRRL (CIFAR-100 and ImageNet) and the ``ce`` baselines are written by hand (their
+headers carry the same kind of source note). The CIFAR-100 pairs also include the CRD
+benchmark's resnet110 -> resnet32 and ResNet50 -> vgg8, which kdlab carries for every method.
 
 Usage (from the repository root)::
 
@@ -167,6 +167,19 @@ def _cut_notes(pair: Pair, *, hint_only: bool) -> list[str]:
     return ["Stage cut: " + "; ".join(dict.fromkeys(notes)) + " (docs/fcfd.md)."]
 
 
+def kd(pair: Pair) -> str:
+    header = [
+        f"Hinton KD on CIFAR-100, {pair.teacher} -> {pair.student}: the CRD benchmark's KD row",
+        "(FCFD's Table 1 quotes it), CE 0.1 + KL 0.9, tau 4; the FCFD paper's own L_kd keeps",
+        "1/1, the kd Config's default. The frozen teacher in eval mode, as RepDistiller's.",
+        f"Source: {REPDISTILLER}, {_rep_command(pair, 'kd', '-r 0.1 -a 0.9 -b 0')}",
+        "and its default --kd_T 4;", _rep_schedule(pair) + ".",
+    ]
+    options = [("temperature", "4.0"), ("ce_weight", "0.1"), ("kd_weight", "0.9")]
+    return _cifar_recipe("kd", pair, header, options, batch=64,
+                         lr=0.01 if pair.small_lr else 0.05)
+
+
 def crd(pair: Pair) -> str:
     header = [
         f"CRD (Tian et al., ICLR 2020) on CIFAR-100, {pair.teacher} -> {pair.student}: the CRD",
@@ -283,8 +296,8 @@ def dkd(pair: Pair) -> str:
     return _cifar_recipe("dkd", pair, header, options, batch=64, lr=lr)
 
 
-CIFAR_METHODS = {"crd": crd, "fitnet": fitnet, "vid": vid, "reviewkd": reviewkd, "dkd": dkd,
-                 "at": at}
+CIFAR_METHODS = {"kd": kd, "crd": crd, "fitnet": fitnet, "vid": vid, "reviewkd": reviewkd,
+                 "dkd": dkd, "at": at}
 
 
 # --- ImageNet (FCFD Table 2) -------------------------------------------------------------
