@@ -239,8 +239,7 @@ def vid(pair: Pair) -> str:
         _rep_schedule(pair) + ".",
     ]
     header += _cut_notes(pair, hint_only=False)
-    options = [("weight", "1.0"), ("ce_weight", "1.0"), ("init_variance", "5.0"),
-               ("eps", "1.0e-5")]
+    options = [("weight", "1.0"), ("ce_weight", "1.0"), ("init_variance", "5.0")]
     return _cifar_recipe("vid", pair, header, options, batch=64,
                          lr=0.01 if pair.small_lr else 0.05)
 
