@@ -152,4 +152,6 @@ def test_recipe_builds_its_distiller(path):
                            train_size=20_000)
     with torch.no_grad():
         distiller = build_distiller_from_config(cfg, info, "cpu", architecture_only=True)
-    assert distiller.student is not None
+    assert any(p.requires_grad for p in distiller.parameters()), "nothing to train"
+    if distiller.teacher is not None and not distiller.trains_teacher:  # frozen, outside
+        assert not any(p.requires_grad for p in distiller.teacher.parameters())
