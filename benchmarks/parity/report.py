@@ -64,7 +64,8 @@ FOOTER = """
 
 ReviewKD: with the reference's teacher targets replaced by the post-ReLU stage outputs (a
 one-off check by hand, not part of the fixtures), its value equals kdlab's exactly
-(44685.657003889064 on resnet32x4 -> resnet8x4): the ABF fusion, HCL and weights agree; only
+(44685.657003889064 on resnet32x4 -> resnet8x4 at weight 1, when the fixtures still used
+weight 1; now both sides run the configured weight 5): the ABF fusion, HCL and weights agree; only
 the choice of teacher feature differs. `STAGE_CUT`-type differences likewise come from which
 tensor is compared, not from the loss code: on resnet32x4 -> resnet8x4, where the stage
 outputs are the same tensors, those methods match.

@@ -4,8 +4,9 @@ Chen, Liu, Zhao & Jia, "Distilling Knowledge via Knowledge Review", CVPR 2021. T
 student's stage outputs plus its pooled embedding (as a 1x1 map) are visited deepest first;
 each level's ABF fuses it with the residual of the deeper level and maps it to the teacher's
 shape at that level; HCL compares every fused map with the teacher's feature. Defaults are
-the authors' CIFAR setting: CE 1, review loss 1 ramped up linearly over the first 20 epochs,
-ABF width ``min(512, student embedding channels)``.
+the authors' CIFAR code's: CE 1, review loss 1 (``--kd-loss-weight``'s default; their script
+sets 0.6 to 8 per pair, and so do the CIFAR-100 recipes) ramped up linearly over the first 20
+epochs, ABF width ``min(512, student embedding channels)``.
 
 Which levels: as in the authors' code, the stages after the stem
 (:meth:`Staged.stages_after_stem`) plus the pooled embedding; never the stem. Their CIFAR
