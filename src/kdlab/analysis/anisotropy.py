@@ -79,7 +79,8 @@ def kl_per_sample(before: Tensor, after: Tensor) -> Tensor:
     FCFD Sec. 1: the change of the final output caused by moving the feature; the unmoved
     output is the reference distribution.
     """
-    log_p, log_q = F.log_softmax(before.float(), dim=1), F.log_softmax(after.float(), dim=1)
+    dtype = torch.promote_types(before.dtype, torch.float32)  # half precision -> float32
+    log_p, log_q = F.log_softmax(before.to(dtype), dim=1), F.log_softmax(after.to(dtype), dim=1)
     return (log_p.exp() * (log_p - log_q)).sum(dim=1)
 
 

@@ -17,7 +17,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-from kdlab.commands.common import WHICH, Restored, add_set_option, restore_run
+from kdlab.commands.common import (
+    WHICH,
+    Restored,
+    add_set_option,
+    find_checkpoint,
+    load_run_checkpoint,
+    restore_run,
+    run_config,
+)
 from kdlab.engine.io import atomic_write_text
 from kdlab.errors import UserError
 
@@ -96,10 +104,13 @@ def _restore(path: str, which: str, overrides: list[str], device: str | None,
     """A classification run's distiller on the requested device (default: the run's)."""
     from kdlab.engine.build import resolve_device
 
+    ckpt_path = find_checkpoint(path, which)
+    beside = (ckpt_path.parent / "config.yaml").is_file()
+    task = run_config(ckpt_path, {} if beside else load_run_checkpoint(ckpt_path), overrides).task
+    if task != "classification":
+        raise UserError(f"The {role} {str(ckpt_path)!r} is a {task} run; kdlab analyze needs "
+                        "a classification run (FCFD's analyses read a classifier's output).")
     r = restore_run(path, which, overrides, device=device, load_data=False)
-    if r.cfg.task != "classification":
-        raise UserError(f"The {role} {str(r.ckpt_path)!r} is a {r.cfg.task} run; kdlab analyze "
-                        "needs a classification run.")
     if device is None and r.cfg.train.device != "cpu":
         r.device = resolve_device(r.cfg.train.device)
         r.distiller.to(r.device)
