@@ -120,12 +120,16 @@ def test_no_move_no_change_and_a_longer_move_changes_more():
     assert far.distance == 8.0 and far.feature_shape == list(net.stage_info[2].shape)
 
 
-def test_default_distance_is_a_tenth_of_the_feature_norm():
+def test_default_distance_is_relative_to_the_feature_norm():
     net, batches = tiny_staged(), _batches()
-    res = measure_anisotropy(net, batches[:1], stage=2, directions=2)
     with torch.no_grad():
         norm = net.eval().features(batches[0][0]).stages[1].flatten(1).norm(dim=1).mean()
-    assert res.distance == pytest.approx(0.1 * norm.item(), rel=1e-5)
+    res = measure_anisotropy(net, batches[:1], stage=2, directions=2)
+    assert res.distance == pytest.approx(norm.item(), rel=1e-5)
+    assert res.relative_distance == pytest.approx(1.0, rel=1e-5)
+    half = measure_anisotropy(net, batches[:1], stage=2, directions=2, relative=0.5)
+    assert half.distance == pytest.approx(0.5 * norm.item(), rel=1e-5)
+    assert half.kl_mean < res.kl_mean
 
 
 @pytest.mark.parametrize("stage", [0, 5])

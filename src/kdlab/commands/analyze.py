@@ -52,8 +52,11 @@ def add_parser(sub: Any) -> None:
                    help="1-based stage whose output is moved (default: N-1, the last FCFD "
                         "function-path position)")
     a.add_argument("--distance", type=float, default=None,
-                   help="L2 distance of the move, per image (default: 0.1 x the mean L2 norm "
-                        "of the stage's features on the first batch)")
+                   help="L2 distance of the move, the same for every image (default: "
+                        "--relative-distance times the mean feature norm)")
+    a.add_argument("--relative-distance", type=float, default=1.0,
+                   help="without --distance: the distance as a multiple of the mean L2 norm "
+                        "of the stage's features on the first batch (default 1.0)")
     a.add_argument("--directions", type=int, default=512,
                    help="random directions (default 512, as the paper)")
     a.add_argument("--batches", type=int, default=None,
@@ -159,7 +162,8 @@ def run_anisotropy(args: argparse.Namespace) -> int:
     check_stage(net, stage)
     val = _loaders(r).val
     result = measure_anisotropy(net, _limited(val, args.batches), stage=stage,
-                                distance=args.distance, directions=args.directions,
+                                distance=args.distance, relative=args.relative_distance,
+                                directions=args.directions,
                                 seed=args.seed, device=r.device)
     folder = _out_dir(r, args.out)
     record = {"checkpoint": str(r.ckpt_path), "model": r.cfg.model.student,
@@ -169,7 +173,8 @@ def run_anisotropy(args: argparse.Namespace) -> int:
     print(f"{r.ckpt_path}  ({r.cfg.model.student}, {r.cfg.data.name} val, {result.images} "
           f"images)")
     print(f"stage {stage} {result.feature_shape}, L2 distance {result.distance:.4g} "
-          f"(mean feature norm {result.feature_norm:.4g}), {result.directions} directions")
+          f"({result.relative_distance:.3g} x the mean feature norm {result.feature_norm:.4g}), "
+          f"{result.directions} directions")
     print(f"{'KL mean':>10} {'KL min':>10} {'KL max':>10}   (per-direction means, nats)")
     print(f"{result.kl_mean:>10.4f} {result.kl_min:>10.4f} {result.kl_max:>10.4f}")
     print(f"{'direction':<16} {'top-1':>8} {'drop':>8}")
