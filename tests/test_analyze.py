@@ -31,6 +31,7 @@ from kdlab.analysis.exit_branch import (
     milestones,
     recalibrate,
     stage_feature,
+    train_exit_branch,
 )
 from kdlab.analysis.probe import AS_IS, BRIDGED, student_feed, teacher_feed
 from kdlab.cli import main
@@ -154,6 +155,31 @@ def test_exit_branch_reads_the_teacher_feature_and_adapts_other_shapes(tiny_pair
     assert not isinstance(own.adapter, torch.nn.Identity)  # teacher stage 2 is 32x8x8
     with pytest.raises(UserError, match="exit branches go after stages 1..3"):
         build_exit_branch(teacher, 4, "resnet8", info)
+
+
+def test_branch_training_changes_only_the_branchs_later_part(tiny_pair):
+    """The frozen teacher and the branch's unused earlier stages keep their weights and
+    statistics; the adapter, later stages and head learn."""
+    teacher, _ = tiny_pair
+    teacher.eval()
+    info = type("Info", (), {"num_classes": 10, "in_channels": 3, "input_size": 16})
+    branch = build_exit_branch(teacher, 2, "resnet8", info)
+    before_t = {k: v.clone() for k, v in teacher.state_dict().items()}
+    before_b = {k: v.clone() for k, v in branch.state_dict().items()}
+    train_exit_branch(branch, teacher_feed(teacher, 2), _batches(3), epochs=2,
+                      device=torch.device("cpu"), progress="none")
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before_t.items())
+    assert all(p.grad is None for p in teacher.parameters())
+    after = branch.state_dict()
+    earlier = [k for k in before_b if k.startswith(("net.net.conv1", "net.net.bn1",
+                                                    "net.net.layer1."))]
+    later = [k for k in before_b if k.startswith(("net.net.layer2.", "net.net.layer3.",
+                                                  "net.net.fc", "adapter."))]
+    assert earlier and later
+    assert all(torch.equal(before_b[k], after[k]) for k in earlier)
+    assert all(not torch.equal(before_b[k], after[k]) for k in later
+               if k.endswith("weight"))
+    assert not branch.training
 
 
 def test_recalibration_recomputes_the_statistics_on_the_given_features(tiny_pair):

@@ -208,7 +208,10 @@ def load_cached(path: Path, key: dict[str, Any], branch: ExitBranch) -> float | 
         return None  # an unreadable cache is rebuilt
     if saved.get("key") != key:
         return None
-    branch.load_state_dict(saved["branch"])
+    try:
+        branch.load_state_dict(saved["branch"])
+    except (RuntimeError, KeyError, TypeError):  # written for another branch layout: retrain
+        return None
     return float(saved["accuracy"])
 
 

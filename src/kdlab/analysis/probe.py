@@ -111,7 +111,7 @@ def exit_branches(teacher: Staged, positions: Sequence[int], *, folder: Path,
         acc = load_cached(path, full_key, branch)
         out.cached[k] = acc is not None
         if acc is None:
-            with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
+            with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed + k)
                 train_exit_branch(branch, teacher_feed(teacher, k), train, epochs=epochs,
                                   device=device, progress=progress,
