@@ -33,7 +33,7 @@ from kdlab.analysis.exit_branch import (
     stage_feature,
     train_exit_branch,
 )
-from kdlab.analysis.probe import AS_IS, BRIDGED, student_feed, teacher_feed
+from kdlab.analysis.probe import AS_IS, BRIDGED, REGRESSOR, student_feed, teacher_feed
 from kdlab.cli import main
 from kdlab.errors import UserError
 from kdlab.methods import METHODS
@@ -211,6 +211,13 @@ def test_student_feed_uses_the_bridge_else_the_shape(tiny_pair):
     assert feed is None and "not shaped like the teacher's" in how
     same = METHODS.get("kd")(teacher, teacher)
     assert student_feed(same, teacher, 3)[1] == AS_IS
+    fitnet = METHODS.get("fitnet")(student, teacher)  # hint at stage 3
+    feed, how = student_feed(fitnet, teacher, 3)
+    assert how == REGRESSOR and feed(x).shape == stage_feature(teacher, x, 3).shape
+    assert student_feed(fitnet, teacher, 2)[0] is None
+    combo = METHODS.get("combo")(student, teacher, METHODS.get("combo").Config(
+        parts=[{"name": "kd"}, {"name": "fitnet", "position": 2}]))
+    assert student_feed(combo, teacher, 2)[1] == REGRESSOR
 
 
 # --------------------------------------------------------------------- the commands

@@ -7,7 +7,8 @@ their accuracy says how much of the teacher's task-relevant meaning the student'
 carries. The branches' BatchNorm statistics are re-calibrated on the training set with each
 student's features first (App. A.2).
 
-A student without a bridge at a position is fed its raw feature when that is shaped like the
+A FitNet student is fed through its hint regressor at its hint position. A student without a
+bridge at a position is fed its raw feature when that is shaped like the
 teacher's (e.g. a teacher probed with its own features, or a same-shaped student); otherwise
 it has no result there, and the reason is recorded.
 """
@@ -37,6 +38,7 @@ from kdlab.analysis.exit_branch import (
 from kdlab.models.staged import Staged
 
 BRIDGED = "bridge B_st"
+REGRESSOR = "hint regressor (FitNet)"
 AS_IS = "as is (same shape as the teacher's)"
 
 
@@ -70,23 +72,45 @@ def teacher_feed(teacher: Staged, position: int) -> FeatureFn:
     return lambda images: stage_feature(teacher, images, position)
 
 
+def find_bridge(distiller: nn.Module, position: int) -> tuple[nn.Module, str] | None:
+    """The run's trained student -> teacher map at ``position`` and its name, or None.
+
+    FCFD (and online FCFD) keep ``B_st`` per position in ``b_st``; FitNet keeps its hint
+    regressor in ``bridge``, which maps the student's stage ``cfg.position`` to the
+    teacher's; a combination (``combo``) is searched part by part.
+    """
+    bridges = getattr(distiller, "b_st", None)
+    if isinstance(bridges, nn.ModuleDict) and str(position) in bridges:
+        return bridges[str(position)], BRIDGED
+    regressor = getattr(distiller, "bridge", None)
+    if isinstance(regressor, nn.Module) and getattr(distiller.cfg, "position", None) == position:
+        return regressor, REGRESSOR
+    parts = getattr(distiller, "parts", None)
+    if isinstance(parts, nn.ModuleDict):
+        for part in parts.values():
+            found = find_bridge(part, position)
+            if found is not None:
+                return found
+    return None
+
+
 def student_feed(distiller: nn.Module, teacher: Staged,
                  position: int) -> tuple[FeatureFn | None, str]:
     """``(images -> the student's feature as the branch reads it, how)`` at ``position``.
 
-    The student's own bridge ``B_st`` at that position when its run has one (FCFD, online
-    FCFD); otherwise the raw feature if it has the teacher's shape; otherwise ``(None, why)``.
+    The student's own bridge at that position when its run has one (:func:`find_bridge`);
+    otherwise the raw feature if it has the teacher's shape; otherwise ``(None, why)``.
     """
     student: Staged = distiller.student
     if position > student.num_stages:
         return None, f"the student has only {student.num_stages} stages"
-    bridges = getattr(distiller, "b_st", None)
-    bridge = bridges[str(position)] if isinstance(bridges, nn.ModuleDict) \
-        and str(position) in bridges else None
-    if bridge is not None:
+    found = find_bridge(distiller, position)
+    if found is not None:
+        bridge, how = found
+
         def bridged(images: Tensor) -> Tensor:
             return bridge(stage_feature(student, images, position))
-        return bridged, BRIDGED
+        return bridged, how
     s, t = student.stage_info[position - 1].shape, teacher.stage_info[position - 1].shape
     if s != t:
         return None, (f"no bridge at stage {position} and its feature {list(s)} is not shaped "
