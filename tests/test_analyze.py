@@ -272,8 +272,9 @@ def test_probe_command(runs, capsys):
     args = ["analyze", "probe", str(teacher), str(fcfd), str(teacher), "--epochs", "1",
             "--progress", "none", "--no-recalibrate"]
     assert main(args) == 0
-    first = capsys.readouterr().out
-    assert "reused from the cache" not in first
+    captured = capsys.readouterr()
+    assert "reused from the cache" not in captured.out
+    assert "note:" not in captured.err  # the student names this teacher's checkpoint
     record = json.loads((teacher / "analysis" / "probe.json").read_text())
     assert record["positions"] == [2, 3] and record["branch"]["epochs"] == 1
     branch = record["branch"]["accuracy"]
@@ -300,3 +301,20 @@ def test_probe_errors(runs, capsys):
         capsys, "analyze", "probe", teacher, teacher, "--positions", "2,4")
     assert "not a list of stage numbers" in error_of(
         capsys, "analyze", "probe", teacher, teacher, "--positions", "two")
+
+
+def test_a_student_of_another_teacher_checkpoint_gets_a_note(tmp_path):
+    from types import SimpleNamespace
+
+    from kdlab.commands.analyze import _teacher_note
+
+    def run(ckpt, teacher_ckpt=None):  # the two fields _teacher_note reads
+        model = SimpleNamespace(teacher_checkpoint=teacher_ckpt)
+        return SimpleNamespace(ckpt_path=ckpt, cfg=SimpleNamespace(model=model))
+
+    teacher = run(tmp_path / "teacher" / "best.pt")
+    assert _teacher_note(run(tmp_path / "s.pt", str(tmp_path / "teacher" / "best.pt")),
+                         teacher) is None
+    assert _teacher_note(run(tmp_path / "s.pt"), teacher) is None  # not distilled
+    note = _teacher_note(run(tmp_path / "s.pt", str(tmp_path / "other.pt")), teacher)
+    assert note is not None and "other.pt" in note

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -201,6 +202,16 @@ def _check_student(s: Restored, t: Restored) -> None:
                         f"{t.cfg.model.student!r}; give the teacher run it was distilled from.")
 
 
+def _teacher_note(s: Restored, t: Restored) -> str | None:
+    """A note when a student names another teacher checkpoint than the teacher run's (its
+    bridges then map to that checkpoint's features; a moved file gives a false alarm)."""
+    ckpt = s.cfg.model.teacher_checkpoint
+    if not ckpt or Path(ckpt).resolve() == t.ckpt_path.resolve():
+        return None
+    return (f"note: {str(s.ckpt_path)!r} was distilled from the teacher checkpoint {ckpt!r}, "
+            f"not {str(t.ckpt_path)!r}; its bridges map to that checkpoint's features.")
+
+
 def run_probe(args: argparse.Namespace) -> int:
     from kdlab.analysis.exit_branch import check_position, file_digest
     from kdlab.analysis.plots import plot_probe
@@ -215,6 +226,9 @@ def run_probe(args: argparse.Namespace) -> int:
                 for p in args.students]
     for s in students:
         _check_student(s, t)
+        note = _teacher_note(s, t)
+        if note:
+            print(note, file=sys.stderr)
     epochs = t.cfg.schedule.epochs if args.epochs is None else args.epochs
     branch_model = args.branch_model or t.cfg.model.student
     loaders = _loaders(t)
@@ -235,7 +249,8 @@ def run_probe(args: argparse.Namespace) -> int:
         "branch": {"model": branch_model, "epochs": epochs, "seed": args.seed,
                    "accuracy": branches.accuracy, "cached": branches.cached},
         "recalibrated": args.recalibrate,
-        "students": [{"run": str(s.ckpt_path), **res.to_dict()}
+        "students": [{"run": str(s.ckpt_path),
+                      "teacher_checkpoint": s.cfg.model.teacher_checkpoint, **res.to_dict()}
                      for s, res in zip(students, results)],
     }
     atomic_write_text(folder / "probe.json", json.dumps(record, indent=2) + "\n")
