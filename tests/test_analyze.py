@@ -301,6 +301,12 @@ def test_probe_errors(runs, capsys):
         capsys, "analyze", "probe", teacher, teacher, "--positions", "2,4")
     assert "not a list of stage numbers" in error_of(
         capsys, "analyze", "probe", teacher, teacher, "--positions", "two")
+    assert "--epochs must be at least 1" in error_of(
+        capsys, "analyze", "probe", teacher, teacher, "--epochs", "0")
+    assert "--batches must be at least 1" in error_of(
+        capsys, "analyze", "anisotropy", teacher, "--batches", "0")
+    assert "--directions must be at least 1" in error_of(
+        capsys, "analyze", "anisotropy", teacher, "--directions", "0")
 
 
 def test_a_student_of_another_teacher_checkpoint_gets_a_note(tmp_path):

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -139,7 +140,7 @@ def _limited(loader: Any, batches: int | None) -> Any:
         return loader
     if batches < 1:
         raise UserError(f"--batches must be at least 1, got {batches}.")
-    return (b for i, b in zip(range(batches), loader))
+    return itertools.islice(loader, batches)
 
 
 def _positions(text: str) -> list[int]:
@@ -219,6 +220,8 @@ def run_probe(args: argparse.Namespace) -> int:
 
     t = _restore(args.teacher, args.which, args.overrides, args.device, role="teacher run")
     teacher = t.distiller.student
+    if args.epochs is not None and args.epochs < 1:
+        raise UserError(f"--epochs must be at least 1, got {args.epochs}.")
     positions = _positions(args.positions)
     for k in positions:
         check_position(teacher, k)
