@@ -62,5 +62,5 @@ def plot_probe(positions: Sequence[int], rows: Sequence[tuple[str, dict[int, flo
                                    for k in positions], fontsize="small")
     ax.set_xticks(range(len(positions)), [f"after stage {k}" for k in positions])
     ax.set(ylabel="exit-branch top-1 (%)", title="exit-branch probe (FCFD Sec. 3.4)")
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     _save(fig, path)

@@ -240,10 +240,15 @@ def run_probe(args: argparse.Namespace) -> int:
                              info=loaders.info, train=loaders.train, val=loaders.val,
                              epochs=epochs, branch_model=branch_model, device=t.device,
                              progress=args.progress, seed=args.seed)
-    results = [probe_student(_label(s), s.distiller, teacher, branches, train=loaders.train,
-                             val=loaders.val, device=t.device, model=s.cfg.model.student,
-                             method=s.cfg.method_name, calibrate=args.recalibrate)
-               for s in students]
+    results = []
+    for i, s in enumerate(students):
+        res = probe_student(_label(s), s.distiller, teacher, branches, train=loaders.train,
+                            val=loaders.val, device=t.device, model=s.cfg.model.student,
+                            method=s.cfg.method_name, calibrate=args.recalibrate)
+        results.append(res)
+        if args.progress != "none":
+            done = ", ".join("-" if a is None else f"{a:.2f}" for a in res.accuracy.values())
+            print(f"probed student {i + 1}/{len(students)} {res.label}: {done}", flush=True)
     folder = _out_dir(t, args.out)
     record = {
         "teacher": {"checkpoint": str(t.ckpt_path), "model": t.cfg.model.student,
