@@ -68,12 +68,15 @@ def test_directions_are_unit_and_do_not_depend_on_chunking():
     assert not torch.equal(whole, random_directions(6, (2, 3, 3), seed=4))
 
 
-def test_anisotropy_matches_a_direct_computation(monkeypatch):
+@pytest.mark.parametrize("keep", [True, False])
+def test_anisotropy_matches_a_direct_computation(monkeypatch, keep):
     """Every (image, direction) KL and prediction, one at a time, against the batched
-    measurement (small pass budget: several direction chunks per batch)."""
+    measurement (small pass budget: several direction chunks per batch; the directions kept
+    across batches or drawn again for each)."""
     import kdlab.analysis.anisotropy as mod
 
     monkeypatch.setattr(mod, "PASS_BUDGET", 20)
+    monkeypatch.setattr(mod, "KEEP_ELEMENTS", mod.KEEP_ELEMENTS if keep else 0)
     net, stage, d, n_dir = tiny_staged().double().eval(), 2, 100.0, 7
     batches = [(x.double(), y) for x, y in _batches()]
     res = measure_anisotropy(net, batches, stage=stage, distance=d, directions=n_dir, seed=5)

@@ -33,6 +33,8 @@ from kdlab.models.staged import Staged
 
 #: images x directions run through the later stages in one forward pass
 PASS_BUDGET = 1024
+#: the directions are drawn once and kept for every batch up to this many numbers in all
+KEEP_ELEMENTS = 1 << 26
 #: the default distance, as a fraction of the mean L2 norm of the stage's features: a move as
 #: long as the feature itself. The paper does not give its distance; on a Fashion-MNIST
 #: resnet20 a tenth of the norm changed the outputs by KL < 0.01, the whole norm by 0.1 - 0.5
@@ -152,6 +154,7 @@ def _measure(net: Staged, batches: Iterable[Any], stage: int, distance: float | 
     counts = {"images": 0, "clean": 0, "most": 0, "least": 0}
     sample_min_sum = sample_max_sum = norm_sum = 0.0
     shape: tuple[int, ...] | None = None
+    kept: dict[tuple[int, int], Tensor] = {}  # direction chunks, kept while they are small
     for batch in batches:
         images, targets = batch[0].to(device), batch[1].to(device)
         out = net.features(images)
@@ -160,7 +163,7 @@ def _measure(net: Staged, batches: Iterable[Any], stage: int, distance: float | 
             distance = relative * feature.flatten(1).norm(dim=1).mean().item()
         shape = tuple(feature.shape[1:])
         kl, correct = _all_directions(net, stage, feature, logits, targets, distance,
-                                      directions, seed)
+                                      directions, seed, kept)
         most, least = kl.argmax(dim=1), kl.argmin(dim=1)
         rows = torch.arange(len(kl), device=kl.device)
         kl_sums += kl.double().sum(dim=0).cpu()
@@ -190,16 +193,23 @@ def _measure(net: Staged, batches: Iterable[Any], stage: int, distance: float | 
 
 
 def _all_directions(net: Staged, stage: int, feature: Tensor, logits: Tensor, targets: Tensor,
-                    distance: float, directions: int, seed: int) -> tuple[Tensor, Tensor]:
+                    distance: float, directions: int, seed: int,
+                    kept: dict[tuple[int, int], Tensor]) -> tuple[Tensor, Tensor]:
     """``(kl, correct)``, both ``(images, directions)``: the KL of each moved feature's output
-    against the unmoved one, and whether its top-1 prediction is right."""
+    against the unmoved one, and whether its top-1 prediction is right. ``kept`` holds the
+    direction chunks drawn for earlier batches when all of them fit in ``KEEP_ELEMENTS``."""
     b = len(feature)
     chunk = max(1, PASS_BUDGET // b)
+    keep = directions * feature[0].numel() <= KEEP_ELEMENTS
     kls, hits = [], []
     for first in range(0, directions, chunk):
         m = min(chunk, directions - first)
-        u = random_directions(m, tuple(feature.shape[1:]), seed=seed, first=first,
-                              device=feature.device, dtype=feature.dtype)
+        u = kept.get((first, m))
+        if u is None:
+            u = random_directions(m, tuple(feature.shape[1:]), seed=seed, first=first,
+                                  device=feature.device, dtype=feature.dtype)
+            if keep:
+                kept[(first, m)] = u
         moved = (feature[:, None] + distance * u[None]).flatten(0, 1)  # image-major
         after = net.run_from(stage - 1, moved).logits.view(b, m, -1)
         before = logits[:, None].expand(-1, m, -1)
