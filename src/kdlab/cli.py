@@ -1,4 +1,5 @@
-"""The ``kdlab`` command line: train, distill, eval, export, list, bench, quickstart, compare.
+"""The ``kdlab`` command line: train, distill, eval, export, list, bench, quickstart, compare,
+analyze.
 
 Each subcommand lives in :mod:`kdlab.commands` and exposes ``add_parser(subparsers)`` and
 ``run(args) -> int``. Mistakes a user can make (:class:`~kdlab.errors.UserError`, argparse
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 
 from kdlab import __version__, plugins
 from kdlab.commands import (
+    analyze,
     bench,
     compare,
     evaluate,
@@ -28,7 +30,7 @@ from kdlab.commands import (
 )
 from kdlab.errors import UserError
 
-COMMANDS = (training, evaluate, export, listing, bench, quickstart, compare)
+COMMANDS = (training, evaluate, export, listing, bench, quickstart, compare, analyze)
 
 
 def build_parser() -> argparse.ArgumentParser:
