@@ -52,6 +52,14 @@ recorded value instead, so neither side can move unnoticed.
   one) on RepDistiller's student network (the authors' zoo has neither resnet8x4 nor
   mobilenetv2), handed the stage outputs as kdlab's zoo cuts them
 
+Methods without a fixture here, and what holds them instead: `ce` (the label loss alone) and
+`combo` (a sum of the parts above, tested equal to them); `dml` and `online_fcfd` (the teacher
+trains, so there is no frozen pair to copy; their terms are tested against direct
+computations of the papers' formulas, and online FCFD's pooled L2 against the authors' ReLU +
+pool); `skd` and `cwd` (segmentation; SKD's one step is tested equal to its authors'
+alternating student / critic steps in `tests/test_seg_methods.py`, CWD against the paper's
+formula).
+
 References:
 
 {refs}
