@@ -1,4 +1,5 @@
-"""The ``kdlab`` command line: train, distill, eval, export, list, bench, quickstart, compare.
+"""The ``kdlab`` command line: train, distill, eval, export, list, bench, quickstart, compare,
+cache-teacher.
 
 Each subcommand lives in :mod:`kdlab.commands` and exposes ``add_parser(subparsers)`` and
 ``run(args) -> int``. Mistakes a user can make (:class:`~kdlab.errors.UserError`, argparse
@@ -18,6 +19,7 @@ from collections.abc import Sequence
 from kdlab import __version__, plugins
 from kdlab.commands import (
     bench,
+    cache_teacher,
     compare,
     evaluate,
     export,
@@ -28,7 +30,7 @@ from kdlab.commands import (
 )
 from kdlab.errors import UserError
 
-COMMANDS = (training, evaluate, export, listing, bench, quickstart, compare)
+COMMANDS = (training, evaluate, export, listing, bench, quickstart, compare, cache_teacher)
 
 
 def build_parser() -> argparse.ArgumentParser:
