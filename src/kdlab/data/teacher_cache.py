@@ -222,7 +222,8 @@ class TeacherCache:
             raise UserError(
                 f"The teacher cache {str(self.path)!r} holds views of augmentation "
                 f"{self.meta['augmentation']} but this run augments with {dict(augmentation)}; "
-                "build the cache with the run's data.augment setting.")
+                "build the cache with this run's data.augment setting (`kdlab cache-teacher` "
+                "with the run's recipe).")
 
     def check_teacher(self, model: str | None, sha256: str) -> None:
         t = self.meta["teacher"]
