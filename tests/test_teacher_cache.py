@@ -316,3 +316,22 @@ def test_cache_teacher_and_distill_from_it_on_the_command_line(tmp_path, capsys,
     assert "another teacher" in capsys.readouterr().err
     assert main(["cache-teacher", str(recipe), "--format", "topk", "--topk", "11"]) == 2
     assert "at most 10" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------- kdlab bench
+def test_bench_times_kd_with_the_teachers_logits_from_a_cache(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    args = ["bench", "--preset", "cpu", "--device", "cpu", "--batch", "8", "--steps", "2",
+            "--warmup", "1", "--methods", "ce,kd,fitnet", "--teacher-cache", "--out", str(out)]
+    assert main(args) == 0
+    report = json.loads(out.read_text())
+    assert report["meta"]["teacher_cache"] is True
+    results = {r["label"]: r for r in report["results"]}
+    assert list(results) == ["ce", "kd", "kd+cache", "fitnet"]  # fitnet needs features
+    kd, cached = results["kd"], results["kd+cache"]
+    assert kd["ratio_to_kd"] == pytest.approx(1.0) and cached["teacher_cache"]
+    assert cached["ratio_to_kd"] is not None and cached["ratio_to_kd"] > 0
+    # the same steps on the same batch: only the teacher logits' fp16 rounding differs
+    assert cached["final_loss"] == pytest.approx(kd["final_loss"], rel=1e-3)
+    assert main(args[:-5] + ["--methods", "ce,fitnet", "--teacher-cache"]) == 2
+    assert "such as kd or dkd" in capsys.readouterr().err

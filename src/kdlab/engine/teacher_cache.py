@@ -314,3 +314,24 @@ def describe(path: Path, meta: Mapping[str, Any]) -> str:
             f"({d['train_size']} images x {meta['views']} views, augmentation "
             f"{meta['augmentation']['kind']}), {kind}, {size_text(int(meta['bytes']))}, "
             f"built in {float(meta['build_seconds']):.1f} s")
+
+
+def cache_for_batch(folder: str | Path, index: torch.Tensor, logits: torch.Tensor, n: int, *,
+                    views: int = 8, seed: int = 0) -> Any:
+    """A cache of ``n`` images x ``views`` views whose rows ``index`` hold ``logits`` in every
+    view (the other rows are never written): what ``kdlab bench --teacher-cache`` reads in
+    its timed steps, through the same file, memory map and lookup as a training run.
+    Returns the :class:`~kdlab.data.teacher_cache.CachedTeacher` over it."""
+    from kdlab.data.teacher_cache import CachedTeacher, TeacherCache
+
+    c = int(logits.shape[1])
+    meta = {"format": FORMAT, "version": VERSION, "n": n, "views": views, "seed": seed,
+            "output": {"format": "logits", "topk": None},
+            "teacher": {"model": None, "sha256": None}, "data": {"num_classes": c},
+            "augmentation": {"kind": "none"}, "arrays": layout(n, views, 1, c, "logits", 0)}
+    writer = CacheWriter.start(Path(folder) / "bench.kdcache", meta)
+    half = logits.detach().half().cpu().numpy()
+    writer.arrays["logits"][index.cpu().numpy()] = half[:, None, :]
+    writer.commit(n, 0.0)
+    writer.finish({"bytes": file_size(meta["arrays"]), "build_seconds": 0.0})
+    return CachedTeacher(TeacherCache.open(writer.path), seed)
