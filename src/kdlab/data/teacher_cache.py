@@ -103,7 +103,8 @@ def file_size(arrays: Mapping[str, Mapping[str, Any]]) -> int:
 
 
 def memmaps(path: Path, arrays: Mapping[str, Mapping[str, Any]],
-             mode: str) -> dict[str, np.memmap]:
+            mode: str) -> dict[str, np.memmap]:
+    """Each array of the layout as a memory map of ``path`` (``mode`` ``r`` or ``r+``)."""
     return {name: np.memmap(path, dtype=a["dtype"], mode=mode, offset=a["offset"],
                             shape=tuple(a["shape"])) for name, a in arrays.items()}
 
@@ -114,10 +115,12 @@ def partial_paths(path: Path) -> tuple[Path, Path]:
 
 
 def meta_path(path: Path) -> Path:
+    """The metadata of a finished cache: ``PATH.json``."""
     return path.with_name(path.name + ".json")
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object from ``path``, or None when it is missing or not one."""
     try:
         tree = json.loads(path.read_text())
     except (OSError, ValueError):
