@@ -212,7 +212,8 @@ def build_cache(args: argparse.Namespace, kd: list[str], row: Row, sets: list[st
     record.write_text(json.dumps({"command": shlex.join(cmd), "load_before": before,
                                   "load_after": load(),
                                   "wall_s": round(time.perf_counter() - t0, 1)}, indent=2))
-    print(f"    {proc.stdout.strip().splitlines()[0]}", flush=True)
+    said = [line for line in proc.stdout.splitlines() if line.startswith("teacher cache")]
+    print(f"    {said[0] if said else proc.stdout.strip()[-300:]}", flush=True)
     return path
 
 
