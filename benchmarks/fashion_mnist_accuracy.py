@@ -26,12 +26,13 @@ import os
 import platform
 import shlex
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from protocol import ROOT, kdlab_cmd, mean_std, run_one
+from protocol import ROOT, kdlab_cmd, load, mean_std, run_one
 
 from kdlab.engine.bench import cpu_name
 
@@ -47,6 +48,7 @@ class Row:
     recipe: str  # relative to recipes/fashion_mnist
     overrides: tuple[str, ...] = ()
     needs_teacher: bool = True
+    teacher_cache: bool = False  # trains from a teacher soft-label cache (`kdlab cache-teacher`)
 
 
 SAME_BATCH = ("data.batch_size=64", "optim.lr=0.05")
@@ -56,6 +58,9 @@ SAME_BATCH = ("data.batch_size=64", "optim.lr=0.05")
 ROWS: dict[str, Row] = {r.name: r for r in (
     Row("ce", "student alone (CE)", "ce/resnet8.yaml", needs_teacher=False),
     Row("kd", "KD (Hinton, tau=4)", "kd/resnet8_from_resnet20.yaml"),
+    # the same KD reading the teacher's fp16 logits on K stored views (issue 13, item 1)
+    Row("kd_cached", "KD from the teacher cache (K views, fp16 logits)",
+        "kd/resnet8_from_resnet20.yaml", teacher_cache=True),
     Row("fitnet", "FitNet (hint at stage 2, weight 100)", "fitnet/resnet8_from_resnet32.yaml"),
     Row("fcfd", "FCFD (L_app + L_func + L_func', |S|=2)", "fcfd/resnet8_from_resnet20.yaml"),
     # the frozen teacher's BN on batch statistics (issue 14's teacher-BN A/B)
@@ -160,6 +165,17 @@ def write_tables(args: argparse.Namespace, teacher: dict | None, recs: list[dict
         label = ROWS[name].label.replace("|", "\\|")
         lines.append(f"| {label} | {mean_std([r['best_top1'] for r in rs])} | "
                      f"{mean_std([r['last_top1'] for r in rs])} | {per} | {wall:.0f} |")
+    caches = sorted(Path(args.runs).glob("teacher_cache/*.kdcache.json"))
+    if caches:
+        lines += ["", "## Teacher caches", ""]
+    for path in caches:
+        meta = json.loads(path.read_text())
+        rec = path.with_name(path.name.replace(".kdcache.json", ".command.json"))
+        how = json.loads(rec.read_text()) if rec.is_file() else {}
+        lines.append(f"- `{path.with_suffix('')}`: {meta['data']['train_size']} images x "
+                     f"{meta['views']} views, {meta['output']['format']}, "
+                     f"{meta['bytes'] / 2**20:.1f} MiB, built in {meta['build_seconds']:.0f} s "
+                     f"(load {how.get('load_before', 'n/a')}): `{how.get('command', '')}`")
     lines += ["", "## Exact commands", ""]
     for r in ([teacher] if teacher else []) + recs:
         lines.append(f"- {r['row']} seed {r['seed']} (load {r['load_before']}): "
@@ -169,6 +185,36 @@ def write_tables(args: argparse.Namespace, teacher: dict | None, recs: list[dict
     if notes.is_file():  # hand-written interpretation, kept across regenerations
         lines += [notes.read_text()]
     (out / "fashion_mnist_accuracy.md").write_text("\n".join(lines))
+
+
+def build_cache(args: argparse.Namespace, kd: list[str], row: Row, sets: list[str],
+                runs: Path) -> Path:
+    """The row's teacher cache (``kdlab cache-teacher``, once for all seeds: a finished cache
+    is kept); the command, wall time and load go to ``<cache>.command.json``."""
+    folder = runs / "teacher_cache"
+    path = folder / f"fashion_mnist-n{args.train_subset}-k{args.cache_views}.kdcache"
+    common = [s for s in common_overrides(args, args.epochs, 0) if s.startswith("data.")]
+    cmd = kd + ["cache-teacher", str(RECIPES / row.recipe),
+                *sum((["--set", s] for s in sets + common + ["train.device=cpu"]), []),
+                "--views", str(args.cache_views), "--out", str(path)]
+    record = folder / path.name.replace(".kdcache", ".command.json")
+    if path.is_file() and record.is_file():
+        return path
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    before = load()
+    print(f"[{time.strftime('%H:%M:%S')}] teacher cache: {shlex.join(cmd)}", flush=True)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"cache-teacher failed ({proc.returncode}): {shlex.join(cmd)}\n"
+                         f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    folder.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"command": shlex.join(cmd), "load_before": before,
+                                  "load_after": load(),
+                                  "wall_s": round(time.perf_counter() - t0, 1)}, indent=2))
+    said = [line for line in proc.stdout.splitlines() if line.startswith("teacher cache")]
+    print(f"    {said[0] if said else proc.stdout.strip()[-300:]}", flush=True)
+    return path
 
 
 def main() -> int:
@@ -182,6 +228,8 @@ def main() -> int:
     p.add_argument("--teacher-epochs", type=int, default=8)
     p.add_argument("--train-subset", type=int, default=6000)
     p.add_argument("--val-subset", type=int, default=0, help="0 = the whole test set")
+    p.add_argument("--cache-views", type=int, default=8,
+                   help="views per image of the teacher cache (rows that train from it)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads per run (1 is robust on a shared machine)")
     p.add_argument("--runs", default="runs/bench/fashion_mnist_accuracy",
@@ -229,6 +277,9 @@ def main() -> int:
                 sets += [f"model.teacher={args.teacher}", f"model.teacher_checkpoint={ckpt}"]
             if name.startswith("fcfd"):  # recipe: 2 of 30 epochs; a 4-epoch run gets none
                 sets.append("method.l2_warmup_epochs=1")
+            if row.teacher_cache:
+                cache = build_cache(args, kd, row, sets[:3], runs)
+                sets.append(f"data.teacher_cache={cache}")
             sets += list(row.overrides) + common_overrides(args, args.epochs, seed)
             r_dir = runs / name / f"seed{seed}"
             cmd = kd + ["distill" if row.needs_teacher else "train", str(RECIPES / row.recipe),

@@ -1,5 +1,5 @@
 """The ``kdlab`` command line: train, distill, eval, export, list, bench, quickstart, compare,
-analyze.
+analyze, cache-teacher.
 
 Each subcommand lives in :mod:`kdlab.commands` and exposes ``add_parser(subparsers)`` and
 ``run(args) -> int``. Mistakes a user can make (:class:`~kdlab.errors.UserError`, argparse
@@ -20,6 +20,7 @@ from kdlab import __version__, plugins
 from kdlab.commands import (
     analyze,
     bench,
+    cache_teacher,
     compare,
     evaluate,
     export,
@@ -30,7 +31,8 @@ from kdlab.commands import (
 )
 from kdlab.errors import UserError
 
-COMMANDS = (training, evaluate, export, listing, bench, quickstart, compare, analyze)
+COMMANDS = (training, evaluate, export, listing, bench, quickstart, compare, analyze,
+            cache_teacher)
 
 
 def build_parser() -> argparse.ArgumentParser:

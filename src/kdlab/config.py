@@ -37,6 +37,9 @@ class DataConfig:
     augment: bool = True
     train_subset: int | None = None  # use only the first N training images (quick runs)
     val_subset: int | None = None
+    # a teacher soft-label cache (`kdlab cache-teacher`): logit-only methods read the teacher's
+    # outputs on stored augmented views from it instead of running the teacher
+    teacher_cache: str | None = None
     # Fashion-MNIST scenes (scenes_seg / scenes_det): canvas side and scenes per split
     canvas: int = 64
     scenes_train: int = 10000

@@ -37,6 +37,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1 | mps")
     p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
     p.add_argument("--out", metavar="FILE.csv|FILE.json", help="also write the results here")
+    p.add_argument("--teacher-cache", action="store_true",
+                   help="also time each method that can train from a teacher cache (kd, dkd) "
+                   "with the teacher's logits read from one (METHOD+cache: no teacher forward), "
+                   "in the same rounds")
     p.set_defaults(run=run)
 
 
@@ -62,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     report = run_bench(
         specs, preset=preset, pair=args.pair, batch=args.batch, steps=args.steps,
         warmup=args.warmup, rounds=args.rounds, device=device, amp=args.amp, command=command,
+        teacher_cache=args.teacher_cache,
     )
     print(format_table(report))
     if args.out:

@@ -124,6 +124,7 @@ def restore_run(path: str | Path, which: str, overrides: Sequence[str], *,
     ckpt_path = find_checkpoint(path, which)
     ckpt = load_run_checkpoint(ckpt_path)
     cfg = run_config(ckpt_path, ckpt, overrides)
+    cfg.data.teacher_cache = None  # it served training only; the cache may be gone since
     if device is None:
         device = "cpu" if not load_data else cfg.train.device
     dev = resolve_device(device) if device != "cpu" else torch.device("cpu")

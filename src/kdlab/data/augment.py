@@ -30,6 +30,16 @@ class CropFlip:
             flips = torch.zeros_like(flips)
         return offsets[0], offsets[1], flips
 
+    def apply(self, images: torch.Tensor, params: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The views of ``images`` that the parameters ``(dy, dx, flip)`` of :meth:`draw`
+        describe (one per image)."""
+        dy, dx, flip = params
+        return crop_flip(images, dy, dx, flip.bool(), self.pad)
+
+    def describe(self) -> dict[str, object]:
+        """The settings as plain values (a teacher soft-label cache records them)."""
+        return {"kind": "crop_flip", "pad": self.pad, "flip": self.flip}
+
 
 def crop_flip(
     images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor, pad: int

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import torch
 
@@ -55,6 +55,9 @@ class Loaders:
     train: EpochLoader
     val: EpochLoader
     info: DatasetInfo
+    #: with ``data.teacher_cache``: the :class:`~kdlab.data.teacher_cache.CachedTeacher` whose
+    #: stored views the train loader yields (the distiller reads the teacher's outputs from it)
+    teacher_cache: Any = None
 
 
 class DatasetSource:

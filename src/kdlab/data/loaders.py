@@ -11,7 +11,7 @@ unpadded (every sample on exactly one rank, shard sizes differ by at most one).
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
@@ -20,6 +20,9 @@ from kdlab.data.augment import CropFlip
 from kdlab.data.base import DATASETS, DatasetInfo, DatasetSource, Loaders
 from kdlab.data.device_loader import TensorLoader
 from kdlab.errors import UserError
+
+if TYPE_CHECKING:
+    from kdlab.data.teacher_cache import CachedTeacher
 
 Split = tuple[torch.Tensor, torch.Tensor]  # uint8 (N, C, H, W), int64 (N,)
 
@@ -80,14 +83,34 @@ class TensorSource(DatasetSource):
         store = torch.device(device) if cfg.device_resident is not False else torch.device("cpu")
         common = dict(device=device, mean=self.info.mean, std=self.info.std, scale=self.scale,
                       seed=seed, rank=rank, world_size=world_size)
+        augment = self.augmentation if cfg.augment else None
+        cached = self.open_cache(cfg, xt[:nt], augment, seed) if cfg.teacher_cache else None
         train = TensorLoader(
             xt[:nt].to(store), yt[:nt].to(store), batch_size=cfg.batch_size, train=True,
-            augment=self.augmentation if cfg.augment else None, **common)
+            augment=augment, views=cached, **common)
         val = TensorLoader(xv[:nv].to(store), yv[:nv].to(store),
                            batch_size=cfg.eval_batch_size, train=False, **common)
         check_batches(len(train), cfg, nt, world_size)
         info = dataclasses.replace(self.info, train_size=nt, val_size=nv)
-        return Loaders(train=train, val=val, info=info)
+        return Loaders(train=train, val=val, info=info, teacher_cache=cached)
+
+    def open_cache(self, cfg: DataConfig, images: torch.Tensor, augment: CropFlip | None,
+                   seed: int) -> CachedTeacher:
+        """``data.teacher_cache`` opened and checked against these training images (uint8,
+        after ``train_subset``) and augmentation; views picked from the run's ``seed``."""
+        from kdlab.data.teacher_cache import (
+            CachedTeacher,
+            TeacherCache,
+            augmentation_meta,
+            data_meta,
+        )
+
+        assert cfg.teacher_cache is not None
+        cache = TeacherCache.open(cfg.teacher_cache)
+        cache.check_data(data_meta(self.info.name, images, self.info.num_classes, self.info.mean,
+                                   self.info.std, self.scale, cfg.train_subset))
+        cache.check_augmentation(augmentation_meta(augment))
+        return CachedTeacher(cache, seed)
 
 
 def build_loaders(
@@ -96,5 +119,10 @@ def build_loaders(
     """Train and validation loaders for ``cfg.name`` on ``device`` (this rank's shards)."""
     source = DATASETS.get(cfg.name)
     check_config(cfg, rank, world_size)
+    if cfg.teacher_cache and not issubclass(source, TensorSource):
+        held = [n for n in DATASETS.names() if issubclass(DATASETS.get(n), TensorSource)]
+        raise UserError(f"data.teacher_cache works with the datasets held in memory as one "
+                        f"tensor ({', '.join(held)}), not {cfg.name!r}; remove "
+                        "data.teacher_cache.")
     return source().build(cfg, torch.device(device), seed=seed, rank=rank,
                           world_size=world_size)

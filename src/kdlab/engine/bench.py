@@ -33,6 +33,7 @@ import math
 import os
 import platform
 import statistics
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -96,6 +97,7 @@ class MethodSpec:
     label: str
     name: str
     options: dict[str, Any] = field(default_factory=dict)
+    teacher_cache: bool = False  # the teacher's logits read from a teacher cache
 
 
 def parse_methods(text: str) -> list[MethodSpec]:
@@ -153,6 +155,7 @@ class BenchResult:
     ratio_min: float | None = None  # spread of the per-round ratios
     ratio_max: float | None = None
     round_ms: list[float] = field(default_factory=list)  # mean ms/iter of each round
+    teacher_cache: bool = False  # timed with the teacher's logits read from a teacher cache
 
 
 def merge_rounds(per_round: Sequence[BenchResult], times_ms: Sequence[float]) -> BenchResult:
@@ -166,7 +169,7 @@ def merge_rounds(per_round: Sequence[BenchResult], times_ms: Sequence[float]) ->
         images_per_s=first.images_per_s * first.ms_mean / mean,
         peak_mib=max(peaks) if peaks else None, final_loss=per_round[-1].final_loss,
         rounds=len(per_round), ms_median=statistics.median(times_ms),
-        round_ms=[r.ms_mean for r in per_round],
+        round_ms=[r.ms_mean for r in per_round], teacher_cache=first.teacher_cache,
     )
 
 
@@ -176,7 +179,8 @@ def set_ratios(results: Sequence[BenchResult]) -> None:
     def paired(base: BenchResult, r: BenchResult) -> list[float]:
         return [a / b for a, b in zip(r.round_ms, base.round_ms, strict=True)]
 
-    kd = next((r for r in results if r.method == "kd" and not r.options), None)
+    kd = next((r for r in results if r.method == "kd" and not r.options
+               and not r.teacher_cache), None)
     ce = next((r for r in results if r.method == "ce" and not r.options), None)
     for r in results:
         if kd is not None:
@@ -294,6 +298,30 @@ def _autocast_dtype(amp: str) -> torch.dtype | None:
         raise UserError(f"--amp {amp!r} is not one of none, bf16, fp16.") from None
 
 
+def with_teacher_cache(specs: Sequence[MethodSpec], task: str = "classification"
+                       ) -> list[MethodSpec]:
+    """``specs`` with, after each method that can train from a teacher cache (KD, DKD), the
+    same method reading the teacher's logits from one (label ``METHOD+cache``)."""
+    from kdlab.config import build_dataclass
+    from kdlab.methods import METHODS
+    from kdlab.methods.base import check_teacher_cache_use
+
+    out: list[MethodSpec] = []
+    for spec in specs:
+        out.append(spec)
+        cls = METHODS.get(spec.name).for_task(task)
+        try:
+            check_teacher_cache_use(cls, build_dataclass(cls.Config, spec.options,
+                                                         where=f"method.{spec.name}"))
+        except UserError:
+            continue
+        out.append(MethodSpec(f"{spec.label}+cache", spec.name, dict(spec.options), True))
+    if len(out) == len(specs):
+        raise UserError("--teacher-cache needs a method that can train from a teacher cache "
+                        "in --methods, such as kd or dkd.")
+    return out
+
+
 def check_methods(specs: Sequence[MethodSpec], task: str = "classification") -> None:
     """Unknown names and options (of the methods' variants for ``task``) fail before any
     timing starts."""
@@ -324,7 +352,10 @@ def bench_method(
 ) -> BenchResult:
     """Build one method and time ``steps`` training steps after ``warmup`` untimed ones.
 
-    The step times (ms) are appended to ``times_out`` when it is given."""
+    The step times (ms) are appended to ``times_out`` when it is given. A spec with
+    ``teacher_cache`` reads the teacher's logits (computed once, untimed) from a cache file
+    of ``train_size`` images (:func:`kdlab.engine.teacher_cache.cache_for_batch`) in every
+    step, instead of running the teacher."""
     from kdlab.methods import METHODS, build_distiller
     from kdlab.models import build_model
     from kdlab.tasks import build_task
@@ -348,6 +379,12 @@ def bench_method(
             options.setdefault("teacher", teacher)
         distiller = build_distiller(spec.name, options, s_model, t_model,
                                     train_size=train_size, task=the_task).to(device)
+        if spec.teacher_cache:
+            from kdlab.engine.teacher_cache import cache_for_batch
+
+            folder = tempfile.TemporaryDirectory(prefix="kdlab-bench-")
+            distiller.use_teacher_cache(cache_for_batch(
+                folder.name, index, distiller.teacher_logits(images), train_size, seed=seed))
         distiller.train()
         distiller.set_epoch(0, 1)
         params = [p for p in distiller.parameters() if p.requires_grad]
@@ -370,6 +407,8 @@ def bench_method(
                 times.append(time.perf_counter() - t0)
         final_loss = float(loss.detach())
     del distiller, s_model, t_model, opt
+    if spec.teacher_cache:
+        folder.cleanup()
     ms = [t * 1000 for t in times]
     if times_out is not None:
         times_out.extend(ms)
@@ -378,7 +417,7 @@ def bench_method(
         label=spec.label, method=spec.name, options=dict(spec.options), steps=steps,
         ms_mean=mean, ms_std=statistics.stdev(ms) if len(ms) > 1 else 0.0,
         images_per_s=batch / (mean / 1000), peak_mib=meter.peak_mib, final_loss=final_loss,
-        ms_median=statistics.median(ms), round_ms=[mean],
+        ms_median=statistics.median(ms), round_ms=[mean], teacher_cache=spec.teacher_cache,
     )
 
 
@@ -416,9 +455,12 @@ def run_bench(
     amp: str = "none",
     command: str = "",
     progress: bool = True,
+    teacher_cache: bool = False,
 ) -> BenchReport:
     """Benchmark every method in ``specs`` on one pair, ``rounds`` times in turn; ratios are
-    ms/iter over kd's, paired by round (see the module docstring)."""
+    ms/iter over kd's, paired by round (see the module docstring). ``teacher_cache`` adds,
+    after each method that can train from a teacher cache, that method reading the
+    teacher's logits from one (:func:`with_teacher_cache`)."""
     from kdlab.models import MODELS
 
     if preset not in PRESETS:
@@ -440,6 +482,8 @@ def run_bench(
     device = torch.device(device)
     _autocast_dtype(amp)
     check_methods(specs, p.task)
+    if teacher_cache:
+        specs = with_teacher_cache(specs, p.task)
     meta = {
         "task": p.task,
         "teacher": teacher, "student": student, "input_shape": list(p.input_shape),
@@ -448,6 +492,7 @@ def run_bench(
         "device": str(device), "amp": amp, "hardware": hardware(device),
         "torch": torch.__version__, "kdlab": __version__, "python": platform.python_version(),
         "memory": MemoryMeter.label(device), "command": command,
+        "teacher_cache": teacher_cache,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     _prime(student, p.input_shape, p.num_classes, batch, device, amp, p.task)

@@ -12,6 +12,7 @@ from torch import nn
 from kdlab.config import RunConfig
 from kdlab.errors import UserError
 from kdlab.methods.base import Distiller
+from kdlab.models.staged import Staged
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -159,6 +160,8 @@ def check_model_config(cfg: RunConfig, *, weights: bool = True) -> None:
         MODELS.get(teacher)
     if not weights:
         return
+    if cfg.data.teacher_cache:
+        check_teacher_cache(cfg)
     if teacher:
         ckpt = m.teacher_checkpoint
         if ckpt and m.teacher_pretrained:
@@ -187,6 +190,34 @@ def check_model_config(cfg: RunConfig, *, weights: bool = True) -> None:
             raise UserError(f"model.{role}_pretrained=true would download {name}'s weights; "
                             "kdlab reads them from a local file only: set it to the path of "
                             "the .safetensors / .pth file.")
+
+
+def check_teacher_cache(cfg: RunConfig) -> None:
+    """``data.teacher_cache`` is a finished cache and the run's method can train from it (a
+    logit-only method with its teacher in eval mode); else a UserError. Data, augmentation and
+    teacher are checked against the cache when they are loaded (:func:`build_run`)."""
+    from kdlab.config import build_dataclass
+    from kdlab.data.teacher_cache import TeacherCache
+    from kdlab.methods import METHODS
+    from kdlab.methods.base import check_teacher_cache_use
+
+    method = METHODS.get(cfg.method_name).for_task(cfg.task)
+    options = build_dataclass(method.Config, cfg.method_options, where=f"method.{cfg.method_name}")
+    check_teacher_cache_use(method, options)
+    assert cfg.data.teacher_cache is not None
+    TeacherCache.open(cfg.data.teacher_cache)
+
+
+def attach_teacher_cache(distiller: Distiller, cached: Any, teacher_model: str | None) -> None:
+    """Check that the cache was built from the distiller's teacher (the SHA-256 of its
+    weights) and let the distiller read the teacher's logits from it."""
+    from kdlab.data.teacher_cache import weights_sha256
+
+    if distiller.teacher is None:
+        raise UserError("data.teacher_cache is set but the run has no teacher; set "
+                        "model.teacher and its checkpoint, or remove data.teacher_cache.")
+    cached.cache.check_teacher(teacher_model, weights_sha256(distiller.teacher))
+    distiller.use_teacher_cache(cached)
 
 
 def _check_teacher_spec(cfg: RunConfig, spec: dict[str, Any], info: Any) -> None:
@@ -234,7 +265,28 @@ def build_run(
                             world_size=world_size)
     info = loaders.info
     distiller = build_distiller_from_config(cfg, info, device, student_weights=not resuming)
+    if loaders.teacher_cache is not None:
+        attach_teacher_cache(distiller, loaders.teacher_cache, cfg.model.teacher)
     return Run(distiller=distiller, loaders=loaders, info=info)
+
+
+def build_teacher(cfg: RunConfig, info: Any, *, load: bool = True) -> Staged:
+    """``model.teacher`` for data shaped like ``info`` (on the CPU), with its weights from
+    ``model.teacher_checkpoint`` or ``model.teacher_pretrained`` when ``load``."""
+    from kdlab.models import build_model
+
+    m = cfg.model
+    assert m.teacher is not None
+    shape = {"num_classes": int(info.num_classes), "in_channels": int(info.in_channels),
+             "input_size": int(info.input_size)}
+    teacher = build_model(m.teacher, **shape, options=m.teacher_options,
+                          pretrained=m.teacher_pretrained if load else False)
+    if load and m.teacher_pretrained:
+        _check_pretrained_teacher(teacher.net, info)
+    if load and m.teacher_checkpoint:
+        _check_teacher_spec(cfg, weights_spec(m.teacher_checkpoint), info)
+        load_weights(m.teacher_checkpoint, teacher.net)
+    return teacher
 
 
 def build_distiller_from_config(
@@ -265,13 +317,7 @@ def build_distiller_from_config(
                           pretrained=m.student_pretrained if load and student_weights else False)
     teacher = None
     if m.teacher and METHODS.get(cfg.method_name).needs_teacher:
-        teacher = build_model(m.teacher, **shape, options=m.teacher_options,
-                              pretrained=m.teacher_pretrained if load else False)
-        if load and m.teacher_pretrained:
-            _check_pretrained_teacher(teacher.net, info)
-        if load and m.teacher_checkpoint:
-            _check_teacher_spec(cfg, weights_spec(m.teacher_checkpoint), info)
-            load_weights(m.teacher_checkpoint, teacher.net)
+        teacher = build_teacher(cfg, info, load=load)
     student.to(device)
     if teacher is not None:
         teacher.to(device)

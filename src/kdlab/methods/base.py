@@ -11,7 +11,7 @@ import contextlib
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -28,6 +28,31 @@ Losses = dict[str, Tensor]
 @dataclass
 class NoConfig:
     """A method without hyper-parameters."""
+
+
+class TeacherLogits(Protocol):
+    """Where a distiller may read the teacher's logits from instead of running the teacher
+    (a :class:`kdlab.data.teacher_cache.CachedTeacher`)."""
+
+    def logits(self, index: Tensor) -> Tensor:
+        """The teacher's logits ``(B, C)`` for the batch's dataset indices ``index``."""
+        ...
+
+
+def check_teacher_cache_use(method: type[Distiller], cfg: object) -> None:
+    """A UserError unless ``method`` with settings ``cfg`` can train from a teacher cache."""
+    name = getattr(method, "__name__", str(method))
+    if not method.needs_teacher or method.trains_teacher:
+        raise UserError(f"Method {name} does not distil from a fixed teacher, so it has no use "
+                        "for data.teacher_cache; remove data.teacher_cache.")
+    if not method.teacher_logits_only:
+        raise UserError(f"Method {name} needs the teacher's features, not only its logits, so it "
+                        "cannot train from data.teacher_cache; remove data.teacher_cache or "
+                        "use a logit method such as kd or dkd.")
+    if getattr(cfg, "teacher_bn", "eval") != "eval":
+        raise UserError(f"Method {name} runs the teacher's BatchNorm on batch statistics "
+                        "(method.teacher_bn=batch), which a cache of single views cannot "
+                        "reproduce; use method.teacher_bn=eval or remove data.teacher_cache.")
 
 
 class Distiller(nn.Module):
@@ -62,6 +87,11 @@ class Distiller(nn.Module):
     #: student: it is then a submodule ``teacher_net`` (in ``parameters()``, the checkpoint
     #: and DDP), not frozen, and ``self.teacher`` returns it.
     trains_teacher: ClassVar[bool] = False
+    #: True for a method whose only use of the teacher is its logits, read through
+    #: :meth:`teacher_logits` with the batch's dataset indices: it can train from a teacher
+    #: soft-label cache (``data.teacher_cache``, see :meth:`use_teacher_cache`).
+    teacher_logits_only: ClassVar[bool] = False
+    _teacher_cache: TeacherLogits | None = None
 
     def __init__(
         self,
@@ -135,8 +165,24 @@ class Distiller(nn.Module):
             out = self._teacher.features(images)
         return out.map(torch.Tensor.clone)
 
-    def teacher_logits(self, images: Tensor) -> Tensor:
-        """The frozen teacher's logits only (inference mode, cloned like teacher_features)."""
+    def use_teacher_cache(self, cache: TeacherLogits | None) -> None:
+        """Read the teacher's logits from ``cache`` (``cache.logits(index)``) instead of
+        running the teacher; ``None`` runs the teacher again. Only for methods whose
+        :attr:`teacher_logits_only` is true, whose teacher runs in eval mode."""
+        if cache is not None:
+            check_teacher_cache_use(type(self), self.cfg)
+        object.__setattr__(self, "_teacher_cache", cache)
+
+    def teacher_logits(self, images: Tensor, index: Tensor | None = None) -> Tensor:
+        """The frozen teacher's logits only (inference mode, cloned like teacher_features).
+
+        With a teacher cache (:meth:`use_teacher_cache`) they are read from it for the dataset
+        indices ``index`` (the views the loader gave the student) and the teacher does not run.
+        """
+        if self._teacher_cache is not None:
+            if index is None:
+                raise ValueError("a teacher cache needs the batch's dataset indices")
+            return self._teacher_cache.logits(index).to(images.device)
         assert self._teacher is not None, "this method was built without a teacher"
         with torch.inference_mode(), self.teacher_bn_mode():
             logits = self._teacher(images)

@@ -26,6 +26,7 @@ class DKD(Distiller):
     """
 
     uses_stages = False  # logits and pooled embeddings only: ViTs too
+    teacher_logits_only = True  # data.teacher_cache can stand in for the teacher
 
     @dataclass
     class Config:
@@ -62,7 +63,7 @@ class DKD(Distiller):
     def forward(
         self, images: Tensor, targets: Tensor, index: Tensor | None = None
     ) -> tuple[Tensor, Losses]:
-        teacher_logits = self.teacher_logits(images)
+        teacher_logits = self.teacher_logits(images, index)
         logits = self.student(images)
         losses: Losses = {}
         if self.cfg.ce_weight:

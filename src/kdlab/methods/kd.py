@@ -30,6 +30,7 @@ class KD(Distiller):
     variants = {"segmentation": "kdlab.methods.kd_pixel:PixelKD",
                 "detection": "kdlab.methods.detection.kd:KDDetection"}  # FCFD App. D
     uses_stages = False  # logits and pooled embeddings only: ViTs too
+    teacher_logits_only = True  # data.teacher_cache can stand in for the teacher
 
     @dataclass
     class Config:
@@ -42,7 +43,7 @@ class KD(Distiller):
         self, images: Tensor, targets: Tensor, index: Tensor | None = None
     ) -> tuple[Tensor, Losses]:
         c = self.cfg
-        teacher_logits = self.teacher_logits(images)
+        teacher_logits = self.teacher_logits(images, index)
         logits = self.student(images)
         losses: Losses = {}
         if c.ce_weight:
