@@ -19,6 +19,7 @@ from kdlab.config import DataConfig
 from kdlab.data.augment import CropFlip
 from kdlab.data.base import DATASETS, DatasetInfo, DatasetSource, Loaders
 from kdlab.data.device_loader import TensorLoader
+from kdlab.data.pixels import pixel_scale
 from kdlab.errors import UserError
 
 Split = tuple[torch.Tensor, torch.Tensor]  # uint8 (N, C, H, W), int64 (N,)
@@ -58,18 +59,21 @@ def check_batches(train_loader_len: int, cfg: DataConfig, n_train: int, world_si
 
 
 class TensorSource(DatasetSource):
-    """A dataset small enough to hold as one uint8 tensor; subclasses implement :meth:`load`.
+    """A dataset small enough to hold as one tensor; subclasses implement :meth:`load`.
 
-    By default (``data.device_resident: null``) the tensor lives on the training device and
-    batches are gathered and augmented there; ``false`` keeps it in host memory and moves each
-    batch (same batches either way).
+    Images are uint8 (divided by :attr:`scale`, 255, once) or float already in [0, 1] (used
+    as they are); float images on another range are a UserError (:mod:`kdlab.data.pixels`),
+    never divided by 255 a second time. By default (``data.device_resident: null``) the tensor
+    lives on the training device and batches are gathered and augmented there; ``false``
+    keeps it in host memory and moves each batch (same batches either way).
     """
 
     augmentation: ClassVar[CropFlip]
     scale: ClassVar[float] = 255.0
 
     def load(self, cfg: DataConfig) -> tuple[Split, Split]:
-        """(train, val) as ((images uint8 NCHW, labels int64), ...) in host memory."""
+        """(train, val) as ((images NCHW, uint8 or float in [0, 1], labels int64), ...) in host
+        memory."""
         raise NotImplementedError
 
     def build(
@@ -78,13 +82,16 @@ class TensorSource(DatasetSource):
         (xt, yt), (xv, yv) = self.load(cfg)
         nt, nv = subset_size(len(yt), cfg.train_subset), subset_size(len(yv), cfg.val_subset)
         store = torch.device(device) if cfg.device_resident is not False else torch.device("cpu")
-        common = dict(device=device, mean=self.info.mean, std=self.info.std, scale=self.scale,
+        name = self.info.name
+        scales = [self.scale if x.dtype == torch.uint8 else pixel_scale(x, f"{name}'s {split}")
+                  for x, split in ((xt[:nt], "training images"), (xv[:nv], "validation images"))]
+        common = dict(device=device, mean=self.info.mean, std=self.info.std,
                       seed=seed, rank=rank, world_size=world_size)
         train = TensorLoader(
             xt[:nt].to(store), yt[:nt].to(store), batch_size=cfg.batch_size, train=True,
-            augment=self.augmentation if cfg.augment else None, **common)
+            augment=self.augmentation if cfg.augment else None, scale=scales[0], **common)
         val = TensorLoader(xv[:nv].to(store), yv[:nv].to(store),
-                           batch_size=cfg.eval_batch_size, train=False, **common)
+                           batch_size=cfg.eval_batch_size, train=False, scale=scales[1], **common)
         check_batches(len(train), cfg, nt, world_size)
         info = dataclasses.replace(self.info, train_size=nt, val_size=nv)
         return Loaders(train=train, val=val, info=info)
