@@ -98,10 +98,13 @@ class TensorSource(DatasetSource):
 
 
 def build_loaders(
-    cfg: DataConfig, device: torch.device, *, seed: int = 0, rank: int = 0, world_size: int = 1
+    cfg: DataConfig, device: torch.device, *, seed: int = 0, rank: int = 0, world_size: int = 1,
+    source: DatasetSource | None = None,
 ) -> Loaders:
-    """Train and validation loaders for ``cfg.name`` on ``device`` (this rank's shards)."""
-    source = DATASETS.get(cfg.name)
+    """Train and validation loaders for ``cfg.name`` on ``device`` (this rank's shards);
+    ``source``: a data source given as an object instead (the Python API's in-memory data,
+    :mod:`kdlab.data.memory`)."""
+    if source is None:
+        source = DATASETS.get(cfg.name)()
     check_config(cfg, rank, world_size)
-    return source().build(cfg, torch.device(device), seed=seed, rank=rank,
-                          world_size=world_size)
+    return source.build(cfg, torch.device(device), seed=seed, rank=rank, world_size=world_size)
