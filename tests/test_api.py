@@ -23,6 +23,13 @@ CPU = torch.device("cpu")
 QUICK = {"batch_size": 32, "eval_batch_size": 64, "device": "cpu", "progress": "none"}
 
 
+@pytest.fixture(autouse=True)
+def _no_curves(request, monkeypatch):
+    """curves.png costs ~1.5 s a run: drawn only where the run folder's files are compared."""
+    if "run_folder" not in request.node.name:
+        monkeypatch.setattr("kdlab.engine.report.plot_curves", lambda *a, **k: None)
+
+
 @pytest.fixture(scope="module")
 def data():
     """128 training and 64 validation images (3x16x16 uint8, 10 classes): 4 steps an epoch."""
@@ -68,6 +75,7 @@ def test_distill_from_tensors_writes_the_cli_run_folder(data, tmp_path):
     assert {p.name for p in out.iterdir()} == top >= {"config.yaml", "metrics.csv", "best.pt",
                                                       "last.pt", "report.md", "curves.png"}
     cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert "teacher **memory:Sequential** (given in Python)" in (out / "report.md").read_text()
     assert cfg["data"]["name"] == "memory:tensors"
     assert cfg["model"]["student"] == cfg["model"]["teacher"] == "memory:Sequential"
     assert cfg["method"]["name"] == "fcfd" and cfg["schedule"]["epochs"] == 2
@@ -167,7 +175,8 @@ def test_cli_refuses_a_run_from_memory_and_the_api_resumes_it(data, tmp_path, ca
                                                               monkeypatch):
     import kdlab.engine.trainer as trainer_mod
 
-    settings = dict(method="fcfd", epochs=2, train=data[0], val=data[1], **QUICK)
+    settings = dict(method="fcfd", epochs=2, train=data[0], val=data[1], max_steps_per_epoch=2,
+                    **QUICK)
     teacher, student = pair()
     kdlab.distill(student=student, teacher=teacher, out=tmp_path / "straight", **settings)
     real = trainer_mod.Trainer._train_epoch
