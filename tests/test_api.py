@@ -42,15 +42,19 @@ def pair():
 
 
 class Images(Dataset):
-    """A plain map-style dataset of (image, label) pairs."""
+    """A plain map-style dataset of (image, label) pairs; ``pil``: images as PIL images."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        self.x, self.y = x, y
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, pil: bool = False) -> None:
+        self.x, self.y, self.pil = x, y, pil
 
     def __len__(self) -> int:
         return len(self.y)
 
     def __getitem__(self, i: int):
+        if self.pil:
+            from torchvision.transforms.functional import to_pil_image
+
+            return to_pil_image(self.x[i]), int(self.y[i])
         return self.x[i], int(self.y[i])
 
 
@@ -138,7 +142,8 @@ def test_uint8_and_float_images_reach_the_network_equal(data):
     want = _batches(*data)
     for got in (_batches(*as_float),
                 _batches(Images(*as_float[0]), Images(*as_float[1])),
-                _batches(Images(xt, yt), Images(xv, yv))):
+                _batches(Images(xt, yt), Images(xv, yv)),
+                _batches(Images(xt, yt, pil=True), Images(xv, yv, pil=True))):
         assert len(got) == len(want)
         assert all(torch.equal(a, b) for a, b in zip(want, got, strict=True))
     x = torch.cat(want)

@@ -54,8 +54,9 @@ def refuse_memory(cfg: RunConfig, doing: str) -> None:
     eval"``) cannot rebuild from the config."""
     parts = memory_parts(cfg)
     if parts:
+        named = " and ".join([", ".join(parts[:-1]), parts[-1]] if len(parts) > 1 else parts)
         raise UserError(
-            f"This run's {' and '.join(parts)} came from Python objects (kdlab.distill), which "
+            f"This run's {named} came from Python objects (kdlab.distill), which "
             f"{doing} cannot rebuild from its config; continue it with kdlab.distill(..., "
             "resume=True) and the same objects, or load the student's weights from best.pt's "
             "'exported' entry into your own network."
