@@ -3,6 +3,8 @@ modules, through the one Trainer, into a run folder like the command line's."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import yaml
@@ -20,6 +22,7 @@ from kdlab.errors import UserError
 from kdlab.models import stage
 
 CPU = torch.device("cpu")
+RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "fashion_mnist"
 QUICK = {"batch_size": 32, "eval_batch_size": 64, "device": "cpu", "progress": "none"}
 
 
@@ -242,6 +245,13 @@ def test_settings_map_onto_the_run_config(data, tmp_path):
     assert cfg.method == {"name": "dkd", "beta": 4.0}
     assert cfg.schedule.milestones == [25, 30, 35] and cfg.data.augment is False
     assert prebuilt.student is student and prebuilt.teacher is teacher
+    cfg, _ = prepare_run(  # a recipe's settings, its data and networks replaced
+        student=student, teacher=teacher, train=data[0], val=data[1], method=None,
+        out=str(tmp_path), epochs=8, recipe=RECIPES / "fcfd" / "resnet8_from_resnet20.yaml",
+        num_classes=None, resume=False, default_method="kd", settings={})
+    assert cfg.method_name == "fcfd" and cfg.method["l2_warmup_epochs"] == 2
+    assert (cfg.optim.nesterov, cfg.schedule.milestones) == (True, [5, 6, 7])
+    assert cfg.model.teacher_checkpoint is None and cfg.data.name == "memory:tensors"
     with pytest.raises(UserError, match="needs a teacher: pass teacher="):
         kdlab.distill(student=student, train=data[0], val=data[1], method="kd", **QUICK)
     with pytest.raises(UserError, match="trains without a teacher"):

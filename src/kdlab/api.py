@@ -196,7 +196,7 @@ def prepare_run(
     tree["data"].setdefault("augment", False)  # kdlab cannot know what suits these images
     if epochs is not None:
         _put(tree, "schedule.epochs", epochs)
-        if "milestones" not in tree.get("schedule", {}):
+        if "schedule.milestones" not in resolved:  # a recipe's are for its own epochs
             steps = sorted({max(1, round(epochs * f)) for f in MILESTONE_FRACTIONS})
             _put(tree, "schedule.milestones", [m for m in steps if m < epochs] or [epochs])
     cfg = build_dataclass(RunConfig, tree, where="config")
@@ -251,9 +251,9 @@ def distill(
         method: a registered method (``"kd"``, ``"fcfd"``, ``"dkd"``, ...; default ``"kd"``,
             or the recipe's).
         out: the run folder (default ``runs/<method>-<n>``, the first free one).
-        epochs: training epochs; with the default multistep schedule the LR drops at 62.5,
-            75 and 87.5 % of them (the paper's 150/180/210 of 240) unless ``milestones=`` is
-            given.
+        epochs: training epochs; with a multistep schedule the LR drops at 62.5, 75 and
+            87.5 % of them (the paper's 150/180/210 of 240) unless ``milestones=`` is given
+            (a recipe's milestones are replaced: they are for the recipe's epochs).
         recipe: a YAML recipe to start from (e.g. one of ``recipes/``); its data and model
             sections are replaced by the objects given here.
         num_classes: needed only when no network is a module and the data cannot tell
