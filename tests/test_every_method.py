@@ -69,3 +69,44 @@ def test_method_trains_and_leaves_the_teacher_alone(name):
         after = teacher.state_dict()
         assert all(torch.equal(teacher_before[k], after[k]) for k in after), (
             f"{name}: the teacher's weights or statistics changed")
+
+
+#: methods whose losses change with the epoch (warm-ups), with the options that show it
+EPOCH_DEPENDENT: dict[str, dict] = {
+    "dkd": {},
+    "fcfd": {},
+    "reviewkd": {},
+    "combo": {"parts": [{"name": "dkd"}, {"name": "reviewkd"}]},
+}
+
+
+def _losses_at(name: str, options: dict, epoch: int | None) -> dict[str, torch.Tensor]:
+    """The loss terms of a freshly built distiller on a fixed batch, after ``set_epoch(epoch,
+    240)`` (nothing called when ``epoch`` is None: a Python API user who never heard of it)."""
+    cls = METHODS.get(name)
+    teacher = tiny_staged(widths=(16, 32, 64, 64), seed=1) if cls.needs_teacher else None
+    student = tiny_staged(widths=(8, 16, 32, 32), seed=2)
+    torch.manual_seed(0)
+    d = build_distiller(name, options, student, teacher, train_size=64)
+    if epoch is not None:
+        d.set_epoch(epoch, 240)
+    d.train()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        return {k: v.detach() for k, v in d(*_batch())[1].items()}
+
+
+@pytest.mark.parametrize("name, options", [
+    *((n, TINY_OPTIONS.get(n, {})) for n in CLASSIFICATION_METHODS),
+    *((n, o) for n, o in EPOCH_DEPENDENT.items() if o),
+])
+def test_a_new_distiller_starts_at_epoch_0_without_set_epoch(name, options):
+    # issue 12: FCFD's Python API user who never called set_epoch got no L2 warm-up
+    fresh, first = _losses_at(name, options, None), _losses_at(name, options, 0)
+    assert fresh.keys() == first.keys()
+    for term in fresh:
+        torch.testing.assert_close(fresh[term], first[term], msg=f"{name}.{term}")
+    if EPOCH_DEPENDENT.get(name) == options:  # the check above compares a real schedule
+        late = _losses_at(name, options, 100)
+        assert any(not torch.allclose(first[k], late[k]) for k in first), (
+            f"{name}: epoch 100's losses equal epoch 0's; its warm-up is not seen here")

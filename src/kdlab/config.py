@@ -44,6 +44,11 @@ class DataConfig:
     canvas: int = 64
     scenes_train: int = 10000
     scenes_val: int = 2000
+    # in-memory data only (kdlab.distill): per-channel normalisation on the [0, 1] scale
+    # (null: measured on the training images), or images that are already normalised
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    normalized: bool = False
 
 
 @dataclass

@@ -74,6 +74,8 @@ RUN_DOMAINS: dict[str, Domain] = {
     "data.canvas": Domain(low=28),  # Fashion-MNIST scenes: items are 28x28
     "data.scenes_train": AT_LEAST_ONE,
     "data.scenes_val": AT_LEAST_ONE,
+    "data.mean": UNIT,  # in-memory data: per channel, on the [0, 1] pixel scale
+    "data.std": POSITIVE,
     "optim.lr": POSITIVE,
     "optim.momentum": UNIT_OPEN_TOP,
     "optim.weight_decay": NON_NEGATIVE,

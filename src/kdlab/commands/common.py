@@ -84,6 +84,9 @@ def run_config(ckpt_path: Path, ckpt: dict[str, Any], overrides: Sequence[str]) 
         )
     tree = apply_overrides(copy.deepcopy(dict(tree)), overrides)
     cfg = build_dataclass(RunConfig, tree, where="config")
+    from kdlab.engine.prebuilt import refuse_memory
+
+    refuse_memory(cfg, "kdlab eval / export")
     from kdlab.plugins import load_plugins
 
     load_plugins(cfg.plugins, source=f"the plugins of the run's config beside {str(ckpt_path)!r}")

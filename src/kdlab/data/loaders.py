@@ -19,6 +19,7 @@ from kdlab.config import DataConfig
 from kdlab.data.augment import CropFlip
 from kdlab.data.base import DATASETS, DatasetInfo, DatasetSource, Loaders
 from kdlab.data.device_loader import TensorLoader
+from kdlab.data.pixels import pixel_scale
 from kdlab.errors import UserError
 
 if TYPE_CHECKING:
@@ -61,18 +62,21 @@ def check_batches(train_loader_len: int, cfg: DataConfig, n_train: int, world_si
 
 
 class TensorSource(DatasetSource):
-    """A dataset small enough to hold as one uint8 tensor; subclasses implement :meth:`load`.
+    """A dataset small enough to hold as one tensor; subclasses implement :meth:`load`.
 
-    By default (``data.device_resident: null``) the tensor lives on the training device and
-    batches are gathered and augmented there; ``false`` keeps it in host memory and moves each
-    batch (same batches either way).
+    Images are uint8 (divided by :attr:`scale`, 255, once) or float already in [0, 1] (used
+    as they are); float images on another range are a UserError (:mod:`kdlab.data.pixels`),
+    never divided by 255 a second time. By default (``data.device_resident: null``) the tensor
+    lives on the training device and batches are gathered and augmented there; ``false``
+    keeps it in host memory and moves each batch (same batches either way).
     """
 
     augmentation: ClassVar[CropFlip]
     scale: ClassVar[float] = 255.0
 
     def load(self, cfg: DataConfig) -> tuple[Split, Split]:
-        """(train, val) as ((images uint8 NCHW, labels int64), ...) in host memory."""
+        """(train, val) as ((images NCHW, uint8 or float in [0, 1], labels int64), ...) in host
+        memory."""
         raise NotImplementedError
 
     def build(
@@ -81,15 +85,18 @@ class TensorSource(DatasetSource):
         (xt, yt), (xv, yv) = self.load(cfg)
         nt, nv = subset_size(len(yt), cfg.train_subset), subset_size(len(yv), cfg.val_subset)
         store = torch.device(device) if cfg.device_resident is not False else torch.device("cpu")
-        common = dict(device=device, mean=self.info.mean, std=self.info.std, scale=self.scale,
+        name = self.info.name
+        scales = [self.scale if x.dtype == torch.uint8 else pixel_scale(x, f"{name}'s {split}")
+                  for x, split in ((xt[:nt], "training images"), (xv[:nv], "validation images"))]
+        common = dict(device=device, mean=self.info.mean, std=self.info.std,
                       seed=seed, rank=rank, world_size=world_size)
         augment = self.augmentation if cfg.augment else None
         cached = self.open_cache(cfg, xt[:nt], augment, seed) if cfg.teacher_cache else None
         train = TensorLoader(
             xt[:nt].to(store), yt[:nt].to(store), batch_size=cfg.batch_size, train=True,
-            augment=augment, views=cached, **common)
+            augment=augment, views=cached, scale=scales[0], **common)
         val = TensorLoader(xv[:nv].to(store), yv[:nv].to(store),
-                           batch_size=cfg.eval_batch_size, train=False, **common)
+                           batch_size=cfg.eval_batch_size, train=False, scale=scales[1], **common)
         check_batches(len(train), cfg, nt, world_size)
         info = dataclasses.replace(self.info, train_size=nt, val_size=nv)
         return Loaders(train=train, val=val, info=info, teacher_cache=cached)
@@ -114,15 +121,18 @@ class TensorSource(DatasetSource):
 
 
 def build_loaders(
-    cfg: DataConfig, device: torch.device, *, seed: int = 0, rank: int = 0, world_size: int = 1
+    cfg: DataConfig, device: torch.device, *, seed: int = 0, rank: int = 0, world_size: int = 1,
+    source: DatasetSource | None = None,
 ) -> Loaders:
-    """Train and validation loaders for ``cfg.name`` on ``device`` (this rank's shards)."""
-    source = DATASETS.get(cfg.name)
+    """Train and validation loaders for ``cfg.name`` on ``device`` (this rank's shards);
+    ``source``: a data source given as an object instead (the Python API's in-memory data,
+    :mod:`kdlab.data.memory`)."""
+    if source is None:
+        source = DATASETS.get(cfg.name)()
     check_config(cfg, rank, world_size)
-    if cfg.teacher_cache and not issubclass(source, TensorSource):
+    if cfg.teacher_cache and not isinstance(source, TensorSource):
         held = [n for n in DATASETS.names() if issubclass(DATASETS.get(n), TensorSource)]
         raise UserError(f"data.teacher_cache works with the datasets held in memory as one "
                         f"tensor ({', '.join(held)}), not {cfg.name!r}; remove "
                         "data.teacher_cache.")
-    return source().build(cfg, torch.device(device), seed=seed, rank=rank,
-                          world_size=world_size)
+    return source.build(cfg, torch.device(device), seed=seed, rank=rank, world_size=world_size)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from kdlab.config import RunConfig
+from kdlab.engine.prebuilt import Prebuilt, is_memory, refuse_memory
 from kdlab.errors import UserError
 from kdlab.methods.base import Distiller
 from kdlab.models.staged import Staged
@@ -123,7 +124,8 @@ def check_task(cfg: RunConfig) -> None:
     from kdlab.tasks import TASKS
 
     TASKS.get(cfg.task)
-    data_task = describe(cfg.data.name).task
+    # data given in memory (kdlab.distill) is classification data: kdlab.data.memory
+    data_task = "classification" if is_memory(cfg.data.name) else describe(cfg.data.name).task
     if data_task != cfg.task:
         raise UserError(f"Dataset {cfg.data.name!r} is a {data_task} dataset but the run's task "
                         f"is {cfg.task!r}; set task: {data_task} in the recipe or pick a "
@@ -132,7 +134,7 @@ def check_task(cfg: RunConfig) -> None:
     method = METHODS.get(cfg.method_name)
     teacher = m.teacher if method.needs_teacher else None
     for role, name in (("student", m.student), ("teacher", teacher)):
-        if name and model_task(name) != cfg.task:
+        if name and not is_memory(name) and model_task(name) != cfg.task:
             raise UserError(f"model.{role} {name!r} is a {model_task(name)} network but the "
                             f"run's task is {cfg.task!r}; pick a {cfg.task} network (`kdlab list "
                             "models`).")
@@ -143,19 +145,21 @@ def check_model_config(cfg: RunConfig, *, weights: bool = True) -> None:
     """The networks of ``cfg.model`` are registered and, with ``weights``, their starting
     weights are well given: a teacher's come from exactly one of ``teacher_checkpoint`` (an
     existing file) and ``teacher_pretrained``, and ``*_pretrained`` names only models that have
-    pretrained weights. Nothing is read or downloaded; a UserError says what to fix."""
+    pretrained weights. Nothing is read or downloaded; a UserError says what to fix. A
+    network given in memory (``memory:...``, :mod:`kdlab.engine.prebuilt`) has its weights."""
     from kdlab.methods import METHODS
     from kdlab.models import MODELS, has_pretrained, model_task, pretrained_models
 
     m = cfg.model
     method = METHODS.get(cfg.method_name)
-    MODELS.get(m.student)
+    if not is_memory(m.student):
+        MODELS.get(m.student)
     check_task(cfg)
     if method.needs_teacher and not m.teacher:
         raise UserError(f"Method {cfg.method_name!r} needs a teacher: set model.teacher and "
                         "either model.teacher_checkpoint (train the teacher first with `kdlab "
                         "train`) or model.teacher_pretrained.")
-    teacher = m.teacher if method.needs_teacher else None
+    teacher = m.teacher if method.needs_teacher and not is_memory(m.teacher) else None
     if teacher:
         MODELS.get(teacher)
     if not weights:
@@ -179,7 +183,14 @@ def check_model_config(cfg: RunConfig, *, weights: bool = True) -> None:
             raise UserError(f"Teacher checkpoint {ckpt!r} does not exist; train the teacher "
                             "first with `kdlab train ...` or fix model.teacher_checkpoint.")
     for role, name, pretrained in (("student", m.student, m.student_pretrained),
-                                   ("teacher", teacher, m.teacher_pretrained)):
+                                   ("teacher", m.teacher, m.teacher_pretrained)):
+        given = pretrained or (role == "teacher" and m.teacher_checkpoint)
+        if is_memory(name) and given:
+            key = f"{role}_pretrained" if pretrained else "teacher_checkpoint"
+            raise UserError(f"model.{key} is set but the {role} is a network given in memory; "
+                            "load its weights into it before passing it.")
+        if is_memory(name) or (role == "teacher" and not teacher):
+            continue
         if name and pretrained and not has_pretrained(name):
             same_task = pretrained_models(model_task(name))
             raise UserError(f"model.{role}_pretrained is set but model.{role} {name!r} has no "
@@ -252,19 +263,21 @@ def _check_pretrained_teacher(teacher: nn.Module, info: Any) -> None:
 
 def build_run(
     cfg: RunConfig, device: torch.device, *, rank: int = 0, world_size: int = 1,
-    resuming: bool = False,
+    resuming: bool = False, prebuilt: Prebuilt | None = None,
 ) -> Run:
     """Loaders, student, teacher (weights loaded) and the distiller, on ``device``.
 
     ``resuming``: the run's checkpoint will overwrite the student, so its pretrained weights
-    (``model.student_pretrained``) are not read or downloaded."""
+    (``model.student_pretrained``) are not read or downloaded. ``prebuilt``: the networks and
+    data the config names ``memory:...`` (:mod:`kdlab.engine.prebuilt`)."""
     from kdlab.data import build_loaders
 
     check_model_config(cfg)  # before the data is loaded
     loaders = build_loaders(cfg.data, device, seed=cfg.train.seed, rank=rank,
-                            world_size=world_size)
+                            world_size=world_size, source=prebuilt.data if prebuilt else None)
     info = loaders.info
-    distiller = build_distiller_from_config(cfg, info, device, student_weights=not resuming)
+    distiller = build_distiller_from_config(cfg, info, device, student_weights=not resuming,
+                                            prebuilt=prebuilt)
     if loaders.teacher_cache is not None:
         attach_teacher_cache(distiller, loaders.teacher_cache, cfg.model.teacher)
     return Run(distiller=distiller, loaders=loaders, info=info)
@@ -292,6 +305,7 @@ def build_teacher(cfg: RunConfig, info: Any, *, load: bool = True) -> Staged:
 def build_distiller_from_config(
     cfg: RunConfig, info: Any, device: torch.device | str = "cpu", *,
     architecture_only: bool = False, student_weights: bool = True,
+    prebuilt: Prebuilt | None = None,
 ) -> Distiller:
     """The run's distiller (student, teacher, method extras) for data shaped like ``info``.
 
@@ -303,20 +317,32 @@ def build_distiller_from_config(
     state_dict is loaded afterwards (``kdlab eval`` / ``kdlab export``); whatever a method
     copies out of the teacher is in that state_dict. ``student_weights=False`` skips the
     student's pretrained weights only (a resumed run's checkpoint replaces them).
+    ``prebuilt`` holds the networks the config names ``memory:...``
+    (:mod:`kdlab.engine.prebuilt`); without it such a config is a UserError.
     """
     from kdlab.methods import METHODS, build_distiller
     from kdlab.models import build_model
     from kdlab.tasks import build_task
 
+    if prebuilt is None:
+        refuse_memory(cfg, "kdlab")
+    else:
+        prebuilt.check(cfg)
     check_model_config(cfg, weights=not architecture_only)
     m = cfg.model
     load = not architecture_only
     shape = {"num_classes": int(info.num_classes), "in_channels": int(info.in_channels),
              "input_size": int(info.input_size)}
-    student = build_model(m.student, **shape, options=m.student_options,
-                          pretrained=m.student_pretrained if load and student_weights else False)
+    if prebuilt is not None and prebuilt.student is not None:
+        student = prebuilt.student
+    else:
+        student = build_model(m.student, **shape, options=m.student_options,
+                              pretrained=m.student_pretrained if load and student_weights
+                              else False)
     teacher = None
-    if m.teacher and METHODS.get(cfg.method_name).needs_teacher:
+    if prebuilt is not None and prebuilt.teacher is not None:
+        teacher = prebuilt.teacher
+    elif m.teacher and METHODS.get(cfg.method_name).needs_teacher:
         teacher = build_teacher(cfg, info, load=load)
     student.to(device)
     if teacher is not None:

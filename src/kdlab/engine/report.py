@@ -9,6 +9,7 @@ from typing import Any
 
 from kdlab.engine.io import atomic_write, atomic_write_text
 from kdlab.engine.metrics_log import read_csv
+from kdlab.engine.prebuilt import is_memory
 
 LOSS_PREFIX = "loss_"
 
@@ -53,7 +54,8 @@ def markdown(rows: Sequence[dict[str, Any]], summary: dict[str, Any],
     what = f"- method **{method}**, student **{model.get('student', '?')}**"
     if model.get("teacher"):
         source = (model.get("teacher_checkpoint")
-                  or f"teacher_pretrained={model.get('teacher_pretrained')}")
+                  or ("given in Python" if is_memory(model["teacher"])
+                      else f"teacher_pretrained={model.get('teacher_pretrained')}"))
         what += f", teacher **{model['teacher']}** ({source})"
     lines += [what, f"- data **{data.get('name', '?')}**, batch {data.get('batch_size', '?')}",
               f"- epochs {summary.get('epochs', len(rows))}, device {summary.get('device', '?')}"

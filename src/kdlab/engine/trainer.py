@@ -36,8 +36,9 @@ from kdlab.engine.checkpoint import (
 from kdlab.engine.evaluate import autocast
 from kdlab.engine.metrics_log import MetricsLog, Progress
 from kdlab.engine.optimisation import Optimisation
+from kdlab.engine.prebuilt import Prebuilt, refuse_memory
 from kdlab.engine.report import write_report
-from kdlab.engine.resume import check_resume
+from kdlab.engine.resume import check_resume, read_saved
 from kdlab.engine.run_lock import RunLock, is_main_process, remove_stale_temporaries
 from kdlab.engine.validate import validate_config
 from kdlab.errors import UserError
@@ -88,16 +89,24 @@ class Trainer:
 
     With ``resume=True`` the run continues from ``train.out_dir/last.pt`` (same epoch, LR,
     optimiser and scaler state). Under ``torchrun`` it trains with DistributedDataParallel.
+    ``prebuilt``: the networks and data that ``cfg`` names ``memory:...``, given as objects
+    (the Python API, :mod:`kdlab.engine.prebuilt`); everything else is built from its name.
     """
 
-    def __init__(self, cfg: RunConfig, *, resume: bool = False) -> None:
+    def __init__(self, cfg: RunConfig, *, resume: bool = False,
+                 prebuilt: Prebuilt | None = None) -> None:
         self.cfg = cfg
         self.resume = resume
+        self.prebuilt = prebuilt
         self.out_dir = Path(cfg.train.out_dir)
 
     # ----------------------------------------------------------------- entry point
     def fit(self) -> dict[str, Any]:
         cfg = self.cfg
+        if self.prebuilt is None:
+            refuse_memory(cfg, "kdlab train / distill")
+        else:
+            self.prebuilt.check(cfg)
         validate_config(cfg)  # settings errors before any process group or folder exists
         check_task(cfg)  # the data, networks and method are made for the run's task
         self._lock: RunLock | None = None
@@ -125,6 +134,10 @@ class Trainer:
         if self.resume and not out.is_dir():
             raise UserError(f"Nothing to resume: {str(out)!r} does not exist; check the path or "
                             "start the run without --resume.")
+        if self.resume and self.prebuilt is None:
+            saved = read_saved(out)
+            if saved is not None:
+                refuse_memory(saved.config, "--resume")
         if is_main_process():  # one run per folder; see kdlab.engine.run_lock
             self._lock = RunLock(out).acquire()
             remove_stale_temporaries(out)
@@ -144,7 +157,7 @@ class Trainer:
         seed_all(cfg.train.seed, -1)
         last_path = self.out_dir / "last.pt"
         run = build_run(cfg, device, rank=d.rank, world_size=d.world_size,
-                        resuming=self.resume and last_path.is_file())
+                        resuming=self.resume and last_path.is_file(), prebuilt=self.prebuilt)
         self.run = run  # the trained distiller stays reachable after fit()
         raw = run.distiller
         self.task = raw.task

@@ -69,9 +69,17 @@ def _check_builders(cfg: RunConfig) -> None:
 
 def _check_names(cfg: RunConfig) -> None:
     from kdlab.data import DATASETS
+    from kdlab.engine.prebuilt import is_memory
     from kdlab.methods import METHODS
 
-    DATASETS.get(cfg.data.name)
+    d = cfg.data
+    if not is_memory(d.name):
+        DATASETS.get(d.name)
+        given = [k for k in ("mean", "std") if getattr(d, k) is not None]
+        if given or d.normalized:
+            key = f"data.{given[0]}" if given else "data.normalized"
+            raise UserError(f"{key} is for data given in memory (kdlab.distill); dataset "
+                            f"{d.name!r} normalises with its own statistics: remove {key}.")
     task = getattr(cfg, "task", None)
     if task is not None:
         from kdlab.tasks import TASKS
