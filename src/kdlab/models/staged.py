@@ -346,17 +346,14 @@ class Staged(nn.Module):
 
         for i in range(min(starts) + 1, self.num_stages):
             x = join(i)
-            if x is None:
-                continue
+            assert x is not None  # the earliest start joins at the first stage run
             x = self.stage_forward(i, x)
-            for pos, j in enumerate(members):
-                stages[j].append(x[pos * b:(pos + 1) * b])
+            for j, part in zip(members, x.split(b), strict=True):  # one backward node
+                stages[j].append(part)
         x = join(self.num_stages)
         assert x is not None
         embedding = self.embed(x)
         logits = self.classify(embedding)
-        out = {}
-        for pos, j in enumerate(members):
-            part = slice(pos * b, (pos + 1) * b)
-            out[j] = Features(stages=stages[j], embedding=embedding[part], logits=logits[part])
+        out = {j: Features(stages=stages[j], embedding=e, logits=z)
+               for j, e, z in zip(members, embedding.split(b), logits.split(b), strict=True)}
         return [out[j] for j in range(len(starts))]

@@ -1,0 +1,255 @@
+"""FCFD's step before/after path batching, against KD and the CPU's large-matmul rate.
+
+FCFD: Liu et al., ICLR 2023. For the ``cifar`` bench pair (resnet32x4 -> resnet8x4, 3x32x32,
+100 classes, batch 64; the paper's Table 11 setting) this script builds, with equal weights,
+
+* ``kd`` (the reference step),
+* ``fcfd:path_batching=false`` (one pass per sampled path, the implementation before),
+* ``fcfd:path_batching=true`` (the paths through the same network as one batch),
+
+and times them in paired, interleaved rounds in one process. Round ``r`` forces the |S| = 2
+path pair ``r mod 6`` on both FCFD variants (the six pairs of the four candidates are equally
+likely under the method's sampling, so the mean over a multiple of six rounds is the
+expectation), and times a large ``torch.mm`` before and after the round's steps. FLOPs per
+step come from ``torch.utils.flop_counter.FlopCounterMode`` (convolutions and matmuls, forward
+and backward) for every pair. Reported per round and summarised:
+
+* ms/step of each variant and the ratio batched / per path (same round, same pair);
+* achieved GFLOP/s of each step and its fraction of the matmul rate of the same round;
+* FCFD / KD time ratio against the FLOP ratio (the issue's "<= 1.05 x FLOP ratio").
+
+``--profile`` adds a per-operator split (``torch.profiler``) of one KD step and one FCFD step
+of each variant on a same-network pair, with the convolutions' FLOP rates: where the time
+goes that is not at the matmul rate.
+
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/fcfd_batching.py --rounds 12 \
+        --steps 2 --profile > benchmarks/results/fcfd_batching_cpu.txt
+
+Not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import platform
+import statistics
+import time
+from collections import defaultdict
+from typing import Any
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+from torch.utils.flop_counter import FlopCounterMode
+
+from kdlab import __version__
+from kdlab.engine.bench import PRESETS, cpu_name
+from kdlab.methods import build_distiller
+from kdlab.models import build_model
+
+Path = tuple[int, int]
+
+
+def load() -> str:
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+class Runner:
+    """One distiller, its optimiser and the fixed batch (forward, backward, SGD step)."""
+
+    def __init__(self, method: str, options: dict[str, Any], preset: str,
+                 state: dict[str, torch.Tensor] | None = None) -> None:
+        p = PRESETS[preset]
+        shape = dict(num_classes=p.num_classes, in_channels=p.input_shape[0],
+                     input_size=p.input_shape[1])
+        torch.manual_seed(0)
+        student = build_model(p.student, **shape)
+        teacher = build_model(p.teacher, **shape)
+        self.d = build_distiller(method, options, student, teacher, train_size=p.train_size)
+        if state is not None:
+            self.d.load_state_dict(state)
+        self.d.train()
+        self.d.set_epoch(100, 200)  # past the L2 warm-up: every term at full weight
+        self.opt = torch.optim.SGD([q for q in self.d.parameters() if q.requires_grad],
+                                   lr=0.01, momentum=0.9, weight_decay=5e-4)
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(p.batch, *p.input_shape, generator=g)
+        self.y = torch.randint(0, p.num_classes, (p.batch,), generator=g)
+
+    def force(self, paths: list[Path]) -> None:
+        self.d.sample_paths = lambda: list(paths)
+
+    def step(self) -> None:
+        _, losses = self.d(self.x, self.y)
+        sum(losses.values()).backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+
+    def timed(self, steps: int) -> float:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            self.step()
+        return (time.perf_counter() - t0) / steps
+
+    def flops(self) -> int:
+        with FlopCounterMode(display=False) as fc:
+            self.step()
+        return fc.get_total_flops()
+
+
+def matmul_rate(n: int = 2048, reps: int = 4) -> float:
+    """FLOP/s of a large square fp32 ``torch.mm`` (the machine's dense rate)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - t0)
+
+
+def op_split(r: Runner, label: str, mm: float) -> list[str]:
+    """Self CPU time by operator group for one step, with the convolutions' FLOP rate."""
+    with FlopCounterMode(display=False) as fc:
+        r.step()
+    by_op = {str(k): v for k, v in fc.get_flop_counts()["Global"].items()}
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        r.step()
+    groups = {"conv forward": ("aten::mkldnn_convolution", "aten::convolution_overrideable",
+                               "aten::_slow_conv2d_forward", "aten::slow_conv_transpose2d"),
+              "conv backward": ("aten::convolution_backward",),
+              "batch norm fwd+bwd": ("aten::native_batch_norm", "aten::native_batch_norm_backward"),
+              "linear (mm/addmm)": ("aten::addmm", "aten::mm")}
+    secs: dict[str, float] = defaultdict(float)
+    total = 0.0
+    for e in prof.key_averages():
+        s = e.self_cpu_time_total / 1e6
+        total += s
+        for g, names in groups.items():
+            if e.key in names:
+                secs[g] += s
+                break
+        else:
+            secs["elementwise, copies, cat, losses, Python"] += s
+    fl = {"conv forward": by_op.get("aten.convolution", 0),
+          "conv backward": by_op.get("aten.convolution_backward", 0),
+          "linear (mm/addmm)": by_op.get("aten.addmm", 0) + by_op.get("aten.mm", 0)}
+    lines = [f"-- {label}: {total * 1000:.0f} ms self CPU under the profiler, "
+             f"{sum(by_op.values()) / 1e9:.1f} GFLOP"]
+    for g in (*groups, "elementwise, copies, cat, losses, Python"):
+        rate = fl.get(g, 0) / secs[g] / mm if secs[g] and fl.get(g) else None
+        rate_s = f"{rate:5.2f} x mm" if rate is not None else "    -    "
+        lines.append(f"   {g:<42} {secs[g] * 1000:8.0f} ms {100 * secs[g] / total:5.1f}%  "
+                     f"{rate_s}")
+    return lines
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--preset", default="cifar")
+    ap.add_argument("--rounds", type=int, default=12)
+    ap.add_argument("--steps", type=int, default=2, help="timed steps per variant per round")
+    ap.add_argument("--teacher-bn", default="eval", choices=["eval", "batch"])
+    ap.add_argument("--profile", action="store_true")
+    args = ap.parse_args()
+    p = PRESETS[args.preset]
+    print(f"fcfd_batching: {p.teacher} -> {p.student}, input {p.input_shape}, batch {p.batch}, "
+          f"random data, FCFD defaults (|S|=2 forced pair per round, teacher_bn="
+          f"{args.teacher_bn})")
+    print(f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads; "
+          f"torch {torch.__version__}; Python {platform.python_version()}; kdlab {__version__}; "
+          f"load at start {load()}")
+
+    kd = Runner("kd", {}, args.preset)
+    opts = {"num_paths": 2, "teacher_bn": args.teacher_bn}
+    ref = Runner("fcfd", {**opts, "path_batching": False}, args.preset)
+    new = Runner("fcfd", {**opts, "path_batching": True}, args.preset,
+                 state=ref.d.state_dict())
+    pairs = [list(c) for c in itertools.combinations(ref.d.candidates, 2)]
+
+    # FLOPs per step (also the warm-up: every shape each variant will see, once)
+    f_kd = kd.flops()
+    f_pair: list[int] = []
+    for pair in pairs:
+        ref.force(pair)
+        new.force(pair)
+        f_ref, f_new = ref.flops(), new.flops()
+        if f_ref != f_new:
+            print(f"note: FLOPs differ for {pair}: per path {f_ref}, batched {f_new}")
+        f_pair.append(f_ref)
+    print(f"\n== FLOPs per step: kd {f_kd / 1e9:.1f} GFLOP; fcfd |S|=2 by pair: "
+          + ", ".join(f"{pr} {f / 1e9:.1f}" for pr, f in zip(pairs, f_pair, strict=True))
+          + f"; expectation {statistics.fmean(f_pair) / 1e9:.1f} GFLOP = "
+          f"{statistics.fmean(f_pair) / f_kd:.3f} x kd")
+
+    print(f"\n== rounds ({args.steps} timed steps per variant per round, order alternates)")
+    print(f"{'rnd':>3} {'pair':<18} {'mm GF/s':>7} {'kd ms':>7} {'per-path ms':>11} "
+          f"{'batched ms':>10} {'bat/pp':>6} {'kd %mm':>6} {'pp %mm':>6} {'bat %mm':>7} "
+          f"{'pp/kd':>6} {'bat/kd':>6} {'FLOP/kd':>7}  load")
+    rows = []
+    for rnd in range(args.rounds):
+        i = rnd % len(pairs)
+        ref.force(pairs[i])
+        new.force(pairs[i])
+        mm0 = matmul_rate()
+        order = [("kd", kd), ("ref", ref), ("new", new)]
+        if rnd % 2:
+            order.reverse()
+        ms = {name: r.timed(args.steps) for name, r in order}
+        mm = (mm0 + matmul_rate()) / 2
+        row = dict(pair=i, mm=mm, kd=ms["kd"], ref=ms["ref"], new=ms["new"],
+                   kd_frac=f_kd / ms["kd"] / mm, ref_frac=f_pair[i] / ms["ref"] / mm,
+                   new_frac=f_pair[i] / ms["new"] / mm, flop_ratio=f_pair[i] / f_kd)
+        rows.append(row)
+        print(f"{rnd:>3} {str(pairs[i]):<18} {mm / 1e9:7.1f} {1000 * ms['kd']:7.0f} "
+              f"{1000 * ms['ref']:11.0f} {1000 * ms['new']:10.0f} "
+              f"{ms['new'] / ms['ref']:6.3f} {row['kd_frac']:6.2f} {row['ref_frac']:6.2f} "
+              f"{row['new_frac']:7.2f} {ms['ref'] / ms['kd']:6.3f} {ms['new'] / ms['kd']:6.3f} "
+              f"{row['flop_ratio']:7.3f}  {load()}", flush=True)
+
+    def med(key: str) -> float:
+        return statistics.median(r[key] for r in rows)
+
+    def mean_ratio(key: str) -> float:
+        return statistics.fmean(r[key] / r["kd"] for r in rows)
+
+    flop_ratio = statistics.fmean(r["flop_ratio"] for r in rows)
+    print("\n== summary (medians over rounds; ratios to kd are means over rounds of the "
+          "same-round ratio, i.e. the expectation over the pairs drawn)")
+    print(f"matmul rate                      {med('mm') / 1e9:.1f} GFLOP/s")
+    print(f"kd      ms/step {1000 * med('kd'):7.0f}   fraction of mm {med('kd_frac'):.2f}")
+    for key, label in (("ref", "per path"), ("new", "batched")):
+        r = mean_ratio(key)
+        print(f"fcfd {label:<9} ms/step {1000 * med(key):7.0f}   fraction of mm "
+              f"{med(key + '_frac'):.2f}   time/kd {r:.3f}   FLOP/kd {flop_ratio:.3f}   "
+              f"(time/kd) / (FLOP/kd) {r / flop_ratio:.3f}")
+    print(f"batched / per path (same round): median "
+          f"{statistics.median(r['new'] / r['ref'] for r in rows):.3f}, range "
+          f"{min(r['new'] / r['ref'] for r in rows):.3f}-"
+          f"{max(r['new'] / r['ref'] for r in rows):.3f}")
+    same_net = [i for i, pr in enumerate(pairs) if pr[0][1] == pr[1][1]]
+    grouped = [r["new"] / r["ref"] for r in rows if r["pair"] in same_net]
+    if grouped:
+        print(f"  on same-network pairs only ({[pairs[i] for i in same_net]}): median "
+              f"{statistics.median(grouped):.3f} over {len(grouped)} rounds")
+
+    if args.profile:
+        print("\n== where the time goes (one step each, profiler self CPU time; rates are "
+              "the op group's FLOPs / its self time, as a fraction of the matmul rate)")
+        mm = matmul_rate()
+        print(f"matmul rate {mm / 1e9:.1f} GFLOP/s, load {load()}")
+        for line in op_split(kd, "kd", mm):
+            print(line)
+        for i in same_net:
+            ref.force(pairs[i])
+            new.force(pairs[i])
+            for line in op_split(ref, f"fcfd per path {pairs[i]}", mm) + op_split(
+                    new, f"fcfd batched {pairs[i]}", mm):
+                print(line)
+    print(f"\nload at end {load()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
