@@ -18,6 +18,8 @@ and backward) for every pair. Reported per round and summarised:
 * achieved GFLOP/s of each step and its fraction of the matmul rate of the same round;
 * FCFD / KD time ratio against the FLOP ratio (the issue's "<= 1.05 x FLOP ratio").
 
+``--paths-only REPS`` times only what batching changes: the two paths through the same
+network (their forward, terms and backward), per path and batched, alternating.
 ``--profile`` adds a per-operator split (``torch.profiler``) of one KD step and one FCFD step
 of each variant on a same-network pair, with the convolutions' FLOP rates: where the time
 goes that is not at the matmul rate.
@@ -145,6 +147,63 @@ def op_split(r: Runner, label: str, mm: float) -> list[str]:
     return lines
 
 
+def paths_only(preset: str, teacher_bn: str, reps: int) -> list[str]:
+    """Only the part path batching changes: the two paths through one network (forward of
+    their terms and backward to their inputs and the network's weights), per path and
+    batched, alternating ``reps`` times, with the matmul rate around each repetition."""
+    opts = {"num_paths": 2, "teacher_bn": teacher_bn}
+    ref = Runner("fcfd", {**opts, "path_batching": False}, preset)
+    new = Runner("fcfd", {**opts, "path_batching": True}, preset, state=ref.d.state_dict())
+    d = ref.d
+    with torch.no_grad():
+        t = d.teacher_features(ref.x)
+        s = d.student.features(ref.x)
+    lines = [f"== paths only (teacher_bn={teacher_bn}): the same-network pair's forward + "
+             "backward, per path (pp) vs batched (bat), alternating"]
+    for delta in (1, 0):
+        ks = [k for k, dd in d.candidates if dd == delta]
+        paths = [(k, delta) for k in ks]
+
+        def run(r: Runner, batched: bool, paths: list[Path] = paths) -> float:
+            leaf = {k: f.detach().requires_grad_() for k, f in enumerate(s.stages, 1)}
+            bridged = {k: r.d.b_st[str(k)](leaf[k]) for k, dd in paths if dd == 1}
+            t0 = time.perf_counter()
+            if batched:
+                terms = list(r.d._batched_paths(paths, bridged, s, t, t, ref.y).values())
+            else:
+                terms = [r.d._through_teacher(k, bridged[k], t, ref.y) if dd == 1 else
+                         r.d._through_student(k, s, t, t, ref.y) for k, dd in paths]
+            sum(v for term in terms for v in term.values()).backward()
+            r.opt.zero_grad(set_to_none=True)
+            return time.perf_counter() - t0
+
+        run(ref, False)
+        run(new, True)
+        ratios, pp, bat, mms = [], [], [], []
+        for i in range(reps):
+            mm0 = matmul_rate()
+            if i % 2:
+                b_, p_ = run(new, True), run(ref, False)
+            else:
+                p_, b_ = run(ref, False), run(new, True)
+            mms.append((mm0 + matmul_rate()) / 2)
+            pp.append(p_)
+            bat.append(b_)
+            ratios.append(b_ / p_)
+        with FlopCounterMode(display=False) as fc:
+            run(ref, False)
+        fl = fc.get_total_flops()
+        lines.append(
+            f"{str(paths):<18} {fl / 1e9:6.1f} GFLOP  per path {1000 * statistics.median(pp):7.0f}"
+            f" ms ({statistics.median(fl / a / m for a, m in zip(pp, mms, strict=True)):.2f} x mm)"
+            f"  batched {1000 * statistics.median(bat):7.0f} ms "
+            f"({statistics.median(fl / a / m for a, m in zip(bat, mms, strict=True)):.2f} x mm)"
+            f"  bat/pp median {statistics.median(ratios):.3f} (range {min(ratios):.3f}-"
+            f"{max(ratios):.3f}, {reps} reps)  mm {statistics.median(mms) / 1e9:.1f} GF/s  "
+            f"load {load()}")
+    return lines
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", default="cifar")
@@ -152,6 +211,8 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=2, help="timed steps per variant per round")
     ap.add_argument("--teacher-bn", default="eval", choices=["eval", "batch"])
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--paths-only", type=int, default=0, metavar="REPS",
+                    help="only time the same-network path pairs, REPS alternations each")
     args = ap.parse_args()
     p = PRESETS[args.preset]
     print(f"fcfd_batching: {p.teacher} -> {p.student}, input {p.input_shape}, batch {p.batch}, "
@@ -161,6 +222,11 @@ def main() -> int:
           f"torch {torch.__version__}; Python {platform.python_version()}; kdlab {__version__}; "
           f"load at start {load()}")
 
+    if args.paths_only:
+        for line in paths_only(args.preset, args.teacher_bn, args.paths_only):
+            print(line, flush=True)
+        print(f"load at end {load()}")
+        return 0
     kd = Runner("kd", {}, args.preset)
     opts = {"num_paths": 2, "teacher_bn": args.teacher_bn}
     ref = Runner("fcfd", {**opts, "path_batching": False}, args.preset)
