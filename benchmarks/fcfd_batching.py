@@ -20,6 +20,8 @@ and backward) for every pair. Reported per round and summarised:
 
 ``--paths-only REPS`` times only what batching changes: the two paths through the same
 network (their forward, terms and backward), per path and batched, alternating.
+``--conv-rates`` times the pair's 3x3 convolutions alone (batch 64 / 128, NCHW / channels-last)
+against the matmul.
 ``--profile`` adds a per-operator split (``torch.profiler``) of one KD step and one FCFD step
 of each variant on a same-network pair, with the convolutions' FLOP rates: where the time
 goes that is not at the matmul rate.
@@ -204,6 +206,47 @@ def paths_only(preset: str, teacher_bn: str, reps: int) -> list[str]:
     return lines
 
 
+def conv_rates(rounds: int = 3) -> list[str]:
+    """The 3x3 convolutions of the cifar pair's stages alone (batch 64 and 128, NCHW and
+    channels-last; forward, forward + input gradient (a frozen-teacher path), forward + both
+    gradients) as a fraction of the 2048^2 matmul rate measured around them."""
+    res: dict[tuple[int, int, int, str], list[tuple[float, ...]]] = defaultdict(list)
+    big = []
+    for _ in range(rounds):
+        mm = matmul_rate()
+        big.append(matmul_rate(4096, 2) / mm)
+        for c, h in ((64, 32), (128, 16), (256, 8)):
+            for b in (64, 128):
+                for fmt in (torch.contiguous_format, torch.channels_last):
+                    conv = torch.nn.Conv2d(c, c, 3, 1, 1, bias=False).to(memory_format=fmt)
+                    x = torch.randn(b, c, h, h).contiguous(memory_format=fmt).requires_grad_()
+                    f = 2 * b * c * c * 9 * h * h
+                    g = torch.randn_like(conv(x))
+                    rates = []
+                    for flops, fn in (
+                        (f, lambda conv=conv, x=x: conv(x)),
+                        (2 * f, lambda conv=conv, x=x, g=g: torch.autograd.grad(
+                            conv(x), x, g)),
+                        (3 * f, lambda conv=conv, x=x, g=g: torch.autograd.grad(
+                            conv(x), [x, conv.weight], g)),
+                    ):
+                        fn()
+                        t0 = time.perf_counter()
+                        fn()
+                        fn()
+                        rates.append(2 * flops / (time.perf_counter() - t0) / mm)
+                    name = "nchw" if fmt is torch.contiguous_format else "channels_last"
+                    res[c, h, b, name].append(tuple(rates))
+    lines = ["== 3x3 convolutions alone, fraction of the 2048^2 matmul rate (median of "
+             f"{rounds}); 4096^2 matmul / 2048^2 matmul {statistics.median(big):.2f}",
+             f"{'C x HxW, batch, layout':<34} {'fwd':>5} {'fwd+dx':>7} {'fwd+dx+dw':>10}"]
+    for (c, h, b, name), v in res.items():
+        med = [statistics.median(r[i] for r in v) for i in range(3)]
+        lines.append(f"{f'{c} x {h}x{h}, {b}, {name}':<34} {med[0]:5.2f} {med[1]:7.2f} "
+                     f"{med[2]:10.2f}")
+    return lines
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", default="cifar")
@@ -213,6 +256,8 @@ def main() -> int:
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--paths-only", type=int, default=0, metavar="REPS",
                     help="only time the same-network path pairs, REPS alternations each")
+    ap.add_argument("--conv-rates", action="store_true",
+                    help="only time the pair's 3x3 convolutions alone against the matmul")
     args = ap.parse_args()
     p = PRESETS[args.preset]
     print(f"fcfd_batching: {p.teacher} -> {p.student}, input {p.input_shape}, batch {p.batch}, "
@@ -222,6 +267,11 @@ def main() -> int:
           f"torch {torch.__version__}; Python {platform.python_version()}; kdlab {__version__}; "
           f"load at start {load()}")
 
+    if args.conv_rates:
+        for line in conv_rates():
+            print(line, flush=True)
+        print(f"load at end {load()}")
+        return 0
     if args.paths_only:
         for line in paths_only(args.preset, args.teacher_bn, args.paths_only):
             print(line, flush=True)
