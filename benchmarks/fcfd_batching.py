@@ -64,7 +64,8 @@ class Runner:
     """One distiller, its optimiser and the fixed batch (forward, backward, SGD step)."""
 
     def __init__(self, method: str, options: dict[str, Any], preset: str,
-                 state: dict[str, torch.Tensor] | None = None) -> None:
+                 state: dict[str, torch.Tensor] | None = None,
+                 channels_last: bool = False) -> None:
         p = PRESETS[preset]
         shape = dict(num_classes=p.num_classes, in_channels=p.input_shape[0],
                      input_size=p.input_shape[1])
@@ -80,6 +81,9 @@ class Runner:
                                    lr=0.01, momentum=0.9, weight_decay=5e-4)
         g = torch.Generator().manual_seed(0)
         self.x = torch.randn(p.batch, *p.input_shape, generator=g)
+        if channels_last:  # the distiller's _apply converts the frozen teacher too
+            self.d.to(memory_format=torch.channels_last)
+            self.x = self.x.contiguous(memory_format=torch.channels_last)
         self.y = torch.randint(0, p.num_classes, (p.batch,), generator=g)
 
     def force(self, paths: list[Path]) -> None:
@@ -256,6 +260,8 @@ def main() -> int:
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--paths-only", type=int, default=0, metavar="REPS",
                     help="only time the same-network path pairs, REPS alternations each")
+    ap.add_argument("--channels-last", action="store_true",
+                    help="also time kd and batched fcfd in channels-last memory format")
     ap.add_argument("--conv-rates", action="store_true",
                     help="only time the pair's 3x3 convolutions alone against the matmul")
     args = ap.parse_args()
@@ -283,6 +289,10 @@ def main() -> int:
     new = Runner("fcfd", {**opts, "path_batching": True}, args.preset,
                  state=ref.d.state_dict())
     pairs = [list(c) for c in itertools.combinations(ref.d.candidates, 2)]
+    cl = ({"kd_cl": Runner("kd", {}, args.preset, channels_last=True),
+           "new_cl": Runner("fcfd", {**opts, "path_batching": True}, args.preset,
+                            state=ref.d.state_dict(), channels_last=True)}
+          if args.channels_last else {})
 
     # FLOPs per step (also the warm-up: every shape each variant will see, once)
     f_kd = kd.flops()
@@ -294,6 +304,11 @@ def main() -> int:
         if f_ref != f_new:
             print(f"note: FLOPs differ for {pair}: per path {f_ref}, batched {f_new}")
         f_pair.append(f_ref)
+        if cl:
+            cl["new_cl"].force(pair)
+            cl["new_cl"].step()  # warm-up of the channels-last shapes
+    if cl:
+        cl["kd_cl"].step()
     print(f"\n== FLOPs per step: kd {f_kd / 1e9:.1f} GFLOP; fcfd |S|=2 by pair: "
           + ", ".join(f"{pr} {f / 1e9:.1f}" for pr, f in zip(pairs, f_pair, strict=True))
           + f"; expectation {statistics.fmean(f_pair) / 1e9:.1f} GFLOP = "
@@ -308,8 +323,10 @@ def main() -> int:
         i = rnd % len(pairs)
         ref.force(pairs[i])
         new.force(pairs[i])
+        if cl:
+            cl["new_cl"].force(pairs[i])
         mm0 = matmul_rate()
-        order = [("kd", kd), ("ref", ref), ("new", new)]
+        order = [("kd", kd), ("ref", ref), ("new", new), *cl.items()]
         if rnd % 2:
             order.reverse()
         ms = {name: r.timed(args.steps) for name, r in order}
@@ -317,12 +334,19 @@ def main() -> int:
         row = dict(pair=i, mm=mm, kd=ms["kd"], ref=ms["ref"], new=ms["new"],
                    kd_frac=f_kd / ms["kd"] / mm, ref_frac=f_pair[i] / ms["ref"] / mm,
                    new_frac=f_pair[i] / ms["new"] / mm, flop_ratio=f_pair[i] / f_kd)
+        if cl:
+            row.update(kd_cl=ms["kd_cl"], new_cl=ms["new_cl"],
+                       kd_cl_frac=f_kd / ms["kd_cl"] / mm,
+                       new_cl_frac=f_pair[i] / ms["new_cl"] / mm)
         rows.append(row)
         print(f"{rnd:>3} {str(pairs[i]):<18} {mm / 1e9:7.1f} {1000 * ms['kd']:7.0f} "
               f"{1000 * ms['ref']:11.0f} {1000 * ms['new']:10.0f} "
               f"{ms['new'] / ms['ref']:6.3f} {row['kd_frac']:6.2f} {row['ref_frac']:6.2f} "
               f"{row['new_frac']:7.2f} {ms['ref'] / ms['kd']:6.3f} {ms['new'] / ms['kd']:6.3f} "
-              f"{row['flop_ratio']:7.3f}  {load()}", flush=True)
+              f"{row['flop_ratio']:7.3f}  {load()}"
+              + (f"  channels-last: kd {1000 * ms['kd_cl']:.0f} ms ({row['kd_cl_frac']:.2f}), "
+                 f"batched {1000 * ms['new_cl']:.0f} ms ({row['new_cl_frac']:.2f})"
+                 if cl else ""), flush=True)
 
     def med(key: str) -> float:
         return statistics.median(r[key] for r in rows)
@@ -339,6 +363,12 @@ def main() -> int:
         r = mean_ratio(key)
         print(f"fcfd {label:<9} ms/step {1000 * med(key):7.0f}   fraction of mm "
               f"{med(key + '_frac'):.2f}   time/kd {r:.3f}   FLOP/kd {flop_ratio:.3f}   "
+              f"(time/kd) / (FLOP/kd) {r / flop_ratio:.3f}")
+    if cl:
+        r = statistics.fmean(row["new_cl"] / row["kd_cl"] for row in rows)
+        print(f"channels-last: kd ms/step {1000 * med('kd_cl'):7.0f}   fraction of mm "
+              f"{med('kd_cl_frac'):.2f}; fcfd batched ms/step {1000 * med('new_cl'):7.0f}   "
+              f"fraction of mm {med('new_cl_frac'):.2f}   time/kd(channels-last) {r:.3f}   "
               f"(time/kd) / (FLOP/kd) {r / flop_ratio:.3f}")
     print(f"batched / per path (same round): median "
           f"{statistics.median(r['new'] / r['ref'] for r in rows):.3f}, range "
