@@ -104,7 +104,10 @@ def instrument(d: Any, parts: Parts) -> None:
     parts.wrap(d.teacher, "run_from", "paths <k,1>: bridged student feature through teacher")
     parts.wrap(d.teacher, "stage_forward", "paths <k,1>: bridged student feature through teacher")
     parts.wrap(d.teacher, "embed", "L_app pooled term: teacher pre-pool + pool")
+    parts.wrap(d.teacher, "run_from_many", "paths <k,1>: bridged student feature through teacher")
     parts.wrap(d.student, "run_from", "paths <k,0>: bridged teacher feature through student")
+    parts.wrap(d.student, "run_from_many",
+               "paths <k,0>: bridged teacher feature through student")
     for m in list(d.b_st.values()) + list(d.b_ts.values()):
         parts.wrap(m, "forward", "bridges B_st / B_ts")
 

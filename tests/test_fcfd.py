@@ -252,7 +252,7 @@ def test_mixed_paths_leave_the_students_statistics_alone(tiny_pair):
     assert stats.bn0_num_batches_tracked.item() == 1  # the path's own copy was updated
 
     # without the swap the same step would corrupt the evaluated student
-    mixed = fixed(make(tiny_pair), [(2, 0), (3, 0)])
+    mixed = fixed(make(tiny_pair, path_batching=False), [(2, 0), (3, 0)])  # one pass per path
     mixed.path_stats.use = lambda name: contextlib.nullcontext()
     with torch.no_grad():
         mixed(x, y)

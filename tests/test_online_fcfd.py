@@ -199,7 +199,7 @@ def test_mixed_paths_leave_both_networks_statistics_as_a_pure_pass():
         assert not torch.equal(stats.bn0_running_mean, first_bn.running_mean)
 
     # without the swap the teacher's evaluated statistics would be spoiled
-    mixed = fixed(make(num_paths="all"), [(2, 1), (3, 1)])
+    mixed = fixed(make(num_paths="all", path_batching=False), [(2, 1), (3, 1)])
     mixed.path_stats.use = lambda name: contextlib.nullcontext()
     with torch.no_grad():
         mixed(x, y)

@@ -26,6 +26,7 @@ from kdlab.methods import METHODS
 from kdlab.methods.base import Distiller, Losses
 from kdlab.models.staged import Features
 from kdlab.nn.bridge import Bridge
+from kdlab.nn.chunked_bn import chunked_batchnorm
 from kdlab.nn.path_bn import PathStats
 from kdlab.nn.simkd_projector import ReusedHead, SimKDProjector, SimKDStudent
 
@@ -64,6 +65,11 @@ class FCFD(Distiller):
         the frozen teacher on its running statistics, its trained function; ``batch`` is the
         authors' code, whose ``model.train()`` puts the frozen teacher's BN on batch
         statistics (the recipes that stand for the paper's tables use it; docs/fcfd.md).
+
+        ``path_batching``: the sampled paths that run through the same network's later
+        stages run as one pass, concatenated along the batch, with every BatchNorm
+        normalising each path's chunk on its own statistics (the same losses, gradients and
+        running statistics as one pass per path, which ``false`` runs).
         """
 
         ce_weight: float = 1.0  # L_task
@@ -88,6 +94,7 @@ class FCFD(Distiller):
         simkd: bool = False  # FCFD+SimKD (App. C.2): logits = C_t(B_st^N(F_s^N))
         simkd_factor: int = 2  # SimKD projector bottleneck factor
         teacher_bn: str = "eval"  # eval | batch (the authors' train-mode frozen teacher)
+        path_batching: bool = True  # run the sampled paths through one network as one batch
 
     def setup(self) -> None:
         assert self.teacher is not None  # the Distiller base refuses a missing teacher
@@ -242,6 +249,18 @@ class FCFD(Distiller):
         """
         return self.teacher_bn_mode()
 
+    def teacher_group_lens(self, names: list[str],
+                           chunk: int) -> contextlib.AbstractContextManager[None]:
+        """:meth:`teacher_lens` for the ``<k, 1>`` paths ``names`` run as one batch of
+        ``chunk``-sample chunks: with ``teacher_bn: batch`` each chunk is normalised on its own
+        batch statistics (in eval mode every sample is normalised alone: nothing to do)."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(self.teacher_bn_mode())
+        if self.cfg.teacher_bn == "batch":
+            assert self.teacher is not None
+            stack.enter_context(chunked_batchnorm([self.teacher], chunk))
+        return stack
+
     @staticmethod
     def lens_name(k: int) -> str:
         """Name of the teacher-side BN statistics of path ``<k, delta=1>`` (online FCFD)."""
@@ -281,14 +300,61 @@ class FCFD(Distiller):
                 app = app + pooled_l2_loss(bridged[n], t.stages[n - 1])
             losses["app"] = c.app_weight * l2w * app
 
+        per_path = (self._batched_paths(paths, bridged, s, t, t_source, targets)
+                    if c.path_batching else {})
         found: dict[str, list[Tensor]] = {name: [] for name in PATH_TERMS}
         for k, delta in paths:
-            terms = (self._through_teacher(k, bridged[k], t, targets) if delta == 1
-                     else self._through_student(k, s, t, t_source, targets))
+            if (k, delta) in per_path:
+                terms = per_path[k, delta]
+            elif delta == 1:
+                terms = self._through_teacher(k, bridged[k], t, targets)
+            else:
+                terms = self._through_student(k, s, t, t_source, targets)
             for name, value in terms.items():
                 found[name].append(value)
         losses.update(self._path_losses(found, logits.new_zeros(())))
         return logits, losses
+
+    def _batched_paths(self, paths: list[Path], bridged: dict[int, Tensor], s: Features,
+                       t: Features, t_source: Features,
+                       targets: Tensor) -> dict[Path, dict[str, Tensor]]:
+        """The terms of the paths that share a network, each group run as one batch
+        (``path_batching``); a path left out (alone in its network, a partial-func path,
+        a head that reads earlier stages) runs on its own."""
+        c, teacher, student = self.cfg, self.teacher, self.student
+        assert teacher is not None
+        out: dict[Path, dict[str, Tensor]] = {}
+        ks = sorted(k for k, d in paths if d == 1)
+        if (len(ks) > 1 and not c.partial_func and not teacher.skips
+                and (c.func_l2_weight or c.func_kl_weight)):
+            with self.teacher_group_lens([self.lens_name(k) for k in ks], bridged[ks[0]].shape[0]):
+                runs = teacher.run_from_many([k - 1 for k in ks], [bridged[k] for k in ks])
+            for k, run in zip(ks, runs, strict=True):
+                out[k, 1] = self._teacher_terms(k, run, t, targets)
+        ks = sorted(k for k, d in paths if d == 0)
+        if len(ks) > 1 and not student.skips and (c.funcp_kl_weight or c.funcp_l2_weight):
+            xs = [self.b_ts[str(k)](t_source.stages[k - 1]) for k in ks]
+            modules: list[nn.Module] = [student]
+            if self.simkd_head is not None:
+                modules += [self.b_st[str(self.num_stages)], self.simkd_head]
+            with self.path_stats.chunked([self.path_name(k) for k in ks], xs[0].shape[0],
+                                         modules):
+                runs = student.run_from_many([k - 1 for k in ks], xs)
+                lasts = [run.stages[-1] if run.stages else x for run, x in zip(runs, xs,
+                                                                               strict=True)]
+                p_ts = self._student_outputs(runs, lasts)
+            for k, run, p in zip(ks, runs, p_ts, strict=True):
+                out[k, 0] = self._student_terms(k, run, p, s, t, targets)
+        return out
+
+    def _student_outputs(self, runs: list[Features], lasts: list[Tensor]) -> list[Tensor]:
+        """The batched ``<k, 0>`` paths' outputs: the student's logits, or for FCFD+SimKD
+        ``C_t(B_st^N(.))`` of their last features, projected as one batch."""
+        if self.simkd_head is None:
+            return [run.logits for run in runs]
+        b = lasts[0].shape[0]
+        p = self.simkd_head(self._deployable.project(torch.cat(lasts)))
+        return list(p.split(b))
 
     def _through_teacher(self, k: int, bridged: Tensor, t: Features,
                          targets: Tensor) -> dict[str, Tensor]:
@@ -304,6 +370,12 @@ class FCFD(Distiller):
             return {"func_l2": app_loss(one, t.stages[k])}
         with self.teacher_lens(self.lens_name(k)):
             out = teacher.run_from(k - 1, bridged)
+        return self._teacher_terms(k, out, t, targets)
+
+    def _teacher_terms(self, k: int, out: Features, t: Features,
+                       targets: Tensor) -> dict[str, Tensor]:
+        """L_func's terms (Eq. 6) from path ``<k, 1>``'s run through the teacher."""
+        c = self.cfg
         terms: dict[str, Tensor] = {}
         if c.func_l2_weight and out.stages:
             l2 = func_l2_loss(out.stages, t.stages[k:])
@@ -330,6 +402,13 @@ class FCFD(Distiller):
                 p_ts = out.logits
             else:  # FCFD+SimKD: p_ts ends with C_t(B_st^N(.)) instead of C_s
                 p_ts = self.simkd_head(self._deployable.project(last))
+        return self._student_terms(k, out, p_ts, s, t, targets)
+
+    def _student_terms(self, k: int, out: Features, p_ts: Tensor, s: Features, t: Features,
+                       targets: Tensor) -> dict[str, Tensor]:
+        """L_func' (Eq. 7) and App. G's L_func'-L2 from path ``<k, 0>``'s run through the
+        student, whose output is ``p_ts``."""
+        c = self.cfg
         terms: dict[str, Tensor] = {}
         if c.funcp_kl_weight:
             terms["funcp_kl"] = self._logit_loss(p_ts, t.logits, targets)

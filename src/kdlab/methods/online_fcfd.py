@@ -116,14 +116,27 @@ class OnlineFCFD(FCFD):
     def teacher_lens(self, name: str) -> Iterator[None]:
         """The teacher on a bridged student feature: the path's own BN statistics, and,
         unless ``teacher_path_grad``, no gradient for the teacher's parameters."""
+        with self.teacher_lens_frozen(), self.path_stats.use(name):
+            yield
+
+    @contextlib.contextmanager
+    def teacher_group_lens(self, names: list[str], chunk: int) -> Iterator[None]:
+        """:meth:`teacher_lens` for the ``<k, 1>`` paths ``names`` run as one batch: each
+        path's chunk is normalised with its own batch and running statistics."""
+        assert self.teacher is not None
+        with self.teacher_lens_frozen(), self.path_stats.chunked(names, chunk, [self.teacher]):
+            yield
+
+    @contextlib.contextmanager
+    def teacher_lens_frozen(self) -> Iterator[None]:
+        """Unless ``teacher_path_grad``, no gradient for the teacher's parameters."""
         frozen = []
         if not self.cfg.teacher_path_grad:
             frozen = [p for p in self.teacher_net.parameters() if p.requires_grad]
             for p in frozen:
                 p.requires_grad_(False)
         try:
-            with self.path_stats.use(name):
-                yield
+            yield
         finally:
             for p in frozen:
                 p.requires_grad_(True)

@@ -309,3 +309,51 @@ class Staged(nn.Module):
             )
         embedding = self.embed(x, [known[s] for s in self.skips])
         return Features(stages=stages, embedding=embedding, logits=self.classify(embedding))
+
+    def run_from_many(self, starts: Sequence[int], features: Sequence[Tensor]) -> list[Features]:
+        """:meth:`run_from` for several ``(starts[j], features[j])`` in one batched pass.
+
+        Every stage runs once, on the concatenation along the batch of the inputs that have
+        reached it: a pass that starts later joins at the end of the batch. The inputs must
+        have the same batch size ``b``, which is the chunk a batch-coupled layer must treat
+        separately (see :func:`kdlab.nn.chunked_bn.chunked_batchnorm`): chunk ``j`` of every
+        stage's batch belongs to the ``j``-th pass in the order of ``sorted(starts)``
+        (stable). Returns one :class:`Features` per pass, in the order given, whose tensors
+        are views of the batched results. Not for heads that read earlier stages.
+        """
+        if len(starts) != len(features) or not starts:
+            raise ValueError("run_from_many needs one feature per start, and at least one")
+        if self.skips:
+            raise ValueError("run_from_many cannot feed a head that reads earlier stages; "
+                             "use run_from per pass")
+        b = features[0].shape[0]
+        if any(f.shape[0] != b for f in features):
+            raise ValueError("run_from_many needs inputs of the same batch size")
+        for k in starts:
+            if not -1 <= k < self.num_stages:
+                raise IndexError(f"stage {k} out of range for a {self.num_stages}-stage network")
+        order = sorted(range(len(starts)), key=lambda j: starts[j])
+        stages: dict[int, list[Tensor]] = {j: [] for j in order}
+        members: list[int] = []
+        x: Tensor | None = None
+
+        def join(before: int) -> Tensor | None:
+            new = [j for j in order if starts[j] == before - 1]
+            if not new:
+                return x
+            members.extend(new)
+            return torch.cat(([] if x is None else [x]) + [features[j] for j in new])
+
+        for i in range(min(starts) + 1, self.num_stages):
+            x = join(i)
+            assert x is not None  # the earliest start joins at the first stage run
+            x = self.stage_forward(i, x)
+            for j, part in zip(members, x.split(b), strict=True):  # one backward node
+                stages[j].append(part)
+        x = join(self.num_stages)
+        assert x is not None
+        embedding = self.embed(x)
+        logits = self.classify(embedding)
+        out = {j: Features(stages=stages[j], embedding=e, logits=z)
+               for j, e, z in zip(members, embedding.split(b), logits.split(b), strict=True)}
+        return [out[j] for j in range(len(starts))]

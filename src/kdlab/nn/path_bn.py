@@ -10,17 +10,20 @@ the statistics of the pure path (used for evaluation and export), and for every 
 copy of each BN's ``running_mean`` / ``running_var`` / ``num_batches_tracked`` lives as a
 buffer of this module (so it is moved by ``.to()``, saved in checkpoints and broadcast by
 DDP). :meth:`PathStats.use` swaps a path's copies into the BN modules for the duration of
-that path's forward pass and puts the pure statistics back afterwards.
+that path's forward pass and puts the pure statistics back afterwards; :meth:`PathStats.chunked`
+does the same for several paths run as one batch, each chunk with its own statistics.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+
+from kdlab.nn.chunked_bn import ChunkStats, chunked_batchnorm
 
 _STATS = ("running_mean", "running_var", "num_batches_tracked")
 
@@ -88,3 +91,20 @@ class PathStats(nn.Module):
             for bn, old in zip(path.bns, saved, strict=False):  # saved may be partial
                 for s, t in old.items():
                     bn._buffers[s] = t
+
+    def statistics(self, name: str) -> ChunkStats:
+        """Path ``name``'s running-statistics buffers, by the BatchNorm layer they belong to."""
+        path = self.paths[name]
+        return {bn: {s: path._buffers[f"bn{i}_{s}"] for s in _STATS}
+                for i, bn in enumerate(path.bns)}
+
+    def chunked(self, names: Sequence[str | None], chunk: int,
+                modules: Iterable[nn.Module]) -> contextlib.AbstractContextManager[None]:
+        """Run the body on paths concatenated along the batch, ``chunk`` samples each, in the
+        order of ``names``: every BatchNorm in ``modules`` normalises each path's chunk
+        separately, with (and updating) path ``names[j]``'s statistics where it has copies
+        and the layer's own buffers otherwise (``None``: the pure path) - as :meth:`use`
+        around one forward pass per path would."""
+        return chunked_batchnorm(
+            modules, chunk, [None if n is None else self.statistics(n) for n in names]
+        )
