@@ -236,3 +236,16 @@ def test_scaling_exponent_and_points():
     assert [s.options for _, s, _, _ in axis_points("paths", p, [])] == [
         {"num_paths": k} for k in (1, 2, 3, 4)]
     assert [s.options["num_negatives"] for _, s, _, _ in axis_points("bank", p, [])][-1] == 16384
+
+
+def test_bench_compiles_and_reports_the_compile_cost(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    args = ["bench", "--preset", "tiny", "--device", "cpu", "--steps", "1", "--warmup", "0",
+            "--methods", "ce", "--compile", "eager", "--channels-last", "on", "--no-flops",
+            "--out", str(out)]
+    assert main(args) == 0
+    assert "compile (first step, untimed): ce" in capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert report["meta"]["compile"] == "eager" and report["meta"]["channels_last"] is True
+    (ce,) = report["results"]
+    assert ce["compile_s"] > 0 and ce["gflop"] is None and math.isfinite(ce["final_loss"])
