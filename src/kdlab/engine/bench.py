@@ -21,7 +21,8 @@ FLOP: each method's step (forward and backward of the whole distillation step) i
 per round with :class:`torch.utils.flop_counter.FlopCounterMode`, on one eager step before the
 warm-up (outside the timed loop); GFLOP/s is that count over the mean step time, and "× mm"
 its fraction of the rate of a large ``torch.mm`` measured once per bench run on the same device
-and dtype (:mod:`kdlab.engine.flops`). Sampled methods (FCFD's paths) count the paths drawn in
+and dtype (:mod:`kdlab.engine.flops`; timed again after the methods and recorded beside it, so
+that a drift of the machine's load shows). Sampled methods (FCFD's paths) count the paths drawn in
 that step. ``channels_last`` and ``compile`` run the steps as ``train.channels_last`` and
 ``train.compile`` do; with ``compile`` one more untimed step comes first, and its time is the
 compile cost reported.
@@ -551,6 +552,10 @@ def run_bench(
     results = [merge_rounds(r, t) for r, t in zip(per_round, times, strict=True)]
     set_ratios(results)
     set_mm_fractions(results, mm)
+    if flops:  # timed again after the methods: how far the machine drifted meanwhile
+        meta["matmul_gflops_end"] = round(matmul_rate(device, dtype or torch.float32,
+                                                      size=size), 2)
+        meta["load_end"] = load_average()
     return BenchReport(meta, results)
 
 
@@ -578,8 +583,10 @@ def format_table(report: BenchReport) -> str:
         f"load {m.get('load', 'n/a')}",
     ]
     if m.get("matmul_gflops"):
-        lines.append(f"large-matmul rate: {m['matmul_gflops']:.1f} GFLOP/s ({m['matmul']}); "
-                     "GFLOP = forward + backward of one step")
+        end = (f" (after the methods: {m['matmul_gflops_end']:.1f}, load {m['load_end']})"
+               if m.get("matmul_gflops_end") else "")
+        lines.append(f"large-matmul rate: {m['matmul_gflops']:.1f} GFLOP/s{end} ({m['matmul']})"
+                     "; GFLOP = forward + backward of one step")
     lines += [f"command: {m['command']}", ""]
     mem = m["memory"]
     width = max([len("method")] + [len(r.label) for r in report.results])
