@@ -16,7 +16,8 @@ with a one-line warning, instead of ending the run: a failure in the first compi
 step (forward or backward, whose graph is compiled lazily) reruns that step eagerly; the
 optimiser's gradients are cleared first, so the step is taken once (state a method changed in
 the failed forward before the failure, e.g. BatchNorm statistics of a graph that had already
-run, is changed once more by the rerun).
+run, is changed once more by the rerun). An error of the step itself, not of the compiler, is
+raised again by the eager rerun, after the warning.
 """
 
 from __future__ import annotations
