@@ -149,3 +149,103 @@ def test_bench_times_the_segmentation_methods_on_random_label_maps(tmp_path, cap
     assert all(math.isfinite(r["final_loss"]) for r in results.values())
     assert results["ce"]["ratio_to_ce"] == 1.0 and results["kd"]["ratio_to_kd"] == 1.0
     assert "× ce" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------- FLOP and scaling
+def test_flop_count_of_a_linear_step_is_the_hand_count():
+    """One Linear(in=a, out=b) on a batch of n: forward 2nab (the product), backward 2nab
+    (the weight's gradient; the input needs none); the bias adds no multiply-add."""
+    import torch
+
+    from kdlab.engine.flops import step_flops
+
+    n, a, b = 16, 32, 8
+    net = torch.nn.Linear(a, b)
+    x = torch.randn(n, a)
+    assert step_flops(lambda: net(x).sum()) == 4 * n * a * b
+    first = torch.nn.Linear(a, a)  # a layer before it: its output needs a gradient too
+    assert step_flops(lambda: net(first(x)).sum()) == 4 * n * a * a + 6 * n * a * b
+
+
+def test_bench_counts_a_distiller_step_like_the_hand_count():
+    """bench_method's FLOP column on a 'network' of one Linear: the same hand count."""
+    import torch
+
+    from kdlab.engine import bench
+    from kdlab.engine.flops import step_flops
+
+    n, a, b = 8, 1 * 4 * 4, 10
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(a, b))
+    x = torch.randn(n, 1, 4, 4)
+    counted = step_flops(lambda: torch.nn.functional.cross_entropy(net(x), torch.arange(n)))
+    assert counted == 4 * n * a * b
+    assert bench.BenchResult("x", "x", {}, 1, 2.0, 0.0, 1.0, None, 0.0).gflop is None
+
+
+def test_matmul_rate_is_positive_and_sized():
+    from kdlab.engine.flops import matmul_rate
+
+    assert matmul_rate("cpu", size=64, min_seconds=0.0) > 0
+
+
+def test_bench_reports_gflop_rate_and_matmul_fraction(tmp_path, capsys):
+    out = tmp_path / "r.csv"
+    args = ["bench", "--preset", "tiny", "--device", "cpu", "--steps", "1", "--warmup", "0",
+            "--methods", "ce,kd", "--channels-last", "off", "--matmul-size", "256",
+            "--out", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "GFLOP/s" in printed and "× mm" in printed and "large-matmul rate" in printed
+    import csv
+
+    rows = list(csv.DictReader(line for line in out.read_text().splitlines()
+                               if not line.startswith("#")))
+    for r in rows:
+        assert float(r["gflop"]) > 0 and float(r["gflops"]) > 0 and float(r["mm_fraction"]) > 0
+    ce, kd = rows
+    assert float(kd["gflop"]) > float(ce["gflop"])  # kd adds the teacher's forward
+    meta = out.read_text()
+    assert "# matmul_gflops:" in meta and "# channels_last: False" in meta and "# load:" in meta
+
+
+def test_bench_scaling_writes_table_csv_and_plot(tmp_path, capsys):
+    folder = tmp_path / "scaling"
+    args = ["bench", "--preset", "tiny", "--device", "cpu", "--steps", "1", "--warmup", "0",
+            "--methods", "ce", "--scaling", "batch", "--scaling-out", str(folder)]
+    assert main(args) == 0
+    assert {p.name for p in folder.iterdir()} == {"scaling.md", "scaling.csv", "scaling.png"}
+    table = (folder / "scaling.md").read_text()
+    assert "ms/iter grows as value^" in table and "| 2 |" in table and "| 16 |" in table
+    lines = (folder / "scaling.csv").read_text().splitlines()
+    assert lines[0].startswith("axis,value,method") and len(lines) == 1 + 4
+    assert (folder / "scaling.png").read_bytes()[:4] == b"\x89PNG"
+    capsys.readouterr()
+    assert main(args[:-4] + ["--scaling", "width"]) == 2
+    assert "batch, image, paths, bank" in capsys.readouterr().err
+
+
+def test_scaling_exponent_and_points():
+    from kdlab.engine.bench import PRESETS, parse_methods
+    from kdlab.engine.scaling import axis_points, exponent
+
+    assert exponent([1, 2, 4], [3.0, 6.0, 12.0]) == pytest.approx(1.0)
+    assert exponent([1, 2, 4], [5.0, 5.0, 5.0]) == pytest.approx(0.0)
+    p = PRESETS["cifar"]
+    points = axis_points("image", p, parse_methods("kd"))
+    assert [shape for _, _, _, shape in points] == [(3, 16, 16), (3, 32, 32), (3, 64, 64)]
+    assert [s.options for _, s, _, _ in axis_points("paths", p, [])] == [
+        {"num_paths": k} for k in (1, 2, 3, 4)]
+    assert [s.options["num_negatives"] for _, s, _, _ in axis_points("bank", p, [])][-1] == 16384
+
+
+def test_bench_compiles_and_reports_the_compile_cost(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    args = ["bench", "--preset", "tiny", "--device", "cpu", "--steps", "1", "--warmup", "0",
+            "--methods", "ce", "--compile", "eager", "--channels-last", "on", "--no-flops",
+            "--out", str(out)]
+    assert main(args) == 0
+    assert "compile (first step, untimed): ce" in capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert report["meta"]["compile"] == "eager" and report["meta"]["channels_last"] is True
+    (ce,) = report["results"]
+    assert ce["compile_s"] > 0 and ce["gflop"] is None and math.isfinite(ce["final_loss"])

@@ -110,3 +110,32 @@ def test_a_new_distiller_starts_at_epoch_0_without_set_epoch(name, options):
         late = _losses_at(name, options, 100)
         assert any(not torch.allclose(first[k], late[k]) for k in first), (
             f"{name}: epoch 100's losses equal epoch 0's; its warm-up is not seen here")
+
+
+@pytest.mark.parametrize("name", CLASSIFICATION_METHODS)
+def test_method_trains_channels_last(name):
+    """``train.channels_last`` (on by default on CPU and CUDA): the distiller's weights and the
+    images in NHWC; every method runs forward and backward and gives the NCHW losses."""
+    cls = METHODS.get(name)
+
+    def build():  # noqa: ANN202 - the same distiller each call
+        teacher = tiny_staged(widths=(16, 32, 64, 64), seed=1) if cls.needs_teacher else None
+        student = tiny_staged(widths=(8, 16, 32, 32), seed=2)
+        torch.manual_seed(0)
+        d = build_distiller(name, TINY_OPTIONS.get(name, {}), student, teacher, train_size=64)
+        return d.train()
+
+    x, y, index = _batch()
+    results = {}
+    for layout, model, images in (
+            ("nchw", build(), x),
+            ("nhwc", build().to(memory_format=torch.channels_last),
+             x.contiguous(memory_format=torch.channels_last))):
+        torch.manual_seed(0)
+        _, losses = model(images, y, index)
+        sum(losses.values()).backward()
+        results[layout] = {k: float(v.detach()) for k, v in losses.items()}
+        grads = [p.grad for p in model.student.parameters() if p.grad is not None]
+        assert grads and all(torch.isfinite(g).all() for g in grads), name
+    for term, value in results["nchw"].items():
+        assert results["nhwc"][term] == pytest.approx(value, rel=1e-4, abs=1e-5), (name, term)

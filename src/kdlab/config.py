@@ -88,8 +88,10 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:1 | mps
     amp: str = "none"  # none | bf16 | fp16
-    channels_last: bool = False
-    compile: bool = False
+    # auto: channels-last (NHWC) on CPU and CUDA, where it is faster (docs/performance.md)
+    channels_last: bool | str = "auto"
+    # true: torch.compile with inductor; or a torch.compile backend name (e.g. aot_eager)
+    compile: bool | str = False
     out_dir: str = "runs/default"
     eval_every: int = 1
     max_steps_per_epoch: int | None = None  # cut epochs short (smoke tests, benchmarks)

@@ -4,7 +4,8 @@ Each method is built with :func:`kdlab.methods.build_distiller` for one teacher/
 pair and trained on one fixed batch of random data (forward, backward, SGD step), so the
 numbers measure the method's compute and memory, not data loading. Preset ``cifar`` is the
 FCFD paper's Table 11 setting (ResNet32x4 -> ResNet8x4, 3x32x32, 100 classes, batch 64;
-Liu et al., ICLR 2023); preset ``cpu`` is a small pair that runs in seconds on a CPU.
+Liu et al., ICLR 2023); preset ``cpu`` is a small pair that runs in seconds on a CPU, ``tiny``
+a smaller one for smoke runs (tests, the GPU script's dry run).
 Detection presets (task ``detection``, random images with three random boxes each):
 ``scenes_det`` is the CPU pair of the Fashion-MNIST scenes (frcnn_tiny_r18 ->
 frcnn_tiny_r10_slim, 1x64x64, batch 16); ``coco_det`` the FCFD paper's ResNet-101 ->
@@ -15,6 +16,16 @@ method again, ...), each round with a fresh build and its own seed (so FCFD draw
 paths). A method's ratio to KD is then the median over rounds of the ratio of the two
 methods' mean step times *in the same round*: slow drifts of the machine's load hit both
 sides of each ratio alike, which a single pass, method after method, cannot promise.
+
+FLOP: each method's step (forward and backward of the whole distillation step) is counted once
+per round with :class:`torch.utils.flop_counter.FlopCounterMode`, on one eager step before the
+warm-up (outside the timed loop); GFLOP/s is that count over the mean step time, and "× mm"
+its fraction of the rate of a large ``torch.mm`` measured once per bench run on the same device
+and dtype (:mod:`kdlab.engine.flops`; timed again after the methods and recorded beside it, so
+that a drift of the machine's load shows). Sampled methods (FCFD's paths) count the paths drawn in
+that step. ``channels_last`` and ``compile`` run the steps as ``train.channels_last`` and
+``train.compile`` do; with ``compile`` one more untimed step comes first, and its time is the
+compile cost reported.
 
 Memory: on CUDA, ``torch.cuda.max_memory_allocated`` over the method's build and steps; on
 CPU, the increase of the process's resident set size (RSS) over its level just before the
@@ -45,8 +56,10 @@ import torch
 import yaml
 
 from kdlab import __version__
+from kdlab.engine.flops import default_matmul_size, matmul_rate, step_flops
 from kdlab.engine.io import atomic_write_text
 from kdlab.errors import UserError
+from kdlab.nn.layout import use_channels_last
 
 
 @dataclass(frozen=True)
@@ -75,6 +88,8 @@ PRESETS: dict[str, Preset] = {
     "cifar": Preset("resnet32x4", "resnet8x4", (3, 32, 32), 100, 64, 50_000),
     # Fashion-MNIST-shaped pair, seconds per method on a laptop CPU.
     "cpu": Preset("resnet20", "resnet8", (1, 28, 28), 10, 64, 60_000),
+    # The cpu pair on 16x16 images at batch 8: a smoke run of the bench and its scripts.
+    "tiny": Preset("resnet14", "resnet8", (1, 16, 16), 10, 8, 20_000),
     # Fashion-MNIST scenes segmentation pair (CPU): 64x64, 11 classes.
     "scenes_seg": Preset("seg_resnet20", "seg_resnet8", (1, 64, 64), 11, 32, 10_000,
                          task="segmentation", methods=SEGMENTATION_METHODS),
@@ -156,6 +171,10 @@ class BenchResult:
     ratio_max: float | None = None
     round_ms: list[float] = field(default_factory=list)  # mean ms/iter of each round
     teacher_cache: bool = False  # timed with the teacher's logits read from a teacher cache
+    gflop: float | None = None  # FLOP of one step (forward + backward), 1e9
+    gflops: float | None = None  # achieved: gflop / mean step time
+    mm_fraction: float | None = None  # gflops / the large-matmul rate of the same run
+    compile_s: float | None = None  # the first (compiling) step under ``compile``
 
 
 def merge_rounds(per_round: Sequence[BenchResult], times_ms: Sequence[float]) -> BenchResult:
@@ -163,6 +182,9 @@ def merge_rounds(per_round: Sequence[BenchResult], times_ms: Sequence[float]) ->
     first = per_round[0]
     mean = statistics.fmean(times_ms)
     peaks = [r.peak_mib for r in per_round if r.peak_mib is not None]
+    flops = [r.gflop for r in per_round if r.gflop is not None]
+    gflop = statistics.fmean(flops) if flops else None
+    compiles = [r.compile_s for r in per_round if r.compile_s is not None]
     return BenchResult(
         label=first.label, method=first.method, options=first.options, steps=first.steps,
         ms_mean=mean, ms_std=statistics.stdev(times_ms) if len(times_ms) > 1 else 0.0,
@@ -170,7 +192,16 @@ def merge_rounds(per_round: Sequence[BenchResult], times_ms: Sequence[float]) ->
         peak_mib=max(peaks) if peaks else None, final_loss=per_round[-1].final_loss,
         rounds=len(per_round), ms_median=statistics.median(times_ms),
         round_ms=[r.ms_mean for r in per_round], teacher_cache=first.teacher_cache,
+        gflop=gflop, gflops=gflop / (mean / 1000) if gflop is not None else None,
+        compile_s=compiles[0] if compiles else None,
     )
+
+
+def set_mm_fractions(results: Sequence[BenchResult], matmul_gflops: float | None) -> None:
+    """Each result's achieved GFLOP/s as a fraction of the large-matmul rate."""
+    for r in results:
+        if r.gflops is not None and matmul_gflops:
+            r.mm_fraction = r.gflops / matmul_gflops
 
 
 def set_ratios(results: Sequence[BenchResult]) -> None:
@@ -349,13 +380,18 @@ def bench_method(
     seed: int = 0,
     times_out: list[float] | None = None,
     task: str = "classification",
+    channels_last: bool = False,
+    compile: bool | str = False,
+    count_flops: bool = True,
 ) -> BenchResult:
     """Build one method and time ``steps`` training steps after ``warmup`` untimed ones.
 
     The step times (ms) are appended to ``times_out`` when it is given. A spec with
     ``teacher_cache`` reads the teacher's logits (computed once, untimed) from a cache file
     of ``train_size`` images (:func:`kdlab.engine.teacher_cache.cache_for_batch`) in every
-    step, instead of running the teacher."""
+    step, instead of running the teacher. ``count_flops``: one eager step first, under the
+    FLOP counter; ``compile``: a ``train.compile`` setting."""
+    from kdlab.engine.compiling import CompiledModel, compile_run
     from kdlab.methods import METHODS, build_distiller
     from kdlab.models import build_model
     from kdlab.tasks import build_task
@@ -391,22 +427,47 @@ def bench_method(
         opt = torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=5e-4)
         use_scaler = amp == "fp16" and device.type == "cuda"
         scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+        if channels_last:
+            distiller.to(memory_format=torch.channels_last)
+            if images.dim() == 4:
+                images = images.contiguous(memory_format=torch.channels_last)
+
+        def loss_of(model: torch.nn.Module) -> torch.Tensor:
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                _, losses = model(images, targets, index)
+                return sum(v.float() for v in losses.values())  # type: ignore[return-value]
+
+        def run(model: torch.nn.Module) -> torch.Tensor:
+            opt.zero_grad(set_to_none=True)
+            loss = loss_of(model)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            return loss.detach()
+
+        gflop = None
+        if count_flops:
+            counted = step_flops(lambda: loss_of(distiller))
+            gflop = counted / 1e9 if counted is not None else None
+            opt.zero_grad(set_to_none=True)
+        compile_s = None
+        model: torch.nn.Module = distiller
+        if compile:
+            model = compile_run(distiller, distiller, compile)
+            assert isinstance(model, CompiledModel)
+            model.step(run, device)
+            compile_s = model.compile_seconds
         loss = torch.zeros(())
         for i in range(warmup + steps):
             _synchronize(device)
             t0 = time.perf_counter()
-            opt.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                _, losses = distiller(images, targets, index)
-                loss = sum(losses.values())
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
+            loss = run(model)
             _synchronize(device)
             if i >= warmup:
                 times.append(time.perf_counter() - t0)
         final_loss = float(loss.detach())
-    del distiller, s_model, t_model, opt
+    # free the networks before the next method is built (the closures share these cells)
+    distiller = s_model = t_model = opt = model = None  # type: ignore[assignment]
     if spec.teacher_cache:
         folder.cleanup()
     ms = [t * 1000 for t in times]
@@ -418,6 +479,8 @@ def bench_method(
         ms_mean=mean, ms_std=statistics.stdev(ms) if len(ms) > 1 else 0.0,
         images_per_s=batch / (mean / 1000), peak_mib=meter.peak_mib, final_loss=final_loss,
         ms_median=statistics.median(ms), round_ms=[mean], teacher_cache=spec.teacher_cache,
+        gflop=gflop, gflops=gflop / (mean / 1000) if gflop is not None else None,
+        compile_s=compile_s,
     )
 
 
@@ -456,11 +519,20 @@ def run_bench(
     command: str = "",
     progress: bool = True,
     teacher_cache: bool = False,
+    channels_last: bool | str = "auto",
+    compile: bool | str = False,
+    flops: bool = True,
+    matmul_size: int | None = None,
+    input_shape: tuple[int, int, int] | None = None,
 ) -> BenchReport:
     """Benchmark every method in ``specs`` on one pair, ``rounds`` times in turn; ratios are
     ms/iter over kd's, paired by round (see the module docstring). ``teacher_cache`` adds,
     after each method that can train from a teacher cache, that method reading the
-    teacher's logits from one (:func:`with_teacher_cache`)."""
+    teacher's logits from one (:func:`with_teacher_cache`). ``channels_last`` and
+    ``compile`` take the values of ``train.channels_last`` and ``train.compile``; ``flops``
+    adds GFLOP per step, GFLOP/s and the fraction of the large-matmul rate (of a
+    ``matmul_size`` square product; default :func:`kdlab.engine.flops.default_matmul_size`);
+    ``input_shape`` overrides the preset's (the scaling sweep's image sizes)."""
     from kdlab.models import MODELS
 
     if preset not in PRESETS:
@@ -480,10 +552,16 @@ def run_bench(
     if batch < 2:
         raise UserError("--batch must be at least 2 (BatchNorm needs two samples in training).")
     device = torch.device(device)
-    _autocast_dtype(amp)
+    dtype = _autocast_dtype(amp)
     check_methods(specs, p.task)
     if teacher_cache:
         specs = with_teacher_cache(specs, p.task)
+    nhwc = use_channels_last(channels_last, device)
+    if compile:
+        from kdlab.engine.compiling import backend_of
+
+        backend_of(compile)
+    shape = tuple(input_shape) if input_shape else p.input_shape
     meta = {
         "task": p.task,
         "teacher": teacher, "student": student, "input_shape": list(p.input_shape),
@@ -494,8 +572,16 @@ def run_bench(
         "memory": MemoryMeter.label(device), "command": command,
         "teacher_cache": teacher_cache,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "channels_last": nhwc, "compile": compile, "load": load_average(),
     }
-    _prime(student, p.input_shape, p.num_classes, batch, device, amp, p.task)
+    meta["input_shape"] = list(shape)
+    _prime(student, shape, p.num_classes, batch, device, amp, p.task)
+    mm = None
+    if flops:
+        size = matmul_size or default_matmul_size(device)
+        mm = matmul_rate(device, dtype or torch.float32, size=size)
+        meta.update(matmul_gflops=round(mm, 2), matmul=f"{size}x{size} torch.mm, "
+                    f"{str(dtype or torch.float32).removeprefix('torch.')}")
     per_round: list[list[BenchResult]] = [[] for _ in specs]
     times: list[list[float]] = [[] for _ in specs]
     for rnd in range(rounds):
@@ -504,14 +590,27 @@ def run_bench(
                 where = f" (round {rnd + 1}/{rounds})" if rounds > 1 else ""
                 print(f"  {spec.label}{where} ...", flush=True)
             per_round[i].append(bench_method(
-                spec, teacher=teacher, student=student, input_shape=p.input_shape,
+                spec, teacher=teacher, student=student, input_shape=shape,
                 num_classes=p.num_classes, batch=batch, steps=steps, warmup=warmup,
                 device=device, amp=amp, train_size=p.train_size, seed=rnd, times_out=times[i],
-                task=p.task,
+                task=p.task, channels_last=nhwc, compile=compile, count_flops=flops,
             ))
     results = [merge_rounds(r, t) for r, t in zip(per_round, times, strict=True)]
     set_ratios(results)
+    set_mm_fractions(results, mm)
+    if flops:  # timed again after the methods: how far the machine drifted meanwhile
+        meta["matmul_gflops_end"] = round(matmul_rate(device, dtype or torch.float32,
+                                                      size=size), 2)
+        meta["load_end"] = load_average()
     return BenchReport(meta, results)
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages (``uptime``), recorded beside every timing."""
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
 
 
 # --------------------------------------------------------------------- output
@@ -520,19 +619,27 @@ def format_table(report: BenchReport) -> str:
     shape = "x".join(str(s) for s in m["input_shape"])
     rounds = m.get("rounds", 1)
     per = f" per round, {rounds} rounds in turn" if rounds > 1 else ""
+    layout = "channels-last" if m.get("channels_last") else "NCHW"
+    compiled = f", compile {m['compile']}" if m.get("compile") else ""
     lines = [
         f"kdlab bench ({m.get('task', 'classification')}): {m['teacher']} -> {m['student']}, "
         f"input {shape}, {m['num_classes']} classes, batch {m['batch']}, {m['steps']} timed "
-        f"steps after {m['warmup']} warm-up{per}, amp {m['amp']}",
-        f"device {m['device']}: {m['hardware']}; torch {m['torch']}; kdlab {m['kdlab']}",
-        f"command: {m['command']}",
-        "",
+        f"steps after {m['warmup']} warm-up{per}, amp {m['amp']}, {layout}{compiled}",
+        f"device {m['device']}: {m['hardware']}; torch {m['torch']}; kdlab {m['kdlab']}; "
+        f"load {m.get('load', 'n/a')}",
     ]
+    if m.get("matmul_gflops"):
+        end = (f" (after the methods: {m['matmul_gflops_end']:.1f}, load {m['load_end']})"
+               if m.get("matmul_gflops_end") else "")
+        lines.append(f"large-matmul rate: {m['matmul_gflops']:.1f} GFLOP/s{end} ({m['matmul']})"
+                     "; GFLOP = forward + backward of one step")
+    lines += [f"command: {m['command']}", ""]
     mem = m["memory"]
     width = max([len("method")] + [len(r.label) for r in report.results])
     ratio_head = "× kd (rounds' range)" if rounds > 1 else "× kd"
     lines.append(f"{'method':<{width}}  {'images/s':>9}  {'ms/iter mean ± std':>19}  "
-                 f"{'median':>8}  {mem:>{len(mem)}}  {'× ce':>5}  {ratio_head}")
+                 f"{'median':>8}  {'GFLOP':>7}  {'GFLOP/s':>8}  {'× mm':>5}  "
+                 f"{mem:>{len(mem)}}  {'× ce':>5}  {ratio_head}")
     for r in report.results:
         peak = f"{r.peak_mib:.1f}" if r.peak_mib is not None else "n/a"
         ratio = "-"
@@ -542,8 +649,16 @@ def format_table(report: BenchReport) -> str:
                 ratio += f" ({r.ratio_min:.2f}-{r.ratio_max:.2f})"
         timing = f"{r.ms_mean:.2f} ± {r.ms_std:.2f}"
         to_ce = f"{r.ratio_to_ce:.2f}" if r.ratio_to_ce is not None else "-"
+        gflop = f"{r.gflop:.3f}" if r.gflop is not None else "-"
+        rate = f"{r.gflops:.1f}" if r.gflops is not None else "-"
+        frac = f"{r.mm_fraction:.2f}" if r.mm_fraction is not None else "-"
         lines.append(f"{r.label:<{width}}  {r.images_per_s:>9.1f}  {timing:>19}  "
-                     f"{r.ms_median:>8.2f}  {peak:>{len(mem)}}  {to_ce:>5}  {ratio}")
+                     f"{r.ms_median:>8.2f}  {gflop:>7}  {rate:>8}  {frac:>5}  "
+                     f"{peak:>{len(mem)}}  {to_ce:>5}  {ratio}")
+    compiles = [f"{r.label} {r.compile_s:.1f} s" for r in report.results
+                if r.compile_s is not None]
+    if compiles:
+        lines.append("compile (first step, untimed): " + ", ".join(compiles))
     if any(not math.isfinite(r.final_loss) for r in report.results):
         lines.append("warning: a method's loss was not finite on the random batch.")
     return "\n".join(lines)
@@ -562,6 +677,10 @@ def check_output_path(path: str | Path) -> Path:
     return p
 
 
+def _fmt(value: float | None, digits: int) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
 def write_report(report: BenchReport, path: str | Path) -> Path:
     """Write the results as JSON, or CSV with ``# key: value`` metadata lines first."""
     p = check_output_path(path)
@@ -572,8 +691,8 @@ def write_report(report: BenchReport, path: str | Path) -> Path:
     for key, value in report.meta.items():
         buf.write(f"# {key}: {value}\n")
     columns = ["method", "options", "steps", "rounds", "images_per_s", "ms_mean", "ms_std",
-               "ms_median", "peak_mib", "ratio_to_kd", "ratio_min", "ratio_max", "ratio_to_ce",
-               "final_loss"]
+               "ms_median", "gflop", "gflops", "mm_fraction", "peak_mib", "ratio_to_kd",
+               "ratio_min", "ratio_max", "ratio_to_ce", "final_loss", "compile_s"]
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for r in report.results:
@@ -588,6 +707,8 @@ def write_report(report: BenchReport, path: str | Path) -> Path:
             "ratio_max": "" if r.ratio_max is None else f"{r.ratio_max:.3f}",
             "ratio_to_ce": "" if r.ratio_to_ce is None else f"{r.ratio_to_ce:.3f}",
             "final_loss": f"{r.final_loss:.4f}",
+            "gflop": _fmt(r.gflop, 4), "gflops": _fmt(r.gflops, 2),
+            "mm_fraction": _fmt(r.mm_fraction, 3), "compile_s": _fmt(r.compile_s, 1),
         })
     atomic_write_text(p, buf.getvalue())
     return p

@@ -15,7 +15,10 @@ differ (:data:`MAY_CHANGE`):
   and a path in ``model.teacher_pretrained`` (a path for a path; the teacher must be the same
   network), and ``model.student_pretrained`` (not read on resume: the checkpoint replaces it);
 - ``data.batch_size`` only together with the number of processes, so that the global batch
-  (processes x ``data.batch_size``) stays the same.
+  (processes x ``data.batch_size``) stays the same;
+- ``train.channels_last`` written otherwise with the same layout on the resume's device (a
+  run saved with ``false`` before ``auto`` became the default resumes with ``auto`` on a
+  device where ``auto`` is off; on CPU and CUDA it needs ``--set train.channels_last=false``).
 
 Anything else is refused with one sentence listing each difference; the saved
 ``config.yaml`` is rewritten only with allowed changes, and those are printed first.
@@ -104,6 +107,12 @@ def read_saved(out_dir: Path) -> Saved | None:
 
 
 def _allowed(key: str, old: Any, new: Any, cfg: RunConfig) -> bool:
+    if key == "train.channels_last":  # e.g. a run saved with false, resumed with auto on a GPU
+        from kdlab.engine.build import resolve_device
+        from kdlab.nn.layout import use_channels_last
+
+        device = resolve_device(cfg.train.device)
+        return use_channels_last(old, device) == use_channels_last(new, device)
     if key not in MAY_CHANGE:
         return False
     if key == "schedule.epochs":

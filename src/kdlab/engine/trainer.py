@@ -33,6 +33,7 @@ from kdlab.engine.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from kdlab.engine.compiling import CompiledModel, compile_run
 from kdlab.engine.evaluate import autocast
 from kdlab.engine.metrics_log import MetricsLog, Progress
 from kdlab.engine.optimisation import Optimisation
@@ -42,6 +43,7 @@ from kdlab.engine.resume import check_resume, read_saved
 from kdlab.engine.run_lock import RunLock, is_main_process, remove_stale_temporaries
 from kdlab.engine.validate import validate_config
 from kdlab.errors import UserError
+from kdlab.nn.layout import use_channels_last
 
 #: steps between the (synchronising) checks for a non-finite loss and progress updates
 CHECK_EVERY = 20
@@ -161,7 +163,8 @@ class Trainer:
         self.run = run  # the trained distiller stays reachable after fit()
         raw = run.distiller
         self.task = raw.task
-        if cfg.train.channels_last:
+        self.channels_last = use_channels_last(cfg.train.channels_last, device)
+        if self.channels_last:
             raw.to(memory_format=torch.channels_last)
         params = [p for p in raw.parameters() if p.requires_grad]
         if not params:
@@ -189,7 +192,8 @@ class Trainer:
         if d.enabled:
             model = distributed.wrap(raw, device, find_unused=raw.may_skip_parameters)
         if cfg.train.compile:
-            model = torch.compile(model)
+            model = compile_run(model, raw, cfg.train.compile,
+                                warn=print if main else lambda _: None)
 
         if main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -286,15 +290,9 @@ class Trainer:
         batches = itertools.islice(iter(loader), n)
         for step, batch in enumerate(progress.steps(batches, n, epoch, cfg.schedule.epochs)):
             images, targets, index = batch[0], batch[1], batch[2] if len(batch) > 2 else None
-            if cfg.train.channels_last and isinstance(images, torch.Tensor) and images.dim() == 4:
+            if self.channels_last and isinstance(images, torch.Tensor) and images.dim() == 4:
                 images = images.contiguous(memory_format=torch.channels_last)
-            with autocast(device, cfg.train.amp):
-                outputs, losses = model(images, targets, index)
-            if not isinstance(losses, dict) or not losses:
-                raise UserError(f"Method {cfg.method_name!r} returned no loss terms; it must "
-                                "return (outputs, {name: loss}).")
-            total = sum(v.float() for v in losses.values())
-            assert isinstance(total, torch.Tensor)
+            outputs, losses, total = self._step(model, optim, images, targets, index)
             for k, v in losses.items():
                 v = v.detach().float()
                 if k not in terms:
@@ -302,7 +300,6 @@ class Trainer:
                     bad[k] = torch.zeros((), dtype=torch.bool, device=device)
                 terms[k] += v.double()
                 bad[k] |= ~torch.isfinite(v)
-            optim.step(total)
             with torch.no_grad():
                 total_sum += total.detach().double()
                 counts = task.train_counts(outputs, targets)
@@ -331,6 +328,25 @@ class Trainer:
             "score": 100.0 * sums[2].item() / max(sums[3].item(), 1.0),
             "terms": {k: sums[4 + i].item() / (steps * world) for i, k in enumerate(terms)},
         }
+
+    def _step(self, model: nn.Module, optim: Optimisation, images: Any, targets: Any,
+              index: Any) -> tuple[Any, dict[str, torch.Tensor], torch.Tensor]:
+        """One training step: forward, the summed loss, backward and the optimisers' step
+        (under ``train.compile`` through :meth:`CompiledModel.step`, which falls back)."""
+        def run(m: nn.Module) -> tuple[Any, dict[str, torch.Tensor], torch.Tensor]:
+            with autocast(self.device, self.cfg.train.amp):
+                outputs, losses = m(images, targets, index)
+            if not isinstance(losses, dict) or not losses:
+                raise UserError(f"Method {self.cfg.method_name!r} returned no loss terms; it "
+                                "must return (outputs, {name: loss}).")
+            total = sum(v.float() for v in losses.values())
+            assert isinstance(total, torch.Tensor)
+            optim.step(total)
+            return outputs, losses, total
+
+        if isinstance(model, CompiledModel):
+            return model.step(run, self.device)
+        return run(model)
 
     def _check_finite(self, bad: dict[str, torch.Tensor], epoch: int, step: int) -> None:
         names = list(bad)

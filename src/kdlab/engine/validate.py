@@ -32,6 +32,13 @@ def _check_choices(cfg: RunConfig) -> None:
     t = cfg.train
     if t.amp not in ("none", *AMP_DTYPES):
         raise UserError(f"train.amp {t.amp!r} is not known; use none, bf16 or fp16.")
+    if isinstance(t.channels_last, str) and t.channels_last != "auto":
+        raise UserError(f"train.channels_last {t.channels_last!r} is not known; use auto, true "
+                        "or false.")
+    if t.compile is not False:
+        from kdlab.engine.compiling import backend_of
+
+        backend_of(t.compile)
     if t.progress not in PROGRESS:
         raise UserError(f"train.progress {t.progress!r} is not known; use auto, bar, lines or "
                         "none.")

@@ -121,6 +121,7 @@ class Distiller(nn.Module):
             teacher.eval()
             teacher.requires_grad_(False)
         object.__setattr__(self, "_teacher", teacher)
+        object.__setattr__(self, "_teacher_runner", None)
         if getattr(self.cfg, "teacher_bn", "eval") not in ("eval", "batch"):
             raise UserError(f"method.teacher_bn is {self.cfg.teacher_bn!r}; use 'eval' (running "
                             "statistics) or 'batch' (batch statistics, as the reference code).")
@@ -148,6 +149,12 @@ class Distiller(nn.Module):
             self._teacher._apply(fn, recurse)
         return self
 
+    def use_teacher_runner(self, runner: object | None) -> None:
+        """Run the teacher passes below through ``runner`` (an object with ``features(x)``
+        and ``runner(x)``, e.g. the separately compiled teacher of ``train.compile``); None
+        runs the teacher itself."""
+        object.__setattr__(self, "_teacher_runner", runner)
+
     def teacher_bn_mode(self) -> contextlib.AbstractContextManager[None]:
         """Context for running the frozen teacher under the method's ``teacher_bn`` setting."""
         if self._teacher is not None and getattr(self.cfg, "teacher_bn", "eval") == "batch":
@@ -162,7 +169,7 @@ class Distiller(nn.Module):
         """
         assert self._teacher is not None, "this method was built without a teacher"
         with torch.inference_mode(), self.teacher_bn_mode():
-            out = self._teacher.features(images)
+            out = (self._teacher_runner or self._teacher).features(images)
         return out.map(torch.Tensor.clone)
 
     def use_teacher_cache(self, cache: TeacherLogits | None) -> None:
@@ -185,7 +192,7 @@ class Distiller(nn.Module):
             return self._teacher_cache.logits(index).to(images.device)
         assert self._teacher is not None, "this method was built without a teacher"
         with torch.inference_mode(), self.teacher_bn_mode():
-            logits = self._teacher(images)
+            logits = (self._teacher_runner or self._teacher)(images)
         return logits.clone()
 
     # ----------------------------------------------------------------- the method
