@@ -479,7 +479,7 @@ import json, os, signal, sys
 sys.path[:0] = [{tests!r}, {src!r}]
 from engine_support import registered
 from kdlab.cli import main
-import kdlab.engine.io as io
+import kdlab.runtime.files as io
 import kdlab.engine.trainer as trainer_mod
 
 

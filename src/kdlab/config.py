@@ -268,6 +268,6 @@ def load_config(recipe: str | Path | None = None, overrides: Sequence[str] = ())
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:
-    from kdlab.engine.io import atomic_write_text
+    from kdlab.runtime.files import atomic_write_text
 
     atomic_write_text(Path(path), yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from kdlab import __version__
-from kdlab.engine.io import atomic_write
 from kdlab.errors import UserError
+from kdlab.runtime.files import atomic_write
 
 PLAIN = "model"
 COMPOSITE = "composite"

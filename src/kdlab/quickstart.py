@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from kdlab.config import RunConfig, build_dataclass
-from kdlab.engine.io import atomic_write_text
 from kdlab.errors import UserError
+from kdlab.runtime.files import atomic_write_text
 
 MARKER = "quickstart.json"
 
@@ -180,7 +180,7 @@ def plot_bars(summaries: dict[str, dict[str, Any]], titles: dict[str, str], path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from kdlab.engine.io import atomic_write
+    from kdlab.runtime.files import atomic_write
 
     names = list(summaries)
     values = [_top1(summaries[n]) for n in names]

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kdlab.engine.io import atomic_write
+from kdlab.runtime.files import atomic_write
 
 
 def _pyplot() -> Any:

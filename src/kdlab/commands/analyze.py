@@ -28,8 +28,8 @@ from kdlab.commands.common import (
     restore_run,
     run_config,
 )
-from kdlab.engine.io import atomic_write_text
 from kdlab.errors import UserError
+from kdlab.runtime.files import atomic_write_text
 
 
 def add_parser(sub: Any) -> None:

@@ -19,10 +19,10 @@ from typing import Any
 
 import yaml
 
-from kdlab.engine.io import atomic_write, atomic_write_text
 from kdlab.engine.metrics_log import read_csv
 from kdlab.engine.report import LABELS, networks, series
 from kdlab.errors import UserError
+from kdlab.runtime.files import atomic_write, atomic_write_text
 
 #: the primary validation metric of each task (``val_<network>_<metric>`` in metrics.csv)
 PRIMARY = {"classification": "top1", "segmentation": "miou", "detection": "map"}

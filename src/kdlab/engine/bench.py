@@ -57,9 +57,9 @@ import yaml
 
 from kdlab import __version__
 from kdlab.engine.flops import default_matmul_size, matmul_rate, step_flops
-from kdlab.engine.io import atomic_write_text
 from kdlab.errors import UserError
 from kdlab.nn.layout import use_channels_last
+from kdlab.runtime.files import atomic_write_text
 
 
 @dataclass(frozen=True)

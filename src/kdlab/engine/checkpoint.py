@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from kdlab.engine.io import atomic_write
 from kdlab.errors import UserError
+from kdlab.runtime.files import atomic_write
 
 FORMAT = "kdlab-run"
 VERSION = 2  # 2: best_score + metric (was best_top1), separate_optimizers

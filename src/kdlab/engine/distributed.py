@@ -14,10 +14,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch import Tensor, nn
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from kdlab.errors import UserError
+from kdlab.runtime.collectives import world_size
 
 
 @dataclass
@@ -73,32 +74,6 @@ def _local_device(device: torch.device, local_rank: int) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
-def world_size() -> int:
-    """Processes in the default process group (1 when torch.distributed is not initialised)."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size()
-    return 1
-
-
-def all_gather_rows(*tensors: Tensor) -> list[tuple[Tensor, ...]]:
-    """Every process's ``tensors``, in rank order. Within a process they share one row count;
-    counts may differ between processes (they are gathered first, and the rows padded to the
-    longest for the collectives). All tensors must be on the device of the backend."""
-    world = dist.get_world_size()
-    count = torch.tensor([tensors[0].shape[0]], device=tensors[0].device)
-    counts = [torch.empty_like(count) for _ in range(world)]
-    dist.all_gather(counts, count)
-    sizes = [int(c) for c in counts]
-    gathered = []
-    for x in tensors:
-        padded = x.new_zeros((max(sizes), *x.shape[1:]))
-        padded[: x.shape[0]] = x
-        parts = [torch.empty_like(padded) for _ in range(world)]
-        dist.all_gather(parts, padded)
-        gathered.append([part[:size] for part, size in zip(parts, sizes)])
-    return list(zip(*gathered))
-
-
 def cleanup(info: DistInfo) -> None:
     if info.owns_group and dist.is_initialized():
         dist.destroy_process_group()
@@ -142,26 +117,8 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
-def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum ``t`` over ranks in place (a no-op outside a process group)."""
-    if world_size() > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t
-
-
-def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
-    if world_size() > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t
-
-
 def broadcast_buffers(model: nn.Module) -> None:
     """Copy rank 0's buffers (BatchNorm statistics) to every rank, e.g. before evaluating."""
     if world_size() > 1:
         for b in model.buffers():
             dist.broadcast(b, src=0)
-
-
-def barrier() -> None:
-    if world_size() > 1:
-        dist.barrier()

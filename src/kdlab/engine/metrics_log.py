@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from kdlab.engine.io import atomic_write_text
+from kdlab.runtime.files import atomic_write_text
 
 FIRST_COLUMNS = ("epoch", "lr")
 

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kdlab.engine.io import atomic_write, atomic_write_text
 from kdlab.engine.metrics_log import read_csv
 from kdlab.engine.prebuilt import is_memory
+from kdlab.runtime.files import atomic_write, atomic_write_text
 
 LOSS_PREFIX = "loss_"
 

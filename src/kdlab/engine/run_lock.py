@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from kdlab.engine.io import TEMP_GLOB
 from kdlab.errors import UserError
+from kdlab.runtime.files import TEMP_GLOB
 
 LOCK_NAME = ".kdlab.lock"
 

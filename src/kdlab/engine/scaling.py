@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from kdlab.engine.bench import PRESETS, MethodSpec, Preset, _prime, bench_method, parse_methods
-from kdlab.engine.io import atomic_write_text
 from kdlab.errors import UserError
+from kdlab.runtime.files import atomic_write_text
 
 AXES = ("batch", "image", "paths", "bank")
 #: what each axis varies, as written in the tables

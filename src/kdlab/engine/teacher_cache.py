@@ -44,8 +44,8 @@ from kdlab.data.teacher_cache import (
     size_text,
     weights_sha256,
 )
-from kdlab.engine.io import atomic_write_text
 from kdlab.errors import UserError
+from kdlab.runtime.files import atomic_write_text
 
 #: the random stream (of ``kdlab.data.sampling.epoch_generator``) of the views' parameters
 PARAMS_STREAM = 2

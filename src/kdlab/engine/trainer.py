@@ -34,7 +34,6 @@ from kdlab.engine.checkpoint import (
     save_checkpoint,
 )
 from kdlab.engine.compiling import CompiledModel, compile_run
-from kdlab.engine.evaluate import autocast
 from kdlab.engine.metrics_log import MetricsLog, Progress
 from kdlab.engine.optimisation import Optimisation
 from kdlab.engine.prebuilt import Prebuilt, refuse_memory
@@ -44,6 +43,8 @@ from kdlab.engine.run_lock import RunLock, is_main_process, remove_stale_tempora
 from kdlab.engine.validate import validate_config
 from kdlab.errors import UserError
 from kdlab.nn.layout import use_channels_last
+from kdlab.runtime import collectives
+from kdlab.runtime.precision import autocast
 
 #: steps between the (synchronising) checks for a non-finite loss and progress updates
 CHECK_EVERY = 20
@@ -198,7 +199,7 @@ class Trainer:
         if main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.out_dir / "config.yaml")
-        distributed.barrier()
+        collectives.barrier()
         log = MetricsLog(self.out_dir, enabled=main, history=history)
         progress = Progress(cfg.train.progress, enabled=main)
         try:
@@ -214,7 +215,7 @@ class Trainer:
             figures = self.task.report_figures(self.out_dir, shown, run.loaders.val,
                                                device=device)
             write_report(self.out_dir, summary, figures=figures)
-        distributed.barrier()
+        collectives.barrier()
         return summary
 
     def _steps_per_epoch(self, loader: Any) -> int:
@@ -274,7 +275,7 @@ class Trainer:
             save_checkpoint(self.out_dir / "last.pt", state)
             if improved:  # the same state: copy the file rather than serialise it again
                 copy_checkpoint(self.out_dir / "last.pt", self.out_dir / "best.pt")
-        distributed.barrier()
+        collectives.barrier()
         return best
 
     def _train_epoch(self, epoch: int, model: nn.Module, optim: Optimisation, loader: Any,
@@ -320,7 +321,7 @@ class Trainer:
         sums = torch.cat([torch.stack([total_sum, torch.tensor(float(seen), dtype=torch.float64,
                                                                device=device)]),
                           score, torch.stack(list(terms.values()))])
-        distributed.all_reduce_sum(sums)
+        collectives.all_reduce_sum(sums)
         world = self.dist.world_size
         return {
             "loss": sums[0].item() / (steps * world),
@@ -351,7 +352,7 @@ class Trainer:
     def _check_finite(self, bad: dict[str, torch.Tensor], epoch: int, step: int) -> None:
         names = list(bad)
         flags = torch.stack([bad[k] for k in names]).to(torch.int32)
-        distributed.all_reduce_max(flags)
+        collectives.all_reduce_max(flags)
         broken = [k for k, f in zip(names, flags.tolist(), strict=True) if f]
         if not broken:
             return

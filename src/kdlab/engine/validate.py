@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from kdlab.config import RunConfig, build_dataclass
 from kdlab.domains import check_method_domains, check_run_domains
-from kdlab.engine.evaluate import AMP_DTYPES
 from kdlab.errors import UserError
+from kdlab.runtime.precision import AMP_DTYPES
 
 PROGRESS = ("auto", "bar", "lines", "none")
 

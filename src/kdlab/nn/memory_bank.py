@@ -13,8 +13,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from kdlab.engine.distributed import all_gather_rows, all_reduce_sum, world_size
 from kdlab.errors import UserError
+from kdlab.runtime.collectives import all_gather_rows, all_reduce_sum, world_size
 
 # Score against the whole bank (one GEMM, then pick the sampled columns) while the bank has at
 # most this many rows per sampled row; above it, gather the sampled rows. Gathering copies

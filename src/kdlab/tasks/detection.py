@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from kdlab.engine.distributed import all_gather_rows, world_size
 from kdlab.models.detection import DetectionOutput, check_detector
+from kdlab.runtime.collectives import all_gather_rows, world_size
 from kdlab.tasks.base import TASKS, Task
 from kdlab.tasks.coco_map import coco_map
 
@@ -119,7 +119,7 @@ class Detection(Task):
     def predict(self, net: nn.Module, loader: Iterable[Any], *, device: torch.device,
                 amp: str = "none") -> tuple[Tensor, Tensor, Tensor]:
         """This rank's ``(ground-truth rows, detection rows, image ids)`` over ``loader``."""
-        from kdlab.engine.evaluate import autocast
+        from kdlab.runtime.precision import autocast
 
         was_training = net.training
         net.eval()

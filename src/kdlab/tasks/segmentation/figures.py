@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from torch import Tensor
 
-from kdlab.engine.io import atomic_write, atomic_write_text
+from kdlab.runtime.files import atomic_write, atomic_write_text
 
 IGNORE_COLOUR = (255, 255, 255)
 

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdlab.engine.distributed import all_reduce_sum
-from kdlab.engine.evaluate import autocast
+from kdlab.runtime.collectives import all_reduce_sum
+from kdlab.runtime.precision import autocast
 from kdlab.tasks.base import TASKS, Task
 from kdlab.tasks.segmentation.inference import score_map, sliding, upsample, whole
 from kdlab.tasks.segmentation.metrics import class_iou, confusion_matrix, scores
