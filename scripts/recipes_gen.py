@@ -167,6 +167,14 @@ def _cut_notes(pair: Pair, *, hint_only: bool) -> list[str]:
     return ["Stage cut: " + "; ".join(dict.fromkeys(notes)) + " (docs/fcfd.md)."]
 
 
+def _benchmark_recipe(method: str, pair: Pair, header: list[str],
+                      options: list[tuple[str, str]]) -> str:
+    """A recipe on the CRD benchmark's protocol: batch 64, LR 0.05 (0.01 for the
+    MobileNetV2 / ShuffleNet students)."""
+    return _cifar_recipe(method, pair, header, options, batch=64,
+                         lr=0.01 if pair.small_lr else 0.05)
+
+
 def kd(pair: Pair) -> str:
     header = [
         f"Hinton KD on CIFAR-100, {pair.teacher} -> {pair.student}: the CRD benchmark's KD row",
@@ -176,8 +184,7 @@ def kd(pair: Pair) -> str:
         "and its default --kd_T 4;", _rep_schedule(pair) + ".",
     ]
     options = [("temperature", "4.0"), ("ce_weight", "0.1"), ("kd_weight", "0.9")]
-    return _cifar_recipe("kd", pair, header, options, batch=64,
-                         lr=0.01 if pair.small_lr else 0.05)
+    return _benchmark_recipe("kd", pair, header, options)
 
 
 def crd(pair: Pair) -> str:
@@ -192,8 +199,7 @@ def crd(pair: Pair) -> str:
     ]
     options = [("weight", "0.8"), ("ce_weight", "1.0"), ("feat_dim", "128"),
                ("num_negatives", "16384"), ("temperature", "0.07"), ("momentum", "0.5")]
-    return _cifar_recipe("crd", pair, header, options, batch=64,
-                         lr=0.01 if pair.small_lr else 0.05)
+    return _benchmark_recipe("crd", pair, header, options)
 
 
 def fitnet(pair: Pair) -> str:
@@ -210,8 +216,7 @@ def fitnet(pair: Pair) -> str:
     options = [("ce_weight", "1.0"), ("hint_weight", "100.0"),
                ("position", "3  # the benchmark's hint_layer=2"),
                ("regressor", "convreg  # the benchmark's ConvReg")]
-    return _cifar_recipe("fitnet", pair, header, options, batch=64,
-                         lr=0.01 if pair.small_lr else 0.05)
+    return _benchmark_recipe("fitnet", pair, header, options)
 
 
 def at(pair: Pair) -> str:
@@ -225,8 +230,7 @@ def at(pair: Pair) -> str:
     ]
     header += _cut_notes(pair, hint_only=False)
     options = [("beta", "1000.0"), ("p", "2.0"), ("ce_weight", "1.0")]
-    return _cifar_recipe("at", pair, header, options, batch=64,
-                         lr=0.01 if pair.small_lr else 0.05)
+    return _benchmark_recipe("at", pair, header, options)
 
 
 def vid(pair: Pair) -> str:
@@ -240,8 +244,7 @@ def vid(pair: Pair) -> str:
     ]
     header += _cut_notes(pair, hint_only=False)
     options = [("weight", "1.0"), ("ce_weight", "1.0"), ("init_variance", "5.0")]
-    return _cifar_recipe("vid", pair, header, options, batch=64,
-                         lr=0.01 if pair.small_lr else 0.05)
+    return _benchmark_recipe("vid", pair, header, options)
 
 
 def reviewkd(pair: Pair) -> str:

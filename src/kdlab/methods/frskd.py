@@ -144,14 +144,19 @@ class FRSKD(Distiller):
             repeat=c.repeat,
         )
 
+    def _self_teacher(self, feats: list[Tensor]) -> tuple[list[Tensor], Tensor]:
+        """The self-teacher's refined maps and logits, fed the student's features (detached
+        with ``detach_features``)."""
+        return self.self_teacher([f.detach() for f in feats] if self.cfg.detach_features
+                                 else feats)
+
     def forward(
         self, images: Tensor, targets: Tensor, index: Tensor | None = None
     ) -> tuple[Tensor, Losses]:
         c = self.cfg
         out = self.student.features(images)
         feats = out.stages[-self.levels :]
-        st_input = [f.detach() for f in feats] if c.detach_features else feats
-        refined, st_logits = self.self_teacher(st_input)
+        refined, st_logits = self._self_teacher(feats)
         losses: Losses = {
             "ce": F.cross_entropy(out.logits, targets),
             "self_teacher_ce": F.cross_entropy(st_logits, targets),

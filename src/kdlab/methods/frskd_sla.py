@@ -104,10 +104,6 @@ class FRSKDSLA(FRSKD):
         self.joint_head = nn.Linear(self.student.embedding_dim, k)
         self.self_teacher_joint_head = nn.Linear(self.self_teacher.widths[-1], k)
 
-    def _self_teacher(self, feats: list[Tensor]) -> tuple[list[Tensor], Tensor]:
-        return self.self_teacher([f.detach() for f in feats] if self.cfg.detach_features
-                                 else feats)
-
     def forward(
         self, images: Tensor, targets: Tensor, index: Tensor | None = None
     ) -> tuple[Tensor, Losses]:
