@@ -55,7 +55,7 @@ from kdlab.losses.attention import at_loss
 from kdlab.losses.logits import kd_loss
 from kdlab.methods import METHODS
 from kdlab.methods.base import Distiller, Losses
-from kdlab.models.staged import Staged
+from kdlab.models.staged import Features, Staged
 from kdlab.nn.bifpn import BiFPNc
 from kdlab.tasks import Task
 
@@ -114,7 +114,11 @@ class FRSKD(Distiller):
         task: Task | None = None,
     ) -> None:
         super().__init__(student, None, cfg, train_size=train_size, task=task)
-        c = self.cfg
+
+    def setup(self) -> None:
+        """Check the settings and build the self-teacher (BiFPNc) on the last ``levels``
+        stages of the student."""
+        student, c = self.student, self.cfg
         if c.temperature <= 0 or c.width <= 0 or c.depth < 1 or c.repeat < 1:
             raise UserError(
                 "FRSKD needs temperature > 0, width > 0, depth >= 1 and repeat >= 1; "
@@ -150,13 +154,19 @@ class FRSKD(Distiller):
         return self.self_teacher([f.detach() for f in feats] if self.cfg.detach_features
                                  else feats)
 
+    def _passes(self, images: Tensor) -> tuple[Features, list[Tensor], list[Tensor], Tensor]:
+        """The student's features of ``images``, its last ``levels`` stage outputs, and the
+        self-teacher's refined maps and logits on them."""
+        out = self.student.features(images)
+        feats = out.stages[-self.levels :]
+        refined, st_logits = self._self_teacher(feats)
+        return out, feats, refined, st_logits
+
     def forward(
         self, images: Tensor, targets: Tensor, index: Tensor | None = None
     ) -> tuple[Tensor, Losses]:
         c = self.cfg
-        out = self.student.features(images)
-        feats = out.stages[-self.levels :]
-        refined, st_logits = self._self_teacher(feats)
+        out, feats, refined, st_logits = self._passes(images)
         losses: Losses = {
             "ce": F.cross_entropy(out.logits, targets),
             "self_teacher_ce": F.cross_entropy(st_logits, targets),

@@ -97,9 +97,7 @@ class FRSKDSLA(FRSKD):
         if h != w:
             raise UserError(f"FRSKD+SLA rotates images by quarter turns, which needs square "
                             f"inputs; this student takes {h}x{w}: crop or resize to a square.")
-
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # FRSKD builds the self-teacher, then setup() checks
+        super().setup()  # FRSKD's checks and self-teacher, then the joint heads
         k = self.student.num_classes * ROTATIONS
         self.joint_head = nn.Linear(self.student.embedding_dim, k)
         self.self_teacher_joint_head = nn.Linear(self.self_teacher.widths[-1], k)
@@ -108,12 +106,8 @@ class FRSKDSLA(FRSKD):
         self, images: Tensor, targets: Tensor, index: Tensor | None = None
     ) -> tuple[Tensor, Losses]:
         c = self.cfg
-        out = self.student.features(images)
-        feats = out.stages[-self.levels :]
-        refined, st_logits = self._self_teacher(feats)
-        rot = self.student.features(rotate_batch(images))
-        rot_feats = rot.stages[-self.levels :]
-        rot_refined, _ = self._self_teacher(rot_feats)
+        out, feats, refined, st_logits = self._passes(images)
+        rot, rot_feats, rot_refined, _ = self._passes(rotate_batch(images))
         joint = self.joint_head(rot.embedding)
         st_joint = self.self_teacher_joint_head(
             torch.flatten(F.adaptive_avg_pool2d(rot_refined[-1], 1), 1))
