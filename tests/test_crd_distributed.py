@@ -96,6 +96,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         out = _memory_steps(rank)
         out.update(_ddp_crd_steps(rank))
         torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()  # no rank tears gloo down while the other still talks to it
     finally:
         dist.destroy_process_group()
 

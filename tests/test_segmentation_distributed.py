@@ -39,6 +39,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         result = build_task("segmentation").evaluate(tiny_segnet(), shard,
                                                      device=torch.device("cpu"))
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()  # no rank tears gloo down while the other still talks to it
     finally:
         dist.destroy_process_group()
 
