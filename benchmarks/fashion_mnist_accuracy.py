@@ -26,13 +26,12 @@ import os
 import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from protocol import ROOT, kdlab_cmd, load, mean_std, run_one
+from protocol import ROOT, kdlab_cmd, mean_std, run_command, run_one
 
 from kdlab.engine.bench import cpu_name
 
@@ -200,20 +199,11 @@ def build_cache(args: argparse.Namespace, kd: list[str], row: Row, sets: list[st
     record = folder / path.name.replace(".kdcache", ".command.json")
     if path.is_file() and record.is_file():
         return path
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    before = load()
-    print(f"[{time.strftime('%H:%M:%S')}] teacher cache: {shlex.join(cmd)}", flush=True)
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"cache-teacher failed ({proc.returncode}): {shlex.join(cmd)}\n"
-                         f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    stdout, ran = run_command(cmd, args.threads, "teacher cache")
     folder.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps({"command": shlex.join(cmd), "load_before": before,
-                                  "load_after": load(),
-                                  "wall_s": round(time.perf_counter() - t0, 1)}, indent=2))
-    said = [line for line in proc.stdout.splitlines() if line.startswith("teacher cache")]
-    print(f"    {said[0] if said else proc.stdout.strip()[-300:]}", flush=True)
+    record.write_text(json.dumps(ran, indent=2))
+    said = [line for line in stdout.splitlines() if line.startswith("teacher cache")]
+    print(f"    {said[0] if said else stdout.strip()[-300:]}", flush=True)
     return path
 
 

@@ -50,6 +50,23 @@ def kdlab_cmd() -> list[str]:
         return [str(exe)]
 
 
+def run_command(cmd: list[str], threads: int, label: str) -> tuple[str, dict]:
+    """Run one command from the repository root with ``threads`` torch threads; return its
+    stdout and a record of the command, its wall time and the machine's load around it. A
+    failure ends the benchmark with the command's output."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    before = load()
+    print(f"[{time.strftime('%H:%M:%S')}] {label}: {shlex.join(cmd)}", flush=True)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"{label} failed ({proc.returncode}): {shlex.join(cmd)}\n"
+                         f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    return proc.stdout, {"command": shlex.join(cmd), "wall_s": round(wall, 1),
+                         "load_before": before, "load_after": load()}
+
+
 def run_one(cmd: list[str], run_dir: Path, info: dict, threads: int,
             column: str = "val_student_top1", metric: str = "top1") -> dict:
     """Run one training command unless already finished; return its result record with
@@ -59,24 +76,16 @@ def run_one(cmd: list[str], run_dir: Path, info: dict, threads: int,
         return json.loads(done.read_text())
     if run_dir.exists():  # an interrupted run: start it again from scratch
         shutil.rmtree(run_dir)
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    load_before = load()
-    print(f"[{time.strftime('%H:%M:%S')}] {info['row']} seed {info['seed']}: "
-          f"{shlex.join(cmd)}", flush=True)
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise SystemExit(f"run failed ({proc.returncode}): {shlex.join(cmd)}\n"
-                         f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    stdout, ran = run_command(cmd, threads, f"{info['row']} seed {info['seed']}")
     values = [float(r[column]) for r in read_metrics(run_dir) if r.get(column)]
-    rec = dict(info, command=shlex.join(cmd), wall_s=round(wall, 1), epochs_run=len(values),
-               load_before=load_before, load_after=load(),
-               stdout_tail=proc.stdout.strip().splitlines()[-1:])
+    rec = dict(info, command=ran["command"], wall_s=ran["wall_s"], epochs_run=len(values),
+               load_before=ran["load_before"], load_after=ran["load_after"],
+               stdout_tail=stdout.strip().splitlines()[-1:])
     rec[f"best_{metric}"], rec[f"last_{metric}"] = max(values), values[-1]
     done.write_text(json.dumps(rec, indent=2) + "\n")
     print(f"    best {rec[f'best_{metric}']:.2f} last {rec[f'last_{metric}']:.2f} "
-          f"wall {wall:.0f} s load {load_before} -> {rec['load_after']}", flush=True)
+          f"wall {ran['wall_s']:.0f} s load {ran['load_before']} -> {ran['load_after']}",
+          flush=True)
     return rec
 
 

@@ -20,14 +20,15 @@ import os
 import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from protocol import ROOT, kdlab_cmd, load, mean_std  # noqa: E402
+from protocol import ROOT, kdlab_cmd, mean_std, run_command  # noqa: E402
+
+from kdlab.engine.bench import cpu_name  # noqa: E402
 
 RUNS = ("teacher", "student", "kd", "fcfd")
 GAINS = {"KD - alone": ("kd", "student"), "FCFD - alone": ("fcfd", "student"),
@@ -36,21 +37,12 @@ GAINS = {"KD - alone": ("kd", "student"), "FCFD - alone": ("fcfd", "student"),
 
 def run_seed(seed: int, runs: Path, threads: int, extra: list[str]) -> dict:
     """One quickstart at ``seed``; its four top-1 values and its wall time."""
-    out = runs / f"seed{seed}"
+    out = runs / f"seed{seed}"  # relative to ROOT, the command's working folder
     cmd = [*kdlab_cmd(), "quickstart", "--seed", str(seed), "--out", str(out), *extra]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    before = load()
-    print(f"[{time.strftime('%H:%M:%S')}] seed {seed}: {shlex.join(cmd)}", flush=True)
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"seed {seed} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n"
-                         f"{proc.stderr[-2000:]}")
-    rec = {"seed": seed, "command": shlex.join(cmd), "threads": threads,
-           "wall_s": round(time.perf_counter() - t0, 1), "load_before": before,
-           "load_after": load()}
+    _, ran = run_command(cmd, threads, f"seed {seed}")
+    rec = {"seed": seed, "threads": threads} | ran
     for name in RUNS:
-        summary = json.loads((out / name / "quickstart.json").read_text())["summary"]
+        summary = json.loads((ROOT / out / name / "quickstart.json").read_text())["summary"]
         rec[name] = float(summary["best_top1"])
     print(f"    {', '.join(f'{n} {rec[n]:.2f}' for n in RUNS)}  ({rec['wall_s']:.0f} s)",
           flush=True)
@@ -71,8 +63,11 @@ def report(recs: list[dict], extra: list[str]) -> str:
         "epoch, which with its linear-to-zero LR is the last one).",
         "",
         f"- settings: the quickstart's defaults{' plus ' + shlex.join(extra) if extra else ''}",
-        f"- hardware: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-        f"torch threads per seed: {recs[0]['threads']}; Python {platform.python_version()}",
+        f"  ({defaults()})",
+        f"- hardware: {cpu_name()}, {os.cpu_count()} cores; "
+        f"torch threads per seed: {recs[0]['threads']}; torch {torch_version()}, Python "
+        f"{platform.python_version()}",
+        "- how these defaults were chosen, and what else was tried: `quickstart_search.md`",
         "",
         "| seed | teacher | student alone | KD | FCFD | wall (whole job) | load before |",
         "|---|---:|---:|---:|---:|---:|---|",
@@ -93,6 +88,32 @@ def report(recs: list[dict], extra: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def torch_version() -> str:
+    import torch
+
+    return torch.__version__
+
+
+def defaults() -> str:
+    """The quickstart's default settings that decide its numbers, as ``key=value`` pairs."""
+    from dataclasses import asdict
+
+    from kdlab.quickstart import _NEUTRAL, QuickstartSettings
+
+    return ", ".join(f"{k}={v}" for k, v in asdict(QuickstartSettings()).items()
+                     if k not in _NEUTRAL and k != "max_steps_per_epoch")
+
+
+def read_csv(path: Path) -> list[dict]:
+    """Records written by an earlier run of this script (for ``--report-only``)."""
+    with path.open() as f:
+        recs = list(csv.DictReader(f))
+    for r in recs:
+        r.update({k: float(r[k]) for k in (*RUNS, "wall_s")})
+        r.update({k: int(r[k]) for k in ("seed", "threads")})
+    return recs
+
+
 def measured(recs: list[dict]) -> dict:
     """What ``kdlab.quickstart.MEASURED_GAINS`` should hold for these seeds."""
     return {label: (round(statistics.fmean(xs), 2), round(statistics.stdev(xs), 2))
@@ -107,21 +128,26 @@ def main() -> None:
                     help="torch threads per seed (0: the cores divided by --parallel)")
     ap.add_argument("--runs", default="runs/bench/quickstart_seeds")
     ap.add_argument("--results", default="benchmarks/results/quickstart_seeds")
+    ap.add_argument("--report-only", action="store_true",
+                    help="only rewrite the Markdown table from the results CSV")
     ap.add_argument("extra", nargs="*", help="further quickstart options, after --")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.parallel)
-    runs = ROOT / args.runs
-    with ThreadPoolExecutor(args.parallel) as pool:
-        recs = list(pool.map(lambda s: run_seed(s, runs, threads, args.extra), seeds))
     results = ROOT / args.results
-    results.parent.mkdir(parents=True, exist_ok=True)
+    if args.report_only:
+        recs = read_csv(results.with_suffix(".csv"))
+    else:
+        with ThreadPoolExecutor(args.parallel) as pool:
+            recs = list(pool.map(lambda s: run_seed(s, Path(args.runs), threads, args.extra),
+                                 seeds))
+        results.parent.mkdir(parents=True, exist_ok=True)
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(recs[0]))
+        writer.writeheader()
+        writer.writerows(recs)
+        results.with_suffix(".csv").write_text(buf.getvalue())
     results.with_suffix(".md").write_text(report(recs, args.extra))
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(recs[0]))
-    writer.writeheader()
-    writer.writerows(recs)
-    results.with_suffix(".csv").write_text(buf.getvalue())
     print(report(recs, args.extra))
     print(f"kdlab.quickstart.MEASURED_SEEDS = {len(recs)}; MEASURED_GAINS =",
           json.dumps(measured(recs)))

@@ -218,7 +218,7 @@ def test_quickstart_runs_and_reuses_finished_runs(tmp_path, capsys):
     assert main(args) == 0  # the same settings again: nothing is retrained
     second = capsys.readouterr().out
     assert second.count("reusing the finished run") == 4
-    assert main([*args, "--lr", "0.05"]) == 0  # other settings: each run starts afresh
+    assert main([*args, "--lr", "0.02"]) == 0  # other settings: each run starts afresh
     assert capsys.readouterr().out.count("starting it afresh") == 4
 
 
