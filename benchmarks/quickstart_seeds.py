@@ -7,7 +7,8 @@ student alone (KD, FCFD) and of FCFD over KD. ``kdlab.quickstart.MEASURED_GAINS`
 gains the quickstart prints in its noise line; tests/test_quickstart.py holds them to the
 table.
 
-    OMP_NUM_THREADS=1 python benchmarks/quickstart_seeds.py --seeds 0,1,2 --parallel 2
+    python benchmarks/quickstart_seeds.py --seeds 0,1,2      # one seed at a time, all cores
+    python benchmarks/quickstart_seeds.py --report-only      # rewrite the table from its CSV
 """
 
 from __future__ import annotations
@@ -98,10 +99,10 @@ def defaults() -> str:
     """The quickstart's default settings that decide its numbers, as ``key=value`` pairs."""
     from dataclasses import asdict
 
-    from kdlab.quickstart import _NEUTRAL, QuickstartSettings
+    from kdlab.quickstart import NEUTRAL_SETTINGS, QuickstartSettings
 
     return ", ".join(f"{k}={v}" for k, v in asdict(QuickstartSettings()).items()
-                     if k not in _NEUTRAL and k != "max_steps_per_epoch")
+                     if k not in NEUTRAL_SETTINGS)
 
 
 def read_csv(path: Path) -> list[dict]:

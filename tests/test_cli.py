@@ -211,7 +211,8 @@ def test_quickstart_runs_and_reuses_finished_runs(tmp_path, capsys):
     assert main(args) == 0
     first = capsys.readouterr().out
     for row in ("teacher resnet20", "student resnet8 alone", "student resnet8 + KD",
-                "student resnet8 + FCFD", "Gains over the student alone", "measured for the default settings only"):
+                "student resnet8 + FCFD", "Gains over the student alone",
+                "measured for the default settings only"):
         assert row in first
     assert "kdlab distill recipes/" in first
     assert (tmp_path / "qs" / "quickstart.png").stat().st_size > 0

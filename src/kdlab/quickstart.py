@@ -181,13 +181,13 @@ MEASURED_SEEDS = 3
 MEASURED_GAINS: dict[str, tuple[float, float]] = {
     "KD - alone": (2.82, 0.39), "FCFD - alone": (2.65, 0.64), "FCFD - KD": (-0.17, 0.46)}
 #: settings that do not change what the runs compute
-_NEUTRAL = {"out", "data_root", "device", "progress", "fresh", "seed"}
+NEUTRAL_SETTINGS = {"out", "data_root", "device", "progress", "fresh", "seed"}
 
 
 def _at_defaults(s: QuickstartSettings) -> bool:
     default = QuickstartSettings()
     return all(getattr(s, f.name) == getattr(default, f.name)
-               for f in fields(QuickstartSettings) if f.name not in _NEUTRAL)
+               for f in fields(QuickstartSettings) if f.name not in NEUTRAL_SETTINGS)
 
 
 def _distance(mean: float, std: float) -> str:
