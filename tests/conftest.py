@@ -42,6 +42,32 @@ def tiny_staged(widths=(8, 16, 32, 32), num_classes: int = 10, in_channels: int 
                   num_classes=num_classes)
 
 
+def sgd_descent(distiller, inputs, steps: int, *, lr: float = 0.05, trainable_only=False,
+                reseed=None, inspect=None) -> list[float]:
+    """``steps`` SGD steps (momentum 0.9) of ``distiller`` on one batch ``inputs``; the summed
+    loss of each step. Every loss term must be a finite scalar. ``trainable_only`` steps only
+    parameters that require a gradient; ``reseed(step)`` is the torch seed set before a step
+    (sampled choices repeat); ``inspect(step, logits, losses)`` runs after each backward,
+    before the update."""
+    params = [p for p in distiller.parameters() if p.requires_grad or not trainable_only]
+    opt = torch.optim.SGD(params, lr=lr, momentum=0.9)
+    totals = []
+    for step in range(steps):
+        if reseed is not None:
+            torch.manual_seed(reseed(step))
+        logits, losses = distiller(*inputs)
+        for term, value in losses.items():
+            assert value.dim() == 0 and torch.isfinite(value), f"{term} = {value}"
+        total = sum(losses.values())
+        opt.zero_grad()
+        total.backward()
+        if inspect is not None:
+            inspect(step, logits, losses)
+        opt.step()
+        totals.append(total.item())
+    return totals
+
+
 @pytest.fixture
 def tiny_pair():
     """(teacher, student): same 4-stage layout, the teacher twice as wide."""

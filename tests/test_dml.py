@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tiny_staged
+from conftest import sgd_descent, tiny_staged
 from kdlab.config import build_dataclass, load_config
 from kdlab.errors import UserError
 from kdlab.methods import build_distiller
@@ -83,17 +83,7 @@ def test_every_peer_changes_and_loss_decreases(tiny_pair, tiny_peer_models):
     _, student = tiny_pair
     d = build_distiller("dml", {"peers": ["test_tiny_narrow"]}, student, None)
     before = [[p.detach().clone() for p in net.parameters()] for net in d.evaluated().values()]
-    opt = torch.optim.SGD(d.parameters(), lr=0.05, momentum=0.9)
-    images, targets = _batch(student, n=8)
-    history = []
-    for _ in range(8):
-        _, losses = d(images, targets)
-        loss = sum(losses.values())
-        assert torch.isfinite(loss)
-        history.append(loss.item())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    history = sgd_descent(d, _batch(student, n=8), 8)
     assert history[-1] < history[0]
     for old, net in zip(before, d.evaluated().values(), strict=True):
         assert any(not torch.equal(a, b) for a, b in zip(old, net.parameters(), strict=True))

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import tiny_staged
+from conftest import sgd_descent, tiny_staged
 from kdlab.errors import UserError
 from kdlab.methods import build_distiller
 from kdlab.models.staged import Staged
@@ -292,17 +292,8 @@ def test_a_few_steps_lower_the_loss_and_export_matches(tiny_pair, family):
     d = make(tiny_pair, student=student, num_paths="all", app_weight=1.0, func_l2_weight=1.0)
     if family == "different":
         assert {m.kind for m in d.b_st.values()} >= {"up"}  # 4x4 vs teacher 8x8 at k=2
-    opt = torch.optim.SGD(d.parameters(), lr=0.05, momentum=0.9)
     x, y = batch(16)
-    totals = []
-    for _ in range(12):
-        _, losses = d(x, y)
-        total = sum(losses.values())
-        assert torch.isfinite(total)
-        opt.zero_grad()
-        total.backward()
-        opt.step()
-        totals.append(total.item())
+    totals = sgd_descent(d, (x, y), 12)
     assert totals[-1] < 0.7 * totals[0], totals
 
     # sampled paths (|S| = 2) also run

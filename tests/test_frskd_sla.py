@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import sgd_descent
 from kdlab.config import build_dataclass, load_config
 from kdlab.errors import UserError
 from kdlab.losses.sla import (
@@ -214,17 +215,7 @@ def test_a_few_cpu_steps_lower_the_loss(tiny_pair):
     _, student = tiny_pair
     torch.manual_seed(0)
     d = build_distiller("frskd_sla", {}, student, None)
-    opt = torch.optim.SGD(d.parameters(), lr=0.05, momentum=0.9)
-    x, y = _batch(student, n=8)
-    totals = []
-    for _ in range(5):
-        _, losses = d(x, y)
-        total = sum(losses.values())
-        assert all(torch.isfinite(v) for v in losses.values())
-        opt.zero_grad()
-        total.backward()
-        opt.step()
-        totals.append(total.item())
+    totals = sgd_descent(d, _batch(student, n=8), 5)
     assert totals[-1] < totals[0], totals
 
 
