@@ -22,7 +22,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -30,9 +29,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from protocol import ROOT, kdlab_cmd, mean_std, read_metrics, run_one
-
-from kdlab.engine.bench import cpu_name
+from protocol import ROOT, hardware_line, kdlab_cmd, mean_std, read_metrics, run_one
 
 
 @dataclass(frozen=True)
@@ -100,7 +97,6 @@ def extra_value(run_dir: Path, column: str) -> float | None:
 
 def write_tables(args: argparse.Namespace, table: Table, teacher: dict | None,
                  recs: list[dict]) -> Path:
-    import torch
 
     out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
@@ -124,9 +120,8 @@ def write_tables(args: argparse.Namespace, table: Table, teacher: dict | None,
         f"- students: {args.epochs} epochs, the recipes' optimiser and schedule; teacher: "
         f"{args.teacher_epochs} epochs, seed 0",
         f"- seeds: {args.seeds}; {m} and {x} in % on the validation scenes, mean ± sample std",
-        f"- hardware: {cpu_name()}, {os.cpu_count()} cores, shared with other jobs (load in "
-        f"the CSV); {args.threads} torch thread(s) per run; torch {torch.__version__}, "
-        f"Python {platform.python_version()}",
+        hardware_line(f", shared with other jobs (load in the CSV); {args.threads} torch "
+                      "thread(s) per run"),
         f"- script command: `{args.command}`",
         f"- total wall time of the runs in this table: {total / 60:.1f} min", "",
     ]

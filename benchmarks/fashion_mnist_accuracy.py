@@ -23,7 +23,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -31,9 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from protocol import ROOT, kdlab_cmd, mean_std, run_command, run_one
-
-from kdlab.engine.bench import cpu_name
+from protocol import ROOT, hardware_line, kdlab_cmd, mean_std, run_command, run_one
 
 RECIPES = Path("recipes/fashion_mnist")  # relative to ROOT, the runs' working folder
 
@@ -116,7 +113,6 @@ def common_overrides(args: argparse.Namespace, epochs: int, seed: int) -> list[s
 
 def write_tables(args: argparse.Namespace, teacher: dict | None, recs: list[dict],
                  total_s: float) -> None:
-    import torch
 
     out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
@@ -142,9 +138,8 @@ def write_tables(args: argparse.Namespace, teacher: dict | None, recs: list[dict
         "cosine schedule, batch 64; teacher: "
         f"{args.teacher_epochs} epochs, same subset and schedule, seed 0",
         f"- seeds: {args.seeds}; top-1 in % on the validation set, mean ± sample std",
-        f"- hardware: {cpu_name()}, {os.cpu_count()} cores, shared with other jobs; "
-        f"{args.threads} torch thread(s) per run (OMP_NUM_THREADS); torch {torch.__version__}, "
-        f"Python {platform.python_version()}",
+        hardware_line(f", shared with other jobs; {args.threads} torch thread(s) per run "
+                      "(OMP_NUM_THREADS)"),
         f"- script command: `{args.command}`",
         f"- total wall time of the runs in this table: {total_s / 60:.1f} min",
         "",

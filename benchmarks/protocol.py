@@ -50,6 +50,19 @@ def kdlab_cmd() -> list[str]:
         return [str(exe)]
 
 
+def hardware_line(threads: str) -> str:
+    """The results tables' ``- hardware:`` line: CPU, cores, ``threads`` (how the runs used
+    them, with its leading separator), torch and Python versions."""
+    import platform
+
+    import torch
+
+    from kdlab.engine.bench import cpu_name
+
+    return (f"- hardware: {cpu_name()}, {os.cpu_count()} cores{threads}; torch "
+            f"{torch.__version__}, Python {platform.python_version()}")
+
+
 def run_command(cmd: list[str], threads: int, label: str) -> tuple[str, dict]:
     """Run one command from the repository root with ``threads`` torch threads; return its
     stdout and a record of the command, its wall time and the machine's load around it. A

@@ -18,7 +18,6 @@ import csv
 import io
 import json
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -27,9 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from protocol import ROOT, kdlab_cmd, mean_std, run_command  # noqa: E402
-
-from kdlab.engine.bench import cpu_name  # noqa: E402
+from protocol import ROOT, hardware_line, kdlab_cmd, mean_std, run_command  # noqa: E402
 
 RUNS = ("teacher", "student", "kd", "fcfd")
 GAINS = {"KD - alone": ("kd", "student"), "FCFD - alone": ("fcfd", "student"),
@@ -65,9 +62,7 @@ def report(recs: list[dict], extra: list[str]) -> str:
         "",
         f"- settings: the quickstart's defaults{' plus ' + shlex.join(extra) if extra else ''}",
         f"  ({defaults()})",
-        f"- hardware: {cpu_name()}, {os.cpu_count()} cores; "
-        f"torch threads per seed: {recs[0]['threads']}; torch {torch_version()}, Python "
-        f"{platform.python_version()}",
+        hardware_line(f"; torch threads per seed: {recs[0]['threads']}"),
         "- how these defaults were chosen, and what else was tried: `quickstart_search.md`",
         "",
         "| seed | teacher | student alone | KD | FCFD | wall (whole job) | load before |",
@@ -87,12 +82,6 @@ def report(recs: list[dict], extra: list[str]) -> str:
                      f"{ratio} |")
     lines += ["", "Commands:", ""] + [f"- `{r['command']}`" for r in recs]
     return "\n".join(lines) + "\n"
-
-
-def torch_version() -> str:
-    import torch
-
-    return torch.__version__
 
 
 def defaults() -> str:
