@@ -52,15 +52,16 @@ def kdlab_cmd() -> list[str]:
 
 def hardware_line(threads: str) -> str:
     """The results tables' ``- hardware:`` line: CPU, cores, ``threads`` (how the runs used
-    them, with its leading separator), torch and Python versions."""
+    them, with its leading separator), the OpenMP wait policy, torch and Python versions."""
     import platform
 
     import torch
 
     from kdlab.engine.bench import cpu_name
+    from kdlab.runtime.threads import wait_policy
 
-    return (f"- hardware: {cpu_name()}, {os.cpu_count()} cores{threads}; torch "
-            f"{torch.__version__}, Python {platform.python_version()}")
+    return (f"- hardware: {cpu_name()}, {os.cpu_count()} cores{threads}, OpenMP waits "
+            f"{wait_policy()}; torch {torch.__version__}, Python {platform.python_version()}")
 
 
 def run_command(cmd: list[str], threads: int, label: str) -> tuple[str, dict]:

@@ -96,6 +96,9 @@ class TrainConfig:
     eval_every: int = 1
     max_steps_per_epoch: int | None = None  # cut epochs short (smoke tests, benchmarks)
     progress: str = "auto"  # auto | bar | lines | none
+    # CPU intra-op threads: auto = the cores this process may use (affinity, cgroup quota),
+    # less busy DataLoader workers (kdlab.runtime.threads); or a number
+    threads: int | str = "auto"
 
 
 @dataclass

@@ -87,6 +87,7 @@ RUN_DOMAINS: dict[str, Domain] = {
     "train.seed": NON_NEGATIVE,
     "train.eval_every": AT_LEAST_ONE,
     "train.max_steps_per_epoch": AT_LEAST_ONE,
+    "train.threads": AT_LEAST_ONE,  # or "auto" (kdlab.runtime.threads)
 }
 
 #: method settings by exact name

@@ -48,6 +48,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--matmul-size", type=int, default=None, metavar="N",
                    help="side of the square torch.mm whose rate the x mm column divides by "
                    "(default: 1024 on a CPU, 2048 with more than 4 threads, 8192 on CUDA)")
+    p.add_argument("--threads", default="auto", metavar="auto|N",
+                   help="CPU threads as train.threads: auto = the cores this process may use "
+                   "(affinity, cgroup quota), or OMP_NUM_THREADS when set (default auto)")
     p.add_argument("--out", metavar="FILE.csv|FILE.json", help="also write the results here")
     p.add_argument("--teacher-cache", action="store_true",
                    help="also time each method that can train from a teacher cache (kd, dkd) "
@@ -75,9 +78,11 @@ def default_methods(preset: str | None = None) -> str:
 def run(args: argparse.Namespace) -> int:
     from kdlab.engine.bench import check_output_path, format_table, parse_methods, run_bench
     from kdlab.engine.build import resolve_device
+    from kdlab.runtime.threads import apply_thread_policy, parse_threads
 
     if args.out:
         check_output_path(args.out)
+    apply_thread_policy(parse_threads(args.threads, "--threads"))
     device = resolve_device(args.device)
     preset = args.preset or ("cifar" if device.type == "cuda" else "cpu")
     command = "kdlab " + shlex.join(getattr(args, "argv", []) or ["bench"])
@@ -107,6 +112,7 @@ def run_scaling_command(args: argparse.Namespace, preset: str, device: Any,
     from kdlab.engine.bench import PRESETS, hardware, load_average
     from kdlab.engine.scaling import parse_axes, run_scaling, write_scaling
     from kdlab.nn.layout import use_channels_last
+    from kdlab.runtime.threads import thread_summary
 
     axes = parse_axes(args.scaling)
     nhwc = use_channels_last(channels_last, device)
@@ -118,7 +124,8 @@ def run_scaling_command(args: argparse.Namespace, preset: str, device: Any,
     header = (f"kdlab bench --scaling: {p.teacher} -> {p.student}, input {shape}, batch "
               f"{p.batch} unless varied, {args.steps} timed steps after {args.warmup} warm-up "
               f"per point, amp {args.amp}, {'channels-last' if nhwc else 'NCHW'}\n\n"
-              f"device {device}: {hardware(device)}; load {load_average()}; "
+              f"device {device}: {hardware(device)}; {thread_summary()}; "
+              f"load {load_average()}; "
               f"{time.strftime('%Y-%m-%d %H:%M')}\n\ncommand: `{command}`")
     files = write_scaling(points, args.scaling_out, header)
     print(files[0].read_text())

@@ -110,6 +110,7 @@ class DetectionLoader:
     def __init__(self, dataset: IndexedDetection, sampler: Any, *, batch_size: int, train: bool,
                  device: torch.device, num_workers: int, mean: tuple, std: tuple) -> None:
         self.dataset, self.sampler, self.device = dataset, sampler, device
+        self.num_workers = num_workers  # processes that decode files (kdlab.runtime.threads)
         self.mean = torch.tensor(mean, dtype=torch.float32, device=device)[:, None, None]
         self.std = torch.tensor(std, dtype=torch.float32, device=device)[:, None, None]
         self.loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler,

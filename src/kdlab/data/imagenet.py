@@ -69,6 +69,7 @@ class FolderLoader:
                  device: torch.device, num_workers: int, mean: tuple, std: tuple,
                  collate_fn: Any = None) -> None:
         self.dataset, self.sampler, self.device = dataset, sampler, device
+        self.num_workers = num_workers  # processes that decode files (kdlab.runtime.threads)
         self.mean = torch.tensor(mean, dtype=torch.float32, device=device)
         self.std = torch.tensor(std, dtype=torch.float32, device=device)
         self.loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler,

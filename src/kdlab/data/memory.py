@@ -209,6 +209,7 @@ class WrappedLoader:
 
     def __init__(self, loader: DataLoader, prepare: Prepare) -> None:
         self.loader, self.prepare = loader, prepare
+        self.num_workers = loader.num_workers  # the user's choice (kdlab.runtime.threads)
 
     def __len__(self) -> int:
         return len(self.loader)

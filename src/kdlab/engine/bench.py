@@ -60,6 +60,7 @@ from kdlab.engine.flops import default_matmul_size, matmul_rate, step_flops
 from kdlab.errors import UserError
 from kdlab.nn.layout import use_channels_last
 from kdlab.runtime.files import atomic_write_text
+from kdlab.runtime.threads import thread_summary, wait_policy
 
 
 @dataclass(frozen=True)
@@ -573,6 +574,8 @@ def run_bench(
         "teacher_cache": teacher_cache,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "channels_last": nhwc, "compile": compile, "load": load_average(),
+        "threads": torch.get_num_threads(), "wait_policy": wait_policy(),
+        "thread_policy": thread_summary(),
     }
     meta["input_shape"] = list(shape)
     _prime(student, shape, p.num_classes, batch, device, amp, p.task)
@@ -627,6 +630,7 @@ def format_table(report: BenchReport) -> str:
         f"steps after {m['warmup']} warm-up{per}, amp {m['amp']}, {layout}{compiled}",
         f"device {m['device']}: {m['hardware']}; torch {m['torch']}; kdlab {m['kdlab']}; "
         f"load {m.get('load', 'n/a')}",
+        m.get("thread_policy", f"CPU threads: {m.get('threads', '?')}"),
     ]
     if m.get("matmul_gflops"):
         end = (f" (after the methods: {m['matmul_gflops_end']:.1f}, load {m['load_end']})"
@@ -692,7 +696,8 @@ def write_report(report: BenchReport, path: str | Path) -> Path:
         buf.write(f"# {key}: {value}\n")
     columns = ["method", "options", "steps", "rounds", "images_per_s", "ms_mean", "ms_std",
                "ms_median", "gflop", "gflops", "mm_fraction", "peak_mib", "ratio_to_kd",
-               "ratio_min", "ratio_max", "ratio_to_ce", "final_loss", "compile_s"]
+               "ratio_min", "ratio_max", "ratio_to_ce", "final_loss", "compile_s",
+               "threads", "wait_policy", "load_1min"]
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for r in report.results:
@@ -709,6 +714,9 @@ def write_report(report: BenchReport, path: str | Path) -> Path:
             "final_loss": f"{r.final_loss:.4f}",
             "gflop": _fmt(r.gflop, 4), "gflops": _fmt(r.gflops, 2),
             "mm_fraction": _fmt(r.mm_fraction, 3), "compile_s": _fmt(r.compile_s, 1),
+            "threads": report.meta.get("threads", ""),
+            "wait_policy": report.meta.get("wait_policy", ""),
+            "load_1min": str(report.meta.get("load", "")).split(" ")[0],
         })
     atomic_write_text(p, buf.getvalue())
     return p

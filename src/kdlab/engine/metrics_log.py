@@ -139,6 +139,15 @@ class Progress:
                 print(f"epoch {epoch + 1}/{epochs} step {i + 1}/{total} ({rate:.1f} it/s) "
                       + _pairs(self.postfix), flush=True)
 
+    def note(self, text: str) -> None:
+        """A one-line message (e.g. a change of CPU threads) that does not break the bar."""
+        if self.mode == "none":
+            return
+        if getattr(self, "_bar", None) is not None:
+            self._bar.write(text)
+        else:
+            print(text, flush=True)
+
     def update(self, values: dict[str, float]) -> None:
         self.postfix = values
         if self._bar is not None:

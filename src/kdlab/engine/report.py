@@ -61,6 +61,7 @@ def markdown(rows: Sequence[dict[str, Any]], summary: dict[str, Any],
               f"- epochs {summary.get('epochs', len(rows))}, device {summary.get('device', '?')}"
               f", {summary.get('world_size', 1)} process(es), amp "
               f"{cfg.get('train', {}).get('amp', 'none')}",
+              *([f"- {summary['threads']}"] if summary.get("threads") else []),
               f"- time {summary.get('seconds', 0.0):.1f} s, "
               f"{summary.get('images_per_s', 0.0):.0f} train images/s", ""]
     metric = summary.get("metric", "top1")

@@ -45,6 +45,7 @@ from kdlab.errors import UserError
 from kdlab.nn.layout import use_channels_last
 from kdlab.runtime import collectives
 from kdlab.runtime.precision import autocast
+from kdlab.runtime.threads import ThreadGovernor, apply_thread_policy
 
 #: steps between the (synchronising) checks for a non-finite loss and progress updates
 CHECK_EVERY = 20
@@ -159,9 +160,14 @@ class Trainer:
         main = d.is_main
         seed_all(cfg.train.seed, -1)
         last_path = self.out_dir / "last.pt"
+        self.threads = apply_thread_policy(cfg.train.threads)
         run = build_run(cfg, device, rank=d.rank, world_size=d.world_size,
                         resuming=self.resume and last_path.is_file(), prebuilt=self.prebuilt)
         self.run = run  # the trained distiller stays reachable after fit()
+        self._share_cores_with_workers(run.loaders.train)
+        self.governor: ThreadGovernor | None = None
+        if main:
+            print(self.threads.describe(), flush=True)
         raw = run.distiller
         self.task = raw.task
         self.channels_last = use_channels_last(cfg.train.channels_last, device)
@@ -202,6 +208,8 @@ class Trainer:
         collectives.barrier()
         log = MetricsLog(self.out_dir, enabled=main, history=history)
         progress = Progress(cfg.train.progress, enabled=main)
+        if self.threads.adaptive and device.type == "cpu":
+            self.governor = ThreadGovernor(self.threads.threads, note=progress.note)
         try:
             for epoch in range(start, epochs):
                 best = self._epoch(epoch, model, raw, run, optim, best, log, progress)
@@ -217,6 +225,13 @@ class Trainer:
             write_report(self.out_dir, summary, figures=figures)
         collectives.barrier()
         return summary
+
+    def _share_cores_with_workers(self, loader: Any) -> None:
+        """Leave a core to each DataLoader worker process of the train loader (they decode
+        files while the step runs); in-memory loaders have none."""
+        workers = getattr(loader, "num_workers", 0)
+        if workers:
+            self.threads = apply_thread_policy(self.cfg.train.threads, loader_workers=workers)
 
     def _steps_per_epoch(self, loader: Any) -> int:
         n, cap = len(loader), self.cfg.train.max_steps_per_epoch
@@ -266,6 +281,8 @@ class Trainer:
                 row.update({f"val_{name}_{k}": v for k, v in m.items() if k != "images"})
                 if i == 0 and m[self.task.primary] > best:
                     best, improved = m[self.task.primary], True
+        if self.governor is not None:
+            row["cpu_threads"] = self.governor.current
         row["epoch_seconds"] = time.perf_counter() - t0
         row["images_per_s"] = stats["images"] / max(train_seconds, 1e-9)
         log.log(row)
@@ -289,11 +306,16 @@ class Trainer:
         score = torch.zeros(2, dtype=torch.float64, device=device)  # hits, counted
         seen = steps = 0
         batches = itertools.islice(iter(loader), n)
+        last = time.perf_counter()
         for step, batch in enumerate(progress.steps(batches, n, epoch, cfg.schedule.epochs)):
             images, targets, index = batch[0], batch[1], batch[2] if len(batch) > 2 else None
             if self.channels_last and isinstance(images, torch.Tensor) and images.dim() == 4:
                 images = images.contiguous(memory_format=torch.channels_last)
             outputs, losses, total = self._step(model, optim, images, targets, index)
+            if self.governor is not None:  # a CPU step is done when _step returns
+                now = time.perf_counter()
+                self.governor.step(now - last)
+                last = now
             for k, v in losses.items():
                 v = v.detach().float()
                 if k not in terms:
@@ -417,6 +439,7 @@ class Trainer:
             "final_losses": {k[len("loss_"):]: v for k, v in (rows[-1] if rows else {}).items()
                              if k.startswith("loss_")},
             "device": str(self.device),
+            "threads": self.threads.describe(),
             "world_size": self.dist.world_size,
             "method": self.cfg.method_name,
             "config": self.cfg.to_dict(),

@@ -15,6 +15,7 @@ from kdlab.config import RunConfig, build_dataclass
 from kdlab.domains import check_method_domains, check_run_domains
 from kdlab.errors import UserError
 from kdlab.runtime.precision import AMP_DTYPES
+from kdlab.runtime.threads import parse_threads
 
 PROGRESS = ("auto", "bar", "lines", "none")
 
@@ -39,6 +40,7 @@ def _check_choices(cfg: RunConfig) -> None:
         from kdlab.engine.compiling import backend_of
 
         backend_of(t.compile)
+    parse_threads(t.threads)
     if t.progress not in PROGRESS:
         raise UserError(f"train.progress {t.progress!r} is not known; use auto, bar, lines or "
                         "none.")
