@@ -19,7 +19,11 @@ times (the order rotates by round, so each policy meets the neighbour's phases a
 Writes ``thread_policy.csv`` (one row per measurement) and ``thread_policy.md`` (per neighbour
 and workload: median ms per policy and each policy's ratio to ``one`` in the same round).
 
-Usage (a quiet machine; nothing else running)::
+Before each measurement the script waits until processes other than itself and the neighbour
+use less than 10 % of a core (recorded as ``others_cpu``), so that a shared machine does not
+spoil the comparison.
+
+Usage::
 
     python benchmarks/thread_policy.py --out benchmarks/results --rounds 2
     python benchmarks/thread_policy.py --out benchmarks/results --report-only
@@ -83,14 +87,46 @@ def neighbour_commands(scratch: Path) -> dict[str, list[list[str]]]:
             "kdlab_bench_nice10": [bench], "two_busy_loops": [BUSY, BUSY]}
 
 
+def _cpu_ticks() -> dict[int, tuple[int, int]]:
+    """pid -> (process group, user + system clock ticks so far), for every process."""
+    ticks = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        ticks[int(stat.parent.name)] = (int(fields[2]), int(fields[11]) + int(fields[12]))
+    return ticks
+
+
+def wait_for_quiet(neighbour_groups: set[int], limit: float = 0.10, window: float = 2.0,
+                   patience: float = 900.0) -> float:
+    """Wait until processes other than this benchmark and its neighbours use less than
+    ``limit`` of a core over ``window`` seconds (others on a shared machine would spoil the
+    measurement); returns the share measured last (after ``patience`` seconds it goes on)."""
+    hz = os.sysconf("SC_CLK_TCK")
+    ours = {os.getpid(), os.getppid()} | neighbour_groups
+    deadline = time.monotonic() + patience
+    while True:
+        before = _cpu_ticks()
+        time.sleep(window)
+        after = _cpu_ticks()
+        other = sum(t - before[pid][1] for pid, (group, t) in after.items()
+                    if pid in before and pid not in ours and group not in ours)
+        share = other / hz / window
+        if share < limit or time.monotonic() > deadline:
+            return share
+        print(f"  waiting: other processes use {100 * share:.0f} % of a core", flush=True)
+
+
 @contextlib.contextmanager
-def neighbour(cmds: list[list[str]], settle: float) -> Iterator[None]:
+def neighbour(cmds: list[list[str]], settle: float) -> Iterator[set[int]]:
     procs = [subprocess.Popen(c, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
              for c in cmds]
     try:
         time.sleep(settle if procs else 0)
-        yield
+        yield {p.pid for p in procs}  # each neighbour leads its own process group
     finally:
         for p in procs:
             with contextlib.suppress(ProcessLookupError):
@@ -146,19 +182,20 @@ def measure(args: argparse.Namespace, out_csv: Path) -> None:
         writer = csv.writer(f)
         if new:
             writer.writerow(["neighbour", "workload", "round", "policy", "ms_per_step",
-                             "load_before", "time"])
+                             "load_before", "others_cpu", "time"])
         for name in chosen:
-            with neighbour(neighbours[name], args.settle):
+            with neighbour(neighbours[name], args.settle) as groups:
                 for rnd in range(args.rounds):
                     for workload in workloads:
                         policies = TRAINING_POLICIES if workload in TRAININGS else BENCH_POLICIES
                         shift = rnd % len(policies)
                         for policy in policies[shift:] + policies[:shift]:
+                            others = wait_for_quiet(groups)
                             before = load()
                             run = run_training if workload in TRAININGS else run_bench
                             ms = run(workload, policy, scratch)
                             writer.writerow([name, workload, rnd, policy, f"{ms:.2f}", before,
-                                             time.strftime("%H:%M:%S")])
+                                             f"{others:.2f}", time.strftime("%H:%M:%S")])
                             f.flush()
                             print(f"{name:20s} {workload:12s} r{rnd} {policy:8s} {ms:9.1f} ms"
                                   f"  load {before}", flush=True)
@@ -179,7 +216,9 @@ def report(out_csv: Path, out_md: Path, command: str) -> None:
         f"- command: `{command}`",
         f"- measured: {rows[0]['time'] if rows else '-'} to {rows[-1]['time'] if rows else '-'}"
         f"; load before each measurement from {min(r['load_before'] for r in rows)} to "
-        f"{max(r['load_before'] for r in rows)} (1/5/15 min)",
+        f"{max(r['load_before'] for r in rows)} (1/5/15 min); other processes used at most "
+        f"{max(float(r.get('others_cpu') or 0) for r in rows):.2f} of a core just before each "
+        "measurement (the script waits for < 0.10)",
         "- policies: `fixed` = all cores with OpenMP's default spin-wait (torch's default, kdlab "
         "before this policy); `passive` = all cores, `OMP_WAIT_POLICY=PASSIVE`; `one` = one "
         "thread; `auto` = kdlab's policy (all cores, one while they are shared). Trainings: "
