@@ -47,7 +47,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
-from kdlab import __version__
+from kdlab.core.version import __version__
 from kdlab.engine.bench import PRESETS, cpu_name
 from kdlab.methods import build_distiller
 from kdlab.models import build_model

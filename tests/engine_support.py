@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdlab.config import RunConfig, build_dataclass
+from kdlab.core.config import RunConfig, build_dataclass
 from kdlab.methods import METHODS
 from kdlab.methods.base import Distiller
 from kdlab.models import MODELS

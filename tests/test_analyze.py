@@ -315,7 +315,7 @@ def test_probe_errors(runs, capsys):
 def test_a_student_of_another_teacher_checkpoint_gets_a_note(tmp_path):
     from types import SimpleNamespace
 
-    from kdlab.commands.analyze import _teacher_note
+    from kdlab.cli.commands.analyze import _teacher_note
 
     def run(ckpt, teacher_ckpt=None):  # the two fields _teacher_note reads
         model = SimpleNamespace(teacher_checkpoint=teacher_ckpt)

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 import kdlab
 from conftest import tiny_staged
 from kdlab.cli import main
-from kdlab.config import DataConfig
+from kdlab.core.config import DataConfig
 from kdlab.data.memory import MemoryData
 from kdlab.data.synthetic import generate
 from kdlab.engine.checkpoint import load_checkpoint

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from kdlab.config import build_dataclass, load_config
+from kdlab.core.config import build_dataclass, load_config
 from kdlab.errors import UserError
 from kdlab.methods import METHODS, build_distiller
 from kdlab.models import MODELS, build_model

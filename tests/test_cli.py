@@ -154,7 +154,7 @@ def test_export_loads_into_the_plain_model_with_identical_outputs(trained, capsy
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from kdlab.commands.common import load_run_checkpoint
+    from kdlab.cli.commands.common import load_run_checkpoint
     from kdlab.data import describe
     from kdlab.models import build_model
 

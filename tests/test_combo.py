@@ -125,8 +125,8 @@ def test_every_combinable_method_can_join_a_combo(tiny_pair):
 
 def test_a_misspelled_part_option_is_caught_when_the_recipe_is_checked():
     """`kdlab train/distill` check the method block before building anything."""
-    from kdlab.commands.training import check
-    from kdlab.config import load_config
+    from kdlab.cli.commands.training import check
+    from kdlab.core.config import load_config
 
     cfg = load_config(None, ["method.name=combo", "method.parts=[{name: kd, temprature: 4}]",
                              "model.teacher=resnet8", "model.teacher_checkpoint=x.pt"])

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdlab.config import DataConfig
+from kdlab.core.config import DataConfig
 from kdlab.data import DATASETS, build_loaders, describe
 from kdlab.data import fashion_mnist as fm
 from kdlab.data.augment import CropFlip, crop_flip, normalise

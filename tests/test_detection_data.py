@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from kdlab.config import DataConfig
+from kdlab.core.config import DataConfig
 from kdlab.data import build_loaders, describe
 from kdlab.data.detection import detection_transforms
 from kdlab.errors import UserError

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import sgd_descent, tiny_staged
-from kdlab.config import build_dataclass, load_config
+from kdlab.core.config import build_dataclass, load_config
 from kdlab.errors import UserError
 from kdlab.methods import build_distiller
 from kdlab.methods.dml import DML

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from kdlab.cli import main
-from kdlab.commands.common import load_run_checkpoint, restore_run
+from kdlab.cli.commands.common import load_run_checkpoint, restore_run
 from kdlab.errors import UserError
 from kdlab.export import load_exported, read_exported
 from kdlab.methods import METHODS
@@ -202,7 +202,7 @@ def test_every_method_restores_and_exports_its_networks(method, tmp_path):
     round-trips through write_exported / load_exported."""
     from types import SimpleNamespace
 
-    from kdlab.config import RunConfig, build_dataclass
+    from kdlab.core.config import RunConfig, build_dataclass
     from kdlab.engine.build import build_distiller_from_config, restore_distiller
     from kdlab.export import export_metadata, write_exported
 

@@ -10,7 +10,7 @@ import torch
 import torchvision
 from torch import nn
 
-from kdlab.config import build_dataclass, load_config
+from kdlab.core.config import build_dataclass, load_config
 from kdlab.errors import UserError
 from kdlab.methods import build_distiller
 from kdlab.methods.frskd import FRSKD, default_levels

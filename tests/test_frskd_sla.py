@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import sgd_descent
-from kdlab.config import build_dataclass, load_config
+from kdlab.core.config import build_dataclass, load_config
 from kdlab.errors import UserError
 from kdlab.losses.sla import (
     aggregate_joint_logits,

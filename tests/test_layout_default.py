@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from engine_support import tiny_config
-from kdlab.config import save_config
+from kdlab.core.config import save_config
 from kdlab.engine.resume import check_resume
 from kdlab.errors import UserError
 from kdlab.nn.layout import use_channels_last

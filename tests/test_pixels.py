@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kdlab.config import DataConfig
+from kdlab.core.config import DataConfig
 from kdlab.data.pixels import pixel_scale
 from kdlab.data.synthetic import Synthetic, generate
 from kdlab.errors import UserError

@@ -11,8 +11,8 @@ import textwrap
 import pytest
 import yaml
 
-from kdlab import plugins
 from kdlab.cli import main
+from kdlab.core import plugins
 from kdlab.methods import METHODS
 from kdlab.models import MODELS
 

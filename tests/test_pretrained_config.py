@@ -19,7 +19,7 @@ import torchvision
 import yaml
 
 from kdlab.cli import main
-from kdlab.config import load_config
+from kdlab.core.config import load_config
 from kdlab.data.synthetic import Synthetic
 from kdlab.engine.build import build_distiller_from_config, check_model_config
 from kdlab.errors import UserError

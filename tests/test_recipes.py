@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from kdlab.config import build_dataclass, load_config
+from kdlab.core.config import build_dataclass, load_config
 from kdlab.data import DATASETS
 from kdlab.engine.build import build_distiller_from_config, check_model_config
 from kdlab.methods import METHODS

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from kdlab.core.registry import Registry
 from kdlab.errors import UserError
-from kdlab.registry import Registry
 
 
 def test_prefix_names_resolve_without_being_listed():

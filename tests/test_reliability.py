@@ -264,7 +264,7 @@ def test_nan_loss_is_one_line_and_keeps_nothing_half_done(tmp_path, capsys):
 
 # --------------------------------------------------------------------- accepted by design
 def test_float_forms_in_recipes_and_overrides(tmp_path):
-    from kdlab.config import load_config
+    from kdlab.core.config import load_config
 
     path = tmp_path / "r.yaml"
     path.write_text("optim: {lr: 1e-3, weight_decay: 5E-4}\nschedule: {gamma: .5}\n")
@@ -284,8 +284,8 @@ def test_every_numeric_setting_has_a_domain():
     import dataclasses
     import typing
 
-    from kdlab.config import RunConfig
-    from kdlab.domains import RUN_DOMAINS, method_domain
+    from kdlab.core.config import RunConfig
+    from kdlab.core.domains import RUN_DOMAINS, method_domain
     from kdlab.methods import METHODS
 
     def numeric(tp) -> bool:
@@ -346,7 +346,7 @@ def test_resume_refuses_a_cosine_horizon_and_lists_every_difference(finished, tm
 
 def test_resume_with_another_world_size(finished, monkeypatch):
     import kdlab.engine.resume as resume
-    from kdlab.config import RunConfig, build_dataclass
+    from kdlab.core.config import RunConfig, build_dataclass
 
     cfg = build_dataclass(RunConfig, yaml.safe_load((finished / "config.yaml").read_text()),
                           where="config")
@@ -662,14 +662,14 @@ def test_torchrun_rank_killed_then_resumed(tmp_path):
      "lower data.batch_size"),
 ])
 def test_machine_failures_are_described_by_kind(error, expected):
-    from kdlab.commands.failures import describe
+    from kdlab.cli.commands.failures import describe
 
     message = describe(error)
     assert message is not None and expected in message, message
 
 
 def test_bugs_and_unknown_errors_are_not_described(monkeypatch):
-    from kdlab.commands.failures import describe
+    from kdlab.cli.commands.failures import describe
 
     monkeypatch.delenv("RANK", raising=False)
     for error in (ZeroDivisionError(), KeyError("x"), RuntimeError("shape mismatch"),

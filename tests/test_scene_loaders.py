@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from kdlab.config import DataConfig
+from kdlab.core.config import DataConfig
 from kdlab.data import build_loaders, describe
 from kdlab.data.dense_augment import JointCropFlip, resolve, warp, warp_boxes
 from kdlab.data.dense_loader import box_targets

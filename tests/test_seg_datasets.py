@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from kdlab.config import DataConfig
+from kdlab.core.config import DataConfig
 from kdlab.data import DATASETS, build_loaders, describe
 from kdlab.errors import UserError
 

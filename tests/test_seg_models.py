@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from kdlab.commands import listing
+from kdlab.cli.commands import listing
 from kdlab.errors import UserError
 from kdlab.models import MODELS, build_model, model_task, pretrained_models
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from engine_support import ADV, registered, tiny_config
-from kdlab.config import ScheduleConfig
+from kdlab.core.config import ScheduleConfig
 from kdlab.engine.build import check_task
 from kdlab.engine.checkpoint import load_checkpoint
 from kdlab.engine.optimisation import Optimisation, PolyDecay, build_scheduler
@@ -86,7 +86,7 @@ def test_poly_schedule_steps_per_iteration_with_warm_up():
 
 def test_separate_optimisers_step_only_their_parameters():
     a, b = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
-    from kdlab.config import OptimConfig
+    from kdlab.core.config import OptimConfig
 
     def adam(params):
         return torch.optim.Adam(params, lr=0.5)
@@ -104,7 +104,7 @@ def test_separate_optimisers_step_only_their_parameters():
 
 def test_separate_optimisers_follow_the_run_schedule():
     a, b = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
-    from kdlab.config import OptimConfig
+    from kdlab.core.config import OptimConfig
 
     def adam(params):
         return torch.optim.Adam(params, lr=0.5)
@@ -160,7 +160,7 @@ def test_a_segmentation_run_with_an_aux_head_trains_exports_and_reloads(tmp_path
     """task: segmentation end to end: builder options from the recipe (an auxiliary head),
     mIoU as the run's metric, and the export rebuilt with the same options."""
     from kdlab.cli import main
-    from kdlab.config import RunConfig, build_dataclass
+    from kdlab.core.config import RunConfig, build_dataclass
     from kdlab.export import load_exported
 
     cfg = build_dataclass(RunConfig, {

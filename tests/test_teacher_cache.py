@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from kdlab.cli import main
-from kdlab.config import RunConfig, build_dataclass
+from kdlab.core.config import RunConfig, build_dataclass
 from kdlab.data import build_loaders
 from kdlab.data.augment import normalise
 from kdlab.data.synthetic import Synthetic

@@ -179,7 +179,7 @@ def test_a_thread_count_that_is_not_auto_or_positive_is_refused(bad):
 
 
 def test_the_recipe_setting_is_checked_before_a_run(tmp_path):
-    from kdlab.config import load_config
+    from kdlab.core.config import load_config
     from kdlab.engine.validate import validate_config
 
     recipe = tmp_path / "r.yaml"
@@ -261,7 +261,7 @@ def test_a_governor_needs_two_threads_to_choose_from():
 
 
 def test_a_cpu_training_run_with_auto_threads_has_a_governor_and_logs_its_count(tmp_path):
-    from kdlab.config import load_config
+    from kdlab.core.config import load_config
     from kdlab.engine.trainer import Trainer
 
     recipe = tmp_path / "r.yaml"

@@ -164,7 +164,7 @@ def test_load_weights_from_safetensors(tmp_path):
 
 
 def test_schedules_with_warmup():
-    from kdlab.config import ScheduleConfig
+    from kdlab.core.config import ScheduleConfig
 
     p = torch.nn.Parameter(torch.zeros(1))
 

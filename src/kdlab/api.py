@@ -6,7 +6,7 @@
 ...                        out="runs/my_fcfd")  # doctest: +SKIP
 
 This is the command line's run, fed with objects: the settings become the same
-:class:`~kdlab.config.RunConfig` (checked by the same validation), the one
+:class:`~kdlab.core.config.RunConfig` (checked by the same validation), the one
 :class:`~kdlab.engine.trainer.Trainer` trains it, and the run folder holds the same files
 (``config.yaml``, ``metrics.csv``, ``best.pt`` / ``last.pt``, ``report.md``, plots). The
 objects reach the trainer through :class:`~kdlab.engine.prebuilt.Prebuilt`; the config names
@@ -28,7 +28,7 @@ from typing import Any
 
 from torch import nn
 
-from kdlab.config import (
+from kdlab.core.config import (
     DataConfig,
     ModelConfig,
     OptimConfig,
@@ -38,8 +38,8 @@ from kdlab.config import (
     build_dataclass,
     read_yaml,
 )
+from kdlab.core.registry import did_you_mean
 from kdlab.errors import UserError
-from kdlab.registry import did_you_mean
 
 SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig,
                              "schedule": ScheduleConfig, "train": TrainConfig}
@@ -217,7 +217,7 @@ def prepare_run(
 
 def fit(*, default_method: str, **kwargs: Any) -> tuple[nn.Module, dict[str, Any]]:
     """Train as :func:`distill` describes; returns the trained student and the run summary."""
-    from kdlab.commands.training import print_summary
+    from kdlab.cli.commands.training import print_summary
     from kdlab.engine.trainer import Trainer
 
     settings = kwargs.pop("settings")

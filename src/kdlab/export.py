@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdlab import __version__
+from kdlab.core.version import __version__
 from kdlab.errors import UserError
 from kdlab.runtime.files import atomic_write
 
@@ -37,7 +37,7 @@ _SHAPE = ("num_classes", "in_channels", "input_size")
 
 def export_metadata(module: nn.Module, name: str, cfg: Any, info: Any) -> dict[str, str]:
     """The safetensors metadata for network ``name`` of a run with config ``cfg`` (a
-    :class:`~kdlab.config.RunConfig`) on data shaped like ``info`` (a DatasetInfo)."""
+    :class:`~kdlab.core.config.RunConfig`) on data shaped like ``info`` (a DatasetInfo)."""
     spec = getattr(module, "kdlab_spec", None)
     if isinstance(spec, Mapping):
         return {
@@ -101,7 +101,7 @@ def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], path: Path) 
 
 
 def _composite(meta: dict[str, str], path: Path) -> nn.Module:
-    from kdlab.config import RunConfig, build_dataclass
+    from kdlab.core.config import RunConfig, build_dataclass
     from kdlab.engine.build import build_distiller_from_config
 
     try:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from kdlab.config import RunConfig, build_dataclass
+from kdlab.core.config import RunConfig, build_dataclass
 from kdlab.errors import UserError
 from kdlab.runtime.files import atomic_write_text
 

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdlab.config import OptimConfig, ScheduleConfig
+from kdlab.core.config import OptimConfig, ScheduleConfig
 from kdlab.engine.checkpoint import load_checkpoint, save_checkpoint
 from kdlab.engine.metrics_log import Progress
 from kdlab.engine.optimisation import build_optimizer, build_scheduler

@@ -10,7 +10,7 @@ Every loader yields ``(images, targets, index)`` on the requested device (see
 
 from __future__ import annotations
 
-from kdlab.autoimport import import_submodules
+from kdlab.core.autoimport import import_submodules
 from kdlab.data.base import DATASETS, DatasetInfo, Loaders
 from kdlab.data.loaders import build_loaders, describe
 

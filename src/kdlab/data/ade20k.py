@@ -9,7 +9,7 @@ validation: the 2000 whole images.
 
 from __future__ import annotations
 
-from kdlab.config import DataConfig
+from kdlab.core.config import DataConfig
 from kdlab.data.base import DATASETS, DatasetInfo
 from kdlab.data.seg_folders import IGNORE, Pairs, SegFolderSource, lookup, missing, root_of
 

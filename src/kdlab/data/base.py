@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import torch
 
-from kdlab.registry import Registry
+from kdlab.core.registry import Registry
 
 if TYPE_CHECKING:
-    from kdlab.config import DataConfig
+    from kdlab.core.config import DataConfig
 
 
 @dataclass(frozen=True)

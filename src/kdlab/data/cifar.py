@@ -18,7 +18,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from kdlab.config import DataConfig
+from kdlab.core.config import DataConfig
 from kdlab.data.augment import CropFlip
 from kdlab.data.base import DATASETS, DatasetInfo
 from kdlab.data.loaders import Split, TensorSource

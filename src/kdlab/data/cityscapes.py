@@ -9,7 +9,7 @@ the 500 whole 1024 x 2048 images.
 
 from __future__ import annotations
 
-from kdlab.config import DataConfig
+from kdlab.core.config import DataConfig
 from kdlab.data.base import DATASETS, DatasetInfo
 from kdlab.data.seg_folders import IGNORE, Pairs, SegFolderSource, lookup, missing, root_of
 

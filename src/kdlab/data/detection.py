@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from kdlab.config import DataConfig
+from kdlab.core.config import DataConfig
 from kdlab.data.base import DATASETS, DatasetInfo, DatasetSource, Loaders
 from kdlab.data.loaders import check_batches, subset_size
 from kdlab.data.sampling import epoch_seed, val_shard

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kdlab.config import DataConfig
+from kdlab.core.config import DataConfig
 from kdlab.data.augment import CropFlip
 from kdlab.data.base import DATASETS, DatasetInfo
 from kdlab.data.loaders import Split, TensorSource

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from kdlab.config import DataConfig
+from kdlab.core.config import DataConfig
 from kdlab.data.augment import normalise
 from kdlab.data.base import DATASETS, Batch, DatasetInfo, DatasetSource, Loaders
 from kdlab.data.loaders import check_batches, subset_size

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
-from kdlab.config import DataConfig
+from kdlab.core.config import DataConfig
 from kdlab.data.augment import CropFlip
 from kdlab.data.base import DATASETS, DatasetInfo, DatasetSource, Loaders
 from kdlab.data.device_loader import TensorLoader

@@ -20,7 +20,7 @@ from typing import ClassVar
 
 import torch
 
-from kdlab.config import DataConfig
+from kdlab.core.config import DataConfig
 from kdlab.data import fashion_mnist as fm
 from kdlab.data.base import DATASETS, DatasetInfo, DatasetSource, Loaders
 from kdlab.data.dense_augment import JointCropFlip

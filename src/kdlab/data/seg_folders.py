@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler
 
-from kdlab.config import DataConfig
+from kdlab.core.config import DataConfig
 from kdlab.data.base import DatasetSource, Loaders
 from kdlab.data.imagenet import FolderLoader
 from kdlab.data.loaders import check_batches, subset_size

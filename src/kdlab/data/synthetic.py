@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kdlab.config import DataConfig
+from kdlab.core.config import DataConfig
 from kdlab.data.augment import CropFlip
 from kdlab.data.base import DATASETS, DatasetInfo
 from kdlab.data.loaders import Split, TensorSource

@@ -10,7 +10,7 @@ SBD's extra annotations ("trainaug", 10582 images) are not included. Validation:
 
 from __future__ import annotations
 
-from kdlab.config import DataConfig
+from kdlab.core.config import DataConfig
 from kdlab.data.base import DATASETS, DatasetInfo
 from kdlab.data.seg_folders import IGNORE, Pairs, SegFolderSource, lookup, missing, root_of
 

@@ -55,7 +55,7 @@ from typing import Any
 import torch
 import yaml
 
-from kdlab import __version__
+from kdlab.core.version import __version__
 from kdlab.engine.flops import default_matmul_size, matmul_rate, step_flops
 from kdlab.errors import UserError
 from kdlab.nn.layout import use_channels_last
@@ -334,7 +334,7 @@ def with_teacher_cache(specs: Sequence[MethodSpec], task: str = "classification"
                        ) -> list[MethodSpec]:
     """``specs`` with, after each method that can train from a teacher cache (KD, DKD), the
     same method reading the teacher's logits from one (label ``METHOD+cache``)."""
-    from kdlab.config import build_dataclass
+    from kdlab.core.config import build_dataclass
     from kdlab.methods import METHODS
     from kdlab.methods.base import check_teacher_cache_use
 
@@ -357,7 +357,7 @@ def with_teacher_cache(specs: Sequence[MethodSpec], task: str = "classification"
 def check_methods(specs: Sequence[MethodSpec], task: str = "classification") -> None:
     """Unknown names and options (of the methods' variants for ``task``) fail before any
     timing starts."""
-    from kdlab.config import build_dataclass
+    from kdlab.core.config import build_dataclass
     from kdlab.methods import METHODS
 
     for spec in specs:

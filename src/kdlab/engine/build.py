@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdlab.config import RunConfig
+from kdlab.core.config import RunConfig
 from kdlab.engine.prebuilt import Prebuilt, is_memory, refuse_memory
 from kdlab.errors import UserError
 from kdlab.methods.base import Distiller
@@ -207,7 +207,7 @@ def check_teacher_cache(cfg: RunConfig) -> None:
     """``data.teacher_cache`` is a finished cache and the run's method can train from it (a
     logit-only method with its teacher in eval mode); else a UserError. Data, augmentation and
     teacher are checked against the cache when they are loaded (:func:`build_run`)."""
-    from kdlab.config import build_dataclass
+    from kdlab.core.config import build_dataclass
     from kdlab.data.teacher_cache import TeacherCache
     from kdlab.methods import METHODS
     from kdlab.methods.base import check_teacher_cache_use

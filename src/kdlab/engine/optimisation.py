@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.optim import Optimizer, lr_scheduler
 
-from kdlab.config import OptimConfig, ScheduleConfig
+from kdlab.core.config import OptimConfig, ScheduleConfig
 from kdlab.errors import UserError
 
 #: schedules stepped after every iteration instead of every epoch

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from kdlab.errors import UserError
 
 if TYPE_CHECKING:
-    from kdlab.config import RunConfig
+    from kdlab.core.config import RunConfig
     from kdlab.data.base import DatasetSource
     from kdlab.models.staged import Staged
 

@@ -35,7 +35,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from kdlab.config import RunConfig, build_dataclass
+from kdlab.core.config import RunConfig, build_dataclass
 from kdlab.errors import UserError
 
 MAY_CHANGE = frozenset({
@@ -91,8 +91,8 @@ def _current_world_size() -> int:
 
 def read_saved(out_dir: Path) -> Saved | None:
     """The saved run in ``out_dir`` (None when it holds neither config.yaml nor last.pt)."""
+    from kdlab.core.recipe_yaml import load_yaml, read_text
     from kdlab.engine.checkpoint import load_checkpoint
-    from kdlab.recipe_yaml import load_yaml, read_text
 
     last, config = out_dir / "last.pt", out_dir / "config.yaml"
     ckpt = load_checkpoint(last, mmap=True) if last.is_file() else None

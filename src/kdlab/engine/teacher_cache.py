@@ -25,8 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kdlab import __version__
-from kdlab.config import RunConfig
+from kdlab.core.config import RunConfig
+from kdlab.core.version import __version__
 from kdlab.data.sampling import epoch_generator
 from kdlab.data.teacher_cache import (
     FORMAT,

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdlab.config import RunConfig, save_config
+from kdlab.core.config import RunConfig, save_config
 from kdlab.engine import distributed
 from kdlab.engine.build import build_run, check_task, model_specs, resolve_device
 from kdlab.engine.checkpoint import (

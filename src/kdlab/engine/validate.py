@@ -1,7 +1,7 @@
 """One validation pass over a run's config, before any process group, folder or data exists.
 
 :func:`validate_config` checks, in this order: the domain of every numeric setting
-(:mod:`kdlab.domains`), the choice settings, the rules between settings (warm-up and
+(:mod:`kdlab.core.domains`), the choice settings, the rules between settings (warm-up and
 milestones within the epochs, Nesterov needs momentum), the names the optimiser and the
 schedule know (by building them on a one-parameter probe), the dataset and task names and the
 method's own settings. The first problem is a :class:`~kdlab.errors.UserError` naming the
@@ -11,8 +11,8 @@ setting. The builders (:func:`kdlab.engine.optimisation.build_optimizer`, ``buil
 
 from __future__ import annotations
 
-from kdlab.config import RunConfig, build_dataclass
-from kdlab.domains import check_method_domains, check_run_domains
+from kdlab.core.config import RunConfig, build_dataclass
+from kdlab.core.domains import check_method_domains, check_run_domains
 from kdlab.errors import UserError
 from kdlab.runtime.precision import AMP_DTYPES
 from kdlab.runtime.threads import parse_threads

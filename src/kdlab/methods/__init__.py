@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from kdlab.autoimport import import_submodules
-from kdlab.config import build_dataclass
-from kdlab.domains import check_method_domains
+from kdlab.core.autoimport import import_submodules
+from kdlab.core.config import build_dataclass
+from kdlab.core.domains import check_method_domains
+from kdlab.core.registry import Registry
 from kdlab.errors import UserError
 from kdlab.methods.base import Distiller, Losses
 from kdlab.models.staged import Staged
-from kdlab.registry import Registry
 from kdlab.tasks import Task, build_task
 
 METHODS: Registry = Registry("method")

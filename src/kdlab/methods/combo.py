@@ -9,7 +9,7 @@ from typing import Any
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from kdlab.config import build_dataclass
+from kdlab.core.config import build_dataclass
 from kdlab.errors import UserError
 from kdlab.methods import METHODS, build_distiller
 from kdlab.methods.base import Distiller, Losses

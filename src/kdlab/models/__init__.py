@@ -13,10 +13,10 @@ from typing import Any
 
 from torch import nn
 
-from kdlab.autoimport import import_submodules
+from kdlab.core.autoimport import import_submodules
+from kdlab.core.registry import Registry
 from kdlab.errors import UserError
 from kdlab.models.staged import Features, Staged, StageInfo
-from kdlab.registry import Registry
 
 MODELS: Registry = Registry("model")
 _SHAPE_ARGS = {"num_classes", "in_channels", "input_size", "pretrained"}

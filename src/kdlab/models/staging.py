@@ -21,9 +21,9 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from kdlab.core.registry import did_you_mean
 from kdlab.errors import UserError
 from kdlab.models.staged import Staged, _global_avg_pool
-from kdlab.registry import did_you_mean
 
 Part = str | nn.Module
 Parts = Part | Sequence[Part]

@@ -41,10 +41,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from kdlab.core.registry import did_you_mean
 from kdlab.errors import UserError
 from kdlab.models import MODELS
 from kdlab.models.staged import Staged
-from kdlab.registry import did_you_mean
 
 PREFIX = "timm/"
 

@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from kdlab.autoimport import import_submodules
+from kdlab.core.autoimport import import_submodules
 from kdlab.tasks.base import TASKS, Task, build_task
 
 import_submodules(__name__)

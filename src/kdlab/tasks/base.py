@@ -15,8 +15,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from kdlab.core.registry import Registry
 from kdlab.errors import UserError
-from kdlab.registry import Registry
 
 
 class Task:

@@ -8,8 +8,8 @@ from typing import Any
 
 from torch import nn
 
-from kdlab.commands.common import WHICH, add_set_option, restore_run
-from kdlab.config import RunConfig
+from kdlab.cli.commands.common import WHICH, add_set_option, restore_run
+from kdlab.core.config import RunConfig
 
 
 def add_parser(sub: Any) -> None:

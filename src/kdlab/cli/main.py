@@ -1,10 +1,10 @@
 """The ``kdlab`` command line: train, distill, eval, export, list, bench, quickstart, compare,
 analyze, cache-teacher.
 
-Each subcommand lives in :mod:`kdlab.commands` and exposes ``add_parser(subparsers)`` and
+Each subcommand lives in :mod:`kdlab.cli.commands` and exposes ``add_parser(subparsers)`` and
 ``run(args) -> int``. Mistakes a user can make (:class:`~kdlab.errors.UserError`, argparse
 misuse) end with one line ``kdlab: error: ...`` on stderr and exit status 2, and so do the
-machine's failures that :mod:`kdlab.commands.failures` knows (a full disk, a read-only or
+machine's failures that :mod:`kdlab.cli.commands.failures` knows (a full disk, a read-only or
 missing folder, out of memory, a non-UTF-8 file, a dead torchrun peer); Ctrl-C exits with
 130. Any other exception keeps its traceback: it is a bug to report.
 """
@@ -16,8 +16,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from kdlab import __version__, plugins
-from kdlab.commands import (
+from kdlab.cli.commands import (
     analyze,
     bench,
     cache_teacher,
@@ -29,6 +28,8 @@ from kdlab.commands import (
     quickstart,
     training,
 )
+from kdlab.core import plugins
+from kdlab.core.version import __version__
 from kdlab.errors import UserError
 
 COMMANDS = (training, evaluate, export, listing, bench, quickstart, compare, analyze,

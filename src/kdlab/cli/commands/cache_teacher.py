@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from kdlab.commands.common import add_set_option
+from kdlab.cli.commands.common import add_set_option
 
 
 def add_parser(sub: Any) -> None:
@@ -38,7 +38,7 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kdlab.config import load_config
+    from kdlab.core.config import load_config
     from kdlab.engine.teacher_cache import build_teacher_cache, describe
 
     cfg = load_config(args.recipe, list(args.overrides))

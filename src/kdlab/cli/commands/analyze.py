@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from kdlab.commands.common import (
+from kdlab.cli.commands.common import (
     WHICH,
     Restored,
     add_set_option,

@@ -8,8 +8,8 @@ from typing import Any
 
 import yaml
 
-from kdlab.commands.common import add_set_option
-from kdlab.config import RunConfig, load_config
+from kdlab.cli.commands.common import add_set_option
+from kdlab.core.config import RunConfig, load_config
 from kdlab.engine.report import LABELS
 from kdlab.errors import UserError
 
@@ -41,7 +41,7 @@ def prepare(args: argparse.Namespace) -> RunConfig:
 def load_run_plugins(cfg: RunConfig, loaded: list[str], resume: bool) -> list[str]:
     """Import the recipe's plugins; returns what the run records: those, the ones the command
     line loaded (``--import``, entry points) and, on ``--resume``, the run's own."""
-    from kdlab.plugins import load_plugins
+    from kdlab.core.plugins import load_plugins
 
     previous: list[str] = []
     saved = Path(cfg.train.out_dir) / "config.yaml"

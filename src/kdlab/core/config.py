@@ -18,9 +18,9 @@ from typing import Any, TypeVar
 
 import yaml
 
+from kdlab.core.recipe_yaml import DuplicateKeyError, load_yaml, read_text, yaml_problem
+from kdlab.core.registry import did_you_mean
 from kdlab.errors import UserError
-from kdlab.recipe_yaml import DuplicateKeyError, load_yaml, read_text, yaml_problem
-from kdlab.registry import did_you_mean
 
 T = TypeVar("T")
 
@@ -111,7 +111,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    plugins: list[str] = field(default_factory=list)  # modules imported first (kdlab.plugins)
+    plugins: list[str] = field(default_factory=list)  # modules imported first (kdlab.core.plugins)
 
     @property
     def method_name(self) -> str:

@@ -10,7 +10,7 @@ settings are matched by name (:data:`METHOD_DOMAINS`, then the suffix rules of
 setting (``temperature > 0``, ``*_weight >= 0``) without each method repeating it. Settings
 that are ``null`` (automatic) are not checked; a list of numbers is checked item by item.
 Non-finite floats (``.nan``, ``.inf``) are refused when the config is read
-(:func:`kdlab.config.build_dataclass`).
+(:func:`kdlab.core.config.build_dataclass`).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from kdlab.commands.common import WHICH, restore_run
+from kdlab.cli.commands.common import WHICH, restore_run
 from kdlab.errors import UserError
 from kdlab.export import export_metadata, write_exported
 

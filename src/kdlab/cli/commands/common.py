@@ -12,9 +12,9 @@ from typing import Any
 
 import yaml
 
-from kdlab.config import RunConfig, apply_overrides, build_dataclass
+from kdlab.core.config import RunConfig, apply_overrides, build_dataclass
+from kdlab.core.recipe_yaml import load_yaml, read_text
 from kdlab.errors import UserError
-from kdlab.recipe_yaml import load_yaml, read_text
 
 WHICH = ("best", "last")
 
@@ -87,7 +87,7 @@ def run_config(ckpt_path: Path, ckpt: dict[str, Any], overrides: Sequence[str]) 
     from kdlab.engine.prebuilt import refuse_memory
 
     refuse_memory(cfg, "kdlab eval / export")
-    from kdlab.plugins import load_plugins
+    from kdlab.core.plugins import load_plugins
 
     load_plugins(cfg.plugins, source=f"the plugins of the run's config beside {str(ckpt_path)!r}")
     return cfg
