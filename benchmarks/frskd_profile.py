@@ -46,7 +46,7 @@ from profiling import (
 )
 
 import kdlab.nn.bifpn as bifpn
-from kdlab.engine.bench import PRESETS, cpu_name
+from kdlab.tools.bench.bench import PRESETS, cpu_name
 
 STUDENT_FWD = "student forward"
 TEACHER_FWD = "self-teacher forward (BiFPNc + classifier)"

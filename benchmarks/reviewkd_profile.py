@@ -51,7 +51,7 @@ from profiling import (
 
 import kdlab.methods.reviewkd as reviewkd
 import kdlab.nn.abf as abf
-from kdlab.engine.bench import PRESETS, cpu_name
+from kdlab.tools.bench.bench import PRESETS, cpu_name
 
 STUDENT_FWD = "student forward"
 TEACHER_FWD = "teacher forward (inference mode)"

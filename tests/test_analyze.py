@@ -20,12 +20,15 @@ import torch
 import torch.nn.functional as F
 
 from conftest import tiny_staged
-from kdlab.analysis.anisotropy import (
+from kdlab.cli import main
+from kdlab.errors import UserError
+from kdlab.methods import METHODS
+from kdlab.tools.analysis.anisotropy import (
     kl_per_sample,
     measure_anisotropy,
     random_directions,
 )
-from kdlab.analysis.exit_branch import (
+from kdlab.tools.analysis.exit_branch import (
     branch_accuracy,
     build_exit_branch,
     milestones,
@@ -33,10 +36,7 @@ from kdlab.analysis.exit_branch import (
     stage_feature,
     train_exit_branch,
 )
-from kdlab.analysis.probe import AS_IS, BRIDGED, REGRESSOR, student_feed, teacher_feed
-from kdlab.cli import main
-from kdlab.errors import UserError
-from kdlab.methods import METHODS
+from kdlab.tools.analysis.probe import AS_IS, BRIDGED, REGRESSOR, student_feed, teacher_feed
 from test_cli import error_of, recipe
 
 SMALL_DATA = {"name": "synthetic", "batch_size": 32, "eval_batch_size": 64,
@@ -73,7 +73,7 @@ def test_anisotropy_matches_a_direct_computation(monkeypatch, keep):
     """Every (image, direction) KL and prediction, one at a time, against the batched
     measurement (small pass budget: several direction chunks per batch; the directions kept
     across batches or drawn again for each)."""
-    import kdlab.analysis.anisotropy as mod
+    import kdlab.tools.analysis.anisotropy as mod
 
     monkeypatch.setattr(mod, "PASS_BUDGET", 20)
     monkeypatch.setattr(mod, "KEEP_ELEMENTS", mod.KEEP_ELEMENTS if keep else 0)

@@ -9,7 +9,7 @@ import math
 import pytest
 
 from kdlab.cli import main
-from kdlab.engine.bench import MethodSpec, parse_methods
+from kdlab.tools.bench.bench import MethodSpec, parse_methods
 
 
 def test_parse_methods_variants_and_options():
@@ -60,7 +60,7 @@ def test_bench_runs_ce_and_kd_and_writes_json(tmp_path, capsys):
 
 
 def test_ratios_are_paired_round_by_round():
-    from kdlab.engine.bench import BenchResult, set_ratios
+    from kdlab.tools.bench.bench import BenchResult, set_ratios
 
     def result(method, round_ms):
         return BenchResult(method, method, {}, 10, sum(round_ms) / len(round_ms), 0.0, 1.0,
@@ -157,7 +157,7 @@ def test_flop_count_of_a_linear_step_is_the_hand_count():
     (the weight's gradient; the input needs none); the bias adds no multiply-add."""
     import torch
 
-    from kdlab.engine.flops import step_flops
+    from kdlab.tools.bench.flops import step_flops
 
     n, a, b = 16, 32, 8
     net = torch.nn.Linear(a, b)
@@ -171,8 +171,8 @@ def test_bench_counts_a_distiller_step_like_the_hand_count():
     """bench_method's FLOP column on a 'network' of one Linear: the same hand count."""
     import torch
 
-    from kdlab.engine import bench
-    from kdlab.engine.flops import step_flops
+    from kdlab.tools.bench import bench
+    from kdlab.tools.bench.flops import step_flops
 
     n, a, b = 8, 1 * 4 * 4, 10
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(a, b))
@@ -183,7 +183,7 @@ def test_bench_counts_a_distiller_step_like_the_hand_count():
 
 
 def test_matmul_rate_is_positive_and_sized():
-    from kdlab.engine.flops import matmul_rate
+    from kdlab.tools.bench.flops import matmul_rate
 
     assert matmul_rate("cpu", size=64, min_seconds=0.0) > 0
 
@@ -225,8 +225,8 @@ def test_bench_scaling_writes_table_csv_and_plot(tmp_path, capsys):
 
 
 def test_scaling_exponent_and_points():
-    from kdlab.engine.bench import PRESETS, parse_methods
-    from kdlab.engine.scaling import axis_points, exponent
+    from kdlab.tools.bench.bench import PRESETS, parse_methods
+    from kdlab.tools.bench.scaling import axis_points, exponent
 
     assert exponent([1, 2, 4], [3.0, 6.0, 12.0]) == pytest.approx(1.0)
     assert exponent([1, 2, 4], [5.0, 5.0, 5.0]) == pytest.approx(0.0)

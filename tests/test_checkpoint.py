@@ -7,8 +7,8 @@ from collections import Counter
 import pytest
 import torch
 
-from kdlab.engine.checkpoint import load_checkpoint, plain, save_checkpoint
 from kdlab.errors import UserError
+from kdlab.training.checkpoint import load_checkpoint, plain, save_checkpoint
 
 
 def _state(value: float) -> dict:

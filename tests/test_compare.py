@@ -9,7 +9,7 @@ import csv
 import yaml
 
 from kdlab.cli import main
-from kdlab.engine.metrics_log import write_csv
+from kdlab.training.metrics_log import write_csv
 
 
 def _run(folder, task, method, metric, values, teacher=None, rate=800.0, batch=16):

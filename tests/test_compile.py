@@ -14,10 +14,10 @@ from torch._dynamo.backends.common import aot_autograd
 
 from conftest import tiny_staged
 from engine_support import registered, tiny_config
-from kdlab.engine.compiling import CompiledModel, backend_of, compile_run
-from kdlab.engine.trainer import Trainer
 from kdlab.errors import UserError
 from kdlab.methods import build_distiller
+from kdlab.training.compiling import CompiledModel, backend_of, compile_run
+from kdlab.training.trainer import Trainer
 
 GRAPHS: list[list[str]] = []  # per compiled graph: the names of its placeholder inputs
 

@@ -61,8 +61,8 @@ def _memory_steps(rank: int) -> dict[str, torch.Tensor]:
 def _ddp_crd_steps(rank: int) -> dict[str, torch.Tensor]:
     """Two training steps of a CRD distiller wrapped by kdlab's DDP helper."""
     from conftest import tiny_staged
-    from kdlab.engine import distributed
     from kdlab.methods import build_distiller
+    from kdlab.training import distributed
 
     teacher = tiny_staged(widths=(16, 32, 64, 64), seed=1)
     student = tiny_staged(widths=(8, 16, 32, 32), seed=2)

@@ -18,8 +18,8 @@ SCRIPT = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     import torch
     from engine_support import registered, tiny_config
-    import kdlab.engine.trainer as trainer_module
-    from kdlab.engine.trainer import Trainer
+    import kdlab.training.trainer as trainer_module
+    from kdlab.training.trainer import Trainer
 
     seeds = []
     def recording_seed_all(*args, _seed_all=trainer_module.seed_all):

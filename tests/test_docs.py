@@ -1,4 +1,4 @@
-"""The documentation: docs/methods.md is what `python -m kdlab.docs_gen` generates from the
+"""The documentation: docs/methods.md is what `python -m kdlab.tools.docs_gen` generates from the
 registered methods (a stale file fails here), field comments are read from the source, and
 the MkDocs site builds with --strict (every page, link and API reference resolves)."""
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from kdlab import docs_gen
+from kdlab.tools import docs_gen
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_the_method_reference_is_up_to_date():
     committed = (ROOT / "docs" / "methods.md").read_text()
     assert committed == docs_gen.generate(), (
-        "docs/methods.md is stale: run `python -m kdlab.docs_gen` and commit the result")
+        "docs/methods.md is stale: run `python -m kdlab.tools.docs_gen` and commit the result")
 
 
 def test_the_reference_has_every_method_its_settings_and_recipes():

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kdlab.engine.bench import BenchReport, BenchResult, write_report
+from kdlab.tools.bench.bench import BenchReport, BenchResult, write_report
 
 GPU = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu"
 

@@ -8,9 +8,9 @@ import torch
 
 from engine_support import tiny_config
 from kdlab.core.config import save_config
-from kdlab.engine.resume import check_resume
 from kdlab.errors import UserError
 from kdlab.nn.layout import use_channels_last
+from kdlab.training.resume import check_resume
 
 
 def test_auto_is_on_for_cpu_and_cuda_only():
@@ -34,7 +34,7 @@ def test_resume_compares_the_resolved_layout(tmp_path):
 
 
 def test_a_bad_layout_setting_is_refused_before_the_run(tmp_path):
-    from kdlab.engine.trainer import Trainer
+    from kdlab.training.trainer import Trainer
 
     with pytest.raises(UserError, match="train.channels_last 'yes' is not known"):
         Trainer(tiny_config(tmp_path / "r", train={"channels_last": "yes"})).fit()

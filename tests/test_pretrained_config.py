@@ -21,9 +21,9 @@ import yaml
 from kdlab.cli import main
 from kdlab.core.config import load_config
 from kdlab.data.synthetic import Synthetic
-from kdlab.engine.build import build_distiller_from_config, check_model_config
 from kdlab.errors import UserError
 from kdlab.models import build_model, pretrained_models
+from kdlab.training.build import build_distiller_from_config, check_model_config
 from test_cli import error_of, recipe
 
 INFO = Synthetic.info  # 10 classes, 3 x 16 x 16

@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 
 from kdlab.errors import UserError
-from kdlab.quickstart import (
+from kdlab.tools.quickstart import (
     MEASURED_GAINS,
     MEASURED_SEEDS,
     QuickstartSettings,

@@ -14,9 +14,9 @@ import torch
 
 from kdlab.core.config import build_dataclass, load_config
 from kdlab.data import DATASETS
-from kdlab.engine.build import build_distiller_from_config, check_model_config
 from kdlab.methods import METHODS
 from kdlab.models import MODELS, pretrained_models
+from kdlab.training.build import build_distiller_from_config, check_model_config
 
 RECIPES = sorted((Path(__file__).parent.parent / "recipes").rglob("*.yaml"))
 ROOT = Path(__file__).parent.parent

@@ -24,9 +24,9 @@ import yaml
 
 from engine_support import CE, KD, MODEL, registered
 from kdlab.cli import main
-from kdlab.engine.checkpoint import load_checkpoint
-from kdlab.engine.resume import check_resume
-from kdlab.engine.run_lock import LOCK_NAME, RunLock
+from kdlab.training.checkpoint import load_checkpoint
+from kdlab.training.resume import check_resume
+from kdlab.training.run_lock import LOCK_NAME, RunLock
 
 TESTS = Path(__file__).resolve().parent
 SRC = str(TESTS.parent / "src")
@@ -345,7 +345,7 @@ def test_resume_refuses_a_cosine_horizon_and_lists_every_difference(finished, tm
 
 
 def test_resume_with_another_world_size(finished, monkeypatch):
-    import kdlab.engine.resume as resume
+    import kdlab.training.resume as resume
     from kdlab.core.config import RunConfig, build_dataclass
 
     cfg = build_dataclass(RunConfig, yaml.safe_load((finished / "config.yaml").read_text()),
@@ -372,7 +372,7 @@ def test_a_second_run_into_a_held_folder_is_refused(tmp_path, capsys):
 
 
 def test_a_failed_start_removes_only_the_folder_it_made(tmp_path, capsys, monkeypatch):
-    import kdlab.engine.trainer as trainer_mod
+    import kdlab.training.trainer as trainer_mod
 
     def fails(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory")
@@ -406,7 +406,7 @@ def test_stale_lock_and_temporaries_are_cleared_and_modes_follow_the_umask(tmp_p
 
 
 def test_out_of_memory_gives_the_batch_size_hint(tmp_path, capsys, monkeypatch):
-    import kdlab.engine.trainer as trainer_mod
+    import kdlab.training.trainer as trainer_mod
 
     def oom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
@@ -420,7 +420,7 @@ def test_out_of_memory_gives_the_batch_size_hint(tmp_path, capsys, monkeypatch):
 
 
 def test_a_bug_keeps_its_traceback(tmp_path, monkeypatch):
-    import kdlab.engine.trainer as trainer_mod
+    import kdlab.training.trainer as trainer_mod
 
     def bug(*args, **kwargs):
         raise ZeroDivisionError("a bug")
@@ -481,7 +481,7 @@ sys.path[:0] = [{tests!r}, {src!r}]
 from engine_support import registered
 from kdlab.cli import main
 import kdlab.runtime.files as io
-import kdlab.engine.trainer as trainer_mod
+import kdlab.training.trainer as trainer_mod
 
 
 def die():
@@ -607,7 +607,7 @@ import os, signal, sys
 sys.path[:0] = [{tests!r}, {src!r}]
 from engine_support import registered
 from kdlab.cli import main
-import kdlab.engine.trainer as trainer_mod
+import kdlab.training.trainer as trainer_mod
 
 real = trainer_mod.Trainer._train_epoch
 def train_epoch(self, epoch, *a, **k):

@@ -8,14 +8,14 @@ import torch
 
 from engine_support import ADV, registered, tiny_config
 from kdlab.core.config import ScheduleConfig
-from kdlab.engine.build import check_task
-from kdlab.engine.checkpoint import load_checkpoint
-from kdlab.engine.optimisation import Optimisation, PolyDecay, build_scheduler
-from kdlab.engine.trainer import Trainer
 from kdlab.errors import UserError
 from kdlab.methods import build_distiller
 from kdlab.models import build_model
 from kdlab.tasks import TASKS, Task, build_task
+from kdlab.training.build import check_task
+from kdlab.training.checkpoint import load_checkpoint
+from kdlab.training.optimisation import Optimisation, PolyDecay, build_scheduler
+from kdlab.training.trainer import Trainer
 
 
 @pytest.fixture(autouse=True)

@@ -19,20 +19,20 @@ from kdlab.cli import main
 from kdlab.core.config import RunConfig, build_dataclass
 from kdlab.data import build_loaders
 from kdlab.data.augment import normalise
-from kdlab.data.synthetic import Synthetic
-from kdlab.data.teacher_cache import (
+from kdlab.data.soft_labels import (
     CachedTeacher,
     TeacherCache,
     meta_path,
     outputs_to_logits,
     partial_paths,
 )
-from kdlab.engine import build as build_module
-from kdlab.engine.build import build_teacher
-from kdlab.engine.teacher_cache import build_teacher_cache
-from kdlab.engine.trainer import Trainer
+from kdlab.data.synthetic import Synthetic
 from kdlab.errors import UserError
 from kdlab.models import build_model
+from kdlab.tools.teacher_cache import build_teacher_cache
+from kdlab.training import build as build_module
+from kdlab.training.build import build_teacher
+from kdlab.training.trainer import Trainer
 
 N = 48  # training images of the tiny runs
 
@@ -244,7 +244,7 @@ def test_an_interrupted_build_continues_and_equals_an_uninterrupted_one(tmp_path
 @pytest.fixture
 def no_report(monkeypatch):
     """Skip the run report's plots (matplotlib), which these tests do not look at."""
-    monkeypatch.setattr("kdlab.engine.trainer.write_report", lambda *a, **k: None)
+    monkeypatch.setattr("kdlab.training.trainer.write_report", lambda *a, **k: None)
 
 
 def count_teacher_calls(monkeypatch) -> list[int]:

@@ -180,7 +180,7 @@ def test_a_thread_count_that_is_not_auto_or_positive_is_refused(bad):
 
 def test_the_recipe_setting_is_checked_before_a_run(tmp_path):
     from kdlab.core.config import load_config
-    from kdlab.engine.validate import validate_config
+    from kdlab.training.validate import validate_config
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text("data: {name: synthetic}\n")
@@ -262,7 +262,7 @@ def test_a_governor_needs_two_threads_to_choose_from():
 
 def test_a_cpu_training_run_with_auto_threads_has_a_governor_and_logs_its_count(tmp_path):
     from kdlab.core.config import load_config
-    from kdlab.engine.trainer import Trainer
+    from kdlab.training.trainer import Trainer
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text("data: {name: synthetic, batch_size: 8, eval_batch_size: 32}\n"

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from engine_support import CE, KD, MODEL, engine_tiny, registered, tiny_config
-from kdlab.engine.build import load_weights, resolve_device
-from kdlab.engine.checkpoint import load_checkpoint
-from kdlab.engine.optimisation import build_scheduler
-from kdlab.engine.trainer import Trainer
 from kdlab.errors import UserError
+from kdlab.training.build import load_weights, resolve_device
+from kdlab.training.checkpoint import load_checkpoint
+from kdlab.training.optimisation import build_scheduler
+from kdlab.training.trainer import Trainer
 
 
 @pytest.fixture(autouse=True)
@@ -85,7 +85,7 @@ def test_resume_after_kill_mid_epoch_and_finished_run(tmp_path, monkeypatch):
     cfg = tiny_config(out)
     straight = tmp_path / "straight"
     Trainer(tiny_config(straight)).fit()
-    import kdlab.engine.trainer as trainer_mod
+    import kdlab.training.trainer as trainer_mod
 
     real = trainer_mod.Trainer._train_epoch
 
@@ -236,7 +236,7 @@ def test_real_ce_teacher_then_kd_student(tmp_path):
 
 
 def test_seed_all_gives_each_rank_its_own_stream_and_rank_0_the_single_process_one():
-    from kdlab.engine.trainer import seed_all
+    from kdlab.training.trainer import seed_all
 
     def draw(*args):
         seed_all(*args)

@@ -55,7 +55,7 @@ class Loaders:
     train: EpochLoader
     val: EpochLoader
     info: DatasetInfo
-    #: with ``data.teacher_cache``: the :class:`~kdlab.data.teacher_cache.CachedTeacher` whose
+    #: with ``data.teacher_cache``: the :class:`~kdlab.data.soft_labels.CachedTeacher` whose
     #: stored views the train loader yields (the distiller reads the teacher's outputs from it)
     teacher_cache: Any = None
 

@@ -32,7 +32,7 @@ class NoConfig:
 
 class TeacherLogits(Protocol):
     """Where a distiller may read the teacher's logits from instead of running the teacher
-    (a :class:`kdlab.data.teacher_cache.CachedTeacher`)."""
+    (a :class:`kdlab.data.soft_labels.CachedTeacher`)."""
 
     def logits(self, index: Tensor) -> Tensor:
         """The teacher's logits ``(B, C)`` for the batch's dataset indices ``index``."""

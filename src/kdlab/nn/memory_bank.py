@@ -65,7 +65,7 @@ class ContrastMemory(nn.Module):
     three small collectives (batch sizes, indices, embeddings), so every process must call
     the forward equally often; in evaluation mode nothing is exchanged. Hence
     ``keeps_buffers_in_sync``: kdlab's DDP wrapper broadcasts these buffers once instead of
-    before every forward (:func:`kdlab.engine.distributed.wrap`).
+    before every forward (:func:`kdlab.training.distributed.wrap`).
     """
 
     keeps_buffers_in_sync = True

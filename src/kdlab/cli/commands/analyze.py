@@ -107,7 +107,7 @@ def _common(p: Any) -> None:
 def _restore(path: str, which: str, overrides: list[str], device: str | None,
              role: str = "run") -> Restored:
     """A classification run's distiller on the requested device (default: the run's)."""
-    from kdlab.engine.build import resolve_device
+    from kdlab.training.build import resolve_device
 
     ckpt_path = find_checkpoint(path, which)
     beside = (ckpt_path.parent / "config.yaml").is_file()
@@ -155,8 +155,8 @@ def _positions(text: str) -> list[int]:
 
 # --------------------------------------------------------------------- anisotropy
 def run_anisotropy(args: argparse.Namespace) -> int:
-    from kdlab.analysis.anisotropy import check_stage, measure_anisotropy
-    from kdlab.analysis.plots import plot_anisotropy
+    from kdlab.tools.analysis.anisotropy import check_stage, measure_anisotropy
+    from kdlab.tools.analysis.plots import plot_anisotropy
 
     r = _restore(args.path, args.which, args.overrides, args.device)
     net = r.distiller.student
@@ -214,9 +214,9 @@ def _teacher_note(s: Restored, t: Restored) -> str | None:
 
 
 def run_probe(args: argparse.Namespace) -> int:
-    from kdlab.analysis.exit_branch import check_position, file_digest
-    from kdlab.analysis.plots import plot_probe
-    from kdlab.analysis.probe import exit_branches, probe_student
+    from kdlab.tools.analysis.exit_branch import check_position, file_digest
+    from kdlab.tools.analysis.plots import plot_probe
+    from kdlab.tools.analysis.probe import exit_branches, probe_student
 
     t = _restore(args.teacher, args.which, args.overrides, args.device, role="teacher run")
     teacher = t.distiller.student

@@ -6,7 +6,7 @@ import argparse
 import shlex
 from typing import Any
 
-from kdlab.engine.bench import DEFAULT_METHODS, DETECTION_METHODS, PRESETS
+from kdlab.tools.bench.bench import DEFAULT_METHODS, DETECTION_METHODS, PRESETS
 
 
 def add_parser(sub: Any) -> None:
@@ -67,8 +67,8 @@ def add_parser(sub: Any) -> None:
 
 
 def default_methods(preset: str | None = None) -> str:
-    from kdlab.engine.bench import parse_methods
     from kdlab.methods import METHODS
+    from kdlab.tools.bench.bench import parse_methods
 
     chosen = PRESETS[preset].methods if preset in PRESETS else None
     specs = parse_methods(chosen or DEFAULT_METHODS)
@@ -76,9 +76,9 @@ def default_methods(preset: str | None = None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kdlab.engine.bench import check_output_path, format_table, parse_methods, run_bench
-    from kdlab.engine.build import resolve_device
     from kdlab.runtime.threads import apply_thread_policy, parse_threads
+    from kdlab.tools.bench.bench import check_output_path, format_table, parse_methods, run_bench
+    from kdlab.training.build import resolve_device
 
     if args.out:
         check_output_path(args.out)
@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     )
     print(format_table(report))
     if args.out:
-        from kdlab.engine.bench import write_report
+        from kdlab.tools.bench.bench import write_report
 
         print(f"written to {write_report(report, args.out)}")
     return 0
@@ -109,10 +109,10 @@ def run_scaling_command(args: argparse.Namespace, preset: str, device: Any,
                         channels_last: bool | str, command: str) -> int:
     import time
 
-    from kdlab.engine.bench import PRESETS, hardware, load_average
-    from kdlab.engine.scaling import parse_axes, run_scaling, write_scaling
     from kdlab.nn.layout import use_channels_last
     from kdlab.runtime.threads import thread_summary
+    from kdlab.tools.bench.bench import PRESETS, hardware, load_average
+    from kdlab.tools.bench.scaling import parse_axes, run_scaling, write_scaling
 
     axes = parse_axes(args.scaling)
     nhwc = use_channels_last(channels_last, device)

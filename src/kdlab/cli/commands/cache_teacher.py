@@ -39,7 +39,7 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from kdlab.core.config import load_config
-    from kdlab.engine.teacher_cache import build_teacher_cache, describe
+    from kdlab.tools.teacher_cache import build_teacher_cache, describe
 
     cfg = load_config(args.recipe, list(args.overrides))
     path, meta = build_teacher_cache(

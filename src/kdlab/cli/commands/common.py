@@ -46,7 +46,7 @@ def find_checkpoint(path: str | Path, which: str = "best") -> Path:
 
 def load_run_checkpoint(path: Path) -> dict[str, Any]:
     """Load a run checkpoint (weights only) and check it holds the run's distiller weights."""
-    from kdlab.engine.checkpoint import load_checkpoint
+    from kdlab.training.checkpoint import load_checkpoint
 
     try:
         ckpt = load_checkpoint(path)
@@ -84,7 +84,7 @@ def run_config(ckpt_path: Path, ckpt: dict[str, Any], overrides: Sequence[str]) 
         )
     tree = apply_overrides(copy.deepcopy(dict(tree)), overrides)
     cfg = build_dataclass(RunConfig, tree, where="config")
-    from kdlab.engine.prebuilt import refuse_memory
+    from kdlab.training.prebuilt import refuse_memory
 
     refuse_memory(cfg, "kdlab eval / export")
     from kdlab.core.plugins import load_plugins
@@ -122,7 +122,7 @@ def restore_run(path: str | Path, which: str, overrides: Sequence[str], *,
 
     from kdlab.data import build_loaders
     from kdlab.data.loaders import describe, subset_size
-    from kdlab.engine.build import resolve_device, restore_distiller
+    from kdlab.training.build import resolve_device, restore_distiller
 
     ckpt_path = find_checkpoint(path, which)
     ckpt = load_run_checkpoint(ckpt_path)

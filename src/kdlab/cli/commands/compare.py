@@ -19,10 +19,10 @@ from typing import Any
 
 import yaml
 
-from kdlab.engine.metrics_log import read_csv
-from kdlab.engine.report import LABELS, networks, series
 from kdlab.errors import UserError
 from kdlab.runtime.files import atomic_write, atomic_write_text
+from kdlab.training.metrics_log import read_csv
+from kdlab.training.report import LABELS, networks, series
 
 #: the primary validation metric of each task (``val_<network>_<metric>`` in metrics.csv)
 PRIMARY = {"classification": "top1", "segmentation": "miou", "detection": "map"}

@@ -36,7 +36,7 @@ def network_label(net: nn.Module, cfg: RunConfig) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kdlab.engine.report import COMPANION, LABELS
+    from kdlab.training.report import COMPANION, LABELS
 
     r = restore_run(args.path, args.which, args.overrides, device=args.device)
     task = r.distiller.task

@@ -15,7 +15,7 @@ from typing import Any
 
 from kdlab.cli.commands.common import WHICH, restore_run
 from kdlab.errors import UserError
-from kdlab.export import export_metadata, write_exported
+from kdlab.tools.export import export_metadata, write_exported
 
 LOADING = (
     "Loading: `from kdlab.export import load_exported; net = load_exported(FILE)` gives the "

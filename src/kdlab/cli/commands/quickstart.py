@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from kdlab.quickstart import QuickstartSettings
+from kdlab.tools.quickstart import QuickstartSettings
 
 D = QuickstartSettings()
 
@@ -38,7 +38,7 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kdlab.quickstart import quickstart
+    from kdlab.tools.quickstart import quickstart
 
     quickstart(QuickstartSettings(
         out=args.out, teacher=args.teacher, student=args.student, epochs=args.epochs,

@@ -10,8 +10,8 @@ import yaml
 
 from kdlab.cli.commands.common import add_set_option
 from kdlab.core.config import RunConfig, load_config
-from kdlab.engine.report import LABELS
 from kdlab.errors import UserError
+from kdlab.training.report import print_summary
 
 
 def add_parser(sub: Any) -> None:
@@ -55,9 +55,9 @@ def load_run_plugins(cfg: RunConfig, loaded: list[str], resume: bool) -> list[st
 def check(cfg: RunConfig, mode: str) -> None:
     """Settings, names, method options and the teacher, so that mistakes fail before a run
     folder exists."""
-    from kdlab.engine.build import check_model_config
-    from kdlab.engine.validate import validate_config
     from kdlab.methods import METHODS
+    from kdlab.training.build import check_model_config
+    from kdlab.training.validate import validate_config
 
     validate_config(cfg)
     method = METHODS.get(cfg.method_name)
@@ -75,27 +75,12 @@ def check(cfg: RunConfig, mode: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = prepare(args)
-    from kdlab.engine.trainer import Trainer
+    from kdlab.training.trainer import Trainer
 
-    # A failed start removes the run folder it made (kdlab.engine.run_lock.RunLock.release).
+    # A failed start removes the run folder it made (kdlab.training.run_lock.RunLock.release).
     summary = Trainer(cfg, resume=args.resume).fit()
-    from kdlab.engine.run_lock import is_main_process
+    from kdlab.training.run_lock import is_main_process
 
     if is_main_process():  # under torchrun one `done:` line, from rank 0
         print_summary(summary)
     return 0
-
-
-def print_summary(summary: dict[str, Any]) -> None:
-    def fmt(key: str, spec: str) -> str:
-        value = summary.get(key)
-        return format(value, spec) if isinstance(value, (int, float)) else "-"
-
-    metric = str(summary.get("metric", "top1"))
-    label = LABELS.get(metric, metric)
-    print(
-        f"done: best {label} {fmt(f'best_{metric}', '.2f')}  last {label} "
-        f"{fmt(f'last_{metric}', '.2f')}  "
-        f"epochs {summary.get('epochs', '-')}  time {fmt('seconds', '.1f')} s  "
-        f"{fmt('images_per_s', '.0f')} images/s  -> {summary.get('out_dir', '')}"
-    )

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kdlab.engine.metrics_log import read_csv
-from kdlab.engine.prebuilt import is_memory
 from kdlab.runtime.files import atomic_write, atomic_write_text
+from kdlab.training.metrics_log import read_csv
+from kdlab.training.prebuilt import is_memory
 
 LOSS_PREFIX = "loss_"
 
@@ -133,3 +133,21 @@ def series(rows: Sequence[dict[str, Any]], key: str) -> tuple[list[float], list[
     pairs = [(float(r["epoch"]), float(r[key])) for r in rows
              if isinstance(r.get(key), (int, float))]
     return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    """The one ``done:`` line of a finished run (``kdlab train`` / ``distill``,
+    ``kdlab.distill``)."""
+
+    def fmt(key: str, spec: str) -> str:
+        value = summary.get(key)
+        return format(value, spec) if isinstance(value, (int, float)) else "-"
+
+    metric = str(summary.get("metric", "top1"))
+    label = LABELS.get(metric, metric)
+    print(
+        f"done: best {label} {fmt(f'best_{metric}', '.2f')}  last {label} "
+        f"{fmt(f'last_{metric}', '.2f')}  "
+        f"epochs {summary.get('epochs', '-')}  time {fmt('seconds', '.1f')} s  "
+        f"{fmt('images_per_s', '.0f')} images/s  -> {summary.get('out_dir', '')}"
+    )

@@ -1,6 +1,6 @@
 """The exit-branch probe of students' features (FCFD, Liu et al., ICLR 2023, Sec. 3.4, Table 6).
 
-Exit branches trained on the frozen teacher's features (:mod:`kdlab.analysis.exit_branch`)
+Exit branches trained on the frozen teacher's features (:mod:`kdlab.tools.analysis.exit_branch`)
 read a student's feature at the same position after the student's bridge ``B_st`` (the
 student -> teacher bridge an FCFD run keeps in its checkpoint), with no further training;
 their accuracy says how much of the teacher's task-relevant meaning the student's feature
@@ -23,7 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from kdlab.analysis.exit_branch import (
+from kdlab.models.staged import Staged
+from kdlab.tools.analysis.exit_branch import (
     ExitBranch,
     FeatureFn,
     branch_accuracy,
@@ -35,7 +36,6 @@ from kdlab.analysis.exit_branch import (
     stage_feature,
     train_exit_branch,
 )
-from kdlab.models.staged import Staged
 
 BRIDGED = "bridge B_st"
 REGRESSOR = "hint regressor (FitNet)"

@@ -5,7 +5,7 @@ from the registries. The Python API (:func:`kdlab.distill`) hands over objects i
 :class:`Prebuilt` carries the student and teacher views and the data source, and the config
 names each part that came this way ``memory:<class name>`` (:func:`memory_name`), so that
 ``config.yaml`` says where the run's parts came from. The build step
-(:func:`kdlab.engine.build.build_run`) uses the objects for those names and the registries
+(:func:`kdlab.training.build.build_run`) uses the objects for those names and the registries
 for the others.
 
 Such a run cannot be rebuilt from its folder: ``kdlab eval``, ``kdlab export``, ``--resume``

@@ -96,7 +96,7 @@ def _train_or_reuse(name: str, cfg: RunConfig, fresh: bool,
                     depends: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train one run, or reuse / resume it when its folder holds the same settings (and
     was trained from the same ``depends``: the teacher run's summary for KD)."""
-    from kdlab.engine.trainer import Trainer
+    from kdlab.training.trainer import Trainer
 
     folder = Path(cfg.train.out_dir)
     marker = folder / MARKER

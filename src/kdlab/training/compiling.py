@@ -111,7 +111,7 @@ class CompiledModel(nn.Module):
         self.compile_seconds: float | None = None
 
     @property
-    def _orig_mod(self) -> nn.Module:  # what kdlab.engine.distributed.unwrap looks for
+    def _orig_mod(self) -> nn.Module:  # what kdlab.training.distributed.unwrap looks for
         return self.module
 
     def fall_back(self, e: BaseException) -> None:

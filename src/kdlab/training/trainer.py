@@ -24,28 +24,28 @@ import torch
 from torch import nn
 
 from kdlab.core.config import RunConfig, save_config
-from kdlab.engine import distributed
-from kdlab.engine.build import build_run, check_task, model_specs, resolve_device
-from kdlab.engine.checkpoint import (
+from kdlab.errors import UserError
+from kdlab.nn.layout import use_channels_last
+from kdlab.runtime import collectives
+from kdlab.runtime.precision import autocast
+from kdlab.runtime.threads import ThreadGovernor, apply_thread_policy
+from kdlab.training import distributed
+from kdlab.training.build import build_run, check_task, model_specs, resolve_device
+from kdlab.training.checkpoint import (
     FORMAT,
     VERSION,
     copy_checkpoint,
     load_checkpoint,
     save_checkpoint,
 )
-from kdlab.engine.compiling import CompiledModel, compile_run
-from kdlab.engine.metrics_log import MetricsLog, Progress
-from kdlab.engine.optimisation import Optimisation
-from kdlab.engine.prebuilt import Prebuilt, refuse_memory
-from kdlab.engine.report import write_report
-from kdlab.engine.resume import check_resume, read_saved
-from kdlab.engine.run_lock import RunLock, is_main_process, remove_stale_temporaries
-from kdlab.engine.validate import validate_config
-from kdlab.errors import UserError
-from kdlab.nn.layout import use_channels_last
-from kdlab.runtime import collectives
-from kdlab.runtime.precision import autocast
-from kdlab.runtime.threads import ThreadGovernor, apply_thread_policy
+from kdlab.training.compiling import CompiledModel, compile_run
+from kdlab.training.metrics_log import MetricsLog, Progress
+from kdlab.training.optimisation import Optimisation
+from kdlab.training.prebuilt import Prebuilt, refuse_memory
+from kdlab.training.report import write_report
+from kdlab.training.resume import check_resume, read_saved
+from kdlab.training.run_lock import RunLock, is_main_process, remove_stale_temporaries
+from kdlab.training.validate import validate_config
 
 #: steps between the (synchronising) checks for a non-finite loss and progress updates
 CHECK_EVERY = 20
@@ -94,7 +94,7 @@ class Trainer:
     With ``resume=True`` the run continues from ``train.out_dir/last.pt`` (same epoch, LR,
     optimiser and scaler state). Under ``torchrun`` it trains with DistributedDataParallel.
     ``prebuilt``: the networks and data that ``cfg`` names ``memory:...``, given as objects
-    (the Python API, :mod:`kdlab.engine.prebuilt`); everything else is built from its name.
+    (the Python API, :mod:`kdlab.training.prebuilt`); everything else is built from its name.
     """
 
     def __init__(self, cfg: RunConfig, *, resume: bool = False,
@@ -142,14 +142,14 @@ class Trainer:
             saved = read_saved(out)
             if saved is not None:
                 refuse_memory(saved.config, "--resume")
-        if is_main_process():  # one run per folder; see kdlab.engine.run_lock
+        if is_main_process():  # one run per folder; see kdlab.training.run_lock
             self._lock = RunLock(out).acquire()
             remove_stale_temporaries(out)
         held = [f for f in RUN_FILES if (out / f).exists()]
         if not self.resume and held:
             raise UserError(f"{str(out)!r} already holds a run ({', '.join(held)}); use --resume "
                             "to continue it or another out_dir.")
-        if self.resume:  # what may change on resume: kdlab.engine.resume
+        if self.resume:  # what may change on resume: kdlab.training.resume
             for note in check_resume(self.cfg, out):
                 if is_main_process():
                     print(f"resume: {note}")

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from kdlab.engine.bench import PRESETS, MethodSpec, Preset, _prime, bench_method, parse_methods
 from kdlab.errors import UserError
 from kdlab.runtime.files import atomic_write_text
+from kdlab.tools.bench.bench import PRESETS, MethodSpec, Preset, _prime, bench_method, parse_methods
 
 AXES = ("batch", "image", "paths", "bank")
 #: what each axis varies, as written in the tables

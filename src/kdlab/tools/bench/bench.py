@@ -21,7 +21,7 @@ FLOP: each method's step (forward and backward of the whole distillation step) i
 per round with :class:`torch.utils.flop_counter.FlopCounterMode`, on one eager step before the
 warm-up (outside the timed loop); GFLOP/s is that count over the mean step time, and "× mm"
 its fraction of the rate of a large ``torch.mm`` measured once per bench run on the same device
-and dtype (:mod:`kdlab.engine.flops`; timed again after the methods and recorded beside it, so
+and dtype (:mod:`kdlab.tools.bench.flops`; timed again after the methods and recorded beside it, so
 that a drift of the machine's load shows). Sampled methods (FCFD's paths) count the paths drawn in
 that step. ``channels_last`` and ``compile`` run the steps as ``train.channels_last`` and
 ``train.compile`` do; with ``compile`` one more untimed step comes first, and its time is the
@@ -56,11 +56,11 @@ import torch
 import yaml
 
 from kdlab.core.version import __version__
-from kdlab.engine.flops import default_matmul_size, matmul_rate, step_flops
 from kdlab.errors import UserError
 from kdlab.nn.layout import use_channels_last
 from kdlab.runtime.files import atomic_write_text
 from kdlab.runtime.threads import thread_summary, wait_policy
+from kdlab.tools.bench.flops import default_matmul_size, matmul_rate, step_flops
 
 
 @dataclass(frozen=True)
@@ -389,13 +389,13 @@ def bench_method(
 
     The step times (ms) are appended to ``times_out`` when it is given. A spec with
     ``teacher_cache`` reads the teacher's logits (computed once, untimed) from a cache file
-    of ``train_size`` images (:func:`kdlab.engine.teacher_cache.cache_for_batch`) in every
+    of ``train_size`` images (:func:`kdlab.tools.teacher_cache.cache_for_batch`) in every
     step, instead of running the teacher. ``count_flops``: one eager step first, under the
     FLOP counter; ``compile``: a ``train.compile`` setting."""
-    from kdlab.engine.compiling import CompiledModel, compile_run
     from kdlab.methods import METHODS, build_distiller
     from kdlab.models import build_model
     from kdlab.tasks import build_task
+    from kdlab.training.compiling import CompiledModel, compile_run
 
     dtype = _autocast_dtype(amp)
     torch.manual_seed(seed)
@@ -417,7 +417,7 @@ def bench_method(
         distiller = build_distiller(spec.name, options, s_model, t_model,
                                     train_size=train_size, task=the_task).to(device)
         if spec.teacher_cache:
-            from kdlab.engine.teacher_cache import cache_for_batch
+            from kdlab.tools.teacher_cache import cache_for_batch
 
             folder = tempfile.TemporaryDirectory(prefix="kdlab-bench-")
             distiller.use_teacher_cache(cache_for_batch(
@@ -532,7 +532,7 @@ def run_bench(
     teacher's logits from one (:func:`with_teacher_cache`). ``channels_last`` and
     ``compile`` take the values of ``train.channels_last`` and ``train.compile``; ``flops``
     adds GFLOP per step, GFLOP/s and the fraction of the large-matmul rate (of a
-    ``matmul_size`` square product; default :func:`kdlab.engine.flops.default_matmul_size`);
+    ``matmul_size`` square product; default :func:`kdlab.tools.bench.flops.default_matmul_size`);
     ``input_shape`` overrides the preset's (the scaling sweep's image sizes)."""
     from kdlab.models import MODELS
 
@@ -559,7 +559,7 @@ def run_bench(
         specs = with_teacher_cache(specs, p.task)
     nhwc = use_channels_last(channels_last, device)
     if compile:
-        from kdlab.engine.compiling import backend_of
+        from kdlab.training.compiling import backend_of
 
         backend_of(compile)
     shape = tuple(input_shape) if input_shape else p.input_shape

@@ -92,7 +92,7 @@ def _current_world_size() -> int:
 def read_saved(out_dir: Path) -> Saved | None:
     """The saved run in ``out_dir`` (None when it holds neither config.yaml nor last.pt)."""
     from kdlab.core.recipe_yaml import load_yaml, read_text
-    from kdlab.engine.checkpoint import load_checkpoint
+    from kdlab.training.checkpoint import load_checkpoint
 
     last, config = out_dir / "last.pt", out_dir / "config.yaml"
     ckpt = load_checkpoint(last, mmap=True) if last.is_file() else None
@@ -109,8 +109,8 @@ def read_saved(out_dir: Path) -> Saved | None:
 
 def _allowed(key: str, old: Any, new: Any, cfg: RunConfig) -> bool:
     if key == "train.channels_last":  # e.g. a run saved with false, resumed with auto on a GPU
-        from kdlab.engine.build import resolve_device
         from kdlab.nn.layout import use_channels_last
+        from kdlab.training.build import resolve_device
 
         device = resolve_device(cfg.train.device)
         return use_channels_last(old, device) == use_channels_last(new, device)

@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from kdlab.core.config import RunConfig
-from kdlab.engine.prebuilt import Prebuilt, is_memory, refuse_memory
 from kdlab.errors import UserError
 from kdlab.methods.base import Distiller
 from kdlab.models.staged import Staged
+from kdlab.training.prebuilt import Prebuilt, is_memory, refuse_memory
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -70,7 +70,7 @@ def _read_weights(path: Path, key: str) -> tuple[dict[str, torch.Tensor], dict[s
             raise UserError(f"{str(path)!r} is a composite {spec.get('method')} network, not a "
                             "plain model; use a plain model's export or run checkpoint here.")
         return state, spec
-    from kdlab.engine.checkpoint import load_checkpoint
+    from kdlab.training.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(path)
     exported = ckpt.get("exported")
@@ -146,7 +146,7 @@ def check_model_config(cfg: RunConfig, *, weights: bool = True) -> None:
     weights are well given: a teacher's come from exactly one of ``teacher_checkpoint`` (an
     existing file) and ``teacher_pretrained``, and ``*_pretrained`` names only models that have
     pretrained weights. Nothing is read or downloaded; a UserError says what to fix. A
-    network given in memory (``memory:...``, :mod:`kdlab.engine.prebuilt`) has its weights."""
+    network given in memory (``memory:...``, :mod:`kdlab.training.prebuilt`) has its weights."""
     from kdlab.methods import METHODS
     from kdlab.models import MODELS, has_pretrained, model_task, pretrained_models
 
@@ -208,7 +208,7 @@ def check_teacher_cache(cfg: RunConfig) -> None:
     logit-only method with its teacher in eval mode); else a UserError. Data, augmentation and
     teacher are checked against the cache when they are loaded (:func:`build_run`)."""
     from kdlab.core.config import build_dataclass
-    from kdlab.data.teacher_cache import TeacherCache
+    from kdlab.data.soft_labels import TeacherCache
     from kdlab.methods import METHODS
     from kdlab.methods.base import check_teacher_cache_use
 
@@ -222,7 +222,7 @@ def check_teacher_cache(cfg: RunConfig) -> None:
 def attach_teacher_cache(distiller: Distiller, cached: Any, teacher_model: str | None) -> None:
     """Check that the cache was built from the distiller's teacher (the SHA-256 of its
     weights) and let the distiller read the teacher's logits from it."""
-    from kdlab.data.teacher_cache import weights_sha256
+    from kdlab.data.soft_labels import weights_sha256
 
     if distiller.teacher is None:
         raise UserError("data.teacher_cache is set but the run has no teacher; set "
@@ -269,7 +269,7 @@ def build_run(
 
     ``resuming``: the run's checkpoint will overwrite the student, so its pretrained weights
     (``model.student_pretrained``) are not read or downloaded. ``prebuilt``: the networks and
-    data the config names ``memory:...`` (:mod:`kdlab.engine.prebuilt`)."""
+    data the config names ``memory:...`` (:mod:`kdlab.training.prebuilt`)."""
     from kdlab.data import build_loaders
 
     check_model_config(cfg)  # before the data is loaded
@@ -318,7 +318,7 @@ def build_distiller_from_config(
     copies out of the teacher is in that state_dict. ``student_weights=False`` skips the
     student's pretrained weights only (a resumed run's checkpoint replaces them).
     ``prebuilt`` holds the networks the config names ``memory:...``
-    (:mod:`kdlab.engine.prebuilt`); without it such a config is a UserError.
+    (:mod:`kdlab.training.prebuilt`); without it such a config is a UserError.
     """
     from kdlab.methods import METHODS, build_distiller
     from kdlab.models import build_model

@@ -29,12 +29,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdlab.core.config import OptimConfig, ScheduleConfig
-from kdlab.engine.checkpoint import load_checkpoint, save_checkpoint
-from kdlab.engine.metrics_log import Progress
-from kdlab.engine.optimisation import build_optimizer, build_scheduler
 from kdlab.errors import UserError
 from kdlab.models.staged import Staged
 from kdlab.nn.bridge import Bridge
+from kdlab.training.checkpoint import load_checkpoint, save_checkpoint
+from kdlab.training.metrics_log import Progress
+from kdlab.training.optimisation import build_optimizer, build_scheduler
 
 #: the paper's branch training (App. A.2, as App. A.1): SGD, LR 0.05, x0.1 at 150/180/210 of 240
 PAPER_EPOCHS = 240

@@ -5,7 +5,7 @@
 milestones within the epochs, Nesterov needs momentum), the names the optimiser and the
 schedule know (by building them on a one-parameter probe), the dataset and task names and the
 method's own settings. The first problem is a :class:`~kdlab.errors.UserError` naming the
-setting. The builders (:func:`kdlab.engine.optimisation.build_optimizer`, ``build_scheduler``,
+setting. The builders (:func:`kdlab.training.optimisation.build_optimizer`, ``build_scheduler``,
 :func:`kdlab.data.build_loaders`) keep their own checks for callers of the Python API.
 """
 
@@ -37,7 +37,7 @@ def _check_choices(cfg: RunConfig) -> None:
         raise UserError(f"train.channels_last {t.channels_last!r} is not known; use auto, true "
                         "or false.")
     if t.compile is not False:
-        from kdlab.engine.compiling import backend_of
+        from kdlab.training.compiling import backend_of
 
         backend_of(t.compile)
     parse_threads(t.threads)
@@ -70,7 +70,7 @@ def _check_builders(cfg: RunConfig) -> None:
     """The optimiser and schedule names (and anything else their builders refuse)."""
     import torch
 
-    from kdlab.engine.optimisation import build_optimizer, build_scheduler
+    from kdlab.training.optimisation import build_optimizer, build_scheduler
 
     probe = torch.nn.Linear(1, 1)
     build_scheduler(cfg.schedule, build_optimizer(cfg.optim, list(probe.parameters())))
@@ -78,8 +78,8 @@ def _check_builders(cfg: RunConfig) -> None:
 
 def _check_names(cfg: RunConfig) -> None:
     from kdlab.data import DATASETS
-    from kdlab.engine.prebuilt import is_memory
     from kdlab.methods import METHODS
+    from kdlab.training.prebuilt import is_memory
 
     d = cfg.data
     if not is_memory(d.name):

@@ -1,5 +1,5 @@
 """``kdlab cache-teacher``: run the teacher once over ``K`` augmented views of every training
-image and store its outputs (the file format: :mod:`kdlab.data.teacher_cache`).
+image and store its outputs (the file format: :mod:`kdlab.data.soft_labels`).
 
 The views' augmentation parameters are drawn once from the build's ``seed``, for every image
 and view, with the recipe's training augmentation (:class:`~kdlab.data.augment.CropFlip`);
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from kdlab.core.config import RunConfig
 from kdlab.core.version import __version__
 from kdlab.data.sampling import epoch_generator
-from kdlab.data.teacher_cache import (
+from kdlab.data.soft_labels import (
     FORMAT,
     OUTPUTS,
     VERSION,
@@ -55,7 +55,7 @@ BUILD_KEYS = ("build_seconds", "bytes", "created", "device", "kdlab", "torch", "
 
 # --------------------------------------------------------------------- writing
 class CacheWriter:
-    """Writes a cache in chunks of images; resumable (see :mod:`kdlab.data.teacher_cache`).
+    """Writes a cache in chunks of images; resumable (see :mod:`kdlab.data.soft_labels`).
 
     :meth:`start` resumes ``PATH.partial`` when its marker describes the same cache (same
     ``meta``), else starts a new one. Call :meth:`write` for images ``[i0, i1)``, then
@@ -132,7 +132,7 @@ def default_path(cfg: RunConfig, views: int, output: str, topk: int) -> Path:
 def _check_request(cfg: RunConfig, views: int, output: str, topk: int, batch: int) -> None:
     from kdlab.data import DATASETS
     from kdlab.data.loaders import TensorSource
-    from kdlab.engine.build import check_task
+    from kdlab.training.build import check_task
 
     m = cfg.model
     if not m.teacher or not (m.teacher_checkpoint or m.teacher_pretrained):
@@ -229,7 +229,7 @@ def build_teacher_cache(
     from kdlab.data import DATASETS
     from kdlab.data.augment import normalise
     from kdlab.data.loaders import subset_size
-    from kdlab.engine.build import build_teacher, resolve_device
+    from kdlab.training.build import build_teacher, resolve_device
 
     batch = batch or cfg.data.eval_batch_size
     _check_request(cfg, views, output, topk, batch)
@@ -321,8 +321,8 @@ def cache_for_batch(folder: str | Path, index: torch.Tensor, logits: torch.Tenso
     """A cache of ``n`` images x ``views`` views whose rows ``index`` hold ``logits`` in every
     view (the other rows are never written): what ``kdlab bench --teacher-cache`` reads in
     its timed steps, through the same file, memory map and lookup as a training run.
-    Returns the :class:`~kdlab.data.teacher_cache.CachedTeacher` over it."""
-    from kdlab.data.teacher_cache import CachedTeacher, TeacherCache
+    Returns the :class:`~kdlab.data.soft_labels.CachedTeacher` over it."""
+    from kdlab.data.soft_labels import CachedTeacher, TeacherCache
 
     c = int(logits.shape[1])
     meta = {"format": FORMAT, "version": VERSION, "n": n, "views": views, "seed": seed,
