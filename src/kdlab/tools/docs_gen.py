@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]  # src/kdlab/tools/docs_gen.py -> the repository
 TARGET = ROOT / "docs" / "methods.md"
 RECIPES = ROOT / "recipes"
 
