@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from kdlab.models import build_model
-from kdlab.models.detection import Detector
+from kdlab.tasks.detection.models import Detector
 
 SIZE, CLASSES = 64, 3
 

@@ -15,7 +15,7 @@ from kdlab.core.config import RunConfig, build_dataclass
 from kdlab.methods import METHODS
 from kdlab.methods.base import Distiller
 from kdlab.models import MODELS
-from kdlab.models.staged import Staged
+from kdlab.models.staged.view import Staged
 
 MODEL, CE, KD, ADV = "_engine_tiny", "_engine_ce", "_engine_kd", "_engine_adv"
 

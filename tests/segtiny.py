@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from kdlab.models.staged import Staged
+from kdlab.models.staged.view import Staged
 from kdlab.tasks import Task, build_task
 
 NUM_CLASSES = 11

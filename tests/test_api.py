@@ -16,9 +16,9 @@ from conftest import tiny_staged
 from kdlab.cli import main
 from kdlab.core.config import DataConfig
 from kdlab.data.memory import MemoryData
-from kdlab.data.synthetic import generate
 from kdlab.errors import UserError
 from kdlab.models import stage
+from kdlab.tasks.classification.datasets.synthetic import generate
 from kdlab.training.checkpoint import load_checkpoint
 
 CPU = torch.device("cpu")

@@ -12,7 +12,7 @@ from kdlab.core.config import build_dataclass, load_config
 from kdlab.errors import UserError
 from kdlab.methods import METHODS, build_distiller
 from kdlab.models import MODELS, build_model
-from kdlab.models.staged import StageInfo
+from kdlab.models.staged.view import StageInfo
 from kdlab.nn.bridge import Bridge
 
 

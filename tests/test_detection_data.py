@@ -10,8 +10,8 @@ from PIL import Image
 
 from kdlab.core.config import DataConfig
 from kdlab.data import build_loaders, describe
-from kdlab.data.detection import detection_transforms
 from kdlab.errors import UserError
+from kdlab.tasks.detection.datasets.folders import detection_transforms
 
 
 def _image(path, w, h, seed):

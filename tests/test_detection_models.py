@@ -9,7 +9,7 @@ import torchvision
 from detection_support import CLASSES, SIZE, scenes, tiny, tiny_pair
 from kdlab.errors import UserError
 from kdlab.models import MODELS, build_model, model_task
-from kdlab.models.detection import Detector, inherit_from, roi_lens
+from kdlab.tasks.detection.models import Detector, inherit_from, roi_lens
 
 DETECTORS = [n for n in MODELS.names() if model_task(n) == "detection"]
 

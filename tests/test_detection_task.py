@@ -11,8 +11,8 @@ from torch import nn
 
 from detection_support import scenes, tiny, tiny_pair
 from kdlab.tasks import build_task
-from kdlab.tasks.coco_map import coco_map
-from kdlab.tasks.detection import det_rows, gt_rows
+from kdlab.tasks.detection.coco_map import coco_map
+from kdlab.tasks.detection.task import det_rows, gt_rows
 
 TASK = build_task("detection")
 WORLD = 2
@@ -113,7 +113,7 @@ def test_evaluate_runs_the_network_over_the_loader():
 def test_evaluation_gathers_every_rank(monkeypatch):
     """Rank 0 of two: its own shard's rows and rank 1's (what ``all_gather_rows`` returns
     there) are evaluated together, so every rank reports the metrics of the whole split."""
-    import kdlab.tasks.detection as detection
+    import kdlab.tasks.detection.task as detection
 
     targets, preds = synthetic()
     net = Replay(dict(enumerate(preds)))

@@ -80,7 +80,7 @@ def test_eval_reproduces_the_runs_last_evaluation(runs, capsys, name):
 @pytest.mark.parametrize("name", RUNS)
 def test_restored_networks_reproduce_the_runs_validation_loss(runs, name):
     """Top-1 of a 2-step run is near chance; the mean validation loss pins the weights."""
-    from kdlab.tasks.classification import classifier_metrics as evaluate
+    from kdlab.tasks.classification.task import classifier_metrics as evaluate
 
     r = restore_run(runs / name, "last", [], device="cpu")
     expected = last_eval(runs / name, "loss")

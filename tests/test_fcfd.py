@@ -13,7 +13,7 @@ from torch import nn
 from conftest import sgd_descent, tiny_staged
 from kdlab.errors import UserError
 from kdlab.methods import build_distiller
-from kdlab.models.staged import Staged
+from kdlab.models.staged.view import Staged
 from references import ref_kl, ref_l2
 
 N_CLS = 10

@@ -11,7 +11,7 @@ from conftest import sgd_descent
 from kdlab.errors import UserError
 from kdlab.methods import build_distiller
 from kdlab.models import MODELS
-from kdlab.models.staged import Staged
+from kdlab.models.staged.view import Staged
 
 OPTIONS = {
     "at": {},

@@ -73,7 +73,7 @@ def test_default_hint_is_the_benchmarks_hint_layer_2(tiny_pair):
 @pytest.mark.parametrize(("size_s", "size_t", "kind"), [
     (8, 8, "1x1"), (16, 8, "stride2"), (4, 8, "transposed"), (10, 8, "valid3")])
 def test_convreg_is_the_benchmarks_regressor(size_s, size_t, kind):
-    from kdlab.models.staged import StageInfo
+    from kdlab.models.staged.view import StageInfo
     from kdlab.nn.conv_regressor import ConvRegressor
 
     reg = ConvRegressor(StageInfo(6, size_s, size_s, True), StageInfo(5, size_t, size_t, True))

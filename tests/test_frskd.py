@@ -15,7 +15,7 @@ from kdlab.errors import UserError
 from kdlab.methods import build_distiller
 from kdlab.methods.frskd import FRSKD, default_levels
 from kdlab.models import MODELS
-from kdlab.models.staged import Staged
+from kdlab.models.staged.view import Staged
 from references import ref_kl
 
 

@@ -15,7 +15,7 @@ from conftest import sgd_descent, tiny_staged
 from kdlab.errors import UserError
 from kdlab.methods import build_distiller
 from kdlab.models import build_model
-from kdlab.models.staged import Staged
+from kdlab.models.staged.view import Staged
 from references import ref_kl, ref_l2
 
 N_CLS = 10

@@ -7,8 +7,8 @@ import torch
 
 from kdlab.core.config import DataConfig
 from kdlab.data.pixels import pixel_scale
-from kdlab.data.synthetic import Synthetic, generate
 from kdlab.errors import UserError
+from kdlab.tasks.classification.datasets.synthetic import Synthetic, generate
 
 CPU = torch.device("cpu")
 

@@ -20,9 +20,9 @@ import yaml
 
 from kdlab.cli import main
 from kdlab.core.config import load_config
-from kdlab.data.synthetic import Synthetic
 from kdlab.errors import UserError
 from kdlab.models import build_model, pretrained_models
+from kdlab.tasks.classification.datasets.synthetic import Synthetic
 from kdlab.training.build import build_distiller_from_config, check_model_config
 from test_cli import error_of, recipe
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdlab.models.staged import Staged
+from kdlab.models.staged.view import Staged
 from kdlab.tasks import build_task
 from kdlab.tasks.segmentation.inference import sliding, whole
 from kdlab.tasks.segmentation.metrics import class_iou, confusion_matrix, scores

@@ -26,9 +26,9 @@ from kdlab.data.soft_labels import (
     outputs_to_logits,
     partial_paths,
 )
-from kdlab.data.synthetic import Synthetic
 from kdlab.errors import UserError
 from kdlab.models import build_model
+from kdlab.tasks.classification.datasets.synthetic import Synthetic
 from kdlab.tools.teacher_cache import build_teacher_cache
 from kdlab.training import build as build_module
 from kdlab.training.build import build_teacher

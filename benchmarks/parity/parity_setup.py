@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from kdlab.methods import build_distiller
 from kdlab.methods.base import Distiller
 from kdlab.models import build_model
-from kdlab.models.staged import Features, Staged
+from kdlab.models.staged.view import Features, Staged
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "parity"

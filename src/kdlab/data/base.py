@@ -71,4 +71,5 @@ class DatasetSource:
         raise NotImplementedError
 
 
-DATASETS: Registry[type[DatasetSource]] = Registry("dataset")
+#: filled by kdlab.tasks (each task's datasets)
+DATASETS: Registry[type[DatasetSource]] = Registry("dataset", filled_by=("kdlab.tasks",))

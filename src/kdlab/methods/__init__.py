@@ -5,16 +5,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from kdlab.core.autoimport import import_submodules
 from kdlab.core.config import build_dataclass
 from kdlab.core.domains import check_method_domains
 from kdlab.core.registry import Registry
 from kdlab.errors import UserError
 from kdlab.methods.base import Distiller, Losses
-from kdlab.models.staged import Staged
+from kdlab.models.staged.view import Staged
 from kdlab.tasks import Task, build_task
 
-METHODS: Registry = Registry("method")
+#: filled by every module below kdlab.methods (one folder per method)
+METHODS: Registry = Registry("method", filled_by=("kdlab.methods",))
 
 
 def build_distiller(
@@ -52,7 +52,5 @@ def check_stages(name: str, cls: type[Distiller], student: Staged,
                 f"transformer); use a method on logits or embeddings ({', '.join(stage_free)}) "
                 "or a convolutional network.")
 
-
-import_submodules(__name__)
 
 __all__ = ["METHODS", "Distiller", "Losses", "build_distiller"]

@@ -22,8 +22,8 @@ from torch import Tensor
 from kdlab.losses.attention import at_loss
 from kdlab.methods import METHODS
 from kdlab.methods.base import Distiller, Losses
-from kdlab.models.stage_pairs import stage_pairs
-from kdlab.models.staged import Features
+from kdlab.models.staged.pairs import stage_pairs
+from kdlab.models.staged.view import Features
 from kdlab.nn.spatial import match_spatial
 
 

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from kdlab.errors import UserError
-from kdlab.models.staged import Features, Staged
+from kdlab.models.staged.view import Features, Staged
 from kdlab.nn.batch_stats import batch_statistics
 from kdlab.tasks import Task, build_task
 
@@ -78,7 +78,7 @@ class Distiller(nn.Module):
     #: The tasks (``kdlab.tasks``) this method can distil; the run's ``task`` must be one.
     tasks: ClassVar[tuple[str, ...]] = ("classification",)
     #: False for a method that reads only logits and pooled embeddings: it also distils
-    #: networks whose staged view has no stages (timm's ViTs, see kdlab.models.timm_models).
+    #: networks whose staged view has no stages (timm's ViTs, see kdlab.models.timm).
     uses_stages: ClassVar[bool] = True
     #: Some trainable parameters may get no gradient in a step (e.g. sampled paths); tells
     #: DistributedDataParallel to look for unused parameters.

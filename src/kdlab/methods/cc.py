@@ -11,7 +11,7 @@ from kdlab.losses.logits import kd_loss
 from kdlab.losses.relations import cc_benchmark_loss, cc_loss
 from kdlab.methods import METHODS
 from kdlab.methods.base import Distiller, Losses
-from kdlab.models.staged import Features
+from kdlab.models.staged.view import Features
 
 
 @METHODS.register("cc")

@@ -27,7 +27,7 @@ from kdlab.errors import UserError
 from kdlab.losses.crd import crd_nce_loss
 from kdlab.methods import METHODS
 from kdlab.methods.base import Distiller, Losses
-from kdlab.models.staged import Features
+from kdlab.models.staged.view import Features
 from kdlab.nn.memory_bank import ContrastMemory
 
 

@@ -22,7 +22,7 @@ from kdlab.errors import UserError
 from kdlab.losses.segmentation import cwd_loss
 from kdlab.methods import METHODS
 from kdlab.methods.base import Distiller, Losses
-from kdlab.models.staged import Features
+from kdlab.models.staged.view import Features
 
 
 @METHODS.register("cwd")

@@ -11,7 +11,7 @@ from kdlab.errors import UserError
 from kdlab.losses.logits import dkd_loss
 from kdlab.methods import METHODS
 from kdlab.methods.base import Distiller, Losses
-from kdlab.models.staged import Features
+from kdlab.models.staged.view import Features
 
 
 @METHODS.register("dkd")

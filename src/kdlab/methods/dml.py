@@ -33,7 +33,7 @@ from kdlab.losses.logits import kd_loss
 from kdlab.methods import METHODS
 from kdlab.methods.base import Distiller, Losses
 from kdlab.models import build_model
-from kdlab.models.staged import Staged
+from kdlab.models.staged.view import Staged
 from kdlab.tasks import Task
 
 

@@ -24,7 +24,7 @@ from kdlab.losses.fcfd import app_loss, func_l2_loss, pooled_l2_loss
 from kdlab.losses.logits import dkd_loss, kd_loss
 from kdlab.methods import METHODS
 from kdlab.methods.base import Distiller, Losses
-from kdlab.models.staged import Features
+from kdlab.models.staged.view import Features
 from kdlab.nn.bridge import Bridge
 from kdlab.nn.chunked_bn import chunked_batchnorm
 from kdlab.nn.path_bn import PathStats

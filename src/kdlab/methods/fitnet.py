@@ -20,7 +20,7 @@ from kdlab.errors import UserError
 from kdlab.losses.hint import hint_loss
 from kdlab.methods import METHODS
 from kdlab.methods.base import Distiller, Losses
-from kdlab.models.staged import Features
+from kdlab.models.staged.view import Features
 from kdlab.nn.bridge import Bridge
 from kdlab.nn.conv_regressor import ConvRegressor
 

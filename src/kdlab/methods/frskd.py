@@ -55,7 +55,7 @@ from kdlab.losses.attention import at_loss
 from kdlab.losses.logits import kd_loss
 from kdlab.methods import METHODS
 from kdlab.methods.base import Distiller, Losses
-from kdlab.models.staged import Features, Staged
+from kdlab.models.staged.view import Features, Staged
 from kdlab.nn.bifpn import BiFPNc
 from kdlab.tasks import Task
 

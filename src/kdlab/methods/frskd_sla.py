@@ -61,7 +61,7 @@ from kdlab.losses.sla import ROTATIONS, aggregate_joint_logits, rotate_batch, sl
 from kdlab.methods import METHODS
 from kdlab.methods.base import Losses
 from kdlab.methods.frskd import FRSKD, SelfTeacherView
-from kdlab.models.staged import Staged
+from kdlab.models.staged.view import Staged
 
 
 class AggregatedView(nn.Module):

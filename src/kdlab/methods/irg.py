@@ -10,8 +10,8 @@ from kdlab.errors import UserError
 from kdlab.losses.relations import irg_edge_loss, irg_transformation_loss, irg_vertex_loss
 from kdlab.methods import METHODS
 from kdlab.methods.base import Distiller, Losses
-from kdlab.models.stage_pairs import feature_at
-from kdlab.models.staged import Features
+from kdlab.models.staged.pairs import feature_at
+from kdlab.models.staged.view import Features
 
 
 @METHODS.register("irg")

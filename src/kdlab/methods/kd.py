@@ -10,7 +10,7 @@ from torch import Tensor
 from kdlab.losses.logits import kd_loss
 from kdlab.methods import METHODS
 from kdlab.methods.base import Distiller, Losses
-from kdlab.models.staged import Features
+from kdlab.models.staged.view import Features
 
 
 @METHODS.register("kd")

@@ -16,7 +16,7 @@ from torch import Tensor
 from kdlab.losses.segmentation import pixel_kl_loss
 from kdlab.methods.base import Distiller, Losses
 from kdlab.methods.kd import KD
-from kdlab.models.staged import Features
+from kdlab.models.staged.view import Features
 
 
 class PixelKD(KD):

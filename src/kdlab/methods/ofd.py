@@ -38,8 +38,8 @@ from kdlab.errors import UserError
 from kdlab.losses.ofd import bn_margin, ofd_partial_l2
 from kdlab.methods import METHODS
 from kdlab.methods.base import Distiller, Losses
-from kdlab.models.stage_pairs import stage_pairs
-from kdlab.models.staged import Staged
+from kdlab.models.staged.pairs import stage_pairs
+from kdlab.models.staged.view import Staged
 from kdlab.nn.spatial import match_spatial
 
 

@@ -46,7 +46,7 @@ from kdlab.methods import METHODS
 from kdlab.methods.base import Losses
 from kdlab.methods.fcfd import FCFD
 from kdlab.models import build_model
-from kdlab.models.staged import Staged
+from kdlab.models.staged.view import Staged
 from kdlab.tasks import Task
 
 

@@ -34,7 +34,7 @@ from kdlab.errors import UserError
 from kdlab.losses.review import hcl_loss
 from kdlab.methods import METHODS
 from kdlab.methods.base import Distiller, Losses
-from kdlab.models.staged import Features
+from kdlab.models.staged.view import Features
 from kdlab.nn.abf import ABF
 
 

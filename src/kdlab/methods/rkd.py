@@ -9,8 +9,8 @@ from torch import Tensor
 from kdlab.losses.relations import rkd_angle_loss, rkd_distance_loss
 from kdlab.methods import METHODS
 from kdlab.methods.base import Distiller, Losses
-from kdlab.models.stage_pairs import feature_at
-from kdlab.models.staged import Features
+from kdlab.models.staged.pairs import feature_at
+from kdlab.models.staged.view import Features
 
 
 @METHODS.register("rkd")

@@ -44,7 +44,7 @@ from kdlab.losses.segmentation import (
 )
 from kdlab.methods import METHODS
 from kdlab.methods.base import Distiller, Losses
-from kdlab.models.staged import Features, Staged
+from kdlab.models.staged.view import Features, Staged
 from kdlab.nn.discriminator import Critic
 
 #: the critic optimisers: Adam as in the authors' later code (TorchDistiller's SemSeg-distill,

@@ -27,7 +27,7 @@ from kdlab.errors import UserError
 from kdlab.losses.srrl import srrl_feature_loss, srrl_softmax_regression_loss
 from kdlab.methods import METHODS
 from kdlab.methods.base import Distiller, Losses
-from kdlab.models.staged import Features
+from kdlab.models.staged.view import Features
 
 
 class SRRLConnector(nn.Sequential):

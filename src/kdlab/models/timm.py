@@ -3,7 +3,7 @@
 Install the optional extra (``pip install 'kdlab[timm]'``); then ``model.student:
 timm/resnet18`` (or ``timm/convnext_atto``, ``timm/efficientnet_b0``, ...) builds
 ``timm.create_model(name, num_classes=..., in_chans=...)`` with random weights and sees it
-through :class:`~kdlab.models.staged.Staged` using timm's own feature metadata: no timm model
+through :class:`~kdlab.models.staged.view.Staged` using timm's own feature metadata: no timm model
 is rewritten or registered one by one.
 
 How a timm network is staged:
@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from kdlab.core.registry import did_you_mean
 from kdlab.errors import UserError
 from kdlab.models import MODELS
-from kdlab.models.staged import Staged
+from kdlab.models.staged.view import Staged
 
 PREFIX = "timm/"
 

@@ -7,7 +7,7 @@ spatial size, 3x3 with stride 2 when the target is half the size, and a 4x4 stri
 transposed convolution when the target is twice the size. FitNet's regressor is the same
 module (FitNets, Romero et al., ICLR 2015).
 
-Channels and sizes come from the staged metadata (:class:`~kdlab.models.staged.StageInfo`),
+Channels and sizes come from the staged metadata (:class:`~kdlab.models.staged.view.StageInfo`),
 so a bridge can be built between any pair of networks.
 """
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 from torch import nn
 
 from kdlab.errors import UserError
-from kdlab.models.staged import StageInfo
+from kdlab.models.staged.view import StageInfo
 
 #: slope of the LeakyReLU appended when the target is post-ReLU (the FCFD authors' value)
 LEAKY_SLOPE = 0.1

@@ -12,7 +12,7 @@ from __future__ import annotations
 from torch import nn
 
 from kdlab.errors import UserError
-from kdlab.models.staged import StageInfo
+from kdlab.models.staged.view import StageInfo
 
 
 class ConvRegressor(nn.Sequential):

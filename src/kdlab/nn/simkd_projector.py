@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdlab.errors import UserError
-from kdlab.models.staged import Staged
+from kdlab.models.staged.view import Staged
 
 
 def conv_bn_relu(c_in: int, c_out: int, k: int) -> list[nn.Module]:

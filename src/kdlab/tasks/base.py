@@ -77,7 +77,7 @@ class Task:
         return []
 
 
-TASKS: Registry[type[Task]] = Registry("task")
+TASKS: Registry[type[Task]] = Registry("task", filled_by=("kdlab.tasks",))
 
 
 def build_task(name: str, ignore_index: int | None = None, *, num_classes: int | None = None,

@@ -12,7 +12,7 @@ from torch import nn
 from kdlab.core.config import RunConfig
 from kdlab.errors import UserError
 from kdlab.methods.base import Distiller
-from kdlab.models.staged import Staged
+from kdlab.models.staged.view import Staged
 from kdlab.training.prebuilt import Prebuilt, is_memory, refuse_memory
 
 

@@ -24,7 +24,7 @@ from kdlab.errors import UserError
 if TYPE_CHECKING:
     from kdlab.core.config import RunConfig
     from kdlab.data.base import DatasetSource
-    from kdlab.models.staged import Staged
+    from kdlab.models.staged.view import Staged
 
 PREFIX = "memory:"
 
@@ -32,7 +32,7 @@ PREFIX = "memory:"
 def memory_name(obj: Any) -> str:
     """The name the config records for a network or dataset given as an object: its class
     (a staged view's network's class)."""
-    from kdlab.models.staged import Staged
+    from kdlab.models.staged.view import Staged
 
     return f"{PREFIX}{type(obj.net if isinstance(obj, Staged) else obj).__name__}"
 

@@ -1,7 +1,7 @@
 """What every detection distiller shares: the teacher's pass on the student's proposals.
 
 One training step (FCFD App. D.1): the student runs its detector's training pass
-(:meth:`~kdlab.models.detection.Detector.features`: resize, backbone + FPN, RPN, proposal
+(:meth:`~kdlab.tasks.detection.models.Detector.features`: resize, backbone + FPN, RPN, proposal
 sampling, ROI head, its own losses). The frozen teacher then sees *the same resized batch*
 (``out.images``) and runs its ROI head on *the student's sampled proposals*: the set R that
 every term of the step shares, as in the FCFD authors' code (``sampled_proposals`` of the
@@ -22,7 +22,7 @@ from torch import Tensor
 
 from kdlab.errors import UserError
 from kdlab.methods.base import Distiller, Losses
-from kdlab.models.detection import DetectionOutput, Detector, check_detector, inherit_from
+from kdlab.tasks.detection.models import DetectionOutput, Detector, check_detector, inherit_from
 
 
 @dataclass

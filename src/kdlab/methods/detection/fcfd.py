@@ -41,8 +41,8 @@ from kdlab.methods.base import Losses
 from kdlab.methods.detection.base import DetectionDistiller, TeacherROI
 from kdlab.methods.detection.fitnet import fpn_bridges
 from kdlab.methods.detection.kd import check_reduction
-from kdlab.models.detection import DetectionOutput
 from kdlab.nn.path_bn import PathStats, batchnorms
+from kdlab.tasks.detection.models import DetectionOutput
 
 #: the PathStats name of the L_func' pass through the student's ROI head
 T2S = "t2s_roi"

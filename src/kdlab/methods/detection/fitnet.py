@@ -14,9 +14,9 @@ from torch import Tensor, nn
 from kdlab.losses.detection import fpn_app_loss
 from kdlab.methods.base import Losses
 from kdlab.methods.detection.base import DetectionDistiller, TeacherROI
-from kdlab.models.detection import DetectionOutput, Detector
-from kdlab.models.staged import StageInfo
+from kdlab.models.staged.view import StageInfo
 from kdlab.nn.bridge import Bridge
+from kdlab.tasks.detection.models import DetectionOutput, Detector
 
 
 def fpn_bridges(src: Detector, dst: Detector, levels: list[str], what: str) -> nn.ModuleDict:

@@ -15,7 +15,7 @@ from torch import Tensor
 from kdlab.losses.detection import REDUCTIONS, roi_kl_loss, roi_l2_loss
 from kdlab.methods.base import Losses
 from kdlab.methods.detection.base import DetectionDistiller, TeacherROI
-from kdlab.models.detection import DetectionOutput
+from kdlab.tasks.detection.models import DetectionOutput
 
 
 def check_reduction(reduction: str) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from kdlab.errors import UserError
-from kdlab.models.staged import Features, Staged
+from kdlab.models.staged.view import Features, Staged
 
 
 def stage_pairs(

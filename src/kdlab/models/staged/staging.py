@@ -1,7 +1,7 @@
 """Stage any network: :func:`stage` names its parts, :func:`auto_stage` knows a few families.
 
 A network a user brings (their own ``nn.Module``, a torchvision or timm model built in Python)
-becomes a :class:`~kdlab.models.staged.Staged` view without rewriting it::
+becomes a :class:`~kdlab.models.staged.view.Staged` view without rewriting it::
 
     from kdlab.models import stage
     staged = stage(net, stem=["conv1", "bn1", "relu"], stages=["layer1", "layer2", "layer3"],
@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from kdlab.core.registry import did_you_mean
 from kdlab.errors import UserError
-from kdlab.models.staged import Staged, _global_avg_pool
+from kdlab.models.staged.view import Staged, _global_avg_pool
 
 Part = str | nn.Module
 Parts = Part | Sequence[Part]
@@ -155,7 +155,7 @@ def auto_stage(net: nn.Module, input_shape: tuple[int, int, int]) -> Staged:
     if isinstance(net, Staged):
         return net
     if callable(getattr(net, "forward_head", None)) and hasattr(net, "feature_info"):
-        from kdlab.models.timm_models import stage_timm
+        from kdlab.models.timm import stage_timm
 
         staged = stage_timm(net, input_shape=input_shape, num_classes=0)
         staged.num_classes = check_forward(staged, type(net).__name__)

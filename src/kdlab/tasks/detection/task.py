@@ -5,8 +5,8 @@ Targets are a list (one per image) of ``{"boxes": float32 (n, 4) xyxy absolute p
 gives ``"area"`` and ``"iscrowd"``, which evaluation counts as the official COCO evaluation
 does (crowd regions are not trained on). Images are a ``(B, C, H, W)`` tensor or a list of
 ``(C, H, W)`` tensors, normalised by the loader. A network is a
-:class:`~kdlab.models.detection.Detector`: its training pass returns a
-:class:`~kdlab.models.detection.DetectionOutput`, its eval forward torchvision's detections.
+:class:`~kdlab.tasks.detection.models.Detector`: its training pass returns a
+:class:`~kdlab.tasks.detection.models.DetectionOutput`, its eval forward torchvision's detections.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from kdlab.models.detection import DetectionOutput, check_detector
 from kdlab.runtime.collectives import all_gather_rows, world_size
 from kdlab.tasks.base import TASKS, Task
-from kdlab.tasks.coco_map import coco_map
+from kdlab.tasks.detection.coco_map import coco_map
+from kdlab.tasks.detection.models import DetectionOutput, check_detector
 
 #: score above which the report's pictures draw a detection
 FIGURE_SCORE = 0.5
@@ -157,7 +157,7 @@ class Detection(Task):
                        device: torch.device) -> list[str]:
         """``detections.png``: a few validation images with ground-truth (dashed) and every
         network's boxes scoring at least 0.5."""
-        from kdlab.tasks.detection_figure import draw_detections
+        from kdlab.tasks.detection.figures import draw_detections
 
         batch = next(iter(loader), None)
         if batch is None:

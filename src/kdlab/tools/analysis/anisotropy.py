@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdlab.errors import UserError
-from kdlab.models.staged import Staged
+from kdlab.models.staged.view import Staged
 
 #: images x directions run through the later stages in one forward pass
 PASS_BUDGET = 1024

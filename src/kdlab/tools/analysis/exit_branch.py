@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from kdlab.core.config import OptimConfig, ScheduleConfig
 from kdlab.errors import UserError
-from kdlab.models.staged import Staged
+from kdlab.models.staged.view import Staged
 from kdlab.nn.bridge import Bridge
 from kdlab.training.checkpoint import load_checkpoint, save_checkpoint
 from kdlab.training.metrics_log import Progress

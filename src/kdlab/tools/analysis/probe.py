@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from kdlab.models.staged import Staged
+from kdlab.models.staged.view import Staged
 from kdlab.tools.analysis.exit_branch import (
     ExitBranch,
     FeatureFn,

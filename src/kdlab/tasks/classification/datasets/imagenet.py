@@ -13,16 +13,15 @@ batches are a function of ``(seed, epoch)`` whatever the number of workers.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import Dataset, DistributedSampler
 
 from kdlab.core.config import DataConfig
-from kdlab.data.augment import normalise
-from kdlab.data.base import DATASETS, Batch, DatasetInfo, DatasetSource, Loaders
+from kdlab.data.base import DATASETS, DatasetInfo, DatasetSource, Loaders
+from kdlab.data.folder_loader import FolderLoader
 from kdlab.data.loaders import check_batches, subset_size
 from kdlab.data.sampling import epoch_seed, val_shard
 from kdlab.errors import UserError
@@ -59,38 +58,6 @@ class IndexedFolder(Dataset):
             torch.manual_seed(epoch_seed(self.seed, self.epoch, stream=index + 1))
             image = self.transform(image)
         return image, target, index
-
-
-class FolderLoader:
-    """A ``DataLoader`` over an :class:`IndexedFolder` (or any dataset of ``(uint8 image,
-    target, index)`` with an ``epoch`` attribute) that yields normalised batches on device."""
-
-    def __init__(self, dataset: Any, sampler: Any, *, batch_size: int, train: bool,
-                 device: torch.device, num_workers: int, mean: tuple, std: tuple,
-                 collate_fn: Any = None) -> None:
-        self.dataset, self.sampler, self.device = dataset, sampler, device
-        self.num_workers = num_workers  # processes that decode files (kdlab.runtime.threads)
-        self.mean = torch.tensor(mean, dtype=torch.float32, device=device)
-        self.std = torch.tensor(std, dtype=torch.float32, device=device)
-        self.loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler,
-                                 num_workers=num_workers, drop_last=train,
-                                 pin_memory=device.type == "cuda", collate_fn=collate_fn)
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Make the next iteration's order and augmentation those of ``epoch``."""
-        self.dataset.epoch = epoch
-        if isinstance(self.sampler, DistributedSampler):
-            self.sampler.set_epoch(epoch)
-
-    def __iter__(self) -> Iterator[Batch]:
-        for images, targets, index in self.loader:
-            images = images.to(self.device, non_blocking=True)
-            yield (normalise(images, self.mean, self.std),
-                   targets.to(self.device, non_blocking=True),
-                   index.to(self.device, non_blocking=True))
 
 
 def open_folder(path: Path) -> Any:

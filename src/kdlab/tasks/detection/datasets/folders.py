@@ -10,7 +10,7 @@
   VOC class order. Evaluated with the same COCO metrics (``difficult`` objects count).
 
 Images keep their size: the detector's own transform resizes them (see
-:mod:`kdlab.models.detection.builders`). Training flips horizontally (p = 0.5); boxes follow
+:mod:`kdlab.tasks.detection.models.builders`). Training flips horizontally (p = 0.5); boxes follow
 every image transform because they are ``tv_tensors.BoundingBoxes`` through
 ``torchvision.transforms.v2`` (:func:`detection_transforms`, which can also resize). Workers
 return uint8 images; normalisation (ImageNet mean / std) happens on the device. Batches are

@@ -6,7 +6,12 @@
 (64, 10)
 """
 
-from kdlab.models.detection.detector import DetectionOutput, Detector, check_detector, roi_lens
-from kdlab.models.detection.inherit import inherit_from
+from kdlab.tasks.detection.models.detector import (
+    DetectionOutput,
+    Detector,
+    check_detector,
+    roi_lens,
+)
+from kdlab.tasks.detection.models.inherit import inherit_from
 
 __all__ = ["DetectionOutput", "Detector", "check_detector", "inherit_from", "roi_lens"]

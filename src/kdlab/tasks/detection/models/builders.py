@@ -28,7 +28,7 @@ checkpoints load whole.
   shapes (the inheriting strategy applies, as ResNet-101 -> ResNet-50); ``r10_slim`` does not.
 
 Normalisation: the loaders normalise, so the detectors' ``GeneralizedRCNNTransform`` has
-``image_mean = 0`` and ``image_std = 1`` (see :mod:`kdlab.models.detection.detector`).
+``image_mean = 0`` and ``image_std = 1`` (see :mod:`kdlab.tasks.detection.models.detector`).
 
 ``pretrained``: a local file, either a whole torchvision detector checkpoint (keys
 ``backbone.*``, ``rpn.*``, ``roi_heads.*``; e.g. torchvision's COCO Faster R-CNN) or the
@@ -63,8 +63,8 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from kdlab.errors import UserError
 from kdlab.models import MODELS
-from kdlab.models.detection.detector import Detector
 from kdlab.models.imagenet import _read_state_dict
+from kdlab.tasks.detection.models.detector import Detector
 
 #: Detectron2's 1x training scales (shorter side) for an 800-pixel evaluation size
 D2_TRAIN_SCALES = (640, 672, 704, 736, 768, 800)

@@ -13,7 +13,7 @@ head + predictor) run on *any* FPN feature dict for given proposals, returning c
 and box deltas without a loss or post-processing.
 
 Inputs: images are already normalised by kdlab's loaders, so every detector built by
-:mod:`kdlab.models.detection.builders` has ``image_mean = 0`` and ``image_std = 1`` in its
+:mod:`kdlab.tasks.detection.models.builders` has ``image_mean = 0`` and ``image_std = 1`` in its
 ``GeneralizedRCNNTransform`` (an identity normalisation); the transform still resizes (its
 ``min_size`` / ``max_size``) and pads the batch. An exported detector therefore expects
 images normalised with the dataset's mean and std, like every kdlab export.

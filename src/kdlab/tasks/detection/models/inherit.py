@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from kdlab.errors import UserError
-from kdlab.models.detection.detector import Detector
+from kdlab.tasks.detection.models.detector import Detector
 
 #: the modules the strategy copies, by their path in a torchvision Faster R-CNN
 INHERITED = ("backbone.fpn", "rpn", "roi_heads")

@@ -11,7 +11,14 @@ from __future__ import annotations
 
 from kdlab.core.config import DataConfig
 from kdlab.data.base import DATASETS, DatasetInfo
-from kdlab.data.seg_folders import IGNORE, Pairs, SegFolderSource, lookup, missing, root_of
+from kdlab.tasks.segmentation.datasets.folders import (
+    IGNORE,
+    Pairs,
+    SegFolderSource,
+    lookup,
+    missing,
+    root_of,
+)
 
 LAYOUT = "leftImg8bit/{train,val}/<city>/*_leftImg8bit.png and gtFine/{train,val}/<city>/"
 

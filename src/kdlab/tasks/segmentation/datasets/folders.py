@@ -1,11 +1,10 @@
 """Segmentation datasets read from disk: (image, label map) file pairs, joint transforms, workers.
 
-Each registered dataset (:mod:`kdlab.data.voc`, :mod:`kdlab.data.cityscapes`,
-:mod:`kdlab.data.ade20k`) lists its ``(image path, label path)`` pairs and a lookup table that
-maps the stored label values to training ids (255 = ignore). Decoding and augmentation run in
-``DataLoader`` workers with ``torchvision.transforms.v2``, the label map wrapped as a
-``tv_tensors.Mask`` so it follows the image exactly (nearest-neighbour resizing, the same
-crop and flip):
+Each registered dataset (:mod:`.voc`, :mod:`.cityscapes`, :mod:`.ade20k`) lists its
+``(image path, label path)`` pairs and a lookup table that maps the stored label values to
+training ids (255 = ignore). Decoding and augmentation run in ``DataLoader`` workers with
+``torchvision.transforms.v2``, the label map wrapped as a ``tv_tensors.Mask`` so it follows the
+image exactly (nearest-neighbour resizing, the same crop and flip):
 
 * training: random resize of the shorter side to ``base_size * s``, ``s`` uniform in
   ``scale`` (0.5 to 2 in DeepLab / PSPNet / CIRKD), random ``crop`` (padded with 0 and the
@@ -14,8 +13,8 @@ crop and flip):
   with the ignore index, so padding never counts).
 
 Images come out uint8 and are normalised on the device; label maps int64. Determinism as in
-:mod:`kdlab.data.imagenet`: each sample's transform runs under a torch RNG seeded from
-``(seed, epoch, index)``.
+:mod:`kdlab.tasks.classification.datasets.imagenet`: each sample's transform runs under a
+torch RNG seeded from ``(seed, epoch, index)``.
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from kdlab.core.config import DataConfig
 from kdlab.data.base import DatasetSource, Loaders
-from kdlab.data.imagenet import FolderLoader
+from kdlab.data.folder_loader import FolderLoader
 from kdlab.data.loaders import check_batches, subset_size
 from kdlab.data.sampling import epoch_seed, val_shard
 from kdlab.errors import UserError

@@ -12,7 +12,14 @@ from __future__ import annotations
 
 from kdlab.core.config import DataConfig
 from kdlab.data.base import DATASETS, DatasetInfo
-from kdlab.data.seg_folders import IGNORE, Pairs, SegFolderSource, lookup, missing, root_of
+from kdlab.tasks.segmentation.datasets.folders import (
+    IGNORE,
+    Pairs,
+    SegFolderSource,
+    lookup,
+    missing,
+    root_of,
+)
 
 LAYOUT = "VOCdevkit/VOC2012/{JPEGImages,SegmentationClass,ImageSets/Segmentation}"
 

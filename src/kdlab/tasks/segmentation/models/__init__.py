@@ -1,4 +1,4 @@
-"""Semantic segmentation networks, seen through :class:`~kdlab.models.staged.Staged`.
+"""Semantic segmentation networks, seen through :class:`~kdlab.models.staged.view.Staged`.
 
 Every builder is registered in ``MODELS`` with ``builder.task = "segmentation"`` and takes
 ``num_classes``, ``in_channels``, ``input_size`` (the crop of the metadata pass) and ``aux``

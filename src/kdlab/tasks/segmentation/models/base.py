@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdlab.models import MODELS
-from kdlab.models.staged import Decoder, Staged, no_pool
+from kdlab.models.staged.view import Decoder, Staged, no_pool
 
 TASK = "segmentation"
 

@@ -8,7 +8,7 @@ ImageNet state dicts load into them (``pretrained`` = a local file, or ``True`` 
 
 - ResNet-101: ``replace_stride_with_dilation=[False, True, True]`` (as torchvision's
   DeepLabV3). ResNet-18: torchvision refuses to dilate BasicBlocks, so layer3 and layer4 are
-  converted after construction (:func:`~kdlab.models.segmentation.backbones.dilate_`, rates 2
+  converted after construction (:func:`~kdlab.tasks.segmentation.models.backbones.dilate_`, rates 2
   and 4, the first block of each keeping the previous rate), which is CIRKD's dilated ResNet-18.
 - MobileNetV2: ``features.0-17`` (the 1x1 conv to 1280 channels is dropped, as in CIRKD), the
   blocks ``features.7-13`` dilated by 2 and ``features.14-17`` by 4, as CIRKD's
@@ -21,7 +21,7 @@ The optional auxiliary head (``aux=True``) is torchvision's FCN head on stage 3 
 ``features.13``), as CIRKD's ``auxlayer`` on c3.
 
 Heads: DeepLabV3 uses torchvision's ``DeepLabHead`` (ASPP rates 12/24/36, 256 channels) like the
-torchvision teacher; PSPNet uses :class:`~kdlab.models.segmentation.heads.PSPHead` (CIRKD's
+torchvision teacher; PSPNet uses :class:`~kdlab.tasks.segmentation.models.heads.PSPHead` (CIRKD's
 widths). Differences from CIRKD, deliberately: CIRKD's ResNets have the deep stem
 (``resnet*_v1s``: three 3x3 convs, 128 channels into layer1) and their own ImageNet
 checkpoints; kdlab keeps torchvision's 7x7 stem so that torchvision's weights load. CIRKD's
@@ -40,16 +40,16 @@ from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.segmentation.deeplabv3 import DeepLabHead
 from torchvision.models.segmentation.fcn import FCNHead
 
-from kdlab.models.segmentation.backbones import dilate_, load_backbone, replace_first_conv
-from kdlab.models.segmentation.base import (
+from kdlab.models.staged.view import Staged
+from kdlab.tasks.segmentation.models.backbones import dilate_, load_backbone, replace_first_conv
+from kdlab.tasks.segmentation.models.base import (
     SegmentationNet,
     register,
     stage_names,
     staged_view,
 )
-from kdlab.models.segmentation.heads import PSPHead
-from kdlab.models.segmentation.torchvision_nets import RESNET_STAGES
-from kdlab.models.staged import Staged
+from kdlab.tasks.segmentation.models.heads import PSPHead
+from kdlab.tasks.segmentation.models.torchvision_nets import RESNET_STAGES
 
 MOBILENET_V2_STAGES = stage_names(
     "backbone", [[0], [1, 2, 3], [4, 5, 6], list(range(7, 14)), list(range(14, 18))])

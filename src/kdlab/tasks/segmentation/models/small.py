@@ -5,7 +5,7 @@ the teacher clearly beats the student: kdlab's CIFAR ResNets (widths 16-16-32-64
 
 - Backbone: the CIFAR ResNet with a stride-2 stem conv and layer3 dilated by 2 (stride 1), so
   the output stride is 4 (16x16 maps at 64x64): stage strides 2, 2, 4, 4.
-- Decoder: :func:`~kdlab.models.segmentation.heads.lite_aspp_head` (torchvision's ASPP, rates
+- Decoder: :func:`~kdlab.tasks.segmentation.models.heads.lite_aspp_head` (torchvision's ASPP, rates
   2 and 4, then a 3x3 conv-BN-ReLU and the 1x1 classifier) at ``head_width`` channels.
 - Stages as the CIFAR ResNets (FCFD's division): stage 0 = ``conv1 bn1 relu``, stages 1..3 =
   ``layer1..3``; teacher and student both have four, at the same resolutions, so FCFD's
@@ -29,15 +29,15 @@ from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.segmentation.fcn import FCNHead
 
 from kdlab.models.cifar.resnet import CifarResNet
-from kdlab.models.segmentation.backbones import dilate_
-from kdlab.models.segmentation.base import (
+from kdlab.models.staged.view import Staged
+from kdlab.tasks.segmentation.models.backbones import dilate_
+from kdlab.tasks.segmentation.models.base import (
     SegmentationNet,
     register,
     stage_names,
     staged_view,
 )
-from kdlab.models.segmentation.heads import lite_aspp_head
-from kdlab.models.staged import Staged
+from kdlab.tasks.segmentation.models.heads import lite_aspp_head
 
 WIDTHS = (16, 16, 32, 64)
 STAGES = stage_names("backbone", [["conv1", "bn1", "relu"], ["layer1"], ["layer2"], ["layer3"]])

@@ -20,7 +20,7 @@ Stage divisions:
 
 Heads: DeepLabV3 / FCN: ``classifier.0-3`` are ``pre_pool`` (ASPP + 3x3 conv-BN-ReLU; FCN's
 3x3 conv-BN-ReLU-dropout), ``classifier.4`` the 1x1 classifier. LRASPP's head reads stage 2 as
-well, through a :class:`~kdlab.models.staged.Decoder`: its embedding is the gated high-level
+well, through a :class:`~kdlab.models.staged.view.Decoder`: its embedding is the gated high-level
 branch (``cbr(high) * scale(high)``, upsampled to stage 2's size, 128 channels) concatenated with
 stage 2's output (40 channels), and its classifier, ``high_classifier(e[:, :128]) +
 low_classifier(e[:, 128:])``, is one 1x1 conv on that concatenation; ``run_from(k, f)`` for
@@ -39,9 +39,9 @@ from torch import Tensor, nn
 from torchvision.models import segmentation as tvseg
 
 from kdlab.errors import UserError
-from kdlab.models.segmentation.backbones import load_backbone, replace_first_conv
-from kdlab.models.segmentation.base import register, stage_names, staged_view
-from kdlab.models.staged import Decoder, Staged
+from kdlab.models.staged.view import Decoder, Staged
+from kdlab.tasks.segmentation.models.backbones import load_backbone, replace_first_conv
+from kdlab.tasks.segmentation.models.base import register, stage_names, staged_view
 
 RESNET_STAGES = stage_names(
     "backbone", [["conv1", "bn1", "relu", "maxpool"], ["layer1"], ["layer2"], ["layer3"],
