@@ -45,7 +45,7 @@ from profiling import (
     saved_memory_mib,
 )
 
-import kdlab.nn.bifpn as bifpn
+import kdlab.methods.frskd.bifpn as bifpn
 from kdlab.tools.bench.bench import PRESETS, cpu_name
 
 STUDENT_FWD = "student forward"

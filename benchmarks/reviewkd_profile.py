@@ -49,8 +49,8 @@ from profiling import (
     saved_memory_mib,
 )
 
-import kdlab.methods.reviewkd as reviewkd
-import kdlab.nn.abf as abf
+import kdlab.methods.reviewkd.abf as abf
+import kdlab.methods.reviewkd.reviewkd as reviewkd
 from kdlab.tools.bench.bench import PRESETS, cpu_name
 
 STUDENT_FWD = "student forward"

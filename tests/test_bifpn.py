@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import kdlab.nn.bifpn as bifpn
-from kdlab.nn.bifpn import BiFPNc, FastFusion, PointwiseConv, level_widths, resize_to
+import kdlab.methods.frskd.bifpn as bifpn
+from kdlab.methods.frskd.bifpn import BiFPNc, FastFusion, PointwiseConv, level_widths, resize_to
 
 
 def _feats(channels, sizes, batch=2):

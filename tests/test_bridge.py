@@ -11,9 +11,9 @@ from torch import nn
 from kdlab.core.config import build_dataclass, load_config
 from kdlab.errors import UserError
 from kdlab.methods import METHODS, build_distiller
+from kdlab.methods.shared.bridge import Bridge
 from kdlab.models import MODELS, build_model
 from kdlab.models.staged.view import StageInfo
-from kdlab.nn.bridge import Bridge
 
 
 @pytest.mark.parametrize(

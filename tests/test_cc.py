@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from kdlab.errors import UserError
-from kdlab.losses.relations import cc_benchmark_loss, cc_loss
 from kdlab.methods import build_distiller
+from kdlab.methods.shared.relations import cc_benchmark_loss, cc_loss
 
 
 def ref_cc_benchmark(s: torch.Tensor, t: torch.Tensor) -> float:

@@ -18,7 +18,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from kdlab.nn.memory_bank import ContrastMemory
+from kdlab.methods.crd.memory_bank import ContrastMemory
 
 TESTS = str(Path(__file__).resolve().parent)
 WORLD = 2

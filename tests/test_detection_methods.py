@@ -12,12 +12,12 @@ from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCN
 
 from detection_support import CLASSES, scenes, tiny_pair
 from kdlab.errors import UserError
-from kdlab.losses.detection import fpn_app_loss, roi_kl_loss, roi_l2_loss
 from kdlab.methods import METHODS, build_distiller
-from kdlab.methods.detection.fcfd import FCFDDetection
-from kdlab.methods.detection.fitnet import FitNetDetection
-from kdlab.methods.detection.kd import KDDetection
-from kdlab.methods.online_fcfd import OnlineFCFD
+from kdlab.methods.fcfd.detection import FCFDDetection
+from kdlab.methods.fcfd.online import OnlineFCFD
+from kdlab.methods.fitnet.detection import FitNetDetection
+from kdlab.methods.kd.detection import KDDetection
+from kdlab.methods.shared.detection import fpn_app_loss, roi_kl_loss, roi_l2_loss
 from kdlab.tasks import build_task
 from references import ref_kl, ref_l2
 
@@ -273,7 +273,7 @@ def test_the_func_prime_pass_keeps_its_own_box_head_statistics():
 
 
 def test_a_detection_combo_sums_its_parts_once():
-    from kdlab.methods.detection.combo import DetectionCombo
+    from kdlab.methods.combo.detection import DetectionCombo
 
     assert METHODS.get("combo").for_task("detection") is DetectionCombo
     x, targets = scenes(seed=12)

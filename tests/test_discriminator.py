@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from kdlab.losses.segmentation import gradient_penalty
-from kdlab.nn.discriminator import Critic, SelfAttention, critic_depth
+from kdlab.methods.skd.discriminator import Critic, SelfAttention, critic_depth
+from kdlab.methods.skd.losses import gradient_penalty
 
 
 def test_authors_shape_on_65x65_maps():

@@ -11,7 +11,7 @@ from conftest import sgd_descent, tiny_staged
 from kdlab.core.config import build_dataclass, load_config
 from kdlab.errors import UserError
 from kdlab.methods import build_distiller
-from kdlab.methods.dml import DML
+from kdlab.methods.dml.dml import DML
 from kdlab.models import MODELS
 from references import ref_kl
 

@@ -331,7 +331,7 @@ def test_simkd_head_reuses_the_teacher_classifier(tiny_pair):
 
 def test_fcfd_plus_dkd_replaces_every_kl_with_dkd(tiny_pair):
     """FCFD+DKD (App. C.1): L_kd, L_func-KL and L_func' use DKD (TCKD 1, NCKD 2)."""
-    from kdlab.losses.logits import dkd_loss
+    from kdlab.methods.shared.logits import dkd_loss
 
     d = fixed(make(tiny_pair, double=True, logit_loss="dkd", temperature=4.0), [(2, 1), (2, 0)])
     x, y = batch()

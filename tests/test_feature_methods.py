@@ -72,7 +72,7 @@ def test_at_pools_mismatched_sizes(tiny_pair):
 
 
 def test_at_is_beta_times_the_sum_over_the_stages_after_the_stem(tiny_pair):
-    from kdlab.losses.attention import at_loss
+    from kdlab.methods.shared.attention import at_loss
 
     teacher, student = tiny_pair
     d = build_distiller("at", {"beta": 7.0}, student, teacher)
@@ -218,8 +218,8 @@ def test_crd_scores_match_the_formula_and_both_scorings_agree(dense, monkeypatch
     """score_ij = exp(<v_i, m_{rows_ij}> / T) / Z with Z = mean(first scores) * N (the NCE
     memory of Tian et al. 2020, Sec. 3), by a loop; the dense (GEMM + pick) and the gathered
     scoring give the same scores and the same gradient to the embeddings."""
-    from kdlab.nn import memory_bank
-    from kdlab.nn.memory_bank import ContrastMemory
+    from kdlab.methods.crd.crd import memory_bank
+    from kdlab.methods.crd.memory_bank import ContrastMemory
 
     monkeypatch.setattr(memory_bank, "DENSE_SCORING_MAX_RATIO", 10**6 if dense else 0)
     torch.manual_seed(0)
@@ -248,7 +248,7 @@ def test_crd_scores_match_the_formula_and_both_scorings_agree(dense, monkeypatch
 
 
 def test_crd_negatives_exclude_the_positive():
-    from kdlab.nn.memory_bank import sample_negatives
+    from kdlab.methods.crd.memory_bank import sample_negatives
 
     idx = torch.tensor([0, 5, 9])
     rows = sample_negatives(idx, 10, 500, generator=torch.Generator().manual_seed(0))

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from kdlab.errors import UserError
-from kdlab.losses.hint import hint_loss
 from kdlab.methods import build_distiller
+from kdlab.methods.shared.hint import hint_loss
 
 
 def test_hint_loss_matches_direct_formula():
@@ -73,8 +73,8 @@ def test_default_hint_is_the_benchmarks_hint_layer_2(tiny_pair):
 @pytest.mark.parametrize(("size_s", "size_t", "kind"), [
     (8, 8, "1x1"), (16, 8, "stride2"), (4, 8, "transposed"), (10, 8, "valid3")])
 def test_convreg_is_the_benchmarks_regressor(size_s, size_t, kind):
+    from kdlab.methods.fitnet.regressor import ConvRegressor
     from kdlab.models.staged.view import StageInfo
-    from kdlab.nn.conv_regressor import ConvRegressor
 
     reg = ConvRegressor(StageInfo(6, size_s, size_s, True), StageInfo(5, size_t, size_t, True))
     conv = reg[0]

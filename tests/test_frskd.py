@@ -13,7 +13,7 @@ from torch import nn
 from kdlab.core.config import build_dataclass, load_config
 from kdlab.errors import UserError
 from kdlab.methods import build_distiller
-from kdlab.methods.frskd import FRSKD, default_levels
+from kdlab.methods.frskd.frskd import FRSKD, default_levels
 from kdlab.models import MODELS
 from kdlab.models.staged.view import Staged
 from references import ref_kl

@@ -14,15 +14,15 @@ from torch import nn
 from conftest import sgd_descent
 from kdlab.core.config import build_dataclass, load_config
 from kdlab.errors import UserError
-from kdlab.losses.sla import (
+from kdlab.methods import build_distiller
+from kdlab.methods.frskd.frskd_sla import FRSKDSLA
+from kdlab.methods.frskd.sla import (
     aggregate_joint_logits,
     joint_targets,
     rotate_batch,
     sla_joint_loss,
     sla_sd_loss,
 )
-from kdlab.methods import build_distiller
-from kdlab.methods.frskd_sla import FRSKDSLA
 from references import ref_kl
 
 M = 4

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from kdlab.errors import UserError
-from kdlab.losses import relations as R
 from kdlab.methods import build_distiller
+from kdlab.methods.shared import relations as R
 
 
 def test_default_edges_pair_same_layers_and_average(tiny_pair):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from kdlab.errors import UserError
-from kdlab.losses.attention import at_loss, attention_map
+from kdlab.methods.shared.attention import at_loss, attention_map
 
 
 # --------------------------------------------------------------------- attention transfer
@@ -67,7 +67,7 @@ def test_at_loss_bad_shapes():
 
 # --------------------------------------------------------------------- VID
 def test_vid_loss_matches_gaussian_nll():
-    from kdlab.losses.vid import vid_loss
+    from kdlab.methods.vid.losses import vid_loss
 
     torch.manual_seed(2)
     mu = torch.randn(2, 3, 2, 3, dtype=torch.float64)
@@ -89,7 +89,7 @@ def test_vid_loss_matches_gaussian_nll():
 
 # --------------------------------------------------------------------- CRD
 def test_crd_nce_loss_matches_formula():
-    from kdlab.losses.crd import crd_nce_loss
+    from kdlab.methods.crd.losses import crd_nce_loss
 
     torch.manual_seed(3)
     b, k, n_data = 3, 5, 40
@@ -111,7 +111,7 @@ def _normal_cdf(z: float) -> float:
 
 
 def test_bn_margin_is_mean_of_negative_part():
-    from kdlab.losses.ofd import bn_margin
+    from kdlab.methods.ofd.losses import bn_margin
 
     gamma = torch.tensor([1.0, -2.0, 0.5, 0.01])
     beta = torch.tensor([0.0, 1.0, -0.3, 5.0])
@@ -135,7 +135,7 @@ def test_bn_margin_is_mean_of_negative_part():
 
 
 def test_ofd_partial_l2_matches_definition():
-    from kdlab.losses.ofd import ofd_partial_l2
+    from kdlab.methods.ofd.losses import ofd_partial_l2
 
     torch.manual_seed(4)
     s = torch.randn(2, 3, 2, 2, dtype=torch.float64)
@@ -175,7 +175,7 @@ def _mse_slow(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def test_hcl_loss_matches_definition():
-    from kdlab.losses.review import hcl_loss
+    from kdlab.methods.reviewkd.losses import hcl_loss
 
     torch.manual_seed(5)
     shapes = [(2, 3, 8, 8), (2, 4, 4, 4), (2, 5, 1, 1)]

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from kdlab.losses.logits import dkd_loss, kd_loss, nckd_loss, tckd_loss
+from kdlab.methods.shared.logits import dkd_loss, kd_loss, nckd_loss, tckd_loss
 
 
 def _softmax(row: list[float], tau: float) -> list[float]:

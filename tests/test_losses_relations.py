@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from kdlab.errors import UserError
-from kdlab.losses import relations as R
+from kdlab.methods.shared import relations as R
 
 
 @pytest.fixture(autouse=True)

@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import kdlab.nn.abf as abf
-from kdlab.losses.review import hcl_loss
+import kdlab.methods.reviewkd.abf as abf
 from kdlab.methods import build_distiller
-from kdlab.nn.abf import ABF
+from kdlab.methods.reviewkd.abf import ABF
+from kdlab.methods.reviewkd.losses import hcl_loss
 
 LAYOUTS = {"channels_last": torch.channels_last, "nchw": torch.contiguous_format}
 

@@ -9,15 +9,14 @@ import torch
 import torch.nn.functional as F
 
 from kdlab.errors import UserError
-from kdlab.losses.segmentation import (
+from kdlab.methods.cwd.losses import cwd_loss
+from kdlab.methods.shared.dense import match_size, pixel_kl_loss
+from kdlab.methods.skd.losses import (
     critic_loss,
-    cwd_loss,
     generator_loss,
     gradient_penalty,
-    match_size,
     pair_pool,
     pairwise_similarity_loss,
-    pixel_kl_loss,
     spatial_similarity,
 )
 

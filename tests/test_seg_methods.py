@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from kdlab.errors import UserError
-from kdlab.losses.segmentation import gradient_penalty, pairwise_similarity_loss, pixel_kl_loss
 from kdlab.methods import METHODS, build_distiller
-from kdlab.methods.kd_pixel import PixelKD
+from kdlab.methods.kd.segmentation import PixelKD
+from kdlab.methods.shared.dense import pixel_kl_loss
+from kdlab.methods.skd.losses import gradient_penalty, pairwise_similarity_loss
 from segtiny import seg_batch, seg_task, tiny_seg_pair
 
 SEG_METHODS = [n for n in METHODS.names() if "segmentation" in METHODS.get(n).supported_tasks()]

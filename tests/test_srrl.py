@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from kdlab.errors import UserError
-from kdlab.losses.srrl import srrl_feature_loss, srrl_softmax_regression_loss
 from kdlab.methods import build_distiller
+from kdlab.methods.srrl.losses import srrl_feature_loss, srrl_softmax_regression_loss
 from references import ref_l2
 
 

@@ -73,7 +73,7 @@ INTENTIONAL = {
     ("reviewkd", "*", "review"): ("kdlab reviews the teacher's stage outputs as the staged "
                                   "view gives them (post-ReLU on ResNets); mdistiller's and "
                                   "the authors' CIFAR code take the teacher's pre-ReLU "
-                                  "features (documented in kdlab.methods.reviewkd)"),
+                                  "features (documented in kdlab.methods.reviewkd.reviewkd)"),
     ("sp", "mobilenetv2_from_vgg13", "sp"): STAGE_CUT,
 }
 JOINT_HEAD = ("kdlab's student joint head reads the student's pooled penultimate vector (what "

@@ -156,7 +156,7 @@ def _fixed_negatives(method: str) -> Iterator[None]:
     if method != "crd":
         yield
         return
-    import kdlab.nn.memory_bank as bank
+    import kdlab.methods.crd.memory_bank as bank
 
     original = bank.sample_negatives
     bank.sample_negatives = lambda i, n, k, generator=None: negatives(i, n, k)

@@ -1,4 +1,11 @@
-"""Method registry: every entry is a :class:`~kdlab.methods.base.Distiller` subclass."""
+"""Method registry: every entry is a :class:`~kdlab.methods.base.Distiller` subclass.
+
+One folder per method (``kdlab.methods.fcfd``, ``kdlab.methods.kd``, ...) holds the method,
+its private losses and modules, and its variants for other tasks; :mod:`.shared` holds what
+two methods or more use, :mod:`.base` the Distiller and :mod:`.detection_base` the base of the
+detection variants. :data:`METHODS` imports every module below this package on its first
+lookup, so a new folder registers itself.
+"""
 
 from __future__ import annotations
 

@@ -8,7 +8,6 @@ the recipe's ``method:`` block is checked against it, so an unknown key is an er
 from __future__ import annotations
 
 import contextlib
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
@@ -204,9 +203,10 @@ class Distiller(nn.Module):
         super().__init_subclass__(**kwargs)
         cls.combinable = cls.losses is not Distiller.losses
 
-    #: Classes that run this method on another task, as ``{task: "module:Class"}`` (imported
-    #: when asked for): e.g. FCFD on a detector. Not inherited: a subclass names its own.
-    variants: ClassVar[dict[str, str]] = {}
+    #: Classes that run this method on another task, as ``{task: class}``, set beside the
+    #: method in its folder's ``__init__`` (e.g. ``kdlab.methods.fcfd``: FCFD on a detector).
+    #: Not inherited: a subclass names its own.
+    variants: ClassVar[dict[str, type[Distiller]]] = {}
 
     @classmethod
     def supported_tasks(cls) -> tuple[str, ...]:
@@ -220,8 +220,7 @@ class Distiller(nn.Module):
         where it names one (:attr:`variants`), else itself where it supports the task."""
         target = cls.__dict__.get("variants", {}).get(task)
         if target is not None:
-            module, _, name = target.partition(":")
-            return getattr(importlib.import_module(module), name)
+            return target
         if task not in cls.tasks:
             raise UserError(f"Method {cls.__name__} does not support task {task!r} (it supports "
                             f"{', '.join(cls.supported_tasks())}); pick a method for {task}, see "

@@ -126,7 +126,7 @@ def load_exported(path: str | Path, device: torch.device | str = "cpu") -> nn.Mo
     """The network in a ``kdlab export`` file, weights loaded, in eval mode, on ``device``.
 
     A plain file gives ``build_model(model, ...).net``; a composite one the module the
-    run's method exports (e.g. :class:`~kdlab.nn.simkd_projector.SimKDStudent`).
+    run's method exports (e.g. :class:`~kdlab.methods.shared.simkd_projector.SimKDStudent`).
     """
     p = Path(path)
     state, meta = read_exported(p)

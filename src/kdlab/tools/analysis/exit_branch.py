@@ -9,11 +9,12 @@ divided by 10 at 150, 180 and 210 of 240 epochs, batch 64) with the teacher froz
 
 Here the branch is stages ``k+1..N`` and the head of a freshly initialised registered model
 (``branch_model``, by default the teacher's own architecture; a wider or deeper one of the same
-stage layout makes it stronger, as in the paper), preceded by a :class:`~kdlab.nn.bridge.Bridge`
-adapter when that model's stage-``k`` feature is shaped differently from the teacher's. The
-schedule's milestones keep the paper's fractions of the epochs. Trained branches are cached in
-the teacher's run folder (``analysis/exit_branches/``), keyed by the teacher checkpoint's
-contents and the settings, so a second probe does not retrain them.
+stage layout makes it stronger, as in the paper), preceded by a
+:class:`~kdlab.methods.shared.bridge.Bridge` adapter when that model's stage-``k`` feature is
+shaped differently from the teacher's. The schedule's milestones keep the paper's fractions of
+the epochs. Trained branches are cached in the teacher's run folder
+(``analysis/exit_branches/``), keyed by the teacher checkpoint's contents and the settings, so
+a second probe does not retrain them.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ from torch import Tensor, nn
 
 from kdlab.core.config import OptimConfig, ScheduleConfig
 from kdlab.errors import UserError
+from kdlab.methods.shared.bridge import Bridge
 from kdlab.models.staged.view import Staged
-from kdlab.nn.bridge import Bridge
 from kdlab.training.checkpoint import load_checkpoint, save_checkpoint
 from kdlab.training.metrics_log import Progress
 from kdlab.training.optimisation import build_optimizer, build_scheduler
