@@ -4,7 +4,7 @@ Runs the README's main job through the real CLI once per seed (``kdlab quickstar
 --out RUNS/seedS``; a finished seed is reused by the quickstart itself), then writes a table
 of the four runs' top-1 per seed, their mean ± sample std, and the paired gains over the
 student alone (KD, FCFD) and of FCFD over KD. ``kdlab.tools.quickstart.MEASURED_GAINS`` holds the
-gains the quickstart prints in its noise line; tests/test_quickstart.py holds them to the
+gains the quickstart prints in its noise line; tests/tools/test_quickstart.py holds them to the
 table.
 
     python benchmarks/quickstart_seeds.py --seeds 0,1,2      # one seed at a time, all cores

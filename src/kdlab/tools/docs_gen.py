@@ -4,7 +4,7 @@ Each method's page section comes from the code, so it cannot drift: the class do
 paper, what the method does), the tasks it serves, whether it needs a teacher, can be part of
 a ``combo`` and distils stage-free networks, and a table of its ``Config`` settings with type,
 default and the comment written beside the field in the source; then the recipes that use it.
-``tests/test_docs.py`` fails when the committed file differs from what this writes.
+``tests/tools/test_docs.py`` fails when the committed file differs from what this writes.
 
 Run from the repository root: ``python -m kdlab.tools.docs_gen`` (``--check`` only compares).
 """

@@ -28,9 +28,9 @@ Where the paper leaves details open we follow the authors' code (``MingiJi/FRSKD
 One deliberate difference: a top-down resample changes the channels (1x1 conv, BN, ReLU) at
 the *coarser* size and then upsamples (nearest), where the authors upsample first. For a
 factor-2 upsampling (the only one their code runs) both orders give the same outputs and
-gradients in training (nearest upsampling copies each pixel 4 times, which leaves the
-BatchNorm batch statistics unchanged; tests/test_bifpn.py checks it), and ours runs the
-1x1 on a quarter of the pixels. Only BatchNorm's running variance differs, by its unbiased
+gradients in training (nearest upsampling copies each pixel 4 times, which leaves the BatchNorm
+batch statistics unchanged; tests/methods/frskd/test_bifpn.py checks it), and ours runs the 1x1
+on a quarter of the pixels. Only BatchNorm's running variance differs, by its unbiased
 ``n / (n - 1)`` correction (``n`` = batch x pixels, a relative ~1/n).
 
 Levels may have any spatial sizes (the authors' code needs each level to halve the
@@ -43,7 +43,7 @@ directly, while every NCHW convolution pays a reorder to its blocked layout and 
 fresh buffers) on each call, and BatchNorm's NHWC kernel is several times faster too. Same
 arithmetic, other rounding: BatchNorm's NHWC kernel sums its statistics in float32 (the NCHW
 one in float64, CUDA's in float32), so float32 outputs agree with NCHW to about 1e-5
-relative; in float64 to 1e-10 (tests/test_bifpn.py). Costs measured in
+relative; in float64 to 1e-10 (tests/methods/frskd/test_bifpn.py). Costs measured in
 benchmarks/results/frskd_cost_cpu.md.
 """
 
