@@ -128,7 +128,8 @@ def test_random_scale_moves_boxes_with_the_pixels():
 
 
 def test_scaled_training_batches(tmp_path, monkeypatch):
-    from kdlab.data.scene_sets import ScenesDet, ScenesSeg
+    from kdlab.tasks.detection.datasets.scenes import ScenesDet
+    from kdlab.tasks.segmentation.datasets.scenes import ScenesSeg
 
     tiny_fashion(tmp_path)
     monkeypatch.setattr(ScenesSeg, "scale", (0.75, 1.5))

@@ -218,7 +218,7 @@ def test_crd_scores_match_the_formula_and_both_scorings_agree(dense, monkeypatch
     """score_ij = exp(<v_i, m_{rows_ij}> / T) / Z with Z = mean(first scores) * N (the NCE
     memory of Tian et al. 2020, Sec. 3), by a loop; the dense (GEMM + pick) and the gathered
     scoring give the same scores and the same gradient to the embeddings."""
-    from kdlab.methods.crd.crd import memory_bank
+    from kdlab.methods.crd import memory_bank
     from kdlab.methods.crd.memory_bank import ContrastMemory
 
     monkeypatch.setattr(memory_bank, "DENSE_SCORING_MAX_RATIO", 10**6 if dense else 0)

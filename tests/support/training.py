@@ -1,4 +1,4 @@
-"""Test-only model and methods for the engine tests (registered only inside a context)."""
+"""Test-only model and methods for the training tests (registered only inside a context)."""
 
 from __future__ import annotations
 

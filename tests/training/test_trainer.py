@@ -1,4 +1,4 @@
-"""The training engine: loss goes down, exact resume, logs and reports, user errors."""
+"""The trainer (kdlab.training): loss goes down, exact resume, logs and reports, user errors."""
 
 from __future__ import annotations
 
