@@ -1,14 +1,23 @@
-"""Checkpoints: atomic writes, weights-only loading, clear errors for broken files."""
+"""Checkpoints: atomic writes, weights-only loading, clear errors for broken files, and a run
+saved by the code before the layout move (format 2) resumes."""
 
 from __future__ import annotations
 
+import shutil
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
 
 from kdlab.errors import UserError
-from kdlab.training.checkpoint import load_checkpoint, plain, save_checkpoint
+from kdlab.training.checkpoint import FORMAT, load_checkpoint, plain, save_checkpoint
+from kdlab.training.trainer import Trainer
+from support.training import registered, tiny_config
+
+#: a run folder (last.pt, config.yaml) written by kdlab before the layout of issue 24 (commit
+#: c96fe1c): one epoch of tests/support/training.py's tiny CE run, 64 synthetic images
+BEFORE_THE_MOVE = Path(__file__).resolve().parents[1] / "fixtures" / "checkpoint_v2"
 
 
 def _state(value: float) -> dict:
@@ -73,3 +82,24 @@ def test_pickled_objects_are_refused(tmp_path):
     torch.save({"obj": argparse.Namespace(a=1)}, tmp_path / "unsafe.pt")
     with pytest.raises(UserError, match="cannot be read"):
         load_checkpoint(tmp_path / "unsafe.pt")
+
+
+
+def test_a_run_saved_before_the_layout_move_resumes(tmp_path):
+    """A checkpoint of format 2 holds tensors and plain values only, so where the code that
+    wrote it lived does not matter: the trainer loads every state (distiller strictly,
+    optimiser, schedule) and trains the second epoch."""
+    run = tmp_path / "run"
+    shutil.copytree(BEFORE_THE_MOVE, run)
+    saved = load_checkpoint(run / "last.pt")
+    assert (saved["format"], saved["version"]) == (FORMAT, 2)
+    cfg = tiny_config(run, data={"train_subset": 64, "val_subset": 32},
+                      schedule={"name": "multistep", "epochs": 2, "milestones": [1],
+                                "gamma": 0.1})
+    with registered():
+        summary = Trainer(cfg, resume=True).fit()
+    resumed = load_checkpoint(run / "last.pt")
+    assert summary["epochs"] == 2 and resumed["epoch"] > saved["epoch"]
+    assert resumed["distiller"].keys() == saved["distiller"].keys()
+    assert any(not torch.equal(resumed["distiller"][k], v)
+               for k, v in saved["distiller"].items() if v.is_floating_point())
