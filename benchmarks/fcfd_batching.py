@@ -47,10 +47,10 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
-from kdlab import __version__
-from kdlab.engine.bench import PRESETS, cpu_name
+from kdlab.core.version import __version__
 from kdlab.methods import build_distiller
 from kdlab.models import build_model
+from kdlab.tools.bench.bench import PRESETS, cpu_name
 
 Path = tuple[int, int]
 

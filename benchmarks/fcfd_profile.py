@@ -35,9 +35,9 @@ import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 from torch.utils.flop_counter import FlopCounterMode
 
-from kdlab.engine.bench import PRESETS, cpu_name
 from kdlab.methods import METHODS, build_distiller
 from kdlab.models import build_model
+from kdlab.tools.bench.bench import PRESETS, cpu_name
 
 FORWARD = "_forward_total"
 

@@ -45,8 +45,8 @@ from profiling import (
     saved_memory_mib,
 )
 
-import kdlab.nn.bifpn as bifpn
-from kdlab.engine.bench import PRESETS, cpu_name
+import kdlab.methods.frskd.bifpn as bifpn
+from kdlab.tools.bench.bench import PRESETS, cpu_name
 
 STUDENT_FWD = "student forward"
 TEACHER_FWD = "self-teacher forward (BiFPNc + classifier)"

@@ -1,7 +1,7 @@
 """Paired rounds: NCHW vs channels-last, and eager vs torch.compile, per method, in one process.
 
 Each round times every method in every variant in turn (A B A B ...), each a fresh build
-(:func:`kdlab.engine.bench.bench_method`, the bench's step); a speed-up is the median over
+(:func:`kdlab.tools.bench.bench.bench_method`, the bench's step); a speed-up is the median over
 rounds of the ratio of the two variants' mean step times *in the same round*, so a load
 change between rounds hits both sides of each ratio. This is the evidence behind the default
 ``train.channels_last: auto`` and the advice on ``train.compile`` (docs/performance.md).
@@ -24,7 +24,14 @@ from pathlib import Path
 
 import torch
 
-from kdlab.engine.bench import PRESETS, _prime, bench_method, hardware, load_average, parse_methods
+from kdlab.tools.bench.bench import (
+    PRESETS,
+    _prime,
+    bench_method,
+    hardware,
+    load_average,
+    parse_methods,
+)
 
 VARIANTS = {  # name: (channels_last, compile)
     "nchw": (False, False),

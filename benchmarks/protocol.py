@@ -57,8 +57,8 @@ def hardware_line(threads: str) -> str:
 
     import torch
 
-    from kdlab.engine.bench import cpu_name
     from kdlab.runtime.threads import wait_policy
+    from kdlab.tools.bench.bench import cpu_name
 
     return (f"- hardware: {cpu_name()}, {os.cpu_count()} cores{threads}, OpenMP waits "
             f"{wait_policy()}; torch {torch.__version__}, Python {platform.python_version()}")

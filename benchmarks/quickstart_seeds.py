@@ -3,8 +3,8 @@
 Runs the README's main job through the real CLI once per seed (``kdlab quickstart --seed S
 --out RUNS/seedS``; a finished seed is reused by the quickstart itself), then writes a table
 of the four runs' top-1 per seed, their mean ± sample std, and the paired gains over the
-student alone (KD, FCFD) and of FCFD over KD. ``kdlab.quickstart.MEASURED_GAINS`` holds the
-gains the quickstart prints in its noise line; tests/test_quickstart.py holds them to the
+student alone (KD, FCFD) and of FCFD over KD. ``kdlab.tools.quickstart.MEASURED_GAINS`` holds the
+gains the quickstart prints in its noise line; tests/tools/test_quickstart.py holds them to the
 table.
 
     python benchmarks/quickstart_seeds.py --seeds 0,1,2      # one seed at a time, all cores
@@ -88,7 +88,7 @@ def defaults() -> str:
     """The quickstart's default settings that decide its numbers, as ``key=value`` pairs."""
     from dataclasses import asdict
 
-    from kdlab.quickstart import NEUTRAL_SETTINGS, QuickstartSettings
+    from kdlab.tools.quickstart import NEUTRAL_SETTINGS, QuickstartSettings
 
     return ", ".join(f"{k}={v}" for k, v in asdict(QuickstartSettings()).items()
                      if k not in NEUTRAL_SETTINGS)
@@ -105,7 +105,7 @@ def read_csv(path: Path) -> list[dict]:
 
 
 def measured(recs: list[dict]) -> dict:
-    """What ``kdlab.quickstart.MEASURED_GAINS`` should hold for these seeds."""
+    """What ``kdlab.tools.quickstart.MEASURED_GAINS`` should hold for these seeds."""
     return {label: (round(statistics.fmean(xs), 2), round(statistics.stdev(xs), 2))
             for label, xs in gains(recs).items()}
 
@@ -139,7 +139,7 @@ def main() -> None:
         results.with_suffix(".csv").write_text(buf.getvalue())
     results.with_suffix(".md").write_text(report(recs, args.extra))
     print(report(recs, args.extra))
-    print(f"kdlab.quickstart.MEASURED_SEEDS = {len(recs)}; MEASURED_GAINS =",
+    print(f"kdlab.tools.quickstart.MEASURED_SEEDS = {len(recs)}; MEASURED_GAINS =",
           json.dumps(measured(recs)))
 
 

@@ -1,6 +1,6 @@
 """The reliability page: what each bad input and injected fault gives through the CLI now.
 
-Runs every case of ``tests/test_reliability.py``'s table (recipes, settings, checkpoints,
+Runs every case of ``tests/cli/test_reliability.py``'s table (recipes, settings, checkpoints,
 data, export destinations, run folders) in a fresh temporary folder through
 ``kdlab.cli.main`` and records the exit status, the number of stderr lines, whether a
 traceback appeared and the message. The cases that need a fault (kill -9, a full or
@@ -22,11 +22,12 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "src")]
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "cli"), str(ROOT / "src")]
 
-from engine_support import registered  # noqa: E402
-from kdlab.cli import main  # noqa: E402
 from test_reliability import CASES, write_recipe  # noqa: E402
+
+from kdlab.cli import main  # noqa: E402
+from support.training import registered  # noqa: E402
 
 
 def run_case(make, finished: Path) -> tuple[int, list[str]]:  # noqa: ANN001

@@ -49,9 +49,9 @@ from profiling import (
     saved_memory_mib,
 )
 
-import kdlab.methods.reviewkd as reviewkd
-import kdlab.nn.abf as abf
-from kdlab.engine.bench import PRESETS, cpu_name
+import kdlab.methods.reviewkd.abf as abf
+import kdlab.methods.reviewkd.reviewkd as reviewkd
+from kdlab.tools.bench.bench import PRESETS, cpu_name
 
 STUDENT_FWD = "student forward"
 TEACHER_FWD = "teacher forward (inference mode)"

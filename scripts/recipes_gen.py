@@ -26,7 +26,7 @@ Usage (from the repository root)::
     python scripts/recipes_gen.py          # (re)write the recipes
     python scripts/recipes_gen.py --check  # exit 1 if a file differs from what it would write
 
-``tests/test_recipes.py`` runs the check, so an edited generated recipe or a changed
+``tests/core/test_recipes.py`` runs the check, so an edited generated recipe or a changed
 table here is noticed.
 """
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from kdlab.models.staged import Staged
+from kdlab.models.staged.view import Staged
 
 #: the whole suite (``pytest`` with no selection) must collect at least this many tests, so
 #: that a broken import that leaves only a few modules cannot pass as green

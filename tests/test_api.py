@@ -14,12 +14,12 @@ from torch.utils.data import DataLoader, Dataset
 import kdlab
 from conftest import tiny_staged
 from kdlab.cli import main
-from kdlab.config import DataConfig
+from kdlab.core.config import DataConfig
 from kdlab.data.memory import MemoryData
-from kdlab.data.synthetic import generate
-from kdlab.engine.checkpoint import load_checkpoint
 from kdlab.errors import UserError
 from kdlab.models import stage
+from kdlab.tasks.classification.datasets.synthetic import generate
+from kdlab.training.checkpoint import load_checkpoint
 
 CPU = torch.device("cpu")
 RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "fashion_mnist"
@@ -30,7 +30,7 @@ QUICK = {"batch_size": 32, "eval_batch_size": 64, "device": "cpu", "progress": "
 def _no_curves(request, monkeypatch):
     """curves.png costs ~1.5 s a run: drawn only where the run folder's files are compared."""
     if "run_folder" not in request.node.name:
-        monkeypatch.setattr("kdlab.engine.report.plot_curves", lambda *a, **k: None)
+        monkeypatch.setattr("kdlab.training.report.plot_curves", lambda *a, **k: None)
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +181,7 @@ def test_already_normalised_images(data, tmp_path):
 # --------------------------------------------------------------- the run folder
 def test_cli_refuses_a_run_from_memory_and_the_api_resumes_it(data, tmp_path, capsys,
                                                               monkeypatch):
-    import kdlab.engine.trainer as trainer_mod
+    import kdlab.training.trainer as trainer_mod
 
     settings = dict(method="fcfd", epochs=2, train=data[0], val=data[1], max_steps_per_epoch=2,
                     **QUICK)

@@ -1,5 +1,5 @@
 """Write kdlab's parity fixtures: every loss term computed by the reference implementations'
-own code on the same networks, weights and batch as kdlab (``tests/test_parity.py``).
+own code on the same networks, weights and batch as kdlab (``tests/methods/test_parity.py``).
 
 Usage (each path a checkout of that repository, e.g. ``git archive`` of the commit)::
 
@@ -73,7 +73,7 @@ INTENTIONAL = {
     ("reviewkd", "*", "review"): ("kdlab reviews the teacher's stage outputs as the staged "
                                   "view gives them (post-ReLU on ResNets); mdistiller's and "
                                   "the authors' CIFAR code take the teacher's pre-ReLU "
-                                  "features (documented in kdlab.methods.reviewkd)"),
+                                  "features (documented in kdlab.methods.reviewkd.reviewkd)"),
     ("sp", "mobilenetv2_from_vgg13", "sp"): STAGE_CUT,
 }
 JOINT_HEAD = ("kdlab's student joint head reads the student's pooled penultimate vector (what "
@@ -400,8 +400,9 @@ def simkd_terms(pair: str, teacher: Any, student: Any, d: Any,
     eval mode); the loss as their CIFAR script (``scripts/run_distill.sh``: ``-c 0 -d 0
     -b 1``): MSE of the projected student feature to the teacher's. Also returns their
     prediction through the reused classifier (what kdlab's composite student outputs)."""
-    from models import model_dict  # type: ignore[import-not-found]
     from models.util import SimKD  # type: ignore[import-not-found]
+
+    from models import model_dict  # type: ignore[import-not-found]
 
     t_name, s_name = P.PAIRS[pair]
     ref_t = model_dict[REF_NAMES[t_name]](num_classes=P.NUM_CLASSES).double().eval()

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from kdlab.methods import build_distiller
 from kdlab.methods.base import Distiller
 from kdlab.models import build_model
-from kdlab.models.staged import Features, Staged
+from kdlab.models.staged.view import Features, Staged
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "parity"
@@ -156,7 +156,7 @@ def _fixed_negatives(method: str) -> Iterator[None]:
     if method != "crd":
         yield
         return
-    import kdlab.nn.memory_bank as bank
+    import kdlab.methods.crd.memory_bank as bank
 
     original = bank.sample_negatives
     bank.sample_negatives = lambda i, n, k, generator=None: negatives(i, n, k)

@@ -28,7 +28,7 @@ networks (resnet32x4 -> resnet8x4 and the cross-architecture vgg13 -> mobilenetv
 every weight copied from kdlab's models and method modules into the reference's, one fixed
 batch of 4 images, float64. Each method runs with its CIFAR-100 recipe's options (the
 method's defaults where the pair has no recipe), so stage selection, bridges and loss
-weights are checked together with the formulas. CI (`tests/test_parity.py`) holds kdlab to
+weights are checked together with the formulas. CI (`tests/methods/test_parity.py`) holds kdlab to
 these numbers at a relative 1e-5; a term that differs on purpose is held to kdlab's own
 recorded value instead, so neither side can move unnoticed.
 
@@ -57,7 +57,7 @@ Methods without a fixture here, and what holds them instead: `ce` (the label los
 trains, so there is no frozen pair to copy; their terms are tested against direct
 computations of the papers' formulas, and online FCFD's pooled L2 against the authors' ReLU +
 pool); `skd` and `cwd` (segmentation; SKD's one step is tested equal to its authors'
-alternating student / critic steps in `tests/test_seg_methods.py`, CWD against the paper's
+alternating student / critic steps in `tests/methods/test_seg_methods.py`, CWD against the paper's
 formula).
 
 References:
@@ -90,7 +90,8 @@ tensor the student's joint head pools differs.
   mobilenetv2 gives before conv2 (160 channels) where the zoo's last stage includes it
   (1280): the projectors differ in shape, nothing to copy.
 - FRSKD's gradient flow (which parameters each term trains) is not a loss value: it is
-  tested against the authors' loop in `tests/test_frskd.py` and `tests/test_frskd_sla.py`.
+  tested against the authors' loop in `tests/methods/frskd/test_frskd.py` and
+  `tests/methods/frskd/test_frskd_sla.py`.
 - mdistiller's OFD and ReviewKD, the Knowledge-Distillation-Zoo's IRG and SRRL on the
   cross-architecture pair: the references' code is written for their ResNets (OFD, ReviewKD
   configuration), cannot run on mobilenetv2's channel gap (IRG-t halves channels once), or

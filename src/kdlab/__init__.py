@@ -7,8 +7,9 @@ compared with, on one training loop. See the README for the command line, and
 
 from typing import Any
 
-__version__ = "0.1.0"
-__all__ = ["distill", "train"]
+from kdlab.core.version import __version__
+
+__all__ = ["__version__", "distill", "train"]
 
 
 def __getattr__(name: str) -> Any:

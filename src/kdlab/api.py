@@ -6,10 +6,10 @@
 ...                        out="runs/my_fcfd")  # doctest: +SKIP
 
 This is the command line's run, fed with objects: the settings become the same
-:class:`~kdlab.config.RunConfig` (checked by the same validation), the one
-:class:`~kdlab.engine.trainer.Trainer` trains it, and the run folder holds the same files
+:class:`~kdlab.core.config.RunConfig` (checked by the same validation), the one
+:class:`~kdlab.training.trainer.Trainer` trains it, and the run folder holds the same files
 (``config.yaml``, ``metrics.csv``, ``best.pt`` / ``last.pt``, ``report.md``, plots). The
-objects reach the trainer through :class:`~kdlab.engine.prebuilt.Prebuilt`; the config names
+objects reach the trainer through :class:`~kdlab.training.prebuilt.Prebuilt`; the config names
 them ``memory:...``, so ``kdlab eval`` / ``export`` / ``--resume`` refuse the folder in one
 sentence and ``kdlab.distill(..., resume=True)`` with the same objects continues it.
 
@@ -28,7 +28,7 @@ from typing import Any
 
 from torch import nn
 
-from kdlab.config import (
+from kdlab.core.config import (
     DataConfig,
     ModelConfig,
     OptimConfig,
@@ -38,8 +38,8 @@ from kdlab.config import (
     build_dataclass,
     read_yaml,
 )
+from kdlab.core.registry import did_you_mean
 from kdlab.errors import UserError
-from kdlab.registry import did_you_mean
 
 SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig,
                              "schedule": ScheduleConfig, "train": TrainConfig}
@@ -152,10 +152,10 @@ def prepare_run(
     epochs: int | None, recipe: str | Path | None, num_classes: int | None, resume: bool,
     default_method: str, settings: dict[str, Any],
 ) -> tuple[RunConfig, Any]:
-    """The run's config and its :class:`~kdlab.engine.prebuilt.Prebuilt` objects."""
+    """The run's config and its :class:`~kdlab.training.prebuilt.Prebuilt` objects."""
     from kdlab.data.memory import MemoryData
-    from kdlab.engine.prebuilt import Prebuilt, memory_name
     from kdlab.methods import METHODS
+    from kdlab.training.prebuilt import Prebuilt, memory_name
 
     tree = copy.deepcopy(read_yaml(recipe)) if recipe is not None else {}
     recipe_method = tree.get("method", {})
@@ -217,8 +217,8 @@ def prepare_run(
 
 def fit(*, default_method: str, **kwargs: Any) -> tuple[nn.Module, dict[str, Any]]:
     """Train as :func:`distill` describes; returns the trained student and the run summary."""
-    from kdlab.commands.training import print_summary
-    from kdlab.engine.trainer import Trainer
+    from kdlab.training.report import print_summary
+    from kdlab.training.trainer import Trainer
 
     settings = kwargs.pop("settings")
     cfg, prebuilt = prepare_run(default_method=default_method, settings=settings, **kwargs)

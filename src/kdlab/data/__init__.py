@@ -1,4 +1,10 @@
-"""Datasets and loaders: Fashion-MNIST (default), CIFAR-10/100, ImageNet folders, synthetic.
+"""The data machinery every task shares: the dataset registry (:mod:`.base`, filled by each
+task's ``datasets``), loaders that keep small datasets on the device and augment them there
+(:mod:`.loaders`, :mod:`.device_loader`, :mod:`.augment`), file loaders with workers
+(:mod:`.folder_loader`), per-index sampling (:mod:`.sampling`), the in-memory data of the
+Python API (:mod:`.memory`), the Fashion-MNIST files and the scenes generated from them
+(:mod:`.fashion_mnist`, :mod:`.scenes`, :mod:`.scene_sets`, :mod:`.dense_loader`,
+:mod:`.dense_augment`) and the teacher soft-label cache's reader (:mod:`.soft_labels`).
 
 >>> from kdlab.data import build_loaders, describe
 >>> describe("fashion_mnist").num_classes
@@ -10,10 +16,7 @@ Every loader yields ``(images, targets, index)`` on the requested device (see
 
 from __future__ import annotations
 
-from kdlab.autoimport import import_submodules
 from kdlab.data.base import DATASETS, DatasetInfo, Loaders
 from kdlab.data.loaders import build_loaders, describe
-
-import_submodules(__name__)
 
 __all__ = ["DATASETS", "DatasetInfo", "Loaders", "build_loaders", "describe"]

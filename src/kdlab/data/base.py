@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import torch
 
-from kdlab.registry import Registry
+from kdlab.core.registry import Registry
 
 if TYPE_CHECKING:
-    from kdlab.config import DataConfig
+    from kdlab.core.config import DataConfig
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class Loaders:
     train: EpochLoader
     val: EpochLoader
     info: DatasetInfo
-    #: with ``data.teacher_cache``: the :class:`~kdlab.data.teacher_cache.CachedTeacher` whose
+    #: with ``data.teacher_cache``: the :class:`~kdlab.data.soft_labels.CachedTeacher` whose
     #: stored views the train loader yields (the distiller reads the teacher's outputs from it)
     teacher_cache: Any = None
 
@@ -71,4 +71,5 @@ class DatasetSource:
         raise NotImplementedError
 
 
-DATASETS: Registry[type[DatasetSource]] = Registry("dataset")
+#: filled by kdlab.tasks (each task's datasets)
+DATASETS: Registry[type[DatasetSource]] = Registry("dataset", filled_by=("kdlab.tasks",))

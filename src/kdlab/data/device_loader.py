@@ -5,7 +5,7 @@ index, moved to the device if it is not there already, augmented there as batche
 (:mod:`kdlab.data.augment`) and normalised. Order and augmentation of an epoch come from one
 CPU generator seeded from ``(seed, epoch)``; augmentation parameters are drawn per dataset
 index, so they do not depend on the batch size or the number of ranks. With a teacher
-soft-label cache (``views``, a :class:`~kdlab.data.teacher_cache.CachedTeacher`) each image's
+soft-label cache (``views``, a :class:`~kdlab.data.soft_labels.CachedTeacher`) each image's
 augmentation is instead the stored view the cache picks for it in the epoch.
 """
 
@@ -21,7 +21,7 @@ from kdlab.data.base import Batch
 from kdlab.data.sampling import EpochPlan
 
 if TYPE_CHECKING:
-    from kdlab.data.teacher_cache import CachedTeacher
+    from kdlab.data.soft_labels import CachedTeacher
 
 
 class TensorLoader(EpochPlan):

@@ -1,6 +1,9 @@
-"""Fashion-MNIST (Xiao, Rasul & Vollgraf 2017, arXiv:1708.07747): 28x28 grey clothing images.
+"""Fashion-MNIST's files (Xiao, Rasul & Vollgraf 2017, arXiv:1708.07747): 28x28 grey clothing
+images, read by the embedded default dataset
+(:mod:`kdlab.tasks.classification.datasets.fashion_mnist`) and by the scene generator of the
+dense tasks (:mod:`kdlab.data.scene_sets`).
 
-The embedded default. The four original IDX files (gzip-compressed or not) are read directly.
+The four original IDX files (gzip-compressed or not) are read directly.
 With ``data.root`` set they are looked for there (or in torchvision's ``FashionMNIST/raw``
 below it) and downloaded there if missing and ``data.download`` is true. Without it: Debian's
 ``dataset-fashion-mnist`` package (``/usr/share/datasets/fashion-mnist``), then
@@ -19,10 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kdlab.config import DataConfig
-from kdlab.data.augment import CropFlip
-from kdlab.data.base import DATASETS, DatasetInfo
-from kdlab.data.loaders import Split, TensorSource
+from kdlab.data.loaders import Split
 from kdlab.errors import UserError
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -156,21 +156,3 @@ def locate(root: str | None, allow_download: bool) -> dict[str, Path]:
     if files is None:
         raise not_found(places, "the files did not appear")
     return files
-
-
-@DATASETS.register("fashion_mnist")
-class FashionMNIST(TensorSource):
-    """Fashion-MNIST, 1x28x28, 10 clothing classes, 60000 train / 10000 test (the default).
-
-    Augmentation: random 28x28 crop of the image zero-padded by 2, and a horizontal flip. The
-    items are centred and fill most of the frame, so 2 pixels (the CIFAR recipe's 4/32 scaled
-    down) shift them without cutting them off; every class (shirts, bags, shoes) keeps its
-    label when mirrored (a shoe pointing right is still a shoe), so the flip is safe.
-    """
-
-    info = DatasetInfo(name="fashion_mnist", num_classes=10, in_channels=1, input_size=28,
-                       train_size=60000, val_size=10000, mean=(0.2860,), std=(0.3530,))
-    augmentation = CropFlip(pad=2, flip=True)
-
-    def load(self, cfg: DataConfig) -> tuple[Split, Split]:
-        return load_folder(locate(cfg.root, cfg.download))

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
-from kdlab.config import DataConfig
+from kdlab.core.config import DataConfig
 from kdlab.data.augment import CropFlip
 from kdlab.data.base import DATASETS, DatasetInfo, DatasetSource, Loaders
 from kdlab.data.device_loader import TensorLoader
@@ -23,7 +23,7 @@ from kdlab.data.pixels import pixel_scale
 from kdlab.errors import UserError
 
 if TYPE_CHECKING:
-    from kdlab.data.teacher_cache import CachedTeacher
+    from kdlab.data.soft_labels import CachedTeacher
 
 Split = tuple[torch.Tensor, torch.Tensor]  # uint8 (N, C, H, W), int64 (N,)
 
@@ -105,7 +105,7 @@ class TensorSource(DatasetSource):
                    seed: int) -> CachedTeacher:
         """``data.teacher_cache`` opened and checked against these training images (uint8,
         after ``train_subset``) and augmentation; views picked from the run's ``seed``."""
-        from kdlab.data.teacher_cache import (
+        from kdlab.data.soft_labels import (
             CachedTeacher,
             TeacherCache,
             augmentation_meta,

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from kdlab.config import DataConfig
+from kdlab.core.config import DataConfig
 from kdlab.data.augment import CropFlip, crop_flip, normalise
 from kdlab.data.base import DatasetInfo, DatasetSource, Loaders
 from kdlab.data.device_loader import TensorLoader

@@ -1,5 +1,5 @@
-"""``scenes_seg`` and ``scenes_det``: Fashion-MNIST scenes (:mod:`kdlab.data.scenes`) as
-registered datasets, held on the device and augmented there.
+"""Fashion-MNIST scenes (:mod:`kdlab.data.scenes`) as registered datasets (``scenes_seg`` of the
+segmentation task, ``scenes_det`` of detection), held on the device and augmented there.
 
 Settings (``data.*``): ``canvas`` (side in pixels, default 64), ``scenes_train`` /
 ``scenes_val`` (scenes per split, default 10000 / 2000; ``train_subset`` / ``val_subset``
@@ -20,9 +20,9 @@ from typing import ClassVar
 
 import torch
 
-from kdlab.config import DataConfig
+from kdlab.core.config import DataConfig
 from kdlab.data import fashion_mnist as fm
-from kdlab.data.base import DATASETS, DatasetInfo, DatasetSource, Loaders
+from kdlab.data.base import DatasetSource, Loaders
 from kdlab.data.dense_augment import JointCropFlip
 from kdlab.data.dense_loader import DenseTensorLoader
 from kdlab.data.loaders import check_batches, subset_size
@@ -76,29 +76,3 @@ class ScenesSource(DatasetSource):
         check_batches(len(train), cfg, nt, world_size)
         info = dataclasses.replace(self.info, train_size=nt, val_size=nv, input_size=cfg.canvas)
         return Loaders(train=train, val=val, info=info)
-
-
-@DATASETS.register("scenes_seg")
-class ScenesSeg(ScenesSource):
-    """Fashion-MNIST scenes (generated), 1x64x64, 11 classes (background + 10), ignore 255.
-
-    Label 0 is background, ``1 + c`` garment class ``c``; 10000 / 2000 scenes by default
-    (``data.canvas``, ``data.scenes_train``, ``data.scenes_val``)."""
-
-    info = DatasetInfo(name="scenes_seg", num_classes=11, in_channels=1, input_size=64,
-                       train_size=10000, val_size=2000, mean=MEAN, std=STD,
-                       task="segmentation", ignore_index=IGNORE_INDEX)
-    kind = "mask"
-
-
-@DATASETS.register("scenes_det")
-class ScenesDet(ScenesSource):
-    """Fashion-MNIST scenes (generated) with boxes, 1x64x64, 10 object classes, labels 1..10.
-
-    ``num_classes`` counts the object classes only (background is not a class here): a
-    torchvision detector is built with ``num_classes + 1`` outputs, label 0 = background."""
-
-    info = DatasetInfo(name="scenes_det", num_classes=10, in_channels=1, input_size=64,
-                       train_size=10000, val_size=2000, mean=MEAN, std=STD,
-                       task="detection")
-    kind = "boxes"

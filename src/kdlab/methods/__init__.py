@@ -1,20 +1,27 @@
-"""Method registry: every entry is a :class:`~kdlab.methods.base.Distiller` subclass."""
+"""Method registry: every entry is a :class:`~kdlab.methods.base.Distiller` subclass.
+
+One folder per method (``kdlab.methods.fcfd``, ``kdlab.methods.kd``, ...) holds the method,
+its private losses and modules, and its variants for other tasks; :mod:`.shared` holds what
+two methods or more use, :mod:`.base` the Distiller and :mod:`.detection_base` the base of the
+detection variants. :data:`METHODS` imports every module below this package on its first
+lookup, so a new folder registers itself.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
-from kdlab.autoimport import import_submodules
-from kdlab.config import build_dataclass
-from kdlab.domains import check_method_domains
+from kdlab.core.config import build_dataclass
+from kdlab.core.domains import check_method_domains
+from kdlab.core.registry import Registry
 from kdlab.errors import UserError
 from kdlab.methods.base import Distiller, Losses
-from kdlab.models.staged import Staged
-from kdlab.registry import Registry
+from kdlab.models.staged.view import Staged
 from kdlab.tasks import Task, build_task
 
-METHODS: Registry = Registry("method")
+#: filled by every module below kdlab.methods (one folder per method)
+METHODS: Registry = Registry("method", filled_by=("kdlab.methods",))
 
 
 def build_distiller(
@@ -52,7 +59,5 @@ def check_stages(name: str, cls: type[Distiller], student: Staged,
                 f"transformer); use a method on logits or embeddings ({', '.join(stage_free)}) "
                 "or a convolutional network.")
 
-
-import_submodules(__name__)
 
 __all__ = ["METHODS", "Distiller", "Losses", "build_distiller"]

@@ -8,7 +8,6 @@ the recipe's ``method:`` block is checked against it, so an unknown key is an er
 from __future__ import annotations
 
 import contextlib
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
@@ -18,7 +17,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from kdlab.errors import UserError
-from kdlab.models.staged import Features, Staged
+from kdlab.models.staged.view import Features, Staged
 from kdlab.nn.batch_stats import batch_statistics
 from kdlab.tasks import Task, build_task
 
@@ -32,7 +31,7 @@ class NoConfig:
 
 class TeacherLogits(Protocol):
     """Where a distiller may read the teacher's logits from instead of running the teacher
-    (a :class:`kdlab.data.teacher_cache.CachedTeacher`)."""
+    (a :class:`kdlab.data.soft_labels.CachedTeacher`)."""
 
     def logits(self, index: Tensor) -> Tensor:
         """The teacher's logits ``(B, C)`` for the batch's dataset indices ``index``."""
@@ -78,7 +77,7 @@ class Distiller(nn.Module):
     #: The tasks (``kdlab.tasks``) this method can distil; the run's ``task`` must be one.
     tasks: ClassVar[tuple[str, ...]] = ("classification",)
     #: False for a method that reads only logits and pooled embeddings: it also distils
-    #: networks whose staged view has no stages (timm's ViTs, see kdlab.models.timm_models).
+    #: networks whose staged view has no stages (timm's ViTs, see kdlab.models.timm).
     uses_stages: ClassVar[bool] = True
     #: Some trainable parameters may get no gradient in a step (e.g. sampled paths); tells
     #: DistributedDataParallel to look for unused parameters.
@@ -204,9 +203,10 @@ class Distiller(nn.Module):
         super().__init_subclass__(**kwargs)
         cls.combinable = cls.losses is not Distiller.losses
 
-    #: Classes that run this method on another task, as ``{task: "module:Class"}`` (imported
-    #: when asked for): e.g. FCFD on a detector. Not inherited: a subclass names its own.
-    variants: ClassVar[dict[str, str]] = {}
+    #: Classes that run this method on another task, as ``{task: class}``, set beside the
+    #: method in its folder's ``__init__`` (e.g. ``kdlab.methods.fcfd``: FCFD on a detector).
+    #: Not inherited: a subclass names its own.
+    variants: ClassVar[dict[str, type[Distiller]]] = {}
 
     @classmethod
     def supported_tasks(cls) -> tuple[str, ...]:
@@ -220,8 +220,7 @@ class Distiller(nn.Module):
         where it names one (:attr:`variants`), else itself where it supports the task."""
         target = cls.__dict__.get("variants", {}).get(task)
         if target is not None:
-            module, _, name = target.partition(":")
-            return getattr(importlib.import_module(module), name)
+            return target
         if task not in cls.tasks:
             raise UserError(f"Method {cls.__name__} does not support task {task!r} (it supports "
                             f"{', '.join(cls.supported_tasks())}); pick a method for {task}, see "

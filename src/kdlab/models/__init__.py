@@ -1,4 +1,4 @@
-"""Model registry: every entry builds a :class:`~kdlab.models.staged.Staged` network.
+"""Model registry: every entry builds a :class:`~kdlab.models.staged.view.Staged` network.
 
 A builder takes ``num_classes``, ``in_channels`` and ``input_size`` keyword arguments (and
 ``pretrained`` when it has pretrained weights) and returns a ``Staged`` view whose ``net`` is
@@ -13,12 +13,12 @@ from typing import Any
 
 from torch import nn
 
-from kdlab.autoimport import import_submodules
+from kdlab.core.registry import Registry
 from kdlab.errors import UserError
-from kdlab.models.staged import Features, Staged, StageInfo
-from kdlab.registry import Registry
+from kdlab.models.staged.view import Features, Staged, StageInfo
 
-MODELS: Registry = Registry("model")
+#: filled by kdlab.models (CIFAR zoo, torchvision, timm) and kdlab.tasks (each task's networks)
+MODELS: Registry = Registry("model", filled_by=("kdlab.models", "kdlab.tasks"))
 _SHAPE_ARGS = {"num_classes", "in_channels", "input_size", "pretrained"}
 
 
@@ -53,7 +53,7 @@ def build_model(
 
     ``name``: a registered model, ``timm/<any timm model>`` (the ``[timm]`` extra), or an
     existing network: a :class:`Staged` view is returned as it is, a timm or torchvision ResNet
-    module is staged by :func:`~kdlab.models.staging.auto_stage`; stage any other network
+    module is staged by :func:`~kdlab.models.staged.staging.auto_stage`; stage any other network
     with :func:`stage`. ``num_classes`` is needed for a name (a module's is read from it).
 
     ``pretrained``: ``True`` for torchvision's ImageNet weights (a download), or the path of a
@@ -99,9 +99,7 @@ def build_model(
     return staged
 
 
-from kdlab.models.staging import auto_stage, stage  # noqa: E402 - needs MODELS above
-
-import_submodules(__name__)
+from kdlab.models.staged.staging import auto_stage, stage  # noqa: E402 - needs MODELS above
 
 __all__ = ["MODELS", "Features", "StageInfo", "Staged", "auto_stage", "build_model",
            "has_pretrained", "model_task", "pretrained_models", "stage"]

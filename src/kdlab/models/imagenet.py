@@ -1,7 +1,7 @@
 """ImageNet-size networks: torchvision's ResNets and MobileNetV2, and the KD papers' MobileNet v1.
 
 The torchvision networks are used as they are (``weights=None`` unless ``pretrained``) and
-seen through :class:`~kdlab.models.staged.Staged` by naming torchvision's own modules; for
+seen through :class:`~kdlab.models.staged.view.Staged` by naming torchvision's own modules; for
 ``in_channels != 3`` only the first convolution is replaced. ``pretrained=True`` loads
 torchvision's original ImageNet weights (``IMAGENET1K_V1``: the teachers of the KD papers'
 ImageNet tables, e.g. ResNet-34 73.3 and ResNet-50 76.1 top-1; torchvision's newer
@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from kdlab.errors import UserError
 from kdlab.models import MODELS
 from kdlab.models.init import he_init
-from kdlab.models.staged import Staged
+from kdlab.models.staged.view import Staged
 
 _RESNET_STAGES = [["conv1", "bn1", "relu", "maxpool"], ["layer1"], ["layer2"], ["layer3"],
                   ["layer4"]]

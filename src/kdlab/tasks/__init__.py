@@ -7,9 +7,6 @@
 
 from __future__ import annotations
 
-from kdlab.autoimport import import_submodules
 from kdlab.tasks.base import TASKS, Task, build_task
-
-import_submodules(__name__)
 
 __all__ = ["TASKS", "Task", "build_task"]

@@ -15,8 +15,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from kdlab.core.registry import Registry
 from kdlab.errors import UserError
-from kdlab.registry import Registry
 
 
 class Task:
@@ -77,7 +77,7 @@ class Task:
         return []
 
 
-TASKS: Registry[type[Task]] = Registry("task")
+TASKS: Registry[type[Task]] = Registry("task", filled_by=("kdlab.tasks",))
 
 
 def build_task(name: str, ignore_index: int | None = None, *, num_classes: int | None = None,

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from kdlab.models import MODELS
 from kdlab.models.init import he_init
-from kdlab.models.staged import Staged
+from kdlab.models.staged.view import Staged
 
 # (expansion t, output channels c, blocks n, first stride s) of each block group.
 _SETTINGS = (

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from kdlab.models import MODELS
-from kdlab.models.staged import Staged
+from kdlab.models.staged.view import Staged
 
 
 class ChannelShuffle(nn.Module):

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from kdlab.models import MODELS
 from kdlab.models.cifar.shufflenetv1 import ChannelShuffle
-from kdlab.models.staged import Staged
+from kdlab.models.staged.view import Staged
 
 
 def _pw(in_planes: int, planes: int) -> nn.Conv2d:

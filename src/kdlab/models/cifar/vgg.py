@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from kdlab.models import MODELS
 from kdlab.models.init import he_init
-from kdlab.models.staged import Staged
+from kdlab.models.staged.view import Staged
 
 _CONFIGS: dict[str, tuple[tuple[int, ...], ...]] = {
     "vgg8": ((64,), (128,), (256,), (512,), (512,)),

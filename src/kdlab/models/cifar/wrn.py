@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from kdlab.models import MODELS
 from kdlab.models.init import he_init
-from kdlab.models.staged import Staged
+from kdlab.models.staged.view import Staged
 
 
 class PreActBlock(nn.Module):

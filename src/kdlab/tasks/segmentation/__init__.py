@@ -1,8 +1,7 @@
 """The segmentation task: :class:`~kdlab.tasks.segmentation.task.Segmentation` ("segmentation"),
-its metrics (:mod:`.metrics`), whole-image / sliding-window inference (:mod:`.inference`) and
-report pictures (:mod:`.figures`)."""
-
-from __future__ import annotations
+its metrics (:mod:`.metrics`), whole-image / sliding-window inference (:mod:`.inference`),
+report pictures (:mod:`.figures`), its networks (:mod:`.models`) and datasets
+(:mod:`.datasets`)."""
 
 from kdlab.tasks.segmentation.task import Segmentation
 

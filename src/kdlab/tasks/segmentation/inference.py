@@ -1,9 +1,9 @@
 """Score maps of a segmentation network at the label resolution: whole image or sliding window.
 
-A network's output may be a score tensor ``(B, K, h, w)`` (a :class:`~kdlab.models.staged.Staged`
-view's forward), an object with ``logits`` (its ``Features``) or torchvision's
-``{"out": ..., "aux": ...}``; it is at the decoder's resolution and is upsampled bilinearly
-(``align_corners=False``) to the image size here.
+A network's output may be a score tensor ``(B, K, h, w)`` (a
+:class:`~kdlab.models.staged.view.Staged` view's forward), an object with ``logits`` (its
+``Features``) or torchvision's ``{"out": ..., "aux": ...}``; it is at the decoder's resolution
+and is upsampled bilinearly (``align_corners=False``) to the image size here.
 """
 
 from __future__ import annotations

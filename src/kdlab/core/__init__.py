@@ -1,0 +1,4 @@
+"""The lowest layer above :mod:`kdlab.errors` and :mod:`kdlab.runtime`: the registry class
+and plugins (:mod:`.registry`, :mod:`.plugins`, :mod:`.autoimport`), the run configuration
+and its recipe YAML (:mod:`.config`, :mod:`.recipe_yaml`), the allowed range of each setting
+(:mod:`.domains`) and the version (:mod:`.version`). Nothing here imports a higher layer."""

@@ -1,0 +1,276 @@
+"""Run configuration: dataclasses, YAML recipes and dotted overrides.
+
+A run is a YAML recipe plus ``--set key.sub=value`` overrides. Every key is checked against
+the dataclasses below (and a method's own ``Config``); an unknown key or a value of the
+wrong type is a :class:`~kdlab.errors.UserError` naming the key and the closest known keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from kdlab.core.recipe_yaml import DuplicateKeyError, load_yaml, read_text, yaml_problem
+from kdlab.core.registry import did_you_mean
+from kdlab.errors import UserError
+
+T = TypeVar("T")
+
+
+@dataclass
+class DataConfig:
+    name: str = "fashion_mnist"
+    root: str | None = None  # dataset folder; None = the dataset's default places
+    download: bool = True  # let torchvision download when the data is not found locally
+    batch_size: int = 64
+    eval_batch_size: int = 512
+    num_workers: int = 2  # for datasets read from disk; device-resident sets need none
+    device_resident: bool | None = None  # None = automatic (small sets live on the device)
+    augment: bool = True
+    train_subset: int | None = None  # use only the first N training images (quick runs)
+    val_subset: int | None = None
+    # a teacher soft-label cache (`kdlab cache-teacher`): logit-only methods read the teacher's
+    # outputs on stored augmented views from it instead of running the teacher
+    teacher_cache: str | None = None
+    # Fashion-MNIST scenes (scenes_seg / scenes_det): canvas side and scenes per split
+    canvas: int = 64
+    scenes_train: int = 10000
+    scenes_val: int = 2000
+    # in-memory data only (kdlab.distill): per-channel normalisation on the [0, 1] scale
+    # (null: measured on the training images), or images that are already normalised
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    normalized: bool = False
+
+
+@dataclass
+class ModelConfig:
+    student: str = "resnet8"
+    teacher: str | None = None
+    # A teacher's weights come from exactly one of these two:
+    teacher_checkpoint: str | None = None  # a run's best.pt or an exported .safetensors
+    teacher_pretrained: bool | str = False  # true: torchvision's ImageNet weights; or a local file
+    student_pretrained: bool | str = False  # start the student from them (fine-tuning)
+    # architecture options of the networks' builders, e.g. {aux: true} (an auxiliary head)
+    student_options: dict[str, Any] = field(default_factory=dict)
+    teacher_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"  # sgd | adamw
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "multistep"  # multistep | cosine | constant | poly (per iteration)
+    epochs: int = 240
+    milestones: list[int] = field(default_factory=lambda: [150, 180, 210])
+    gamma: float = 0.1
+    warmup_epochs: int = 0
+    power: float = 0.9  # poly: lr * (1 - iteration / iterations) ** power
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:1 | mps
+    amp: str = "none"  # none | bf16 | fp16
+    # auto: channels-last (NHWC) on CPU and CUDA, where it is faster (docs/performance.md)
+    channels_last: bool | str = "auto"
+    # true: torch.compile with inductor; or a torch.compile backend name (e.g. aot_eager)
+    compile: bool | str = False
+    out_dir: str = "runs/default"
+    eval_every: int = 1
+    max_steps_per_epoch: int | None = None  # cut epochs short (smoke tests, benchmarks)
+    progress: str = "auto"  # auto | bar | lines | none
+    # CPU intra-op threads: auto = the cores this process may use (affinity, cgroup quota),
+    # less busy DataLoader workers (kdlab.runtime.threads); or a number
+    threads: int | str = "auto"
+
+
+@dataclass
+class RunConfig:
+    task: str = "classification"  # classification | segmentation | detection (kdlab.tasks)
+    task_options: dict[str, Any] = field(default_factory=dict)  # e.g. {aux_weight: 0.4}
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: dict[str, Any] = field(default_factory=lambda: {"name": "ce"})
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    plugins: list[str] = field(default_factory=list)  # modules imported first (kdlab.core.plugins)
+
+    @property
+    def method_name(self) -> str:
+        return str(self.method.get("name", "ce"))
+
+    @property
+    def method_options(self) -> dict[str, Any]:
+        return {k: v for k, v in self.method.items() if k != "name"}
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------- validation
+_KIND = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+         list: "a list", dict: "a mapping"}
+
+
+def _kind(tp: Any) -> str:
+    """How a value of annotation ``tp`` is described to the user ("an integer", ...)."""
+    origin = typing.get_origin(tp) or tp
+    if origin is Sequence or origin is tuple:
+        origin = list
+    if origin is Mapping:
+        origin = dict
+    return _KIND.get(origin, f"a {getattr(origin, '__name__', origin)}")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; allow int -> float. Raise UserError."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        choices = [arg for arg in args if arg is not type(None)]
+        errors = []
+        for arg in choices:
+            try:
+                return _coerce(value, arg, where)
+            except UserError as e:
+                errors.append(e)
+        if len(errors) == 1:
+            raise errors[0]
+        raise UserError(f"{where} must be {' or '.join(_kind(a) for a in choices)}, "
+                        f"got {value!r}.")
+    if origin in (list, Sequence, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{where} must be {_kind(tp)}, got {value!r}.")
+        (item_tp, *_) = typing.get_args(tp) or (Any,)
+        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin in (dict, Mapping):
+        if not isinstance(value, Mapping):
+            raise UserError(f"{where} must be {_kind(tp)}, got {value!r}.")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        return build_dataclass(tp, value, where=where)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"{where} must be {_kind(tp)}, got {value!r}.")
+        if not math.isfinite(value):  # .nan / .inf: never a meaningful setting
+            raise UserError(f"{where} must be a finite number, got {value!r}.")
+        return float(value)
+    if tp in (int, bool, str):
+        # bool is a subclass of int: `true` is not an integer, 1 is not true.
+        if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+            raise UserError(f"{where} must be {_kind(tp)}, got {value!r}.")
+        return value
+    return value
+
+
+def build_dataclass(cls: type[T], values: Mapping[str, Any] | None, *, where: str) -> T:
+    """Build dataclass ``cls`` from a mapping; unknown keys and wrong types are UserErrors."""
+    if values is None:
+        values = {}
+    if isinstance(values, cls):
+        return values
+    if not isinstance(values, Mapping):
+        raise UserError(f"{where} must be a mapping of keys to values, got {values!r}.")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in names:
+            raise UserError(
+                f"Unknown key {where}.{key}.{did_you_mean(str(key), names)} "
+                f"Known keys: {', '.join(names)}."
+            )
+        kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
+    return cls(**kwargs)
+
+
+# --------------------------------------------------------------------- loading
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``'optim.lr=0.1'`` -> (['optim', 'lr'], 0.1); the value is read as YAML."""
+    if "=" not in text:
+        raise UserError(f"Override {text!r} must look like key.sub=value, e.g. optim.lr=0.05.")
+    key, raw = text.split("=", 1)
+    path = [p for p in key.strip().split(".") if p]
+    if not path:
+        raise UserError(f"Override {text!r} has an empty key; write e.g. optim.lr=0.05.")
+    try:
+        value = load_yaml(raw) if raw.strip() else None
+    except DuplicateKeyError as e:
+        raise UserError(f"Override {text!r}: {e}; give each key once.") from None
+    except yaml.YAMLError:
+        value = raw
+    return path, value
+
+
+def apply_overrides(tree: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Set each ``key.sub=value`` in a nested dict (creating levels as needed)."""
+    for text in overrides:
+        path, value = parse_override(text)
+        node = tree
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise UserError(f"Override {text!r}: {part!r} is a value, not a section.")
+            node = child
+        node[path[-1]] = value
+    return tree
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A recipe's sections; a missing, binary, empty or repeated-key file is a UserError."""
+    p = Path(path)
+    try:
+        tree = load_yaml(read_text(p, "Recipe"))
+    except DuplicateKeyError as e:
+        raise UserError(f"Recipe {str(p)!r} is ambiguous: {e}; keep one.") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"Recipe {str(p)!r} is not valid YAML ({yaml_problem(e)}); fix the "
+                        "file.") from None
+    if tree is None or tree == {}:
+        raise UserError(f"Recipe {str(p)!r} is empty; a recipe needs at least a data, model, "
+                        "method and schedule section (copy one from `recipes/`).")
+    if not isinstance(tree, dict):
+        raise UserError(f"Recipe {str(p)!r} must be a mapping of sections (data, model, ...).")
+    return tree
+
+
+def load_config(recipe: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
+    """Read a recipe (or start from the defaults), apply overrides and validate."""
+    tree = read_yaml(recipe) if recipe is not None else {}
+    tree = apply_overrides(tree, overrides)
+    method = tree.get("method", {"name": "ce"})
+    if isinstance(method, str):
+        tree["method"] = {"name": method}
+    elif isinstance(method, Mapping) and "name" not in method:
+        raise UserError("The method section needs a name, e.g. `method: {name: kd}`.")
+    return build_dataclass(RunConfig, tree, where="config")
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    from kdlab.runtime.files import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(cfg.to_dict(), sort_keys=False))

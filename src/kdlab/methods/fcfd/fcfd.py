@@ -1,0 +1,445 @@
+"""FCFD: Function-Consistent Feature Distillation.
+
+Liu, Kan, Shan & Chen, "Function-Consistent Feature Distillation", ICLR 2023. Both networks are
+cut into N stages; at positions k a student feature is judged by its appearance (``L_app``,
+Eq. 5) and by its function: bridged through the teacher's later stages (``L_func``, path
+``<k, delta=1>``, Eq. 6) and, the other way round, a bridged teacher feature through the
+student's later stages (``L_func'``, path ``<k, delta=0>``, Eq. 7). Each iteration samples
+``|S|`` of the candidate paths (Eq. 9). See ``docs/fcfd.md`` for how every term maps to the
+paper and where we differ from the authors' code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from kdlab.errors import UserError
+from kdlab.methods import METHODS
+from kdlab.methods.base import Distiller, Losses
+from kdlab.methods.fcfd.losses import app_loss, func_l2_loss, pooled_l2_loss
+from kdlab.methods.shared.bridge import Bridge
+from kdlab.methods.shared.logits import dkd_loss, kd_loss
+from kdlab.methods.shared.simkd_projector import ReusedHead, SimKDProjector, SimKDStudent
+from kdlab.models.staged.view import Features
+from kdlab.nn.chunked_bn import chunked_batchnorm
+from kdlab.nn.path_bn import PathStats
+
+#: the function terms a sampled path can produce, in the order they are reported
+PATH_TERMS = ("func_l2", "func_kl", "funcp_kl", "funcp_l2")
+Path = tuple[int, int]  # (k, delta): 1-based position, 1 = student->teacher, 0 = teacher->student
+
+
+@METHODS.register("fcfd")
+class FCFD(Distiller):
+    """FCFD (Liu et al., ICLR 2023): L_task + L_kd + sum_K L_app + sampled L_func / L_func'.
+
+    On segmentation networks the same method distils backbone stages with the decoder as
+    the lens: L_func runs a bridged student feature through the teacher's later stages and
+    decoder (L2 at every later stage and on the decoder's feature map when ``pooled_l2``,
+    pixel-wise KL on the score map), L_func' the other way round (see docs/segmentation.md).
+    """
+
+    tasks = ("classification", "segmentation")
+
+    @dataclass
+    class Config:
+        """FCFD hyper-parameters; defaults are the paper's CIFAR-100 setting (App. A.1).
+
+        Positions use the paper's 1-based stage numbering: ``k`` in ``1..N`` names the
+        output of stage ``k`` (``F^k``), i.e. ``Staged.features(x).stages[k - 1]``. With
+        the default ``k_min = 2`` on 4-stage networks the function paths start at
+        ``k in {2, 3}`` (four candidates ``<k, delta>``, App. H.2) and ``L_app`` is applied
+        at ``k in {2, 3, 4}`` (every position from ``k_min`` on, as in the authors' code).
+
+        The L2 weights default to 5.0, the value of nine of the authors' ten published CIFAR
+        configurations (only resnet20 <- resnet56 uses 0.02); the temperature to 4 (six of
+        ten; the recipes set 8 where the authors do). ``teacher_bn``: ``eval`` (default) runs
+        the frozen teacher on its running statistics, its trained function; ``batch`` is the
+        authors' code, whose ``model.train()`` puts the frozen teacher's BN on batch
+        statistics (the recipes that stand for the paper's tables use it; docs/fcfd.md).
+
+        ``path_batching``: the sampled paths that run through the same network's later
+        stages run as one pass, concatenated along the batch, with every BatchNorm
+        normalising each path's chunk on its own statistics (the same losses, gradients and
+        running statistics as one pass per path, which ``false`` runs).
+        """
+
+        ce_weight: float = 1.0  # L_task
+        kd_weight: float = 1.0  # L_kd
+        temperature: float = 4.0  # shared by L_kd, L_func-KL and L_func' (4 or 8; 1 on ImageNet)
+        app_weight: float = 5.0  # L_app (5.0 or 0.02)
+        func_l2_weight: float = 5.0  # L2 terms of L_func (the paper ties it to app_weight)
+        func_kl_weight: float = 1.0  # KL term of L_func (1 or 0.2)
+        funcp_kl_weight: float = 1.0  # L_func' (the paper ties it to func_kl_weight)
+        funcp_l2_weight: float = 0.0  # App. G's L_func'-L2 (off in the paper's main results)
+        k_min: int = 2  # smallest function-path position (App. H.3)
+        positions: list[int] | None = None  # function-path positions; None = k_min..N-1
+        app_positions: list[int] | None = None  # L_app positions; None = k_min..N
+        directions: str = "both"  # both | s2t (delta=1, L_func only) | t2s (delta=0, L_func')
+        num_paths: int | str = 2  # |S| paths sampled per iteration, or "all"
+        partial_func: bool = False  # App. H.4: L_func through one teacher stage, L2 only
+        pooled_l2: bool = True  # authors' code: also L2 of ReLU'd pooled last features (docs)
+        l2_warmup_epochs: int = 20  # authors' code: L2 weights ramp up linearly; 0 = off
+        logit_loss: str = "kl"  # kl | dkd (FCFD+DKD, App. C.1)
+        dkd_alpha: float = 1.0  # TCKD weight for logit_loss = dkd
+        dkd_beta: float = 2.0  # NCKD weight for logit_loss = dkd
+        simkd: bool = False  # FCFD+SimKD (App. C.2): logits = C_t(B_st^N(F_s^N))
+        simkd_factor: int = 2  # SimKD projector bottleneck factor
+        teacher_bn: str = "eval"  # eval | batch (the authors' train-mode frozen teacher)
+        path_batching: bool = True  # run the sampled paths through one network as one batch
+
+    def setup(self) -> None:
+        assert self.teacher is not None  # the Distiller base refuses a missing teacher
+        c = self.cfg
+        if self.task.name != "classification" and (c.simkd or c.logit_loss == "dkd"):
+            raise UserError(f"FCFD+SimKD and FCFD+DKD are classification methods; set "
+                            f"method.simkd=false and method.logit_loss=kl for task "
+                            f"{self.task.name!r}.")
+        n = self.student.num_stages
+        if self.teacher.num_stages != n:
+            raise UserError(
+                f"FCFD needs teacher and student cut into the same number of stages (teacher "
+                f"{self.teacher.num_stages}, student {n}); pick a pair from the same stage layout."
+            )
+        self.num_stages = n
+        if c.logit_loss not in ("kl", "dkd"):
+            raise UserError(f"method.logit_loss must be 'kl' or 'dkd', got {c.logit_loss!r}.")
+        if c.directions not in ("both", "s2t", "t2s"):
+            raise UserError(
+                f"method.directions must be 'both', 's2t' or 't2s', got {c.directions!r}."
+            )
+        if not 1 <= c.k_min <= n:
+            raise UserError(f"method.k_min must be in 1..{n} (stages are numbered from 1).")
+        positions = list(range(c.k_min, n)) if c.positions is None else list(c.positions)
+        app_positions = (
+            list(range(c.k_min, n + 1)) if c.app_positions is None else list(c.app_positions)
+        )
+        for name, ks in (("positions", positions), ("app_positions", app_positions)):
+            bad = [k for k in ks if not 1 <= k <= n]
+            if bad:
+                raise UserError(
+                    f"method.{name} {bad} outside the stages: use positions in 1..{n} (the "
+                    "paper's 1-based stage numbering)."
+                )
+        if c.partial_func and n in positions:
+            raise UserError(
+                f"method.partial_func runs one teacher stage after k, so positions must be "
+                f"below {n}; drop {n} from method.positions."
+            )
+        self.positions = sorted(set(positions))
+        self.app_positions = sorted(set(app_positions)) if c.app_weight else []
+
+        deltas = {"both": (1, 0), "s2t": (1,), "t2s": (0,)}[c.directions]
+        self.candidates: list[Path] = [(k, d) for d in deltas for k in self.positions]
+        if c.num_paths == "all":
+            self.num_paths = len(self.candidates)
+        elif isinstance(c.num_paths, int) and 0 <= c.num_paths <= len(self.candidates):
+            self.num_paths = c.num_paths
+        else:
+            raise UserError(
+                f"method.num_paths is {c.num_paths!r} but there are {len(self.candidates)} "
+                f"candidate paths {self.candidates}; use 0..{len(self.candidates)} or 'all'."
+            )
+        #: some bridges and stages get no gradient in an iteration (DDP must know)
+        self.may_skip_parameters = self.num_paths < len(self.candidates)
+
+        # ------------------------------------------------------------- bridges
+        s_info, t_info = self.student.stage_info, self.teacher.stage_info
+        st_positions = set(self.app_positions) | {k for k, d in self.candidates if d == 1}
+        if c.simkd:
+            st_positions.add(n)
+        self.b_st = nn.ModuleDict()
+        self.b_ts = nn.ModuleDict()
+        for k in sorted(st_positions):
+            if c.simkd and k == n:
+                if (s_info[-1].height, s_info[-1].width) != (t_info[-1].height, t_info[-1].width):
+                    raise UserError(
+                        "FCFD+SimKD needs the last student and teacher features of the same "
+                        "spatial size; set method.simkd=false for this pair."
+                    )
+                self.b_st[str(k)] = SimKDProjector(
+                    s_info[-1].channels, t_info[-1].channels, c.simkd_factor
+                )
+                continue
+            self.b_st[str(k)] = Bridge(
+                s_info[k - 1], t_info[k - 1], where=f"student -> teacher at stage {k}"
+            )
+        for k in sorted({k for k, d in self.candidates if d == 0}):
+            self.b_ts[str(k)] = Bridge(
+                t_info[k - 1], s_info[k - 1], where=f"teacher -> student at stage {k}"
+            )
+
+        # ------------------------------------------------------------- SimKD head
+        self.simkd_head: ReusedHead | None = None
+        if c.simkd:
+            head = list(self.teacher.head_modules())
+            n_cls = len(self.teacher.classifier_modules())
+            self.simkd_head = ReusedHead(
+                copy.deepcopy(head[: len(head) - n_cls]),
+                self.teacher._pool,
+                copy.deepcopy(head[len(head) - n_cls :]),
+            )
+            object.__setattr__(self, "_deployable", SimKDStudent(
+                self.student, self.b_st[str(n)], self.simkd_head,
+                (t_info[-1].height, t_info[-1].width)))
+
+        # ------------------------------------------------------------- path-aware BN
+        # Paths <k, 0> feed bridged teacher features to the student's stages k+1..N and
+        # head: each keeps its own running statistics there. The teacher is frozen in eval
+        # mode, so its BN layers use (and never update) their trained statistics on every
+        # path and need no copies.
+        self.path_stats = PathStats()
+        for k in sorted({k for k, d in self.candidates if d == 0}):
+            modules = [self.student.stage_modules(i) for i in range(k, n)]
+            modules.append(self.student.head_modules())
+            if c.simkd:
+                modules.append(self.b_st[str(n)])
+            self.path_stats.add_path(self.path_name(k), modules)
+
+        self.set_epoch(0, 1)  # the L2 warm-up starts right without the trainer calling it
+
+    # ----------------------------------------------------------------- helpers
+    @staticmethod
+    def path_name(k: int) -> str:
+        """Name of the BN statistics of path ``<k, delta=0>``."""
+        return f"t2s_k{k}"
+
+    def set_epoch(self, epoch: int, num_epochs: int) -> None:
+        w = self.cfg.l2_warmup_epochs
+        self._l2_scale = min(1.0, (epoch + 1) / w) if w > 0 else 1.0
+
+    def sample_paths(self) -> list[Path]:
+        """|S| candidate paths, drawn with torch's global RNG (reproducible per seed)."""
+        if self.num_paths == len(self.candidates):
+            return list(self.candidates)
+        idx = torch.randperm(len(self.candidates))[: self.num_paths].tolist()
+        return [self.candidates[i] for i in sorted(idx)]
+
+    def _logit_loss(self, logits: Tensor, teacher_logits: Tensor, targets: Tensor) -> Tensor:
+        """KL at temperature tau (x tau^2), or DKD for FCFD+DKD: L_kd, L_func-KL, L_func'."""
+        c = self.cfg
+        if c.logit_loss == "dkd":
+            return dkd_loss(logits, teacher_logits, targets, alpha=c.dkd_alpha,
+                            beta=c.dkd_beta, temperature=c.temperature)
+        return kd_loss(logits, teacher_logits, c.temperature)
+
+    # ----------------------------------------------------------------- the method
+    def forward(
+        self, images: Tensor, targets: Tensor, index: Tensor | None = None
+    ) -> tuple[Tensor, Losses]:
+        t = self.teacher_features(images)
+        s = self.student.features(images)
+        return self.losses_from(s, t, targets)
+
+    def teacher_lens(self, name: str) -> contextlib.AbstractContextManager[None]:
+        """Context for running the teacher's modules on a bridged student feature.
+
+        ``name`` is :meth:`lens_name` of a ``<k, 1>`` position. The frozen teacher runs
+        under ``teacher_bn`` (batch statistics of the path's own input with ``batch``, as the
+        authors' train-mode teacher with per-path BN traces); online FCFD swaps in the
+        path's BN statistics there.
+        """
+        return self.teacher_bn_mode()
+
+    def teacher_group_lens(self, names: list[str],
+                           chunk: int) -> contextlib.AbstractContextManager[None]:
+        """:meth:`teacher_lens` for the ``<k, 1>`` paths ``names`` run as one batch of
+        ``chunk``-sample chunks: with ``teacher_bn: batch`` each chunk is normalised on its own
+        batch statistics (in eval mode every sample is normalised alone: nothing to do)."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(self.teacher_bn_mode())
+        if self.cfg.teacher_bn == "batch":
+            assert self.teacher is not None
+            stack.enter_context(chunked_batchnorm([self.teacher], chunk))
+        return stack
+
+    @staticmethod
+    def lens_name(k: int) -> str:
+        """Name of the teacher-side BN statistics of path ``<k, delta=1>`` (online FCFD)."""
+        return f"s2t_k{k}"
+
+    def losses_from(
+        self, s: Features, t: Features, targets: Tensor, *, t_source: Features | None = None
+    ) -> tuple[Tensor, Losses]:
+        """Eq. 9 from the student's pass ``s`` and the teacher's pass ``t``.
+
+        ``t`` holds the targets and must carry no gradient. ``t_source`` (default ``t``)
+        supplies the teacher features fed to B_ts on ``<k, 0>`` paths. Returns the
+        student's logits and the weighted terms.
+        """
+        c, n = self.cfg, self.num_stages
+        t_source = t if t_source is None else t_source
+        paths = self.sample_paths()
+        l2w = self._l2_scale
+
+        # B_st(F_s^k) once per k: shared by L_app, the paths <k, 1> and the SimKD head
+        need_st = set(self.app_positions) | {k for k, d in paths if d == 1}
+        if self.simkd_head is not None:
+            need_st.add(n)
+        bridged = {k: self.b_st[str(k)](s.stages[k - 1]) for k in sorted(need_st)}
+        logits = s.logits if self.simkd_head is None else self.simkd_head(bridged[n])
+
+        losses: Losses = {}
+        if c.ce_weight:
+            own = s if logits is s.logits else dataclasses.replace(s, logits=logits)
+            losses["ce"] = c.ce_weight * self.task_loss(own, targets)
+        if c.kd_weight:
+            losses["kd"] = c.kd_weight * self._logit_loss(logits, t.logits, targets)
+
+        if self.app_positions:
+            app = sum(app_loss(bridged[k], t.stages[k - 1]) for k in self.app_positions)
+            if c.pooled_l2 and n in self.app_positions:
+                app = app + pooled_l2_loss(bridged[n], t.stages[n - 1])
+            losses["app"] = c.app_weight * l2w * app
+
+        per_path = (self._batched_paths(paths, bridged, s, t, t_source, targets)
+                    if c.path_batching else {})
+        found: dict[str, list[Tensor]] = {name: [] for name in PATH_TERMS}
+        for k, delta in paths:
+            if (k, delta) in per_path:
+                terms = per_path[k, delta]
+            elif delta == 1:
+                terms = self._through_teacher(k, bridged[k], t, targets)
+            else:
+                terms = self._through_student(k, s, t, t_source, targets)
+            for name, value in terms.items():
+                found[name].append(value)
+        losses.update(self._path_losses(found, logits.new_zeros(())))
+        return logits, losses
+
+    def _batched_paths(self, paths: list[Path], bridged: dict[int, Tensor], s: Features,
+                       t: Features, t_source: Features,
+                       targets: Tensor) -> dict[Path, dict[str, Tensor]]:
+        """The terms of the paths that share a network, each group run as one batch
+        (``path_batching``); a path left out (alone in its network, a partial-func path,
+        a head that reads earlier stages) runs on its own."""
+        c, teacher, student = self.cfg, self.teacher, self.student
+        assert teacher is not None
+        out: dict[Path, dict[str, Tensor]] = {}
+        ks = sorted(k for k, d in paths if d == 1)
+        if (len(ks) > 1 and not c.partial_func and not teacher.skips
+                and (c.func_l2_weight or c.func_kl_weight)):
+            with self.teacher_group_lens([self.lens_name(k) for k in ks], bridged[ks[0]].shape[0]):
+                runs = teacher.run_from_many([k - 1 for k in ks], [bridged[k] for k in ks])
+            for k, run in zip(ks, runs, strict=True):
+                out[k, 1] = self._teacher_terms(k, run, t, targets)
+        ks = sorted(k for k, d in paths if d == 0)
+        if len(ks) > 1 and not student.skips and (c.funcp_kl_weight or c.funcp_l2_weight):
+            xs = [self.b_ts[str(k)](t_source.stages[k - 1]) for k in ks]
+            modules: list[nn.Module] = [student]
+            if self.simkd_head is not None:
+                modules += [self.b_st[str(self.num_stages)], self.simkd_head]
+            with self.path_stats.chunked([self.path_name(k) for k in ks], xs[0].shape[0],
+                                         modules):
+                runs = student.run_from_many([k - 1 for k in ks], xs)
+                lasts = [run.stages[-1] if run.stages else x for run, x in zip(runs, xs,
+                                                                               strict=True)]
+                p_ts = self._student_outputs(runs, lasts)
+            for k, run, p in zip(ks, runs, p_ts, strict=True):
+                out[k, 0] = self._student_terms(k, run, p, s, t, targets)
+        return out
+
+    def _student_outputs(self, runs: list[Features], lasts: list[Tensor]) -> list[Tensor]:
+        """The batched ``<k, 0>`` paths' outputs: the student's logits, or for FCFD+SimKD
+        ``C_t(B_st^N(.))`` of their last features, projected as one batch."""
+        if self.simkd_head is None:
+            return [run.logits for run in runs]
+        b = lasts[0].shape[0]
+        p = self.simkd_head(self._deployable.project(torch.cat(lasts)))
+        return list(p.split(b))
+
+    def _through_teacher(self, k: int, bridged: Tensor, t: Features,
+                         targets: Tensor) -> dict[str, Tensor]:
+        """Path ``<k, 1>`` (Eq. 6): ``B_st(F_s^k)`` through the teacher's stages k+1..N and
+        C_t; L2 against the teacher's own later features, KL against its output."""
+        c, teacher = self.cfg, self.teacher
+        assert teacher is not None
+        if not (c.func_l2_weight or c.func_kl_weight):
+            return {}
+        if c.partial_func:  # App. G: one teacher stage after k only
+            with self.teacher_lens(self.lens_name(k)):
+                one = teacher.stage_forward(k, bridged)
+            return {"func_l2": app_loss(one, t.stages[k])}
+        with self.teacher_lens(self.lens_name(k)):
+            out = teacher.run_from(k - 1, bridged)
+        return self._teacher_terms(k, out, t, targets)
+
+    def _teacher_terms(self, k: int, out: Features, t: Features,
+                       targets: Tensor) -> dict[str, Tensor]:
+        """L_func's terms (Eq. 6) from path ``<k, 1>``'s run through the teacher."""
+        c = self.cfg
+        terms: dict[str, Tensor] = {}
+        if c.func_l2_weight and out.stages:
+            l2 = func_l2_loss(out.stages, t.stages[k:])
+            if c.pooled_l2:
+                l2 = l2 + pooled_l2_loss(out.stages[-1], t.stages[self.num_stages - 1])
+            terms["func_l2"] = l2
+        if c.func_kl_weight:
+            terms["func_kl"] = self._logit_loss(out.logits, t.logits, targets)
+        return terms
+
+    def _through_student(self, k: int, s: Features, t: Features, t_source: Features,
+                         targets: Tensor) -> dict[str, Tensor]:
+        """Path ``<k, 0>`` (Eq. 7): ``B_ts(F_t^k)`` through the student's stages k+1..N and
+        C_s (per-path BN statistics); KL against the teacher's output, and for App. G's
+        ``L_func'-L2`` against the student's own later features."""
+        c = self.cfg
+        if not (c.funcp_kl_weight or c.funcp_l2_weight):
+            return {}
+        x = self.b_ts[str(k)](t_source.stages[k - 1])
+        with self.path_stats.use(self.path_name(k)):
+            out = self.student.run_from(k - 1, x)
+            last = out.stages[-1] if out.stages else x
+            if self.simkd_head is None:
+                p_ts = out.logits
+            else:  # FCFD+SimKD: p_ts ends with C_t(B_st^N(.)) instead of C_s
+                p_ts = self.simkd_head(self._deployable.project(last))
+        return self._student_terms(k, out, p_ts, s, t, targets)
+
+    def _student_terms(self, k: int, out: Features, p_ts: Tensor, s: Features, t: Features,
+                       targets: Tensor) -> dict[str, Tensor]:
+        """L_func' (Eq. 7) and App. G's L_func'-L2 from path ``<k, 0>``'s run through the
+        student, whose output is ``p_ts``."""
+        c = self.cfg
+        terms: dict[str, Tensor] = {}
+        if c.funcp_kl_weight:
+            terms["funcp_kl"] = self._logit_loss(p_ts, t.logits, targets)
+        if c.funcp_l2_weight and out.stages:
+            terms["funcp_l2"] = func_l2_loss(out.stages, [f.detach() for f in s.stages[k:]])
+        return terms
+
+    def _path_losses(self, found: dict[str, list[Tensor]], zero: Tensor) -> Losses:
+        """The weighted sums of the sampled paths' terms. A term whose weight is nonzero is
+        always reported (zero when no sampled path produced it), so the logged columns do not
+        change from one iteration to the next."""
+        c, l2w = self.cfg, self._l2_scale
+        deltas = {d for _, d in self.candidates}
+        weights = {  # name: (can a candidate path produce it, its weight, L2 warm-up scale)
+            "func_l2": (1 in deltas, c.func_l2_weight, l2w),
+            "func_kl": (1 in deltas and not c.partial_func, c.func_kl_weight, 1.0),
+            "funcp_kl": (0 in deltas, c.funcp_kl_weight, 1.0),
+            "funcp_l2": (0 in deltas, c.funcp_l2_weight, l2w),
+        }
+        losses: Losses = {}
+        for name in PATH_TERMS:
+            possible, weight, scale = weights[name]
+            if possible and weight:
+                losses[name] = weight * scale * sum(found[name], zero)
+        return losses
+
+    # ----------------------------------------------------------------- evaluation
+    def evaluated(self) -> dict[str, nn.Module]:
+        if self.simkd_head is not None:
+            return {"student": self._deployable}
+        return {"student": self.student}
+
+    def exported(self) -> dict[str, nn.Module]:
+        if self.simkd_head is not None:
+            return {"student": self._deployable}
+        return {"student": self.student.net}

@@ -1,0 +1,109 @@
+"""ReviewKD: knowledge review with attention-based fusion and the hierarchical context loss.
+
+Chen, Liu, Zhao & Jia, "Distilling Knowledge via Knowledge Review", CVPR 2021. The
+student's stage outputs plus its pooled embedding (as a 1x1 map) are visited deepest first;
+each level's ABF fuses it with the residual of the deeper level and maps it to the teacher's
+shape at that level; HCL compares every fused map with the teacher's feature. Defaults are
+the authors' CIFAR code's: CE 1, review loss 1 (``--kd-loss-weight``'s default; their script
+sets 0.6 to 8 per pair, and so do the CIFAR-100 recipes) ramped up linearly over the first 20
+epochs, ABF width ``min(512, student embedding channels)``.
+
+Which levels: as in the authors' code, the stages after the stem
+(:meth:`Staged.stages_after_stem`) plus the pooled embedding; never the stem. Their CIFAR
+ResNets review ``layer1..3`` and the pool (``in_channels = [16, 32, 64, 64]`` for resnet20;
+the stem output ``f0`` is dropped on both sides), their ImageNet ResNet-18 ``layer1..4`` and
+the pool (``[64, 128, 256, 512, 512]``). The zoo's staged views hold the stem in stage 0, so
+resnet8 reviews its 3 residual stages and the embedding (4 ABFs); a view that names its stem
+apart reviews all its stages. Student and teacher are paired from the deepest level up.
+``levels: N`` reviews the last ``N`` stages of each network instead (plus the embedding).
+On resnet20 -> resnet8 dropping the stem level took ReviewKD from 2.15x to 1.73x KD's FLOPs
+per step (benchmarks/results/reviewkd_cost_cpu.md).
+
+The features are the staged view's stage outputs (post-activation where the network ends a
+stage with a ReLU); the authors' CIFAR code takes the teacher's pre-ReLU features (the
+student's post-ReLU ones), their ImageNet code pre-ReLU features on both sides.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import Tensor, nn
+
+from kdlab.errors import UserError
+from kdlab.methods import METHODS
+from kdlab.methods.base import Distiller, Losses
+from kdlab.methods.reviewkd.abf import ABF
+from kdlab.methods.reviewkd.losses import hcl_loss
+from kdlab.models.staged.view import Features
+
+
+def _levels(out: Features, n: int) -> list[Tensor]:
+    """The last ``n`` stage outputs and the embedding as a ``(b, c, 1, 1)`` map."""
+    return [*out.stages[len(out.stages) - n:], out.embedding[:, :, None, None]]
+
+
+@METHODS.register("reviewkd")
+class ReviewKD(Distiller):
+    """ReviewKD (Chen et al., CVPR 2021): ABF fusion + hierarchical context loss."""
+
+    @dataclass
+    class Config:
+        weight: float = 1.0  # review (HCL) loss weight after warm-up
+        ce_weight: float = 1.0
+        warmup_epochs: int = 20  # the review weight grows linearly over these epochs
+        mid_channels: int | None = None  # ABF width; None = min(512, student embedding dim)
+        hcl_levels: list[int] = field(default_factory=lambda: [4, 2, 1])  # pooled HCL sizes
+        levels: int | None = None  # review the last N stages; None = those after the stem
+
+    def setup(self) -> None:
+        t = self.teacher
+        assert t is not None
+        most = min(self.student.num_stages, t.num_stages)
+        after_stem = min(len(self.student.stages_after_stem()), len(t.stages_after_stem()))
+        # a one-stage network with its stem in that stage still gets a spatial level
+        n = max(1, after_stem) if self.cfg.levels is None else self.cfg.levels
+        if not 1 <= n <= most:
+            raise UserError(
+                f"method.levels must be between 1 and {most} for this pair (the stages "
+                f"of the shallower network), got {self.cfg.levels}; set it or leave it out."
+            )
+        self.num_stages = n  # stage levels reviewed, the last n of each network
+        s_info = self.student.stage_info[self.student.num_stages - self.num_stages:]
+        t_info = t.stage_info[t.num_stages - self.num_stages:]
+        in_ch = [i.channels for i in s_info] + [self.student.embedding_dim]
+        out_ch = [i.channels for i in t_info] + [t.embedding_dim]
+        self.out_sizes = [(i.height, i.width) for i in t_info] + [(1, 1)]
+        mid = self.cfg.mid_channels or min(512, in_ch[-1])
+        if mid < 1:
+            raise UserError("method.mid_channels must be a positive integer.")
+        # abfs[i] serves level i (shallow to deep); the deepest one does not fuse.
+        self.abfs = nn.ModuleList(
+            ABF(c_in, mid, c_out, fuse=i < len(in_ch) - 1)
+            for i, (c_in, c_out) in enumerate(zip(in_ch, out_ch, strict=True))
+        )
+        self._ramp = 1.0 if self.cfg.warmup_epochs <= 0 else 1.0 / self.cfg.warmup_epochs
+
+    def set_epoch(self, epoch: int, num_epochs: int) -> None:
+        w = self.cfg.warmup_epochs
+        self._ramp = 1.0 if w <= 0 else min((epoch + 1) / w, 1.0)
+
+    def review(self, levels: list[Tensor]) -> list[Tensor]:
+        """Student levels (shallow to deep) -> teacher-shaped fused maps, same order."""
+        results: list[Tensor] = [levels[0]] * len(levels)
+        residual = None
+        for i in reversed(range(len(levels))):
+            results[i], residual = self.abfs[i](levels[i], residual, self.out_sizes[i])
+        return results
+
+    def losses(
+        self,
+        student: Features,
+        teacher: Features | None,
+        targets: Tensor,
+        index: Tensor | None = None,
+    ) -> Losses:
+        assert teacher is not None
+        fused = self.review(_levels(student, self.num_stages))
+        loss = hcl_loss(fused, _levels(teacher, self.num_stages), tuple(self.cfg.hcl_levels))
+        return {"review": self.cfg.weight * self._ramp * loss}

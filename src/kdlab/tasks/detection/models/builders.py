@@ -1,0 +1,267 @@
+"""Registered Faster R-CNN FPN detectors (torchvision's, used as they are).
+
+Every builder takes ``num_classes`` = K, the number of object classes
+(``DatasetInfo.num_classes``; labels ``1..K``), and builds torchvision's predictor with
+``K + 1`` outputs, index 0 the background (torchvision's convention). COCO in kdlab keeps
+COCO's category ids as labels (K = 90, as torchvision's COCO checkpoints), so those
+checkpoints load whole.
+
+- ``fasterrcnn_resnet{18,34,101}_fpn``: ``resnet_fpn_backbone`` (FrozenBatchNorm, FPN on
+  ``layer1..layer4`` plus a max-pooled level, 256 channels) with torchvision's Faster R-CNN
+  defaults (``fasterrcnn_resnet50_fpn`` is torchvision's model of that name, built as its
+  builder builds it for pretrained weights); ``fasterrcnn_resnet50_fpn_v2`` (torchvision's
+  builder, BatchNorm trained) and ``fasterrcnn_mobilenet_v3_large_fpn`` (torchvision's
+  construction, FrozenBatchNorm) keep torchvision's single training size; and
+  ``fasterrcnn_mobilenet_v2_fpn`` puts torchvision's ``mobilenet_backbone`` FPN on the
+  stride-4..32 stages of MobileNetV2 (the FCFD authors' MobileNetV2 FPN reads the same four
+  strides). The RPN keeps 1000 proposals per image after NMS in training (the Detectron2
+  setting of the FCFD authors; torchvision's default is 2000). ResNet training sizes: the
+  shorter side is drawn from Detectron2's 1x scales (640..800) scaled to ``input_size / 800``,
+  at most
+  ``1333 * input_size / 800`` long; evaluation uses ``input_size``.
+- ``frcnn_tiny_r18`` / ``frcnn_tiny_r10`` / ``frcnn_tiny_r10_slim``: small CPU detectors for
+  64x64 one-channel scenes: a ResNet of torchvision ``BasicBlock`` stages (2 or 1 blocks per
+  stage, widths 32..256 or 16..128) after a 3x3 stride-2 stem, a 64-channel FPN, anchors of
+  8..128 pixels, the ROI pooler's canonical box size scaled to the canvas (224 * size / 800),
+  few proposals, a 256-wide box head, BatchNorm trained from scratch, and no
+  resize (``min_size = max_size = input_size``). ``r10`` has ``r18``'s FPN, RPN and ROI head
+  shapes (the inheriting strategy applies, as ResNet-101 -> ResNet-50); ``r10_slim`` does not.
+
+Normalisation: the loaders normalise, so the detectors' ``GeneralizedRCNNTransform`` has
+``image_mean = 0`` and ``image_std = 1`` (see :mod:`kdlab.tasks.detection.models.detector`).
+
+``pretrained``: a local file, either a whole torchvision detector checkpoint (keys
+``backbone.*``, ``rpn.*``, ``roi_heads.*``; e.g. torchvision's COCO Faster R-CNN) or the
+ImageNet classification weights of the backbone (torchvision's ``resnet50-*.pth``,
+``mobilenet_v2-*.pth``); ``True`` is refused (no downloads at run time). Tensors of another
+shape stay fresh and are listed in ``net.kdlab_pretrained_skipped``. With ImageNet backbone
+weights the stem and ``layer1`` of a ResNet stay frozen (Detectron2's ``FREEZE_AT = 2``, the
+authors' setting); MobileNetV2 trains every layer (their ``FREEZE_AT = 0``). The FrozenBatchNorm
+detectors are meant to start from pretrained weights (from a random initialisation their
+activations grow without bound); the tiny detectors train BatchNorm from scratch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torchvision
+from torch import nn
+from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import (
+    BackboneWithFPN,
+    mobilenet_backbone,
+    resnet_fpn_backbone,
+)
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.resnet import BasicBlock
+from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from kdlab.errors import UserError
+from kdlab.models import MODELS
+from kdlab.models.imagenet import _read_state_dict
+from kdlab.tasks.detection.models.detector import Detector
+
+#: Detectron2's 1x training scales (shorter side) for an 800-pixel evaluation size
+D2_TRAIN_SCALES = (640, 672, 704, 736, 768, 800)
+
+
+def _sizes(input_size: int) -> dict[str, Any]:
+    scale = input_size / 800
+    return {"min_size": tuple(round(s * scale) for s in D2_TRAIN_SCALES),
+            "max_size": round(1333 * scale)}
+
+
+def _identity_norm(in_channels: int) -> dict[str, Any]:
+    return {"image_mean": [0.0] * in_channels, "image_std": [1.0] * in_channels}
+
+
+def _replace_first_conv(body: nn.Module, in_channels: int) -> None:
+    """A fresh first convolution reading ``in_channels`` channels (3 is left as it is)."""
+    if in_channels == 3:
+        return
+    for name, module in body.named_modules():
+        if isinstance(module, nn.Conv2d):
+            new = nn.Conv2d(in_channels, module.out_channels, module.kernel_size,
+                            module.stride, module.padding, bias=module.bias is not None)
+            nn.init.kaiming_normal_(new.weight, mode="fan_out", nonlinearity="relu")
+            parent, _, leaf = name.rpartition(".")
+            setattr(body.get_submodule(parent) if parent else body, leaf, new)
+            return
+
+
+def load_detector_weights(net: FasterRCNN, pretrained: bool | str, name: str) -> None:
+    """Load a local whole-detector or ImageNet-backbone checkpoint into ``net`` (see the
+    module doc); tensors of another shape stay fresh."""
+    if pretrained is True:
+        raise UserError(f"{name} loads weights from a local file only; pass pretrained="
+                        "'/path/to/weights.pth' (a torchvision detector or ImageNet backbone).")
+    state = _read_state_dict(Path(str(pretrained)))
+    whole = any(k.startswith(("backbone.", "rpn.", "roi_heads.")) for k in state)
+    if not whole:  # ImageNet classification weights of the backbone body
+        state = {"backbone.body." + k.removeprefix("features."): v for k, v in state.items()}
+    own = net.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not usable:
+        raise UserError(f"The weights in {pretrained} hold no tensor of {name}; pass a "
+                        "torchvision checkpoint of this detector or of its backbone.")
+    net.load_state_dict(usable, strict=False)
+    net.kdlab_pretrained_skipped = [k for k in own if k not in usable
+                                    and not k.endswith("num_batches_tracked")]
+
+
+def _finish(net: FasterRCNN, name: str, in_channels: int, pretrained: bool | str) -> Detector:
+    _replace_first_conv(net.backbone.body, in_channels)
+    if pretrained:
+        load_detector_weights(net, pretrained, name)
+    return Detector(net)
+
+
+def _register(name: str, build: Callable[..., Detector], doc: str) -> None:
+    build.__name__ = name
+    build.__doc__ = doc
+    build.task = "detection"  # type: ignore[attr-defined]
+    MODELS.register(name)(build)
+
+
+# --------------------------------------------------------------------- ResNet FPN
+def _resnet_fpn(depth: int) -> None:
+    def build(*, num_classes: int, in_channels: int = 3, input_size: int = 800,
+              pretrained: bool | str = False) -> Detector:
+        backbone = resnet_fpn_backbone(backbone_name=f"resnet{depth}", weights=None,
+                                       norm_layer=FrozenBatchNorm2d,
+                                       trainable_layers=3 if pretrained else 5)
+        net = FasterRCNN(backbone, num_classes=num_classes + 1, rpn_post_nms_top_n_train=1000,
+                         **_sizes(input_size), **_identity_norm(in_channels))
+        return _finish(net, f"fasterrcnn_resnet{depth}_fpn", in_channels, pretrained)
+
+    _register(f"fasterrcnn_resnet{depth}_fpn", build,
+              f"Faster R-CNN with a ResNet-{depth} FPN backbone (torchvision).")
+
+
+for _depth in (18, 34, 50, 101):
+    _resnet_fpn(_depth)
+
+
+def fasterrcnn_resnet50_fpn_v2(*, num_classes: int, in_channels: int = 3, input_size: int = 800,
+                               pretrained: bool | str = False) -> Detector:
+    net = torchvision.models.detection.fasterrcnn_resnet50_fpn_v2(
+        weights=None, weights_backbone=None, num_classes=num_classes + 1,
+        min_size=input_size, max_size=round(1333 * input_size / 800),
+        **_identity_norm(in_channels))
+    return _finish(net, "fasterrcnn_resnet50_fpn_v2", in_channels, pretrained)
+
+
+def fasterrcnn_mobilenet_v3_large_fpn(*, num_classes: int, in_channels: int = 3,
+                                      input_size: int = 800,
+                                      pretrained: bool | str = False) -> Detector:
+    backbone = mobilenet_backbone(backbone_name="mobilenet_v3_large", weights=None, fpn=True,
+                                  norm_layer=FrozenBatchNorm2d,
+                                  trainable_layers=3 if pretrained else 6)
+    anchors = AnchorGenerator(((32, 64, 128, 256, 512),) * 3, ((0.5, 1.0, 2.0),) * 3)
+    net = FasterRCNN(backbone, num_classes=num_classes + 1, rpn_anchor_generator=anchors,
+                     rpn_score_thresh=0.05, min_size=input_size,
+                     max_size=round(1333 * input_size / 800), **_identity_norm(in_channels))
+    return _finish(net, "fasterrcnn_mobilenet_v3_large_fpn", in_channels, pretrained)
+
+
+_register("fasterrcnn_resnet50_fpn_v2", fasterrcnn_resnet50_fpn_v2,
+          "torchvision's fasterrcnn_resnet50_fpn_v2 as it is (BatchNorm, conv box head).")
+_register("fasterrcnn_mobilenet_v3_large_fpn", fasterrcnn_mobilenet_v3_large_fpn,
+          "torchvision's fasterrcnn_mobilenet_v3_large_fpn as it is built for its weights.")
+
+
+def fasterrcnn_mobilenet_v2_fpn(*, num_classes: int, in_channels: int = 3,
+                                input_size: int = 800,
+                                pretrained: bool | str = False) -> Detector:
+    backbone = mobilenet_backbone(backbone_name="mobilenet_v2", weights=None, fpn=True,
+                                  norm_layer=FrozenBatchNorm2d, trainable_layers=6,
+                                  returned_layers=[1, 2, 3, 4])
+    net = FasterRCNN(backbone, num_classes=num_classes + 1, rpn_post_nms_top_n_train=1000,
+                     **_sizes(input_size), **_identity_norm(in_channels))
+    return _finish(net, "fasterrcnn_mobilenet_v2_fpn", in_channels, pretrained)
+
+
+_register("fasterrcnn_mobilenet_v2_fpn", fasterrcnn_mobilenet_v2_fpn,
+          "Faster R-CNN with a MobileNetV2 FPN on its stride 4..32 stages (torchvision).")
+
+
+# --------------------------------------------------------------------- tiny CPU detectors
+class TinyResNet(nn.Sequential):
+    """A 3x3 stride-2 conv stem and four stages of torchvision BasicBlocks (strides 2, 2, 2,
+    2): outputs at strides 4, 8, 16, 32, named ``layer1``..``layer4`` like a ResNet."""
+
+    def __init__(self, widths: tuple[int, ...], blocks: int, in_channels: int) -> None:
+        layers: dict[str, nn.Module] = {
+            "conv1": nn.Conv2d(in_channels, widths[0], 3, 2, 1, bias=False),
+            "bn1": nn.BatchNorm2d(widths[0]),
+            "relu": nn.ReLU(inplace=True),
+        }
+        planes = widths[0]
+        for i, width in enumerate(widths, start=1):
+            down = nn.Sequential(nn.Conv2d(planes, width, 1, 2, bias=False),
+                                 nn.BatchNorm2d(width))
+            stage = [BasicBlock(planes, width, stride=2, downsample=down)]
+            stage += [BasicBlock(width, width) for _ in range(blocks - 1)]
+            layers[f"layer{i}"] = nn.Sequential(*stage)
+            planes = width
+        super().__init__()
+        for key, module in layers.items():
+            self.add_module(key, module)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+
+TINY_FPN_CHANNELS = 64
+
+
+def tiny_detector(widths: tuple[int, ...], blocks: int, *, num_classes: int, in_channels: int,
+                  input_size: int) -> Detector:
+    """A small Faster R-CNN FPN for ``input_size``-pixel scenes (no resize)."""
+    body = TinyResNet(widths, blocks, in_channels)
+    backbone = BackboneWithFPN(body, {f"layer{i}": str(i - 1) for i in range(1, 5)},
+                               list(widths), TINY_FPN_CHANNELS)
+    anchors = AnchorGenerator(((8,), (16,), (32,), (64,), (128,)), ((0.5, 1.0, 2.0),) * 5)
+    # torchvision's level mapper sends a 224-pixel box to level 4 (stride 16) of an 800-pixel
+    # image; scaled to the canvas, so that small scenes use every level (at 224 every box of
+    # a 64-pixel scene would go to the finest level)
+    pool = MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=7, sampling_ratio=2,
+                              canonical_scale=max(1, round(224 * input_size / 800)))
+    rep = 256
+    net = FasterRCNN(
+        backbone, min_size=input_size, max_size=input_size, **_identity_norm(in_channels),
+        rpn_anchor_generator=anchors, rpn_pre_nms_top_n_train=200, rpn_pre_nms_top_n_test=100,
+        rpn_post_nms_top_n_train=100, rpn_post_nms_top_n_test=50,
+        rpn_batch_size_per_image=64, box_roi_pool=pool,
+        box_head=TwoMLPHead(TINY_FPN_CHANNELS * 7 * 7, rep),
+        box_predictor=FastRCNNPredictor(rep, num_classes + 1),
+        box_batch_size_per_image=64, box_detections_per_img=20,
+    )
+    return Detector(net)
+
+
+def _tiny(name: str, widths: tuple[int, ...], blocks: int, doc: str) -> None:
+    def build(*, num_classes: int, in_channels: int = 1, input_size: int = 64,
+              pretrained: bool | str = False) -> Detector:
+        det = tiny_detector(widths, blocks, num_classes=num_classes, in_channels=in_channels,
+                            input_size=input_size)
+        if pretrained:
+            load_detector_weights(det.net, pretrained, name)
+        return det
+
+    _register(name, build, doc)
+
+
+_tiny("frcnn_tiny_r18", (32, 64, 128, 256), 2,
+      "Small CPU Faster R-CNN FPN: ResNet-18 layout at half width (teacher of the scenes).")
+_tiny("frcnn_tiny_r10", (32, 64, 128, 256), 1,
+      "Small CPU Faster R-CNN FPN: one block per stage, frcnn_tiny_r18's widths.")
+_tiny("frcnn_tiny_r10_slim", (16, 32, 64, 128), 1,
+      "Small CPU Faster R-CNN FPN: one block per stage at quarter width.")
+
+__all__ = ["TinyResNet", "load_detector_weights", "tiny_detector"]

@@ -1,0 +1,93 @@
+"""Registry-wide contracts that complement tests/methods/test_every_method.py (which trains every
+method a few steps): every method builds from its Config's defaults, is named by a shipped
+recipe, rejects unknown options, and a combinable method's ``losses()`` hook gives exactly
+the distillation terms its own ``forward()`` gives (so it behaves the same inside a combo)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import tiny_staged
+from kdlab.errors import UserError
+from kdlab.methods import METHODS, build_distiller
+from support.segmentation import seg_batch, seg_task, tiny_seg_pair
+
+ROOT = Path(__file__).resolve().parents[2]
+#: the smallest option changes a method needs to build on the tiny pair (explicit, per method)
+TINY_OPTIONS: dict[str, dict] = {
+    "crd": {"num_negatives": 8, "feat_dim": 16},
+    "online_fcfd": {"teacher": "resnet8"},
+}
+
+
+def _segmentation_only(cls) -> bool:
+    return "classification" not in cls.tasks
+
+
+def _pair(cls):
+    if _segmentation_only(cls):
+        teacher, student = tiny_seg_pair()
+        return student, teacher
+    teacher = tiny_staged(widths=(16, 32, 64, 64), seed=1) if cls.needs_teacher else None
+    return tiny_staged(widths=(8, 16, 32, 32), seed=2), teacher
+
+
+def _task(cls):
+    return seg_task() if _segmentation_only(cls) else None
+
+
+
+def _recipe_methods() -> set[str]:
+    names = set()
+    for path in (ROOT / "recipes").rglob("*.yaml"):
+        method = (yaml.safe_load(path.read_text()) or {}).get("method") or {}
+        names.add(method.get("name"))
+    return names
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_method_has_a_recipe(name):
+    assert name in _recipe_methods(), f"no recipe under recipes/ uses method {name!r}"
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_method_builds_and_checks_its_options(name):
+    cls = METHODS.get(name)
+    student, teacher = _pair(cls)
+    task = _task(cls)
+    d = build_distiller(name, TINY_OPTIONS.get(name, {}), student, teacher, train_size=64,
+                        task=task)
+    assert isinstance(d.cfg, cls.Config)
+    with pytest.raises(UserError, match="Unknown key"):
+        build_distiller(name, {"no_such_option": 1}, student, teacher, train_size=64, task=task)
+
+
+COMBINABLE = [n for n in METHODS.names() if getattr(METHODS.get(n), "combinable", False)]
+
+
+@pytest.mark.parametrize("name", COMBINABLE)
+def test_losses_hook_matches_forward(name):
+    cls = METHODS.get(name)
+    student, teacher = _pair(cls)
+    d = build_distiller(name, TINY_OPTIONS.get(name, {}), student, teacher, train_size=64,
+                        task=_task(cls))
+    d.eval()  # deterministic BN: both paths see the same features
+    g = torch.Generator().manual_seed(3)
+    if _segmentation_only(cls):
+        x, y = seg_batch(6)
+    else:
+        x, y = torch.randn(6, 3, 16, 16, generator=g), torch.arange(6) % 10
+    index = torch.arange(6)
+    twin = copy.deepcopy(d)  # stateful methods (CRD's memory bank) start both calls equal
+    torch.manual_seed(0)
+    _, terms = d(x, y, index)
+    torch.manual_seed(0)
+    hooked = twin.losses(twin.student.features(x), twin.teacher_features(x), y, index)
+    assert set(hooked) == set(terms) - {"ce"}
+    for term, value in hooked.items():
+        torch.testing.assert_close(value, terms[term])
