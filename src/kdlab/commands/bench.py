@@ -6,7 +6,7 @@ import argparse
 import shlex
 from typing import Any
 
-from kdlab.engine.bench import DEFAULT_METHODS, DETECTION_METHODS, PRESETS
+from kdlab.engine.bench_presets import DEFAULT_METHODS, DETECTION_METHODS, PRESETS
 
 
 def add_parser(sub: Any) -> None:
@@ -109,7 +109,7 @@ def run_scaling_command(args: argparse.Namespace, preset: str, device: Any,
                         channels_last: bool | str, command: str) -> int:
     import time
 
-    from kdlab.engine.bench import PRESETS, hardware, load_average
+    from kdlab.engine.bench import hardware, load_average
     from kdlab.engine.scaling import parse_axes, run_scaling, write_scaling
     from kdlab.nn.layout import use_channels_last
     from kdlab.runtime.threads import thread_summary
