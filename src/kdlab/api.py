@@ -36,6 +36,7 @@ from kdlab.config import (
     ScheduleConfig,
     TrainConfig,
     build_dataclass,
+    follow_epochs,
     read_yaml,
 )
 from kdlab.errors import UserError
@@ -46,8 +47,6 @@ SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "optim": 
 #: settings given as arguments of distill() rather than as keyword settings
 ARGUMENTS = {"data.name": "train= and val=", "model.student": "student=",
              "model.teacher": "teacher=", "train.out_dir": "out=", "schedule.epochs": "epochs="}
-#: the paper's LR steps (150, 180, 210 of 240 epochs) as fractions of the run
-MILESTONE_FRACTIONS = (0.625, 0.75, 0.875)
 
 
 # --------------------------------------------------------------------- settings
@@ -197,8 +196,10 @@ def prepare_run(
     if epochs is not None:
         _put(tree, "schedule.epochs", epochs)
         if "schedule.milestones" not in resolved:  # a recipe's are for its own epochs
-            steps = sorted({max(1, round(epochs * f)) for f in MILESTONE_FRACTIONS})
-            _put(tree, "schedule.milestones", [m for m in steps if m < epochs] or [epochs])
+            tree["schedule"].pop("milestones", None)
+    for note in follow_epochs(tree).values():  # the milestones follow the epochs given
+        if tree.get("train", {}).get("progress") != "none":
+            print(note)
     cfg = build_dataclass(RunConfig, tree, where="config")
     d = cfg.data
     if d.normalized and (d.mean is not None or d.std is not None):
