@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 #: the pattern of the temporaries :func:`atomic_path` makes (``.last.pt.1a2b3c4d.tmp``)
 TEMP_GLOB = ".*.*.tmp"
@@ -57,3 +59,14 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def load_weights_only(path: str | Path, *, mmap: bool = False) -> Any:
+    """``torch.load(path, weights_only=True)`` onto the CPU, without torch's warning about the
+    pickle protocol of a plain-pickle file (its objects are refused all the same, and the
+    caller says so in one sentence)."""
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
