@@ -91,9 +91,9 @@ def _check_names(cfg: RunConfig) -> None:
                             f"{d.name!r} normalises with its own statistics: remove {key}.")
     task = getattr(cfg, "task", None)
     if task is not None:
-        from kdlab.tasks import TASKS
+        from kdlab.tasks import build_task
 
-        TASKS.get(task)
+        build_task(task, options=cfg.task_options)  # the name and the task's own options
     method = METHODS.get(cfg.method_name)
     if task is not None:
         method = method.for_task(task)
