@@ -44,6 +44,7 @@ from kdlab.engine.validate import validate_config
 from kdlab.errors import UserError
 from kdlab.nn.layout import use_channels_last
 from kdlab.runtime import collectives
+from kdlab.runtime.files import check_writable_folder
 from kdlab.runtime.precision import autocast
 from kdlab.runtime.threads import ThreadGovernor, apply_thread_policy
 
@@ -133,8 +134,7 @@ class Trainer:
 
     def _check_out_dir(self) -> None:
         out = self.out_dir
-        if out.exists() and not out.is_dir():
-            raise UserError(f"train.out_dir {str(out)!r} is a file; choose a folder.")
+        check_writable_folder(out, "out=" if self.prebuilt is not None else "train.out_dir")
         if self.resume and not out.is_dir():
             raise UserError(f"Nothing to resume: {str(out)!r} does not exist; check the path or "
                             "start the run without --resume.")
