@@ -248,17 +248,29 @@ def no_report(monkeypatch):
 
 
 def count_teacher_calls(monkeypatch) -> list[int]:
-    """Count every module call inside the teachers that build_teacher makes."""
-    calls = [0]
+    """Count every module call inside the teachers that build_teacher makes, in the training
+    steps (the run's checks before training, which recompute a few cached entries and
+    evaluate the teacher once, are not counted)."""
+    calls, stepping = [0], [False]
     original = build_module.build_teacher
 
     def counted(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         teacher = original(*args, **kwargs)
         for m in teacher.modules():
-            m.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+            m.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + stepping[0]))
         return teacher
 
+    train_epoch = Trainer._train_epoch
+
+    def flagged(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        stepping[0] = True
+        try:
+            return train_epoch(*args, **kwargs)
+        finally:
+            stepping[0] = False
+
     monkeypatch.setattr(build_module, "build_teacher", counted)
+    monkeypatch.setattr(Trainer, "_train_epoch", flagged)
     return calls
 
 

@@ -294,6 +294,10 @@ def distill(
             ``0..num_classes-1``; images that are not uint8 or float in [0, 1]; an ``out``
             that is a file, lies under a file or cannot be written (read-only); a setting
             the config refuses.
+
+    Before the first epoch the teacher is evaluated once on ``val`` and its score printed
+    and stored (``metrics.csv``, ``report.md``), with a warning when it is at chance level
+    (``evaluate_teacher=False`` skips it, for a teacher that is expensive to evaluate).
     """
     student_net, _ = fit(default_method="kd", student=student, teacher=teacher, train=train,
                          val=val, method=method, out=None if out is None else str(out),

@@ -99,6 +99,10 @@ class TrainConfig:
     # CPU intra-op threads: auto = the cores this process may use (affinity, cgroup quota),
     # less busy DataLoader workers (kdlab.runtime.threads); or a number
     threads: int | str = "auto"
+    # evaluate a frozen teacher once on the validation split before training, print and record
+    # its score, warn at chance level (kdlab.engine.teacher_check); false for a teacher that is
+    # too expensive to evaluate
+    evaluate_teacher: bool = True
 
 
 @dataclass

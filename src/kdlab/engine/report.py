@@ -73,6 +73,12 @@ def markdown(rows: Sequence[dict[str, Any]], summary: dict[str, Any],
     for name, m in summary.get("networks", {}).items():
         lines.append(f"| {name} | {_num(m.get(f'best_{metric}'))} | "
                      f"{_num(m.get(f'last_{metric}'))} | {_num(m.get(f'last_{other}'))} |")
+    teacher = summary.get("teacher") or {}
+    if teacher:  # evaluated once, before training (kdlab.engine.teacher_check)
+        lines.append(f"| teacher (frozen, before training) | {_num(teacher.get(metric))} | "
+                     f"{_num(teacher.get(metric))} | {_num(teacher.get(other))} |")
+    if summary.get("warnings"):
+        lines += ["", "## Warnings", ""] + [f"- {w}" for w in summary["warnings"]]
     losses = [k for k in (rows[-1] if rows else {}) if k.startswith(LOSS_PREFIX)]
     if losses:
         lines += ["", "## Final epoch losses", "", "| loss | value |", "|---|---|"]
