@@ -23,6 +23,7 @@ from kdlab.data.synthetic import Synthetic
 from kdlab.data.teacher_cache import (
     CachedTeacher,
     TeacherCache,
+    checksums,
     meta_path,
     outputs_to_logits,
     partial_paths,
@@ -207,6 +208,32 @@ def test_missing_unfinished_and_damaged_caches(cached, tmp_path):
     with pytest.raises(UserError, match="--views 1"):
         build_teacher_cache(config(tmp_path, Path(cfg.model.teacher_checkpoint),
                                    data={"augment": False}), views=2, progress="none")
+
+
+def test_checksums_and_the_rebuild_of_a_damaged_or_older_cache(cached):
+    cfg, path = cached
+    original = path.read_bytes()
+    meta = json.loads(meta_path(path).read_text())
+    assert meta["version"] == 2 and meta["checksum"] == checksums(path)
+    small = checksums(path, chunk=1000)  # several chunks, hashed by several threads
+    assert len(small["chunks"]) == -(-len(original) // 1000)
+    commits: list[int] = []
+    # an older cache (no checksums): refused; cache-teacher adds them without recomputing
+    meta_path(path).write_text(json.dumps({**{k: v for k, v in meta.items()
+                                              if k != "checksum"}, "version": 1}))
+    with pytest.raises(UserError, match="no checksum"):
+        TeacherCache.open(path)
+    build_teacher_cache(cfg, views=3, batch=3 * N, progress="none", on_commit=commits.append)
+    assert commits == [] and path.read_bytes() == original
+    assert TeacherCache.open(path).meta["checksum"] == meta["checksum"]
+    # a damaged one: refused, naming the bytes; cache-teacher builds it again
+    with open(path, "r+b") as f:
+        f.seek(len(original) - 10)
+        f.write(b"\xff\x7f")
+    with pytest.raises(UserError, match=r"is damaged: bytes 0\.\."):
+        TeacherCache.open(path)
+    build_teacher_cache(cfg, views=3, batch=3 * N, progress="none", on_commit=commits.append)
+    assert commits == [N] and path.read_bytes() == original
 
 
 # --------------------------------------------------------------- an interrupted build

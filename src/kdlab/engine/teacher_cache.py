@@ -33,6 +33,7 @@ from kdlab.data.teacher_cache import (
     OUTPUTS,
     VERSION,
     augmentation_meta,
+    checksums,
     data_meta,
     file_size,
     layout,
@@ -41,16 +42,19 @@ from kdlab.data.teacher_cache import (
     num_params,
     partial_paths,
     read_json,
-    size_text,
+    verify,
     weights_sha256,
 )
 from kdlab.errors import UserError
+from kdlab.runtime.capacity import size_text
 from kdlab.runtime.files import atomic_write_text
 
 #: the random stream (of ``kdlab.data.sampling.epoch_generator``) of the views' parameters
 PARAMS_STREAM = 2
-#: keys of the metadata that describe the build, not the cache (a resume may differ in them)
-BUILD_KEYS = ("build_seconds", "bytes", "created", "device", "kdlab", "torch", "complete")
+#: keys of the metadata that describe the build, not the cache (a resume may differ in them;
+#: a cache of version 1, without checksums, is the same cache and gets them added)
+BUILD_KEYS = ("build_seconds", "bytes", "created", "device", "kdlab", "torch", "complete",
+              "checksum", "version")
 
 
 # --------------------------------------------------------------------- writing
@@ -107,7 +111,7 @@ class CacheWriter:
         self.arrays.clear()
         meta_path(self.path).unlink(missing_ok=True)
         os.replace(self.data_path, self.path)
-        meta = {**self.meta, **extra, "complete": True}
+        meta = {**self.meta, **extra, "checksum": checksums(self.path), "complete": True}
         atomic_write_text(meta_path(self.path), json.dumps(meta, indent=2) + "\n")
         self.marker_path.unlink(missing_ok=True)
         return meta
@@ -261,8 +265,14 @@ def build_teacher_cache(
     }
     finished = read_json(meta_path(path))
     if (finished is not None and path.is_file() and finished.get("complete")
-            and {k: v for k, v in finished.items() if k not in BUILD_KEYS} == meta):
-        return path, finished
+            and {k: v for k, v in finished.items() if k not in BUILD_KEYS}
+            == {k: v for k, v in meta.items() if k not in BUILD_KEYS}):
+        if "checksum" not in finished:  # built by an older kdlab: add the checksums
+            finished = {**finished, "version": VERSION, "checksum": checksums(path)}
+            atomic_write_text(meta_path(path), json.dumps(finished, indent=2) + "\n")
+            return path, finished
+        if _intact(path, finished):
+            return path, finished  # kept as it is; a damaged one is built again below
 
     g = epoch_generator(seed, 0, PARAMS_STREAM)
     if augment is not None:
@@ -303,6 +313,15 @@ def build_teacher_cache(
              "created": time.strftime("%Y-%m-%d %H:%M:%S"), "device": str(dev),
              "kdlab": __version__, "torch": torch.__version__}
     return path, writer.finish(extra)
+
+
+def _intact(path: Path, meta: Mapping[str, Any]) -> bool:
+    """Whether a finished cache's bytes match its checksums."""
+    try:
+        verify(path, meta)
+    except UserError:
+        return False
+    return True
 
 
 def describe(path: Path, meta: Mapping[str, Any]) -> str:
