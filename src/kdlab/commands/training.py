@@ -39,6 +39,9 @@ def prepare(args: argparse.Namespace) -> RunConfig:
         derived["schedule.milestones"] = keep_saved_milestones(cfg, derived)
     cfg.plugins = load_run_plugins(cfg, getattr(args, "plugins", []), args.resume)
     check(cfg, args.mode)
+    from kdlab.commands.failures import memory_hint
+
+    args.memory_hint = memory_hint(cfg)  # what an out-of-memory names (kdlab.cli)
     from kdlab.engine.run_lock import is_main_process
 
     if is_main_process():

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -46,7 +47,7 @@ from kdlab.data.teacher_cache import (
     weights_sha256,
 )
 from kdlab.errors import UserError
-from kdlab.runtime.capacity import size_text
+from kdlab.runtime.capacity import free_disk, physical_memory, size_text
 from kdlab.runtime.files import atomic_write_text
 
 #: the random stream (of ``kdlab.data.sampling.epoch_generator``) of the views' parameters
@@ -162,6 +163,30 @@ def _check_request(cfg: RunConfig, views: int, output: str, topk: int, batch: in
         raise UserError(f"--topk must be at least 1, got {topk}.")
 
 
+def check_size(path: Path, n: int, views: int, arrays: Mapping[str, Any]) -> None:
+    """Refuse, before any work, a cache that cannot fit: its file on the destination's disk
+    (less what a partial build already holds) or the views' augmentation parameters, drawn
+    at once, in this machine's memory."""
+    disk = file_size(arrays)
+    partial = partial_paths(path)[0]
+    if partial.is_file():
+        disk -= partial.stat().st_blocks * 512
+    params = arrays["params"]["shape"]
+    memory = math.prod(params) * (2 + 8)  # drawn as int64, kept as int16
+    free, ram = free_disk(path), physical_memory()
+    needs = []
+    if free is not None and disk > free:
+        needs.append(f"a {size_text(file_size(arrays))} cache file (the disk of "
+                     f"{str(path.parent)!r} has {size_text(free)} free)")
+    if ram is not None and memory > ram:
+        needs.append(f"{size_text(memory)} of memory for the views' augmentation parameters "
+                     f"(this machine has {size_text(ram)})")
+    if needs:
+        raise UserError(f"--views {views} of {n} training images needs {' and '.join(needs)}; "
+                        "use fewer views (e.g. --views 8) or fewer images "
+                        "(data.train_subset).")
+
+
 def _outputs(logits: torch.Tensor, output: str, topk: int) -> dict[str, np.ndarray]:
     """What the cache stores for teacher logits ``(b, K, C)`` (fp32)."""
     if output == "logits":
@@ -249,9 +274,10 @@ def build_teacher_cache(
     if output == "topk" and topk > info.num_classes:
         raise UserError(f"--topk {topk} is more than the {info.num_classes} classes of "
                         f"{cfg.data.name!r}; use at most {info.num_classes}.")
-    teacher = build_teacher(cfg, info).to(dev).eval().requires_grad_(False)
     augment = source.augmentation if cfg.data.augment else None
     n_params = num_params(augment)
+    check_size(path, n, views, layout(n, views, n_params, info.num_classes, output, topk))
+    teacher = build_teacher(cfg, info).to(dev).eval().requires_grad_(False)
     meta: dict[str, Any] = {
         "format": FORMAT, "version": VERSION, "n": n, "views": views, "seed": seed,
         "output": {"format": output, "topk": topk if output == "topk" else None},
