@@ -320,9 +320,12 @@ class TeacherCache:
         if not bad.any():
             return None
         row = int(bad.any(-1).nonzero()[0])
-        return (f"image {int(index[row])}, view {int(view[row])}: stored "
-                f"{have[row][bad[row]][:3].tolist()} vs recomputed "
-                f"{[round(v, 4) for v in want[row][bad[row]][:3].tolist()]}")
+
+        def shown(values: torch.Tensor) -> list[float]:
+            return [round(v, 4) for v in values[row][bad[row]][:3].tolist()]
+
+        return (f"image {int(index[row])}, view {int(view[row])}: stored {shown(have)} vs "
+                f"recomputed {shown(want)}")
 
     # ----------------------------------------------------------------- checks
     def check_data(self, data: Mapping[str, Any]) -> None:
