@@ -59,7 +59,7 @@ def test_an_untrained_teacher_is_reported_and_warned_about(data, tmp_path, capsy
     assert any("at chance level for 10 classes" in w for w in warnings), captured.err
     rows = read_csv(out / "metrics.csv")
     teacher = load_checkpoint(out / "last.pt")["teacher_scores"]
-    assert all(r["val_teacher_top1"] == pytest.approx(teacher["top1"], abs=1e-4) for r in rows)
+    assert all(r["teacher_top1"] == pytest.approx(teacher["top1"], abs=1e-4) for r in rows)
     report = (out / "report.md").read_text()
     assert f"| teacher (frozen, before training) | {teacher['top1']:.2f}" in report
     assert "## Warnings" in report and "at chance level" in report
@@ -93,7 +93,7 @@ def test_a_resumed_run_reuses_the_score_and_the_check_can_be_turned_off(data, tm
     assert len(calls) == 1
     assert "evaluated when the run started" in capsys.readouterr().out
     rows = read_csv(tmp_path / "run" / "metrics.csv")
-    assert rows[0]["val_teacher_top1"] == rows[1]["val_teacher_top1"]
+    assert rows[0]["teacher_top1"] == rows[1]["teacher_top1"]
 
     forwards = []
     teacher.register_forward_hook(lambda *_: forwards.append(1))
@@ -101,5 +101,5 @@ def test_a_resumed_run_reuses_the_score_and_the_check_can_be_turned_off(data, tm
                   epochs=1, out=tmp_path / "off", evaluate_teacher=False,
                   max_steps_per_epoch=1, **QUICK)
     assert len(calls) == 1 and len(forwards) == 1  # the one training step only
-    assert "val_teacher_top1" not in read_csv(tmp_path / "off" / "metrics.csv")[0]
+    assert "teacher_top1" not in read_csv(tmp_path / "off" / "metrics.csv")[0]
     assert "teacher: " not in capsys.readouterr().out

@@ -119,6 +119,9 @@ def plot_curves(rows: Sequence[dict[str, Any]], path: Path, metric: str = "top1"
     for name in networks(rows, metric):
         xs, ys = series(rows, f"val_{name}_{metric}")
         ax_acc.plot(xs, ys, marker="o", label=f"val {name}")
+    xs, ys = series(rows, f"teacher_{metric}")  # the frozen teacher, evaluated once
+    if xs:
+        ax_acc.plot(xs, ys, linestyle=":", color="grey", label="teacher (before training)")
     label = LABELS.get(metric, metric)
     ax_acc.set(xlabel="epoch", ylabel=f"{label} (%)", title=label)
     ax_acc.legend(fontsize="small")

@@ -4,9 +4,10 @@ A student distilled from an untrained teacher, or from a teacher of other data, 
 end without a sign of it. So every run with a frozen teacher evaluates the teacher once on the
 validation split before its first epoch (``train.evaluate_teacher``, on by default; off for a
 teacher too expensive to evaluate), prints the score, stores it in every row of
-``metrics.csv`` (``val_teacher_<metric>``, the columns a trained network gets) and in the
-report, and keeps it in the checkpoint, so that a resumed run reads it instead of evaluating
-again. Two one-line warnings follow from it (:func:`chance_warning`,
+``metrics.csv`` (``teacher_<metric>``: not ``val_teacher_<metric>``, which names a network
+evaluated each epoch, such as online FCFD's trained teacher), draws it in the curves and
+the report, and keeps it in the checkpoint, so that a resumed run reads it instead of
+evaluating again. Two one-line warnings follow from it (:func:`chance_warning`,
 :func:`below_student_warning`).
 """
 
@@ -34,7 +35,7 @@ def teacher_scores(task: Any, teacher: Any, loader: Any, *, device: Any,
 
 def columns(scores: Mapping[str, float]) -> dict[str, float]:
     """The ``metrics.csv`` columns of the teacher's scores."""
-    return {f"val_teacher_{k}": v for k, v in scores.items() if k not in COUNTS}
+    return {f"teacher_{k}": v for k, v in scores.items() if k not in COUNTS}
 
 
 def describe(scores: Mapping[str, float], metric: str, *, resumed: bool) -> str:
