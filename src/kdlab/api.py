@@ -36,6 +36,7 @@ from kdlab.core.config import (
     ScheduleConfig,
     TrainConfig,
     build_dataclass,
+    follow_epochs,
     read_yaml,
 )
 from kdlab.core.registry import did_you_mean
@@ -46,8 +47,6 @@ SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "optim": 
 #: settings given as arguments of distill() rather than as keyword settings
 ARGUMENTS = {"data.name": "train= and val=", "model.student": "student=",
              "model.teacher": "teacher=", "train.out_dir": "out=", "schedule.epochs": "epochs="}
-#: the paper's LR steps (150, 180, 210 of 240 epochs) as fractions of the run
-MILESTONE_FRACTIONS = (0.625, 0.75, 0.875)
 
 
 # --------------------------------------------------------------------- settings
@@ -116,13 +115,26 @@ def _default_out(method: str) -> str:
 
 
 # --------------------------------------------------------------------- networks
+def check_networks(student: Any, teacher: Any) -> None:
+    """``student`` is a network (a module or a model name), ``teacher`` one or None, and they
+    are not the same network; else a UserError."""
+    for role, net in (("student", student), ("teacher", teacher)):
+        if (net is None and role == "student") or not (net is None or isinstance(net, str)
+                                                        or isinstance(net, nn.Module)):
+            raise UserError(f"{role}= must be a network: an nn.Module or a registered model name "
+                            f"such as 'resnet8' (`kdlab list models`), got "
+                            f"{type(net).__name__}.")
+    inner = [getattr(n, "net", n) for n in (student, teacher)]
+    if isinstance(student, nn.Module) and inner[0] is inner[1]:
+        raise UserError("student= and teacher= are the same network, so training the student "
+                        "would change the frozen teacher; pass a separate student (e.g. "
+                        "copy.deepcopy(teacher)).")
+
+
 def _staged(net: Any, role: str, shape: tuple[int, int, int]) -> Any:
     """A network given as a module as a staged view for images of ``shape``; a name stays."""
     if isinstance(net, str) or net is None:
         return net
-    if not isinstance(net, nn.Module):
-        raise UserError(f"{role} must be an nn.Module or a registered model name, got "
-                        f"{type(net).__name__}.")
     from kdlab.models import Staged, auto_stage
 
     staged = auto_stage(net, shape)
@@ -163,6 +175,7 @@ def prepare_run(
         recipe_method = {"name": recipe_method}
     name = method or recipe_method.get("name") or default_method
     cls = METHODS.get(name)
+    check_networks(student, teacher)
     tree["method"] = dict(recipe_method) if recipe_method.get("name") == name else {}
     tree["method"]["name"] = name
     if cls.needs_teacher and teacher is None:
@@ -197,8 +210,10 @@ def prepare_run(
     if epochs is not None:
         _put(tree, "schedule.epochs", epochs)
         if "schedule.milestones" not in resolved:  # a recipe's are for its own epochs
-            steps = sorted({max(1, round(epochs * f)) for f in MILESTONE_FRACTIONS})
-            _put(tree, "schedule.milestones", [m for m in steps if m < epochs] or [epochs])
+            tree["schedule"].pop("milestones", None)
+    for note in follow_epochs(tree).values():  # the milestones follow the epochs given
+        if tree.get("train", {}).get("progress") != "none":
+            print(note)
     cfg = build_dataclass(RunConfig, tree, where="config")
     d = cfg.data
     if d.normalized and (d.mean is not None or d.std is not None):
@@ -269,6 +284,20 @@ def distill(
         The trained student after the last epoch (the module given, or the network built
         from the name), in eval mode on the run's device; ``best.pt`` in the run folder holds
         the best epoch's weights.
+
+    Raises:
+        kdlab.errors.UserError: one sentence saying what to do, before training starts
+            (nothing is left in ``out``), for every input the command line would refuse
+            too: ``student`` / ``teacher`` that are not networks (or are the same one);
+            empty splits; images of another shape, channel count or size in ``val`` than in
+            ``train`` or than a staged network expects; labels outside
+            ``0..num_classes-1``; images that are not uint8 or float in [0, 1]; an ``out``
+            that is a file, lies under a file or cannot be written (read-only); a setting
+            the config refuses.
+
+    Before the first epoch the teacher is evaluated once on ``val`` and its score printed
+    and stored (``metrics.csv``, ``report.md``), with a warning when it is at chance level
+    (``evaluate_teacher=False`` skips it, for a teacher that is expensive to evaluate).
     """
     student_net, _ = fit(default_method="kd", student=student, teacher=teacher, train=train,
                          val=val, method=method, out=None if out is None else str(out),

@@ -59,6 +59,39 @@ def test_list_through_the_entry_point():
             assert name in lines and lines[name].strip(), f"{kind}: {name} lacks a description"
 
 
+HELP = (["--help"], ["train", "--help"], ["distill", "--help"], ["eval", "--help"],
+        ["export", "--help"], ["list", "--help"], ["bench", "--help"], ["quickstart", "--help"],
+        ["compare", "--help"], ["analyze", "--help"], ["analyze", "anisotropy", "--help"],
+        ["analyze", "probe", "--help"], ["cache-teacher", "--help"], ["list", "models"],
+        ["list", "methods"], ["list", "datasets"], ["list", "tasks"])
+
+
+def test_help_and_list_do_not_import_torch():
+    """`kdlab --help`, every command's help and `kdlab list` answer without torch (seconds
+    and hundreds of MB otherwise): `list` reads kdlab.cli.commands.catalogue."""
+    code = ("import sys\nfrom kdlab.cli import main\n"
+            f"codes = [main(argv) for argv in {HELP!r}]\n"
+            "print(codes, sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))")
+    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().splitlines()[-1] == f"{[0] * len(HELP)} []", res.stdout[-500:]
+
+
+def test_the_catalogue_lists_what_the_registries_hold():
+    """kdlab.cli.commands.catalogue is what `python -m kdlab.cli.commands.listing` writes now."""
+    from kdlab.cli.commands import listing
+
+    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    res = subprocess.run([sys.executable, "-c", "from kdlab.cli.commands.listing import "
+                          "catalogue_source; print(catalogue_source(), end='')"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    written = (Path(listing.__file__).with_name("catalogue.py")).read_text()
+    assert written == res.stdout, "run `python -m kdlab.cli.commands.listing` to rewrite it"
+
+
 def test_user_errors_through_the_entry_point(tmp_path):
     path = recipe(tmp_path, method={"name": "kdd"})
     res = kdlab("train", str(path))

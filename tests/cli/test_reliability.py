@@ -10,17 +10,21 @@ process costs seconds for the torch import); only the kill tests start a child p
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from torch.utils.data import DataLoader
 
 from kdlab.cli import main
 from kdlab.training.checkpoint import load_checkpoint
@@ -66,9 +70,34 @@ def files_under(folder: Path) -> set[str]:
     return {str(p.relative_to(folder)) for p in folder.rglob("*")}
 
 
+PLUGINS = "plugins"  # the folder of a case's plugin modules (see plugin_folder)
+
+
+@contextlib.contextmanager
+def plugin_folder(tmp: Path) -> Iterator[None]:
+    """Plugin modules a case writes into ``tmp/plugins`` are importable while it runs (no
+    bytecode files written) and forgotten afterwards, as in a new process."""
+    folder = str(tmp / PLUGINS)
+    sys.path.insert(0, folder)
+    bytecode, sys.dont_write_bytecode = sys.dont_write_bytecode, True
+    try:
+        yield
+    finally:
+        sys.path.remove(folder)
+        sys.dont_write_bytecode = bytecode
+        for name, module in list(sys.modules.items()):
+            if str(getattr(module, "__file__", None) or "").startswith(folder):
+                del sys.modules[name]
+
+
 def one_error(capsys, argv: list[str]) -> str:
-    """Run the CLI: exit 2, exactly one line on stderr, no traceback; return that line."""
-    assert main(argv) == 2
+    """Run the CLI: exit 2, exactly one line on stderr, no traceback and no Python warning
+    (which would print lines of its own); return that line."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(argv) == 2
+    assert not [w for w in caught if issubclass(w.category, UserWarning)], [
+        str(w.message) for w in caught]
     err = capsys.readouterr().err
     assert "Traceback" not in err
     lines = err.strip().splitlines()
@@ -169,6 +198,106 @@ def _file_parent(tmp: Path) -> str:
     return str(tmp / "afile" / "student.safetensors")
 
 
+def _plain_pickle(finished: Path) -> bytes:
+    """A checkpoint written with pickle itself (protocol 5), not torch.save."""
+    return pickle.dumps({"obj": argparse.Namespace(a=1)}, protocol=5)
+
+
+def _plugin(module: str, source: str) -> Callable[[Path, Path], list[str]]:
+    def make(tmp: Path, finished: Path) -> list[str]:
+        (tmp / PLUGINS).mkdir(exist_ok=True)
+        (tmp / PLUGINS / f"{module}.py").write_text(source)
+        return ["--import", module, "list", "methods"]
+    return make
+
+
+def _kd_recipe(tmp: Path, teacher: Path, name: str = "recipe.yaml", **data: object) -> Path:
+    return write_recipe(tmp, name, method={"name": "kd"}, data=data,
+                        model={"teacher": MODEL, "teacher_checkpoint": str(teacher)})
+
+
+def _cache(tmp: Path, teacher: Path, name: str) -> Path:
+    """A 2-view teacher cache of the recipe's synthetic data, built from ``teacher``."""
+    from kdlab.core.config import load_config
+    from kdlab.tools.teacher_cache import build_teacher_cache
+
+    cfg = load_config(_kd_recipe(tmp, teacher, f"{name}.yaml"))
+    path, _ = build_teacher_cache(cfg, views=2, out=tmp / f"{name}.kdcache", progress="none")
+    (tmp / f"{name}.yaml").unlink()
+    return path
+
+
+def _edit_meta(path: Path, edit: Callable[[dict], None]) -> None:
+    from kdlab.data.soft_labels import meta_path
+
+    meta = json.loads(meta_path(path).read_text())
+    edit(meta)
+    meta_path(path).write_text(json.dumps(meta))
+
+
+def _cached(tamper: Callable[[Path, Path, Path], None]) -> Callable[[Path, Path], list[str]]:
+    """distill from a teacher cache of ``finished``'s teacher that ``tamper(cache, tmp,
+    teacher)`` changed."""
+    def make(tmp: Path, finished: Path) -> list[str]:
+        path = _cache(tmp, finished / "best.pt", "cache")
+        tamper(path, tmp, finished / "best.pt")
+        recipe = _kd_recipe(tmp, finished / "best.pt", teacher_cache=str(path))
+        return ["distill", str(recipe)]
+    return make
+
+
+def _more_views(path: Path, tmp: Path, teacher: Path) -> None:
+    _edit_meta(path, lambda m: m.update(views=m["views"] * 8))
+
+
+def _nan_tail(path: Path, tmp: Path, teacher: Path) -> None:
+    size = path.stat().st_size
+    tail = min(4096, size // 2)
+    with open(path, "r+b") as f:
+        f.seek(size - tail)
+        f.write(b"\x00\x7e" * (tail // 2))  # fp16 NaN
+
+
+def _resummed(path: Path) -> None:
+    from kdlab.data.soft_labels import checksums
+
+    _edit_meta(path, lambda m: m.update(checksum=checksums(path)))
+
+
+def _permuted(path: Path, tmp: Path, teacher: Path) -> None:
+    """Logits moved across classes (finite values), checksums written again to match."""
+    import numpy as np
+
+    from kdlab.data.soft_labels import TeacherCache, memmaps
+
+    arrays = memmaps(path, TeacherCache.open(path).meta["arrays"], "r+")
+    arrays["logits"][:] = np.roll(np.array(arrays["logits"]), 3, axis=-1)
+    arrays["logits"].flush()
+    _resummed(path)
+
+
+def _other_weights(path: Path, tmp: Path, teacher: Path) -> None:
+    """The outputs of other weights under this teacher's name and SHA-256."""
+    import numpy as np
+
+    from kdlab.data.soft_labels import TeacherCache, memmaps
+
+    ckpt = torch.load(teacher, weights_only=True)
+    g = torch.Generator().manual_seed(0)
+    for name, value in ckpt["exported"]["student"].items():
+        if value.is_floating_point() and "running" not in name:
+            value.add_(0.5 * torch.randn(value.shape, generator=g))
+    torch.save(ckpt, tmp / "other.pt")
+    other = _cache(tmp, tmp / "other.pt", "other")
+    mine = memmaps(path, TeacherCache.open(path).meta["arrays"], "r+")
+    mine["logits"][:] = np.array(memmaps(other, TeacherCache.open(other).meta["arrays"],
+                                         "r")["logits"])
+    mine["logits"].flush()
+    _resummed(path)
+    for f in (other, other.with_name(other.name + ".json"), tmp / "other.pt"):
+        f.unlink()
+
+
 CASES: dict[str, tuple[Callable[[Path, Path], list[str]], str]] = {
     # recipes
     "recipe missing": (lambda t, f: ["train", str(t / "no.yaml")],
@@ -218,6 +347,8 @@ CASES: dict[str, tuple[Callable[[Path, Path], list[str]], str]] = {
     "checkpoint empty": (_bad_checkpoint("export", lambda f: b""), "cannot be read"),
     "checkpoint malicious pickle": (_bad_checkpoint("eval", _pickle),
                                     "not a kdlab or torchvision checkpoint"),
+    "checkpoint plain pickle": (_bad_checkpoint("eval", _plain_pickle),
+                                "not a kdlab or torchvision checkpoint"),
     "checkpoint missing": (_bad_checkpoint("eval", None), "no best.pt"),
     "run config.yaml not UTF-8": (_run_with_latin1_config, "config.yaml' is not UTF-8"),
     # data
@@ -239,6 +370,44 @@ CASES: dict[str, tuple[Callable[[Path, Path], list[str]], str]] = {
     "resume with another lr": (lambda t, f: ["train", str(write_recipe(t)), "--out", str(f),
                                              "--resume", "--set", "optim.lr=0.2"],
                                "optim.lr 0.1 -> 0.2"),
+    # plugins (issue 22)
+    "plugin raises on import": (
+        _plugin("kdlab_case_raises", "import os\n\nraise RuntimeError('no licence server')\n"),
+        "kdlab_case_raises.py, line 3"),
+    "plugin has a syntax error": (_plugin("kdlab_case_syntax", "def broken(:\n    pass\n"),
+                                  "has a syntax error"),
+    "plugin registers a taken method name": (
+        _plugin("kdlab_case_method", "from kdlab.methods import METHODS\n"
+                "from kdlab.methods.kd import KD\n\n\n@METHODS.register('kd')\n"
+                "class Mine(KD):\n    pass\n"),
+        "a name that kdlab.methods.kd.kd already registers"),
+    "plugin registers a taken model name": (
+        _plugin("kdlab_case_model", "from kdlab.models import MODELS\n\n\n"
+                "@MODELS.register('resnet8')\ndef mine(**kw):\n    pass\n"),
+        "registers model 'resnet8' in kdlab_case_model"),
+    # teacher caches (issue 22)
+    "teacher cache sidecar says more views than stored": (_cached(_more_views),
+                                                          "does not describe its data"),
+    "teacher cache last bytes overwritten (NaN)": (_cached(_nan_tail), "is damaged"),
+    "teacher cache logits permuted (checksums rewritten)": (
+        _cached(_permuted), "does not hold this teacher's outputs"),
+    "teacher cache of other weights under this teacher's name": (
+        _cached(_other_weights), "does not hold this teacher's outputs"),
+    "teacher cache without checksum": (
+        _cached(lambda path, tmp, t: _edit_meta(path, lambda m: m.pop("checksum"))),
+        "has no checksum"),
+    # sizes (issue 22)
+    "a billion scenes": (_with_sets("data.name=scenes_seg", "task=segmentation",
+                                    "data.scenes_train=1000000000"),
+                         "lower data.scenes_train"),
+    "a 100000-pixel canvas": (_with_sets("data.name=scenes_seg", "task=segmentation",
+                                         "data.canvas=100000"), "lower data.canvas"),
+    "cache-teacher --views 1e9": (lambda t, f: ["cache-teacher", str(_kd_recipe(t, f / "best.pt")),
+                                                "--views", "1e9", "--out",
+                                                str(t / "c.kdcache")], "use fewer views"),
+    # smaller items (issue 22)
+    "ignore_index for a classification run": (_with_sets("task_options.ignore_index=0"),
+                                              "Unknown task_options ignore_index"),
 }
 
 
@@ -247,7 +416,8 @@ def test_case_gives_one_clear_line(case, tmp_path, finished, capsys):
     make, expected = CASES[case]
     argv = make(tmp_path, finished)
     before, before_run = files_under(tmp_path), files_under(finished)
-    line = one_error(capsys, argv)
+    with plugin_folder(tmp_path):
+        line = one_error(capsys, argv)
     assert expected in line, line
     assert files_under(tmp_path) == before  # nothing left behind
     assert files_under(finished) == before_run
@@ -262,6 +432,117 @@ def test_nan_loss_is_one_line_and_keeps_nothing_half_done(tmp_path, capsys):
     assert not [p for p in run.iterdir() if p.name.endswith((".tmp", ".lock"))]
 
 
+# --------------------------------------------------------------------- the Python API
+def api_data() -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """64 training and 64 validation images of the synthetic data (3x16x16 uint8)."""
+    from kdlab.tasks.classification.datasets.synthetic import generate
+
+    (xt, yt), (xv, yv) = generate()
+    return (xt[:64], yt[:64]), (xv[:64], yv[:64])
+
+
+def _api(**changes: object) -> Callable[[Path], None]:
+    """kdlab.distill of a tiny student from a tiny teacher on ``api_data``, with ``changes``
+    to its arguments (a callable value is called with the temporary folder)."""
+    def call(tmp: Path) -> None:
+        import kdlab
+        from kdlab.models import build_model
+
+        train, val = api_data()
+        args: dict = {
+            "student": build_model(MODEL, num_classes=10, in_channels=3, input_size=16),
+            "teacher": build_model(MODEL, num_classes=10, in_channels=3, input_size=16),
+            "train": train, "val": val, "method": "kd", "epochs": 1, "out": tmp / "run",
+            "batch_size": 32, "device": "cpu", "progress": "none"}
+        for key, value in changes.items():
+            args[key] = value(tmp) if callable(value) else value
+        kdlab.distill(**args)
+    return call
+
+
+def _under_a_file(tmp: Path) -> Path:
+    (tmp / "afile").write_text("x")
+    return tmp / "afile" / "run"
+
+
+def _images(transform: Callable[[torch.Tensor], torch.Tensor], split: str = "val"
+            ) -> Callable[[Path], tuple[torch.Tensor, torch.Tensor]]:
+    def make(tmp: Path) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = api_data()[0 if split == "train" else 1]
+        return transform(x), y
+    return make
+
+
+def _labels(transform: Callable[[torch.Tensor], torch.Tensor]
+            ) -> Callable[[Path], tuple[torch.Tensor, torch.Tensor]]:
+    def make(tmp: Path) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = api_data()[0]
+        return x, transform(y)
+    return make
+
+
+def _same_network(tmp: Path) -> None:
+    import kdlab
+    from kdlab.models import build_model
+
+    net = build_model(MODEL, num_classes=10, in_channels=3, input_size=16)
+    train, val = api_data()
+    kdlab.distill(student=net, teacher=net, train=train, val=val, epochs=1, out=tmp / "run",
+                  device="cpu", progress="none")
+
+
+API_CASES: dict[str, tuple[Callable[[Path], None], str]] = {
+    "out= under a regular file": (_api(out=_under_a_file), "which is a file, not a folder"),
+    "out= is a file": (_api(out=lambda t: _under_a_file(t).parent), "is a file; choose a folder"),
+    "val images with 3 channels, train with 1": (
+        _api(train=_images(lambda x: x[:, :1], "train")), "give both splits images of one shape"),
+    "val images 32x32, train 16x16": (
+        _api(val=_images(lambda x: x.repeat_interleave(2, -1).repeat_interleave(2, -2))),
+        "val's images are 3x32x32"),
+    "empty training tensors": (_api(train=lambda t: tuple(v[:0] for v in api_data()[0])),
+                               "train holds no images"),
+    "empty validation tensors": (_api(val=lambda t: tuple(v[:0] for v in api_data()[1])),
+                                 "val holds no images"),
+    "student=None": (_api(student=None), "student= must be a network"),
+    "teacher=a number": (_api(teacher=42), "teacher= must be a network"),
+    "student and teacher the same network": (_same_network, "the same network"),
+    "a label beyond the class count": (_api(train=_labels(lambda y: y.clone().fill_(12))),
+                                       "label 12 outside 0..9"),
+    "a negative label": (_api(val=_labels(lambda y: y.clone().fill_(-1))), "label -1"),
+    "float labels": (_api(train=_labels(lambda y: y.float())), "give integer class indices"),
+    "float images on the 0..255 scale": (_api(train=_images(lambda x: x.float(), "train")),
+                                         "looks like the 0..255 scale"),
+    "int32 images": (_api(train=_images(lambda x: x.int(), "train")), "are int32 tensors"),
+    "NaN images": (_api(val=_images(lambda x: x.float().div(255).fill_(float("nan")))),
+                   "outside [0, 1]"),
+    "images not (N, C, H, W)": (_api(train=_images(lambda x: x[:, 0, 0], "train")),
+                                "needs images (N, C, H, W)"),
+    "a DataLoader of dicts": (_api(train=lambda t: DataLoader([{"x": 1}] * 4)),
+                              "must yield (images, labels) batches"),
+}
+
+
+@pytest.mark.parametrize("case", list(API_CASES))
+def test_api_case_gives_one_user_error(case, tmp_path, capsys):
+    from kdlab.errors import UserError
+
+    call, expected = API_CASES[case]
+    before = files_under(tmp_path)
+    with pytest.raises(UserError) as err:
+        call(tmp_path)
+    message = str(err.value)
+    assert expected in message and "\n" not in message, message
+    assert files_under(tmp_path) <= before | {"afile"}  # no run folder, nothing half-written
+
+
+def test_api_out_on_a_read_only_file_system(tmp_path, small_fs):
+    from kdlab.errors import UserError
+
+    ro = small_fs("ro", "ro,size=64k")
+    with pytest.raises(UserError, match="is on a read-only file system"):
+        _api(out=ro / "run")(tmp_path)
+
+
 # --------------------------------------------------------------------- accepted by design
 def test_float_forms_in_recipes_and_overrides(tmp_path):
     from kdlab.core.config import load_config
@@ -272,6 +553,67 @@ def test_float_forms_in_recipes_and_overrides(tmp_path):
     assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.schedule.gamma) == (1e-3, 5e-4, 0.5)
     cfg = load_config(path, ["optim.lr=1e30", "optim.momentum=9e-1"])
     assert cfg.optim.lr == 1e30 and cfg.optim.momentum == 0.9
+
+
+def test_a_recipe_from_a_pipe_or_standard_input(tmp_path, capsys, monkeypatch):
+    import io
+
+    text = yaml.safe_dump(tree(tmp_path / "piped", schedule={"epochs": 1, "milestones": [1]}))
+    read, write = os.pipe()  # `kdlab train <(generate_recipe)` hands over /dev/fd/N
+    os.write(write, text.encode())
+    os.close(write)
+    try:
+        assert main(["train", f"/dev/fd/{read}"]) == 0
+    finally:
+        os.close(read)
+    assert (tmp_path / "piped" / "last.pt").is_file()
+    text = text.replace(str(tmp_path / "piped"), str(tmp_path / "stdin"))
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(text.encode())))
+    assert main(["train", "-"]) == 0  # `generate_recipe | kdlab train -`
+    assert (tmp_path / "stdin" / "last.pt").is_file()
+
+
+def test_unwritten_milestones_follow_the_epochs_written(tmp_path, capsys):
+    path = tmp_path / "minimal.yaml"
+    base = tree(tmp_path / "run")
+    path.write_text(yaml.safe_dump({**{k: base[k] for k in ("data", "model", "method", "train")},
+                                    "schedule": {"epochs": 1}}))
+    assert main(["train", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("schedule.milestones [1]: not given, so the default [150, 180, 210] of "
+                     "240 epochs scaled to schedule.epochs=1") == 1, out
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["schedule"]
+    assert (saved["epochs"], saved["milestones"]) == (1, [1])
+    # resumed with more epochs: the run's own milestones, not ones scaled to the new length
+    assert main(["train", str(path), "--resume", "--set", "schedule.epochs=8"]) == 0
+    assert "schedule.milestones [1]: not given, so those of the run being resumed" in (
+        capsys.readouterr().out)
+    # milestones the user writes stay checked
+    assert "after the last epoch" in one_error(capsys, ["train", str(path), "--out",
+                                                        str(tmp_path / "r2"), "--set",
+                                                        "schedule.milestones=[5]"])
+
+
+def test_out_of_memory_names_the_setting_that_drove_it(tmp_path, capsys, monkeypatch):
+    import kdlab.training.trainer as trainer_mod
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 900.00 GiB")
+
+    monkeypatch.setattr(trainer_mod, "build_run", oom)
+    scenes = tree(tmp_path / "run", data={"name": "scenes_seg", "canvas": 128},
+                  model={"student": "seg_resnet8"}, method={"name": "ce"})
+    (tmp_path / "seg.yaml").write_text(yaml.safe_dump({**scenes, "task": "segmentation"}))
+    line = one_error(capsys, ["train", str(tmp_path / "seg.yaml")])
+    assert "Out of memory" in line and "lower data.canvas (now 128, default 64)" in line, line
+    import kdlab.training.build as build_mod
+
+    monkeypatch.setattr(build_mod, "build_teacher", oom)  # imported by build_teacher_cache
+    finished = tmp_path / "teacher.pt"
+    finished.write_bytes(b"")  # only its existence is checked before the teacher is built
+    line = one_error(capsys, ["cache-teacher", str(_kd_recipe(tmp_path, finished, "kd.yaml")),
+                              "--views", "2", "--out", str(tmp_path / "c.kdcache")])
+    assert "lower --views" in line, line
 
 
 def test_export_into_a_new_folder_creates_it(finished, tmp_path, capsys):

@@ -180,3 +180,40 @@ def test_a_plugin_dataset_trains(tmp_path, monkeypatch):
     finally:
         sys.modules.pop(DATA_PLUGIN, None)
         DATASETS._entries.pop("plugin_data", None)
+
+
+# --------------------------------------------------------------- plugins that fail to load
+BROKEN = {
+    "raises": ("import os\n\nraise RuntimeError('no licence server')\n", 3,
+               "failed while loading (RuntimeError: no licence server)"),
+    "syntax": ("def broken(:\n    pass\n", 1, "has a syntax error"),
+    "method_taken": ("from kdlab.methods import METHODS\nfrom kdlab.methods.kd import KD\n\n\n"
+                     "@METHODS.register('kd')\nclass MyKD(KD):\n    pass\n", 5,
+                     "registers method 'kd' in kdlab_test_broken_method_taken"),
+    "model_taken": ("from kdlab.models import MODELS\n\n\n@MODELS.register('resnet8')\n"
+                    "def mine(**kw):\n    pass\n", 4,
+                    "registers model 'resnet8' in kdlab_test_broken_model_taken"),
+}
+
+
+@pytest.mark.parametrize("kind", list(BROKEN))
+def test_a_plugin_that_fails_to_load_is_one_line_with_its_file_and_line(kind, tmp_path,
+                                                                       monkeypatch, capsys):
+    source, line, expected = BROKEN[kind]
+    module = f"kdlab_test_broken_{kind}"
+    path = tmp_path / f"{module}.py"
+    path.write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    before = {name: list(reg.names()) for name, reg in (("m", METHODS), ("n", MODELS))}
+    try:
+        assert main(["--import", module, "list", "methods"]) == 2
+    finally:
+        sys.modules.pop(module, None)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"Plugin module {module!r} (from --import)" in err and expected in err, err
+    assert f"{path}, line {line}" in err, err
+    if kind.endswith("taken"):  # both claimants named; the registry is unchanged
+        assert ("already registers" in err and
+                ("kdlab.methods.kd" in err or "kdlab.models.cifar" in err)), err
+    assert before == {name: list(reg.names()) for name, reg in (("m", METHODS), ("n", MODELS))}

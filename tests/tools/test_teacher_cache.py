@@ -22,6 +22,7 @@ from kdlab.data.augment import normalise
 from kdlab.data.soft_labels import (
     CachedTeacher,
     TeacherCache,
+    checksums,
     meta_path,
     outputs_to_logits,
     partial_paths,
@@ -209,6 +210,32 @@ def test_missing_unfinished_and_damaged_caches(cached, tmp_path):
                                    data={"augment": False}), views=2, progress="none")
 
 
+def test_checksums_and_the_rebuild_of_a_damaged_or_older_cache(cached):
+    cfg, path = cached
+    original = path.read_bytes()
+    meta = json.loads(meta_path(path).read_text())
+    assert meta["version"] == 2 and meta["checksum"] == checksums(path)
+    small = checksums(path, chunk=1000)  # several chunks, hashed by several threads
+    assert len(small["chunks"]) == -(-len(original) // 1000)
+    commits: list[int] = []
+    # an older cache (no checksums): refused; cache-teacher adds them without recomputing
+    meta_path(path).write_text(json.dumps({**{k: v for k, v in meta.items()
+                                              if k != "checksum"}, "version": 1}))
+    with pytest.raises(UserError, match="no checksum"):
+        TeacherCache.open(path)
+    build_teacher_cache(cfg, views=3, batch=3 * N, progress="none", on_commit=commits.append)
+    assert commits == [] and path.read_bytes() == original
+    assert TeacherCache.open(path).meta["checksum"] == meta["checksum"]
+    # a damaged one: refused, naming the bytes; cache-teacher builds it again
+    with open(path, "r+b") as f:
+        f.seek(len(original) - 10)
+        f.write(b"\xff\x7f")
+    with pytest.raises(UserError, match=r"is damaged: bytes 0\.\."):
+        TeacherCache.open(path)
+    build_teacher_cache(cfg, views=3, batch=3 * N, progress="none", on_commit=commits.append)
+    assert commits == [N] and path.read_bytes() == original
+
+
 # --------------------------------------------------------------- an interrupted build
 def test_an_interrupted_build_continues_and_equals_an_uninterrupted_one(tmp_path):
     cfg = config(tmp_path, teacher_file(tmp_path / "t"))
@@ -248,17 +275,29 @@ def no_report(monkeypatch):
 
 
 def count_teacher_calls(monkeypatch) -> list[int]:
-    """Count every module call inside the teachers that build_teacher makes."""
-    calls = [0]
+    """Count every module call inside the teachers that build_teacher makes, in the training
+    steps (the run's checks before training, which recompute a few cached entries and
+    evaluate the teacher once, are not counted)."""
+    calls, stepping = [0], [False]
     original = build_module.build_teacher
 
     def counted(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         teacher = original(*args, **kwargs)
         for m in teacher.modules():
-            m.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+            m.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + stepping[0]))
         return teacher
 
+    train_epoch = Trainer._train_epoch
+
+    def flagged(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        stepping[0] = True
+        try:
+            return train_epoch(*args, **kwargs)
+        finally:
+            stepping[0] = False
+
     monkeypatch.setattr(build_module, "build_teacher", counted)
+    monkeypatch.setattr(Trainer, "_train_epoch", flagged)
     return calls
 
 

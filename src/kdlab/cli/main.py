@@ -79,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except Exception as e:  # a full disk, a read-only folder, no memory, ...: by kind
-        message = failures.describe(e)
+        message = failures.describe(e, getattr(args, "memory_hint", None))
         if message is None:
             raise  # a bug: keep the traceback
         print(f"kdlab: error: {' '.join(message.split())}", file=sys.stderr)

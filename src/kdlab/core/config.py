@@ -18,7 +18,13 @@ from typing import Any, TypeVar
 
 import yaml
 
-from kdlab.core.recipe_yaml import DuplicateKeyError, load_yaml, read_text, yaml_problem
+from kdlab.core.recipe_yaml import (
+    DuplicateKeyError,
+    load_yaml,
+    read_stdin,
+    read_text,
+    yaml_problem,
+)
 from kdlab.core.registry import did_you_mean
 from kdlab.errors import UserError
 
@@ -99,6 +105,10 @@ class TrainConfig:
     # CPU intra-op threads: auto = the cores this process may use (affinity, cgroup quota),
     # less busy DataLoader workers (kdlab.runtime.threads); or a number
     threads: int | str = "auto"
+    # evaluate a frozen teacher once on the validation split before training, print and record
+    # its score, warn at chance level (kdlab.training.teacher_check); false for a teacher that is
+    # too expensive to evaluate
+    evaluate_teacher: bool = True
 
 
 @dataclass
@@ -241,10 +251,11 @@ def apply_overrides(tree: dict[str, Any], overrides: Sequence[str]) -> dict[str,
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """A recipe's sections; a missing, binary, empty or repeated-key file is a UserError."""
+    """A recipe's sections (``-``: read from standard input); a missing, binary, empty or
+    repeated-key file is a UserError."""
     p = Path(path)
     try:
-        tree = load_yaml(read_text(p, "Recipe"))
+        tree = load_yaml(read_stdin("Recipe") if str(path) == "-" else read_text(p, "Recipe"))
     except DuplicateKeyError as e:
         raise UserError(f"Recipe {str(p)!r} is ambiguous: {e}; keep one.") from None
     except yaml.YAMLError as e:
@@ -258,10 +269,48 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return tree
 
 
-def load_config(recipe: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
-    """Read a recipe (or start from the defaults), apply overrides and validate."""
+#: the paper's LR steps (150, 180, 210 of 240 epochs) as fractions of the run
+MILESTONE_FRACTIONS = (0.625, 0.75, 0.875)
+
+
+def scaled_milestones(epochs: int) -> list[int]:
+    """The default LR steps for a run of ``epochs``: :data:`MILESTONE_FRACTIONS` of it
+    (150, 180, 210 of 240), each within the run."""
+    steps = sorted({max(1, round(epochs * f)) for f in MILESTONE_FRACTIONS})
+    return [m for m in steps if m < epochs] or [epochs]
+
+
+def follow_epochs(tree: dict[str, Any]) -> dict[str, str]:
+    """Settings the user did not write that follow the epochs they did write, set in
+    ``tree``: ``schedule.milestones`` of a multistep schedule whose ``schedule.epochs`` is
+    given without them. Returns ``{key: the sentence that says so}`` (empty when nothing
+    changed); milestones the user wrote are kept, and checked against the epochs."""
+    schedule = tree.get("schedule")
+    if not isinstance(schedule, dict) or "epochs" not in schedule or "milestones" in schedule:
+        return {}
+    default = ScheduleConfig()
+    epochs = schedule["epochs"]
+    if (schedule.get("name", default.name) != "multistep" or isinstance(epochs, bool)
+            or not isinstance(epochs, int) or epochs < 1):
+        return {}  # another schedule; or an epoch count the validation refuses
+    milestones = scaled_milestones(epochs)
+    if milestones == default.milestones:
+        return {}
+    schedule["milestones"] = milestones
+    return {"schedule.milestones": (
+        f"schedule.milestones {milestones}: not given, so the default "
+        f"{default.milestones} of {default.epochs} epochs scaled to schedule.epochs={epochs}")}
+
+
+def load_config(recipe: str | Path | None = None, overrides: Sequence[str] = (), *,
+                derived: dict[str, str] | None = None) -> RunConfig:
+    """Read a recipe (or start from the defaults), apply overrides and validate; unwritten
+    defaults follow the epochs written (:func:`follow_epochs`), each noted in ``derived``."""
     tree = read_yaml(recipe) if recipe is not None else {}
     tree = apply_overrides(tree, overrides)
+    notes = follow_epochs(tree)
+    if derived is not None:
+        derived.update(notes)
     method = tree.get("method", {"name": "ce"})
     if isinstance(method, str):
         tree["method"] = {"name": method}

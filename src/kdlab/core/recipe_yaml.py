@@ -9,6 +9,7 @@ mapping (``optim:`` twice) is an error rather than "the last one wins". Everythi
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -74,20 +75,32 @@ def yaml_problem(e: yaml.YAMLError) -> str:
 
 
 def read_text(path: Path, what: str) -> str:
-    """The UTF-8 text of ``path``; a folder, a missing file or a binary / non-UTF-8 file is a
-    UserError that names ``what`` (e.g. "Recipe")."""
+    """The UTF-8 text of ``path`` (a file, or a pipe such as ``<(generate_recipe)``, which is
+    read once); a folder, a missing path or a binary / non-UTF-8 file is a UserError that names
+    ``what`` (e.g. "Recipe")."""
     if path.is_dir():
         raise UserError(f"{what} {str(path)!r} is a folder, not a YAML file; give the path of "
                         "a .yaml file (see `recipes/` for examples).")
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"{what} {str(path)!r} does not exist; see `recipes/` for examples.")
-    data = path.read_bytes()
+    return decode(path.read_bytes(), f"{what} {str(path)!r}")
+
+
+def read_stdin(what: str) -> str:
+    """The UTF-8 text on standard input (a recipe given as ``-``)."""
+    if sys.stdin is None or sys.stdin.isatty():
+        raise UserError(f"{what} '-' means standard input, but nothing is piped in; pipe a "
+                        "recipe (`generate_recipe | kdlab train -`) or give a file.")
+    return decode(sys.stdin.buffer.read(), f"{what} on standard input")
+
+
+def decode(data: bytes, what: str) -> str:
+    """``data`` as UTF-8 text; binary or non-UTF-8 bytes are a UserError naming ``what``."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise UserError(f"{what} {str(path)!r} is not UTF-8 text (byte {e.start} cannot be "
-                        "decoded); give a YAML text file saved as UTF-8.") from None
+        raise UserError(f"{what} is not UTF-8 text (byte {e.start} cannot be decoded); give a "
+                        "YAML text file saved as UTF-8.") from None
     if "\x00" in text:
-        raise UserError(f"{what} {str(path)!r} is a binary file, not YAML text; give a YAML "
-                        "recipe.")
+        raise UserError(f"{what} is a binary file, not YAML text; give a YAML recipe.")
     return text

@@ -27,6 +27,20 @@ def did_you_mean(name: str, known: list[str]) -> str:
     return f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
 
 
+class DuplicateNameError(ValueError):
+    """A name registered twice; :attr:`first` and :attr:`second` are the modules of the two
+    entries that claim it (a plugin turns it into one sentence, :mod:`kdlab.core.plugins`)."""
+
+    def __init__(self, kind: str, name: str, first: str, second: str) -> None:
+        self.kind, self.name, self.first, self.second = kind, name, first, second
+        super().__init__(f"{kind} {name!r} is registered twice: by {first} and by {second}")
+
+
+def _module_of(obj: object) -> str:
+    """The module that defines ``obj`` (for messages); ``?`` when it does not say."""
+    return str(getattr(obj, "__module__", None) or "?")
+
+
 class Registry(Generic[T]):
     """Maps names to builders. A duplicate name is an error; an unknown name suggests close ones.
 
@@ -63,7 +77,8 @@ class Registry(Generic[T]):
             if not key:
                 raise ValueError(f"cannot infer a {self.kind} name for {obj!r}")
             if key in self._entries:
-                raise ValueError(f"{self.kind} {key!r} is registered twice")
+                raise DuplicateNameError(self.kind, key, _module_of(self._entries[key]),
+                                         _module_of(obj))
             self._entries[key] = obj
             return obj
 

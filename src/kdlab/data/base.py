@@ -70,6 +70,18 @@ class DatasetSource:
     ) -> Loaders:
         raise NotImplementedError
 
+    @classmethod
+    def check_sizes(cls, cfg: DataConfig) -> None:
+        """Refuse, before any work, ``data.*`` sizes that this machine cannot hold (a
+        UserError with the estimate); datasets whose size the user does not choose have
+        nothing to check."""
+
+    @classmethod
+    def memory_setting(cls, cfg: DataConfig) -> str | None:
+        """The ``data.*`` setting that makes this dataset's memory largest beyond its default
+        (an out-of-memory hint names it), or None."""
+        return None
+
 
 #: filled by kdlab.tasks (each task's datasets)
 DATASETS: Registry[type[DatasetSource]] = Registry("dataset", filled_by=("kdlab.tasks",))

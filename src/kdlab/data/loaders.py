@@ -104,9 +104,11 @@ class TensorSource(DatasetSource):
     def open_cache(self, cfg: DataConfig, images: torch.Tensor, augment: CropFlip | None,
                    seed: int) -> CachedTeacher:
         """``data.teacher_cache`` opened and checked against these training images (uint8,
-        after ``train_subset``) and augmentation; views picked from the run's ``seed``."""
+        after ``train_subset``) and augmentation; views picked from the run's ``seed``; a few
+        entries kept to recompute with the run's teacher (:class:`Probe`)."""
         from kdlab.data.soft_labels import (
             CachedTeacher,
+            Probe,
             TeacherCache,
             augmentation_meta,
             data_meta,
@@ -117,7 +119,8 @@ class TensorSource(DatasetSource):
         cache.check_data(data_meta(self.info.name, images, self.info.num_classes, self.info.mean,
                                    self.info.std, self.scale, cfg.train_subset))
         cache.check_augmentation(augmentation_meta(augment))
-        return CachedTeacher(cache, seed)
+        probe = Probe.pick(cache, images, augment, self.info.mean, self.info.std, self.scale)
+        return CachedTeacher(cache, seed, probe)
 
 
 def build_loaders(

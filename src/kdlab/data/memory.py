@@ -79,13 +79,19 @@ def as_split(obj: Any, where: str) -> Split:
                             f"of the same N; got {tuple(obj[0].shape)} and {tuple(labels.shape)}.")
         if labels.is_floating_point() or labels.dtype == torch.bool:
             raise UserError(f"{where}'s labels are {labels.dtype}; give integer class indices.")
+        if images.shape[0] == 0:
+            raise UserError(f"{where} holds no images (shape {tuple(obj[0].shape)}); give at "
+                            "least one (image, label) pair.")
         return Split("tensors", (images, labels.to(torch.int64)), where)
     if isinstance(obj, Dataset):
         try:
-            len(obj)  # type: ignore[arg-type]
+            n = len(obj)  # type: ignore[arg-type]
         except TypeError:
             raise UserError(f"{where} is a Dataset without a length; wrap it in a DataLoader "
                             "and pass that.") from None
+        if n == 0:
+            raise UserError(f"{where} is an empty Dataset; give at least one (image, label) "
+                            "pair.")
         return Split("dataset", obj, where)
     raise UserError(f"{where} must be a (images, labels) pair of tensors, a torch Dataset or a "
                     f"DataLoader; got {type(obj).__name__}.")
@@ -149,11 +155,16 @@ class Prepare:
     normalized: bool
     num_classes: int
     where: str
+    shape: tuple[int, int, int]  # (C, H, W) of every image
 
     def __call__(self, x: Tensor, y: Tensor, params: tuple[Tensor, ...] | None = None,
                  index: Tensor | None = None, pad: int = 0) -> tuple[Tensor, Tensor]:
         if x.dim() == 3:
             x = x.unsqueeze(1)
+        if tuple(x.shape[1:]) != self.shape:
+            raise UserError(f"{self.where} has a batch of images {'x'.join(map(str, x.shape[1:]))}"
+                            f" but the run's images are {'x'.join(map(str, self.shape))} "
+                            "(channels x height x width); give every image one shape.")
         y = self.check_labels(torch.as_tensor(y))
         scale = 1.0 if self.normalized else pixel_scale(x, f"{self.where}'s images")
         x = x.to(self.device, non_blocking=True)
@@ -236,14 +247,25 @@ def _first_image(split: Split) -> Tensor:
     if split.kind == "tensors":
         return split.obj[0][0]
     if split.kind == "dataset":
-        if len(split) == 0:
-            raise UserError(f"{split.where} is empty; give at least one image.")
         return Indexed(split.obj, split.where)[0][0]
     batch = next(iter(split.obj), None)
     if batch is None:
         raise UserError(f"{split.where}'s DataLoader yields no batch; give it data.")
+    if not isinstance(batch, (tuple, list)) or len(batch) < 2 or not isinstance(batch[0], Tensor):
+        raise UserError(f"{split.where}'s DataLoader must yield (images, labels) batches of "
+                        f"tensors; it yields {type(batch).__name__}.")
     x = batch[0]
     return x[0] if x.dim() == 4 else x[0].unsqueeze(0)
+
+
+def _shape(split: Split) -> tuple[int, int, int]:
+    """``(C, H, W)`` of a split's first image."""
+    image = _first_image(split)
+    if image.dim() != 3:
+        raise UserError(f"{split.where}'s images have shape {tuple(image.shape)}; give (C, H, "
+                        "W) images.")
+    c, h, w = (int(v) for v in image.shape)
+    return c, h, w
 
 
 class MemoryData(DatasetSource):
@@ -255,8 +277,12 @@ class MemoryData(DatasetSource):
 
     def __init__(self, train: Any, val: Any) -> None:
         self.train, self.val = as_split(train, "train"), as_split(val, "val")
-        c, h, w = (int(v) for v in _first_image(self.train).shape)
-        self.shape = (c, h, w)
+        self.shape = _shape(self.train)
+        val_shape = _shape(self.val)
+        if val_shape != self.shape:
+            raise UserError(f"val's images are {'x'.join(map(str, val_shape))} (channels x "
+                            f"height x width) but train's are {'x'.join(map(str, self.shape))}; "
+                            "give both splits images of one shape.")
         kind = self.train.kind
         self.name = "memory:" + ("tensors" if kind == "tensors" else type(train).__name__
                                  if kind == "dataset" else "DataLoader")
@@ -336,7 +362,7 @@ class MemoryData(DatasetSource):
             batch = cfg.batch_size if train else cfg.eval_batch_size
             prepare = Prepare(torch.device(device), torch.tensor(mean, device=device),
                               torch.tensor(std, device=device), cfg.normalized,
-                              self.info.num_classes, split.where)
+                              self.info.num_classes, split.where, self.shape)
             loaders.append(self._loader(split, prepare, cfg, subset=subset, batch=batch,
                                         train=train, augment=augment if train else None,
                                         **common))

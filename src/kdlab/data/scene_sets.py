@@ -26,19 +26,54 @@ from kdlab.data.base import DatasetSource, Loaders
 from kdlab.data.dense_augment import JointCropFlip
 from kdlab.data.dense_loader import DenseTensorLoader
 from kdlab.data.loaders import check_batches, subset_size
-from kdlab.data.scenes import SceneSet, SceneSpec, cached_scenes
+from kdlab.data.scenes import CHUNK, MAX_ITEMS, SceneSet, SceneSpec, cached_scenes
 from kdlab.errors import UserError
+from kdlab.runtime.capacity import physical_memory, size_text
 
 IGNORE_INDEX = 255
 #: per-pixel mean / std of the default scenes (64 x 64, 10000 training scenes), 0..1 scale
 MEAN, STD = (0.206,), (0.287,)
 
 
-def load_scenes(cfg: DataConfig) -> tuple[SceneSet, SceneSet]:
-    """The training and validation scenes of ``cfg`` (generated on first use, then cached)."""
+def size_drivers(cfg: DataConfig) -> list[tuple[str, str, float]]:
+    """``(setting, its value in words, its factor on the memory against the default)`` for
+    the settings that size the scenes, largest factor first."""
+    d = DataConfig()
+    drivers = [("data.canvas", f"{cfg.canvas}x{cfg.canvas}-pixel scenes",
+                (cfg.canvas / d.canvas) ** 2),
+               ("data.scenes_train", f"{cfg.scenes_train} training scenes",
+                cfg.scenes_train / d.scenes_train),
+               ("data.scenes_val", f"{cfg.scenes_val} validation scenes",
+                cfg.scenes_val / d.scenes_val)]
+    return sorted(drivers, key=lambda x: -x[2])
+
+
+def footprint(cfg: DataConfig) -> int:
+    """Bytes of memory that generating and holding the scenes of ``cfg`` needs: both splits
+    (image and label map, boxes) twice over (the chunks and their concatenation), plus one
+    chunk's working tensors."""
+    per_scene = 2 * cfg.canvas ** 2 + MAX_ITEMS * (4 * 4 + 8) + 8
+    return 2 * (cfg.scenes_train + cfg.scenes_val) * per_scene + CHUNK * cfg.canvas ** 2 * 24
+
+
+def check_sizes(cfg: DataConfig) -> None:
+    """Refuse scene sizes this machine cannot hold, before anything is generated."""
     for key in ("scenes_train", "scenes_val"):
         if getattr(cfg, key) < 1:
             raise UserError(f"data.{key} must be at least 1, got {getattr(cfg, key)}.")
+    need, ram = footprint(cfg), physical_memory()
+    if ram is None or need <= ram:
+        return
+    setting, words, _ = size_drivers(cfg)[0]
+    default = getattr(DataConfig(), setting.split(".")[1])
+    raise UserError(f"{words} ({setting}={getattr(cfg, setting.split('.')[1])}) need about "
+                    f"{size_text(need)} of memory to generate and hold, and this machine has "
+                    f"{size_text(ram)}; lower {setting} (default {default}).")
+
+
+def load_scenes(cfg: DataConfig) -> tuple[SceneSet, SceneSet]:
+    """The training and validation scenes of ``cfg`` (generated on first use, then cached)."""
+    check_sizes(cfg)
     (xt, yt), (xv, yv) = fm.load_folder(fm.locate(cfg.root, cfg.download))
     spec = SceneSpec(canvas=cfg.canvas)
     folder = (Path(cfg.root).expanduser() if cfg.root else fm.CACHE_DIR) / "scenes"
@@ -52,6 +87,15 @@ class ScenesSource(DatasetSource):
     kind: ClassVar[str]
     #: random scale range of the training augmentation ((1, 1): none; items keep their size)
     scale: ClassVar[tuple[float, float]] = (1.0, 1.0)
+
+    @classmethod
+    def check_sizes(cls, cfg: DataConfig) -> None:
+        check_sizes(cfg)
+
+    @classmethod
+    def memory_setting(cls, cfg: DataConfig) -> str | None:
+        setting, _, factor = size_drivers(cfg)[0]
+        return setting if factor > 1 else None
 
     def build(
         self, cfg: DataConfig, device: torch.device, *, seed: int, rank: int, world_size: int

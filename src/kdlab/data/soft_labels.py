@@ -16,8 +16,13 @@ metadata lists (each at a 64-byte aligned offset):
   probabilities, FKD's label compression).
 
 ``PATH.json`` holds the metadata (teacher weights' SHA-256, dataset name, size and content
-hash, normalisation, augmentation, ``K``, format); it is written last, after the data file has
+hash, normalisation, augmentation, ``K``, format, and a SHA-256 of every
+:data:`CHECKSUM_CHUNK` bytes of the data file); it is written last, after the data file has
 been renamed into place, so its presence with ``"complete": true`` is the completion flag.
+Opening a cache checks the metadata against the data file (sizes and array shapes) and the
+checksums against its bytes, so an edited or damaged file is refused; a run then recomputes a
+few stored entries with its teacher (:class:`Probe`), which catches a file whose values were
+moved about (or that was built from other weights) yet is self-consistent.
 While a cache is built the data lives in ``PATH.partial`` and the progress marker (images
 done) in ``PATH.partial.json``; an interrupted build continues from that marker.
 """
@@ -27,7 +32,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +47,18 @@ from kdlab.data.sampling import epoch_generator
 from kdlab.errors import UserError
 
 FORMAT = "kdlab-teacher-cache"
-VERSION = 1
+VERSION = 2  # 2: per-chunk SHA-256 checksums of the data file
 OUTPUTS = ("logits", "topk")
 #: the random stream (of ``kdlab.data.sampling.epoch_generator``) that picks each epoch's views
 VIEW_STREAM = 1
 #: probabilities below this count as zero when top-k outputs are turned back into logits
 _TINY = 1e-12
 _ALIGN = 64
+#: bytes of the data file per checksum (a large cache is hashed by several threads)
+CHECKSUM_CHUNK = 64 << 20
+#: the arrays each output format stores, with their allowed dtypes
+ARRAYS = {"logits": {"params": ("int16",), "logits": ("float16",)},
+          "topk": {"params": ("int16",), "probs": ("float16",), "classes": ("int16", "int32")}}
 
 
 # --------------------------------------------------------------------- identities
@@ -91,14 +104,14 @@ def layout(n: int, views: int, n_params: int, num_classes: int, output: str,
     offset = 0
     for name, dtype, shape in arrays:
         out[name] = {"offset": offset, "dtype": dtype, "shape": list(shape)}
-        size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        size = math.prod(shape) * np.dtype(dtype).itemsize
         offset += -(-size // _ALIGN) * _ALIGN
     return out
 
 
 def file_size(arrays: Mapping[str, Mapping[str, Any]]) -> int:
     """Bytes of a cache file with these arrays."""
-    return max(a["offset"] + int(np.prod(a["shape"])) * np.dtype(a["dtype"]).itemsize
+    return max(a["offset"] + math.prod(a["shape"]) * np.dtype(a["dtype"]).itemsize
                for a in arrays.values())
 
 
@@ -128,6 +141,30 @@ def read_json(path: Path) -> dict[str, Any] | None:
     return tree if isinstance(tree, dict) else None
 
 
+def _chunk_sha256(path: Path, start: int, size: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        f.seek(start)
+        left = size
+        while left > 0:
+            block = f.read(min(left, 8 << 20))
+            if not block:
+                break
+            h.update(block)
+            left -= len(block)
+    return h.hexdigest()
+
+
+def checksums(path: Path, chunk: int = CHECKSUM_CHUNK) -> dict[str, Any]:
+    """SHA-256 of every ``chunk`` bytes of ``path`` (the last chunk shorter), computed by
+    several threads (hashlib releases the GIL): ``{algorithm, chunk_bytes, chunks}``."""
+    size = path.stat().st_size
+    starts = range(0, max(size, 1), chunk)
+    with ThreadPoolExecutor(max_workers=min(len(starts), os.cpu_count() or 1)) as pool:
+        chunks = list(pool.map(lambda s: _chunk_sha256(path, s, min(chunk, size - s)), starts))
+    return {"algorithm": "sha256", "chunk_bytes": chunk, "chunks": chunks}
+
+
 # --------------------------------------------------------------------- reading
 def outputs_to_logits(values: Mapping[str, np.ndarray], num_classes: int) -> torch.Tensor:
     """Logits (float32, ``(..., C)``) from stored outputs.
@@ -146,6 +183,65 @@ def outputs_to_logits(values: Mapping[str, np.ndarray], num_classes: int) -> tor
     rest = (1.0 - probs.sum(-1, keepdim=True)).clamp_min(0.0) / max(num_classes - k, 1)
     out = rest.clamp_min(_TINY).log().expand(*probs.shape[:-1], num_classes).clone()
     return out.scatter_(-1, classes, probs.clamp_min(_TINY).log())
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def inconsistency(meta: Mapping[str, Any]) -> str | None:
+    """What in a cache's metadata contradicts itself or the layout of its data (e.g. more
+    views than the arrays hold), or None when it is consistent."""
+    try:
+        n, views = meta["n"], meta["views"]
+        output, arrays = meta["output"]["format"], meta["arrays"]
+        num_classes = meta["data"]["num_classes"]
+        topk = meta["output"].get("topk")
+    except (KeyError, TypeError):
+        return "a required entry is missing"
+    if not (_count(n) and _count(views) and _count(num_classes)) or output not in ARRAYS:
+        return f"n={n!r}, views={views!r}, classes={num_classes!r}, format={output!r}"
+    if not isinstance(arrays, Mapping) or set(arrays) != set(ARRAYS[output]):
+        return f"arrays {sorted(arrays) if isinstance(arrays, Mapping) else arrays!r}"
+    width = num_classes if output == "logits" else topk
+    if not _count(width) or width > num_classes:
+        return f"top-k {topk!r} of {num_classes} classes"
+    end = 0
+    for name, a in arrays.items():
+        shape = a.get("shape") if isinstance(a, Mapping) else None
+        offset = a.get("offset") if isinstance(a, Mapping) else None
+        if (not isinstance(shape, list) or len(shape) != 3 or not all(map(_count, shape))
+                or a.get("dtype") not in ARRAYS[output][name] or not isinstance(offset, int)
+                or offset < end or offset % _ALIGN):
+            return f"array {name!r} is {dict(a) if isinstance(a, Mapping) else a!r}"
+        want = [n, views, shape[2] if name == "params" else width]
+        if shape != want:
+            return (f"array {name!r} has shape {shape} but the metadata says {n} images x "
+                    f"{views} views" + ("" if name == "params" else f" x {width}"))
+        end = offset + math.prod(shape) * np.dtype(a["dtype"]).itemsize
+    return None
+
+
+def verify(path: Path, meta: Mapping[str, Any]) -> None:
+    """Check ``path``'s bytes against the checksums of its metadata; a UserError names the
+    first damaged byte range."""
+    sums = meta.get("checksum")
+    if not isinstance(sums, Mapping) or not isinstance(sums.get("chunks"), list):
+        raise UserError(f"The teacher cache {str(path)!r} has no checksum (it was built by an "
+                        "older kdlab); run `kdlab cache-teacher` with its recipe again, which "
+                        "adds one without recomputing the outputs.")
+    chunk = int(sums.get("chunk_bytes", CHECKSUM_CHUNK))
+    found = checksums(path, chunk)["chunks"]
+    for i, (want, got) in enumerate(zip(sums["chunks"], found)):
+        if want != got:
+            raise UserError(f"The teacher cache {str(path)!r} is damaged: bytes {i * chunk}.."
+                            f"{min((i + 1) * chunk, path.stat().st_size)} differ from its "
+                            "checksum (the file was changed after it was built); build it "
+                            "again with `kdlab cache-teacher`.")
+    if len(found) != len(sums["chunks"]):
+        raise UserError(f"The teacher cache {str(path)!r} does not match its checksums "
+                        f"({len(found)} chunks, {len(sums['chunks'])} recorded); build it "
+                        "again with `kdlab cache-teacher`.")
 
 
 class TeacherCache:
@@ -176,14 +272,15 @@ class TeacherCache:
         if int(meta.get("version", 0)) > VERSION:
             raise UserError(f"The teacher cache {str(path)!r} was written by a newer kdlab; "
                             "upgrade kdlab or build the cache again.")
-        try:
-            expected = file_size(meta["arrays"])
-        except (KeyError, TypeError, ValueError):
-            raise UserError(f"The metadata of the teacher cache {str(path)!r} is damaged; "
-                            f"{hint} again.") from None
+        problem = inconsistency(meta)
+        if problem is not None:
+            raise UserError(f"The metadata of the teacher cache {str(path)!r} does not describe "
+                            f"its data ({problem}); {hint} again.")
+        expected = file_size(meta["arrays"])
         if path.stat().st_size != expected:
             raise UserError(f"The teacher cache {str(path)!r} holds {path.stat().st_size} bytes "
                             f"but its metadata says {expected}; {hint} again.")
+        verify(path, meta)
         return cls(path, meta)
 
     @property
@@ -204,6 +301,31 @@ class TeacherCache:
         """The teacher's logits on the given views, float32 ``(B, C)`` on the CPU."""
         names = [n for n in self.meta["arrays"] if n != "params"]
         return outputs_to_logits(self.read(index, view, names), self.num_classes)
+
+    def mismatch(self, index: np.ndarray, view: np.ndarray, logits: torch.Tensor) -> str | None:
+        """How the stored outputs of views ``view[i]`` of images ``index[i]`` differ from
+        ``logits`` (float32 ``(B, C)``, the teacher recomputed on them), beyond fp16 rounding
+        and the few-ULP differences of another device or batch; None when they agree."""
+        names = [n for n in self.meta["arrays"] if n != "params"]
+        stored = {k: torch.from_numpy(np.ascontiguousarray(v))
+                  for k, v in self.read(index, view, names).items()}
+        if "logits" in stored:
+            have, want = stored["logits"].float(), logits
+            allowed = 1e-2 * (1 + want.abs())
+        else:
+            have = stored["probs"].float()
+            want = torch.softmax(logits, -1).gather(-1, stored["classes"].long())
+            allowed = torch.full_like(want, 1e-2)
+        bad = ~((have - want).abs() <= allowed)  # NaN counts as a difference
+        if not bad.any():
+            return None
+        row = int(bad.any(-1).nonzero()[0])
+
+        def shown(values: torch.Tensor) -> list[float]:
+            return [round(v, 4) for v in values[row][bad[row]][:3].tolist()]
+
+        return (f"image {int(index[row])}, view {int(view[row])}: stored {shown(have)} vs "
+                f"recomputed {shown(want)}")
 
     # ----------------------------------------------------------------- checks
     def check_data(self, data: Mapping[str, Any]) -> None:
@@ -248,6 +370,40 @@ def data_meta(name: str, images: torch.Tensor, num_classes: int, mean: Sequence[
                           "scale": float(scale)}}
 
 
+# --------------------------------------------------------------------- the run's teacher
+@dataclass
+class Probe:
+    """A few stored views of a cache with the training images they show: a run recomputes
+    them with its teacher (:func:`kdlab.training.build.check_cached_entries`) and compares."""
+
+    index: np.ndarray  # image of each probed entry
+    view: np.ndarray  # its stored view
+    images: torch.Tensor  # those training images, uint8 (P, C, H, W)
+    augment: Any | None  # the run's augmentation (draws and applies the stored parameters)
+    mean: Sequence[float]
+    std: Sequence[float]
+    scale: float
+
+    @classmethod
+    def pick(cls, cache: TeacherCache, images: torch.Tensor, augment: Any | None,
+             mean: Sequence[float], std: Sequence[float], scale: float,
+             count: int = 8) -> Probe:
+        """``count`` entries spread over the images, each at another view."""
+        index = np.unique(np.linspace(0, cache.n - 1, min(count, cache.n)).round().astype(int))
+        view = np.arange(len(index)) % cache.views
+        return cls(index, view, images[torch.from_numpy(index)].clone(), augment, mean, std,
+                   scale)
+
+    def inputs(self, cache: TeacherCache) -> torch.Tensor:
+        """The probed views as the teacher saw them when the cache was built (float32)."""
+        from kdlab.data.augment import normalise
+
+        x = self.images
+        if self.augment is not None:
+            x = self.augment.apply(x, cache.params(self.index, self.view))
+        return normalise(x, self.mean, self.std, self.scale)
+
+
 # --------------------------------------------------------------------- training
 class CachedTeacher:
     """The cache as a run sees it: which stored view each image gets in the current epoch.
@@ -259,8 +415,8 @@ class CachedTeacher:
     loader's ``set_epoch`` moves both to the next epoch.
     """
 
-    def __init__(self, cache: TeacherCache, seed: int) -> None:
-        self.cache, self.seed = cache, seed
+    def __init__(self, cache: TeacherCache, seed: int, probe: Probe | None = None) -> None:
+        self.cache, self.seed, self.probe = cache, seed, probe
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
@@ -279,12 +435,3 @@ class CachedTeacher:
     def logits(self, index: torch.Tensor) -> torch.Tensor:
         """The teacher's logits (float32, CPU) on this epoch's views of images ``index``."""
         return self.cache.logits(*self._where(index))
-
-
-def size_text(nbytes: int) -> str:
-    """``12.3 MiB``-style size."""
-    if nbytes <= 0:
-        return "0 B"
-    units = ("B", "KiB", "MiB", "GiB", "TiB")
-    i = min(int(math.log(nbytes, 1024)), len(units) - 1)
-    return f"{nbytes / 1024 ** i:.1f} {units[i]}" if i else f"{nbytes} B"

@@ -35,7 +35,6 @@ from pathlib import Path
 from urllib.error import URLError
 from urllib.parse import urlparse
 
-import torch
 import torchvision
 from torch import Tensor, nn
 
@@ -43,6 +42,7 @@ from kdlab.errors import UserError
 from kdlab.models import MODELS
 from kdlab.models.init import he_init
 from kdlab.models.staged.view import Staged
+from kdlab.runtime.files import load_weights_only
 
 _RESNET_STAGES = [["conv1", "bn1", "relu", "maxpool"], ["layer1"], ["layer2"], ["layer3"],
                   ["layer4"]]
@@ -79,7 +79,7 @@ def _read_state_dict(path: str | Path) -> dict[str, Tensor]:
             from safetensors.torch import load_file
 
             return load_file(str(path))
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_weights_only(path)
     except Exception as err:  # noqa: BLE001 - any unreadable file is the same user mistake
         raise UserError(f"The pretrained weights file {path} could not be read ({err}); pass "
                         "a torchvision .pth (or .safetensors) state dict.") from None

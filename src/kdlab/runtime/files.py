@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 #: the pattern of the temporaries :func:`atomic_path` makes (``.last.pt.1a2b3c4d.tmp``)
 TEMP_GLOB = ".*.*.tmp"
@@ -57,3 +59,38 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def check_writable_folder(path: Path, setting: str) -> None:
+    """A UserError (naming ``setting``, e.g. ``out=``) unless ``path`` is a folder this process
+    can write into, or one it can make: not a file, not under a file, not on a read-only file
+    system or in a folder without write permission. Nothing is created."""
+    from kdlab.errors import UserError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{setting} {str(path)!r} is a file; choose a folder.")
+    ancestor = path
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UserError(f"{setting} {str(path)!r} lies under {str(ancestor)!r}, which is a file, "
+                        "not a folder; choose another folder.")
+    if os.access(ancestor, os.W_OK | os.X_OK):
+        return
+    statvfs = getattr(os, "statvfs", None)  # not on Windows
+    read_only = statvfs is not None and bool(statvfs(ancestor).f_flag & os.ST_RDONLY)
+    why = "is on a read-only file system" if read_only else "is not writable by this user"
+    raise UserError(f"{setting} {str(path)!r} cannot be written: {str(ancestor)!r} {why}; choose "
+                    "a folder you can write to.")
+
+
+def load_weights_only(path: str | Path, *, mmap: bool = False) -> Any:
+    """``torch.load(path, weights_only=True)`` onto the CPU, without torch's warning about the
+    pickle protocol of a plain-pickle file (its objects are refused all the same, and the
+    caller says so in one sentence)."""
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)

@@ -84,13 +84,26 @@ def build_task(name: str, ignore_index: int | None = None, *, num_classes: int |
                options: Mapping[str, Any] | None = None) -> Task:
     """The registered task ``name`` (an unknown name suggests close ones) for data with
     ``num_classes`` classes whose targets use ``ignore_index``; ``options`` are the task's own
-    settings (a run's ``task_options``, e.g. segmentation's ``aux_weight`` or ``window``)."""
+    settings (a run's ``task_options``, e.g. segmentation's ``aux_weight`` or ``window``).
+
+    A task that takes a ``void_index`` (segmentation) also takes ``ignore_index`` as an option:
+    the label value its loss and metrics leave out instead of the dataset's, whose own value
+    (padding, unlabelled pixels) is then left out too, as ``void_index``."""
     cls = TASKS.get(name)
     options = dict(options or {})
-    known = [p for p in inspect.signature(cls).parameters if p not in ("ignore_index",
-                                                                          "num_classes")]
+    params = inspect.signature(cls).parameters
+    kwargs: dict[str, Any] = {"ignore_index": ignore_index, "num_classes": num_classes}
+    if "ignore_index" in options and "void_index" in params:
+        chosen = options.pop("ignore_index")
+        if isinstance(chosen, bool) or not isinstance(chosen, int):
+            raise UserError(f"task_options.ignore_index must be an integer label value, got "
+                            f"{chosen!r}.")
+        kwargs = {**kwargs, "ignore_index": chosen, "void_index": ignore_index}
+    known = [p for p in params if p not in ("ignore_index", "num_classes", "void_index")]
+    if "void_index" in params:
+        known.append("ignore_index")
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise UserError(f"Unknown task_options {', '.join(unknown)} for task {name!r}; it takes "
                         f"{', '.join(known) or 'none'}.")
-    return cls(ignore_index=ignore_index, num_classes=num_classes, **options)
+    return cls(**kwargs, **options)

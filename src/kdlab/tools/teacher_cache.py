@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -33,6 +34,7 @@ from kdlab.data.soft_labels import (
     OUTPUTS,
     VERSION,
     augmentation_meta,
+    checksums,
     data_meta,
     file_size,
     layout,
@@ -41,16 +43,19 @@ from kdlab.data.soft_labels import (
     num_params,
     partial_paths,
     read_json,
-    size_text,
+    verify,
     weights_sha256,
 )
 from kdlab.errors import UserError
+from kdlab.runtime.capacity import free_disk, physical_memory, size_text
 from kdlab.runtime.files import atomic_write_text
 
 #: the random stream (of ``kdlab.data.sampling.epoch_generator``) of the views' parameters
 PARAMS_STREAM = 2
-#: keys of the metadata that describe the build, not the cache (a resume may differ in them)
-BUILD_KEYS = ("build_seconds", "bytes", "created", "device", "kdlab", "torch", "complete")
+#: keys of the metadata that describe the build, not the cache (a resume may differ in them;
+#: a cache of version 1, without checksums, is the same cache and gets them added)
+BUILD_KEYS = ("build_seconds", "bytes", "created", "device", "kdlab", "torch", "complete",
+              "checksum", "version")
 
 
 # --------------------------------------------------------------------- writing
@@ -107,7 +112,7 @@ class CacheWriter:
         self.arrays.clear()
         meta_path(self.path).unlink(missing_ok=True)
         os.replace(self.data_path, self.path)
-        meta = {**self.meta, **extra, "complete": True}
+        meta = {**self.meta, **extra, "checksum": checksums(self.path), "complete": True}
         atomic_write_text(meta_path(self.path), json.dumps(meta, indent=2) + "\n")
         self.marker_path.unlink(missing_ok=True)
         return meta
@@ -156,6 +161,30 @@ def _check_request(cfg: RunConfig, views: int, output: str, topk: int, batch: in
                         "use --views 1 or turn data.augment on.")
     if output == "topk" and topk < 1:
         raise UserError(f"--topk must be at least 1, got {topk}.")
+
+
+def check_size(path: Path, n: int, views: int, arrays: Mapping[str, Any]) -> None:
+    """Refuse, before any work, a cache that cannot fit: its file on the destination's disk
+    (less what a partial build already holds) or the views' augmentation parameters, drawn
+    at once, in this machine's memory."""
+    disk = file_size(arrays)
+    partial = partial_paths(path)[0]
+    if partial.is_file():
+        disk -= partial.stat().st_blocks * 512
+    params = arrays["params"]["shape"]
+    memory = math.prod(params) * (2 + 8)  # drawn as int64, kept as int16
+    free, ram = free_disk(path), physical_memory()
+    needs = []
+    if free is not None and disk > free:
+        needs.append(f"a {size_text(file_size(arrays))} cache file (the disk of "
+                     f"{str(path.parent)!r} has {size_text(free)} free)")
+    if ram is not None and memory > ram:
+        needs.append(f"{size_text(memory)} of memory for the views' augmentation parameters "
+                     f"(this machine has {size_text(ram)})")
+    if needs:
+        raise UserError(f"--views {views} of {n} training images needs {' and '.join(needs)}; "
+                        "use fewer views (e.g. --views 8) or fewer images "
+                        "(data.train_subset).")
 
 
 def _outputs(logits: torch.Tensor, output: str, topk: int) -> dict[str, np.ndarray]:
@@ -245,9 +274,10 @@ def build_teacher_cache(
     if output == "topk" and topk > info.num_classes:
         raise UserError(f"--topk {topk} is more than the {info.num_classes} classes of "
                         f"{cfg.data.name!r}; use at most {info.num_classes}.")
-    teacher = build_teacher(cfg, info).to(dev).eval().requires_grad_(False)
     augment = source.augmentation if cfg.data.augment else None
     n_params = num_params(augment)
+    check_size(path, n, views, layout(n, views, n_params, info.num_classes, output, topk))
+    teacher = build_teacher(cfg, info).to(dev).eval().requires_grad_(False)
     meta: dict[str, Any] = {
         "format": FORMAT, "version": VERSION, "n": n, "views": views, "seed": seed,
         "output": {"format": output, "topk": topk if output == "topk" else None},
@@ -261,8 +291,14 @@ def build_teacher_cache(
     }
     finished = read_json(meta_path(path))
     if (finished is not None and path.is_file() and finished.get("complete")
-            and {k: v for k, v in finished.items() if k not in BUILD_KEYS} == meta):
-        return path, finished
+            and {k: v for k, v in finished.items() if k not in BUILD_KEYS}
+            == {k: v for k, v in meta.items() if k not in BUILD_KEYS}):
+        if "checksum" not in finished:  # built by an older kdlab: add the checksums
+            finished = {**finished, "version": VERSION, "checksum": checksums(path)}
+            atomic_write_text(meta_path(path), json.dumps(finished, indent=2) + "\n")
+            return path, finished
+        if _intact(path, finished):
+            return path, finished  # kept as it is; a damaged one is built again below
 
     g = epoch_generator(seed, 0, PARAMS_STREAM)
     if augment is not None:
@@ -303,6 +339,15 @@ def build_teacher_cache(
              "created": time.strftime("%Y-%m-%d %H:%M:%S"), "device": str(dev),
              "kdlab": __version__, "torch": torch.__version__}
     return path, writer.finish(extra)
+
+
+def _intact(path: Path, meta: Mapping[str, Any]) -> bool:
+    """Whether a finished cache's bytes match its checksums."""
+    try:
+        verify(path, meta)
+    except UserError:
+        return False
+    return True
 
 
 def describe(path: Path, meta: Mapping[str, Any]) -> str:

@@ -221,14 +221,35 @@ def check_teacher_cache(cfg: RunConfig) -> None:
 
 def attach_teacher_cache(distiller: Distiller, cached: Any, teacher_model: str | None) -> None:
     """Check that the cache was built from the distiller's teacher (the SHA-256 of its
-    weights) and let the distiller read the teacher's logits from it."""
+    weights, then a few entries recomputed) and let the distiller read the teacher's logits
+    from it."""
     from kdlab.data.soft_labels import weights_sha256
 
     if distiller.teacher is None:
         raise UserError("data.teacher_cache is set but the run has no teacher; set "
                         "model.teacher and its checkpoint, or remove data.teacher_cache.")
     cached.cache.check_teacher(teacher_model, weights_sha256(distiller.teacher))
+    check_cached_entries(cached, distiller.teacher)
     distiller.use_teacher_cache(cached)
+
+
+def check_cached_entries(cached: Any, teacher: nn.Module) -> None:
+    """Recompute the cache's probed entries (:class:`~kdlab.data.soft_labels.Probe`) with
+    ``teacher`` (eval mode, fp32) and refuse a cache whose stored outputs differ: values
+    moved about or edited, or outputs of other weights under this teacher's checksum."""
+    probe = cached.probe
+    if probe is None:
+        return
+    device = next(teacher.parameters(), torch.empty(0)).device
+    with torch.inference_mode():
+        logits = teacher(probe.inputs(cached.cache).to(device)).float().cpu()
+    found = cached.cache.mismatch(probe.index, probe.view, logits)
+    if found is not None:
+        raise UserError(
+            f"The teacher cache {str(cached.cache.path)!r} does not hold this teacher's "
+            f"outputs: {len(probe.index)} stored entries recomputed with the run's teacher "
+            f"differ ({found}); its values were edited or moved, or it was built from other "
+            "weights: build it again with `kdlab cache-teacher`.")
 
 
 def _check_teacher_spec(cfg: RunConfig, spec: dict[str, Any], info: Any) -> None:

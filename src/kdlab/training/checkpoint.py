@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from kdlab.errors import UserError
-from kdlab.runtime.files import atomic_write
+from kdlab.runtime.files import atomic_write, load_weights_only
 
 FORMAT = "kdlab-run"
 VERSION = 2  # 2: best_score + metric (was best_top1), separate_optimizers
@@ -85,14 +85,17 @@ def load_checkpoint(path: str | Path, *, mmap: bool = False) -> dict[str, Any]:
     if not p.is_file():
         raise UserError(f"Checkpoint {str(p)!r} does not exist; check the path or train first.")
     try:
-        state = torch.load(p, map_location="cpu", weights_only=True, mmap=mmap)
+        state = load_weights_only(p, mmap=mmap)
     except pickle.UnpicklingError as e:
-        if "global" not in str(e).lower():  # not an object the safe unpickler refused
+        plain = _plain_pickle(p)
+        if "global" not in str(e).lower() and not plain:  # not objects the unpickler refused
             raise _unreadable(p, "unknown data") from None
+        what = ("is a plain pickle of Python objects (written by pickle, not torch.save)"
+                if plain else "holds pickled Python objects")
         raise UserError(
-            f"Checkpoint {str(p)!r} cannot be read: it holds pickled Python objects, so it is "
-            "not a kdlab or torchvision checkpoint, and it was not loaded, for safety; give a "
-            "kdlab run's best.pt / last.pt or a .safetensors export.") from None
+            f"Checkpoint {str(p)!r} cannot be read: it {what}, so it is not a kdlab or "
+            "torchvision checkpoint, and it was not loaded, for safety; give a kdlab run's "
+            "best.pt / last.pt or a .safetensors export.") from None
     except Exception as e:  # noqa: BLE001 - a broken file can fail anywhere in the unpickler
         # (UnpicklingError, EOFError, zipfile errors, IndexError from a torn stream, ...)
         raise _unreadable(p, e) from None
@@ -100,6 +103,14 @@ def load_checkpoint(path: str | Path, *, mmap: bool = False) -> dict[str, Any]:
         raise UserError(f"Checkpoint {str(p)!r} does not hold a dict; it is not a kdlab "
                         "checkpoint: use another file.")
     return state
+
+
+def _plain_pickle(p: Path) -> bool:
+    """Whether ``p`` starts like a file of ``pickle.dump`` with protocol 3 or later (torch.save
+    writes a zip archive, or protocol 2 in its legacy format)."""
+    with open(p, "rb") as f:
+        head = f.read(2)
+    return len(head) == 2 and head[0] == 0x80 and head[1] >= 3
 
 
 def _unreadable(p: Path, e: BaseException | str) -> UserError:

@@ -73,6 +73,12 @@ def markdown(rows: Sequence[dict[str, Any]], summary: dict[str, Any],
     for name, m in summary.get("networks", {}).items():
         lines.append(f"| {name} | {_num(m.get(f'best_{metric}'))} | "
                      f"{_num(m.get(f'last_{metric}'))} | {_num(m.get(f'last_{other}'))} |")
+    teacher = summary.get("teacher") or {}
+    if teacher:  # evaluated once, before training (kdlab.training.teacher_check)
+        lines.append(f"| teacher (frozen, before training) | {_num(teacher.get(metric))} | "
+                     f"{_num(teacher.get(metric))} | {_num(teacher.get(other))} |")
+    if summary.get("warnings"):
+        lines += ["", "## Warnings", ""] + [f"- {w}" for w in summary["warnings"]]
     losses = [k for k in (rows[-1] if rows else {}) if k.startswith(LOSS_PREFIX)]
     if losses:
         lines += ["", "## Final epoch losses", "", "| loss | value |", "|---|---|"]
@@ -113,6 +119,9 @@ def plot_curves(rows: Sequence[dict[str, Any]], path: Path, metric: str = "top1"
     for name in networks(rows, metric):
         xs, ys = series(rows, f"val_{name}_{metric}")
         ax_acc.plot(xs, ys, marker="o", label=f"val {name}")
+    xs, ys = series(rows, f"teacher_{metric}")  # the frozen teacher, evaluated once
+    if xs:
+        ax_acc.plot(xs, ys, linestyle=":", color="grey", label="teacher (before training)")
     label = LABELS.get(metric, metric)
     ax_acc.set(xlabel="epoch", ylabel=f"{label} (%)", title=label)
     ax_acc.legend(fontsize="small")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,9 +28,10 @@ from kdlab.core.config import RunConfig, save_config
 from kdlab.errors import UserError
 from kdlab.nn.layout import use_channels_last
 from kdlab.runtime import collectives
+from kdlab.runtime.files import check_writable_folder
 from kdlab.runtime.precision import autocast
 from kdlab.runtime.threads import ThreadGovernor, apply_thread_policy
-from kdlab.training import distributed
+from kdlab.training import distributed, teacher_check
 from kdlab.training.build import build_run, check_task, model_specs, resolve_device
 from kdlab.training.checkpoint import (
     FORMAT,
@@ -133,8 +135,7 @@ class Trainer:
 
     def _check_out_dir(self) -> None:
         out = self.out_dir
-        if out.exists() and not out.is_dir():
-            raise UserError(f"train.out_dir {str(out)!r} is a file; choose a folder.")
+        check_writable_folder(out, "out=" if self.prebuilt is not None else "train.out_dir")
         if self.resume and not out.is_dir():
             raise UserError(f"Nothing to resume: {str(out)!r} does not exist; check the path or "
                             "start the run without --resume.")
@@ -181,7 +182,7 @@ class Trainer:
                                    steps_per_epoch=self._steps_per_epoch(run.loaders.train),
                                    device=device, amp=cfg.train.amp)
         epochs = cfg.schedule.epochs
-        start, best, history = 0, float("-inf"), []
+        start, best, history, ckpt = 0, float("-inf"), [], None
         if self.resume and last_path.is_file():
             ckpt = load_checkpoint(last_path)
             start, best, history = self._restore(ckpt, raw, optim)
@@ -194,6 +195,7 @@ class Trainer:
                 print(f"resuming {self.out_dir} at epoch {start + 1} of {epochs}")
         elif self.resume and main:
             print(f"{self.out_dir} holds no epoch checkpoint yet; starting from epoch 1")
+        self._check_teacher(raw, run, ckpt or {})
 
         model: nn.Module = raw
         if d.enabled:
@@ -232,6 +234,40 @@ class Trainer:
         workers = getattr(loader, "num_workers", 0)
         if workers:
             self.threads = apply_thread_policy(self.cfg.train.threads, loader_workers=workers)
+
+    def _check_teacher(self, raw: nn.Module, run: Any, ckpt: dict[str, Any]) -> None:
+        """Evaluate a frozen teacher once on the validation split (a resumed run takes the
+        score and warnings its checkpoint saved), print it and warn when it is at chance
+        level (:mod:`kdlab.training.teacher_check`); ``train.evaluate_teacher: false`` skips
+        it."""
+        saved = ckpt.get("teacher_scores")
+        self.teacher_scores: dict[str, float] = {}
+        self.warnings: list[str] = [str(w) for w in ckpt.get("warnings", [])]
+        teacher = None if raw.trains_teacher else raw.teacher
+        if teacher is None or not self.cfg.train.evaluate_teacher:
+            return
+        resumed = isinstance(saved, dict) and bool(saved)
+        if resumed:
+            self.teacher_scores = {str(k): float(v) for k, v in saved.items()}
+        else:
+            self.teacher_scores = teacher_check.teacher_scores(
+                self.task, teacher, run.loaders.val, device=self.device, amp=self.cfg.train.amp)
+        if self.dist.is_main:
+            print(teacher_check.describe(self.teacher_scores, self.task.primary,
+                                         resumed=resumed), flush=True)
+        warning = teacher_check.chance_warning(self.teacher_scores, self.task.primary,
+                                               run.info.num_classes)
+        if warning in self.warnings:  # said when the run started; said again, kept once
+            self.warnings.remove(warning)
+        self._warn(warning)
+
+    def _warn(self, warning: str | None) -> None:
+        """Print a one-line warning (rank 0) and keep it for the report."""
+        if warning is None:
+            return
+        self.warnings.append(warning)
+        if self.dist.is_main:
+            print(f"kdlab: warning: {warning}", file=sys.stderr, flush=True)
 
     def _steps_per_epoch(self, loader: Any) -> int:
         n, cap = len(loader), self.cfg.train.max_steps_per_epoch
@@ -279,8 +315,13 @@ class Trainer:
             for i, (name, net) in enumerate(raw.evaluated().items()):
                 m = self.task.evaluate(net, run.loaders.val, device=device, amp=cfg.train.amp)
                 row.update({f"val_{name}_{k}": v for k, v in m.items() if k != "images"})
+                if i == 0 and self.teacher_scores and not any(
+                        f"val_{name}_{self.task.primary}" in r for r in log.rows):
+                    self._warn(teacher_check.below_student_warning(
+                        self.teacher_scores, m, self.task.primary))
                 if i == 0 and m[self.task.primary] > best:
                     best, improved = m[self.task.primary], True
+        row.update(teacher_check.columns(self.teacher_scores))
         if self.governor is not None:
             row["cpu_threads"] = self.governor.current
         row["epoch_seconds"] = time.perf_counter() - t0
@@ -405,6 +446,8 @@ class Trainer:
             "exported": {name: m.state_dict() for name, m in exported.items()},
             "models": model_specs(exported),
             "world_size": self.dist.world_size,
+            "teacher_scores": dict(self.teacher_scores),
+            "warnings": list(self.warnings),
         }
 
     def _summary(self, rows: list[dict[str, Any]], raw: nn.Module, *,
@@ -444,4 +487,6 @@ class Trainer:
             "method": self.cfg.method_name,
             "config": self.cfg.to_dict(),
             "finished": finished,
+            "teacher": dict(getattr(self, "teacher_scores", {})),
+            "warnings": list(getattr(self, "warnings", [])),
         }

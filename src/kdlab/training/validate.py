@@ -3,8 +3,9 @@
 :func:`validate_config` checks, in this order: the domain of every numeric setting
 (:mod:`kdlab.core.domains`), the choice settings, the rules between settings (warm-up and
 milestones within the epochs, Nesterov needs momentum), the names the optimiser and the
-schedule know (by building them on a one-parameter probe), the dataset and task names and the
-method's own settings. The first problem is a :class:`~kdlab.errors.UserError` naming the
+schedule know (by building them on a one-parameter probe), the dataset name and the sizes it
+is asked for (``DatasetSource.check_sizes``), the task and its options and the method's own
+settings. The first problem is a :class:`~kdlab.errors.UserError` naming the
 setting. The builders (:func:`kdlab.training.optimisation.build_optimizer`, ``build_scheduler``,
 :func:`kdlab.data.build_loaders`) keep their own checks for callers of the Python API.
 """
@@ -83,7 +84,7 @@ def _check_names(cfg: RunConfig) -> None:
 
     d = cfg.data
     if not is_memory(d.name):
-        DATASETS.get(d.name)
+        DATASETS.get(d.name).check_sizes(d)  # sizes this machine cannot hold, before any work
         given = [k for k in ("mean", "std") if getattr(d, k) is not None]
         if given or d.normalized:
             key = f"data.{given[0]}" if given else "data.normalized"
@@ -91,9 +92,9 @@ def _check_names(cfg: RunConfig) -> None:
                             f"{d.name!r} normalises with its own statistics: remove {key}.")
     task = getattr(cfg, "task", None)
     if task is not None:
-        from kdlab.tasks import TASKS
+        from kdlab.tasks import build_task
 
-        TASKS.get(task)
+        build_task(task, options=cfg.task_options)  # the name and the task's own options
     method = METHODS.get(cfg.method_name)
     if task is not None:
         method = method.for_task(task)

@@ -205,3 +205,31 @@ def test_scenes_seg_trains_a_few_steps_through_the_task(tmp_path):
     assert 0 <= hits <= total == int((targets != 255).sum())
     result = task.evaluate(net, loaders.val, device=torch.device("cpu"))
     assert result["pixels"] == 6 * 32 * 32 and 0 <= result["miou"] <= 100
+
+
+def test_a_recipe_chooses_the_ignore_index_and_the_datasets_stays_left_out():
+    """task_options: {ignore_index: 0}: label 0 and the dataset's 255 are both left out of the
+    loss and the metrics (as if both were 255), other labels count as before."""
+    from kdlab.errors import UserError
+
+    net = tiny_segnet()
+    g = torch.Generator().manual_seed(3)
+    images = torch.randn(2, 1, 16, 16, generator=g)
+    targets = torch.randint(0, 5, (2, 16, 16), generator=g)
+    targets[:, :4] = IGNORE  # the dataset's padding
+    both = targets.masked_fill(targets == 0, IGNORE)
+    chosen = build_task("segmentation", IGNORE, num_classes=5, options={"ignore_index": 0})
+    plain = build_task("segmentation", IGNORE, num_classes=5)
+    out = net.features(images)
+    assert chosen.ignore_index == 0 and chosen.void_index == IGNORE
+    assert torch.equal(chosen.labels(targets), targets.masked_fill(targets == IGNORE, 0))
+    assert torch.allclose(chosen.loss(out, targets), plain.loss(out, both))
+    loader = [(images, targets)]
+    got = chosen.evaluate(net, loader, device=torch.device("cpu"))
+    cm = chosen.confusion(net, loader, torch.device("cpu"), "none")[0]
+    assert cm[0].sum() == 0 and cm.sum() == (both != IGNORE).sum()  # neither label counted
+    assert got["pixels"] == float((both != IGNORE).sum())
+    with pytest.raises(UserError, match="task_options.ignore_index must be an integer"):
+        build_task("segmentation", IGNORE, options={"ignore_index": "background"})
+    with pytest.raises(UserError, match="Unknown task_options ignore_index"):
+        build_task("classification", options={"ignore_index": 0})

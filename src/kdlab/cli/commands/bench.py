@@ -6,7 +6,7 @@ import argparse
 import shlex
 from typing import Any
 
-from kdlab.tools.bench.bench import DEFAULT_METHODS, DETECTION_METHODS, PRESETS
+from kdlab.tools.bench.presets import DEFAULT_METHODS, DETECTION_METHODS, PRESETS
 
 
 def add_parser(sub: Any) -> None:

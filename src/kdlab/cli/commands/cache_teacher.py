@@ -9,6 +9,17 @@ from typing import Any
 from kdlab.cli.commands.common import add_set_option
 
 
+def count(text: str) -> int:
+    """A whole number as a user may type it: ``8``, ``1_000``, ``1e6``."""
+    try:
+        value = float(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value.is_integer():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
+    return int(value)
+
+
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "cache-teacher", help="store the teacher's outputs on K augmented views per image",
@@ -18,9 +29,10 @@ def add_parser(sub: Any) -> None:
         "method (kd, dkd) with --set data.teacher_cache=PATH: the teacher no longer runs. An "
         "interrupted build continues when the command is run again.",
     )
-    p.add_argument("recipe", metavar="RECIPE", help="YAML recipe naming the data and the teacher")
+    p.add_argument("recipe", metavar="RECIPE", help="YAML recipe naming the data and the "
+                   "teacher (- reads it from standard input)")
     add_set_option(p)
-    p.add_argument("--views", type=int, default=8, metavar="K",
+    p.add_argument("--views", type=count, default=8, metavar="K",
                    help="augmented views per training image (default 8)")
     p.add_argument("--out", metavar="PATH", help="the cache file (default: beside the "
                    "teacher's checkpoint, named after the data, K and the format)")
@@ -42,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
     from kdlab.tools.teacher_cache import build_teacher_cache, describe
 
     cfg = load_config(args.recipe, list(args.overrides))
+    args.memory_hint = ("lower --views (each training image is stored that many times) or "
+                        "--batch (views per teacher forward)")
     path, meta = build_teacher_cache(
         cfg, views=args.views, out=args.out, output=args.output, topk=args.topk,
         batch=args.batch, seed=args.seed, device=args.device, progress=cfg.train.progress)

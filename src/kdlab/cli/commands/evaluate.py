@@ -4,12 +4,13 @@ on the validation split."""
 from __future__ import annotations
 
 import argparse
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from kdlab.cli.commands.common import WHICH, add_set_option, restore_run
 from kdlab.core.config import RunConfig
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 def add_parser(sub: Any) -> None:

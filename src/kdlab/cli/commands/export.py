@@ -15,7 +15,6 @@ from typing import Any
 
 from kdlab.cli.commands.common import WHICH, restore_run
 from kdlab.errors import UserError
-from kdlab.tools.export import export_metadata, write_exported
 
 LOADING = (
     "Loading: `from kdlab.export import load_exported; net = load_exported(FILE)` gives the "
@@ -56,6 +55,8 @@ def output_paths(names: list[str], ckpt_path: Path, out: str | None) -> dict[str
 
 
 def run(args: argparse.Namespace) -> int:
+    from kdlab.tools.export import export_metadata, write_exported
+
     r = restore_run(args.path, args.which, [], load_data=False)
     exported = r.distiller.exported()
     paths = output_paths(list(exported), r.ckpt_path, args.out)

@@ -13,9 +13,29 @@ import os
 import signal
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 OOM_HINT = ("lower data.batch_size (and data.eval_batch_size for evaluation), use a smaller "
             "model, or set train.amp=bf16")
+
+
+def memory_hint(cfg: Any) -> str | None:
+    """What to lower when a run of ``cfg`` runs out of memory, when a data setting beyond its
+    default drives the allocation (e.g. ``data.canvas`` of the generated scenes); else None
+    (:data:`OOM_HINT`)."""
+    from kdlab.core.config import DataConfig
+    from kdlab.data import DATASETS
+    from kdlab.training.prebuilt import is_memory
+
+    if is_memory(cfg.data.name) or cfg.data.name not in DATASETS:
+        return None
+    setting = DATASETS.get(cfg.data.name).memory_setting(cfg.data)
+    if setting is None:
+        return None
+    key = setting.split(".", 1)[1]
+    return (f"lower {setting} (now {getattr(cfg.data, key)}, default "
+            f"{getattr(DataConfig(), key)}), which sets the size of the data generated and "
+            f"held; then {OOM_HINT}")
 
 
 def _last_good_epoch(folder: Path) -> str:
@@ -115,8 +135,10 @@ def _peer_failure(e: BaseException) -> str | None:
     return None
 
 
-def describe(e: BaseException) -> str | None:
-    """The one sentence for ``e``, or None when ``e`` is a bug that keeps its traceback."""
+def describe(e: BaseException, memory_hint: str | None = None) -> str | None:
+    """The one sentence for ``e``, or None when ``e`` is a bug that keeps its traceback;
+    ``memory_hint``: what to lower when ``e`` is an out-of-memory (default :data:`OOM_HINT`),
+    from the command that knows which setting drove the allocation."""
     if isinstance(e, StoppedByLauncher):
         return _survivor_message()
     if isinstance(e, UnicodeDecodeError):
@@ -126,7 +148,7 @@ def describe(e: BaseException) -> str | None:
         return _os_error(e)
     if _out_of_memory(e):
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        return f"Out of memory ({first}); {OOM_HINT}."
+        return f"Out of memory ({first}); {memory_hint or OOM_HINT}."
     if isinstance(e, RuntimeError):
         return _peer_failure(e)
     return None

@@ -20,7 +20,8 @@ def add_parser(sub: Any) -> None:
         ("distill", "train a student from a trained teacher with a distillation recipe"),
     ):
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("recipe", metavar="RECIPE", help="YAML recipe (see recipes/)")
+        p.add_argument("recipe", metavar="RECIPE",
+                       help="YAML recipe (see recipes/); - reads it from standard input")
         add_set_option(p)
         p.add_argument("--out", metavar="DIR", help="run folder (overrides train.out_dir)")
         p.add_argument("--resume", action="store_true", help="continue from DIR/last.pt")
@@ -32,10 +33,34 @@ def prepare(args: argparse.Namespace) -> RunConfig:
     overrides = list(args.overrides)
     if args.out:
         overrides.append(f"train.out_dir={args.out}")
-    cfg = load_config(args.recipe, overrides)
+    derived: dict[str, str] = {}
+    cfg = load_config(args.recipe, overrides, derived=derived)
+    if args.resume and "schedule.milestones" in derived:
+        derived["schedule.milestones"] = keep_saved_milestones(cfg, derived)
     cfg.plugins = load_run_plugins(cfg, getattr(args, "plugins", []), args.resume)
     check(cfg, args.mode)
+    from kdlab.cli.commands.failures import memory_hint
+
+    args.memory_hint = memory_hint(cfg)  # what an out-of-memory names (kdlab.cli)
+    from kdlab.training.run_lock import is_main_process
+
+    if is_main_process():
+        for note in derived.values():
+            print(note)
     return cfg
+
+
+def keep_saved_milestones(cfg: RunConfig, derived: dict[str, str]) -> str:
+    """On ``--resume``, milestones the user did not write are the resumed run's own (so that
+    more epochs do not move them); returns the line that says which milestones apply."""
+    from kdlab.training.resume import read_saved
+
+    saved = read_saved(Path(cfg.train.out_dir))
+    if saved is None or saved.config.schedule.name != "multistep":
+        return derived["schedule.milestones"]
+    cfg.schedule.milestones = list(saved.config.schedule.milestones)
+    return (f"schedule.milestones {cfg.schedule.milestones}: not given, so those of the run "
+            "being resumed")
 
 
 def load_run_plugins(cfg: RunConfig, loaded: list[str], resume: bool) -> list[str]:

@@ -53,7 +53,10 @@ class Segmentation(Task):
     ``window`` / ``stride`` (sliding-window evaluation with ``window``-sized crops every
     ``stride`` pixels, default two thirds of the window; whole images when ``window`` is None),
     ``num_classes`` (the confusion matrix's size; by default the network's ``num_classes``
-    or the score map's channels).
+    or the score map's channels), ``ignore_index`` (the label value left out of loss and
+    metrics, e.g. 0 to leave the background out; default the dataset's, 255). With another
+    ``ignore_index`` than the dataset's, the dataset's value (padding, unlabelled pixels) is
+    left out too: it is ``void_index``, relabelled to ``ignore_index`` (:meth:`labels`).
     """
 
     name = "segmentation"
@@ -64,9 +67,10 @@ class Segmentation(Task):
     def __init__(self, ignore_index: int | None = None, *, aux_weight: float | None = None,
                  window: int | tuple[int, int] | None = None,
                  stride: int | tuple[int, int] | None = None,
-                 num_classes: int | None = None) -> None:
+                 num_classes: int | None = None, void_index: int | None = None) -> None:
         super().__init__(DEFAULT_IGNORE if ignore_index is None else ignore_index,
                          num_classes=num_classes)
+        self.void_index = void_index if void_index != self.ignore_index else None
         if aux_weight is not None:
             self.aux_weight = aux_weight  # type: ignore[misc]
         self.window = (window, window) if isinstance(window, int) else window
@@ -79,8 +83,16 @@ class Segmentation(Task):
         """Random label maps ``(batch, H, W)`` in ``0..K-1``."""
         return torch.randint(0, num_classes, (batch, *size), generator=generator).to(device)
 
+    def labels(self, targets: Tensor) -> Tensor:
+        """``targets`` with the dataset's void value (:attr:`void_index`) set to
+        :attr:`ignore_index`, so that both are left out."""
+        if self.void_index is None:
+            return targets
+        return targets.masked_fill(targets == self.void_index, self.ignore_index)
+
     # ----------------------------------------------------------------- a training step
     def loss(self, out: Any, targets: Tensor) -> Tensor:
+        targets = self.labels(targets)
         loss = pixel_ce(score_map(out), targets, self.ignore_index)
         aux = aux_map(out)
         if aux is not None and self.aux_weight:
@@ -90,6 +102,7 @@ class Segmentation(Task):
     def train_counts(self, outputs: Any, targets: Tensor) -> Tensor:
         """``[correct, labelled]`` pixels of the upsampled score map's argmax."""
         with torch.no_grad():
+            targets = self.labels(targets)
             pred = upsample(score_map(outputs).detach(), tuple(targets.shape[-2:])).argmax(1)
             valid = targets != self.ignore_index
             hits = (pred.eq(targets) & valid).sum()
@@ -110,7 +123,7 @@ class Segmentation(Task):
         cm = None if k is None else torch.zeros(k, k, dtype=torch.int64, device=device)
         sums = torch.zeros(2, dtype=torch.float64, device=device)
         for batch in loader:
-            images, targets = batch[0].to(device), batch[1].to(device)
+            images, targets = batch[0].to(device), self.labels(batch[1].to(device))
             with autocast(device, amp):
                 out = self.predict(net, images)
             out = out.float()
@@ -156,7 +169,7 @@ class Segmentation(Task):
 
         out_dir = Path(out_dir)
         images, targets = next(iter(loader))[:2]
-        images, targets = images[:4].to(device), targets[:4].to(device)
+        images, targets = images[:4].to(device), self.labels(targets[:4].to(device))
         preds = {}
         ious = {}
         for name, net in networks.items():
