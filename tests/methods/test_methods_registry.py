@@ -15,6 +15,7 @@ import yaml
 from conftest import tiny_staged
 from kdlab.errors import UserError
 from kdlab.methods import METHODS, build_distiller
+from kdlab.methods.base import Batch
 from support.segmentation import seg_batch, seg_task, tiny_seg_pair
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,11 +84,17 @@ def test_losses_hook_matches_forward(name):
     else:
         x, y = torch.randn(6, 3, 16, 16, generator=g), torch.arange(6) % 10
     index = torch.arange(6)
-    twin = copy.deepcopy(d)  # stateful methods (CRD's memory bank) start both calls equal
+    # stateful methods (CRD's memory bank) start both calls equal (not a deepcopy: OFD's
+    # taps hook the original networks)
+    state = copy.deepcopy(d.state_dict())
     torch.manual_seed(0)
     _, terms = d(x, y, index)
+    d.load_state_dict(state)
     torch.manual_seed(0)
-    hooked = twin.losses(twin.student.features(x), twin.teacher_features(x), y, index)
+    batch = Batch(x, y, index)
+    s = d.student_pass(batch)
+    hooked = d.losses(batch, s, d.teacher_pass(batch, s))
     assert set(hooked) == set(terms) - {"ce"}
     for term, value in hooked.items():
         torch.testing.assert_close(value, terms[term])
+

@@ -300,15 +300,15 @@ def with_teacher_cache(specs: Sequence[MethodSpec], task: str = "classification"
     same method reading the teacher's logits from one (label ``METHOD+cache``)."""
     from kdlab.core.config import build_dataclass
     from kdlab.methods import METHODS
-    from kdlab.methods.base import check_teacher_cache_use
+    from kdlab.training.teacher_sources import check_cache_use
 
     out: list[MethodSpec] = []
     for spec in specs:
         out.append(spec)
         cls = METHODS.get(spec.name).for_task(task)
         try:
-            check_teacher_cache_use(cls, build_dataclass(cls.Config, spec.options,
-                                                         where=f"method.{spec.name}"))
+            check_cache_use(cls, build_dataclass(cls.Config, spec.options,
+                                                 where=f"method.{spec.name}"), task)
         except UserError:
             continue
         out.append(MethodSpec(f"{spec.label}+cache", spec.name, dict(spec.options), True))
@@ -381,11 +381,15 @@ def bench_method(
         distiller = build_distiller(spec.name, options, s_model, t_model,
                                     train_size=train_size, task=the_task).to(device)
         if spec.teacher_cache:
+            from kdlab.methods.base import Batch
             from kdlab.tools.teacher_cache import cache_for_batch
+            from kdlab.training.teacher_sources import CacheSource
 
+            assert distiller.teacher_source is not None
             folder = tempfile.TemporaryDirectory(prefix="kdlab-bench-")
-            distiller.use_teacher_cache(cache_for_batch(
-                folder.name, index, distiller.teacher_logits(images), train_size, seed=seed))
+            logits = distiller.teacher_source.logits(Batch(images))
+            distiller.use_teacher_source(CacheSource(cache_for_batch(
+                folder.name, index, logits, train_size, seed=seed)))
         distiller.train()
         distiller.set_epoch(0, 1)
         params = [p for p in distiller.parameters() if p.requires_grad]
