@@ -98,3 +98,36 @@ def test_losses_hook_matches_forward(name):
     for term, value in hooked.items():
         torch.testing.assert_close(value, terms[term])
 
+
+#: every method that distils from a frozen teacher, on each task it runs here
+FROZEN_TEACHER = [
+    (n, "segmentation" if _segmentation_only(METHODS.get(n)) else "classification")
+    for n in METHODS.names() if METHODS.get(n).needs_teacher
+    and not METHODS.get(n).trains_teacher
+] + [("kd", "segmentation"), ("combo", "segmentation")]
+
+
+@pytest.mark.parametrize(("name", "task"), FROZEN_TEACHER)
+def test_the_frozen_teacher_runs_once_per_step_under_inference_mode(name, task):
+    """The teacher's first layer runs once per training step (every term reads the one pass),
+    under ``torch.inference_mode``, and a backward through the terms works (what they saved
+    for it was cloned out of inference mode)."""
+    cls = METHODS.get(name)
+    if task == "segmentation":
+        teacher, student = tiny_seg_pair()
+        x, y = seg_batch(6)
+        options = {"parts": [{"name": "kd"}, {"name": "cwd"}]} if name == "combo" else {}
+    else:
+        student, teacher = _pair(cls)
+        x, y = torch.randn(6, 3, 16, 16), torch.arange(6) % 10
+        options = TINY_OPTIONS.get(name, {})
+    d = build_distiller(name, options, student, teacher, train_size=64,
+                        task=seg_task() if task == "segmentation" else None)
+    d.train()
+    first = next(m for m in teacher.modules() if isinstance(m, torch.nn.Conv2d))
+    calls: list[bool] = []
+    first.register_forward_pre_hook(
+        lambda *_: calls.append(torch.is_inference_mode_enabled()))
+    _, terms = d(x, y, torch.arange(6))
+    sum(terms.values()).backward()
+    assert calls == [True], f"{name}: teacher's first layer ran {calls} (inference mode)"

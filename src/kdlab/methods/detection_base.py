@@ -36,11 +36,13 @@ class TeacherROI:
 
 def teacher_roi(teacher: Detector, s: DetectionOutput) -> TeacherROI:
     """``teacher``'s FPN on the student's resized batch and its ROI head on the student's
-    sampled proposals, under ``no_grad``."""
-    with torch.no_grad():
+    sampled proposals, under ``torch.inference_mode``; the results are cloned out of it so that
+    losses may save them for the backward pass (they carry no gradient)."""
+    with torch.inference_mode():
         fpn = teacher.backbone(s.images)
         logits, deltas = teacher.lens(fpn, s.proposals, s.image_sizes)
-    return TeacherROI(fpn=fpn, logits=logits, box_deltas=deltas)
+    return TeacherROI(fpn=OrderedDict((k, v.clone()) for k, v in fpn.items()),
+                      logits=logits.clone(), box_deltas=deltas.clone())
 
 
 class DetectionDistiller(Distiller):
