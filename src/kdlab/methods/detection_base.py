@@ -9,13 +9,15 @@ student's ``roi_heads`` in their ``detection/model/rcnn.py``). The teacher's RPN
 
 The teacher's pass runs under ``torch.no_grad`` (not inference mode): its FPN features feed
 the teacher-to-student bridges of FCFD's ``L_func'`` without a copy, and carry no gradient.
+A method that reads only the teacher's FPN features (FGFI, ReviewKD) sets
+``reads_teacher_roi = False``, and the teacher's ROI head is not run for it.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -28,18 +30,20 @@ from kdlab.tasks.detection.models import DetectionOutput, Detector, check_detect
 @dataclass
 class TeacherROI:
     """The teacher's FPN features of the student's batch and its ROI head's outputs on the
-    student's sampled proposals (no gradient)."""
+    student's sampled proposals (no gradient; None when the ROI head was not run)."""
 
     fpn: OrderedDict[str, Tensor]
-    logits: Tensor
-    box_deltas: Tensor
+    logits: Tensor | None
+    box_deltas: Tensor | None
 
 
-def teacher_roi(teacher: Detector, s: DetectionOutput) -> TeacherROI:
-    """``teacher``'s FPN on the student's resized batch and its ROI head on the student's
-    sampled proposals, under ``no_grad``."""
+def teacher_roi(teacher: Detector, s: DetectionOutput, roi: bool = True) -> TeacherROI:
+    """``teacher``'s FPN on the student's resized batch and (with ``roi``) its ROI head on
+    the student's sampled proposals, under ``no_grad``."""
     with torch.no_grad():
         fpn = teacher.backbone(s.images)
+        if not roi:
+            return TeacherROI(fpn=fpn, logits=None, box_deltas=None)
         logits, deltas = teacher.lens(fpn, s.proposals, s.image_sizes)
     return TeacherROI(fpn=fpn, logits=logits, box_deltas=deltas)
 
@@ -50,6 +54,8 @@ class DetectionDistiller(Distiller):
     ``ce_weight * (detector losses) + losses(student, teacher)``."""
 
     tasks = ("detection",)
+    #: whether :meth:`losses` reads the teacher's ROI outputs (else only its FPN features)
+    reads_teacher_roi: ClassVar[bool] = True
 
     @property
     def s_det(self) -> Detector:
@@ -79,7 +85,7 @@ class DetectionDistiller(Distiller):
 
     def teacher_roi(self, s: DetectionOutput) -> TeacherROI:
         """The teacher on the student's resized batch and sampled proposals (no gradient)."""
-        return teacher_roi(self.t_det, s)
+        return teacher_roi(self.t_det, s, roi=self.reads_teacher_roi)
 
     def forward(self, images: Any, targets: Any,
                 index: Tensor | None = None) -> tuple[Tensor | None, Losses]:

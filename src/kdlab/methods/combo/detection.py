@@ -30,7 +30,7 @@ def _detection_part(name: str) -> type[DetectionDistiller]:
         variant = None
     if variant is None or not issubclass(variant, DetectionDistiller):
         raise UserError(f"Method {name!r} cannot be part of a detection combo; combine "
-                        "kd, fitnet and fcfd.")
+                        "kd, fitnet, fcfd, fgfi and reviewkd.")
     return variant
 
 
@@ -52,7 +52,8 @@ class DetectionCombo(Combo):
     def forward(self, images: Any, targets: Any,
                 index: Tensor | None = None) -> tuple[Tensor | None, Losses]:
         s = self.task.features(self.student, images, targets)
-        t = teacher_roi(self.teacher, s)  # type: ignore[arg-type]
+        roi = any(getattr(p, "reads_teacher_roi", True) for p in self.parts.values())
+        t = teacher_roi(self.teacher, s, roi=roi)  # type: ignore[arg-type]
         losses: Losses = {}
         if self.cfg.ce_weight:
             losses["ce"] = self.cfg.ce_weight * self.task_loss(s, targets)
