@@ -24,20 +24,21 @@ def fgfi_loss(adapted: Sequence[Tensor], teacher: Sequence[Tensor],
 
     ``adapted`` / ``teacher``: per level ``(B, C, H, W)`` (the student's adapted feature and
     the teacher's); ``masks``: per level ``(B, H, W)``, ``N_p`` their sum over every level.
-    Computed in float32.
+    Computed in float32 at least (float64 inputs stay float64).
     """
     if not (len(adapted) == len(teacher) == len(masks)) or not adapted:
         raise UserError(f"FGFI got {len(adapted)} student, {len(teacher)} teacher and "
                         f"{len(masks)} mask levels; give it the same FPN levels.")
-    total = adapted[0].new_zeros((), dtype=torch.float32)
-    count = adapted[0].new_zeros((), dtype=torch.float32)
+    dtype = torch.promote_types(adapted[0].dtype, torch.float32)
+    total = adapted[0].new_zeros((), dtype=dtype)
+    count = adapted[0].new_zeros((), dtype=dtype)
     for s, t, m in zip(adapted, teacher, masks, strict=True):
         if s.shape != t.shape or s.shape[:1] + s.shape[2:] != m.shape:
             raise UserError(f"FGFI's shapes differ: student {tuple(s.shape)}, teacher "
                             f"{tuple(t.shape)}, mask {tuple(m.shape)}; feed both detectors "
                             "the same resized batch.")
-        w = m.to(torch.float32)[:, None]
-        total = total + ((t.float() - s.float()).pow(2) * w).sum()
+        w = m.to(dtype)[:, None]
+        total = total + ((t.to(dtype) - s.to(dtype)).pow(2) * w).sum()
         count = count + w.sum()
     return total / (2 * count.clamp(min=1.0))
 

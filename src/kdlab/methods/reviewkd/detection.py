@@ -30,6 +30,14 @@ from kdlab.methods.reviewkd.losses import hcl_loss
 from kdlab.tasks.detection.models import DetectionOutput
 
 
+def fpn_abfs(levels: int, in_channels: int, mid_channels: int,
+             out_channels: int) -> nn.ModuleList:
+    """One ABF per FPN level, ``abfs[i]`` for level ``i`` (shallow to deep); the deepest one
+    does not fuse (the authors' ``build_kd_trans``: every level ``in -> mid -> out``)."""
+    return nn.ModuleList(ABF(in_channels, mid_channels, out_channels, fuse=i < levels - 1)
+                         for i in range(levels))
+
+
 class ReviewKDDetection(DetectionDistiller):
     """ReviewKD on FPN levels: detector losses + weight * HCL(ABF review of the student's
     FPN, the teacher's FPN)."""
@@ -54,10 +62,8 @@ class ReviewKDDetection(DetectionDistiller):
         if c.warmup_epochs < 0:
             raise UserError(f"method.warmup_epochs must be 0 or more, got {c.warmup_epochs}.")
         self.levels = self.s_det.fpn_levels
-        n = len(self.levels)
-        cin, cout = self.s_det.fpn_channels, self.t_det.fpn_channels
-        # abfs[i] serves level i (shallow to deep); the deepest one does not fuse.
-        self.abfs = nn.ModuleList(ABF(cin, mid, cout, fuse=i < n - 1) for i in range(n))
+        self.abfs = fpn_abfs(len(self.levels), self.s_det.fpn_channels, mid,
+                             self.t_det.fpn_channels)
         self._ramp = 1.0
         self.set_epoch(0, 1)
 
