@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from test_cli import error_of, recipe
 
 from conftest import tiny_staged
 from kdlab.cli import main
@@ -38,6 +37,7 @@ from kdlab.tools.analysis.exit_branch import (
     train_exit_branch,
 )
 from kdlab.tools.analysis.probe import AS_IS, BRIDGED, REGRESSOR, student_feed, teacher_feed
+from support.cli import error_of, recipe
 
 SMALL_DATA = {"name": "synthetic", "batch_size": 32, "eval_batch_size": 64,
               "train_subset": 128, "val_subset": 64}
