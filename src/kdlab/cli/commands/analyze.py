@@ -434,8 +434,7 @@ def run_similarity(args: argparse.Namespace) -> int:
         else:
             pairs = [tuple(sim.tsne([t_feat, f], args.seed, args.perplexity))
                      for f in s_feats]
-        panels = [(f"{_label(s)} ({s.cfg.method_name})", tp, sp, labels)
-                  for s, (tp, sp) in zip(students, pairs)]
+        panels = [(_panel_title(s), tp, sp, labels) for s, (tp, sp) in zip(students, pairs)]
         plot_similarity(panels, folder / "similarity.png", colour=args.colour,
                         title=f"{t.cfg.model.student} stage {k}, {what}, t-SNE")
         record["tsne"] = {"seed": args.seed, "perplexity": args.perplexity, "joint": args.joint,
@@ -445,6 +444,12 @@ def run_similarity(args: argparse.Namespace) -> int:
     _print_similarity(rows)
     print("-> " + ", ".join(str(p) for p in outputs))
     return 0
+
+
+def _panel_title(s: Restored) -> str:
+    """The student's label, with its method when the label does not already say it."""
+    label, method = _label(s), s.cfg.method_name
+    return label if label == method else f"{label} ({method})"
 
 
 def _print_similarity(rows: list[Any]) -> None:
