@@ -67,7 +67,8 @@ def test_deep_stem_feeds_128_channels_to_layer1():
 def test_every_cirkd_tensor_has_its_place_in_kdlabs_network(name):
     """Renaming CIRKD's state dict covers kdlab's network exactly, shape for shape."""
     cirkd = _shapes()[name]
-    own = {k: list(v.shape) for k, v in _build(name, name not in MOBILENET).net.state_dict().items()}
+    net = _build(name, name not in MOBILENET).net
+    own = {k: list(v.shape) for k, v in net.state_dict().items()}
     renamed = {to_kdlab(k, mobilenet=name in MOBILENET): v for k, v in cirkd.items()}
     assert None not in renamed  # a trained network has no ImageNet classifier
     assert renamed == own
