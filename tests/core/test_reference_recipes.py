@@ -79,7 +79,9 @@ SKD_ROW = {
 }
 CWD_PART = {
     "logits_weight": (3.0, "train_cwd.sh:12 --lambda-cwd-logit 3"),
-    "feature_weight": (50.0, "train_cwd.sh:11 --lambda-cwd-fea 50"),
+    # --lambda-cwd-fea 50 (train_cwd.sh:11) over the student's 128 channels counted before
+    # CriterionCWD's conv to the teacher's 256 (losses/cwd.py:60, 79); kdlab divides by 256
+    "feature_weight": (100.0, "train_cwd.sh:11, losses/cwd.py:60, 79: 50 x 256 / 128"),
     "temperature": (4.0, "train_kd.py:244 CriterionCWD(temperature=4.)"),
     "feature_projection": ("conv", "losses/cwd.py:57, 62-63 bare 1x1 conv"),
 }
