@@ -14,7 +14,7 @@ four strided convolutions; CIRKD's own networks equal kdlab's ``*_cirkd`` ones, 
 copies of the same weights, kdlab's critic is copied into CIRKD's ``Discriminator`` (weights,
 SAGAN ``u, v``), dropout is off. kdlab's side is its method with the recipe's settings, its
 optimisers (:class:`~kdlab.training.optimisation.Optimisation`: SGD 0.02 poly over the run,
-the critic's Adam at a constant LR) and one backward per step, as the trainer runs it.
+the critic's Adam at a constant LR) and the trainer's step (``kdlab.training.step``).
 CIRKD's side is its loop: student loss and SGD step (``adjust_lr``), then the critic's.
 Printed: per step, kdlab's and CIRKD's student loss and the largest relative weight
 difference of student, critic and CWD projection.
@@ -34,6 +34,7 @@ from kdlab.methods import build_distiller
 from kdlab.models import build_model
 from kdlab.tasks import build_task
 from kdlab.training.optimisation import Optimisation
+from kdlab.training.step import train_step
 
 SKD = {"pixel_weight": 1.0, "pixel_reduction": "pixel", "temperature": 1.0,
        "pair_weight": 10.0, "pair_pool": "kernel", "pool_kernel": 2, "pair_norm": "normalize",
@@ -129,16 +130,9 @@ def run(method: str, options: dict, ref_mod: dict, steps: int, feature_weight: f
     for it in range(steps):
         x = torch.randn(2, 3, 256, 256, generator=g, dtype=torch.float64)
         y = torch.randint(0, 19, (2, 256, 256), generator=g)
-        # kdlab: the method's forward, one backward, both optimisers, the schedules
-        _, losses = d(x, y)
+        # kdlab: the trainer's step (forward, one backward, every optimiser and schedule)
+        _, losses, _ = train_step(d, optim, x, y, None, device=torch.device("cpu"), amp="none")
         student_loss = sum(v for k, v in losses.items() if not k.endswith("critic"))
-        for o in (optim.opt, *optim.separate.values()):
-            o.zero_grad()
-        sum(losses.values()).backward()
-        for o in (optim.opt, *optim.separate.values()):
-            o.step()
-        for s in optim.schedules():
-            s.step()
         # CIRKD: train_kd.py:313-376
         for group in ref_opt.param_groups:  # adjust_lr(iter=it) before the step
             group["lr"] = 0.02 * (1 - it / steps) ** 0.9

@@ -11,6 +11,7 @@ import torch
 
 from kdlab.errors import UserError
 from kdlab.methods import METHODS, build_distiller
+from kdlab.methods.base import Batch
 from kdlab.methods.kd.segmentation import PixelKD
 from kdlab.methods.shared.dense import pixel_kl_loss
 from kdlab.methods.skd.losses import gradient_penalty, pairwise_similarity_loss
@@ -199,7 +200,7 @@ def test_one_skd_step_is_the_authors_alternation(critic_optimizer):
 
     g_opt, d_opt = _optimizers(ref)
     torch.manual_seed(5)
-    t = ref.teacher_features(x)
+    t = ref.teacher_source.features(Batch(x))
     s = ref.task.features(ref.student, x, y)
     pixel = pixel_kl_loss(s.logits, t.logits) * x.shape[0]  # summed over the images
     g_loss = (ref.task_loss(s, y) + c.pixel_weight * pixel
@@ -249,7 +250,7 @@ def test_one_skd_step_is_cirkds():
 
     g_opt, d_opt = _optimizers(ref)
     torch.manual_seed(5)
-    t = ref.teacher_features(x)
+    t = ref.teacher_source.features(Batch(x))
     s = ref.task.features(ref.student, x, y)
     adv_g = 0.001 * -ref.critic(s.logits).mean()
     d_s, d_t = ref.critic(s.logits.detach()), ref.critic(t.logits.detach())
