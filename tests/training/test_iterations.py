@@ -110,3 +110,30 @@ def test_a_run_of_iterations_evaluates_every_n_and_keeps_the_best(tmp_path):
     assert best["iteration"] == evals[scores.index(max(scores))]
     last = load_checkpoint(out / "last.pt")
     assert last["iteration"] == 10 and last["epochs"] == 3
+
+
+def test_a_run_of_iterations_resumed_equals_one_straight_through(tmp_path, monkeypatch):
+    import kdlab.training.trainer as trainer_mod
+
+    def cfg(out):
+        return tiny_config(out, schedule={"name": "poly", "iterations": 10},
+                           train={"eval_every_iters": 3})
+
+    Trainer(cfg(tmp_path / "straight")).fit()
+    real = trainer_mod.Trainer._train_epoch
+
+    def killed_in_epoch_2(self, epoch, *args, **kwargs):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real(self, epoch, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_mod.Trainer, "_train_epoch", killed_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg(tmp_path / "broken")).fit()
+    monkeypatch.undo()
+    Trainer(cfg(tmp_path / "broken"), resume=True).fit()
+    a = load_checkpoint(tmp_path / "straight" / "last.pt")
+    b = load_checkpoint(tmp_path / "broken" / "last.pt")
+    assert all(torch.equal(v, b["distiller"][k]) for k, v in a["distiller"].items())
+    rows = list(csv.DictReader(open(tmp_path / "broken" / "metrics.csv")))
+    assert [int(r["iteration"]) for r in rows if r["val_student_top1"]] == [3, 6, 9, 10]
