@@ -35,7 +35,10 @@ def test_recipe_is_valid(path):
     assert cfg.model.student in MODELS, f"{path}: unknown student {cfg.model.student}"
     dataset, method_dir = path.parent.parent.name, path.parent.name
     assert cfg.data.name.startswith(dataset.rstrip("0123456789")) or dataset == cfg.data.name
-    assert method_dir == cfg.method_name or method_dir.startswith(cfg.method_name)
+    # a combo lives under the folder of its leading method (CIRKD's CWD row: cwd + kd + skd)
+    named = [cfg.method_name] + ([p["name"] for p in cfg.method_options["parts"]]
+                                 if cfg.method_name == "combo" else [])
+    assert any(method_dir == n or method_dir.startswith(n) for n in named)
     assert cfg.train.out_dir == f"runs/{dataset}/{method_dir}/{path.stem}", "out_dir mirrors path"
     if cfg.model.teacher is not None:
         assert cfg.model.teacher in MODELS
@@ -44,7 +47,12 @@ def test_recipe_is_valid(path):
         # either way) or is torchvision's pretrained network, downloaded: no local path.
         teacher_recipe = ROOT / "recipes" / dataset / "ce" / f"{cfg.model.teacher}.yaml"
         assert teacher_recipe.is_file(), f"{path}: no recipe trains its teacher"
-        if cfg.model.teacher_pretrained:
+        if cfg.model.teacher_pretrained and getattr(MODELS.get(cfg.model.teacher),
+                                                    "weights_from_file_only", False):
+            # a published teacher read from a local file (CIRKD's), never downloaded
+            assert Path(cfg.model.teacher_pretrained).parts[0] == "pretrained"
+            assert cfg.model.teacher_checkpoint is None
+        elif cfg.model.teacher_pretrained:
             assert cfg.model.teacher_pretrained is True and cfg.model.teacher_checkpoint is None
             assert cfg.model.teacher in pretrained_models()
         else:
