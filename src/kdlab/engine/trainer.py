@@ -35,6 +35,7 @@ from kdlab.engine.checkpoint import (
 )
 from kdlab.engine.compiling import CompiledModel, compile_run
 from kdlab.engine.metrics_log import MetricsLog, Progress
+from kdlab.engine.model_cost import distillation_costs
 from kdlab.engine.optimisation import Optimisation
 from kdlab.engine.prebuilt import Prebuilt, refuse_memory
 from kdlab.engine.report import write_report
@@ -222,6 +223,9 @@ class Trainer:
                 shown = {"teacher": raw.teacher, **shown}
             figures = self.task.report_figures(self.out_dir, shown, run.loaders.val,
                                                device=device)
+            if raw.teacher is not None:  # the report's teacher-vs-student table (no timing)
+                summary["teacher_vs_student"] = distillation_costs(raw, cfg, summary,
+                                                                   run.loaders.val, device)
             write_report(self.out_dir, summary, figures=figures)
         collectives.barrier()
         return summary
