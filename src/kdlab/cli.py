@@ -26,13 +26,14 @@ from kdlab.commands import (
     export,
     failures,
     listing,
+    profile,
     quickstart,
     training,
 )
 from kdlab.errors import UserError
 
 COMMANDS = (training, evaluate, export, listing, bench, quickstart, compare, analyze,
-            cache_teacher)
+            cache_teacher, profile)
 
 
 def build_parser() -> argparse.ArgumentParser:
