@@ -58,14 +58,15 @@ def folder(name: str, threads: int) -> Path:
     return OUT / f"{name}-{threads}thread"
 
 
-def run(name: str, runs: Path, threads: int, repeats: int, batch: int) -> int:
+def run(name: str, runs: Path, threads: int, rounds: int, repeats: int, batch: int) -> int:
     """One report; the ONNX files it timed are removed afterwards (its CSV keeps their size
     and check), so that no binary lands in the repository."""
     from kdlab.cli import main
 
     out = folder(name, threads)
     code = main(["profile", *[str(runs / r) for r in SETS[name]], "--threads", str(threads),
-                 "--repeats", str(repeats), "--batch", str(batch), "--out", str(out)])
+                 "--rounds", str(rounds), "--repeats", str(repeats), "--batch", str(batch),
+                 "--out", str(out)])
     shutil.rmtree(out / "onnx", ignore_errors=True)
     return code
 
@@ -101,12 +102,13 @@ def main(argv: list[str]) -> int:
     one.add_argument("set", choices=list(SETS))
     one.add_argument("--runs", type=Path, required=True)
     one.add_argument("--threads", type=int, default=1)
-    one.add_argument("--repeats", type=int, default=30)
+    one.add_argument("--rounds", type=int, default=3)
+    one.add_argument("--repeats", type=int, default=10)
     one.add_argument("--batch", type=int, default=32)
     sub.add_parser("summary")
     args = parser.parse_args(argv)
     if args.what == "run":
-        return run(args.set, args.runs, args.threads, args.repeats, args.batch)
+        return run(args.set, args.runs, args.threads, args.rounds, args.repeats, args.batch)
     (ROOT / "benchmarks" / "results" / "deploy.md").write_text(summary())
     return 0
 

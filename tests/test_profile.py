@@ -44,7 +44,7 @@ def read_rows(path: Path) -> dict[str, dict[str, str]]:
 def test_profile_writes_table_csv_and_plot_with_sane_numbers(runs, capsys):
     out = runs / "profile"
     assert main(["profile", str(runs / "kd"), "--out", str(out), "--batch", "4",
-                 "--warmup", "0", "--repeats", "2", "--threads", "1"]) == 0
+                 "--warmup", "0", "--repeats", "2", "--rounds", "2", "--threads", "1"]) == 0
     printed = capsys.readouterr().out
     assert {"profile.md", "profile.csv", "profile.png", "onnx"} <= {p.name for p in out.iterdir()}
     rows = read_rows(out / "profile.csv")
@@ -110,8 +110,8 @@ def test_a_missing_teacher_checkpoint_is_a_note(runs, capsys, tmp_path):
 
 
 def test_profile_refuses_bad_numbers(runs, capsys):
-    assert "--batch and --repeats" in error_of(capsys, "profile", str(runs / "kd"),
-                                                "--batch", "0")
+    assert "--batch, --repeats and --rounds" in error_of(capsys, "profile", str(runs / "kd"),
+                                                          "--rounds", "0")
 
 
 def test_the_distillation_report_ends_with_teacher_vs_student(runs):
@@ -158,3 +158,17 @@ def test_pareto_front_keeps_the_points_nothing_beats():
     assert pareto_front(points) == [0, 1, 4]
     assert pareto_front([(1.0, 50.0), (1.0, 50.0)]) == [0, 1]  # ties dominate neither
     assert pareto_front([(float("nan"), 1.0), (2.0, 1.0)]) == [1]
+
+
+def test_networks_take_turns_in_rounds():
+    """Each round gives every network its warm-up and timed calls before the next round."""
+    from kdlab.deploy.profile import Measured, Settings, time_in_rounds
+
+    order: list[str] = []
+    measured = [Measured({"network": n}, {"eager_b1_ms": lambda n=n: order.append(n),
+                                          "eager_batch_ms": lambda n=n: order.append(n)})
+                for n in "ab"]
+    time_in_rounds(measured, Settings(batch=4, warmup=1, repeats=2, rounds=3))
+    assert order == (["a"] * 6 + ["b"] * 6) * 3
+    row = measured[0].row
+    assert row["eager_images_per_s"] == pytest.approx(4000 / row["eager_batch_ms"])

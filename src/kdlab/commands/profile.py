@@ -42,8 +42,11 @@ def add_parser(sub: Any) -> None:
                    help="write profile.md, profile.csv, profile.png and onnx/ into DIR")
     p.add_argument("--batch", type=int, default=32, help="the throughput batch (default 32)")
     p.add_argument("--warmup", type=int, default=5, help="untimed calls first (default 5)")
-    p.add_argument("--repeats", type=int, default=30,
-                   help="timed calls; the median is reported (default 30)")
+    p.add_argument("--repeats", type=int, default=10,
+                   help="timed calls per round (default 10)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="rounds in which the networks take turns; a latency is the median "
+                   "of its timed calls over every round (default 3)")
     p.add_argument("--threads", default="auto",
                    help="intra-op threads of PyTorch and onnxruntime: auto (the cores of this "
                    "process, or OMP_NUM_THREADS) or a number")
@@ -181,7 +184,7 @@ def header(args: argparse.Namespace, threads: str, onnx: bool) -> dict[str, Any]
     from kdlab.engine.bench import cpu_name
 
     options = (f" --which {args.which} --batch {args.batch} --warmup {args.warmup} "
-               f"--repeats {args.repeats} --threads {args.threads}"
+               f"--repeats {args.repeats} --rounds {args.rounds} --threads {args.threads}"
                + (" --no-onnx" if args.no_onnx else "") + (" --no-timing" if args.no_timing
                                                             else ""))
     meta: dict[str, Any] = {
@@ -195,8 +198,10 @@ def header(args: argparse.Namespace, threads: str, onnx: bool) -> dict[str, Any]
     }
     if not args.no_timing:
         meta["latency"] = (
-            f"median of {args.repeats} timed calls after {args.warmup} warm-up calls, at "
-            f"batch 1 and at batch {args.batch} (images/s = {args.batch} / its median); a "
+            f"median of {args.rounds * args.repeats} timed calls: {args.rounds} round(s) in "
+            f"which the networks take turns, each {args.warmup} warm-up then {args.repeats} "
+            f"timed calls; at batch 1 and at batch {args.batch} (images/s = {args.batch} / "
+            "its median); a "
             f"graph with a fixed batch of one (detection) is called {args.batch} times; eager "
             "= PyTorch, eval mode, inference_mode; ORT = the verified ONNX file in "
             "onnxruntime (CPU); inputs are validation images")
@@ -210,13 +215,14 @@ def header(args: argparse.Namespace, threads: str, onnx: bool) -> dict[str, Any]
 
 
 def run(args: argparse.Namespace) -> int:
-    from kdlab.deploy.profile import Settings, measure
+    from kdlab.deploy.profile import Settings, measure, time_in_rounds
     from kdlab.deploy.profile_report import markdown, write_profile
     from kdlab.deploy.verify import TOLERANCE
     from kdlab.runtime.threads import apply_thread_policy, parse_threads
 
-    if args.batch < 1 or args.warmup < 0 or args.repeats < 1:
-        raise UserError("--batch and --repeats must be at least 1 and --warmup at least 0.")
+    if min(args.batch, args.repeats, args.rounds) < 1 or args.warmup < 0:
+        raise UserError("--batch, --repeats and --rounds must be at least 1 and --warmup at "
+                        "least 0.")
     onnx = not args.no_onnx
     if onnx:
         from kdlab.deploy.onnx_format import require_onnx
@@ -230,13 +236,17 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="kdlab-profile-") as scratch:
         onnx_dir = (Path(args.out) / "onnx" if args.out else Path(scratch)) if onnx else None
         settings = Settings(batch=args.batch, warmup=args.warmup, repeats=args.repeats,
-                            threads=choice.threads, timing=not args.no_timing,
-                            onnx_dir=onnx_dir, tolerance=TOLERANCE if args.tolerance is None
-                            else args.tolerance)
-        rows = []
+                            rounds=args.rounds, threads=choice.threads,
+                            timing=not args.no_timing, onnx_dir=onnx_dir,
+                            tolerance=TOLERANCE if args.tolerance is None else args.tolerance)
+        measured = []
         for s in subjects:
             print(f"  {s.label} ({s.model}) ...", flush=True)
-            rows.append(measure(s, settings))
+            measured.append(measure(s, settings))
+        if settings.timing:
+            print(f"  timing: {args.rounds} round(s), the networks in turn ...", flush=True)
+            time_in_rounds(measured, settings)
+        rows = [m.row for m in measured]
     meta["load (1, 5, 15 min) after"] = _load()
     if args.out:
         text = write_profile(Path(args.out), rows, meta)

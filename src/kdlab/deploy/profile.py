@@ -7,8 +7,9 @@ For each :class:`Subject` (a teacher or a student, its deployed graph
   graph (:mod:`kdlab.engine.model_cost`);
 - ``activation_mib``: the peak activation memory of one image's forward pass
   (:mod:`kdlab.deploy.activation_memory`);
-- latency (:mod:`kdlab.deploy.timing`, median of ``repeats`` calls after ``warmup``) at
-  batch 1 and at the throughput batch ``batch``, in eager PyTorch (eval mode,
+- latency (:mod:`kdlab.deploy.timing`) at batch 1 and at the throughput batch ``batch``:
+  the median of every timed call over ``rounds`` rounds in which the networks take turns
+  (``warmup`` untimed, then ``repeats`` timed calls each), in eager PyTorch (eval mode,
   ``torch.inference_mode``) and, when ONNX is on, in onnxruntime (CPU provider, the same
   intra-op threads) on the ONNX file written and verified for it
   (:func:`kdlab.deploy.write.write_verified`); a graph with a fixed batch of one
@@ -22,6 +23,7 @@ data-dependent post-processing costs what it costs on real data.
 from __future__ import annotations
 
 import re
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,11 +60,13 @@ class Subject:
 
 @dataclass
 class Settings:
-    """How :func:`measure` times (``timing``) and whether it exports to ONNX (``onnx_dir``)."""
+    """How the networks are timed (``timing``; :func:`time_in_rounds`) and whether they are
+    exported to ONNX (``onnx_dir``)."""
 
     batch: int = 32
     warmup: int = 5
-    repeats: int = 30
+    repeats: int = 10
+    rounds: int = 3
     threads: int = 1
     timing: bool = True
     onnx_dir: Path | None = None  # None: no onnxruntime columns
@@ -84,22 +88,31 @@ def _inputs(spec: DeploySpec, images: list[Tensor], batch: int) -> tuple[Tensor,
     return same[0][None], [im[None] for im in filled]
 
 
-def _latency(run: Callable[[Tensor], Any], one: Tensor, calls: list[Tensor],
-             settings: Settings, prefix: str, batch: int) -> dict[str, float]:
-    b1 = time_calls(lambda: run(one), warmup=settings.warmup, repeats=settings.repeats)
+def _series(run: Callable[[Tensor], Any], one: Tensor, calls: list[Tensor], prefix: str
+            ) -> dict[str, Callable[[], None]]:
+    """The two timed calls of one runtime: one image, and one throughput batch."""
+    def b1() -> None:
+        run(one)
 
-    def throughput() -> None:
+    def batch() -> None:
         for x in calls:
             run(x)
 
-    bn = time_calls(throughput, warmup=settings.warmup, repeats=settings.repeats)
-    return {f"{prefix}_b1_ms": b1.median_ms, f"{prefix}_batch_ms": bn.median_ms,
-            f"{prefix}_images_per_s": 1000 * batch / bn.median_ms}
+    return {f"{prefix}_b1_ms": b1, f"{prefix}_batch_ms": batch}
 
 
-def measure(subject: Subject, settings: Settings) -> dict[str, Any]:
-    """One row of the profile (see the module docstring); latency columns only when
-    ``settings.timing``, onnxruntime ones only with ``settings.onnx_dir``."""
+@dataclass
+class Measured:
+    """A network's counts (``row``) and the calls still to be timed (``timed``)."""
+
+    row: dict[str, Any]
+    timed: dict[str, Callable[[], None]]
+
+
+def measure(subject: Subject, settings: Settings) -> Measured:
+    """Count one network and export it (see the module docstring); the latency calls are
+    returned for :func:`time_in_rounds` (eager ones when ``settings.timing``, onnxruntime
+    ones with ``settings.onnx_dir`` too)."""
     spec, images = subject.spec, subject.images
     one, calls = _inputs(spec, images, settings.batch)
     net = spec.module.eval()
@@ -112,12 +125,13 @@ def measure(subject: Subject, settings: Settings) -> dict[str, Any]:
         "size_mb": safetensors_bytes(net) / MB, "batch": settings.batch,
         "threads": settings.threads, "run": subject.run,
     }
+    timed: dict[str, Callable[[], None]] = {}
     if settings.timing:
         def eager(x: Tensor) -> Any:
             with torch.inference_mode():
                 return net(x)
 
-        row.update(_latency(eager, one, calls, settings, "eager", settings.batch))
+        timed.update(_series(eager, one, calls, "eager"))
     if settings.onnx_dir is not None:
         from kdlab.deploy.onnx_format import OnnxRunner
         from kdlab.deploy.write import write_verified
@@ -129,7 +143,24 @@ def measure(subject: Subject, settings: Settings) -> dict[str, Any]:
         row["onnx_mb"] = path.stat().st_size / MB
         row["onnx_check"] = check.describe()
         if settings.timing:
-            runner = OnnxRunner(path, threads=settings.threads)
-            row.update(_latency(runner, one, calls, settings, "ort", settings.batch))
-    return row
+            timed.update(_series(OnnxRunner(path, threads=settings.threads), one, calls, "ort"))
+    return Measured(row, timed)
 
+
+def time_in_rounds(measured: list[Measured], settings: Settings) -> None:
+    """Time every network's calls, the networks taking turns for ``settings.rounds`` rounds
+    (each round: ``warmup`` untimed then ``repeats`` timed calls per series), so that a
+    drift of the machine's load reaches every network alike; each series' latency is the
+    median over all its timed calls, and images/s the throughput batch over its median."""
+    samples: list[dict[str, list[float]]] = [{k: [] for k in m.timed} for m in measured]
+    for _ in range(settings.rounds):
+        for m, times in zip(measured, samples):
+            for key, call in m.timed.items():
+                times[key] += time_calls(call, warmup=settings.warmup,
+                                         repeats=settings.repeats).samples
+    for m, times in zip(measured, samples):
+        for key, values in times.items():
+            m.row[key] = statistics.median(values)
+            if key.endswith("_batch_ms"):
+                m.row[key.replace("_batch_ms", "_images_per_s")] = (
+                    1000 * settings.batch / m.row[key])

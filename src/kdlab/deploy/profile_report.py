@@ -77,11 +77,14 @@ def comparisons(rows: Sequence[dict[str, Any]]) -> list[str]:
         if t is None or s is t:
             continue
         parts = []
-        for key, what in (("params", "fewer parameters"), ("gflop", "fewer FLOP"),
-                          ("activation_mib", "less activation memory")):
+        for key, fewer, same in (("params", "fewer parameters", "as many parameters"),
+                                 ("gflop", "fewer FLOP", "as many FLOP"),
+                                 ("activation_mib", "less activation memory",
+                                  "as much activation memory")):
             ratio = _ratio(t.get(key), s.get(key))
             if ratio is not None:
-                parts.append(f"{ratio:.1f}x {what}")
+                parts.append(f"{ratio:.1f}x {fewer}" if ratio >= 1.05
+                             else f"about {same} ({ratio:.2f}x)")
         for prefix, runtime in (("eager", "eager"), ("ort", "onnxruntime")):
             fast = _ratio(t.get(f"{prefix}_b1_ms"), s.get(f"{prefix}_b1_ms"))
             rate = _ratio(s.get(f"{prefix}_images_per_s"), t.get(f"{prefix}_images_per_s"))
@@ -133,6 +136,7 @@ def plot(rows: Sequence[dict[str, Any]], path: Path) -> bool:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     fig, axes = plt.subplots(1, len(metrics), figsize=(6.5 * len(metrics), 4.5), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
@@ -159,6 +163,10 @@ def plot(rows: Sequence[dict[str, Any]], path: Path) -> bool:
         xs = [p[0] for p in points]
         if max(xs) > 10 * min(xs):
             ax.set_xscale("log")
+            plain = FuncFormatter(lambda v, _: f"{v:g}")
+            ax.xaxis.set_major_formatter(plain)
+            ax.xaxis.set_minor_formatter(plain)
+            ax.tick_params(axis="x", which="minor", labelsize="x-small")
         label = LABELS.get(metric, metric)
         ax.set(xlabel="latency at batch 1 (ms, median)", ylabel=f"{label} (%)",
                title=f"{label} vs latency")

@@ -18,12 +18,13 @@ import torch
 
 @dataclass
 class Latency:
-    """Milliseconds per call: median and quartiles over ``repeats`` calls."""
+    """Milliseconds per call: median and quartiles over ``repeats`` calls (``samples``)."""
 
     median_ms: float
     q1_ms: float
     q3_ms: float
     repeats: int
+    samples: list[float]
 
 
 def time_calls(call: Callable[[], Any], *, warmup: int, repeats: int,
@@ -46,4 +47,4 @@ def time_calls(call: Callable[[], Any], *, warmup: int, repeats: int,
         q1, _, q3 = statistics.quantiles(times, n=4)
     else:
         q1 = q3 = times[0]
-    return Latency(statistics.median(times), q1, q3, repeats)
+    return Latency(statistics.median(times), q1, q3, repeats, times)
