@@ -25,6 +25,7 @@ from kdlab.cli.commands import (
     export,
     failures,
     listing,
+    profile,
     quickstart,
     training,
 )
@@ -33,7 +34,7 @@ from kdlab.core.version import __version__
 from kdlab.errors import UserError
 
 COMMANDS = (training, evaluate, export, listing, bench, quickstart, compare, analyze,
-            cache_teacher)
+            cache_teacher, profile)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -42,6 +42,7 @@ from kdlab.training.checkpoint import (
 )
 from kdlab.training.compiling import CompiledModel, compile_run
 from kdlab.training.metrics_log import MetricsLog, Progress
+from kdlab.training.model_cost import distillation_costs
 from kdlab.training.optimisation import Optimisation
 from kdlab.training.prebuilt import Prebuilt, refuse_memory
 from kdlab.training.report import write_report
@@ -224,6 +225,9 @@ class Trainer:
                 shown = {"teacher": raw.teacher, **shown}
             figures = self.task.report_figures(self.out_dir, shown, run.loaders.val,
                                                device=device)
+            if raw.teacher is not None:  # the report's teacher-vs-student table (no timing)
+                summary["teacher_vs_student"] = distillation_costs(raw, cfg, summary,
+                                                                   run.loaders.val, device)
             write_report(self.out_dir, summary, figures=figures)
         collectives.barrier()
         return summary
