@@ -99,6 +99,13 @@ class TrainConfig:
     # CPU intra-op threads: auto = the cores this process may use (affinity, cgroup quota),
     # less busy DataLoader workers (kdlab.runtime.threads); or a number
     threads: int | str = "auto"
+    # where per-epoch numbers go: metrics.csv always; tensorboard, mlflow, wandb when listed
+    # (kdlab.engine.trackers, docs/trackers.md)
+    loggers: list[str] = field(default_factory=lambda: ["csv", "tensorboard"])
+    # MLflow tracking URI, e.g. sqlite:///runs/mlflow.db (null: $MLFLOW_TRACKING_URI, else
+    # MLflow's default, ./mlflow.db)
+    mlflow_uri: str | None = None
+    experiment: str = "kdlab"  # the MLflow experiment and the W&B project of the run
 
 
 @dataclass
