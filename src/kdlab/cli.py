@@ -1,5 +1,5 @@
 """The ``kdlab`` command line: train, distill, eval, export, list, bench, quickstart, compare,
-analyze, cache-teacher.
+analyze, cache-teacher, tune.
 
 Each subcommand lives in :mod:`kdlab.commands` and exposes ``add_parser(subparsers)`` and
 ``run(args) -> int``. Mistakes a user can make (:class:`~kdlab.errors.UserError`, argparse
@@ -28,11 +28,12 @@ from kdlab.commands import (
     listing,
     quickstart,
     training,
+    tune,
 )
 from kdlab.errors import UserError
 
 COMMANDS = (training, evaluate, export, listing, bench, quickstart, compare, analyze,
-            cache_teacher)
+            cache_teacher, tune)
 
 
 def build_parser() -> argparse.ArgumentParser:
