@@ -74,9 +74,9 @@ def trial_rows(trials: Sequence[optuna.trial.FrozenTrial], space: Sequence[Dimen
         row: dict[str, Any] = {"trial": t.number, "state": t.state.name.lower(), label: value,
                                "epochs": epochs}
         row.update({d.name: t.params.get(d.name) for d in space})
-        run = t.user_attrs.get("run_dir")
+        run, worker = t.user_attrs.get("run_dir"), t.user_attrs.get("worker_lock")
         row.update({"seconds": seconds, "run": _relative(run, out) if run else None,
-                    "note": note(t, rerun_by)})
+                    "process": Path(worker).stem if worker else None, "note": note(t, rerun_by)})
         rows.append(row)
     return rows
 

@@ -30,6 +30,7 @@ import contextlib
 import errno
 import os
 import socket
+import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -53,6 +54,8 @@ PRUNERS = ("median", "hyperband", "none")
 SAMPLERS = ("tpe", "random")
 #: trials in a row that fail in one process before it stops (the same mistake each time)
 MAX_FAILURES_IN_A_ROW = 3
+#: tries at opening the database (processes that create a new one at once race)
+OPEN_ATTEMPTS = 5
 
 
 @dataclass
@@ -93,18 +96,31 @@ def open_storage(url: str, heartbeat: int) -> optuna.storages.RDBStorage:
     """The study database at ``url``, with heartbeats; a dead trial found by them is rerun."""
     if url.startswith("sqlite:///") and url[len("sqlite:///"):] not in ("", ":memory:"):
         Path(url[len("sqlite:///"):]).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
-                url, engine_kwargs=engine, heartbeat_interval=heartbeat,
-                heartbeat_stale_trial_callback=rerun)
-    except Exception as e:  # SQLAlchemy's URL, driver and connection errors have no common base
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise UserError(f"The study database {redacted(url)!r} cannot be opened ({first}); "
-                        "give --storage an Optuna RDB URL such as sqlite:///study.db or "
-                        "postgresql://user@host/db.") from None
+    for attempt in range(OPEN_ATTEMPTS):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url, engine_kwargs=engine, heartbeat_interval=heartbeat,
+                    heartbeat_stale_trial_callback=rerun)
+        except (IntegrityError, OperationalError) as e:
+            # two processes creating a new database's tables at once: the loser retries
+            if attempt == OPEN_ATTEMPTS - 1:
+                raise _unopened(url, e) from None
+            time.sleep(1.0 + attempt)
+        except Exception as e:  # SQLAlchemy's URL and driver errors have no common base
+            raise _unopened(url, e) from None
+    raise AssertionError("unreachable")
+
+
+def _unopened(url: str, e: BaseException) -> UserError:
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+    return UserError(f"The study database {redacted(url)!r} cannot be opened ({first}); give "
+                     "--storage an Optuna RDB URL such as sqlite:///study.db or "
+                     "postgresql://user@host/db.")
 
 
 def comparable(cfg: RunConfig) -> dict[str, Any]:
@@ -314,7 +330,11 @@ def search(s: TuneSettings, base: RunConfig, space: Sequence[Dimension], metric:
     with Worker(out) as worker:
         runner = TrialRunner(base.to_dict(), space, out, metric, base.schedule.epochs,
                              worker.path, announce)
-        ran = run_study(s, study, runner, worker, say)
+        try:
+            ran = run_study(s, study, runner, worker, say)
+        except UserError:  # trials failed in a row: the table says how
+            write_results(study, out, space, s, metric, url, say)
+            raise
     say(f"this process ran {ran} trial(s)")
     write_results(study, out, space, s, metric, url, say)
     return out
