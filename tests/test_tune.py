@@ -225,13 +225,13 @@ from engine_support import registered
 from kdlab.cli import main
 import kdlab.engine.trainer as trainer_mod
 
-kill = {kill!r}
-if kill:  # SIGKILL this process in the second epoch of the trial whose folder ends so
+kill, how = {kill!r}, {how!r}
+if kill:  # signal this process in the second epoch of the trial whose folder ends so
     real = trainer_mod.Trainer._train_epoch
 
     def train_epoch(self, epoch, *args, **kwargs):
         if str(self.out_dir).endswith(kill) and epoch == 1:
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), how)
         return real(self, epoch, *args, **kwargs)
 
     trainer_mod.Trainer._train_epoch = train_epoch
@@ -240,31 +240,36 @@ with registered():
 """
 
 
-def child(args: list[str], kill: str = "") -> subprocess.Popen:
+def child(args: list[str], kill: str = "", how: int = signal.SIGKILL) -> subprocess.Popen:
     """``kdlab tune ARGS`` in a fresh process (the test model and methods registered)."""
-    script = CHILD.format(tests=str(TESTS), src=str(SRC), kill=kill, args=args)
+    script = CHILD.format(tests=str(TESTS), src=str(SRC), kill=kill, how=int(how), args=args)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
 
-def test_kill_9_mid_trial_then_the_same_command_resumes(tmp_path, capsys):
+@pytest.mark.parametrize("how, code, left", [
+    (signal.SIGKILL, -signal.SIGKILL, ["RUNNING"]),  # found dead by its free worker lock
+    (signal.SIGINT, 130, ["FAIL", "WAITING"]),  # Ctrl-C: failed and queued again at once
+])
+def test_killed_mid_trial_then_the_same_command_resumes(tmp_path, capsys, how, code, left):
     recipe = write_recipe(tmp_path)
     out = tmp_path / "tune"
     command = ["tune", str(recipe), "--space", "optim.lr=0.05:0.2:log", "--trials", "4",
                "--epochs", "3", "--pruner", "none", "--seed", "0", "--out", str(out)]
-    proc = child(command, kill="0002")
+    proc = child(command, kill="0002", how=how)
     output, _ = proc.communicate(timeout=300)
-    assert proc.returncode == -signal.SIGKILL, output
+    assert proc.returncode == code, output
     study = study_of(out)
-    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE", "RUNNING"]
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE", *left]
     dead = study.trials[2]
     killed_rows = list(csv.DictReader(open(out / "trials" / "0002" / "metrics.csv")))
     assert len(killed_rows) == 1  # epoch 1 done and saved, killed in epoch 2
 
     assert main(command) == 0  # the same command, in a new process: resumes from the database
     printed = capsys.readouterr().out
-    assert "trial 2 was left running by a process that died" in printed
+    if how == signal.SIGKILL:
+        assert "trial 2 was left running by a process that died" in printed
     study = study_of(out)
     states = [t.state.name for t in study.trials]
     assert states == ["COMPLETE", "COMPLETE", "FAIL", "COMPLETE", "COMPLETE"], states
