@@ -168,12 +168,15 @@ def open_study(s: TuneSettings, storage: optuna.storages.RDBStorage, name: str,
     return study
 
 
-def build_sampler(s: TuneSettings) -> optuna.samplers.BaseSampler:
+def build_sampler(s: TuneSettings, done: int = 0) -> optuna.samplers.BaseSampler:
+    """The sampler; with ``--seed`` its seed moves on with the ``done`` trials the study
+    already holds, so that a resumed search does not draw its first values again."""
+    seed = None if s.seed is None else s.seed + 7919 * done
     if s.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=s.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(seed=s.seed, multivariate=True, group=True,
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
                                           constant_liar=True)
 
 
@@ -316,6 +319,7 @@ def search(s: TuneSettings, base: RunConfig, space: Sequence[Dimension], metric:
     storage = open_storage(url, s.heartbeat)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # kdlab prints a line per trial
     study = open_study(s, storage, name, identity, out / "trials")
+    study.sampler = build_sampler(s, len(study.get_trials(deepcopy=False)))
 
     def say(text: str) -> None:
         print(f"tune: {text}", flush=True)
