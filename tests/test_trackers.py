@@ -216,3 +216,40 @@ def test_wandb_offline_writes_its_run_folder(tmp_path, monkeypatch):
     files = folder / "files"
     for name in ("report/report.md", "report/curves.png", "exported/student.safetensors"):
         assert (files / name).is_file(), name
+
+
+DDP_SCRIPT = """
+import sys
+sys.path[:0] = [{tests!r}, {src!r}]
+from engine_support import registered, tiny_config
+from kdlab.engine.trainer import Trainer
+
+with registered():
+    Trainer(tiny_config({out!r}, data={{"train_subset": 128, "val_subset": 64}},
+                        train={{"device": "cpu", "out_dir": {out!r}, "progress": "none",
+                               "loggers": ["csv", "mlflow"], "mlflow_uri": {uri!r},
+                               "experiment": "trackers-test"}})).fit()
+"""
+
+
+@pytest.mark.slow
+def test_only_rank_0_logs_under_torchrun(tmp_path, mlflow_store):
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    script = tmp_path / "ddp_run.py"
+    tests = Path(__file__).resolve().parent
+    script.write_text(DDP_SCRIPT.format(tests=str(tests), src=str(tests.parent / "src"),
+                                        out=str(out), uri=mlflow_store))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node=2", str(script)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    client, run = the_run(mlflow_store, out)  # one run, not one per process
+    history = client.get_metric_history(run.info.run_id, "val_student_top1")
+    assert [m.step for m in history] == [1, 2] and run.info.status == "FINISHED"

@@ -194,7 +194,7 @@ class Worker:
     """This process's lock file ``OUT/workers/HOST.PID.lock``, held while it runs trials."""
 
     def __init__(self, out: Path) -> None:
-        self.path = out / "workers" / f"{socket.gethostname()}.{os.getpid()}.lock"
+        self.path = (out / "workers" / f"{socket.gethostname()}.{os.getpid()}.lock").resolve()
         self._fd: int | None = None
 
     def __enter__(self) -> Worker:

@@ -68,7 +68,7 @@ class TrialRunner:
         self.current = trial.number
         values = sample(trial, self.space)
         folder, continued = self._folder(trial)
-        for key, value in (("run_dir", str(folder)), ("host", socket.gethostname()),
+        for key, value in (("run_dir", str(folder.resolve())), ("host", socket.gethostname()),
                            ("worker_lock", str(self.worker_lock))):
             trial.set_user_attr(key, value)
         cfg = trial_config(self.tree, values, folder)
