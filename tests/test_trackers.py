@@ -113,6 +113,10 @@ def test_mlflow_client_reads_back_config_metrics_report_and_student(tmp_path, ml
     for key, value in net.state_dict().items():
         assert torch.equal(value, best[key]), key
     assert (out / "student.safetensors").is_file() and (out / "trackers.json").is_file()
+    # artifacts beside the SQLite file, not in the working folder
+    store = Path(mlflow_store[len("sqlite:///"):]).parent
+    assert run.info.artifact_uri.startswith((store / "mlruns").as_uri())
+    assert not Path("mlruns").exists()
 
 
 def test_mlflow_run_continues_on_resume(tmp_path, mlflow_store):

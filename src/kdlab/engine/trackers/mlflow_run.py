@@ -3,7 +3,8 @@
 Written through ``mlflow.tracking.MlflowClient`` (no global active run, so that several kdlab
 runs in one process, e.g. the trials of ``kdlab tune``, never mix). The tracking store is
 ``train.mlflow_uri``, else ``$MLFLOW_TRACKING_URI``, else MLflow's default (``./mlflow.db``,
-SQLite, artifacts in ``./mlruns``): offline, no server. A local file store (a folder path or
+SQLite): offline, no server. An experiment kdlab creates in a SQLite store keeps its
+artifacts in ``mlruns/EXPERIMENT/`` beside the database file. A local file store (a folder path or
 ``file:`` URI) is accepted too; MLflow keeps it in maintenance mode and refuses it unless
 ``MLFLOW_ALLOW_FILE_STORE`` is set, which kdlab then sets for this process.
 
@@ -50,6 +51,16 @@ def resolve_uri(setting: str | None) -> str:
     return uri
 
 
+def artifact_root(uri: str) -> Path | None:
+    """Where the artifacts of an experiment kdlab creates in a SQLite store go: ``mlruns/``
+    beside the database file (MLflow's own default is ``./mlruns`` of whatever folder the
+    run starts in, which scatters artifacts); None for other stores (their own default)."""
+    path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
+    if not path or path == ":memory:":
+        return None
+    return Path(path).expanduser().resolve().parent / "mlruns"
+
+
 def _quiet_migrations() -> None:
     """MLflow's first use of a SQLite store runs its schema migrations, which log a line per
     step at INFO through alembic; keep kdlab's output readable."""
@@ -74,7 +85,7 @@ class MLflowTracker:
             self.client = MlflowClient(tracking_uri=uri)
             self.run_id = self._previous_run(previous, uri)
             if self.run_id is None:
-                experiment = self._experiment(cfg.train.experiment)
+                experiment = self._experiment(cfg.train.experiment, artifact_root(uri))
                 run = self.client.create_run(experiment, run_name=out_dir.name, tags={
                     "kdlab.out_dir": str(out_dir.resolve()), "kdlab.method": cfg.method_name,
                     "kdlab.student": cfg.model.student, "kdlab.teacher": cfg.model.teacher or ""})
@@ -102,16 +113,17 @@ class MLflowTracker:
         except MlflowException:
             return None
 
-    def _experiment(self, name: str) -> str:
+    def _experiment(self, name: str, root: Path | None) -> str:
         """The id of experiment ``name``, created if needed (another process may create it at
-        the same moment)."""
+        the same moment), its artifacts under ``root`` when given."""
         from mlflow.exceptions import MlflowException
 
         found = self.client.get_experiment_by_name(name)
         if found is not None:
             return found.experiment_id
         try:
-            return self.client.create_experiment(name)
+            location = (root / name).as_uri() if root is not None else None
+            return self.client.create_experiment(name, artifact_location=location)
         except MlflowException:
             found = self.client.get_experiment_by_name(name)
             if found is None:
