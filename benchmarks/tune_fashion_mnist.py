@@ -123,7 +123,13 @@ def read_trials() -> list[dict[str, str]]:
 
 
 def searched_values(recipe: Path) -> dict[str, float]:
-    method = yaml.safe_load((ROOT / recipe).read_text())["method"]
+    """The searched settings of a recipe (FCFD's defaults where it does not set them)."""
+    import dataclasses
+
+    from kdlab.methods import METHODS
+
+    method = {**dataclasses.asdict(METHODS.get("fcfd").Config()),
+              **yaml.safe_load((ROOT / recipe).read_text())["method"]}
     return {"T": method["temperature"], "L2": method["app_weight"],
             "KL": method["func_kl_weight"]}
 
@@ -198,7 +204,7 @@ def report(_: argparse.Namespace) -> None:
         *(f"- `{' '.join(search_command(s))}` (process {s})" for s in (1, 2)),
         *(f"- `{records[(w, s)]['command']}`" for w, _, s in reruns()),
         "",
-        "Logs of the two search processes: " + ", ".join(f"`{p.relative_to(ROOT)}`"
+        "Logs of the two search processes: " + ", ".join(f"`{RUNS / p.name}`"
                                                         for p in tune_logs) + ".",
         "",
     ]
