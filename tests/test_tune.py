@@ -225,6 +225,8 @@ from engine_support import registered
 from kdlab.cli import main
 import kdlab.engine.trainer as trainer_mod
 
+# a process started in the background may inherit an ignored SIGINT: restore Ctrl-C
+signal.signal(signal.SIGINT, signal.default_int_handler)
 kill, how = {kill!r}, {how!r}
 if kill:  # signal this process in the second epoch of the trial whose folder ends so
     real = trainer_mod.Trainer._train_epoch
