@@ -33,7 +33,8 @@ HELP = (["--help"], ["train", "--help"], ["distill", "--help"], ["eval", "--help
         ["export", "--help"], ["list", "--help"], ["bench", "--help"], ["quickstart", "--help"],
         ["compare", "--help"], ["analyze", "--help"], ["analyze", "anisotropy", "--help"],
         ["analyze", "probe", "--help"], ["cache-teacher", "--help"], ["profile", "--help"],
-        ["list", "models"], ["list", "methods"], ["list", "datasets"], ["list", "tasks"])
+        ["tune", "--help"], ["list", "models"], ["list", "methods"], ["list", "datasets"],
+        ["list", "tasks"])
 
 
 def test_help_and_list_do_not_import_torch():

@@ -1,5 +1,5 @@
 """The ``kdlab`` command line: train, distill, eval, export, list, bench, quickstart, compare,
-analyze, cache-teacher.
+analyze, cache-teacher, profile, tune.
 
 Each subcommand lives in :mod:`kdlab.cli.commands` and exposes ``add_parser(subparsers)`` and
 ``run(args) -> int``. Mistakes a user can make (:class:`~kdlab.errors.UserError`, argparse
@@ -28,13 +28,14 @@ from kdlab.cli.commands import (
     profile,
     quickstart,
     training,
+    tune,
 )
 from kdlab.core import plugins
 from kdlab.core.version import __version__
 from kdlab.errors import UserError
 
 COMMANDS = (training, evaluate, export, listing, bench, quickstart, compare, analyze,
-            cache_teacher, profile)
+            cache_teacher, profile, tune)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -79,7 +79,7 @@ def output_paths(names: list[str], ckpt_path: Path, out: str | None,
 def run(args: argparse.Namespace) -> int:
     if args.format != "safetensors":
         return run_deployable(args)
-    from kdlab.tools.export import export_metadata, write_exported
+    from kdlab.training.exported_file import export_metadata, write_exported
 
     r = restore_run(args.path, args.which, [], load_data=False)
     exported = r.distiller.exported()
