@@ -97,6 +97,37 @@ def test_every_method_and_pair_of_fcfds_tables_has_a_recipe(dataset, method, tea
         assert (cfg.schedule.epochs, list(cfg.schedule.milestones)) == (240, [150, 180, 210])
 
 
+# FCFD Table 3 (COCO, Faster R-CNN FPN): the pairs of the authors' detection configs
+# (LiuDongyang6/FCFD detection/README.md) and the compared methods of Sec. 3.1 that kdlab has
+# (ICD is not implemented). ReviewKD's loss weight per pair is its authors' config's.
+TABLE3_PAIRS = {
+    ("fasterrcnn_resnet101_fpn", "fasterrcnn_resnet18_fpn"): 1.2,
+    ("fasterrcnn_resnet101_fpn", "fasterrcnn_resnet50_fpn"): 1.0,
+    ("fasterrcnn_resnet50_fpn", "fasterrcnn_mobilenet_v2_fpn"): 2.0,
+}
+TABLE3_METHODS = ["fgfi", "reviewkd", "fcfd"]
+
+
+@pytest.mark.parametrize(("method", "teacher", "student"),
+                         [(m, t, s) for m in TABLE3_METHODS for t, s in TABLE3_PAIRS])
+def test_every_method_and_pair_of_fcfds_table_3_has_a_recipe(method, teacher, student):
+    path = ROOT / "recipes" / "coco" / method / f"{student}_from_{teacher}.yaml"
+    assert path.is_file(), f"missing recipe {path.relative_to(ROOT)}"
+    cfg = load_config(path)
+    assert (cfg.task, cfg.method_name, cfg.model.teacher, cfg.model.student) == (
+        "detection", method, teacher, student)
+    assert (cfg.data.batch_size, cfg.optim.lr, cfg.schedule.epochs) == (8, 0.01, 12)
+    assert list(cfg.schedule.milestones) == [8, 11]
+    if method == "reviewkd":
+        assert cfg.method_options["weight"] == TABLE3_PAIRS[(teacher, student)]
+        assert cfg.method_options["warmup_epochs"] == 0
+        assert "dvlab-research/ReviewKD@" in path.read_text()
+    if method == "fgfi":
+        text = path.read_text()
+        assert "no Detectron2/FPN configuration of FGFI exists" in text
+        assert (cfg.method_options["weight"], cfg.method_options["warmup_steps"]) == (0.01, 400)
+
+
 def test_cifar_students_of_the_small_networks_get_a_fifth_of_the_lr():
     """Within one method, MobileNetV2 / ShuffleNet students train at 1/5 of the others' LR
     (0.01 vs 0.05 in the CRD protocol; 0.02 vs 0.1 in ReviewKD's batch-128 one)."""

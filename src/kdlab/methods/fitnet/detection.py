@@ -18,6 +18,8 @@ from kdlab.tasks.detection.models import DetectionOutput
 class FitNetDetection(DetectionDistiller):
     """FPN imitation: detector losses + hint_weight * sum over FPN levels of L2."""
 
+    reads_teacher_roi = False
+
     @dataclass
     class Config:
         ce_weight: float = 1.0  # the detector's own losses (L_task)
