@@ -32,8 +32,9 @@ def test_list_through_the_entry_point():
 HELP = (["--help"], ["train", "--help"], ["distill", "--help"], ["eval", "--help"],
         ["export", "--help"], ["list", "--help"], ["bench", "--help"], ["quickstart", "--help"],
         ["compare", "--help"], ["analyze", "--help"], ["analyze", "anisotropy", "--help"],
-        ["analyze", "probe", "--help"], ["cache-teacher", "--help"], ["list", "models"],
-        ["list", "methods"], ["list", "datasets"], ["list", "tasks"])
+        ["analyze", "probe", "--help"], ["cache-teacher", "--help"], ["profile", "--help"],
+        ["tune", "--help"], ["list", "models"], ["list", "methods"], ["list", "datasets"],
+        ["list", "tasks"])
 
 
 def test_help_and_list_do_not_import_torch():

@@ -203,8 +203,8 @@ def test_every_method_restores_and_exports_its_networks(method, tmp_path):
     from types import SimpleNamespace
 
     from kdlab.core.config import RunConfig, build_dataclass
-    from kdlab.tools.export import export_metadata, write_exported
     from kdlab.training.build import build_distiller_from_config, restore_distiller
+    from kdlab.training.exported_file import export_metadata, write_exported
 
     tree = {"model": {"student": "resnet8"},
             "method": {"name": method, **TINY_OPTIONS.get(method, {})}}

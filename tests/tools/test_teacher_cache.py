@@ -270,8 +270,10 @@ def test_an_interrupted_build_continues_and_equals_an_uninterrupted_one(tmp_path
 # --------------------------------------------------------------- training from the cache
 @pytest.fixture
 def no_report(monkeypatch):
-    """Skip the run report's plots (matplotlib), which these tests do not look at."""
+    """Skip the run report's plots (matplotlib) and its teacher-vs-student counts (one
+    forward pass of each network after training), which these tests do not look at."""
     monkeypatch.setattr("kdlab.training.trainer.write_report", lambda *a, **k: None)
+    monkeypatch.setattr("kdlab.training.trainer.distillation_costs", lambda *a, **k: [])
 
 
 def count_teacher_calls(monkeypatch) -> list[int]:

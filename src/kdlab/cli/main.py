@@ -1,5 +1,5 @@
 """The ``kdlab`` command line: train, distill, eval, export, list, bench, quickstart, compare,
-analyze, cache-teacher.
+analyze, cache-teacher, profile, tune.
 
 Each subcommand lives in :mod:`kdlab.cli.commands` and exposes ``add_parser(subparsers)`` and
 ``run(args) -> int``. Mistakes a user can make (:class:`~kdlab.errors.UserError`, argparse
@@ -25,15 +25,17 @@ from kdlab.cli.commands import (
     export,
     failures,
     listing,
+    profile,
     quickstart,
     training,
+    tune,
 )
 from kdlab.core import plugins
 from kdlab.core.version import __version__
 from kdlab.errors import UserError
 
 COMMANDS = (training, evaluate, export, listing, bench, quickstart, compare, analyze,
-            cache_teacher)
+            cache_teacher, profile, tune)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -132,6 +132,13 @@ class TrainConfig:
     # its score, warn at chance level (kdlab.training.teacher_check); false for a teacher that is
     # too expensive to evaluate
     evaluate_teacher: bool = True
+    # where per-epoch numbers go: metrics.csv always; tensorboard, mlflow, wandb when listed
+    # (kdlab.training.trackers, docs/trackers.md)
+    loggers: list[str] = field(default_factory=lambda: ["csv", "tensorboard"])
+    # MLflow tracking URI, e.g. sqlite:///runs/mlflow.db (null: $MLFLOW_TRACKING_URI, else
+    # MLflow's default, ./mlflow.db)
+    mlflow_uri: str | None = None
+    experiment: str = "kdlab"  # the MLflow experiment and the W&B project of the run
 
 
 @dataclass

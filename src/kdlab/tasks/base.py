@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from kdlab.core.registry import Registry
 from kdlab.errors import UserError
+from kdlab.tasks.deploy import DeploySpec
 
 
 class Task:
@@ -75,6 +76,12 @@ class Task:
         """Pictures for the run report (file names written into ``out_dir``); none by
         default."""
         return []
+
+    # ----------------------------------------------------------------- deployment
+    def deploy(self, net: nn.Module, input_shape: tuple[int, ...]) -> DeploySpec:
+        """``net`` (an exported network, eval mode) as the graph ``kdlab export`` writes for
+        images of ``input_shape`` ``(C, H, W)``: see :mod:`kdlab.tasks.deploy`."""
+        raise NotImplementedError(f"task {self.name!r} has no deployable graph")
 
 
 TASKS: Registry[type[Task]] = Registry("task", filled_by=("kdlab.tasks",))

@@ -13,62 +13,21 @@ Two kinds of file, told apart by the ``kind`` metadata entry:
   checkpoint is not needed) and loads the tensors into the network it exports.
 
 ``load_exported(path)`` returns the ``nn.Module`` (images -> logits, eval mode) for either kind.
+The metadata and the writer are :mod:`kdlab.training.exported_file` (a finished run writes
+these files for its experiment trackers too).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 
 import torch
 from torch import nn
 
-from kdlab.core.version import __version__
 from kdlab.errors import UserError
-from kdlab.runtime.files import atomic_write
-
-PLAIN = "model"
-COMPOSITE = "composite"
-_SHAPE = ("num_classes", "in_channels", "input_size")
-
-
-def export_metadata(module: nn.Module, name: str, cfg: Any, info: Any) -> dict[str, str]:
-    """The safetensors metadata for network ``name`` of a run with config ``cfg`` (a
-    :class:`~kdlab.core.config.RunConfig`) on data shaped like ``info`` (a DatasetInfo)."""
-    spec = getattr(module, "kdlab_spec", None)
-    if isinstance(spec, Mapping):
-        return {
-            "kind": PLAIN,
-            "name": name,
-            "model": str(spec["model"]),
-            **{k: str(int(spec[k])) for k in _SHAPE},
-            "options": json.dumps(dict(spec.get("options") or {}), sort_keys=True),
-            "kdlab_version": __version__,
-        }
-    return {
-        "kind": COMPOSITE,
-        "name": name,
-        "method": cfg.method_name,
-        "student": cfg.model.student,
-        "teacher": cfg.model.teacher or "",
-        **{k: str(int(getattr(info, k))) for k in _SHAPE},
-        "train_size": str(int(info.train_size)),
-        "config": json.dumps(cfg.to_dict(), sort_keys=True),
-        "kdlab_version": __version__,
-    }
-
-
-def write_exported(module: nn.Module, meta: Mapping[str, str], path: str | Path) -> None:
-    """Write ``module``'s state_dict with ``meta`` as a safetensors file, atomically (tensors
-    moved to the CPU and made contiguous; shared storage is split)."""
-    from safetensors.torch import save_file
-
-    tensors = {k: v.detach().to("cpu").contiguous().clone()
-               for k, v in module.state_dict().items()}
-    atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=dict(meta)))
+from kdlab.training.exported_file import COMPOSITE, PLAIN, SHAPE
 
 
 def read_exported(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -106,7 +65,7 @@ def _composite(meta: dict[str, str], path: Path) -> nn.Module:
 
     try:
         tree = json.loads(meta["config"])
-        info = SimpleNamespace(**{k: int(meta[k]) for k in (*_SHAPE, "train_size")})
+        info = SimpleNamespace(**{k: int(meta[k]) for k in (*SHAPE, "train_size")})
         name = meta["name"]
     except (KeyError, ValueError) as e:
         raise UserError(f"{str(path)!r} lacks valid metadata ({e}); export it again with "
@@ -135,7 +94,7 @@ def load_exported(path: str | Path, device: torch.device | str = "cpu") -> nn.Mo
         from kdlab.models import build_model
 
         try:
-            shape = {k: int(meta[k]) for k in _SHAPE}
+            shape = {k: int(meta[k]) for k in SHAPE}
             model = meta["model"]
         except (KeyError, ValueError) as e:
             raise UserError(f"{str(p)!r} lacks valid model metadata ({e}); export it again "

@@ -1,4 +1,5 @@
-"""Per-epoch metrics: ``metrics.csv``, TensorBoard events and progress output (rank 0).
+"""Per-epoch metrics: ``metrics.csv``, TensorBoard events, the experiment trackers
+(:mod:`kdlab.training.trackers`) and progress output (rank 0).
 
 ``metrics.csv`` holds one row per finished epoch. It is rewritten atomically from the run's
 history after each epoch (the history also lives in every checkpoint), so a crash never
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from kdlab.runtime.files import atomic_write_text
+from kdlab.training.trackers import Trackers
 
 FIRST_COLUMNS = ("epoch", "lr")
 
@@ -63,23 +65,32 @@ def read_csv(path: Path) -> list[dict[str, float | str]]:
     return rows
 
 
-class MetricsLog:
-    """metrics.csv plus TensorBoard (when installed); a no-op off rank 0."""
+def _tensorboard_writer(folder: Path) -> Any:
+    """A TensorBoard SummaryWriter, or None (with a note) when tensorboard is not installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        print("note: tensorboard is not installed, so no TensorBoard events are written "
+              "(`pip install tensorboard` to get them).", file=sys.stderr)
+        return None
+    return SummaryWriter(log_dir=str(folder))
 
-    def __init__(self, out_dir: Path, *, enabled: bool, history: Sequence[dict[str, Any]] = ()):
+
+class MetricsLog:
+    """metrics.csv, TensorBoard (with ``tensorboard``, when installed) and the ``trackers``'
+    runs; a no-op off rank 0."""
+
+    def __init__(self, out_dir: Path, *, enabled: bool, history: Sequence[dict[str, Any]] = (),
+                 tensorboard: bool = True, trackers: Trackers | None = None):
         self.path = Path(out_dir) / "metrics.csv"
         self.enabled = enabled
         self.rows: list[dict[str, Any]] = [dict(r) for r in history]
         self.writer = None
+        self.trackers = trackers if trackers is not None else Trackers()
         if not enabled:
             return
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            print("note: tensorboard is not installed, so no TensorBoard events are written "
-                  "(`pip install tensorboard` to get them).", file=sys.stderr)
-        else:
-            self.writer = SummaryWriter(log_dir=str(Path(out_dir) / "tensorboard"))
+        if tensorboard:
+            self.writer = _tensorboard_writer(Path(out_dir) / "tensorboard")
         if self.rows or self.path.exists():
             write_csv(self.path, self.rows)
 
@@ -94,6 +105,7 @@ class MetricsLog:
                 if key != "epoch" and isinstance(value, (int, float)):
                     self.writer.add_scalar(key, value, step)
             self.writer.flush()
+        self.trackers.log(row)
 
     def close(self) -> None:
         if self.writer is not None:

@@ -83,11 +83,41 @@ def markdown(rows: Sequence[dict[str, Any]], summary: dict[str, Any],
     if losses:
         lines += ["", "## Final epoch losses", "", "| loss | value |", "|---|---|"]
         lines += [f"| {k[len(LOSS_PREFIX):]} | {_num(rows[-1][k], '.4g')} |" for k in losses]
+    lines += teacher_vs_student_lines(summary.get("teacher_vs_student") or [], label)
     for figure in figures:  # pictures are shown, other files (e.g. a CSV) linked
         shown = figure.lower().endswith((".png", ".jpg", ".svg"))
         lines += ["", f"![{figure}]({figure})" if shown else f"- [{figure}]({figure})"]
     lines += ["", "Per-epoch numbers: `metrics.csv`; curves: `curves.png`.", ""]
     return "\n".join(lines)
+
+
+def teacher_vs_student_lines(rows: Sequence[dict[str, Any]], label: str) -> list[str]:
+    """The report's teacher-vs-student section (rows of
+    :func:`kdlab.training.model_cost.teacher_vs_student`, the teacher first)."""
+    if not rows:
+        return []
+    lines = ["", "## Teacher vs student (the deployed networks)", "",
+             f"| network | model | parameters | GFLOP / image | size (MB) | best {label} |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['name']} | {r['model']} | {r['params'] / 1e6:.3f} M | "
+                     f"{_num(r['gflop'], '.4g')} | {r['size_bytes'] / 1e6:.2f} | "
+                     f"{_num(r['score'])} |")
+    teacher = rows[0] if rows[0]["name"] == "teacher" else None
+    lines.append("")
+    for r in rows[1:] if teacher else []:
+        parts = [f"{teacher['params'] / max(r['params'], 1):.1f}x fewer parameters"]
+        if teacher["gflop"] and r["gflop"]:
+            parts.append(f"{teacher['gflop'] / r['gflop']:.1f}x fewer FLOP per image")
+        parts.append(f"a {teacher['size_bytes'] / max(r['size_bytes'], 1):.1f}x smaller file")
+        if isinstance(teacher["score"], (int, float)) and isinstance(r["score"], (int, float)):
+            parts.append(f"{r['score'] - teacher['score']:+.2f} {label} points")
+        lines.append(f"- {r['name']} vs teacher: " + ", ".join(parts) + ".")
+    lines += ["", "FLOP: one image through the deployed graph (convolutions and matrix products, "
+              "2 per multiply-add); size: its safetensors file; the teacher's score is its own "
+              "run's (metrics.csv beside its checkpoint). Not timed here: `kdlab profile RUN` "
+              "measures latency and memory."]
+    return lines
 
 
 def _num(value: Any, spec: str = ".2f") -> str:

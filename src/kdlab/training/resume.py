@@ -8,8 +8,9 @@ differ (:data:`MAY_CHANGE`):
 - ``schedule.epochs``, to train longer (or stop earlier), with the ``multistep`` and
   ``constant`` schedules, whose LR at an epoch does not depend on the total; a cosine or poly
   schedule is shaped by the total, so there it is refused;
-- how the run is watched and where it runs: ``train.progress``, ``train.device``,
-  ``train.threads``, ``train.evaluate_teacher``,
+- how the run is watched and where it runs: ``train.progress``, ``train.loggers``,
+  ``train.mlflow_uri``, ``train.experiment``, ``train.device``, ``train.threads``,
+  ``train.evaluate_teacher``,
   ``train.out_dir`` (a moved folder), ``data.eval_batch_size``, ``data.num_workers``,
   ``data.device_resident``, ``data.root`` and ``data.download`` (a moved data set);
 - where the starting weights are read from when the file moved: ``model.teacher_checkpoint``
@@ -39,7 +40,8 @@ from kdlab.core.config import RunConfig, build_dataclass
 from kdlab.errors import UserError
 
 MAY_CHANGE = frozenset({
-    "schedule.epochs", "train.progress", "train.device", "train.threads", "train.out_dir",
+    "schedule.epochs", "train.progress", "train.loggers", "train.mlflow_uri", "train.experiment",
+    "train.device", "train.threads", "train.out_dir",
     "data.eval_batch_size", "data.num_workers", "data.device_resident", "data.root",
     "data.download", "model.teacher_checkpoint", "model.teacher_pretrained",
     "model.student_pretrained", "data.batch_size", "train.evaluate_teacher",

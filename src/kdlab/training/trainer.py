@@ -48,12 +48,15 @@ from kdlab.training.checkpoint import (
 )
 from kdlab.training.compiling import compile_run
 from kdlab.training.metrics_log import MetricsLog, Progress
+from kdlab.training.model_cost import distillation_costs
 from kdlab.training.optimisation import Optimisation, run_length
 from kdlab.training.prebuilt import Prebuilt, refuse_memory
 from kdlab.training.report import write_report
 from kdlab.training.resume import check_resume, read_saved
 from kdlab.training.run_lock import RunLock, is_main_process, remove_stale_temporaries
 from kdlab.training.step import train_step
+from kdlab.training.trackers import Trackers, end_status
+from kdlab.training.trackers.artifacts import export_best, report_files
 from kdlab.training.validate import validate_config
 
 #: steps between the (synchronising) checks for a non-finite loss and progress updates
@@ -104,13 +107,17 @@ class Trainer:
     optimiser and scaler state). Under ``torchrun`` it trains with DistributedDataParallel.
     ``prebuilt``: the networks and data that ``cfg`` names ``memory:...``, given as objects
     (the Python API, :mod:`kdlab.training.prebuilt`); everything else is built from its name.
+    ``on_epoch``: called with each finished epoch's metrics row, once its checkpoint is
+    written; an exception it raises stops the run there (``kdlab tune`` prunes a trial so).
     """
 
     def __init__(self, cfg: RunConfig, *, resume: bool = False,
-                 prebuilt: Prebuilt | None = None) -> None:
+                 prebuilt: Prebuilt | None = None,
+                 on_epoch: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.cfg = cfg
         self.resume = resume
         self.prebuilt = prebuilt
+        self.on_epoch = on_epoch
         self.out_dir = Path(cfg.train.out_dir)
 
     # ----------------------------------------------------------------- entry point
@@ -220,23 +227,37 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.out_dir / "config.yaml")
         collectives.barrier()
-        log = MetricsLog(self.out_dir, enabled=main, history=history)
+        trackers = Trackers.open(cfg, self.out_dir, enabled=main)
+        log = MetricsLog(self.out_dir, enabled=main, history=history,
+                         tensorboard="tensorboard" in cfg.train.loggers, trackers=trackers)
         progress = Progress(cfg.train.progress, enabled=main)
         if self.threads.adaptive and device.type == "cpu":
             self.governor = ThreadGovernor(self.threads.threads, note=progress.note)
         try:
             for epoch in range(start, epochs):
                 best = self._epoch(epoch, model, raw, run, optim, best, log, progress)
-        finally:
+                if self.on_epoch is not None:
+                    self.on_epoch(dict(log.rows[-1]))
             log.close()
-        summary = self._summary(log.rows, raw, finished=True)
-        if main:
-            shown = dict(raw.evaluated())
-            if raw.teacher is not None:  # the report shows the teacher's predictions too
-                shown = {"teacher": raw.teacher, **shown}
-            figures = self.task.report_figures(self.out_dir, shown, run.loaders.val,
-                                               device=device)
-            write_report(self.out_dir, summary, figures=figures)
+            summary = self._summary(log.rows, raw, finished=True)
+            if main:
+                shown = dict(raw.evaluated())
+                if raw.teacher is not None:  # the report shows the teacher's predictions too
+                    shown = {"teacher": raw.teacher, **shown}
+                figures = self.task.report_figures(self.out_dir, shown, run.loaders.val,
+                                                   device=device)
+                if raw.teacher is not None:  # the report's teacher-vs-student table (no timing)
+                    summary["teacher_vs_student"] = distillation_costs(raw, cfg, summary,
+                                                                       run.loaders.val, device)
+                write_report(self.out_dir, summary, figures=figures)
+                if trackers.trackers:
+                    trackers.finish(report_files(self.out_dir, figures),
+                                    export_best(self.out_dir, raw, cfg, run.loaders.info),
+                                    summary)
+        except BaseException as e:
+            log.close()
+            trackers.end(end_status(e))
+            raise
         collectives.barrier()
         return summary
 

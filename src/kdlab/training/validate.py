@@ -1,8 +1,9 @@
 """One validation pass over a run's config, before any process group, folder or data exists.
 
 :func:`validate_config` checks, in this order: the domain of every numeric setting
-(:mod:`kdlab.core.domains`), the choice settings, the rules between settings (warm-up and
-milestones within the epochs, Nesterov needs momentum), the names the optimiser and the
+(:mod:`kdlab.core.domains`), the choice settings (the loggers and their packages among
+them), the rules between settings (warm-up and milestones within the epochs, Nesterov needs
+momentum), the names the optimiser and the
 schedule know (by building them on a one-parameter probe), the dataset name and the sizes it
 is asked for (``DatasetSource.check_sizes``), the task and its options and the method's own
 settings. The first problem is a :class:`~kdlab.errors.UserError` naming the
@@ -19,6 +20,7 @@ from kdlab.core.domains import check_method_domains, check_run_domains
 from kdlab.errors import UserError
 from kdlab.runtime.precision import AMP_DTYPES
 from kdlab.runtime.threads import parse_threads
+from kdlab.training.trackers import check_loggers
 
 PROGRESS = ("auto", "bar", "lines", "none")
 
@@ -44,6 +46,7 @@ def _check_choices(cfg: RunConfig) -> None:
 
         backend_of(t.compile)
     parse_threads(t.threads)
+    check_loggers(t.loggers)
     if t.progress not in PROGRESS:
         raise UserError(f"train.progress {t.progress!r} is not known; use auto, bar, lines or "
                         "none.")

@@ -104,6 +104,7 @@ class Restored:
     info: Any  # kdlab.data.DatasetInfo (the shape the networks were built for)
     val: Any  # the validation loader, or None when the data was not loaded
     device: Any  # torch.device the distiller is on
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # metrics rows
 
 
 def restore_run(path: str | Path, which: str, overrides: Sequence[str], *,
@@ -137,7 +138,8 @@ def restore_run(path: str | Path, which: str, overrides: Sequence[str], *,
                                                                 cfg.data.train_subset))
         try:
             distiller = restore_distiller(cfg, info, ckpt["distiller"], dev)
-            return Restored(ckpt_path, cfg, distiller, info, None, dev)
+            return Restored(ckpt_path, cfg, distiller, info, None, dev,
+                            list(ckpt.get("history", [])))
         except UserError as e:
             first_error = e
         try:
@@ -147,4 +149,5 @@ def restore_run(path: str | Path, which: str, overrides: Sequence[str], *,
     else:
         loaders = build_loaders(cfg.data, dev, seed=cfg.train.seed)
     distiller = restore_distiller(cfg, loaders.info, ckpt["distiller"], dev)
-    return Restored(ckpt_path, cfg, distiller, loaders.info, loaders.val, dev)
+    return Restored(ckpt_path, cfg, distiller, loaders.info, loaders.val, dev,
+                    list(ckpt.get("history", [])))

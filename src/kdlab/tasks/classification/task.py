@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from kdlab.runtime.collectives import all_reduce_sum
 from kdlab.runtime.precision import autocast
 from kdlab.tasks.base import TASKS, Task
+from kdlab.tasks.deploy import DeploySpec
 
 
 @TASKS.register("classification")
@@ -42,6 +43,14 @@ class Classification(Task):
                  amp: str = "none") -> dict[str, float]:
         return {k: float(v) for k, v in
                 classifier_metrics(net, loader, device=device, amp=amp).items()}
+
+    def deploy(self, net: nn.Module, input_shape: tuple[int, ...]) -> DeploySpec:
+        """The network as it is: ``images (batch, C, H, W) -> logits (batch, K)``, the batch
+        free, the image size the one the network was built for."""
+        c, h, w = input_shape
+        k = self.num_classes or "K"
+        return DeploySpec(net, ("logits",), {0: ("batch", 1)},
+                          f"images float32 (batch, {c}, {h}, {w}) -> logits float32 (batch, {k})")
 
 
 def classifier_metrics(

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from kdlab.runtime.collectives import all_gather_rows, world_size
 from kdlab.tasks.base import TASKS, Task
+from kdlab.tasks.deploy import DeploySpec
 from kdlab.tasks.detection.coco_map import coco_map
 from kdlab.tasks.detection.models import DetectionOutput, check_detector
 
@@ -152,6 +153,12 @@ class Detection(Task):
         metrics = coco_map(gt, det, ids)
         metrics["images"] = float(len(set(ids.long().tolist())))
         return metrics
+
+    def deploy(self, net: nn.Module, input_shape: tuple[int, ...]) -> DeploySpec:
+        """One image -> boxes, scores, labels (:mod:`kdlab.tasks.detection.deploy`)."""
+        from kdlab.tasks.detection.deploy import detection_spec
+
+        return detection_spec(net, input_shape)
 
     def report_figures(self, out_dir: Any, networks: dict[str, nn.Module], loader: Any, *,
                        device: torch.device) -> list[str]:

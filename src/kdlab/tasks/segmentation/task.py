@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from kdlab.runtime.collectives import all_reduce_sum
 from kdlab.runtime.precision import autocast, widen
 from kdlab.tasks.base import TASKS, Task
+from kdlab.tasks.deploy import DeploySpec
 from kdlab.tasks.segmentation.inference import score_map, sliding, upsample, whole
 from kdlab.tasks.segmentation.metrics import class_iou, confusion_matrix, scores
 
@@ -167,6 +168,13 @@ class Segmentation(Task):
         result: dict[str, float] = {k: float(v) for k, v in scores(cm).items()}
         result["loss"] = float(sums[0] / sums[1].clamp(min=1))
         return result
+
+    def deploy(self, net: nn.Module, input_shape: tuple[int, ...]) -> DeploySpec:
+        """Images -> score maps at the input size, batch, height and width free
+        (:mod:`kdlab.tasks.segmentation.deploy`)."""
+        from kdlab.tasks.segmentation.deploy import segmentation_spec
+
+        return segmentation_spec(net, input_shape, self.num_classes)
 
     # ----------------------------------------------------------------- report
     def report_figures(self, out_dir: Any, networks: dict[str, nn.Module], loader: Any, *,
