@@ -172,7 +172,12 @@ def repdistiller_terms(method: str, pair: str, nets: dict, d: Any, x: torch.Tens
             s_dim=feat_s[-1].shape[1], t_dim=feat_t[-1].shape[1], feat_dim=d.cfg.feat_dim,
             nce_k=d.cfg.num_negatives, nce_t=d.cfg.temperature, nce_m=d.cfg.momentum,
             n_data=P.CRD_TRAIN_SIZE)
-        crit = CRDLoss(opt).double()
+        old_dtype = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float64)  # their params buffer (T, Z) else float32
+        try:
+            crit = CRDLoss(opt).double()
+        finally:
+            torch.set_default_dtype(old_dtype)
         P.copy_weights(d.embed_student, crit.embed_s)
         P.copy_weights(d.embed_teacher, crit.embed_t)
         with torch.no_grad():  # kdlab's banks, before kdlab's step updates them
