@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdlab.errors import UserError
+from kdlab.losses.logits import _wide
 
 REDUCTIONS = ("mean", "sum")
 
@@ -45,7 +46,7 @@ def fpn_app_loss(bridged_student: Mapping[str, Tensor], teacher: Mapping[str, Te
                         "give both detectors FPNs with the same levels.")
     total = None
     for k, s in bridged_student.items():
-        term = F.mse_loss(s.float(), teacher[k].float())
+        term = F.mse_loss(_wide(s), _wide(teacher[k]))
         total = term if total is None else total + term
     assert total is not None
     return total
@@ -58,8 +59,8 @@ def roi_kl_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: flo
     or summed (``"sum"``) over the proposals. The paper and the authors use T = 1."""
     _check(reduction)
     t = temperature
-    log_p_s = F.log_softmax(student_logits.float() / t, dim=1)
-    log_p_t = F.log_softmax(teacher_logits.float() / t, dim=1)
+    log_p_s = F.log_softmax(_wide(student_logits) / t, dim=1)
+    log_p_t = F.log_softmax(_wide(teacher_logits) / t, dim=1)
     kl = F.kl_div(log_p_s, log_p_t, reduction="sum", log_target=True) * (t * t)
     return kl / student_logits.shape[0] if reduction == "mean" else kl
 
@@ -76,7 +77,7 @@ def roi_l2_loss(student_deltas: Tensor, teacher_deltas: Tensor, reduction: str =
     _check(reduction)
     if skip_background:
         student_deltas, teacher_deltas = student_deltas[:, 4:], teacher_deltas[:, 4:]
-    return F.mse_loss(student_deltas.float(), teacher_deltas.float(),
+    return F.mse_loss(_wide(student_deltas), _wide(teacher_deltas),
                       reduction="sum" if reduction == "sum" else "mean")
 
 
