@@ -72,6 +72,10 @@ class Combo(Distiller):
         for part in self.parts.values():
             part.set_epoch(epoch, num_epochs)
 
+    def use_train_labels(self, labels: Tensor | None) -> None:
+        for part in self.parts.values():
+            part.use_train_labels(labels)
+
     def forward(
         self, images: Tensor, targets: Tensor, index: Tensor | None = None
     ) -> tuple[Tensor, Losses]:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdlab.methods.shared.logits import _wide
 from kdlab.runtime.collectives import all_reduce_sum
 from kdlab.runtime.precision import autocast
 from kdlab.tasks.base import TASKS, Task
@@ -32,7 +33,7 @@ DEFAULT_IGNORE = 255
 def pixel_ce(scores: Tensor, targets: Tensor, ignore_index: int) -> Tensor:
     """Cross-entropy of ``scores`` ``(B, K, h, w)`` upsampled to the targets' size, averaged
     over the non-ignored pixels (0, not NaN, when a batch has none)."""
-    logits = upsample(scores.float(), tuple(targets.shape[-2:]))
+    logits = upsample(_wide(scores), tuple(targets.shape[-2:]))
     total = F.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="sum")
     return total / (targets != ignore_index).sum().clamp(min=1)
 
