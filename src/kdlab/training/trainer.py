@@ -42,7 +42,7 @@ from kdlab.training.checkpoint import (
 )
 from kdlab.training.compiling import CompiledModel, compile_run
 from kdlab.training.metrics_log import MetricsLog, Progress
-from kdlab.training.optimisation import Optimisation
+from kdlab.training.optimisation import Optimisation, norm_parameters
 from kdlab.training.prebuilt import Prebuilt, refuse_memory
 from kdlab.training.report import write_report
 from kdlab.training.resume import check_resume, read_saved
@@ -180,7 +180,8 @@ class Trainer:
                             "model and method settings.")
         optim = Optimisation.build(params, raw.separate_optimizers(), cfg.optim, cfg.schedule,
                                    steps_per_epoch=self._steps_per_epoch(run.loaders.train),
-                                   device=device, amp=cfg.train.amp)
+                                   device=device, amp=cfg.train.amp,
+                                   norm=norm_parameters(raw))
         epochs = cfg.schedule.epochs
         start, best, history, ckpt = 0, float("-inf"), [], None
         if self.resume and last_path.is_file():
