@@ -39,6 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+import reproduce_gen  # noqa: E402  (scripts/ is not a package)
 
 # Commits of the references the values were read from.
 REPDISTILLER = "HobbitLong/RepDistiller@b84f547"
@@ -493,12 +495,12 @@ def main(argv: list[str] | None = None) -> int:
         bad = stale()
         for p in bad:
             print(f"out of date: {p}")
-        return 1 if bad else 0
+        return 1 if bad or reproduce_gen.main(["--check"]) else 0
     for p, text in recipes().items():
         (ROOT / p).parent.mkdir(parents=True, exist_ok=True)
         (ROOT / p).write_text(text, encoding="utf-8")
     print(f"wrote {len(recipes())} recipes")
-    return 0
+    return reproduce_gen.main([])  # docs/reproduce.md, from every recipe's header
 
 
 if __name__ == "__main__":
