@@ -1,4 +1,5 @@
-"""Mixed precision: the ``train.amp`` names and their autocast context."""
+"""Mixed precision: the ``train.amp`` names, their autocast context, and the widening of
+half-precision results before a loss."""
 
 from __future__ import annotations
 
@@ -19,3 +20,9 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
     if amp not in AMP_DTYPES:
         raise UserError(f"train.amp {amp!r} is not known; use none, bf16 or fp16.")
     return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[amp])
+
+
+def widen(t: torch.Tensor) -> torch.Tensor:
+    """A half-precision tensor (under autocast) as float32; float32 and float64 as they are
+    (a float64 step-exact check stays float64)."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t

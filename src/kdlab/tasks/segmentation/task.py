@@ -20,9 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdlab.methods.shared.logits import _wide
 from kdlab.runtime.collectives import all_reduce_sum
-from kdlab.runtime.precision import autocast
+from kdlab.runtime.precision import autocast, widen
 from kdlab.tasks.base import TASKS, Task
 from kdlab.tasks.segmentation.inference import score_map, sliding, upsample, whole
 from kdlab.tasks.segmentation.metrics import class_iou, confusion_matrix, scores
@@ -33,7 +32,7 @@ DEFAULT_IGNORE = 255
 def pixel_ce(scores: Tensor, targets: Tensor, ignore_index: int) -> Tensor:
     """Cross-entropy of ``scores`` ``(B, K, h, w)`` upsampled to the targets' size, averaged
     over the non-ignored pixels (0, not NaN, when a batch has none)."""
-    logits = upsample(_wide(scores), tuple(targets.shape[-2:]))
+    logits = upsample(widen(scores), tuple(targets.shape[-2:]))
     total = F.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="sum")
     return total / (targets != ignore_index).sum().clamp(min=1)
 
