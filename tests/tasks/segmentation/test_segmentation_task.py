@@ -179,10 +179,9 @@ def test_report_writes_the_prediction_grid_and_class_iou(tmp_path):
 def test_scenes_seg_trains_a_few_steps_through_the_task(tmp_path):
     """scenes_seg batches -> task.loss -> SGD steps: finite, the loss falls on a fixed batch,
     and evaluate / train_counts run on the loaders' targets (ignore index included)."""
-    from support.data import tiny_fashion
-
     from kdlab.core.config import DataConfig
     from kdlab.data import build_loaders
+    from support.data import tiny_fashion
 
     tiny_fashion(tmp_path)
     cfg = DataConfig(name="scenes_seg", root=str(tmp_path), download=False, canvas=32,
