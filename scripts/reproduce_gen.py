@@ -5,7 +5,8 @@ One row per recipe whose header names a reference implementation by repository a
 sentence), the reference code and commit, the parity level a test backs (step-exact: a
 trajectory fixture of tests/methods/test_parity_trajectory.py runs this recipe; loss-exact: a
 loss fixture of tests/methods/test_parity.py covers its method and pair; protocol values:
-tests/core/test_reference_recipes.py compares its settings with the reference's), and what
+tests/core/test_reference_values.py (COCO, ImageNet SRRL) or tests/core/test_reference_recipes.py
+(every Cityscapes recipe) compares its settings with the reference's), and what
 differs (the header's ``Differs:`` or ``Not value for value:`` paragraph) and kdlab's
 result (its ``Measured:`` paragraph; benchmarks/gpu/README.md has the commands). No recipe is read
 other than through its header comments, so the map follows whatever recipes exist.
@@ -123,7 +124,9 @@ def parity_levels() -> dict[str, str]:
     import reference_values as R
 
     steps, losses = _step_exact(), _loss_exact()
-    paths = set(steps) | losses | set(R.REFERENCE)
+    cityscapes = {p.relative_to(ROOT).as_posix()
+                  for p in (ROOT / "recipes" / "cityscapes").glob("*/*.yaml")}
+    paths = set(steps) | losses | set(R.REFERENCE) | cityscapes
     out = {}
     for p in paths:
         levels = [steps[p]] if p in steps else []
@@ -132,6 +135,8 @@ def parity_levels() -> dict[str, str]:
         if p in R.REFERENCE:
             levels.append("protocol values" + (" (with named differences)"
                                                if R.DIFFERS.get(p) else ""))
+        if p in cityscapes:
+            levels.append("protocol values (CIRKD's table)")
         out[p] = "; ".join(levels)
     return out
 
@@ -155,7 +160,8 @@ def render(root: Path = ROOT) -> str:
         "benchmarks/results/parity.md). **Loss-exact**: every loss term equals the "
         "reference's on one batch (tests/methods/test_parity.py). **Protocol values**: every "
         "training setting equals the reference's value, file and commit named in "
-        "benchmarks/parity/reference_values.py (tests/core/test_reference_recipes.py). A kdlab "
+        "benchmarks/parity/reference_values.py (tests/core/test_reference_values.py) or in "
+        "tests/core/test_reference_recipes.py's tables (Cityscapes, CIRKD). A kdlab "
         "result is the full run of the recipe (its `Run:` line), written into its header as "
         "`Measured: ...`; benchmarks/gpu/README.md gives the commands.",
         "",

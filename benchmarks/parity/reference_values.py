@@ -1,7 +1,7 @@
 """The reference code's training settings for the recipes that stand for a published number,
 value by value, each with the file (and line) and commit it comes from.
 
-``tests/core/test_reference_recipes.py`` compares every recipe named here with these values;
+``tests/core/test_reference_values.py`` compares every recipe named here with these values;
 a value the recipe does not match must be listed in ``DIFFERS`` (with the reason) and named in
 the recipe header's ``Differs:`` paragraph, so that no difference stays silent.
 ``scripts/reproduce_gen.py`` reads the table to mark those recipes' parity level in
@@ -87,10 +87,6 @@ REFERENCE: dict[str, Values] = {
     "recipes/imagenet/srrl/mobilenet_v1_from_resnet50.yaml": _srrl("resnet50"),
 }
 
-_NO_ITERATIONS = ("kdlab counts the run in epochs (12 at batch 8 = 175,896 iterations, steps "
-                  "at epochs 8 / 11 = iterations 117,264 / 161,238)")
 #: recipe path -> {setting: why the recipe differs}; the recipe header names each setting
-DIFFERS: dict[str, dict[str, str]] = {
-    path: {key: _NO_ITERATIONS for key in ("schedule.iterations", "schedule.milestones")}
-    for path in REFERENCE if path.startswith("recipes/coco/")
-}
+#: (none at present: the COCO recipes' run length became schedule.iterations)
+DIFFERS: dict[str, dict[str, str]] = {}

@@ -162,7 +162,8 @@ Each case below runs a few training steps twice: through the reference's own tra
 (`train_one_epoch`, `train_iter`, `train_distill`, `train`: whatever its scripts call per
 epoch and per step, with their optimiser, LR schedule, warm-ups and teacher mode), on the
 weights of kdlab's freshly built distiller, and through kdlab's own step: the pair's CIFAR-100
-recipe -> `Optimisation.build` -> `Trainer._step`, `set_epoch` at every epoch start. Both see
+recipe -> `Optimisation.build` -> `train_step` (training/step.py), `set_epoch` at every
+epoch start. Both see
 the same {batch}-image float64 batches (one per step), the same labels and the same forced
 random draws (FCFD's sampled paths, CRD's negative rows). The steps fall in epochs {epochs}
 (the epochs between are skipped; only the LR schedule advances through them), so warm-ups

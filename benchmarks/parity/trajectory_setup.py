@@ -8,8 +8,8 @@ one in epoch 1, one in the epoch of the recipe's first milestone (the epochs bet
 skipped; only the LR schedule advances through them). Every step gets its own fixed
 batch; labels and CRD's negative rows come from seeds too. kdlab's side is its own
 training step: the pair's CIFAR-100 recipe (method options, optimiser, schedule) ->
-``Optimisation.build`` -> ``Trainer._step``, with ``set_epoch`` at every epoch start and
-``end_epoch`` after it.
+``Optimisation.build`` -> ``train_step`` (the trainer's step), with ``set_epoch`` at every
+epoch start and ``end_epoch`` after it.
 
 After every step a digest of each tensor of kdlab's distiller ``state_dict`` (parameters
 and buffers) is recorded: its norm and a seeded random projection, of the tensor and of its
@@ -36,7 +36,7 @@ from kdlab.core.config import RunConfig, load_config
 from kdlab.methods import build_distiller
 from kdlab.methods.base import Distiller
 from kdlab.training.optimisation import Optimisation
-from kdlab.training.trainer import Trainer
+from kdlab.training.step import train_step
 
 FIXTURES = P.FIXTURES / "trajectory"
 #: (epoch, steps) before the recipe's first milestone is known; "milestone" stands for it
@@ -300,8 +300,6 @@ def run(case: Case, d: Distiller | None = None,
     optim = Optimisation.build(params, d.separate_optimizers(), cfg.optim, cfg.schedule,
                                steps_per_epoch=max(n for _, n in plan),
                                device=torch.device("cpu"), amp="none")
-    trainer = Trainer(cfg)
-    trainer.device = torch.device("cpu")
     start = {k: v.detach().clone() for k, v in compared(case, d.state_dict()).items()}
     steps, i = [], 0
     todo = dict(plan)
@@ -313,7 +311,8 @@ def run(case: Case, d: Distiller | None = None,
                 x, y, index = step_batch(i, case.batch)
                 lr = optim.lr
                 with forced(case, d, i, index):
-                    _, losses, _ = trainer._step(d, optim, x, y, index)
+                    _, losses, _ = train_step(d, optim, x, y, index,
+                                              device=torch.device("cpu"), amp="none")
                 record = {"epoch": epoch, "lr": lr,
                           "terms": {k: float(v.detach()) for k, v in losses.items()},
                           "digest": digest(compared(case, d.state_dict()), start)}

@@ -1,6 +1,6 @@
 """Step-exact parity: a few of kdlab's own training steps (recipe -> Optimisation.build ->
-Trainer._step) against the reference implementations' own training loops, run on the same
-weights, batches and random draws in float64.
+train_step, the trainer's step) against the reference implementations' own training loops,
+run on the same weights, batches and random draws in float64.
 
 The fixtures (``tests/fixtures/parity/trajectory/*.json``) hold, per step, the reference's
 learning rate, weighted loss terms and a digest of every tensor (norm and a seeded random

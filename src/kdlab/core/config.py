@@ -55,6 +55,19 @@ class DataConfig:
     mean: list[float] | None = None
     std: list[float] | None = None
     normalized: bool = False
+    # segmentation folders (VOC, Cityscapes, ADE20K): the network's input, null = the
+    # dataset's (RGB, ImageNet mean / std). channel_order bgr reverses the channels (caffe- and
+    # OpenCV-style networks); pixel_mean / pixel_std per channel in that order on the 0..255
+    # scale, e.g. CIRKD's bgr, [104.00698793, 116.66876762, 122.67891434], [1, 1, 1]
+    channel_order: str = "rgb"
+    pixel_mean: list[float] | None = None
+    pixel_std: list[float] | None = None
+    # segmentation folders: training scale factors of the whole image, one drawn uniformly per
+    # image (e.g. CIRKD's 0.5, 0.6, ..., 2.0), padded at the bottom / right to the crop with
+    # the colour `pad` (zero | mean); null = the dataset's continuous range of the shorter side
+    scales: list[float] | None = None
+    pad: str = "zero"
+    crop: list[int] | None = None  # segmentation folders: training crop [h, w]; null: dataset's
 
 
 @dataclass
@@ -95,6 +108,10 @@ class ScheduleConfig:
     warmup_iters: int = 0
     warmup_factor: float = 0.001
     power: float = 0.9  # poly: lr * (1 - iteration / iterations) ** power
+    # the run's length in iterations (optimiser steps), e.g. 40000; when given it replaces
+    # epochs (epochs = ceil(iterations / steps per epoch), the last one cut short), every
+    # schedule is stepped per iteration and multistep milestones count iterations
+    iterations: int | None = None
 
 
 @dataclass
@@ -108,6 +125,12 @@ class TrainConfig:
     compile: bool | str = False
     out_dir: str = "runs/default"
     eval_every: int = 1
+    # evaluate every N iterations (counted from the run's start) and at the run's end instead
+    # of every eval_every epochs; best.pt is the best of these evaluations
+    eval_every_iters: int | None = None
+    # under torchrun: BatchNorm of the student and the method's modules as SyncBatchNorm
+    # (statistics over the global batch; CUDA only); the frozen teacher keeps its own
+    sync_bn: bool = False
     max_steps_per_epoch: int | None = None  # cut epochs short (smoke tests, benchmarks)
     progress: str = "auto"  # auto | bar | lines | none
     # CPU intra-op threads: auto = the cores this process may use (affinity, cgroup quota),

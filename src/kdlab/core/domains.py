@@ -76,6 +76,10 @@ RUN_DOMAINS: dict[str, Domain] = {
     "data.scenes_val": AT_LEAST_ONE,
     "data.mean": UNIT,  # in-memory data: per channel, on the [0, 1] pixel scale
     "data.std": POSITIVE,
+    "data.pixel_mean": Domain(low=0, high=255),  # the 0..255 pixel scale
+    "data.pixel_std": POSITIVE,
+    "data.scales": POSITIVE,
+    "data.crop": AT_LEAST_ONE,
     "optim.lr": POSITIVE,
     "optim.momentum": UNIT_OPEN_TOP,
     "optim.weight_decay": NON_NEGATIVE,
@@ -87,8 +91,10 @@ RUN_DOMAINS: dict[str, Domain] = {
     "schedule.warmup_factor": Domain(low=0, low_open=True, high=1),
     "schedule.milestones": AT_LEAST_ONE,
     "schedule.power": POSITIVE,  # poly schedule
+    "schedule.iterations": AT_LEAST_ONE,
     "train.seed": NON_NEGATIVE,
     "train.eval_every": AT_LEAST_ONE,
+    "train.eval_every_iters": AT_LEAST_ONE,
     "train.max_steps_per_epoch": AT_LEAST_ONE,
     "train.threads": AT_LEAST_ONE,  # or "auto" (kdlab.runtime.threads)
 }

@@ -23,6 +23,6 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
 
 
 def widen(t: torch.Tensor) -> torch.Tensor:
-    """A half-precision tensor (under autocast) as float32; float32 and float64 as they are
-    (a float64 step-exact check stays float64)."""
+    """Half-precision values (under autocast) as float32; float32 and float64 as they are
+    (a loss computed in float64 stays in float64)."""
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t

@@ -12,6 +12,8 @@ setting. The builders (:func:`kdlab.training.optimisation.build_optimizer`, ``bu
 
 from __future__ import annotations
 
+from typing import Any
+
 from kdlab.core.config import RunConfig, build_dataclass
 from kdlab.core.domains import check_method_domains, check_run_domains
 from kdlab.errors import UserError
@@ -49,19 +51,21 @@ def _check_choices(cfg: RunConfig) -> None:
 
 def _check_schedule(cfg: RunConfig) -> None:
     s = cfg.schedule
-    if s.warmup_epochs >= s.epochs:
+    if s.iterations is None and s.warmup_epochs >= s.epochs:
         raise UserError(f"schedule.warmup_epochs must be less than schedule.epochs "
                         f"({s.epochs}), got {s.warmup_epochs}.")
     if s.warmup_epochs and s.warmup_iters:
         raise UserError("schedule.warmup_epochs and schedule.warmup_iters are two warm-ups; "
                         "set one of them to 0.")
     if s.name == "multistep":
-        late = [m for m in s.milestones if m > s.epochs]
+        length, unit = ((s.epochs, "epoch") if s.iterations is None
+                        else (s.iterations, "iteration"))
+        late = [m for m in s.milestones if m > length]
         if late:
             raise UserError(
-                f"schedule.milestones {late} come after the last epoch (schedule.epochs="
-                f"{s.epochs}), so the LR would never drop there; give milestones within the "
-                "epochs (e.g. --set schedule.milestones=[...]) or raise schedule.epochs.")
+                f"schedule.milestones {late} come after the last {unit} (schedule.{unit}s="
+                f"{length}), so the LR would never drop there; give milestones within the "
+                f"{unit}s (e.g. --set schedule.milestones=[...]) or raise schedule.{unit}s.")
         if sorted(s.milestones) != list(s.milestones):
             raise UserError(f"schedule.milestones {s.milestones} must be in increasing order.")
     o = cfg.optim
@@ -80,6 +84,23 @@ def _check_builders(cfg: RunConfig) -> None:
     build_scheduler(cfg.schedule, build_optimizer(cfg.optim, list(probe.parameters())))
 
 
+#: the input settings only some datasets read, with their defaults
+INPUT_DEFAULTS = {"channel_order": "rgb", "pixel_mean": None, "pixel_std": None,
+                  "scales": None, "pad": "zero", "crop": None}
+
+
+def _check_input_settings(d: Any, source: Any) -> None:
+    """``data.channel_order`` / ``pixel_mean`` / ``pixel_std`` / ``scales`` / ``pad`` / ``crop``
+    only for a dataset that reads them (the segmentation folders)."""
+    if getattr(source, "input_settings", False):
+        return
+    given = [k for k, default in INPUT_DEFAULTS.items() if getattr(d, k) != default]
+    if given:
+        raise UserError(f"data.{given[0]} is read by the segmentation folder datasets (voc, "
+                        f"cityscapes, ade20k) only; dataset {d.name!r} normalises and augments "
+                        f"in its own way: remove data.{given[0]}.")
+
+
 def _check_names(cfg: RunConfig) -> None:
     from kdlab.data import DATASETS
     from kdlab.methods import METHODS
@@ -87,7 +108,9 @@ def _check_names(cfg: RunConfig) -> None:
 
     d = cfg.data
     if not is_memory(d.name):
-        DATASETS.get(d.name).check_sizes(d)  # sizes this machine cannot hold, before any work
+        source = DATASETS.get(d.name)
+        source.check_sizes(d)  # sizes this machine cannot hold, before any work
+        _check_input_settings(d, source)
         given = [k for k in ("mean", "std") if getattr(d, k) is not None]
         if given or d.normalized:
             key = f"data.{given[0]}" if given else "data.normalized"

@@ -3,9 +3,10 @@
 
 As :class:`kdlab.methods.combo.combo.Combo`: each part is the detection variant of a registered
 method (``for_task("detection")``), built with its own options over the shared student and
-teacher; the student's training pass and the teacher's pass on its proposals are computed once
-per step and handed to every part's ``losses``; the detector's own losses are counted once,
-with the combo's ``ce_weight``.
+teacher; the student's training pass and the teacher's pass on its proposals (with the ROI head
+when a part reads it) are computed once per step
+and handed to every part's ``losses``; the detector's own losses are counted once, with the
+combo's ``ce_weight``.
 """
 
 from __future__ import annotations
@@ -13,12 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from torch import Tensor
-
 from kdlab.errors import UserError
-from kdlab.methods.base import Losses
+from kdlab.methods.base import Batch
 from kdlab.methods.combo.combo import Combo, check_parts
-from kdlab.methods.detection_base import DetectionDistiller, teacher_roi
+from kdlab.methods.detection_base import DetectionDistiller, TeacherROI, teacher_roi
+from kdlab.tasks.detection.models import DetectionOutput
 
 
 def _detection_part(name: str) -> type[DetectionDistiller]:
@@ -30,7 +30,7 @@ def _detection_part(name: str) -> type[DetectionDistiller]:
         variant = None
     if variant is None or not issubclass(variant, DetectionDistiller):
         raise UserError(f"Method {name!r} cannot be part of a detection combo; combine "
-                        "kd, fitnet and fcfd.")
+                        "kd, fitnet, fcfd, fgfi and reviewkd.")
     return variant
 
 
@@ -49,12 +49,9 @@ class DetectionCombo(Combo):
         def __post_init__(self) -> None:
             check_parts(self.parts, _detection_part)
 
-    def forward(self, images: Any, targets: Any,
-                index: Tensor | None = None) -> tuple[Tensor | None, Losses]:
-        s = self.task.features(self.student, images, targets)
-        t = teacher_roi(self.teacher, s)  # type: ignore[arg-type]
-        losses: Losses = {}
-        if self.cfg.ce_weight:
-            losses["ce"] = self.cfg.ce_weight * self.task_loss(s, targets)
-        self.add_part_losses(losses, s, t, targets, index)
-        return s.logits, losses
+    def teacher_pass(self, batch: Batch, student: DetectionOutput) -> TeacherROI:
+        """The teacher on the student's proposals, once for every part; its ROI head runs when
+        a part reads it (fgfi and reviewkd read only the FPN)."""
+        assert self.teacher_source is not None
+        roi = any(p.reads_teacher_roi for p in self.parts.values())
+        return teacher_roi(self.teacher_source.network(), student, roi=roi)

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from kdlab.errors import UserError
 from kdlab.methods import METHODS
-from kdlab.methods.base import Distiller, Losses
+from kdlab.methods.base import Batch, Distiller, Losses
 from kdlab.methods.crd.losses import crd_nce_loss
 from kdlab.methods.crd.memory_bank import ContrastMemory
 from kdlab.models.staged.view import Features
@@ -81,14 +81,8 @@ class CRD(Distiller):
     def use_train_labels(self, labels: Tensor | None) -> None:
         self.memory.use_labels(labels)
 
-    def losses(
-        self,
-        student: Features,
-        teacher: Features | None,
-        targets: Tensor,
-        index: Tensor | None = None,
-    ) -> Losses:
-        assert teacher is not None
+    def losses(self, batch: Batch, student: Features, teacher: Features) -> Losses:
+        index = batch.index
         if index is None:
             raise UserError(
                 "CRD needs the dataset index of every sample; use a loader that yields "

@@ -5,24 +5,32 @@ channel of the teacher's and the student's map is turned into a distribution ove
 positions (softmax at temperature tau) and the student's is pulled to the teacher's by KL
 (:func:`~kdlab.methods.cwd.losses.cwd_loss`). Applied to the score maps (``logits_weight``)
 and/or to the decoder's feature before the final convolution (``feature_weight``; the
-student's feature is first projected to the teacher's channels by a 1x1 convolution +
-BatchNorm + ReLU, as in the authors' ``cwd_feat`` path).
+student's feature is first projected to the teacher's channels: ``feature_projection``
+``conv_bn_relu`` is a 1x1 convolution + BatchNorm + ReLU, the authors' ``cwd_feat`` path;
+``conv`` a bare 1x1 convolution without bias, used only when the channels differ, CIRKD's
+``CriterionCWD``). Both terms share the temperature.
 
-Defaults are the authors' logits recipe (irfanICMLL/TorchDistiller, ``SemSeg-distill``:
-README ``bash exp_cwd.sh channel kl 3 4``): weight 3, temperature 4, features off.
+Defaults are the authors' logits recipe (irfanICMLL/TorchDistiller @ 78bac7c,
+``SemSeg-distill``: README ``bash exp_cwd.sh channel kl 3 4``): weight 3, temperature 4,
+features off. CIRKD's CWD row (winycg/CIRKD @ 48eb81b, ``train_cwd.sh``: logits 3, features
+50 through the bare conv, plus pixel KD 1 and the hinge adversarial terms) is a ``combo`` of
+``cwd``, ``kd`` and SKD's holistic part (``recipes/cityscapes/cwd``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import Tensor, nn
+from torch import nn
 
 from kdlab.errors import UserError
 from kdlab.methods import METHODS
-from kdlab.methods.base import Distiller, Losses
+from kdlab.methods.base import Batch, Distiller, Losses
 from kdlab.methods.cwd.losses import cwd_loss
 from kdlab.models.staged.view import Features
+
+#: the student feature's projection to the teacher's channels
+PROJECTIONS = ("conv_bn_relu", "conv")
 
 
 @METHODS.register("cwd")
@@ -37,27 +45,27 @@ class CWD(Distiller):
         logits_weight: float = 3.0
         feature_weight: float = 0.0
         temperature: float = 4.0
+        feature_projection: str = "conv_bn_relu"  # conv_bn_relu (the authors') | conv (CIRKD)
 
         def __post_init__(self) -> None:
             if not (self.logits_weight or self.feature_weight):
                 raise UserError("CWD has both terms off; set logits_weight or feature_weight "
                                 "above 0.")
+            if self.feature_projection not in PROJECTIONS:
+                raise UserError(f"method.feature_projection must be one of "
+                                f"{', '.join(PROJECTIONS)}, got {self.feature_projection!r}.")
 
     def setup(self) -> None:
         assert self.teacher is not None
         if self.cfg.feature_weight:
             c_s, c_t = self.student.embedding_dim, self.teacher.embedding_dim
-            self.projection = nn.Sequential(
-                nn.Conv2d(c_s, c_t, 1, bias=False), nn.BatchNorm2d(c_t), nn.ReLU())
+            conv = nn.Conv2d(c_s, c_t, 1, bias=False)
+            if self.cfg.feature_projection == "conv_bn_relu":
+                self.projection: nn.Module = nn.Sequential(conv, nn.BatchNorm2d(c_t), nn.ReLU())
+            else:
+                self.projection = conv if c_s != c_t else nn.Identity()
 
-    def losses(
-        self,
-        student: Features,
-        teacher: Features | None,
-        targets: Tensor,
-        index: Tensor | None = None,
-    ) -> Losses:
-        assert teacher is not None
+    def losses(self, batch: Batch, student: Features, teacher: Features) -> Losses:
         c = self.cfg
         out: Losses = {}
         if c.logits_weight:

@@ -38,9 +38,9 @@ from torch import Tensor, nn
 
 from kdlab.errors import UserError
 from kdlab.methods import METHODS
-from kdlab.methods.base import Distiller, Losses
+from kdlab.methods.base import Batch, Distiller, Losses
 from kdlab.methods.ofd.ofd import PreReLUTap
-from kdlab.methods.reviewkd.abf import ABF
+from kdlab.methods.reviewkd.abf import ABF, review
 from kdlab.methods.reviewkd.losses import hcl_loss
 from kdlab.models.staged.view import Features
 
@@ -106,20 +106,9 @@ class ReviewKD(Distiller):
 
     def review(self, levels: list[Tensor]) -> list[Tensor]:
         """Student levels (shallow to deep) -> teacher-shaped fused maps, same order."""
-        results: list[Tensor] = [levels[0]] * len(levels)
-        residual = None
-        for i in reversed(range(len(levels))):
-            results[i], residual = self.abfs[i](levels[i], residual, self.out_sizes[i])
-        return results
+        return review(self.abfs, levels, self.out_sizes)
 
-    def losses(
-        self,
-        student: Features,
-        teacher: Features | None,
-        targets: Tensor,
-        index: Tensor | None = None,
-    ) -> Losses:
-        assert teacher is not None
+    def losses(self, batch: Batch, student: Features, teacher: Features) -> Losses:
         fused = self.review(_levels(student, self.num_stages))
         targets_t = _levels(teacher, self.num_stages)
         if self.teacher_tap is not None:  # the teacher pass just run, before its ReLUs
