@@ -39,6 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+import reproduce_gen  # noqa: E402  (scripts/ is not a package)
 
 # Commits of the references the values were read from.
 REPDISTILLER = "HobbitLong/RepDistiller@b84f547"
@@ -179,12 +181,19 @@ def kd(pair: Pair) -> str:
     header = [
         f"Hinton KD on CIFAR-100, {pair.teacher} -> {pair.student}: the CRD benchmark's KD row",
         "(FCFD's Table 1 quotes it), CE 0.1 + KL 0.9, tau 4; the FCFD paper's own L_kd keeps",
-        "1/1, the kd Config's default. The frozen teacher in eval mode, as RepDistiller's.",
+        "1/1. The frozen teacher in eval mode, as RepDistiller's.",
         f"Source: {REPDISTILLER}, {_rep_command(pair, 'kd', '-r 0.1 -a 0.9 -b 0')}",
         "and its default --kd_T 4;", _rep_schedule(pair) + ".",
     ]
     options = [("temperature", "4.0"), ("ce_weight", "0.1"), ("kd_weight", "0.9")]
     return _benchmark_recipe("kd", pair, header, options)
+
+
+_CRD_NEGATIVES = [
+    "Negatives drawn uniformly from every other sample (negatives: uniform, kdlab's former",
+    "default, kept); the authors' loader draws distinct samples of other classes",
+    "(negatives: class, the method's default).",
+]
 
 
 def crd(pair: Pair) -> str:
@@ -195,10 +204,11 @@ def crd(pair: Pair) -> str:
         "trainer does).",
         f"Source: {REPDISTILLER}, {_rep_command(pair, 'crd', '-r 1 -a 0 -b 0.8')}",
         "and its defaults (--feat_dim 128 --nce_k 16384 --nce_t 0.07 --nce_m 0.5);",
-        _rep_schedule(pair) + ".",
+        _rep_schedule(pair) + ".", *_CRD_NEGATIVES,
     ]
     options = [("weight", "0.8"), ("ce_weight", "1.0"), ("feat_dim", "128"),
-               ("num_negatives", "16384"), ("temperature", "0.07"), ("momentum", "0.5")]
+               ("num_negatives", "16384"), ("temperature", "0.07"), ("momentum", "0.5"),
+               ("negatives", "uniform")]
     return _benchmark_recipe("crd", pair, header, options)
 
 
@@ -267,10 +277,13 @@ def reviewkd(pair: Pair) -> str:
     header += [
         f"CIFAR-100/train.py: batch 128, SGD LR {lr:g} (0.02 for shuffle/mobile students),",
         "Nesterov momentum 0.9, weight decay 5e-4, 240 epochs x0.1 at 150/180/210,",
-        "--kd-warm-up 20. kdlab reviews the teacher's stage outputs (post-ReLU on ResNets),",
-        "the authors its pre-ReLU features (docs: methods.md, reviewkd).",
+        "--kd-warm-up 20. The teacher's stage outputs are reviewed as the staged view gives",
+        "them (teacher_features: stage_outputs, post-ReLU on ResNets, kdlab's former default,",
+        "kept); the authors review its pre-ReLU features (teacher_features: pre_relu, the",
+        "method's default).",
     ]
-    options = [("weight", f"{weight}"), ("ce_weight", "1.0"), ("warmup_epochs", "20")]
+    options = [("weight", f"{weight}"), ("ce_weight", "1.0"), ("warmup_epochs", "20"),
+               ("teacher_features", "stage_outputs")]
     return _cifar_recipe("reviewkd", pair, header, options, batch=128, lr=lr, nesterov=True)
 
 
@@ -405,9 +418,11 @@ def imagenet_crd(pair: ImageNetPair) -> str:
         "0.07, memory momentum 0.5 (banks over the 1.28M training images); SGD LR 0.1,",
         "momentum 0.9, weight decay 1e-4, batch 256, 100 epochs.",
         f"Source: {_md(pair, 'crd')} (CRD.* from cfg.py).", *_MDISTILLER_STEPS,
+        *_CRD_NEGATIVES,
     ]
     options = [("weight", "0.8"), ("ce_weight", "1.0"), ("feat_dim", "128"),
-               ("num_negatives", "16384"), ("temperature", "0.07"), ("momentum", "0.5")]
+               ("num_negatives", "16384"), ("temperature", "0.07"), ("momentum", "0.5"),
+               ("negatives", "uniform")]
     return _imagenet_recipe("crd", pair, header, options, batch=256, lr=0.1)
 
 
@@ -418,10 +433,13 @@ def imagenet_reviewkd(pair: ImageNetPair) -> str:
         f"CE 1 + {weight:g} x review loss, ramped up over the first epoch"
         + (f", ABF width {mid}" if mid else "") + ";",
         "SGD LR 0.1, momentum 0.9, weight decay 1e-4, batch 256, 100 epochs.",
-        f"Source: {_md(pair, 'reviewkd')}. mdistiller reviews the student's pre-ReLU",
-        "features (STU_PREACT), kdlab the stage outputs.", *_MDISTILLER_STEPS,
+        f"Source: {_md(pair, 'reviewkd')}. mdistiller reviews the student's and the",
+        "teacher's pre-ReLU features (STU_PREACT, preact_feats), this recipe both networks'",
+        "stage outputs (teacher_features: stage_outputs, kdlab's former default, kept;",
+        "pre_relu is the method's default).", *_MDISTILLER_STEPS,
     ]
-    options = [("weight", f"{weight}"), ("ce_weight", "1.0"), ("warmup_epochs", "1")]
+    options = [("weight", f"{weight}"), ("ce_weight", "1.0"), ("warmup_epochs", "1"),
+               ("teacher_features", "stage_outputs")]
     if mid:
         options.append(("mid_channels", f"{mid}  # MAX_MID_CHANNEL"))
     return _imagenet_recipe("reviewkd", pair, header, options, batch=256, lr=0.1)
@@ -477,12 +495,12 @@ def main(argv: list[str] | None = None) -> int:
         bad = stale()
         for p in bad:
             print(f"out of date: {p}")
-        return 1 if bad else 0
+        return 1 if bad or reproduce_gen.main(["--check"]) else 0
     for p, text in recipes().items():
         (ROOT / p).parent.mkdir(parents=True, exist_ok=True)
         (ROOT / p).write_text(text, encoding="utf-8")
     print(f"wrote {len(recipes())} recipes")
-    return 0
+    return reproduce_gen.main([])  # docs/reproduce.md, from every recipe's header
 
 
 if __name__ == "__main__":

@@ -70,10 +70,6 @@ INTENTIONAL = {
     ("fitnet", "mobilenetv2_from_vgg13", "hint"): STAGE_CUT,
     ("at", "mobilenetv2_from_vgg13", "at"): STAGE_CUT,
     ("vid", "mobilenetv2_from_vgg13", "vid"): STAGE_CUT,
-    ("reviewkd", "*", "review"): ("kdlab reviews the teacher's stage outputs as the staged "
-                                  "view gives them (post-ReLU on ResNets); mdistiller's and "
-                                  "the authors' CIFAR code take the teacher's pre-ReLU "
-                                  "features (documented in kdlab.methods.reviewkd.reviewkd)"),
     ("sp", "mobilenetv2_from_vgg13", "sp"): STAGE_CUT,
 }
 JOINT_HEAD = ("kdlab's student joint head reads the student's pooled penultimate vector (what "
@@ -176,7 +172,12 @@ def repdistiller_terms(method: str, pair: str, nets: dict, d: Any, x: torch.Tens
             s_dim=feat_s[-1].shape[1], t_dim=feat_t[-1].shape[1], feat_dim=d.cfg.feat_dim,
             nce_k=d.cfg.num_negatives, nce_t=d.cfg.temperature, nce_m=d.cfg.momentum,
             n_data=P.CRD_TRAIN_SIZE)
-        crit = CRDLoss(opt).double()
+        old_dtype = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float64)  # their params buffer (T, Z) else float32
+        try:
+            crit = CRDLoss(opt).double()
+        finally:
+            torch.set_default_dtype(old_dtype)
         P.copy_weights(d.embed_student, crit.embed_s)
         P.copy_weights(d.embed_teacher, crit.embed_t)
         with torch.no_grad():  # kdlab's banks, before kdlab's step updates them
@@ -302,8 +303,9 @@ def kdzoo_terms(pair: str, nets: dict, x: torch.Tensor, y: torch.Tensor) -> dict
 def srrl_terms(nets: dict, d: Any, x: torch.Tensor, y: torch.Tensor,
                path: Path) -> dict[str, float]:
     """The SRRL authors' connector (``transfer_conv``) and feature loss (``statm_loss``,
-    which their ImageNet script calls as ``statm_loss(feat_s, feat_t)``, constructing the
-    module instead of calling it; used here as ``statm_loss()(feat_s, feat_t)``) on the
+    which their ImageNet script calls as ``statm_loss(feat_s, feat_t)``: that passes the
+    tensors to the module's constructor and raises ``TypeError``; used here as the evident
+    intent, ``statm_loss()(feat_s, feat_t)``) on the
     last feature maps; softmax regression as their script: the teacher's own pooling and
     classifier on the connected student feature, MSE to the teacher's logits; weights 1."""
     ain = load_file(path / "distiller_zoo" / "AIN.py")
@@ -327,12 +329,16 @@ FCFD_NAMES = {"resnet32x4": "resnet32x4", "resnet8x4": "resnet8x4", "vgg13": "vg
 
 
 def _copy_bridge(ours: torch.nn.Module, theirs: torch.nn.Module) -> None:
-    """kdlab's bridge (conv without bias, BN, [LeakyReLU]) into the authors' (their stride-2
-    and transposed convs have a bias: set to zero, which the BN after it cancels anyway)."""
+    """kdlab's bridge (conv, BN, [LeakyReLU]) into the authors' (their stride-2 and
+    transposed convs have a bias: kdlab's with ``bridge_init: authors``, else zero, which the
+    BN after it cancels anyway)."""
     with torch.no_grad():
         theirs[0].weight.copy_(ours[0].weight)
         if theirs[0].bias is not None:
-            theirs[0].bias.zero_()
+            if ours[0].bias is not None:
+                theirs[0].bias.copy_(ours[0].bias)
+            else:
+                theirs[0].bias.zero_()
     P.copy_weights(ours[1], theirs[1])
     if len(ours) != len(theirs):
         raise SystemExit("bridge layouts differ (LeakyReLU on one side only)")
@@ -576,7 +582,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repdistiller", type=Path, required=True)
     ap.add_argument("--mdistiller", type=Path, required=True)
-    ap.add_argument("--kdzoo", type=Path, required=True)
+    ap.add_argument("--kdzoo", type=Path, help="needed unless --methods leaves irg out")
     ap.add_argument("--fcfd", type=Path, required=True)
     ap.add_argument("--srrl", type=Path, required=True)
     ap.add_argument("--simkd", type=Path, required=True)
@@ -589,6 +595,10 @@ def main(argv: list[str] | None = None) -> None:
     paths = {"repdistiller": args.repdistiller, "mdistiller": args.mdistiller,
              "kdzoo": args.kdzoo, "fcfd": args.fcfd, "srrl": args.srrl,
              "simkd": args.simkd, "frskd": args.frskd}
+    if args.kdzoo is None:
+        if not args.update or "irg" in (args.methods or ["irg"]):
+            raise SystemExit("--kdzoo is needed for irg (or use --methods ... --update)")
+        del paths["kdzoo"]
     KDZOO_PATH[:] = [args.kdzoo]
     refs = {k: {"repository": REPOS[k], "commit": commit_of(p)} for k, p in paths.items()}
     command = ("python benchmarks/parity/generate.py --repdistiller <RepDistiller checkout> "

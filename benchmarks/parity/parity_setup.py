@@ -37,6 +37,8 @@ PAIRS = {
 }
 #: CRD with a small memory (the formula does not depend on its size; the fixture stays fast)
 CRD_OVERRIDES = {"num_negatives": 16}
+#: settings over a recipe's that kept one of kdlab's former defaults: the reference's
+OVERRIDES = {"crd": CRD_OVERRIDES, "reviewkd": {"teacher_features": "pre_relu"}}
 CRD_TRAIN_SIZE = 32
 
 
@@ -88,10 +90,7 @@ def recipe_options(method: str, pair: str) -> dict[str, Any]:
 
 
 def options(method: str, pair: str) -> dict[str, Any]:
-    opts = recipe_options(method, pair)
-    if method == "crd":
-        opts.update(CRD_OVERRIDES)
-    return opts
+    return {**recipe_options(method, pair), **OVERRIDES.get(method, {})}
 
 
 def build(method: str, pair: str, teacher: Staged, student: Staged) -> Distiller:
@@ -148,8 +147,9 @@ def kdlab_terms(method: str, d: Distiller, x: Tensor, y: Tensor, index: Tensor,
     return {k: float(v.detach()) for k, v in losses.items()}
 
 
-#: methods whose forward is not the default one (extra passes, taps or paths)
-OWN_FORWARD = {"ofd", "fcfd"}
+#: methods whose forward is not the default one (extra passes, taps or paths), or that tap
+#: the teacher's pass (ReviewKD's pre-ReLU features)
+OWN_FORWARD = {"ofd", "fcfd", "reviewkd"}
 
 
 @contextlib.contextmanager

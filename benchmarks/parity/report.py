@@ -2,9 +2,12 @@
 
     python benchmarks/parity/report.py [--out benchmarks/results/parity.md]
 
-The table lists every term of every method checked against a reference: kdlab's value, the
-reference's, their relative difference and, for an intentional difference, its reason. The
-fixed text around the table (what is not covered, the deviations fixed) lives here.
+The first table lists every term of every method checked against a reference: kdlab's
+value, the reference's, their relative difference and, for an intentional difference, its
+reason. The second lists the trajectory (step-exact) fixtures (``tests/fixtures/parity/
+trajectory``): per case the reference loop, the steps, the largest relative differences of
+the loss terms and of the weight digests, and the settings the case runs with. The fixed text
+around the tables (what is not covered, the deviations fixed) lives here.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import parity_setup as P  # noqa: E402
+import trajectory_setup as TS  # noqa: E402
 
 NAMES = {"repdistiller": "RepDistiller (CRD benchmark)", "mdistiller": "mdistiller",
          "kdzoo": "Knowledge-Distillation-Zoo", "fcfd": "FCFD authors",
@@ -40,7 +44,8 @@ recorded value instead, so neither side can move unnoticed.
   large because the networks are untrained)
 - CRD: a {crd_size}-sample memory with {crd_k} negatives (the recipe's 16384 need a
   50000-sample bank; the formula does not depend on the size), the same negative rows on
-  both sides
+  both sides; ReviewKD: the reference's pre-ReLU teacher features (`teacher_features:
+  pre_relu`, the default; the recipes keep kdlab's former `stage_outputs`)
 - FCFD: every candidate path at once (the recipe samples 2 per step; both sides are given
   the same paths); the authors' training loop reports the L2 terms as one number, kdlab
   as `app` and `func_l2`, so the table compares their sum
@@ -70,13 +75,14 @@ FOOTER = """
 
 {reasons}
 
-ReviewKD: with the reference's teacher targets replaced by the post-ReLU stage outputs (a
-one-off check by hand, not part of the fixtures), its value equals kdlab's exactly
-(44685.657003889064 on resnet32x4 -> resnet8x4 at weight 1, when the fixtures still used
-weight 1; now both sides run the configured weight 5): the ABF fusion, HCL and weights agree; only
-the choice of teacher feature differs. `STAGE_CUT`-type differences likewise come from which
-tensor is compared, not from the loss code: on resnet32x4 -> resnet8x4, where the stage
-outputs are the same tensors, those methods match.
+ReviewKD runs with `teacher_features: pre_relu` (the method's default; the CIFAR-100
+recipes keep kdlab's former `stage_outputs`): mdistiller's and the authors' CIFAR code
+compare with the teacher's pre-ReLU features, and so kdlab's value equals theirs. With
+`stage_outputs` (post-ReLU) the reference's value, its targets replaced by the post-ReLU
+stage outputs (a one-off check by hand), equals kdlab's exactly: only the choice of teacher
+feature differs. `STAGE_CUT`-type differences likewise come from which tensor is compared,
+not from the loss code: on resnet32x4 -> resnet8x4, where the stage outputs are the same
+tensors, those methods match.
 
 FRSKD+SLA on mobilenetv2: handed the last stage after its ReLU instead (what the authors' own
 networks return; a one-off check by hand, not part of the fixtures), the authors' code gives
@@ -91,15 +97,19 @@ tensor the student's joint head pools differs.
   (1280): the projectors differ in shape, nothing to copy.
 - FRSKD's gradient flow (which parameters each term trains) is not a loss value: it is
   tested against the authors' loop in `tests/methods/frskd/test_frskd.py` and
-  `tests/methods/frskd/test_frskd_sla.py`.
+  `tests/methods/frskd/test_frskd_sla.py`, and step by step in the trajectory fixtures.
+- Trajectories: OFD and IRG (loss-exact only); CRD against mdistiller's loop, not
+  RepDistiller's (the same loss and negatives); the segmentation and detection methods (SKD,
+  CWD, FCFD for detection) are not in this table.
 - mdistiller's OFD and ReviewKD, the Knowledge-Distillation-Zoo's IRG and SRRL on the
   cross-architecture pair: the references' code is written for their ResNets (OFD, ReviewKD
   configuration), cannot run on mobilenetv2's channel gap (IRG-t halves channels once), or
   reads a last feature map that RepDistiller's mobilenetv2 does not expose (SRRL: its
   feature list stops before conv2, the zoo's last stage includes it).
 - SRRL's released script calls its feature loss as `statm_loss(feat_s, feat_t)`, which
-  constructs the module rather than computing the loss; the fixture uses the evident
-  intent, `statm_loss()(feat_s, feat_t)`.
+  passes the tensors to the module's constructor and raises `TypeError`: the script cannot
+  run as released. The fixtures use the evident intent, `statm_loss()(feat_s, feat_t)` (the
+  trajectory fixture gives the script's `statm_loss` name that call).
 - RKD, SP and CC are checked against RepDistiller only (their authors' code is not public
   or is what RepDistiller restructured).
 
@@ -109,21 +119,134 @@ tensor the student's joint head pools differs.
    of both networks) is `formulation: benchmark`, the default and the recipes'; the paper's
    kernel correlation stays `formulation: paper` (about 600x smaller at the same weight).
 2. FitNet: the hint is at the second residual stage (`position: 3`, the benchmark's
-   `hint_layer=2`); `regressor: convreg` is the benchmark's ConvReg (the CIFAR-100 recipes'),
-   `bridge` (default) FCFD's bridge.
+   `hint_layer=2`); `regressor: convreg` is the benchmark's ConvReg (the default since issue
+   20), `bridge` FCFD's bridge.
 3. AT, VID, OFD: the stage outputs after the stem (`include_stem: true` for the former
    pairing); AT is `beta * sum` (the paper's `beta / 2` is `beta: 500`).
 4. FCFD recipes: the authors' ten per-pair CIFAR configurations; Config L2 weights 5.
 5. FCFD pooled L2: ReLU before pooling, as the authors.
-6. Teacher BatchNorm: `teacher_bn: eval | batch` (FCFD and OFD recipes: `batch`, as the
-   authors' and mdistiller's train-mode teachers; the FCFD fixture runs in `batch` mode).
-7. KD recipes: CE 0.1 / KL 0.9 (the benchmark's KD row).
+6. Teacher BatchNorm: `teacher_bn: eval | batch` (FCFD and OFD: `batch`, as the authors'
+   and mdistiller's train-mode teachers, the default since issue 20).
+7. KD: CE 0.1 / KL 0.9 (the benchmark's KD row; the default since issue 20).
 8. CRD runs in float64 (the bank keeps the model's dtype).
 9. FRSKD: the self-teacher's CE reaches the student backbone (`detach_features: true` for
    the former flow).
 10. IRG: the Knowledge-Distillation-Zoo's pairing and averaging (the weights' source);
     `one_to_many`, `edge_reduction: sum` named alternatives.
+
+## Defaults changed to the reference code's (issue 20)
+
+Each method's `Config` default is now its reference code's (`tests/methods/test_method_defaults.py`
+names the file and line of each); kdlab's former choice stays a named setting. Every recipe
+writes the value it runs with, so none changed its effect: the Fashion-MNIST, scenes,
+Cityscapes / VOC and quickstart runs keep kdlab's former values, and so do the CIFAR-100 /
+ImageNet CRD and ReviewKD recipes (their trajectory fixtures run the reference's setting).
+
+{defaults}
+
+The ReviewKD CIFAR-100 recipes follow the ReviewKD authors' `CIFAR-100/train.py` (batch 128,
+LR 0.1, Nesterov), whose loop is a script body, not a function: the trajectory runs
+mdistiller's ReviewKD instead, with mdistiller's optimiser. The authors' script differs from
+kdlab's recipe in three more ways, not yet settings: its teacher is never put in eval mode
+(train-mode BatchNorm, `train.py` never calls `teacher.eval()`), its warm-up is
+`min(1, epoch / 20)` with 0-based epochs (no review loss in the first epoch; mdistiller's and
+kdlab's ramp starts at 1/20) and it decays the LR one epoch later (`lr_schedule` after epoch
+150, 180, 210 ends).
 """
+
+
+TRAJECTORY = """
+## Step-exact: training trajectories
+
+Each case below runs a few training steps twice: through the reference's own training loop
+(`train_one_epoch`, `train_iter`, `train_distill`, `train`: whatever its scripts call per
+epoch and per step, with their optimiser, LR schedule, warm-ups and teacher mode), on the
+weights of kdlab's freshly built distiller, and through kdlab's own step: the pair's CIFAR-100
+recipe -> `Optimisation.build` -> `train_step` (training/step.py), `set_epoch` at every
+epoch start. Both see
+the same {batch}-image float64 batches (one per step), the same labels and the same forced
+random draws (FCFD's sampled paths, CRD's negative rows). The steps fall in epochs {epochs}
+(the epochs between are skipped; only the LR schedule advances through them), so warm-ups
+and the first LR milestone are crossed. Per step the reference's learning rate, weighted loss
+terms, total loss and a digest of every tensor of kdlab's distiller `state_dict` (parameters
+and buffers: norm and a seeded random projection of the tensor and of its change since the
+start) are stored; CI (`tests/methods/test_parity_trajectory.py`) holds kdlab to them at a relative
+{rtol:g}.
+
+- fixtures: `tests/fixtures/parity/trajectory/<method>__<pair>.json` (references and commits,
+  the reference's optimiser settings, the steps)
+- produced by: `{command}` (`benchmarks/parity/trajectory.py`; the cases and kdlab's side:
+  `benchmarks/parity/trajectory_setup.py`)
+- shims while a reference runs: `.cuda()` is a no-op; `Tensor.float()` leaves float64 alone
+  (mdistiller's and RepDistiller's loops cast the images); stand-ins for imports not used
+  here (tensorboardX, torchsummary, easydict, yacs' CfgNode, scipy's normal CDF); the FCFD
+  authors' timm `NativeScaler` is the plain backward + step it performs without FP16; the SRRL
+  script's `statm_loss` name calls the module's forward (the released call raises
+  `TypeError`); CRD's reference memory is built in float64 (its `params` buffer would hold
+  T = 0.07 and Z in float32)
+
+| case | reference loop | steps | terms: max rel. diff | weights: max rel. diff | tensors compared |
+|---|---|---|---|---|---|
+{rows}
+
+Settings a case runs with that its recipe does not write, and tensors left out:
+
+{notes}
+"""
+
+#: (method, setting, former default, default = the reference's, where the reference sets it)
+DEFAULTS = [
+    ("kd", "`ce_weight` / `kd_weight`", "1.0 / 1.0", "0.1 / 0.9",
+     "RepDistiller `scripts/run_cifar_distill.sh:5`, mdistiller `engine/cfg.py:63-64`"),
+    ("fitnet", "`regressor`", "`bridge`", "`convreg`", "RepDistiller `train_student.py:187`"),
+    ("fcfd", "`teacher_bn`", "`eval`", "`batch`", "FCFD `classification/cifar/main.py:280`"),
+    ("fcfd", "`bridge_init`", "`kaiming` (every bridge conv, no bias)", "`authors`",
+     "FCFD `classification/models/meta.py:84, 177-188`"),
+    ("ofd", "`teacher_bn`", "`eval`", "`batch`", "mdistiller `distillers/OFD.py:114-121`"),
+    ("reviewkd", "`teacher_features`", "`stage_outputs`", "`pre_relu`",
+     "ReviewKD `CIFAR-100/train.py:222`, mdistiller `distillers/ReviewKD.py:89`"),
+    ("crd", "`negatives`", "`uniform` (with replacement)", "`class`",
+     "RepDistiller `dataset/cifar100.py:166-167`, mdistiller `dataset/cifar100.py:109-111`"),
+]
+
+
+def defaults_table() -> str:
+    rows = ["| method | setting | former default | default (the reference's) | source |",
+            "|---|---|---|---|---|"]
+    rows += [f"| {m} | {k} | {old} | {new} | {where} |" for m, k, old, new, where in DEFAULTS]
+    return "\n".join(rows)
+
+
+LOOPS = {"fcfd": "FCFD authors' `Trainer.train_one_epoch` (MetaModel)",
+         "mdistiller": "mdistiller `BaseTrainer.train_iter` / `CRDTrainer.train_iter`",
+         "repdistiller": "RepDistiller `helper/loops.py` `train_distill`",
+         "simkd": "SimKD authors' `helper/loops.py` `train_distill`",
+         "frskd": "FRSKD authors' `classification/utils.py` `train`",
+         "srrl": "SRRL authors' `train_imagenet_distillation.py` `train`"}
+
+
+def trajectory_section() -> str:
+    fixtures = [json.loads(p.read_text()) for p in sorted(TS.FIXTURES.glob("*.json"))]
+    if not fixtures:
+        return ""
+    rows, notes = [], []
+    for fx in fixtures:
+        ref, = fx["references"]
+        commit = fx["references"][ref]["commit"][:7]
+        worst = fx["max_relative_difference"]
+        rows.append(f"| {fx['case']} | {LOOPS[ref]} @ `{commit}` | {len(fx['steps'])} | "
+                    f"{worst['terms']:.1e} | {worst['weights']:.1e} | "
+                    f"{len(fx['steps'][0]['digest'])} |")
+        for why in (fx["options_reason"], fx["optim_reason"]):
+            if why:
+                notes.append(f"- {fx['case']}: {why}.")
+        for prefix, why in fx["exclude"].items():
+            notes.append(f"- {fx['case']}: `{prefix}` not compared: {why}.")
+    first = fixtures[0]
+    command = first["command"].rsplit(" --cases", 1)[0]
+    return TRAJECTORY.format(batch=first["batch"], epochs=", ".join(
+        str(e) for e, _ in first["plan"]) + " (the first milestone)", rtol=TS.RTOL,
+        command=command, rows="\n".join(rows), notes="\n".join(dict.fromkeys(notes)))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -155,7 +278,8 @@ def main(argv: list[str] | None = None) -> None:
                     reasons.setdefault(v["reason"], []).append(
                         f"{method} `{term}` on {fx['pair']}")
     text = "\n".join(f"- {', '.join(where)}: {why}." for why, where in reasons.items())
-    lines.append(FOOTER.format(reasons=text))
+    lines.append(trajectory_section())
+    lines.append(FOOTER.format(reasons=text, defaults=defaults_table()))
     args.out.write_text("\n".join(lines))
     print("wrote", args.out)
 

@@ -189,7 +189,7 @@ def test_a_composite_export_is_refused_as_a_teacher(runs, capsys):
 
 # --------------------------------------------------------------- every method, in-process
 TINY_OPTIONS: dict[str, dict] = {
-    "crd": {"num_negatives": 8, "feat_dim": 16},
+    "crd": {"num_negatives": 8, "feat_dim": 16, "negatives": "uniform"},  # no labels here
     "online_fcfd": {"teacher": "resnet8"},
 }
 

@@ -124,8 +124,13 @@ def test_every_method_and_pair_of_fcfds_table_3_has_a_recipe(method, teacher, st
     cfg = load_config(path)
     assert (cfg.task, cfg.method_name, cfg.model.teacher, cfg.model.student) == (
         "detection", method, teacher, student)
-    assert (cfg.data.batch_size, cfg.optim.lr, cfg.schedule.epochs) == (8, 0.01, 12)
-    assert list(cfg.schedule.milestones) == [8, 11]
+    assert (cfg.data.batch_size, cfg.optim.lr) == (8, 0.01)
+    # the 1x schedule: the FCFD recipes as the authors' configs, in iterations (their values
+    # are held by tests/core/test_reference_values.py); the others in epochs of train2017
+    sched = cfg.schedule
+    run = (sched.iterations, list(sched.milestones)) if sched.iterations else (
+        sched.epochs, list(sched.milestones))
+    assert run == ((180_000, [120_000, 160_000]) if method == "fcfd" else (12, [8, 11]))
     if method == "reviewkd":
         assert cfg.method_options["weight"] == TABLE3_PAIRS[(teacher, student)]
         assert cfg.method_options["warmup_epochs"] == 0

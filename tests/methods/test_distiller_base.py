@@ -58,8 +58,8 @@ def test_teacher_bn_batch_uses_batch_statistics_and_leaves_the_teacher_alone(tin
     with torch.no_grad():
         expected = reference(x)
     torch.testing.assert_close(got, expected)
-    evaluated = build_distiller("ofd", {}, student, teacher).teacher_source.features(
-        Batch(x)).logits
+    evaluated = build_distiller("ofd", {"teacher_bn": "eval"}, student,
+                                teacher).teacher_source.features(Batch(x)).logits
     assert not torch.allclose(got, evaluated)  # eval mode is a different function
 
 

@@ -14,7 +14,7 @@ from kdlab.methods import METHODS, build_distiller
 
 #: the smallest option changes a method needs to run on the tiny pair (explicit, per method)
 TINY_OPTIONS: dict[str, dict] = {
-    "crd": {"num_negatives": 8, "feat_dim": 16},
+    "crd": {"num_negatives": 8, "feat_dim": 16, "negatives": "uniform"},  # no labels here
     "online_fcfd": {"teacher": "resnet8"},
 }
 STEPS = 8

@@ -18,7 +18,7 @@ OPTIONS = {
     "at": {},
     "simkd": {},
     "reviewkd": {"warmup_epochs": 0},
-    "crd": {"num_negatives": 16},
+    "crd": {"num_negatives": 16, "negatives": "uniform"},
     "vid": {},
     "ofd": {},
 }
@@ -139,6 +139,36 @@ def test_reviewkd_shapes_and_warmup(tiny_pair):
     assert l100["review"].item() == pytest.approx(l19["review"].item(), rel=1e-4)
 
 
+@pytest.mark.parametrize("features", ["pre_relu", "stage_outputs"])
+def test_reviewkd_targets_are_the_teachers_pre_relu_or_stage_outputs(features, tiny_pair):
+    """``pre_relu`` (the authors' ``preact=True``, mdistiller's ``preact_feats``): HCL
+    against the teacher's stage outputs before their ReLU; ``stage_outputs``: after it."""
+    from kdlab.methods.reviewkd.losses import hcl_loss
+
+    teacher, student = tiny_pair
+    d = build_distiller("reviewkd", {"warmup_epochs": 0, "teacher_features": features},
+                        student, teacher)
+    x, y, _ = _batch()
+    _, losses = d(x, y)
+    with torch.no_grad():
+        pre, post, h = [], [], x
+        for stage in teacher.net.body:  # conv-BN-ReLU stages: pre-ReLU = after the BN
+            pre.append(stage[:2](h))
+            h = stage(h)
+            post.append(h)
+        s, t = student.features(x), teacher.features(x)
+        fused = d.review([*s.stages[1:], s.embedding[:, :, None, None]])
+        maps = pre if features == "pre_relu" else post
+        want = hcl_loss(fused, [*maps[1:], t.embedding[:, :, None, None]], (4, 2, 1))
+    assert losses["review"].item() == pytest.approx(want.item(), rel=1e-6)
+    assert any((p < 0).any() for p in pre[1:])  # the two settings do differ here
+
+
+def test_reviewkd_teacher_features_must_be_known(tiny_pair):
+    with pytest.raises(UserError, match="teacher_features"):
+        build_distiller("reviewkd", {"teacher_features": "post"}, *reversed(tiny_pair))
+
+
 def _abf_channels(d) -> list[tuple[int, int]]:
     return [(m.conv1[0].in_channels, m.conv2[0].out_channels) for m in d.abfs]
 
@@ -183,7 +213,7 @@ def test_reviewkd_keeps_every_stage_when_the_stem_is_named_apart(tiny_pair):
 # --------------------------------------------------------------------- CRD
 def test_crd_memory_bank_update_rule_and_state_dict(tiny_pair):
     teacher, student = tiny_pair
-    d = build_distiller("crd", {"num_negatives": 16}, student, teacher, train_size=TRAIN_SIZE)
+    d = build_distiller("crd", OPTIONS["crd"], student, teacher, train_size=TRAIN_SIZE)
     state = d.state_dict()
     for key in ("memory.bank_student", "memory.bank_teacher", "memory.z_student"):
         assert key in state
@@ -259,6 +289,54 @@ def test_crd_negatives_exclude_the_positive():
         assert (negatives != i).all()
         assert negatives.min() >= 0 and negatives.max() < 10
         assert len(set(negatives.tolist())) == 9  # every other sample is drawn
+
+
+def test_crd_class_negatives_are_distinct_samples_of_other_classes():
+    """The CRD authors' CIFAR loader (mode 'exact'): k negatives of other classes, without
+    replacement, or with replacement where a class has fewer than k other-class samples."""
+    from kdlab.methods.crd.memory_bank import sample_class_negatives
+
+    labels = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2, 3])
+    idx = torch.tensor([0, 3, 9])
+    rows = sample_class_negatives(idx, labels, 6, generator=torch.Generator().manual_seed(0))
+    assert rows.shape == (3, 7) and torch.equal(rows[:, 0], idx)
+    for r, i in enumerate(idx.tolist()):
+        negatives = rows[r, 1:].tolist()
+        assert all(labels[j] != labels[i] for j in negatives)
+        assert len(set(negatives)) == 6  # 7, 8 and 9 other-class samples: no repeats
+    few = sample_class_negatives(torch.tensor([5]), labels, 7,
+                                 generator=torch.Generator().manual_seed(1))
+    assert all(labels[j] != 2 for j in few[0, 1:].tolist())  # 6 candidates for 7: repeats
+    with pytest.raises(UserError, match="two classes"):
+        sample_class_negatives(idx, torch.zeros(10, dtype=torch.long), 3)
+
+
+def test_crd_draws_class_negatives_from_the_training_labels(tiny_pair):
+    teacher, student = tiny_pair
+    d = build_distiller("crd", {"num_negatives": 16}, student, teacher, train_size=TRAIN_SIZE)
+    assert d.cfg.negatives == "class"  # the authors' (and the default)
+    x, y, idx = _batch()
+    with pytest.raises(UserError, match="negatives: uniform"):
+        d(x, y, idx)  # no training labels handed over
+    labels = torch.arange(TRAIN_SIZE) % 10
+    d.use_train_labels(labels)
+    rows = d.memory.draw_rows(idx)
+    assert (labels[rows[:, 1:]] != labels[idx].view(-1, 1)).all()
+    _, losses = d(x, y, idx)
+    assert torch.isfinite(losses["crd"])
+    with pytest.raises(UserError, match="one label per training sample"):
+        d.use_train_labels(labels[:10])
+
+
+def test_the_trainer_hands_the_training_labels_over():
+    from kdlab.data.base import train_labels
+    from kdlab.data.device_loader import TensorLoader
+
+    images = torch.zeros(6, 1, 4, 4, dtype=torch.uint8)
+    loader = TensorLoader(images, torch.tensor([3, 1, 4, 1, 5, 9]), batch_size=2,
+                          device=torch.device("cpu"), mean=(0.0,), std=(1.0,), train=True)
+    assert train_labels(loader).tolist() == [3, 1, 4, 1, 5, 9]
+    assert train_labels(object()) is None
 
 
 def test_crd_user_errors(tiny_pair):
@@ -354,7 +432,7 @@ def test_mismatched_batch_is_a_user_error(name, tiny_pair, monkeypatch):
 def test_crd_runs_in_float64(tiny_pair):
     """The parity checks run whole methods in float64: the banks follow the model's dtype."""
     teacher, student = tiny_pair
-    d = build_distiller("crd", {"num_negatives": 8}, student, teacher,
+    d = build_distiller("crd", {"num_negatives": 8, "negatives": "uniform"}, student, teacher,
                         train_size=TRAIN_SIZE).double()
     x, y, idx = _batch()
     _, losses = d(x.double(), y, idx)

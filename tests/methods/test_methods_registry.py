@@ -21,7 +21,7 @@ from support.segmentation import seg_batch, seg_task, tiny_seg_pair
 ROOT = Path(__file__).resolve().parents[2]
 #: the smallest option changes a method needs to build on the tiny pair (explicit, per method)
 TINY_OPTIONS: dict[str, dict] = {
-    "crd": {"num_negatives": 8, "feat_dim": 16},
+    "crd": {"num_negatives": 8, "feat_dim": 16, "negatives": "uniform"},  # no labels here
     "online_fcfd": {"teacher": "resnet8"},
 }
 

@@ -190,3 +190,22 @@ def test_gradient_penalty_is_differentiable_in_the_critic_weights():
     gp.backward()
     assert weight.grad is not None and weight.grad.abs().sum() > 0
     assert real.grad is None and fake.grad is None  # the maps are detached
+
+
+def test_dense_losses_keep_float64_and_widen_half_precision():
+    """The step-exact parity checks run in float64: the pixel CE and the detection KD losses
+    widen half-precision inputs to float32 (autocast) but never narrow float64."""
+    from kdlab.methods.shared.detection import fpn_app_loss, roi_kl_loss, roi_l2_loss
+    from kdlab.tasks.segmentation.task import pixel_ce
+
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(2, 5, 4, 4, generator=g, dtype=torch.float64)
+    assert pixel_ce(s, torch.randint(0, 5, (2, 8, 8), generator=g), 255).dtype == torch.float64
+    assert fpn_app_loss({"0": s}, {"0": s + 1}).dtype == torch.float64
+    logits = s[:, :, 0, 0]
+    assert roi_kl_loss(logits, logits.flip(0)).dtype == torch.float64
+    deltas = torch.randn(3, 12, generator=g, dtype=torch.float64)
+    assert roi_l2_loss(deltas, deltas + 1).dtype == torch.float64
+    half = deltas.bfloat16()
+    assert roi_l2_loss(half, half + 1).dtype == torch.float32
+    assert pixel_ce(s.half(), torch.zeros(2, 8, 8, dtype=torch.long), 255).dtype == torch.float32

@@ -156,7 +156,8 @@ def test_a_combo_on_a_vit_is_checked_part_by_part():
         return build_model("resnet8", num_classes=7, input_size=32)
 
     _train("combo", cifar(), vit(), {"parts": [{"name": "kd"}, {"name": "crd",
-                                                                "num_negatives": 8}]}, steps=1)
+                                                                "num_negatives": 8,
+                                                                "negatives": "uniform"}]}, steps=1)
     with pytest.raises(UserError, match="Method 'fitnet' distils intermediate feature maps"):
         build_distiller("combo", {"parts": [{"name": "kd"}, {"name": "fitnet"}]}, cifar(), vit())
 

@@ -34,6 +34,16 @@ def test_teacher_trains_longer_and_every_run_ends_at_zero_learning_rate(tmp_path
     assert cfgs["kd"].model.teacher_checkpoint == str(tmp_path / "teacher" / "best.pt")
 
 
+def test_the_runs_pin_the_settings_the_seed_table_was_measured_with(tmp_path):
+    """benchmarks/results/quickstart_seeds.md ran KD at CE 1 + KL 1 and FCFD with the
+    teacher's BN on running statistics and He-initialised bridges (kdlab's defaults then;
+    the methods now default to the reference code's)."""
+    cfgs = run_configs(QuickstartSettings(out=str(tmp_path)))
+    kd, fcfd = cfgs["kd"].method, cfgs["fcfd"].method
+    assert (kd["ce_weight"], kd["kd_weight"]) == (1.0, 1.0)
+    assert (fcfd["teacher_bn"], fcfd["bridge_init"]) == ("eval", "kaiming")
+
+
 def test_seed_reaches_every_run(tmp_path):
     cfgs = run_configs(QuickstartSettings(out=str(tmp_path), seed=7))
     assert {cfg.train.seed for cfg in cfgs.values()} == {7}

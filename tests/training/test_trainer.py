@@ -149,6 +149,22 @@ def test_distill_from_teacher_and_teacher_errors(tmp_path):
         Trainer(tiny_config(tmp_path / "kd3", model=wrong, method={"name": KD})).fit()
 
 
+def test_crd_draws_class_negatives_from_the_labels_the_trainer_hands_over(tmp_path):
+    """CRD's default negatives are of other classes (the authors' loader): the trainer gives
+    the method the training labels of an in-memory dataset."""
+    teacher_dir = tmp_path / "teacher"
+    Trainer(tiny_config(teacher_dir, schedule={"epochs": 1, "milestones": [1]})).fit()
+    model = {"student": MODEL, "teacher": MODEL, "teacher_checkpoint": str(teacher_dir / "best.pt")}
+    trainer = Trainer(tiny_config(tmp_path / "crd", model=model,
+                                  method={"name": "crd", "num_negatives": 16, "feat_dim": 8},
+                                  schedule={"epochs": 1, "milestones": [1]}))
+    summary = trainer.fit()
+    assert set(summary["final_losses"]) == {"ce", "crd"}
+    memory = trainer.run.distiller.memory
+    assert memory.negatives == "class"
+    assert torch.equal(memory.labels.cpu(), trainer.run.loaders.train.labels.cpu())
+
+
 def test_load_weights_from_safetensors(tmp_path):
     from safetensors.torch import save_file
     a, b = engine_tiny(num_classes=10), engine_tiny(num_classes=10)

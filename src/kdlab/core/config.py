@@ -90,6 +90,9 @@ class OptimConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     nesterov: bool = False
+    # weight decay of normalisation layers' weights and biases (BatchNorm, GroupNorm, ...);
+    # null = weight_decay. Detectron2's SOLVER.WEIGHT_DECAY_NORM is 0.0
+    weight_decay_norm: float | None = None
 
 
 @dataclass
@@ -99,6 +102,11 @@ class ScheduleConfig:
     milestones: list[int] = field(default_factory=lambda: [150, 180, 210])
     gamma: float = 0.1
     warmup_epochs: int = 0
+    # a linear warm-up over the first N optimiser steps, whatever the schedule's unit: the
+    # schedule's LR times factor * (1 - i / N) + i / N at step i (Detectron2's default
+    # WARMUP_ITERS 1000, WARMUP_FACTOR 0.001); 0 = none
+    warmup_iters: int = 0
+    warmup_factor: float = 0.001
     power: float = 0.9  # poly: lr * (1 - iteration / iterations) ** power
     # the run's length in iterations (optimiser steps), e.g. 40000; when given it replaces
     # epochs (epochs = ceil(iterations / steps per epoch), the last one cut short), every

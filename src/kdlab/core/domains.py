@@ -83,9 +83,12 @@ RUN_DOMAINS: dict[str, Domain] = {
     "optim.lr": POSITIVE,
     "optim.momentum": UNIT_OPEN_TOP,
     "optim.weight_decay": NON_NEGATIVE,
+    "optim.weight_decay_norm": NON_NEGATIVE,
     "schedule.epochs": AT_LEAST_ONE,
     "schedule.gamma": POSITIVE,
     "schedule.warmup_epochs": NON_NEGATIVE,
+    "schedule.warmup_iters": NON_NEGATIVE,
+    "schedule.warmup_factor": Domain(low=0, low_open=True, high=1),
     "schedule.milestones": AT_LEAST_ONE,
     "schedule.power": POSITIVE,  # poly schedule
     "schedule.iterations": AT_LEAST_ONE,

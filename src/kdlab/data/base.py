@@ -88,3 +88,16 @@ class DatasetSource:
 
 #: filled by kdlab.tasks (each task's datasets)
 DATASETS: Registry[type[DatasetSource]] = Registry("dataset", filled_by=("kdlab.tasks",))
+
+
+def train_labels(loader: Any) -> torch.Tensor | None:
+    """The class of every training sample by dataset index, where the loader holds them
+    without reading images (in-memory tensors, image folders); None otherwise."""
+    labels = getattr(loader, "labels", None)
+    if isinstance(labels, torch.Tensor) and labels.dim() == 1:
+        return labels
+    dataset = getattr(loader, "dataset", None)
+    targets = getattr(getattr(dataset, "folder", None), "targets", None)
+    if targets is not None:
+        return torch.as_tensor(list(targets)[: len(dataset)], dtype=torch.int64)
+    return None

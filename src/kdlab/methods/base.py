@@ -1,7 +1,8 @@
 """The Distiller: one module per method that returns the student's logits and named losses.
 
 The trainer sums the named losses, logs each one and never branches on a method's name.
-A method declares its hyper-parameters as a dataclass ``Config`` (defaults from its paper);
+A method declares its hyper-parameters as a dataclass ``Config`` (defaults from its reference
+code, or its paper where there is none; kdlab's own choices are opt-in settings);
 the recipe's ``method:`` block is checked against it, so an unknown key is an error.
 
 One training step is one template, :meth:`Distiller.forward`, written once::
@@ -263,6 +264,11 @@ class Distiller(nn.Module):
 
     def set_epoch(self, epoch: int, num_epochs: int) -> None:
         """Called by the trainer at the start of every epoch (0-based); for warm-ups."""
+
+    def use_train_labels(self, labels: Tensor | None) -> None:
+        """The class of every training sample by dataset index (or None where the loader
+        cannot tell), handed over by the trainer before training; for methods that sample
+        by class (CRD's negatives)."""
 
     def evaluated(self) -> dict[str, nn.Module]:
         """Networks whose accuracy the trainer reports, images -> logits; the first is the

@@ -1,4 +1,5 @@
-"""Mixed precision: the ``train.amp`` names and their autocast context."""
+"""Mixed precision: the ``train.amp`` names, their autocast context, and the widening of
+half-precision results before a loss."""
 
 from __future__ import annotations
 

@@ -245,6 +245,7 @@ def build_run(
     (``model.student_pretrained``) are not read or downloaded. ``prebuilt``: the networks and
     data the config names ``memory:...`` (:mod:`kdlab.training.prebuilt`)."""
     from kdlab.data import build_loaders
+    from kdlab.data.base import train_labels
 
     check_model_config(cfg)  # before the data is loaded
     loaders = build_loaders(cfg.data, device, seed=cfg.train.seed, rank=rank,
@@ -252,6 +253,7 @@ def build_run(
     info = loaders.info
     distiller = build_distiller_from_config(cfg, info, device, student_weights=not resuming,
                                             prebuilt=prebuilt)
+    distiller.use_train_labels(train_labels(loaders.train))  # CRD's class negatives
     if loaders.teacher_cache is not None:
         from kdlab.training.teacher_sources import attach_teacher_cache
 

@@ -3,8 +3,10 @@ optimisers of parameters a method steps separately (e.g. SKD's discriminator).
 
 The schedule is stepped once per epoch (multistep, cosine, constant) or once per iteration
 (``poly``, the segmentation literature's schedule, and every schedule whose length is given
-as ``schedule.iterations``); warm-up epochs are a linear ramp either way. Everything here
-saves into and loads from one plain dict of the run checkpoint.
+as ``schedule.iterations``); warm-up epochs are a linear ramp either way, and
+``schedule.warmup_iters`` a linear ramp over the first optimiser steps on top of any schedule
+(Detectron2's). Everything here saves into and loads from one plain dict of the run
+checkpoint.
 """
 
 from __future__ import annotations
@@ -26,18 +28,45 @@ from kdlab.errors import UserError
 PER_ITERATION = frozenset({"poly"})
 
 
-def build_optimizer(cfg: OptimConfig, params: list[nn.Parameter]) -> Optimizer:
-    """SGD (momentum, weight decay, optional Nesterov) or AdamW."""
+#: the layers whose parameters ``optim.weight_decay_norm`` decays (Detectron2's
+#: ``NORM_MODULE_TYPES``, solver/build.py)
+NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
+
+
+def norm_parameters(module: nn.Module) -> list[nn.Parameter]:
+    """The weights and biases of every normalisation layer inside ``module``."""
+    return [p for m in module.modules() if isinstance(m, NORM_LAYERS)
+            for p in m.parameters(recurse=False)]
+
+
+def _groups(cfg: OptimConfig, params: list[nn.Parameter],
+            norm: list[nn.Parameter]) -> list[dict[str, Any]]:
+    """One parameter group, or two when ``optim.weight_decay_norm`` gives normalisation
+    layers their own weight decay (Detectron2's ``get_default_optimizer_params``)."""
+    if cfg.weight_decay_norm is None:
+        return [{"params": params}]
+    ids = {id(p) for p in norm}
+    groups = [{"params": [p for p in params if id(p) not in ids]},
+              {"params": [p for p in params if id(p) in ids],
+               "weight_decay": cfg.weight_decay_norm}]
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(cfg: OptimConfig, params: list[nn.Parameter],
+                    norm: list[nn.Parameter] | None = None) -> Optimizer:
+    """SGD (momentum, weight decay, optional Nesterov) or AdamW; ``norm`` are the
+    normalisation layers' parameters, decayed by ``optim.weight_decay_norm`` when it is set."""
     if cfg.lr <= 0:
         raise UserError(f"optim.lr must be positive, got {cfg.lr}.")
+    groups = _groups(cfg, params, norm or [])
     if cfg.name == "sgd":
         if cfg.nesterov and cfg.momentum <= 0:
             raise UserError("optim.nesterov needs optim.momentum > 0; set a momentum such as "
                             "0.9 or nesterov false.")
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
                                weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
     if cfg.name == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     raise UserError(f"optim.name {cfg.name!r} is not known; use sgd or adamw.")
 
 
@@ -121,6 +150,16 @@ def _restore_counters(sched: lr_scheduler.LRScheduler) -> None:
             s.milestones = Counter({int(k): int(v) for k, v in s.milestones.items()})
 
 
+def warmup_scale(cfg: ScheduleConfig, iteration: int) -> float:
+    """The LR multiplier of optimiser step ``iteration`` (0-based) under
+    ``schedule.warmup_iters``: ``factor * (1 - a) + a`` with ``a = iteration / warmup_iters``,
+    then 1 (Detectron2 v0.6 ``_get_warmup_factor_at_iter``, linear, solver/lr_scheduler.py)."""
+    if iteration >= cfg.warmup_iters:
+        return 1.0
+    alpha = iteration / cfg.warmup_iters
+    return cfg.warmup_factor * (1.0 - alpha) + alpha
+
+
 SeparateGroups = dict[str, tuple[list[nn.Parameter], Callable[[list[nn.Parameter]], Optimizer]]]
 
 
@@ -137,14 +176,18 @@ class Optimisation:
     #: their critic's learning rate like the student's), except those whose factory marked
     #: them ``kdlab_schedule = "constant"`` (CIRKD's critic)
     separate_scheds: dict[str, lr_scheduler.LRScheduler] = field(default_factory=dict)
+    #: the schedule settings (``warmup_iters`` scales the first steps) and the steps taken
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    iteration: int = 0
 
     @classmethod
     def build(cls, params: list[nn.Parameter], separate: SeparateGroups, optim: OptimConfig,
               schedule: ScheduleConfig, *, steps_per_epoch: int, device: torch.device,
-              amp: str) -> Optimisation:
-        """``params`` minus those of ``separate`` go to the run's optimiser."""
+              amp: str, norm: list[nn.Parameter] | None = None) -> Optimisation:
+        """``params`` minus those of ``separate`` go to the run's optimiser; ``norm`` (the
+        normalisation layers' parameters) take ``optim.weight_decay_norm`` when it is set."""
         apart = {id(p) for group, _ in separate.values() for p in group}
-        opt = build_optimizer(optim, [p for p in params if id(p) not in apart])
+        opt = build_optimizer(optim, [p for p in params if id(p) not in apart], norm)
         own = {name: make(group) for name, (group, make) in separate.items()}
         return cls(
             opt=opt,
@@ -155,6 +198,7 @@ class Optimisation:
             separate_scheds={name: build_scheduler(schedule, o, steps_per_epoch)
                              for name, o in own.items()
                              if getattr(o, "kdlab_schedule", "run") != "constant"},
+            schedule=schedule,
         )
 
     def schedules(self) -> list[lr_scheduler.LRScheduler]:
@@ -169,9 +213,17 @@ class Optimisation:
         for o in self.optimisers():
             o.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
+        scale = warmup_scale(self.schedule, self.iteration)
+        groups = [g for o in self.optimisers() for g in o.param_groups]
+        scheduled = [g["lr"] for g in groups]
+        for g in groups:
+            g["lr"] *= scale
         for o in self.optimisers():
             self.scaler.step(o)
+        for g, lr in zip(groups, scheduled, strict=True):
+            g["lr"] = lr  # the schedule goes on from its own value, not the warm one
         self.scaler.update()
+        self.iteration += 1
         if self.per_iteration:
             for sched in self.schedules():
                 sched.step()
@@ -183,19 +235,23 @@ class Optimisation:
 
     @property
     def lr(self) -> float:
-        return float(self.opt.param_groups[0]["lr"])
+        """The run optimiser's LR of the next step (a ``warmup_iters`` ramp included)."""
+        return float(self.opt.param_groups[0]["lr"]) * warmup_scale(self.schedule,
+                                                                    self.iteration)
 
     def state_dict(self) -> dict[str, Any]:
         return {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
                 "scaler": self.scaler.state_dict(),
                 "separate_optimizers": {n: o.state_dict() for n, o in self.separate.items()},
                 "separate_schedulers": {n: s.state_dict()
-                                        for n, s in self.separate_scheds.items()}}
+                                        for n, s in self.separate_scheds.items()},
+                "iteration": self.iteration}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
+        self.iteration = int(state.get("iteration", 0))  # absent before warmup_iters existed
         saved = state.get("separate_optimizers", {})
         if set(saved) != set(self.separate):
             raise KeyError(f"separate optimisers {sorted(saved)} != {sorted(self.separate)}")

@@ -49,7 +49,7 @@ from kdlab.training.checkpoint import (
 from kdlab.training.compiling import compile_run
 from kdlab.training.metrics_log import MetricsLog, Progress
 from kdlab.training.model_cost import distillation_costs
-from kdlab.training.optimisation import Optimisation, run_length
+from kdlab.training.optimisation import Optimisation, norm_parameters, run_length
 from kdlab.training.prebuilt import Prebuilt, refuse_memory
 from kdlab.training.report import write_report
 from kdlab.training.resume import check_resume, read_saved
@@ -198,7 +198,8 @@ class Trainer:
         self.epochs, self.last_epoch_steps = run_length(cfg.schedule, self.steps_per_epoch)
         optim = Optimisation.build(params, raw.separate_optimizers(), cfg.optim, cfg.schedule,
                                    steps_per_epoch=self.steps_per_epoch,
-                                   device=device, amp=cfg.train.amp)
+                                   device=device, amp=cfg.train.amp,
+                                   norm=norm_parameters(raw))
         epochs = self.epochs
         start, best, history, ckpt = 0, float("-inf"), [], None
         if self.resume and last_path.is_file():

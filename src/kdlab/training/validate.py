@@ -57,6 +57,9 @@ def _check_schedule(cfg: RunConfig) -> None:
     if s.iterations is None and s.warmup_epochs >= s.epochs:
         raise UserError(f"schedule.warmup_epochs must be less than schedule.epochs "
                         f"({s.epochs}), got {s.warmup_epochs}.")
+    if s.warmup_epochs and s.warmup_iters:
+        raise UserError("schedule.warmup_epochs and schedule.warmup_iters are two warm-ups; "
+                        "set one of them to 0.")
     if s.name == "multistep":
         length, unit = ((s.epochs, "epoch") if s.iterations is None
                         else (s.iterations, "iteration"))

@@ -114,7 +114,7 @@ def test_every_combinable_method_can_join_a_combo(tiny_pair):
              and n != "combo" and "classification" in METHODS.get(n).tasks]
     assert {"kd", "dkd", "rkd", "sp", "cc", "irg", "at", "fitnet", "crd", "vid",
             "reviewkd"} <= set(names)
-    tiny = {"crd": {"num_negatives": 8, "feat_dim": 16}}
+    tiny = {"crd": {"num_negatives": 8, "feat_dim": 16, "negatives": "uniform"}}
     x, y = _batch()
     for name in names:
         part = {"name": name, **tiny.get(name, {})}

@@ -67,7 +67,8 @@ def _ddp_crd_steps(rank: int) -> dict[str, torch.Tensor]:
     teacher = tiny_staged(widths=(16, 32, 64, 64), seed=1)
     student = tiny_staged(widths=(8, 16, 32, 32), seed=2)
     torch.manual_seed(3 + rank)  # banks start different: wrap() must make them equal once
-    d = build_distiller("crd", {"num_negatives": 4}, student, teacher, train_size=16)
+    d = build_distiller("crd", {"num_negatives": 4, "negatives": "uniform"}, student, teacher,
+                        train_size=16)
     model = distributed.wrap(d, torch.device("cpu"), find_unused=d.may_skip_parameters)
     initial = {k: v.clone() for k, v in d.memory.state_dict().items()}
     ignored = set(getattr(d, "_ddp_params_and_buffers_to_ignore", ()))

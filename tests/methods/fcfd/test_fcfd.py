@@ -48,6 +48,7 @@ def batch(n: int = 4, seed: int = 0, dtype: torch.dtype = torch.float32):
 def make(tiny_pair, student=None, double=False, **opts):
     teacher, tiny_student = tiny_pair
     opts.setdefault("l2_warmup_epochs", 0)
+    opts.setdefault("teacher_bn", "eval")  # the references below run the teacher as it is
     d = build_distiller("fcfd", opts, student or tiny_student, teacher)
     d.train()
     return d.double() if double else d  # float64: the references compare to 1e-9

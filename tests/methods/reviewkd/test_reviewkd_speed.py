@@ -97,7 +97,9 @@ def test_reviewkd_loss_and_gradients_match_the_authors_formulation(tiny_pair, la
                                                                     monkeypatch):
     monkeypatch.setattr(abf, "preferred_layout", lambda device: LAYOUTS[layout])
     teacher, student = tiny_pair
-    d = build_distiller("reviewkd", {"warmup_epochs": 0}, student, teacher).double()
+    # the reference below reviews the teacher's stage outputs (teacher_features)
+    d = build_distiller("reviewkd", {"warmup_epochs": 0, "teacher_features": "stage_outputs"},
+                        student, teacher).double()
     _random_(d.abfs, 3)
     d.train()
     ref = copy.deepcopy(d)

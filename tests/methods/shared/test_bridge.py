@@ -39,6 +39,48 @@ def test_bridge_shapes(src_hw, dst_hw, kind, conv):
     assert y.shape == (2, 12, *dst_hw)
 
 
+@pytest.mark.parametrize(("src_hw", "dst_hw"), [((8, 8), (8, 8)), ((16, 16), (8, 8)),
+                                                 ((8, 8), (16, 16))])
+def test_bridge_initialisations(src_hw, dst_hw):
+    """``kaiming``: every conv He-normal (fan-out, ReLU), no bias. ``fcfd_authors`` (their
+    MetaModel, classification/models/meta.py): the stride-2 and transposed convs with a bias;
+    He-normal weights for nn.Conv2d only, so the transposed conv keeps PyTorch's default
+    uniform init, bound 1/sqrt(out_channels * 16) on weights and bias."""
+    src, dst = StageInfo(96, *src_hw, post_relu=False), StageInfo(160, *dst_hw, post_relu=False)
+    torch.manual_seed(0)
+    kaiming, authors = Bridge(src, dst), Bridge(src, dst, init="fcfd_authors")
+    assert kaiming[0].bias is None
+    assert (authors[0].bias is not None) == (kaiming.kind != "same")
+    up = kaiming.kind == "up"
+    fan_out = (96 * 16) if up else (160 * 9)  # a ConvTranspose2d's weight is (in, out, k, k)
+    he = (2 / fan_out) ** 0.5
+    assert kaiming[0].weight.std().item() == pytest.approx(he, rel=0.05)
+    if up:
+        bound = 1 / (160 * 16) ** 0.5  # weight.size(1) * k * k
+        for t in (authors[0].weight, authors[0].bias):
+            assert t.abs().max().item() <= bound
+        assert authors[0].weight.std().item() == pytest.approx(bound / 3**0.5, rel=0.05)
+    else:
+        assert authors[0].weight.std().item() == pytest.approx(he, rel=0.05)
+    assert torch.equal(authors[1].weight, torch.ones(160))
+    with pytest.raises(ValueError, match="bridge init"):
+        Bridge(src, dst, init="xavier")
+
+
+def test_fcfd_bridges_start_as_the_authors_unless_told():
+    teacher, student = build_model("vgg13", num_classes=10), build_model("mobilenetv2",
+                                                                         num_classes=10)
+    d = build_distiller("fcfd", {}, student, teacher)
+    ups = [b for b in [*d.b_st.values(), *d.b_ts.values()] if b.kind == "up"]
+    assert ups and all(b[0].bias is not None for b in ups)
+    d = build_distiller("fcfd", {"bridge_init": "kaiming"}, student, teacher)
+    assert all(b[0].bias is None for b in [*d.b_st.values(), *d.b_ts.values()])
+    with pytest.raises(UserError, match="bridge_init"):
+        build_distiller("fcfd", {"bridge_init": "he"}, student, teacher)
+    fitnet = build_distiller("fitnet", {"regressor": "bridge"}, student, teacher)
+    assert fitnet.bridge[0].bias is None  # FitNet's bridge keeps kdlab's init
+
+
 def test_leaky_relu_only_for_post_relu_targets():
     src = StageInfo(4, 8, 8, post_relu=True)
     plain = Bridge(src, StageInfo(6, 8, 8, post_relu=False))

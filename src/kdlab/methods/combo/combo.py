@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from kdlab.core.config import build_dataclass
@@ -100,6 +100,10 @@ class Combo(Distiller):
     def set_epoch(self, epoch: int, num_epochs: int) -> None:
         for part in self.parts.values():
             part.set_epoch(epoch, num_epochs)
+
+    def use_train_labels(self, labels: Tensor | None) -> None:
+        for part in self.parts.values():
+            part.use_train_labels(labels)
 
     def student_pass(self, batch: Batch) -> Any:
         """The plain student pass, or the pass of the one part that runs its own (OFD's

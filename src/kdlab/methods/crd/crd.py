@@ -5,15 +5,20 @@ teacher embeddings (the pooled penultimate vectors) go through linear heads to 1
 L2-normalised codes; every training sample has a slot in a student bank and a teacher bank
 (:class:`~kdlab.methods.crd.memory_bank.ContrastMemory`, buffers saved in every checkpoint). Each
 code is contrasted with the other network's bank: its own sample as the positive, 16384
-uniformly drawn other samples as negatives, temperature 0.07, bank momentum 0.5. Defaults
+other samples as negatives (see below), temperature 0.07, bank momentum 0.5. Defaults
 are the paper's CIFAR-100 setting: CE 1, CRD 0.8 (no KD term; add one in a combined recipe).
 Under torchrun DDP the banks and Z are synchronised: every process applies every process's
 bank updates (rank order) and Z comes from all processes' first batches, so every rank holds
 the banks one process would (the authors' code is single-GPU).
 
 The forward pass needs ``index``, the dataset indices of the batch, and the method needs the
-training-set size. Negatives are drawn uniformly over the other samples (the memory-bank
-mode of the authors' code; their CIFAR loader can instead draw negatives of other classes).
+training-set size. Negatives (``negatives``) are by default, as the authors' CIFAR loader
+draws them (``mode 'exact'``; RepDistiller and mdistiller ``dataset/cifar100.py``), samples
+of *other classes*, distinct within a row: this needs the training labels, which kdlab's
+trainer hands over (:meth:`use_train_labels`) from loaders that hold them (the in-memory
+datasets, image folders). ``negatives: uniform`` draws any other sample with replacement
+(the authors' memory's own sampler, kdlab's former default; it needs no labels; not
+compared for accuracy).
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ class CRD(Distiller):
         num_negatives: int = 16384
         temperature: float = 0.07
         momentum: float = 0.5
+        negatives: str = "class"  # class (other classes, distinct: the authors') | uniform
 
     def setup(self) -> None:
         assert self.teacher is not None
@@ -70,7 +76,10 @@ class CRD(Distiller):
         self.embed_student = Embed(self.student.embedding_dim, c.feat_dim)
         self.embed_teacher = Embed(self.teacher.embedding_dim, c.feat_dim)
         self.memory = ContrastMemory(c.feat_dim, self.train_size, c.num_negatives,
-                                     c.temperature, c.momentum)
+                                     c.temperature, c.momentum, negatives=c.negatives)
+
+    def use_train_labels(self, labels: Tensor | None) -> None:
+        self.memory.use_labels(labels)
 
     def losses(self, batch: Batch, student: Features, teacher: Features) -> Losses:
         index = batch.index

@@ -1,7 +1,9 @@
 """CRD's memory banks: one L2-normalised embedding per training sample, for each network.
 
 Tian, Krishnan & Isola, "Contrastive Representation Distillation", ICLR 2020 (Sec. 3.4,
-memory buffer with momentum updates, after Wu et al. 2018). The authors' code runs on one GPU;
+memory buffer with momentum updates, after Wu et al. 2018); negatives are drawn uniformly
+(:func:`sample_negatives`) or, as the authors' CIFAR loader does, from the other classes
+(:func:`sample_class_negatives`). The authors' code runs on one GPU;
 under torch.distributed the banks and the normalising constants are kept identical on every
 process (see :class:`ContrastMemory`).
 """
@@ -21,6 +23,9 @@ from kdlab.runtime.collectives import all_gather_rows, all_reduce_sum, world_siz
 # b (K+1) d floats and is memory-bound: on one CPU core, b = 64, d = 128, K = 16384, it takes
 # ~1 s per bank per step whatever N is, the GEMM 10 ms at N = 6,000 and 200 ms at N = 200,000.
 DENSE_SCORING_MAX_RATIO = 16
+#: how negatives are drawn: ``class`` (other classes, distinct: the authors' CIFAR loader)
+#: or ``uniform`` (any other sample, with replacement: their memory's own sampler)
+NEGATIVES = ("class", "uniform")
 
 
 def sample_negatives(index: Tensor, num_data: int, k: int,
@@ -30,6 +35,29 @@ def sample_negatives(index: Tensor, num_data: int, k: int,
     b = index.shape[0]
     draw = torch.randint(0, num_data - 1, (b, k), device=index.device, generator=generator)
     draw = draw + (draw >= index.view(-1, 1)).long()  # skip the positive itself
+    return torch.cat([index.view(-1, 1), draw], dim=1)
+
+
+def sample_class_negatives(index: Tensor, labels: Tensor, k: int,
+                           generator: torch.Generator | None = None) -> Tensor:
+    """``(b, k + 1)`` bank rows: column 0 the positive ``index``, then ``k`` negatives of
+    *other classes* (``labels``: the class of every training sample), distinct within a row
+    (drawn with replacement only where a class has fewer than ``k`` samples of other
+    classes). This is how the CRD authors' CIFAR loader draws them (``mode 'exact'``:
+    ``np.random.choice(cls_negative[target], k, replace=k > len(cls_negative[target]))``)."""
+    labels = labels.to(index.device)
+    other = labels.view(1, -1) != labels[index].view(-1, 1)  # (b, N)
+    counts = other.sum(1)
+    if int(counts.min()) == 0:
+        raise UserError("CRD's class-conditional negatives need samples of at least two "
+                        "classes in the training set; set method.negatives: uniform.")
+    weights = other.to(torch.float64)
+    draw = torch.empty(index.shape[0], k, dtype=torch.long, device=index.device)
+    for few in (False, True):  # rows with enough other-class samples draw without replacement
+        rows = (counts < k) if few else (counts >= k)
+        if rows.any():
+            draw[rows] = torch.multinomial(weights[rows], k, replacement=few,
+                                           generator=generator)
     return torch.cat([index.view(-1, 1), draw], dim=1)
 
 
@@ -71,8 +99,12 @@ class ContrastMemory(nn.Module):
     keeps_buffers_in_sync = True
 
     def __init__(self, dim: int, num_data: int, num_negatives: int,
-                 temperature: float = 0.07, momentum: float = 0.5) -> None:
+                 temperature: float = 0.07, momentum: float = 0.5,
+                 negatives: str = "uniform") -> None:
         super().__init__()
+        if negatives not in NEGATIVES:
+            raise UserError(f"method.negatives is {negatives!r}; use one of "
+                            f"{', '.join(NEGATIVES)}.")
         if num_negatives >= num_data:
             raise UserError(
                 f"CRD draws {num_negatives} negatives but the training set has only "
@@ -80,6 +112,10 @@ class ContrastMemory(nn.Module):
             )
         self.num_data = num_data
         self.num_negatives = num_negatives
+        self.negatives = negatives
+        #: the class of every training sample (``negatives: class``), set by
+        #: :meth:`use_labels`; not state: the trainer hands it over at every start
+        self.labels: Tensor | None = None
         self.temperature = temperature
         self.momentum = momentum
         std = 1.0 / math.sqrt(dim / 3)
@@ -99,7 +135,7 @@ class ContrastMemory(nn.Module):
                 f"{self.num_data}; build the method with the training set's size."
             )
         if rows is None:
-            rows = sample_negatives(index, self.num_data, self.num_negatives)
+            rows = self.draw_rows(index)
         # the banks' dtype, at least float32 even under autocast: exp(1 / 0.07) overflows
         # float16; a float64 model (parity checks) keeps its banks and codes in float64
         dtype = torch.promote_types(self.bank_student.dtype, torch.float32)
@@ -113,6 +149,24 @@ class ContrastMemory(nn.Module):
         if self.training:
             self.update(v_student, v_teacher, index)
         return s_scores, t_scores
+
+    def use_labels(self, labels: Tensor | None) -> None:
+        """The class of every training sample by dataset index (``negatives: class``)."""
+        if labels is not None and labels.shape != (self.num_data,):
+            raise UserError(f"CRD got {tuple(labels.shape)} training labels for a memory of "
+                            f"{self.num_data} samples; give one label per training sample.")
+        self.labels = labels
+
+    def draw_rows(self, index: Tensor) -> Tensor:
+        """The bank rows of a batch: column 0 the positives, then the sampled negatives."""
+        if self.negatives == "uniform":
+            return sample_negatives(index, self.num_data, self.num_negatives)
+        if self.labels is None:
+            raise UserError("CRD's class-conditional negatives (method.negatives: class, the "
+                            "authors') need the training labels, which this run's loader does "
+                            "not give; set method.negatives: uniform.")
+        self.labels = self.labels.to(index.device)
+        return sample_class_negatives(index, self.labels, self.num_negatives)
 
     def _fix_normalisers(self, s_scores: Tensor, t_scores: Tensor) -> None:
         """Set the unset Z to the mean score times ``num_data``; the mean runs over every

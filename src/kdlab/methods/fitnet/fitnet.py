@@ -3,11 +3,12 @@
 Romero et al., "FitNets: Hints for Thin Deep Nets", ICLR 2015. As in the CRD benchmark
 (Tian et al., ICLR 2020), the hint is trained jointly with the task loss (one stage, no
 separate hint pre-training), with weight 100 on the mean-squared hint loss. The regressor
-(``regressor``) is either the same :class:`~kdlab.methods.shared.bridge.Bridge` FCFD uses
-(``bridge``, the default: 3x3 conv + BN, + LeakyReLU for post-ReLU targets) or the benchmark's own
-(``convreg``, :class:`~kdlab.methods.fitnet.regressor.ConvRegressor`: conv with bias + BN + ReLU,
-a 1x1 conv for equal sizes), which the CIFAR-100 recipes that stand for the benchmark's
-FitNet row use.
+(``regressor``) is the benchmark's own (``convreg``, the default:
+:class:`~kdlab.methods.fitnet.regressor.ConvRegressor`, conv with bias + BN + ReLU, a 1x1 conv
+for equal sizes; RepDistiller ``models/util.py`` ``ConvReg``) or the same
+:class:`~kdlab.methods.shared.bridge.Bridge` FCFD uses (``bridge``: 3x3 conv + BN, + LeakyReLU
+for post-ReLU targets; kdlab's former default, used by FCFD's FitNet comparison; not compared
+for accuracy).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class FitNet(Distiller):
         ce_weight: float = 1.0
         hint_weight: float = 100.0
         position: int = 3
-        regressor: str = "bridge"  # bridge (FCFD's) | convreg (the CRD benchmark's ConvReg)
+        regressor: str = "convreg"  # convreg (the CRD benchmark's ConvReg) | bridge (FCFD's)
 
     def setup(self) -> None:
         assert self.teacher is not None  # the Distiller base refuses a missing teacher

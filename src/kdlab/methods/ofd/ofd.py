@@ -13,8 +13,8 @@ Which stages: the outputs after the stem, aligned from the deepest, as mdistille
 (``preact_feats[1:]``) and the authors pair them; ``include_stem: true`` also pairs the
 stems (kdlab's former default). Teacher BatchNorm: mdistiller's OFD (like the authors' code)
 puts the frozen teacher in train mode, so its BN uses batch statistics; ``teacher_bn:
-batch`` does that (the CIFAR recipe uses it), ``eval`` (default) uses the running
-statistics, the trained teacher's own function.
+batch`` (the default) does that, ``eval`` uses the running statistics, the trained
+teacher's own function (kdlab's former default; not compared for accuracy).
 
 Finding pre-ReLU features in any network: the staged view returns stage outputs. For a
 stage whose output is non-negative we hook the input of its last ``nn.ReLU`` module (the
@@ -48,16 +48,21 @@ class PreReLUTap:
     """Captures the pre-ReLU outputs of chosen stages of a staged network.
 
     ``with tap: out = net.features(x)`` then ``tap.features(out)`` gives one pre-ReLU map per
-    chosen stage. Hooks record only inside the ``with`` block.
+    chosen stage. Hooks record only inside the ``with`` block, or in every pass with
+    ``always=True`` (for a network run elsewhere, e.g. the teacher pass of the default
+    forward).
     """
 
-    def __init__(self, net: Staged, stages: list[int], role: str) -> None:
+    def __init__(self, net: Staged, stages: list[int], role: str, *,
+                 always: bool = False, method: str = "OFD") -> None:
         self.stages = stages
         self.role = role
+        self.method = method
         self.relus: dict[int, nn.ReLU] = {}
         self.bns: dict[int, nn.BatchNorm2d] = {}
         self._captured: dict[int, Tensor] = {}
         self._active = False
+        self._always = always
         for i in stages:
             info = net.stage_info[i]
             mods = [m for top in net.stage_modules(i) for m in top.modules()]
@@ -65,28 +70,28 @@ class PreReLUTap:
                    and m.num_features == info.channels and m.affine]
             if not bns:
                 raise UserError(
-                    f"OFD found no BatchNorm2d with {info.channels} channels in {role} stage "
-                    f"{i}; OFD needs a BN before the stage's last ReLU, pick another network."
+                    f"{method} found no BatchNorm2d with {info.channels} channels in {role} stage "
+                    f"{i}; {method} needs a BN before the stage's last ReLU, pick another "
+                    "network."
                 )
             self.bns[i] = bns[-1]
             if info.post_relu:
                 relus = [m for m in mods if isinstance(m, nn.ReLU)]
                 if not relus:
-                    raise UserError(self._no_relu(role, i))
+                    raise UserError(self._no_relu(method, role, i))
                 self.relus[i] = relus[-1]
-                relus[-1].register_forward_pre_hook(self._hook(i))
+                _attach(relus[-1], self, i)
         self._verify(net, role)
 
     @staticmethod
-    def _no_relu(role: str, i: int) -> str:
-        return (f"OFD cannot find the pre-ReLU feature of {role} stage {i} (its last ReLU is "
+    def _no_relu(method: str, role: str, i: int) -> str:
+        return (f"{method} cannot find the pre-ReLU feature of {role} stage {i} (its last ReLU is "
                 "not an nn.ReLU module); use a model whose stages end in nn.ReLU modules.")
 
-    def _hook(self, i: int):  # noqa: ANN202 - a forward pre-hook
-        def hook(module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
-            if self._active:
-                self._captured[i] = inputs[0].clone()  # an in-place ReLU would overwrite it
-        return hook
+    def capture(self, i: int, x: Tensor) -> None:
+        """The input of stage ``i``'s last ReLU, just seen by its hook."""
+        if self._active or self._always:
+            self._captured[i] = x.clone()  # an in-place ReLU would overwrite it
 
     def _verify(self, net: Staged, role: str) -> None:
         was_training = net.training
@@ -101,7 +106,7 @@ class PreReLUTap:
             net.train(was_training)
         for i, p in zip(self.stages, pre, strict=True):
             if i in self.relus and not torch.allclose(F.relu(p), out.stages[i], atol=1e-5):
-                raise UserError(self._no_relu(role, i))
+                raise UserError(self._no_relu(self.method, role, i))
 
     def __enter__(self) -> PreReLUTap:
         self._captured = {}
@@ -120,12 +125,26 @@ class PreReLUTap:
             elif i in self._captured:
                 result.append(self._captured.pop(i))
             else:  # the ReLU module found is not the one that ran
-                raise UserError(self._no_relu(self.role, i))
+                raise UserError(self._no_relu(self.method, self.role, i))
         self._captured = {}
         return result
 
     def margins(self) -> list[Tensor]:
         return [bn_margin(self.bns[i].weight, self.bns[i].bias) for i in self.stages]
+
+
+def _attach(relu: nn.Module, tap: PreReLUTap, stage: int) -> None:
+    """Hook ``relu`` for ``tap``'s ``stage``. The taps live on the module (not in the hook's
+    closure), so a deep copy of a network and its tap hooks the copy for the copied tap."""
+    if not hasattr(relu, "_pre_relu_taps"):
+        relu._pre_relu_taps = []
+        relu.register_forward_pre_hook(_pre_relu_hook)
+    relu._pre_relu_taps.append((tap, stage))
+
+
+def _pre_relu_hook(module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+    for tap, stage in module._pre_relu_taps:
+        tap.capture(stage, inputs[0])
 
 
 class Connector(nn.Sequential):
@@ -146,7 +165,7 @@ class OFD(Distiller):
         ce_weight: float = 1.0
         stages: list[int] | None = None  # None = every pair after the stem
         include_stem: bool = False  # also pair the stem outputs (kdlab's former default)
-        teacher_bn: str = "eval"  # eval | batch (mdistiller's / the authors' train-mode teacher)
+        teacher_bn: str = "batch"  # batch (mdistiller's / the authors' train-mode teacher) | eval
 
     def setup(self) -> None:
         student, t = self.student, self.teacher

@@ -19,9 +19,15 @@ apart reviews all its stages. Student and teacher are paired from the deepest le
 On resnet20 -> resnet8 dropping the stem level took ReviewKD from 2.15x to 1.73x KD's FLOPs
 per step (benchmarks/results/reviewkd_cost_cpu.md).
 
-The features are the staged view's stage outputs (post-activation where the network ends a
-stage with a ReLU); the authors' CIFAR code takes the teacher's pre-ReLU features (the
-student's post-ReLU ones), their ImageNet code pre-ReLU features on both sides.
+Teacher features (``teacher_features``): ``pre_relu`` (default) compares the fused maps with
+the teacher's stage outputs *before* their last ReLU, as the authors' CIFAR code
+(``teacher(images, is_feat=True, preact=True)``) and mdistiller (``preact_feats``) do; the
+pre-ReLU maps are tapped as OFD taps them (:class:`~kdlab.methods.ofd.PreReLUTap`), the
+embedding level stays the pooled vector. ``stage_outputs`` compares with the stage outputs as
+the staged view gives them (post-ReLU on ResNets; kdlab's former default; not compared for
+accuracy). The student side is its stage outputs either way (the authors' CIFAR code; their
+ImageNet code and mdistiller's ImageNet configuration take the student's pre-ReLU features
+too, which kdlab does not offer).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from torch import Tensor, nn
 from kdlab.errors import UserError
 from kdlab.methods import METHODS
 from kdlab.methods.base import Batch, Distiller, Losses
+from kdlab.methods.ofd.ofd import PreReLUTap
 from kdlab.methods.reviewkd.abf import ABF, review
 from kdlab.methods.reviewkd.losses import hcl_loss
 from kdlab.models.staged.view import Features
@@ -55,6 +62,7 @@ class ReviewKD(Distiller):
         mid_channels: int | None = None  # ABF width; None = min(512, student embedding dim)
         hcl_levels: list[int] = field(default_factory=lambda: [4, 2, 1])  # pooled HCL sizes
         levels: int | None = None  # review the last N stages; None = those after the stem
+        teacher_features: str = "pre_relu"  # pre_relu (the authors') | stage_outputs
 
     def setup(self) -> None:
         t = self.teacher
@@ -83,6 +91,14 @@ class ReviewKD(Distiller):
             for i, (c_in, c_out) in enumerate(zip(in_ch, out_ch, strict=True))
         )
         self._ramp = 1.0 if self.cfg.warmup_epochs <= 0 else 1.0 / self.cfg.warmup_epochs
+        self.teacher_tap: PreReLUTap | None = None
+        if self.cfg.teacher_features == "pre_relu":
+            reviewed = list(range(t.num_stages - self.num_stages, t.num_stages))
+            self.teacher_tap = PreReLUTap(t, reviewed, "teacher", always=True,
+                                          method="ReviewKD")
+        elif self.cfg.teacher_features != "stage_outputs":
+            raise UserError(f"method.teacher_features is {self.cfg.teacher_features!r}; use "
+                            "'pre_relu' (the authors') or 'stage_outputs'.")
 
     def set_epoch(self, epoch: int, num_epochs: int) -> None:
         w = self.cfg.warmup_epochs
@@ -94,5 +110,8 @@ class ReviewKD(Distiller):
 
     def losses(self, batch: Batch, student: Features, teacher: Features) -> Losses:
         fused = self.review(_levels(student, self.num_stages))
-        loss = hcl_loss(fused, _levels(teacher, self.num_stages), tuple(self.cfg.hcl_levels))
+        targets_t = _levels(teacher, self.num_stages)
+        if self.teacher_tap is not None:  # the teacher pass just run, before its ReLUs
+            targets_t[:-1] = [f.clone() for f in self.teacher_tap.features(teacher)]
+        loss = hcl_loss(fused, targets_t, tuple(self.cfg.hcl_levels))
         return {"review": self.cfg.weight * self._ramp * loss}

@@ -16,8 +16,8 @@ the L2 as ``F.mse_loss`` (averaged over R and the box coordinates). ``reduction=
 (default) is the code's form, ``"sum"`` the formula's. "L2" of features is the mean squared
 difference over all elements (``F.mse_loss``), as in the authors' code.
 
-Targets (teacher tensors) must carry no gradient. Every loss is computed in float32 (safe
-under autocast).
+Targets (teacher tensors) must carry no gradient. Half-precision inputs are computed in
+float32 (safe under autocast); float32 and float64 keep their dtype.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from kdlab.errors import UserError
 from kdlab.methods.shared.bridge import Bridge
+from kdlab.methods.shared.logits import _wide
 from kdlab.models.staged.view import StageInfo
 from kdlab.tasks.detection.models import Detector
 
@@ -50,7 +51,7 @@ def fpn_app_loss(bridged_student: Mapping[str, Tensor], teacher: Mapping[str, Te
                         "give both detectors FPNs with the same levels.")
     total = None
     for k, s in bridged_student.items():
-        term = F.mse_loss(s.float(), teacher[k].float())
+        term = F.mse_loss(_wide(s), _wide(teacher[k]))
         total = term if total is None else total + term
     assert total is not None
     return total
@@ -63,8 +64,8 @@ def roi_kl_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: flo
     or summed (``"sum"``) over the proposals. The paper and the authors use T = 1."""
     _check(reduction)
     t = temperature
-    log_p_s = F.log_softmax(student_logits.float() / t, dim=1)
-    log_p_t = F.log_softmax(teacher_logits.float() / t, dim=1)
+    log_p_s = F.log_softmax(_wide(student_logits) / t, dim=1)
+    log_p_t = F.log_softmax(_wide(teacher_logits) / t, dim=1)
     kl = F.kl_div(log_p_s, log_p_t, reduction="sum", log_target=True) * (t * t)
     return kl / student_logits.shape[0] if reduction == "mean" else kl
 
@@ -81,7 +82,7 @@ def roi_l2_loss(student_deltas: Tensor, teacher_deltas: Tensor, reduction: str =
     _check(reduction)
     if skip_background:
         student_deltas, teacher_deltas = student_deltas[:, 4:], teacher_deltas[:, 4:]
-    return F.mse_loss(student_deltas.float(), teacher_deltas.float(),
+    return F.mse_loss(_wide(student_deltas), _wide(teacher_deltas),
                       reduction="sum" if reduction == "sum" else "mean")
 
 

@@ -398,6 +398,10 @@ def bench_method(
             options.setdefault("teacher", teacher)
         distiller = build_distiller(spec.name, options, s_model, t_model,
                                     train_size=train_size, task=the_task).to(device)
+        # a training set of train_size samples with random classes (CRD's class negatives)
+        label_gen = torch.Generator().manual_seed(seed + 1)
+        distiller.use_train_labels(
+            torch.randint(0, num_classes, (train_size,), generator=label_gen))
         if spec.teacher_cache:
             from kdlab.methods.base import Batch
             from kdlab.tools.teacher_cache import cache_for_batch

@@ -1,0 +1,92 @@
+"""The reference code's training settings for the recipes that stand for a published number,
+value by value, each with the file (and line) and commit it comes from.
+
+``tests/core/test_reference_values.py`` compares every recipe named here with these values;
+a value the recipe does not match must be listed in ``DIFFERS`` (with the reason) and named in
+the recipe header's ``Differs:`` paragraph, so that no difference stays silent.
+``scripts/reproduce_gen.py`` reads the table to mark those recipes' parity level in
+docs/reproduce.md. Keys are the recipe's dotted settings (``optim.lr``, ``method.temperature``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+FCFD = "LiuDongyang6/FCFD @ 2aefb7bc74ed81185c13e3fee350d36a9db8d250"
+D2 = "facebookresearch/detectron2 v0.6 @ d1e04565d3bec8719335b88be9e9b961bf3ec464"
+SRRL = "jingyang2017/KD_SRRL @ d2e802f5f57efd4f5bc6326a697b48236008a5b6"
+
+#: (value, where) per setting; one entry per reference configuration
+Values = dict[str, tuple[Any, str]]
+
+
+def _fcfd_detection(config: str, batch_line: int, lr_line: int, amp_line: int,
+                    roil2_line: int) -> Values:
+    """An FCFD detection config (its solver lines) over Detectron2's defaults."""
+    cfg = f"{FCFD}, detection/configs/{config}"
+    return {
+        "data.batch_size": (8, f"{cfg}:{batch_line} (SOLVER.IMS_PER_BATCH)"),
+        "optim.name": ("sgd", f"{D2}, solver/build.py:114-131 (torch.optim.SGD)"),
+        "optim.lr": (0.01, f"{cfg}:{lr_line} (SOLVER.BASE_LR)"),
+        "optim.momentum": (0.9, f"{D2}, config/defaults.py:521 (SOLVER.MOMENTUM)"),
+        "optim.nesterov": (False, f"{D2}, config/defaults.py:523 (SOLVER.NESTEROV)"),
+        "optim.weight_decay": (1e-4, f"{D2}, config/defaults.py:525 (SOLVER.WEIGHT_DECAY)"),
+        "optim.weight_decay_norm": (0.0, f"{D2}, config/defaults.py:528 "
+                                         "(SOLVER.WEIGHT_DECAY_NORM)"),
+        "schedule.gamma": (0.1, f"{D2}, config/defaults.py:530 (SOLVER.GAMMA)"),
+        "schedule.iterations": (180000, f"{cfg}:{lr_line + 1} (SOLVER.MAX_ITER)"),
+        "schedule.milestones": ([120000, 160000], f"{cfg}:{lr_line + 2}-{lr_line + 4} "
+                                                   "(SOLVER.STEPS, iterations)"),
+        "schedule.warmup_iters": (1000, f"{D2}, config/defaults.py:535 (SOLVER.WARMUP_ITERS)"),
+        "schedule.warmup_factor": (0.001, f"{D2}, config/defaults.py:534 "
+                                          "(SOLVER.WARMUP_FACTOR)"),
+        "train.amp": ("fp16", f"{cfg}:{amp_line}-{amp_line + 1} (SOLVER.AMP.ENABLED)"),
+        "method.temperature": (1.0, f"{FCFD}, detection/model/config.py:20 (T)"),
+        "method.app_weight": (1.0, f"{FCFD}, detection/model/config.py:21 (APP_WEIGHT)"),
+        **{f"method.{k}_weight": (1.0, f"{FCFD}, detection/model/config.py:22 (KD_WEIGHT)")
+           for k in ("func_kl", "funcp_kl", "kd")},
+        **{f"method.{k}_weight": (1.0, f"{cfg}:{roil2_line} (ROIL2_WEIGHT)")
+           for k in ("func_l2", "funcp_l2", "kd_l2")},
+        "method.reduction": ("mean", f"{FCFD}, detection/model/rcnn.py:29-37 "
+                                     "(batchmean KL, F.mse_loss)"),
+    }
+
+
+def _srrl(teacher: str) -> Values:
+    script = f"{SRRL}, train_imagenet_distillation.py"
+    return {
+        "data.batch_size": (512, f"{script}:18"),
+        "optim.lr": (0.2, f"{script}:16"),
+        "optim.momentum": (0.9, f"{script}:14"),
+        "optim.weight_decay": (1e-4, f"{script}:19"),
+        "optim.nesterov": (False, f"{script}:56"),
+        "schedule.name": ("multistep", f"{script}:60 (lr_step_policy)"),
+        "schedule.epochs": (100, f"{script}:17"),
+        "schedule.milestones": ([30, 60, 90], f"{script}:60"),
+        "schedule.gamma": (0.1, f"{script}:60"),
+        "train.amp": ("none", f"{script} (no autocast or GradScaler in the repository: fp32)"),
+        "model.teacher": (teacher, f"{SRRL}, models/official_resnet.py:233-243"),
+        "method.ce_weight": (1.0, f"{script}:115-120"),
+        "method.fm_weight": (1.0, f"{script}:115-120 (statm_loss, weight 1)"),
+        "method.sr_weight": (1.0, f"{script}:23, 115-120 (args.weight 1)"),
+    }
+
+
+COCO_FCFD = "recipes/coco/fcfd/"
+#: recipe path -> the reference's values
+REFERENCE: dict[str, Values] = {
+    f"{COCO_FCFD}fasterrcnn_resnet18_fpn_from_fasterrcnn_resnet101_fpn.yaml":
+        _fcfd_detection("FCFD-R18-R101.yaml", 33, 34, 31, 28),
+    f"{COCO_FCFD}fasterrcnn_resnet50_fpn_from_fasterrcnn_resnet101_fpn.yaml":
+        _fcfd_detection("FCFD-R50-R101.yaml", 29, 30, 27, 24),
+    f"{COCO_FCFD}fasterrcnn_mobilenet_v2_fpn_from_fasterrcnn_resnet50_fpn.yaml":
+        _fcfd_detection("FCFD-MV2-R50.yaml", 30, 31, 28, 25),
+    "recipes/coco/fcfd_inherit/fasterrcnn_resnet50_fpn_from_fasterrcnn_resnet101_fpn.yaml":
+        _fcfd_detection("FCFD-R50-R101-INHERIT.yaml", 30, 31, 28, 25),
+    "recipes/imagenet/srrl/resnet18_from_resnet34.yaml": _srrl("resnet34"),
+    "recipes/imagenet/srrl/mobilenet_v1_from_resnet50.yaml": _srrl("resnet50"),
+}
+
+#: recipe path -> {setting: why the recipe differs}; the recipe header names each setting
+#: (none at present: the COCO recipes' run length became schedule.iterations)
+DIFFERS: dict[str, dict[str, str]] = {}
