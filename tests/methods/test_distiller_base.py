@@ -10,6 +10,8 @@ import torch
 from kdlab.errors import UserError
 from kdlab.methods import METHODS, build_distiller
 from kdlab.methods.base import Batch
+from kdlab.tasks import build_task
+from support.detection import tiny_pair as tiny_detectors
 from support.segmentation import seg_task
 
 
@@ -39,7 +41,13 @@ def test_teacher_features_carry_no_graph(tiny_pair):
 @pytest.mark.parametrize("name", [n for n in METHODS.names() if METHODS.get(n).needs_teacher])
 def test_methods_that_need_a_teacher_refuse_to_build_without_one(tiny_pair, name):
     _, student = tiny_pair
-    task = None if "classification" in METHODS.get(name).tasks else seg_task()
+    tasks = METHODS.get(name).tasks
+    if "classification" in tasks:
+        task = None
+    elif "segmentation" in tasks:
+        task = seg_task()
+    else:
+        task, student = build_task("detection"), tiny_detectors()[1]
     with pytest.raises(UserError, match="needs a teacher"):
         build_distiller(name, {}, student, None, task=task)
 

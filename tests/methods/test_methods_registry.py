@@ -16,6 +16,9 @@ from conftest import tiny_staged
 from kdlab.errors import UserError
 from kdlab.methods import METHODS, build_distiller
 from kdlab.methods.base import Batch
+from kdlab.tasks import build_task
+from support.detection import scenes
+from support.detection import tiny_pair as tiny_detectors
 from support.segmentation import seg_batch, seg_task, tiny_seg_pair
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,21 +29,39 @@ TINY_OPTIONS: dict[str, dict] = {
 }
 
 
-def _segmentation_only(cls) -> bool:
-    return "classification" not in cls.tasks
+def _home_task(cls) -> str:
+    """The task a method is tested on here: classification where it runs, else its first."""
+    return "classification" if "classification" in cls.tasks else cls.tasks[0]
 
 
 def _pair(cls):
-    if _segmentation_only(cls):
+    """(student, teacher) for the method's home task."""
+    home = _home_task(cls)
+    if home == "segmentation":
         teacher, student = tiny_seg_pair()
+        return student, teacher
+    if home == "detection":
+        teacher, student = tiny_detectors()
         return student, teacher
     teacher = tiny_staged(widths=(16, 32, 64, 64), seed=1) if cls.needs_teacher else None
     return tiny_staged(widths=(8, 16, 32, 32), seed=2), teacher
 
 
 def _task(cls):
-    return seg_task() if _segmentation_only(cls) else None
+    home = _home_task(cls)
+    return None if home == "classification" else (
+        seg_task() if home == "segmentation" else build_task("detection"))
 
+
+def _batch(cls):
+    """Six images and their targets (two scenes for a detector) for the home task."""
+    home = _home_task(cls)
+    if home == "segmentation":
+        return seg_batch(6)
+    if home == "detection":
+        return scenes(batch=2, seed=3)
+    g = torch.Generator().manual_seed(3)
+    return torch.randn(6, 3, 16, 16, generator=g), torch.arange(6) % 10
 
 
 def _recipe_methods() -> set[str]:
@@ -78,12 +99,8 @@ def test_losses_hook_matches_forward(name):
     d = build_distiller(name, TINY_OPTIONS.get(name, {}), student, teacher, train_size=64,
                         task=_task(cls))
     d.eval()  # deterministic BN: both paths see the same features
-    g = torch.Generator().manual_seed(3)
-    if _segmentation_only(cls):
-        x, y = seg_batch(6)
-    else:
-        x, y = torch.randn(6, 3, 16, 16, generator=g), torch.arange(6) % 10
-    index = torch.arange(6)
+    x, y = _batch(cls)
+    index = torch.arange(len(x))
     # stateful methods (CRD's memory bank) start both calls equal (not a deepcopy: OFD's
     # taps hook the original networks)
     state = copy.deepcopy(d.state_dict())
@@ -101,7 +118,7 @@ def test_losses_hook_matches_forward(name):
 
 #: every method that distils from a frozen teacher, on each task it runs here
 FROZEN_TEACHER = [
-    (n, "segmentation" if _segmentation_only(METHODS.get(n)) else "classification")
+    (n, _home_task(METHODS.get(n)))
     for n in METHODS.names() if METHODS.get(n).needs_teacher
     and not METHODS.get(n).trains_teacher
 ] + [("kd", "segmentation"), ("combo", "segmentation")]
@@ -117,17 +134,18 @@ def test_the_frozen_teacher_runs_once_per_step_under_inference_mode(name, task):
         teacher, student = tiny_seg_pair()
         x, y = seg_batch(6)
         options = {"parts": [{"name": "kd"}, {"name": "cwd"}]} if name == "combo" else {}
+        built_for = seg_task()
     else:
         student, teacher = _pair(cls)
-        x, y = torch.randn(6, 3, 16, 16), torch.arange(6) % 10
+        x, y = _batch(cls)
         options = TINY_OPTIONS.get(name, {})
-    d = build_distiller(name, options, student, teacher, train_size=64,
-                        task=seg_task() if task == "segmentation" else None)
+        built_for = _task(cls)
+    d = build_distiller(name, options, student, teacher, train_size=64, task=built_for)
     d.train()
     first = next(m for m in teacher.modules() if isinstance(m, torch.nn.Conv2d))
     calls: list[bool] = []
     first.register_forward_pre_hook(
         lambda *_: calls.append(torch.is_inference_mode_enabled()))
-    _, terms = d(x, y, torch.arange(6))
+    _, terms = d(x, y, torch.arange(len(x)))
     sum(terms.values()).backward()
     assert calls == [True], f"{name}: teacher's first layer ran {calls} (inference mode)"
