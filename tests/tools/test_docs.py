@@ -31,7 +31,9 @@ def test_the_reference_has_every_method_its_settings_and_recipes():
         if METHODS.get(name).__module__.startswith("kdlab."):
             assert f"## `{name}`" in text
     fcfd = text.split("## `fcfd`")[1].split("\n## ")[0]
-    assert "| `temperature` | `float` | `4.0` |" in fcfd and "ICLR 2023" in fcfd
+    assert "| `temperature` | `float` | `4.0` | `> 0` |" in fcfd and "ICLR 2023" in fcfd
+    assert "| `teacher_bn` | `str` | `eval` | `eval, batch` |" in fcfd
+    assert "| `num_paths` | `int \\| str` | `2` | `>= 0 or all` |" in fcfd
     assert "recipes/cifar100/fcfd/" in fcfd
 
 

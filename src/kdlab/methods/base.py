@@ -22,6 +22,8 @@ from kdlab.nn.batch_stats import batch_statistics
 from kdlab.tasks import Task, build_task
 
 Losses = dict[str, Tensor]
+#: the choices of a method's ``teacher_bn`` setting (see :class:`Distiller`)
+TEACHER_BN = ("eval", "batch")
 
 
 @dataclass
@@ -65,7 +67,8 @@ class Distiller(nn.Module):
 
     Subclasses set ``Config`` and ``needs_teacher`` and implement :meth:`forward`.
 
-    Teacher BatchNorm: a method whose ``Config`` has a ``teacher_bn`` field chooses how the
+    Teacher BatchNorm: a method whose ``Config`` has a ``teacher_bn`` field (choices
+    :data:`TEACHER_BN`, declared on the field) chooses how the
     frozen teacher's BatchNorm layers normalise in the teacher passes below (and in any pass
     a method runs inside :meth:`teacher_bn_mode`): ``eval`` (running statistics, the
     default) or ``batch`` (the current batch's statistics, as reference code that calls
@@ -121,9 +124,6 @@ class Distiller(nn.Module):
             teacher.requires_grad_(False)
         object.__setattr__(self, "_teacher", teacher)
         object.__setattr__(self, "_teacher_runner", None)
-        if getattr(self.cfg, "teacher_bn", "eval") not in ("eval", "batch"):
-            raise UserError(f"method.teacher_bn is {self.cfg.teacher_bn!r}; use 'eval' (running "
-                            "statistics) or 'batch' (batch statistics, as the reference code).")
         self.setup()
 
     def setup(self) -> None:

@@ -3,7 +3,9 @@
 Each method's page section comes from the code, so it cannot drift: the class docstring (the
 paper, what the method does), the tasks it serves, whether it needs a teacher, can be part of
 a ``combo`` and distils stage-free networks, and a table of its ``Config`` settings with type,
-default and the comment written beside the field in the source; then the recipes that use it.
+default, the values it accepts (the range or choices declared on the field,
+:mod:`kdlab.core.settings`) and the comment written beside the field in the source; then the
+recipes that use it.
 ``tests/tools/test_docs.py`` fails when the committed file differs from what this writes.
 
 Run from the repository root: ``python -m kdlab.tools.docs_gen`` (``--check`` only compares).
@@ -21,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from kdlab.core.settings import domain_of
 
 ROOT = Path(__file__).resolve().parents[3]  # src/kdlab/tools/docs_gen.py -> the repository
 TARGET = ROOT / "docs" / "methods.md"
@@ -94,12 +98,19 @@ def settings_table(config: type) -> list[str]:
     if not dataclasses.is_dataclass(config) or not dataclasses.fields(config):
         return ["No settings."]
     comments = field_comments(config)
-    lines = ["| setting | type | default | what it does |", "|---|---|---|---|"]
+    lines = ["| setting | type | default | allowed | what it does |", "|---|---|---|---|---|"]
     for f in dataclasses.fields(config):
         kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
         lines.append(f"| `{f.name}` | `{_cell(kind)}` | `{_cell(_default(f))}` | "
-                     f"{_cell(comments.get(f.name, COMMON.get(f.name, '')))} |")
+                     f"{_allowed(f)} | {_cell(comments.get(f.name, COMMON.get(f.name, '')))} |")
     return lines
+
+
+def _allowed(f: dataclasses.Field) -> str:
+    """The values a setting accepts, as declared on its field (``setting(range=...,
+    choices=...)``, :mod:`kdlab.core.settings`); empty when its type says it all."""
+    domain = domain_of(f)
+    return f"`{_cell(domain.text)}`" if domain is not None else ""
 
 
 def recipes_by_method(root: Path = RECIPES) -> dict[str, list[str]]:

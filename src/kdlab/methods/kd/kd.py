@@ -7,8 +7,9 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor
 
+from kdlab.core.settings import setting
 from kdlab.methods import METHODS
-from kdlab.methods.base import Distiller, Losses
+from kdlab.methods.base import TEACHER_BN, Distiller, Losses
 from kdlab.methods.shared.logits import kd_loss
 from kdlab.models.staged.view import Features
 
@@ -32,10 +33,11 @@ class KD(Distiller):
 
     @dataclass
     class Config:
-        temperature: float = 4.0
-        ce_weight: float = 1.0
-        kd_weight: float = 1.0
-        teacher_bn: str = "eval"  # eval | batch (for the teacher-BN comparison)
+        temperature: float = setting(4.0, range="> 0")
+        ce_weight: float = setting(1.0, range=">= 0")
+        kd_weight: float = setting(1.0, range=">= 0")
+        # eval | batch (for the teacher-BN comparison)
+        teacher_bn: str = setting("eval", choices=TEACHER_BN)
 
     def forward(
         self, images: Tensor, targets: Tensor, index: Tensor | None = None

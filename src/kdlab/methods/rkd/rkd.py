@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from kdlab.core.settings import setting
 from kdlab.methods import METHODS
 from kdlab.methods.base import Distiller, Losses
 from kdlab.methods.shared.relations import rkd_angle_loss, rkd_distance_loss
@@ -26,10 +27,10 @@ class RKD(Distiller):
 
     @dataclass
     class Config:
-        distance_weight: float = 25.0
-        angle_weight: float = 50.0
+        distance_weight: float = setting(25.0, range=">= 0")
+        angle_weight: float = setting(50.0, range=">= 0")
         layer: str = "embedding"
-        ce_weight: float = 1.0
+        ce_weight: float = setting(1.0, range=">= 0")
 
     def losses(
         self,
