@@ -17,6 +17,7 @@ from kdlab.core.domains import Domain
 from kdlab.core.settings import check_settings, domain_of, setting
 from kdlab.errors import UserError
 from kdlab.methods import METHODS
+from kdlab.tasks import TASKS
 from kdlab.training.validate import validate_config
 
 RUN_SECTIONS = [f.name for f in dataclasses.fields(RunConfig)
@@ -24,10 +25,12 @@ RUN_SECTIONS = [f.name for f in dataclasses.fields(RunConfig)
 
 
 def _configs() -> list[tuple[str, str, type]]:
-    """``(where, task, Config)``: every run section, and every registered method's Config in
-    each task it supports (test-only methods, named ``_...``, left out)."""
+    """``(where, task, Config)``: every run section, every task's options and every
+    registered method's Config in each task it supports (test-only methods, named ``_...``,
+    left out)."""
     hints = typing.get_type_hints(RunConfig)
     found = [(name, "classification", hints[name]) for name in RUN_SECTIONS]
+    found += [("task_options", name, TASKS.get(name).Options) for name in TASKS.names()]
     for name in METHODS.names():
         if name.startswith("_"):
             continue
@@ -92,6 +95,8 @@ def _run(where: str, task: str, key: str, value: Any) -> RunConfig:
     if where.startswith("method."):
         tree: dict[str, Any] = {"task": task, "method": {"name": where[len("method."):],
                                                          key: value}}
+    elif where == "task_options":
+        tree = {"task": task, "task_options": {key: value}}
     else:
         tree = {where: {key: value}}
     return build_dataclass(RunConfig, tree, where="config")
@@ -246,3 +251,16 @@ def test_settings_that_depend_on_each_other_are_checked_before_any_network():
     with pytest.raises(UserError, match="increasing order"):
         validate_config(schedule)
 
+
+def test_a_task_option_is_declared_on_its_field_and_checked_by_build_task():
+    from kdlab.tasks import build_task
+
+    seg = {f.name: f for f in dataclasses.fields(TASKS.get("segmentation").Options)}
+    assert str(domain_of(seg["aux_weight"])) == "at least 0"
+    task = build_task("segmentation", 255, options={"window": [8, 6]})
+    assert task.window == [8, 6] and task.stride == (5, 4) and task.aux_weight == 0.4
+    for options, expected in (({"aux_weight": -0.1}, r"^task_options\.aux_weight must be at "),
+                              ({"window": [8, 6, 4]}, r"^task_options\.window must be one size"),
+                              ({"stride": 0}, r"^task_options\.stride must be at least 1")):
+        with pytest.raises(UserError, match=expected):
+            build_task("segmentation", 255, options=options)

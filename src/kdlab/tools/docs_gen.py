@@ -5,7 +5,7 @@ paper, what the method does), the tasks it serves, whether it needs a teacher, c
 a ``combo`` and distils stage-free networks, and a table of its ``Config`` settings with type,
 default, the values it accepts (the range or choices declared on the field,
 :mod:`kdlab.core.settings`) and the comment written beside the field in the source; then the
-recipes that use it.
+recipes that use it. A last section shows each task's ``task_options`` the same way.
 ``tests/tools/test_docs.py`` fails when the committed file differs from what this writes.
 
 Run from the repository root: ``python -m kdlab.tools.docs_gen`` (``--check`` only compares).
@@ -166,8 +166,22 @@ def method_section(name: str, cls: type, recipes: list[str]) -> list[str]:
     return lines
 
 
+def task_options_section() -> list[str]:
+    """The settings of each task kdlab registers (``Task.Options``), as a method's are shown."""
+    from kdlab.tasks import TASKS
+
+    lines = ["## Task options", "",
+             "A run's `task_options` are the settings of its `task`, e.g. "
+             "`task_options: {aux_weight: 0.4}` or `--set task_options.window=512`.", ""]
+    for name in TASKS.names():
+        task = TASKS.get(name)
+        if task.__module__.startswith("kdlab."):
+            lines += [f"### `{name}`", "", *settings_table(task.Options), ""]
+    return lines
+
+
 def generate() -> str:
-    """The text of docs/methods.md for the methods kdlab itself registers."""
+    """The text of docs/methods.md for the methods and tasks kdlab itself registers."""
     from kdlab.methods import METHODS
 
     recipes = recipes_by_method()
@@ -185,6 +199,7 @@ def generate() -> str:
     lines.append("")
     for n in names:
         lines += method_section(n, METHODS.get(n), recipes.get(n, []))
+    lines += task_options_section()
     return "\n".join(lines).rstrip() + "\n"
 
 
