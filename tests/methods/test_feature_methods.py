@@ -10,6 +10,7 @@ from torch import nn
 from conftest import sgd_descent
 from kdlab.errors import UserError
 from kdlab.methods import build_distiller
+from kdlab.methods.base import Batch
 from kdlab.models import MODELS
 from kdlab.models.staged.view import Staged
 
@@ -344,8 +345,9 @@ def test_mismatched_batch_is_a_user_error(name, tiny_pair, monkeypatch):
     teacher, student = tiny_pair
     d = build_distiller(name, OPTIONS[name], student, teacher, train_size=TRAIN_SIZE)
     x, y, _ = _batch()
-    real = d.teacher_features
-    monkeypatch.setattr(d, "teacher_features", lambda images: real(images[:4]))
+    real = d.teacher_source.features
+    monkeypatch.setattr(d.teacher_source, "features",
+                        lambda batch: real(Batch(batch.images[:4])))
     with pytest.raises(UserError):
         d(x, y)
 

@@ -14,12 +14,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import Tensor
-
 from kdlab.core.settings import setting
 from kdlab.errors import UserError
 from kdlab.methods import METHODS
-from kdlab.methods.base import Distiller, Losses
+from kdlab.methods.base import Batch, Distiller, Losses
 from kdlab.methods.fitnet.regressor import ConvRegressor
 from kdlab.methods.shared.bridge import Bridge
 from kdlab.methods.shared.hint import hint_loss
@@ -60,14 +58,7 @@ class FitNet(Distiller):
         else:  # convreg, the other choice of Config.regressor
             self.bridge = ConvRegressor(src, dst)
 
-    def losses(
-        self,
-        student: Features,
-        teacher: Features | None,
-        targets: Tensor,
-        index: Tensor | None = None,
-    ) -> Losses:
-        assert teacher is not None
+    def losses(self, batch: Batch, student: Features, teacher: Features) -> Losses:
         c = self.cfg
         if not c.hint_weight:
             return {}

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import Tensor
-
 from kdlab.core.settings import setting
 from kdlab.errors import UserError
 from kdlab.methods import METHODS
-from kdlab.methods.base import Distiller, Losses
+from kdlab.methods.base import Batch, Distiller, Losses
 from kdlab.methods.shared.relations import sp_loss
 from kdlab.models.staged.view import Features
 
@@ -29,14 +27,7 @@ class SP(Distiller):
         stages: list[int] = setting(factory=lambda: [-1], range="any")
         ce_weight: float = setting(1.0, range=">= 0")
 
-    def losses(
-        self,
-        student: Features,
-        teacher: Features | None,
-        targets: Tensor,
-        index: Tensor | None = None,
-    ) -> Losses:
-        assert teacher is not None
+    def losses(self, batch: Batch, student: Features, teacher: Features) -> Losses:
         total = 0.0
         for k in self.cfg.stages:
             try:
