@@ -241,7 +241,9 @@ def test_settings_that_depend_on_each_other_are_checked_before_any_network():
             ("fcfd", {"logit_loss": "dkd"}, "classification methods"),
             ("ce", {"label_smoothing": 0.1}, "method.ce.label_smoothing applies to classification"),
             ("skd", {"pixel_weight": 0, "pair_weight": 0, "holistic_weight": 0}, "every term off"),
-            ("cwd", {"logits_weight": 0}, "CWD has both terms off")):
+            ("cwd", {"logits_weight": 0}, "CWD has both terms off"),
+            ("combo", {"parts": [{"name": "fcfd", "simkd": True}]},  # a part, in its task
+             r"FCFD\+SimKD and FCFD\+DKD \(method\.parts\[0\]\.simkd")):
         cfg = build_dataclass(RunConfig, {**seg, "method": {"name": name, **options}},
                               where="config")
         with pytest.raises(UserError, match=expected):
