@@ -70,6 +70,8 @@ TABLES = {
         Row("fitnet", "FPN imitation (L_app only)", "fitnet"),
         Row("fcfd", "FCFD (App. D)", "fcfd"),
         Row("fcfd_inherit", "FCFD + inherit (App. E)", "fcfd_inherit"),
+        Row("fgfi", "FGFI (masked FPN imitation)", "fgfi"),
+        Row("reviewkd", "ReviewKD on the FPN", "reviewkd"),
     )),
 }
 

@@ -15,37 +15,7 @@ import torch
 import yaml
 
 from kdlab.cli import main
-
-SRC = str(Path(__file__).resolve().parents[2] / "src")
-
-
-def kdlab(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """Run the real entry point, ``python -m kdlab``, in a fresh process."""
-    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-m", "kdlab", *args], capture_output=True,
-                          text=True, cwd=cwd, env=env, timeout=120)
-
-
-def recipe(tmp_path: Path, name: str = "recipe.yaml", **sections: dict) -> Path:
-    """A tiny synthetic-data recipe: 1 epoch of 2 steps on CPU."""
-    tree = {
-        "data": {"name": "synthetic", "batch_size": 16, "eval_batch_size": 64},
-        "model": {"student": "resnet8"},
-        "method": {"name": "ce"},
-        "optim": {"lr": 0.05},
-        "schedule": {"name": "constant", "epochs": 1},
-        "train": {"device": "cpu", "max_steps_per_epoch": 2, "progress": "none",
-                  "out_dir": str(tmp_path / "runs" / "default")},
-    }
-    for key, value in sections.items():
-        tree[key] = {**tree.get(key, {}), **value}
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(tree))
-    return path
-
-
-def files_under(folder: Path) -> set[str]:
-    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
+from support.cli import SRC, error_of, files_under, kdlab, recipe
 
 
 # --------------------------------------------------------------- the real entry point
@@ -106,15 +76,6 @@ def test_user_errors_through_the_entry_point(tmp_path):
 
 
 # --------------------------------------------------------------- user errors in-process
-def error_of(capsys, *args: str) -> str:
-    assert main(list(args)) == 2
-    captured = capsys.readouterr()
-    assert "Traceback" not in captured.err
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("kdlab: error:"), captured.err
-    return lines[0]
-
-
 def test_unknown_names_and_keys_suggest_close_ones(tmp_path, capsys):
     path = str(recipe(tmp_path))
     assert "Did you mean 'resnet8'" in error_of(capsys, "train", path,

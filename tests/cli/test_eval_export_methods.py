@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_cli import error_of, files_under, recipe
 
 from kdlab.cli import main
 from kdlab.cli.commands.common import load_run_checkpoint, restore_run
 from kdlab.errors import UserError
 from kdlab.export import load_exported, read_exported
 from kdlab.methods import METHODS
+from support.cli import error_of, files_under, recipe
 
 RUNS = ("simkd", "fcfd_simkd", "dml")
 

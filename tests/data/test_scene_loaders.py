@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import torch
-from test_data import tiny_fashion
 
 from kdlab.core.config import DataConfig
 from kdlab.data import build_loaders, describe
 from kdlab.data.dense_augment import JointCropFlip, resolve, warp, warp_boxes
 from kdlab.data.dense_loader import box_targets
 from kdlab.data.scene_sets import load_scenes
+from support.data import tiny_fashion
 
 CPU = torch.device("cpu")
 

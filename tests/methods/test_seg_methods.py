@@ -160,16 +160,8 @@ def test_skd_each_term_reaches_exactly_its_side():
     assert sum(moved(_grads(losses["critic"], c_params))) >= len(c_params) // 2
 
 
-@pytest.mark.parametrize("critic_optimizer", ["adam", "sgd"])
-def test_one_skd_step_is_the_authors_alternation(critic_optimizer):
-    d, *_ = _build("skd", {"critic_optimizer": critic_optimizer})
-    ref = copy.deepcopy(d)
-    d.train()
-    ref.train()
-    x, y = seg_batch()
-    c = d.cfg
-
-    # kdlab: one forward, one backward, the run's optimiser and the critic's own
+def _kdlab_step(d, x, y):
+    """kdlab's step: one forward, one backward, the run's optimiser and the critic's own."""
     main, critic_opt = _optimizers(d)
     torch.manual_seed(5)
     _, losses = d(x, y)
@@ -179,34 +171,129 @@ def test_one_skd_step_is_the_authors_alternation(critic_optimizer):
     main.step()
     critic_opt.step()
 
-    # the authors' order: student step on its loss, then the critic's step on the maps
-    # computed before the student's update
+
+def _same_state(d, ref, options):
+    ours, theirs = d.state_dict(), ref.state_dict()
+    assert ours.keys() == theirs.keys()
+    for k in ours:
+        assert torch.allclose(ours[k], theirs[k], atol=1e-6, rtol=1e-5), k
+    # and the step did something on both sides
+    before = _build("skd", options)[0].state_dict()
+    assert not torch.equal(before["critic.4.weight"], ours["critic.4.weight"])
+    assert not torch.equal(before["student.net.cls.weight"], ours["student.net.cls.weight"])
+
+
+@pytest.mark.parametrize("critic_optimizer", ["adam", "sgd"])
+def test_one_skd_step_is_the_authors_alternation(critic_optimizer):
+    """The SKD authors' step (networks/kd_model.py:119-173): student step on CE + pixel
+    (summed over the batch's images) + pair + generator, then the critic's WGAN-GP step
+    on the maps computed before the student's update, teacher first."""
+    options = {"critic_optimizer": critic_optimizer, "pixel_reduction": "image",
+               "spectral_norm": "sagan"}
+    d, *_ = _build("skd", options)
+    ref = copy.deepcopy(d)
+    d.train()
+    ref.train()
+    x, y = seg_batch()
+    c = d.cfg
+    _kdlab_step(d, x, y)
+
     g_opt, d_opt = _optimizers(ref)
     torch.manual_seed(5)
     t = ref.teacher_source.features(Batch(x))
     s = ref.task.features(ref.student, x, y)
-    g_loss = (ref.task_loss(s, y) + c.pixel_weight * pixel_kl_loss(s.logits, t.logits)
+    pixel = pixel_kl_loss(s.logits, t.logits) * x.shape[0]  # summed over the images
+    g_loss = (ref.task_loss(s, y) + c.pixel_weight * pixel
               + c.pair_weight * pairwise_similarity_loss(s.embedding, t.embedding)
-              - c.holistic_weight * ref.critic(s.logits).mean())
+              - c.generator_weight * ref.critic(s.logits).mean())
     g_opt.zero_grad()
     g_loss.backward()
     g_opt.step()
     d_opt.zero_grad()
     d_t = ref.critic(t.logits).mean()
     d_s = ref.critic(s.logits.detach()).mean()
-    d_loss = c.holistic_weight * (d_s - d_t) + c.holistic_weight * c.gp_weight * (
+    d_loss = c.critic_weight * (d_s - d_t) + c.critic_weight * c.gp_weight * (
         gradient_penalty(ref.critic, t.logits, s.logits))
     d_loss.backward()
     d_opt.step()
+    _same_state(d, ref, options)
 
-    ours, theirs = d.state_dict(), ref.state_dict()
-    assert ours.keys() == theirs.keys()
-    for k in ours:
-        assert torch.allclose(ours[k], theirs[k], atol=1e-6, rtol=1e-5), k
-    # and the step did something on both sides
-    before = _build("skd", {"critic_optimizer": critic_optimizer})[0].state_dict()
-    assert not torch.equal(before["critic.4.weight"], ours["critic.4.weight"])
-    assert not torch.equal(before["student.net.cls.weight"], ours["student.net.cls.weight"])
+
+#: CIRKD's SKD row (winycg/CIRKD @ 48eb81b train_scripts/train_kd/train_skd.sh, train_kd.py)
+CIRKD_SKD = {"pixel_weight": 1.0, "pixel_reduction": "pixel", "pair_weight": 10.0,
+             "pair_pool": "kernel", "pool_kernel": 2, "pair_norm": "normalize",
+             "adversarial": "hinge", "generator_weight": 0.001, "critic_weight": 0.1,
+             "gp_weight": 0.0, "critic_optimizer": "adam", "critic_schedule": "constant",
+             "critic_order": "student_first", "spectral_norm": "sagan"}
+
+
+def _cirkd_pair_loss(f_s, f_t):
+    """CIRKD's CriterionStructuralKD (losses/skd.py:20-40), written out: 2x2 max pooling
+    (ceil), F.normalize over channels, bmm similarities, mean squared difference."""
+    def sim(f):
+        f = torch.nn.functional.max_pool2d(f, 2, 2, ceil_mode=True)
+        f = torch.nn.functional.normalize(f.flatten(2), p=2, dim=1)
+        return torch.bmm(f.transpose(1, 2), f)
+    return (sim(f_s) - sim(f_t)).pow(2).mean()
+
+
+def test_one_skd_step_is_cirkds():
+    """CIRKD's step (train_kd.py:313-376): student loss CE + KD + lambda_adv * G + lambda_skd *
+    pair-wise, its backward and SGD step; then the critic's hinge loss on D(S) then D(T) of
+    the detached maps (computed before the student's step), its Adam step."""
+    d, *_ = _build("skd", CIRKD_SKD)
+    ref = copy.deepcopy(d)
+    d.train()
+    ref.train()
+    x, y = seg_batch()
+    _kdlab_step(d, x, y)
+
+    g_opt, d_opt = _optimizers(ref)
+    torch.manual_seed(5)
+    t = ref.teacher_source.features(Batch(x))
+    s = ref.task.features(ref.student, x, y)
+    adv_g = 0.001 * -ref.critic(s.logits).mean()
+    d_s, d_t = ref.critic(s.logits.detach()), ref.critic(t.logits.detach())
+    adv_d = 0.1 * (torch.relu(1.0 - d_t).mean() + torch.relu(1.0 + d_s).mean())
+    kd = torch.nn.functional.kl_div(  # losses/kd.py: rows of B h w pixels, batchmean, T 1
+        torch.log_softmax(s.logits.permute(0, 2, 3, 1).reshape(-1, s.logits.shape[1]), 1),
+        torch.softmax(t.logits.permute(0, 2, 3, 1).reshape(-1, t.logits.shape[1]), 1),
+        reduction="batchmean")
+    losses = ref.task_loss(s, y) + kd + adv_g + 10.0 * _cirkd_pair_loss(s.embedding, t.embedding)
+    g_opt.zero_grad()
+    losses.backward()
+    g_opt.step()
+    d_opt.zero_grad()
+    adv_d.backward()
+    d_opt.step()
+    _same_state(d, ref, CIRKD_SKD)
+
+
+def test_skd_pair_term_settings_are_the_two_references():
+    g = torch.Generator().manual_seed(4)
+    f_s, f_t = torch.randn(2, 6, 9, 13, generator=g), torch.randn(2, 10, 9, 13, generator=g)
+    ours = pairwise_similarity_loss(f_s, f_t, pool="kernel", kernel=2, norm="normalize")
+    torch.testing.assert_close(ours, _cirkd_pair_loss(f_s, f_t))
+    # the gradient goes through F.normalize's norm (CIRKD), not around it (the SKD authors)
+    f_s.requires_grad_(True)
+    (through,) = torch.autograd.grad(pairwise_similarity_loss(
+        f_s, f_t, pool="kernel", norm="normalize"), f_s)
+    (around,) = torch.autograd.grad(pairwise_similarity_loss(
+        f_s, f_t, pool="kernel", norm="detached"), f_s)
+    assert not torch.allclose(through, around)
+    with pytest.raises(UserError, match="pair_norm"):
+        _build("skd", {"pair_norm": "l1"})
+    with pytest.raises(UserError, match="adversarial"):
+        _build("skd", {"adversarial": "lsgan"})
+
+
+def test_skd_holistic_weight_sets_both_sides():
+    d, *_ = _build("skd", {"holistic_weight": 0.3})
+    assert d.cfg.holistic_weights == (0.3, 0.3)
+    d, *_ = _build("skd", {"pixel_weight": 0.0, "pair_weight": 0.0, "generator_weight": 0.0,
+                           "critic_weight": 0.2, "adversarial": "hinge"})
+    _, losses = d(*seg_batch())
+    assert set(losses) == {"ce", "critic"}  # a critic that trains, no term on the student
 
 
 def test_skd_under_bf16_autocast_stays_finite():
@@ -219,3 +306,18 @@ def test_skd_under_bf16_autocast_stays_finite():
     total.backward()
     assert torch.isfinite(total)
     assert all(p.grad is None or torch.isfinite(p.grad).all() for p in d.parameters())
+
+
+def test_cwd_feature_projection_is_the_authors_or_cirkds():
+    """TorchDistiller's cwd_feat (1x1 conv + BN + ReLU) or CIRKD's CriterionCWD (a bare 1x1
+    conv without bias, losses/cwd.py:57, 62-63), both into the teacher's channels."""
+    d, student, teacher = _build("cwd", {"feature_weight": 1.0})
+    assert [type(m) for m in d.projection] == [torch.nn.Conv2d, torch.nn.BatchNorm2d,
+                                               torch.nn.ReLU]
+    d, student, teacher = _build("cwd", {"feature_weight": 1.0, "feature_projection": "conv"})
+    assert type(d.projection) is torch.nn.Conv2d and d.projection.bias is None
+    assert d.projection.weight.shape == (teacher.embedding_dim, student.embedding_dim, 1, 1)
+    _, losses = d(*seg_batch())
+    assert torch.isfinite(losses["cwd_feature"])
+    with pytest.raises(UserError, match="feature_projection"):
+        _build("cwd", {"feature_weight": 1.0, "feature_projection": "mlp"})

@@ -17,7 +17,6 @@ import pytest
 import torch
 import torchvision
 import yaml
-from test_cli import error_of, recipe
 
 from kdlab.cli import main
 from kdlab.core.config import load_config
@@ -25,6 +24,7 @@ from kdlab.errors import UserError
 from kdlab.models import build_model, pretrained_models
 from kdlab.tasks.classification.datasets.synthetic import Synthetic
 from kdlab.training.build import build_distiller_from_config, check_model_config
+from support.cli import error_of, recipe
 
 INFO = Synthetic.info  # 10 classes, 3 x 16 x 16
 

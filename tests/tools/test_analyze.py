@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from test_cli import error_of, recipe
 
 from conftest import tiny_staged
 from kdlab.cli import main
@@ -38,6 +37,7 @@ from kdlab.tools.analysis.exit_branch import (
     train_exit_branch,
 )
 from kdlab.tools.analysis.probe import AS_IS, BRIDGED, REGRESSOR, student_feed, teacher_feed
+from support.cli import error_of, recipe
 
 SMALL_DATA = {"name": "synthetic", "batch_size": 32, "eval_batch_size": 64,
               "train_subset": 128, "val_subset": 64}
@@ -200,6 +200,31 @@ def test_recalibration_recomputes_the_statistics_on_the_given_features(tiny_pair
     assert not torch.equal(branch.adapter[1].running_mean, bn.running_mean)  # a copy
     acc = branch_accuracy(fresh, feed, batches, torch.device("cpu"))
     assert 0.0 <= acc <= 100.0
+
+
+def test_recalibration_rewinds_an_epoch_loader(tiny_pair):
+    """The statistics do not depend on the loader's epoch left by what ran before (a branch
+    just trained, or read from the cache)."""
+    teacher, _ = tiny_pair
+    info = type("Info", (), {"num_classes": 10, "in_channels": 3, "input_size": 16})
+    branch = build_exit_branch(teacher, 2, "resnet8", info).eval()
+    feed = teacher_feed(teacher.eval(), 2)
+
+    class EpochBatches:
+        def __init__(self) -> None:
+            self.epoch = 0
+
+        def set_epoch(self, epoch: int) -> None:
+            self.epoch = epoch
+
+        def __iter__(self):
+            return iter(_batches(2, seed=self.epoch))
+
+    loader = EpochBatches()
+    first = recalibrate(branch, feed, loader, torch.device("cpu")).adapter[1].running_mean
+    loader.set_epoch(3)
+    again = recalibrate(branch, feed, loader, torch.device("cpu")).adapter[1].running_mean
+    assert torch.equal(first, again)
 
 
 def test_student_feed_uses_the_bridge_else_the_shape(tiny_pair):

@@ -58,6 +58,20 @@ class DataConfig:
     mean: list[float] | None = setting(None, range="[0, 1]")
     std: list[float] | None = setting(None, range="> 0")
     normalized: bool = False
+    # segmentation folders (VOC, Cityscapes, ADE20K): the network's input, null = the
+    # dataset's (RGB, ImageNet mean / std). channel_order bgr reverses the channels (caffe- and
+    # OpenCV-style networks); pixel_mean / pixel_std per channel in that order on the 0..255
+    # scale, e.g. CIRKD's bgr, [104.00698793, 116.66876762, 122.67891434], [1, 1, 1]
+    channel_order: str = setting("rgb", choices=("rgb", "bgr"))
+    pixel_mean: list[float] | None = setting(None, range="[0, 255]")
+    pixel_std: list[float] | None = setting(None, range="> 0")
+    # segmentation folders: training scale factors of the whole image, one drawn uniformly per
+    # image (e.g. CIRKD's 0.5, 0.6, ..., 2.0), padded at the bottom / right to the crop with
+    # the colour `pad` (zero | mean); null = the dataset's continuous range of the shorter side
+    scales: list[float] | None = setting(None, range="> 0")
+    pad: str = setting("zero", choices=("zero", "mean"))
+    # segmentation folders: training crop [h, w]; null: the dataset's
+    crop: list[int] | None = setting(None, range=">= 1")
 
 
 @dataclass
@@ -90,31 +104,43 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    # poly is stepped per iteration, the others per epoch
+    # poly is stepped per iteration, the others per epoch (or per iteration with `iterations`)
     name: str = setting("multistep", choices=("multistep", "cosine", "constant", "poly"))
     epochs: int = setting(240, range=">= 1")
     milestones: list[int] = setting(factory=lambda: [150, 180, 210], range=">= 1")
     gamma: float = setting(0.1, range="> 0")
     warmup_epochs: int = setting(0, range=">= 0")
     power: float = setting(0.9, range="> 0")  # poly: lr * (1 - iteration / iterations) ** power
+    # the run's length in iterations (optimiser steps), e.g. 40000; when given it replaces
+    # epochs (epochs = ceil(iterations / steps per epoch), the last one cut short), every
+    # schedule is stepped per iteration and multistep milestones count iterations
+    iterations: int | None = setting(None, range=">= 1")
 
     def check(self, where: str, task: str | None = None) -> None:
-        """The warm-up ends before the last epoch; multistep milestones come in increasing
-        order, after the warm-up and within the epochs."""
-        if self.warmup_epochs >= self.epochs:
+        """The warm-up ends before the run does; multistep milestones come in increasing
+        order, within the run (epochs, or iterations with ``iterations``) and, counted in
+        epochs, after the warm-up (counted in iterations, the builder checks that against
+        the steps per epoch, :func:`kdlab.training.optimisation.build_scheduler`)."""
+        if self.iterations is None and self.warmup_epochs >= self.epochs:
             raise UserError(f"{where}.warmup_epochs must be less than {where}.epochs "
                             f"({self.epochs}), got {self.warmup_epochs}.")
+        if self.iterations is not None and self.warmup_epochs >= self.iterations:
+            raise UserError(f"{where}.warmup_epochs must be less than the run's length "
+                            f"({where}.iterations={self.iterations}), got "
+                            f"{self.warmup_epochs}.")
         if self.name != "multistep":
             return
-        late = [m for m in self.milestones if m > self.epochs]
+        length, unit = ((self.epochs, "epoch") if self.iterations is None
+                        else (self.iterations, "iteration"))
+        late = [m for m in self.milestones if m > length]
         if late:
             raise UserError(
-                f"{where}.milestones {late} come after the last epoch ({where}.epochs="
-                f"{self.epochs}), so the LR would never drop there; give milestones within the "
-                f"epochs (e.g. --set {where}.milestones=[...]) or raise {where}.epochs.")
+                f"{where}.milestones {late} come after the last {unit} ({where}.{unit}s="
+                f"{length}), so the LR would never drop there; give milestones within the "
+                f"{unit}s (e.g. --set {where}.milestones=[...]) or raise {where}.{unit}s.")
         if sorted(self.milestones) != list(self.milestones):
             raise UserError(f"{where}.milestones {self.milestones} must be in increasing order.")
-        if any(m <= self.warmup_epochs for m in self.milestones):
+        if self.iterations is None and any(m <= self.warmup_epochs for m in self.milestones):
             raise UserError(f"{where}.milestones {self.milestones} must all come after the "
                             f"{self.warmup_epochs} warm-up epochs.")
 
@@ -130,6 +156,12 @@ class TrainConfig:
     compile: bool | str = False
     out_dir: str = "runs/default"
     eval_every: int = setting(1, range=">= 1")
+    # evaluate every N iterations (counted from the run's start) and at the run's end instead
+    # of every eval_every epochs; best.pt is the best of these evaluations
+    eval_every_iters: int | None = setting(None, range=">= 1")
+    # under torchrun: BatchNorm of the student and the method's modules as SyncBatchNorm
+    # (statistics over the global batch; CUDA only); the frozen teacher keeps its own
+    sync_bn: bool = False
     # cut epochs short (smoke tests, benchmarks)
     max_steps_per_epoch: int | None = setting(None, range=">= 1")
     progress: str = setting("auto", choices=("auto", "bar", "lines", "none"))

@@ -64,6 +64,9 @@ class DatasetSource:
     """A registered dataset: class-level :attr:`info` plus :meth:`build` that makes the loaders."""
 
     info: ClassVar[DatasetInfo]
+    #: whether the source reads the input settings ``data.channel_order``, ``pixel_mean``,
+    #: ``pixel_std``, ``scales``, ``pad`` and ``crop`` (the segmentation folders do)
+    input_settings: ClassVar[bool] = False
 
     def build(
         self, cfg: DataConfig, device: torch.device, *, seed: int, rank: int, world_size: int

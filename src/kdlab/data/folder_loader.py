@@ -5,7 +5,7 @@ has an ``epoch`` attribute; workers decode, normalisation happens on the device.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -21,11 +21,17 @@ class FolderLoader:
 
     def __init__(self, dataset: Any, sampler: Any, *, batch_size: int, train: bool,
                  device: torch.device, num_workers: int, mean: tuple, std: tuple,
-                 collate_fn: Any = None) -> None:
+                 collate_fn: Any = None, scale: float = 255.0, bgr: bool = False,
+                 finish: Callable[[torch.Tensor, torch.Tensor],
+                                  tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
+        """``mean`` / ``std`` on the ``scale`` of the pixels (255: [0, 1]; 1: 0..255), in the
+        channel order the network reads (``bgr``: the decoded RGB channels reversed first);
+        ``finish(images, targets)`` runs on the normalised batch (e.g. padding colours)."""
         self.dataset, self.sampler, self.device = dataset, sampler, device
         self.num_workers = num_workers  # processes that decode files (kdlab.runtime.threads)
         self.mean = torch.tensor(mean, dtype=torch.float32, device=device)
         self.std = torch.tensor(std, dtype=torch.float32, device=device)
+        self.scale, self.bgr, self.finish = scale, bgr, finish
         self.loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler,
                                  num_workers=num_workers, drop_last=train,
                                  pin_memory=device.type == "cuda", collate_fn=collate_fn)
@@ -42,6 +48,10 @@ class FolderLoader:
     def __iter__(self) -> Iterator[Batch]:
         for images, targets, index in self.loader:
             images = images.to(self.device, non_blocking=True)
-            yield (normalise(images, self.mean, self.std),
-                   targets.to(self.device, non_blocking=True),
-                   index.to(self.device, non_blocking=True))
+            if self.bgr:
+                images = images.flip(1)
+            images = normalise(images, self.mean, self.std, self.scale)
+            targets = targets.to(self.device, non_blocking=True)
+            if self.finish is not None:
+                images, targets = self.finish(images, targets)
+            yield images, targets, index.to(self.device, non_blocking=True)

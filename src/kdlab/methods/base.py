@@ -210,7 +210,8 @@ class Distiller(nn.Module):
         """Trainable parameters stepped by an optimiser of their own (e.g. SKD's
         discriminator with Adam), by name, with the factory of that optimiser. The trainer
         leaves them out of the run's optimiser and steps each after the same backward; the
-        method keeps each loss's gradient on its own side."""
+        method keeps each loss's gradient on its own side. Each follows the run's LR schedule
+        unless its factory sets ``optimizer.kdlab_schedule = "constant"`` on it."""
         return {}
 
     # ----------------------------------------------------------------- the step

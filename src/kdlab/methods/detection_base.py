@@ -9,12 +9,15 @@ student's ``roi_heads`` in their ``detection/model/rcnn.py``). The teacher's RPN
 
 The teacher's pass runs under ``torch.no_grad`` (not inference mode): its FPN features feed
 the teacher-to-student bridges of FCFD's ``L_func'`` without a copy, and carry no gradient.
+A method that reads only the teacher's FPN features (FGFI, ReviewKD) sets
+``reads_teacher_roi = False``, and the teacher's ROI head is not run for it.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -27,22 +30,26 @@ from kdlab.tasks.detection.models import DetectionOutput, Detector, check_detect
 @dataclass
 class TeacherROI:
     """The teacher's FPN features of the student's batch and its ROI head's outputs on the
-    student's sampled proposals (no gradient)."""
+    student's sampled proposals (no gradient; None when the ROI head was not run)."""
 
     fpn: OrderedDict[str, Tensor]
-    logits: Tensor
-    box_deltas: Tensor
+    logits: Tensor | None
+    box_deltas: Tensor | None
 
 
-def teacher_roi(teacher: Detector, s: DetectionOutput) -> TeacherROI:
-    """``teacher``'s FPN on the student's resized batch and its ROI head on the student's
-    sampled proposals, under ``torch.inference_mode``; the results are cloned out of it so that
-    losses may save them for the backward pass (they carry no gradient)."""
+def teacher_roi(teacher: Detector, s: DetectionOutput, roi: bool = True) -> TeacherROI:
+    """``teacher``'s FPN on the student's resized batch and (with ``roi``) its ROI head on the
+    student's sampled proposals, under ``torch.inference_mode``; the results are cloned out of
+    it so that losses may save them for the backward pass (they carry no gradient)."""
+    logits = deltas = None
     with torch.inference_mode():
         fpn = teacher.backbone(s.images)
-        logits, deltas = teacher.lens(fpn, s.proposals, s.image_sizes)
+        if roi:
+            logits, deltas = teacher.lens(fpn, s.proposals, s.image_sizes)
+    # clones made outside inference mode are normal tensors (without a gradient)
     return TeacherROI(fpn=OrderedDict((k, v.clone()) for k, v in fpn.items()),
-                      logits=logits.clone(), box_deltas=deltas.clone())
+                      logits=None if logits is None else logits.clone(),
+                      box_deltas=None if deltas is None else deltas.clone())
 
 
 class DetectionDistiller(Distiller):
@@ -52,6 +59,8 @@ class DetectionDistiller(Distiller):
     losses) + losses(batch, student, teacher)``."""
 
     tasks = ("detection",)
+    #: whether :meth:`losses` reads the teacher's ROI outputs (else only its FPN features)
+    reads_teacher_roi: ClassVar[bool] = True
 
     @property
     def s_det(self) -> Detector:
@@ -82,4 +91,4 @@ class DetectionDistiller(Distiller):
     def teacher_pass(self, batch: Batch, student: DetectionOutput) -> TeacherROI:
         """The teacher on the student's resized batch and sampled proposals (no gradient)."""
         assert self.teacher_source is not None
-        return teacher_roi(self.teacher_source.network(), student)
+        return teacher_roi(self.teacher_source.network(), student, roi=self.reads_teacher_roi)

@@ -19,3 +19,9 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
     if amp not in AMP_DTYPES:
         raise UserError(f"train.amp {amp!r} is not known; use none, bf16 or fp16.")
     return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[amp])
+
+
+def widen(t: torch.Tensor) -> torch.Tensor:
+    """Half-precision values (under autocast) as float32; float32 and float64 as they are
+    (a loss computed in float64 stays in float64)."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t

@@ -4,7 +4,9 @@ Launched with ``torchrun --nproc_per_node=N -m kdlab ...`` the environment holds
 ``WORLD_SIZE`` and ``LOCAL_RANK``; :func:`setup` then joins the process group (nccl on CUDA,
 gloo otherwise) and picks the device of the local rank. Only the distiller (student and its
 trainable extras) is wrapped by DistributedDataParallel; the frozen teacher is not a
-submodule, so it is neither wrapped nor synchronised.
+submodule, so it is neither wrapped nor synchronised. With ``train.sync_bn`` the distiller's
+BatchNorm layers normalise with the statistics of the global batch
+(:func:`sync_batchnorm`), as the segmentation references train.
 """
 
 from __future__ import annotations
@@ -104,6 +106,30 @@ def wrap(model: nn.Module, device: torch.device, *, find_unused: bool) -> nn.Mod
                 dist.broadcast(model.get_buffer(name), src=0)
     ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused)
+
+
+#: the BatchNorm classes :func:`sync_batchnorm` turns into SyncBatchNorm (exactly these: a
+#: subclass with behaviour of its own, e.g. path-aware statistics, is left alone)
+PLAIN_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def sync_batchnorm(model: nn.Module, device: torch.device) -> int:
+    """Make every plain BatchNorm of ``model`` (the distiller: student, method modules, a
+    critic; not the frozen teacher, which is no submodule) a ``torch.nn.SyncBatchNorm``;
+    returns how many. The modules are converted in place (their class changes, their
+    parameters and statistics stay the same tensors), so the staged views and anything else
+    that holds them keep working. SyncBatchNorm reduces over the process group in training:
+    PyTorch runs it on CUDA only."""
+    if device.type != "cuda":
+        raise UserError("train.sync_bn needs CUDA devices (PyTorch's SyncBatchNorm has no CPU "
+                        "kernel); run on GPUs or set train.sync_bn=false.")
+    count = 0
+    for m in model.modules():
+        if type(m) in PLAIN_BATCHNORMS:
+            m.__class__ = nn.SyncBatchNorm
+            m.process_group = None  # the whole world
+            count += 1
+    return count
 
 
 def unwrap(model: nn.Module) -> nn.Module:

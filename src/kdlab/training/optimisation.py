@@ -2,12 +2,14 @@
 optimisers of parameters a method steps separately (e.g. SKD's discriminator).
 
 The schedule is stepped once per epoch (multistep, cosine, constant) or once per iteration
-(``poly``, the segmentation literature's schedule); warm-up epochs are a linear ramp either
-way. Everything here saves into and loads from one plain dict of the run checkpoint.
+(``poly``, the segmentation literature's schedule, and every schedule whose length is given
+as ``schedule.iterations``); warm-up epochs are a linear ramp either way. Everything here
+saves into and loads from one plain dict of the run checkpoint.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +21,7 @@ from torch.optim import Optimizer, lr_scheduler
 
 from kdlab.core.config import OptimConfig, ScheduleConfig
 from kdlab.core.settings import check_settings
+from kdlab.errors import UserError
 
 #: schedules stepped after every iteration instead of every epoch
 PER_ITERATION = frozenset({"poly"})
@@ -50,25 +53,51 @@ class PolyDecay:
         return max(0.0, 1.0 - step / self.total) ** self.power
 
 
+def per_iteration(cfg: ScheduleConfig) -> bool:
+    """Whether the schedule is stepped after every iteration (poly, or any schedule whose
+    length is given in ``schedule.iterations``) rather than every epoch."""
+    return cfg.name in PER_ITERATION or cfg.iterations is not None
+
+
+def run_length(cfg: ScheduleConfig, steps_per_epoch: int) -> tuple[int, int]:
+    """(epochs, steps of the last epoch) of a run: ``schedule.epochs`` full epochs, or with
+    ``schedule.iterations`` as many epochs as those iterations need, the last one cut short."""
+    if cfg.iterations is None:
+        return cfg.epochs, steps_per_epoch
+    epochs = math.ceil(cfg.iterations / steps_per_epoch)
+    return epochs, cfg.iterations - (epochs - 1) * steps_per_epoch
+
+
 def build_scheduler(cfg: ScheduleConfig, opt: Optimizer,
                     steps_per_epoch: int = 1) -> lr_scheduler.LRScheduler:
     """The LR schedule: multistep | cosine | constant (stepped per epoch) or poly (stepped per
     iteration, ``steps_per_epoch`` of them per epoch), after an optional linear warm-up of
-    ``warmup_epochs`` (milestones stay absolute epochs); the settings are checked first
-    (:func:`~kdlab.core.settings.check_settings`)."""
+    ``warmup_epochs`` (milestones stay absolute epochs). With ``schedule.iterations`` every
+    schedule is stepped per iteration over exactly that many iterations, and milestones
+    are iterations. The settings are checked first
+    (:func:`~kdlab.core.settings.check_settings`), then what needs ``steps_per_epoch``."""
     check_settings(cfg, "schedule")
     warm = cfg.warmup_epochs
-    unit = steps_per_epoch if cfg.name in PER_ITERATION else 1
+    unit = steps_per_epoch if per_iteration(cfg) else 1
+    total = cfg.epochs * unit if cfg.iterations is None else cfg.iterations
+    if not warm * unit < total:
+        raise UserError(f"schedule.warmup_epochs must be between 0 and the run's length less "
+                        f"one epoch, got {warm}.")
     if cfg.name == "multistep":
+        # milestones count epochs, or iterations with schedule.iterations
+        start = warm if cfg.iterations is None else warm * unit
+        if any(m <= start for m in cfg.milestones):
+            raise UserError(f"schedule.milestones {cfg.milestones} must all come after the "
+                            f"{warm} warm-up epochs.")
         main: lr_scheduler.LRScheduler = lr_scheduler.MultiStepLR(
-            opt, milestones=[m - warm for m in cfg.milestones], gamma=cfg.gamma)
+            opt, milestones=[m - start for m in cfg.milestones], gamma=cfg.gamma)
     elif cfg.name == "cosine":
-        main = lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs - warm)
+        main = lr_scheduler.CosineAnnealingLR(opt, T_max=total - warm * unit)
     elif cfg.name == "constant":
         main = lr_scheduler.LambdaLR(opt, _one)
     else:
         assert cfg.name == "poly", cfg.name  # the choices of ScheduleConfig.name
-        main = lr_scheduler.LambdaLR(opt, PolyDecay((cfg.epochs - warm) * unit, cfg.power))
+        main = lr_scheduler.LambdaLR(opt, PolyDecay(total - warm * unit, cfg.power))
     if warm == 0:
         return main
     ramp = lr_scheduler.LinearLR(opt, start_factor=1.0 / (warm * unit + 1), end_factor=1.0,
@@ -96,7 +125,8 @@ class Optimisation:
     per_iteration: bool
     separate: dict[str, Optimizer] = field(default_factory=dict)
     #: the run's schedule applied to each separate optimiser too (the SKD authors poly-decay
-    #: their critic's learning rate like the student's)
+    #: their critic's learning rate like the student's), except those whose factory marked
+    #: them ``kdlab_schedule = "constant"`` (CIRKD's critic)
     separate_scheds: dict[str, lr_scheduler.LRScheduler] = field(default_factory=dict)
 
     @classmethod
@@ -111,10 +141,11 @@ class Optimisation:
             opt=opt,
             sched=build_scheduler(schedule, opt, steps_per_epoch),
             scaler=torch.amp.GradScaler(device.type, enabled=amp == "fp16"),
-            per_iteration=schedule.name in PER_ITERATION,
+            per_iteration=per_iteration(schedule),
             separate=own,
             separate_scheds={name: build_scheduler(schedule, o, steps_per_epoch)
-                             for name, o in own.items()},
+                             for name, o in own.items()
+                             if getattr(o, "kdlab_schedule", "run") != "constant"},
         )
 
     def schedules(self) -> list[lr_scheduler.LRScheduler]:
@@ -161,6 +192,7 @@ class Optimisation:
             raise KeyError(f"separate optimisers {sorted(saved)} != {sorted(self.separate)}")
         for name, o in self.separate.items():
             o.load_state_dict(saved[name])
-            self.separate_scheds[name].load_state_dict(state["separate_schedulers"][name])
+        for name, sched in self.separate_scheds.items():
+            sched.load_state_dict(state["separate_schedulers"][name])
         for sched in self.schedules():
             _restore_counters(sched)

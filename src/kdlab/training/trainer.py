@@ -9,6 +9,12 @@ Determinism: at every epoch start torch / random / numpy are reseeded from
 ``(train.seed, epoch)`` and the train loader's ``set_epoch(epoch)`` is called, so a run
 resumed from an epoch checkpoint (``resume=True``) ends with the same weights as one that
 ran straight through. A run killed mid-epoch resumes from its last epoch checkpoint.
+
+Length and evaluation: ``schedule.epochs`` epochs, or ``schedule.iterations`` optimiser steps
+(the last epoch cut short); evaluation after every ``train.eval_every`` epochs, or after every
+``train.eval_every_iters`` iterations counted from the run's start (a row of its own in
+``metrics.csv``, and ``best.pt`` written at that iteration when it improves). Both follow the
+global iteration count, so a resumed run evaluates where an uninterrupted one does.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import math
 import random
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +48,7 @@ from kdlab.training.checkpoint import (
 )
 from kdlab.training.compiling import compile_run
 from kdlab.training.metrics_log import MetricsLog, Progress
-from kdlab.training.optimisation import Optimisation
+from kdlab.training.optimisation import Optimisation, run_length
 from kdlab.training.prebuilt import Prebuilt, refuse_memory
 from kdlab.training.report import write_report
 from kdlab.training.resume import check_resume, read_saved
@@ -171,6 +178,8 @@ class Trainer:
             print(self.threads.describe(), flush=True)
         raw = run.distiller
         self.task = raw.task
+        if cfg.train.sync_bn and d.enabled:
+            distributed.sync_batchnorm(raw, device)
         self.channels_last = use_channels_last(cfg.train.channels_last, device)
         if self.channels_last:
             raw.to(memory_format=torch.channels_last)
@@ -178,10 +187,12 @@ class Trainer:
         if not params:
             raise UserError(f"Method {cfg.method_name!r} has no trainable parameters; check the "
                             "model and method settings.")
+        self.steps_per_epoch = self._steps_per_epoch(run.loaders.train)
+        self.epochs, self.last_epoch_steps = run_length(cfg.schedule, self.steps_per_epoch)
         optim = Optimisation.build(params, raw.separate_optimizers(), cfg.optim, cfg.schedule,
-                                   steps_per_epoch=self._steps_per_epoch(run.loaders.train),
+                                   steps_per_epoch=self.steps_per_epoch,
                                    device=device, amp=cfg.train.amp)
-        epochs = cfg.schedule.epochs
+        epochs = self.epochs
         start, best, history, ckpt = 0, float("-inf"), [], None
         if self.resume and last_path.is_file():
             ckpt = load_checkpoint(last_path)
@@ -189,7 +200,8 @@ class Trainer:
             if start >= epochs:
                 if main:
                     print(f"The run in {self.out_dir} is finished ({start} of {epochs} epochs); "
-                          "nothing to resume. Raise schedule.epochs to train longer.")
+                          "nothing to resume. Raise schedule.epochs (or schedule.iterations) "
+                          "to train longer.")
                 return self._summary(history, raw, finished=True)
             if main:
                 print(f"resuming {self.out_dir} at epoch {start + 1} of {epochs}")
@@ -293,34 +305,53 @@ class Trainer:
         return int(ckpt["epoch"]) + 1, float(best), list(ckpt.get("history", []))
 
     # ----------------------------------------------------------------- one epoch
+    def _epoch_steps(self, epoch: int) -> int:
+        """Steps of ``epoch``: all, or what ``schedule.iterations`` leaves for the last."""
+        return self.last_epoch_steps if epoch == self.epochs - 1 else self.steps_per_epoch
+
     def _epoch(self, epoch: int, model: nn.Module, raw: nn.Module, run: Any,
                optim: Optimisation, best: float, log: MetricsLog, progress: Progress) -> float:
-        cfg, device, d = self.cfg, self.device, self.dist
-        epochs = cfg.schedule.epochs
+        cfg, d = self.cfg, self.dist
+        epochs = self.epochs
         seed_all(cfg.train.seed, epoch, d.rank)
         run.loaders.train.set_epoch(epoch)
         raw.set_epoch(epoch, epochs)
         lr = optim.lr
         t0 = time.perf_counter()
-        stats = self._train_epoch(epoch, model, optim, run.loaders.train, progress)
+        self._eval_seconds = 0.0
+        state = {"best": best}
+        every_iters = cfg.train.eval_every_iters
+
+        def after_step(step: int) -> None:
+            """Evaluate after every ``eval_every_iters``-th iteration and the run's last."""
+            it = epoch * self.steps_per_epoch + step + 1
+            end = epoch == epochs - 1 and step == self._epoch_steps(epoch) - 1
+            if every_iters is None or not (it % every_iters == 0 or end):
+                return
+            started = time.perf_counter()
+            row: dict[str, Any] = {"epoch": epoch + 1, "iteration": it}
+            state["best"], improved = self._validate(row, raw, run, state["best"], log)
+            log.log(row)
+            progress.epoch_line(row)
+            if improved and d.is_main:
+                save_checkpoint(self.out_dir / "best.pt", self._state(
+                    epoch - 1, raw, optim, state["best"], log.rows, iteration=it))
+            collectives.barrier()
+            self._eval_seconds += time.perf_counter() - started
+
+        stats = self._train_epoch(epoch, model, optim, run.loaders.train, progress, after_step)
         optim.end_epoch()
-        train_seconds = time.perf_counter() - t0
+        train_seconds = time.perf_counter() - t0 - self._eval_seconds
         row: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "loss": stats["loss"]}
+        if cfg.schedule.iterations is not None or every_iters is not None:
+            row["iteration"] = epoch * self.steps_per_epoch + self._epoch_steps(epoch)
         row.update({f"loss_{k}": v for k, v in stats["terms"].items()})
         if self.task.train_score_name is not None:
             row[f"train_{self.task.train_score_name}"] = stats["score"]
         improved = False
-        if (epoch + 1) % cfg.train.eval_every == 0 or epoch == epochs - 1:
-            distributed.broadcast_buffers(raw)
-            for i, (name, net) in enumerate(raw.evaluated().items()):
-                m = self.task.evaluate(net, run.loaders.val, device=device, amp=cfg.train.amp)
-                row.update({f"val_{name}_{k}": v for k, v in m.items() if k != "images"})
-                if i == 0 and self.teacher_scores and not any(
-                        f"val_{name}_{self.task.primary}" in r for r in log.rows):
-                    self._warn(teacher_check.below_student_warning(
-                        self.teacher_scores, m, self.task.primary))
-                if i == 0 and m[self.task.primary] > best:
-                    best, improved = m[self.task.primary], True
+        if every_iters is None and ((epoch + 1) % cfg.train.eval_every == 0
+                                    or epoch == epochs - 1):
+            state["best"], improved = self._validate(row, raw, run, state["best"], log)
         row.update(teacher_check.columns(self.teacher_scores))
         if self.governor is not None:
             row["cpu_threads"] = self.governor.current
@@ -329,17 +360,38 @@ class Trainer:
         log.log(row)
         progress.epoch_line(row)
         if d.is_main:
-            state = self._state(epoch, raw, optim, best, log.rows)
-            save_checkpoint(self.out_dir / "last.pt", state)
+            saved = self._state(epoch, raw, optim, state["best"], log.rows,
+                                iteration=row.get("iteration"))
+            save_checkpoint(self.out_dir / "last.pt", saved)
             if improved:  # the same state: copy the file rather than serialise it again
                 copy_checkpoint(self.out_dir / "last.pt", self.out_dir / "best.pt")
         collectives.barrier()
-        return best
+        return state["best"]
+
+    def _validate(self, row: dict[str, Any], raw: nn.Module, run: Any, best: float,
+                  log: MetricsLog) -> tuple[float, bool]:
+        """Evaluate every network the distiller reports into ``row``; the best score so far
+        and whether the first network improved it."""
+        distributed.broadcast_buffers(raw)
+        improved = False
+        for i, (name, net) in enumerate(raw.evaluated().items()):
+            m = self.task.evaluate(net, run.loaders.val, device=self.device,
+                                   amp=self.cfg.train.amp)
+            row.update({f"val_{name}_{k}": v for k, v in m.items() if k != "images"})
+            if i == 0 and self.teacher_scores and not any(
+                    f"val_{name}_{self.task.primary}" in r for r in log.rows):
+                self._warn(teacher_check.below_student_warning(
+                    self.teacher_scores, m, self.task.primary))
+            if i == 0 and m[self.task.primary] > best:
+                best, improved = m[self.task.primary], True
+        return best, improved
 
     def _train_epoch(self, epoch: int, model: nn.Module, optim: Optimisation, loader: Any,
-                     progress: Progress) -> dict[str, Any]:
+                     progress: Progress,
+                     after_step: Callable[[int], None] | None = None) -> dict[str, Any]:
+        """One epoch's steps; ``after_step(step)`` runs after each (mid-run evaluations)."""
         cfg, device, task = self.cfg, self.device, self.task
-        n = self._steps_per_epoch(loader)
+        n = self._epoch_steps(epoch)
         model.train()
         terms: dict[str, torch.Tensor] = {}
         bad: dict[str, torch.Tensor] = {}
@@ -348,7 +400,7 @@ class Trainer:
         seen = steps = 0
         batches = itertools.islice(iter(loader), n)
         last = time.perf_counter()
-        for step, batch in enumerate(progress.steps(batches, n, epoch, cfg.schedule.epochs)):
+        for step, batch in enumerate(progress.steps(batches, n, epoch, self.epochs)):
             images, targets, index = batch[0], batch[1], batch[2] if len(batch) > 2 else None
             if self.channels_last and isinstance(images, torch.Tensor) and images.dim() == 4:
                 images = images.contiguous(memory_format=torch.channels_last)
@@ -380,6 +432,8 @@ class Trainer:
                     shown[task.train_score_name] = 100.0 * score[0].item() / max(
                         score[1].item(), 1.0)
                 progress.update(shown)
+            if after_step is not None:
+                after_step(step)
         if steps == 0:
             raise UserError("The training loader yielded no batches; lower data.batch_size or "
                             "use more training data.")
@@ -412,13 +466,17 @@ class Trainer:
 
     # ----------------------------------------------------------------- state and summary
     def _state(self, epoch: int, raw: nn.Module, optim: Optimisation, best: float,
-               history: list[dict[str, Any]]) -> dict[str, Any]:
+               history: list[dict[str, Any]], *, iteration: int | None = None
+               ) -> dict[str, Any]:
+        """The checkpoint: ``epoch`` is the last finished epoch (a resume starts after it);
+        ``iteration`` the iterations done, for a state saved at a mid-epoch evaluation too."""
         exported = raw.exported()
         return {
             "format": FORMAT,
             "version": VERSION,
             "epoch": epoch,
-            "epochs": self.cfg.schedule.epochs,
+            "iteration": iteration,
+            "epochs": self.epochs,
             "distiller": raw.state_dict(),
             **optim.state_dict(),
             "rng": rng_state(),
@@ -457,7 +515,7 @@ class Trainer:
             "metric": metric,
             f"best_{metric}": first.get(f"best_{metric}", math.nan),
             f"last_{metric}": first.get(f"last_{metric}", math.nan),
-            "epochs": len(rows),
+            "epochs": sum(1 for r in rows if "loss" in r),  # not the evaluation rows
             "seconds": sum(r.get("epoch_seconds", 0.0) for r in rows),
             "images_per_s": sum(rates) / len(rates) if rates else 0.0,
             "out_dir": str(self.out_dir),

@@ -5,16 +5,19 @@ exists.
 ``optim``, ``schedule``, ``train``) against the domains declared on its fields and the rules
 between its settings (warm-up and milestones within the epochs, Nesterov needs momentum;
 :func:`kdlab.core.settings.check_settings`), the ``torch.compile`` backend, the dataset name
-and the sizes it is asked for (``DatasetSource.check_sizes``), the task and its options, and
-the method's settings (:func:`kdlab.methods.method_config`: their domains and rules, a
-combo's parts included). The first problem is a :class:`~kdlab.errors.UserError` naming the
-setting. What only the built networks can bound (a stage number against a network's stages)
-is checked by the method's ``setup`` when the networks exist.
+and the sizes it is asked for (``DatasetSource.check_sizes``), the input settings only the
+segmentation folders read (``data.channel_order``, ``pixel_mean``, ``scales``, ...), the
+task and its options, and the method's settings (:func:`kdlab.methods.method_config`:
+their domains and rules, a combo's parts included). The first problem is a
+:class:`~kdlab.errors.UserError` naming the setting. What only the built networks can bound
+(a stage number against a network's stages) is checked by the method's ``setup`` when the
+networks exist.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from kdlab.core.config import RunConfig
 from kdlab.core.settings import check_settings
@@ -35,6 +38,23 @@ def validate_config(cfg: RunConfig) -> None:
     _check_names(cfg)
 
 
+#: the input settings only some datasets read, with their defaults
+INPUT_DEFAULTS = {"channel_order": "rgb", "pixel_mean": None, "pixel_std": None,
+                  "scales": None, "pad": "zero", "crop": None}
+
+
+def _check_input_settings(d: Any, source: Any) -> None:
+    """``data.channel_order`` / ``pixel_mean`` / ``pixel_std`` / ``scales`` / ``pad`` / ``crop``
+    only for a dataset that reads them (the segmentation folders)."""
+    if getattr(source, "input_settings", False):
+        return
+    given = [k for k, default in INPUT_DEFAULTS.items() if getattr(d, k) != default]
+    if given:
+        raise UserError(f"data.{given[0]} is read by the segmentation folder datasets (voc, "
+                        f"cityscapes, ade20k) only; dataset {d.name!r} normalises and augments "
+                        f"in its own way: remove data.{given[0]}.")
+
+
 def _check_names(cfg: RunConfig) -> None:
     from kdlab.data import DATASETS
     from kdlab.methods import METHODS, method_config
@@ -42,7 +62,9 @@ def _check_names(cfg: RunConfig) -> None:
 
     d = cfg.data
     if not is_memory(d.name):
-        DATASETS.get(d.name).check_sizes(d)  # sizes this machine cannot hold, before any work
+        source = DATASETS.get(d.name)
+        source.check_sizes(d)  # sizes this machine cannot hold, before any work
+        _check_input_settings(d, source)
         given = [k for k in ("mean", "std") if getattr(d, k) is not None]
         if given or d.normalized:
             key = f"data.{given[0]}" if given else "data.normalized"

@@ -24,6 +24,8 @@ K = 5
 TORCHVISION = ("deeplabv3_resnet50", "deeplabv3_resnet101", "deeplabv3_mobilenet_v3_large",
                "fcn_resnet50", "fcn_resnet101", "lraspp_mobilenet_v3_large")
 DILATED = ("pspnet_resnet18", "pspnet_resnet101", "deeplabv3_resnet18", "deeplabv3_mobilenetv2")
+CIRKD = ("deeplabv3_resnet18_cirkd", "deeplabv3_resnet101_cirkd", "deeplabv3_mobilenetv2_cirkd",
+         "pspnet_resnet18_cirkd", "pspnet_resnet101_cirkd")  # weights from local files only
 SMALL = ("seg_resnet20", "seg_resnet8")
 SEG = [n for n in MODELS.names() if model_task(n) == "segmentation"]
 
@@ -31,8 +33,11 @@ _RESNET = [4, 4, 8, 8, 8]
 STRIDES = {  # output stride of every stage
     **dict.fromkeys(("deeplabv3_resnet50", "deeplabv3_resnet101", "fcn_resnet50",
                      "fcn_resnet101", "pspnet_resnet18", "pspnet_resnet101",
-                     "deeplabv3_resnet18"), _RESNET),
+                     "deeplabv3_resnet18", "deeplabv3_resnet18_cirkd",
+                     "deeplabv3_resnet101_cirkd", "pspnet_resnet18_cirkd",
+                     "pspnet_resnet101_cirkd"), _RESNET),
     "deeplabv3_mobilenetv2": [2, 4, 8, 8, 8],
+    "deeplabv3_mobilenetv2_cirkd": [2, 4, 8, 8, 8],
     "deeplabv3_mobilenet_v3_large": [2, 4, 8, 16, 16, 16],
     "lraspp_mobilenet_v3_large": [2, 4, 8, 16, 16, 16],
     "seg_resnet20": [2, 2, 4, 4],
@@ -41,6 +46,9 @@ STRIDES = {  # output stride of every stage
 CHANNELS = {
     "deeplabv3_resnet50": [64, 256, 512, 1024, 2048],
     "pspnet_resnet18": [64, 64, 128, 256, 512],
+    "deeplabv3_resnet18_cirkd": [128, 64, 128, 256, 512],  # the deep stem: 128 channels
+    "pspnet_resnet101_cirkd": [128, 256, 512, 1024, 2048],
+    "deeplabv3_mobilenetv2_cirkd": [32, 24, 32, 96, 320],
     "deeplabv3_mobilenetv2": [32, 24, 32, 96, 320],
     "lraspp_mobilenet_v3_large": [16, 24, 40, 80, 160, 960],
     "seg_resnet20": [16, 16, 32, 64],
@@ -49,6 +57,9 @@ EMBEDDING = {  # decoder width (LRASPP: 128 gated high-level + 40 low-level chan
     "deeplabv3_resnet50": 256, "fcn_resnet50": 512, "lraspp_mobilenet_v3_large": 168,
     "pspnet_resnet18": 128, "pspnet_resnet101": 256, "deeplabv3_resnet18": 256,
     "deeplabv3_mobilenetv2": 256, "seg_resnet20": 64, "seg_resnet8": 32,
+    # CIRKD's widths (winycg/CIRKD @ 48eb81b models/deeplabv3.py, pspnet.py)
+    "deeplabv3_resnet18_cirkd": 128, "deeplabv3_resnet101_cirkd": 256,
+    "deeplabv3_mobilenetv2_cirkd": 128, "pspnet_resnet18_cirkd": 128, "pspnet_resnet101_cirkd": 512,
 }
 
 
@@ -79,7 +90,7 @@ def _model(name: str):
 
 
 def test_every_segmentation_network_is_registered_with_its_task():
-    assert set(SEG) == set(TORCHVISION) | set(DILATED) | set(SMALL)
+    assert set(SEG) == set(TORCHVISION) | set(DILATED) | set(CIRKD) | set(SMALL)
     assert set(STRIDES) == set(SEG)
     for name in SEG:
         assert MODELS.get(name).task == "segmentation"
@@ -100,7 +111,8 @@ def test_staged_logits_upsampled_equal_the_plain_forward(name):
     assert f.embedding.shape == (1, EMBEDDING.get(name, f.embedding.shape[1]), h, w)
     assert m.embedding_dim == f.embedding.shape[1]
     assert f.extras == {}  # no auxiliary head unless asked for
-    up = F.interpolate(f.logits, size=(64, 64), mode="bilinear", align_corners=False)
+    corners = getattr(m.net, "align_corners", False)  # CIRKD's networks: True
+    up = F.interpolate(f.logits, size=(64, 64), mode="bilinear", align_corners=corners)
     torch.testing.assert_close(up, plain, rtol=1e-5, atol=1e-5)
 
 

@@ -179,10 +179,9 @@ def test_report_writes_the_prediction_grid_and_class_iou(tmp_path):
 def test_scenes_seg_trains_a_few_steps_through_the_task(tmp_path):
     """scenes_seg batches -> task.loss -> SGD steps: finite, the loss falls on a fixed batch,
     and evaluate / train_counts run on the loaders' targets (ignore index included)."""
-    from test_data import tiny_fashion
-
     from kdlab.core.config import DataConfig
     from kdlab.data import build_loaders
+    from support.data import tiny_fashion
 
     tiny_fashion(tmp_path)
     cfg = DataConfig(name="scenes_seg", root=str(tmp_path), download=False, canvas=32,
@@ -233,3 +232,24 @@ def test_a_recipe_chooses_the_ignore_index_and_the_datasets_stays_left_out():
         build_task("segmentation", IGNORE, options={"ignore_index": "background"})
     with pytest.raises(UserError, match="Unknown task_options ignore_index"):
         build_task("classification", options={"ignore_index": 0})
+
+
+def test_align_corners_is_an_option_of_the_loss_and_the_predictions():
+    """CIRKD upsamples with align_corners=True everywhere (losses/task.py:14, train_kd.py:452);
+    torchvision's references with False, kdlab's default."""
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(2, 4, 5, 7, generator=g, dtype=torch.float64)
+    targets = torch.randint(0, 4, (2, 20, 28), generator=g)
+    targets[:, :2] = 255
+    for corners in (False, True):
+        task = build_task("segmentation", options={"align_corners": corners})
+        up = F.interpolate(scores, size=(20, 28), mode="bilinear", align_corners=corners)
+        loss = task.loss(scores, targets)
+        assert loss.dtype == torch.float64  # float64 scores stay float64 (parity runs)
+        torch.testing.assert_close(loss, F.cross_entropy(up, targets, ignore_index=255))
+        with torch.no_grad():  # a "network" that returns the score maps: predict upsamples
+            pred = task.predict(lambda x, s=scores: s, torch.zeros(2, 3, 20, 28))
+        torch.testing.assert_close(pred, up.float())
+    assert not torch.allclose(
+        build_task("segmentation", options={"align_corners": True}).loss(scores, targets),
+        build_task("segmentation").loss(scores, targets))

@@ -8,6 +8,12 @@
   teacher at two positions (Sec. 3.4, App. A.2; cached in the teacher's run folder), then fed
   each student's bridged features. Writes ``analysis/probe.json`` and ``analysis/probe.png``
   into the teacher's run folder.
+- ``kdlab analyze similarity TEACHER_RUN STUDENT_RUN ...``: the feature-similarity picture
+  (App. B, Fig. 4): teacher and (bridged) student features of the validation images of the
+  first ``--classes`` classes, through the exit branch at ``--stage`` (its penultimate
+  feature, the paper's) or as the stage's raw output, embedded with t-SNE, one panel per
+  student; plus the mean cosine similarity and linear CKA per class. Writes
+  ``analysis/similarity.{png,md,csv,json}`` into the teacher's run folder.
 """
 
 from __future__ import annotations
@@ -34,7 +40,8 @@ from kdlab.runtime.files import atomic_write_text
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
-        "analyze", help="FCFD's analyses of trained runs: function anisotropy, exit-branch probe",
+        "analyze", help="FCFD's analyses of trained runs: function anisotropy, exit-branch "
+        "probe, feature similarity",
         description="FCFD's analyses (Liu et al., ICLR 2023) of classification runs; results "
         "and plots go to the run folder's analysis/ (or --out).",
     )
@@ -93,6 +100,53 @@ def add_parser(sub: Any) -> None:
                    help="progress of the branch training")
     _common(b)
     b.set_defaults(run=run_probe)
+
+    c = kinds.add_parser(
+        "similarity", help="teacher and student features embedded together with t-SNE, plus "
+        "cosine similarity and linear CKA per class (FCFD App. B, Fig. 4)",
+        description="Feed the validation images of the first --classes classes to the teacher "
+        "and every student; take the features at --stage (the students' through their bridge "
+        "B_st where their run has one) either through the exit branch there (--space branch, "
+        "the paper's: its penultimate feature; branches trained and cached as by `analyze "
+        "probe`) or as they are (--space stage, flattened); embed teacher and student points "
+        "jointly with t-SNE (scikit-learn: pip install 'kdlab[analysis]'), one panel per "
+        "student, and write per class the mean cosine similarity and linear CKA between the "
+        "teacher's and each student's features (similarity.md / .csv).",
+    )
+    c.add_argument("teacher", metavar="TEACHER_RUN")
+    c.add_argument("students", nargs="+", metavar="STUDENT_RUN",
+                   help="student run folders or checkpoints distilled from the teacher run")
+    c.add_argument("--stage", type=int, default=None,
+                   help="1-based stage whose features are compared (default: N-1, the last "
+                        "exit-branch position)")
+    c.add_argument("--classes", type=int, default=10,
+                   help="the first N classes of the validation split (default 10, as the paper)")
+    c.add_argument("--per-class", type=int, default=100,
+                   help="images per class (default 100: a CIFAR-100 test class, as the paper)")
+    c.add_argument("--space", choices=("branch", "stage"), default="branch",
+                   help="branch: the exit branch's penultimate feature (the paper's); stage: "
+                        "the stage's output itself")
+    c.add_argument("--colour", "--color", dest="colour", choices=("source", "class"),
+                   default="source", help="colour the points by network (the paper's) or class")
+    c.add_argument("--joint", action="store_true",
+                   help="one t-SNE of the teacher and every student together (default: one per "
+                        "student panel, the teacher's points with that student's, as the paper)")
+    c.add_argument("--perplexity", type=float, default=30.0, help="t-SNE perplexity")
+    c.add_argument("--no-picture", dest="picture", action="store_false",
+                   help="the table only (no t-SNE; scikit-learn not needed)")
+    c.add_argument("--epochs", type=int, default=None,
+                   help="--space branch: epochs of branch training (default: the teacher run's)")
+    c.add_argument("--branch-model", default=None,
+                   help="--space branch: model whose later stages form the branch (default: "
+                        "the teacher's architecture)")
+    c.add_argument("--no-recalibrate", dest="recalibrate", action="store_false",
+                   help="--space branch: feed the students with the branch's teacher-feature "
+                        "BN statistics")
+    c.add_argument("--seed", type=int, default=0, help="seed of the branch and of t-SNE")
+    c.add_argument("--progress", choices=("auto", "bar", "lines", "none"), default="auto",
+                   help="progress of the branch training")
+    _common(c)
+    c.set_defaults(run=run_similarity)
 
 
 def _common(p: Any) -> None:
@@ -284,3 +338,124 @@ def _print_probe(positions: list[int], rows: list[tuple[str, dict[int, float | N
     reused = [k for k in positions if cached.get(k)]
     if reused:
         print(f"exit branches at stage(s) {', '.join(map(str, reused))} reused from the cache")
+
+
+# --------------------------------------------------------------------- similarity
+def _similarity_stage(teacher: Any, stage: int | None, space: str) -> int:
+    from kdlab.tools.analysis.exit_branch import check_position
+
+    k = teacher.num_stages - 1 if stage is None else stage
+    if space == "branch":
+        check_position(teacher, k)
+    elif not 1 <= k <= teacher.num_stages:
+        raise UserError(f"--stage {k} is out of range: this teacher has stages "
+                        f"1..{teacher.num_stages} (1-based).")
+    return k
+
+
+def run_similarity(args: argparse.Namespace) -> int:
+    from kdlab.tools.analysis import similarity as sim
+    from kdlab.tools.analysis.exit_branch import file_digest, recalibrate
+    from kdlab.tools.analysis.plots import plot_similarity
+    from kdlab.tools.analysis.probe import exit_branches, student_feed, teacher_feed
+
+    if args.picture:
+        sim.require_tsne()
+    t = _restore(args.teacher, args.which, args.overrides, args.device, role="teacher run")
+    teacher = t.distiller.student
+    k = _similarity_stage(teacher, args.stage, args.space)
+    if args.epochs is not None and args.epochs < 1:
+        raise UserError(f"--epochs must be at least 1, got {args.epochs}.")
+    students = [_restore(p, args.which, [], str(t.device), role="student run")
+                for p in args.students]
+    feeds = []
+    for s in students:
+        _check_student(s, t)
+        note = _teacher_note(s, t)
+        if note:
+            print(note, file=sys.stderr)
+        feed, how = student_feed(s.distiller, teacher, k)
+        if feed is None:
+            raise UserError(f"The student {str(s.ckpt_path)!r} cannot be compared at stage {k}: "
+                            f"{how}; pick a --stage where it has a bridge or the teacher's shape.")
+        feeds.append((feed, how))
+    loaders = _loaders(t)
+    subset = sim.class_subset(loaders.val, args.classes, args.per_class)
+    t_fn = teacher_feed(teacher, k)
+    branch_info: dict[str, Any] | None = None
+    if args.space == "branch":
+        epochs = t.cfg.schedule.epochs if args.epochs is None else args.epochs
+        model = args.branch_model or t.cfg.model.student
+        key = {"teacher_checkpoint_sha256": file_digest(t.ckpt_path),
+               "data": t.cfg.to_dict()["data"]}
+        branches = exit_branches(teacher, [k], folder=t.ckpt_path.parent, key=key,
+                                 info=loaders.info, train=loaders.train, val=loaders.val,
+                                 epochs=epochs, branch_model=model, device=t.device,
+                                 progress=args.progress, seed=args.seed)
+        branch = branches.branches[k]
+        branch_info = {"model": model, "epochs": epochs, "accuracy": branches.accuracy[k],
+                       "cached": branches.cached[k], "recalibrated": args.recalibrate}
+        t_fn = sim.penultimate(branch, t_fn)
+    t_feat = sim.collect(t_fn, subset.images, t.device)
+    rows, s_feats = [], []
+    for s, (feed, _) in zip(students, feeds):
+        fn = feed
+        if args.space == "branch":  # re-calibrated on the student's features (App. A.2)
+            tested = (recalibrate(branch, feed, loaders.train, t.device)
+                      if args.recalibrate else branch)
+            fn = sim.penultimate(tested, feed)
+        f = sim.collect(fn, subset.images, t.device)
+        s_feats.append(f)
+        rows += sim.similarity_rows(_label(s), t_feat, f, subset.labels)
+    folder = _out_dir(t, args.out)
+    what = ("exit-branch penultimate features" if args.space == "branch"
+            else "stage outputs (flattened)")
+    header = [f"# Feature similarity to the teacher at stage {k}", "",
+              f"Teacher run `{t.ckpt_path}` ({t.cfg.model.student}, {t.cfg.data.name} "
+              f"validation split): the first {args.classes} classes, up to {args.per_class} "
+              f"images each ({len(subset.labels)} images); {what}, each student's through "
+              + ", ".join(f"`{_label(s)}`: {how}" for s, (_, how) in zip(students, feeds))
+              + ". Mean cosine: per image between its teacher and student feature; linear "
+              "CKA (Kornblith et al. 2019) between the two sets, biased and debiased; the "
+              "class `all` takes every image."]
+    sim.write_tables(rows, folder / "similarity.md", folder / "similarity.csv", header)
+    record = {"teacher": str(t.ckpt_path), "stage": k, "space": args.space,
+              "classes": args.classes, "per_class": args.per_class,
+              "images": len(subset.labels), "branch": branch_info,
+              "students": [{"run": str(s.ckpt_path), "method": s.cfg.method_name, "feed": how}
+                           for s, (_, how) in zip(students, feeds)],
+              "rows": [r.__dict__ for r in rows]}
+    outputs = [folder / "similarity.md", folder / "similarity.csv", folder / "similarity.json"]
+    if args.picture:
+        labels = subset.labels.numpy()
+        if args.joint:
+            points = sim.tsne([t_feat, *s_feats], args.seed, args.perplexity)
+            pairs = [(points[0], p) for p in points[1:]]
+        else:
+            pairs = [tuple(sim.tsne([t_feat, f], args.seed, args.perplexity))
+                     for f in s_feats]
+        panels = [(_panel_title(s), tp, sp, labels) for s, (tp, sp) in zip(students, pairs)]
+        plot_similarity(panels, folder / "similarity.png", colour=args.colour,
+                        title=f"{t.cfg.model.student} stage {k}, {what}, t-SNE")
+        record["tsne"] = {"seed": args.seed, "perplexity": args.perplexity, "joint": args.joint,
+                          "colour": args.colour}
+        outputs.append(folder / "similarity.png")
+    atomic_write_text(folder / "similarity.json", json.dumps(record, indent=2) + "\n")
+    _print_similarity(rows)
+    print("-> " + ", ".join(str(p) for p in outputs))
+    return 0
+
+
+def _panel_title(s: Restored) -> str:
+    """The student's label, with its method when the label does not already say it."""
+    label, method = _label(s), s.cfg.method_name
+    return label if label == method else f"{label} ({method})"
+
+
+def _print_similarity(rows: list[Any]) -> None:
+    width = max(len(r.student) for r in rows) + 2
+    print(f"{'student':<{width}}{'class':>6}{'images':>8}{'cosine':>9}{'CKA':>8}{'CKA deb.':>10}")
+    for r in rows:
+        cls = "all" if r.cls < 0 else str(r.cls)
+        print(f"{r.student:<{width}}{cls:>6}{r.images:>8}{r.cosine:>9.4f}{r.cka:>8.4f}"
+              f"{r.cka_debiased:>10.4f}")

@@ -3,8 +3,8 @@
 
 As :class:`kdlab.methods.combo.combo.Combo`: each part is the detection variant of a registered
 method (``for_task("detection")``), built with its own options over the shared student and
-teacher; the student's training pass and the teacher's pass on its proposals (the parts' own
-:meth:`~kdlab.methods.detection_base.DetectionDistiller.teacher_pass`) are computed once per step
+teacher; the student's training pass and the teacher's pass on its proposals (with the ROI head
+when a part reads it) are computed once per step
 and handed to every part's ``losses``; the detector's own losses are counted once, with the
 combo's ``ce_weight``.
 """
@@ -16,8 +16,10 @@ from typing import Any
 
 from kdlab.core.settings import setting
 from kdlab.errors import UserError
+from kdlab.methods.base import Batch
 from kdlab.methods.combo.combo import Combo, check_parts
-from kdlab.methods.detection_base import DetectionDistiller
+from kdlab.methods.detection_base import DetectionDistiller, TeacherROI, teacher_roi
+from kdlab.tasks.detection.models import DetectionOutput
 
 
 def _detection_part(name: str) -> type[DetectionDistiller]:
@@ -29,7 +31,7 @@ def _detection_part(name: str) -> type[DetectionDistiller]:
         variant = None
     if variant is None or not issubclass(variant, DetectionDistiller):
         raise UserError(f"Method {name!r} cannot be part of a detection combo; combine "
-                        "kd, fitnet and fcfd.")
+                        "kd, fitnet, fcfd, fgfi and reviewkd.")
     return variant
 
 
@@ -48,3 +50,10 @@ class DetectionCombo(Combo):
         def check(self, where: str, task: str | None = None) -> None:
             """Every part: a detection method, named once, with valid settings."""
             check_parts(self.parts, _detection_part)
+
+    def teacher_pass(self, batch: Batch, student: DetectionOutput) -> TeacherROI:
+        """The teacher on the student's proposals, once for every part; its ROI head runs when
+        a part reads it (fgfi and reviewkd read only the FPN)."""
+        assert self.teacher_source is not None
+        roi = any(p.reads_teacher_roi for p in self.parts.values())
+        return teacher_roi(self.teacher_source.network(), student, roi=roi)

@@ -5,11 +5,16 @@ channel of the teacher's and the student's map is turned into a distribution ove
 positions (softmax at temperature tau) and the student's is pulled to the teacher's by KL
 (:func:`~kdlab.methods.cwd.losses.cwd_loss`). Applied to the score maps (``logits_weight``)
 and/or to the decoder's feature before the final convolution (``feature_weight``; the
-student's feature is first projected to the teacher's channels by a 1x1 convolution +
-BatchNorm + ReLU, as in the authors' ``cwd_feat`` path).
+student's feature is first projected to the teacher's channels: ``feature_projection``
+``conv_bn_relu`` is a 1x1 convolution + BatchNorm + ReLU, the authors' ``cwd_feat`` path;
+``conv`` a bare 1x1 convolution without bias, used only when the channels differ, CIRKD's
+``CriterionCWD``). Both terms share the temperature.
 
-Defaults are the authors' logits recipe (irfanICMLL/TorchDistiller, ``SemSeg-distill``:
-README ``bash exp_cwd.sh channel kl 3 4``): weight 3, temperature 4, features off.
+Defaults are the authors' logits recipe (irfanICMLL/TorchDistiller @ 78bac7c,
+``SemSeg-distill``: README ``bash exp_cwd.sh channel kl 3 4``): weight 3, temperature 4,
+features off. CIRKD's CWD row (winycg/CIRKD @ 48eb81b, ``train_cwd.sh``: logits 3, features
+50 through the bare conv, plus pixel KD 1 and the hinge adversarial terms) is a ``combo`` of
+``cwd``, ``kd`` and SKD's holistic part (``recipes/cityscapes/cwd``).
 """
 
 from __future__ import annotations
@@ -25,6 +30,9 @@ from kdlab.methods.base import Batch, Distiller, Losses
 from kdlab.methods.cwd.losses import cwd_loss
 from kdlab.models.staged.view import Features
 
+#: the student feature's projection to the teacher's channels
+PROJECTIONS = ("conv_bn_relu", "conv")
+
 
 @METHODS.register("cwd")
 class CWD(Distiller):
@@ -38,6 +46,8 @@ class CWD(Distiller):
         logits_weight: float = setting(3.0, range=">= 0")
         feature_weight: float = setting(0.0, range=">= 0")
         temperature: float = setting(4.0, range="> 0")
+        # conv_bn_relu (the authors') | conv (CIRKD)
+        feature_projection: str = setting("conv_bn_relu", choices=PROJECTIONS)
 
         def check(self, where: str, task: str | None = None) -> None:
             """One term at least is on."""
@@ -49,8 +59,11 @@ class CWD(Distiller):
         assert self.teacher is not None
         if self.cfg.feature_weight:
             c_s, c_t = self.student.embedding_dim, self.teacher.embedding_dim
-            self.projection = nn.Sequential(
-                nn.Conv2d(c_s, c_t, 1, bias=False), nn.BatchNorm2d(c_t), nn.ReLU())
+            conv = nn.Conv2d(c_s, c_t, 1, bias=False)
+            if self.cfg.feature_projection == "conv_bn_relu":
+                self.projection: nn.Module = nn.Sequential(conv, nn.BatchNorm2d(c_t), nn.ReLU())
+            else:
+                self.projection = conv if c_s != c_t else nn.Identity()
 
     def losses(self, batch: Batch, student: Features, teacher: Features) -> Losses:
         c = self.cfg

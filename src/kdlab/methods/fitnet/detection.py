@@ -19,6 +19,8 @@ from kdlab.tasks.detection.models import DetectionOutput
 class FitNetDetection(DetectionDistiller):
     """FPN imitation: detector losses + hint_weight * sum over FPN levels of L2."""
 
+    reads_teacher_roi = False
+
     @dataclass
     class Config:
         ce_weight: float = setting(1.0, range=">= 0")  # the detector's own losses (L_task)

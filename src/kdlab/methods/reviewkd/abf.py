@@ -21,6 +21,8 @@ Measured in benchmarks/results/reviewkd_cost_cpu.md.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -72,3 +74,16 @@ class ABF(nn.Module):
         if out_size is not None and tuple(x.shape[-2:]) != tuple(out_size):
             x = F.interpolate(x, size=out_size, mode="nearest")
         return self.conv2(x), x
+
+
+def review(abfs: Sequence[ABF], levels: Sequence[Tensor],
+           out_sizes: Sequence[tuple[int, int] | None]) -> list[Tensor]:
+    """ReviewKD's review (Chen et al. 2021, Sec. 3.2): student levels (shallow to deep) ->
+    fused maps, same order. The levels are visited deepest first; ``abfs[i]`` fuses level
+    ``i`` with the residual of level ``i + 1`` (the deepest does not fuse) and resizes to
+    ``out_sizes[i]`` (None: no resize)."""
+    results: list[Tensor] = [levels[0]] * len(levels)
+    residual = None
+    for i in reversed(range(len(levels))):
+        results[i], residual = abfs[i](levels[i], residual, out_sizes[i])
+    return results

@@ -34,7 +34,7 @@ from kdlab.core.settings import setting
 from kdlab.errors import UserError
 from kdlab.methods import METHODS
 from kdlab.methods.base import Batch, Distiller, Losses
-from kdlab.methods.reviewkd.abf import ABF
+from kdlab.methods.reviewkd.abf import ABF, review
 from kdlab.methods.reviewkd.losses import hcl_loss
 from kdlab.models.staged.view import Features
 
@@ -92,11 +92,7 @@ class ReviewKD(Distiller):
 
     def review(self, levels: list[Tensor]) -> list[Tensor]:
         """Student levels (shallow to deep) -> teacher-shaped fused maps, same order."""
-        results: list[Tensor] = [levels[0]] * len(levels)
-        residual = None
-        for i in reversed(range(len(levels))):
-            results[i], residual = self.abfs[i](levels[i], residual, self.out_sizes[i])
-        return results
+        return review(self.abfs, levels, self.out_sizes)
 
     def losses(self, batch: Batch, student: Features, teacher: Features) -> Losses:
         fused = self.review(_levels(student, self.num_stages))

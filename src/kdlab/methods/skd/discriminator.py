@@ -13,7 +13,12 @@ four such convolutions (64, 128, 256, 512 channels) to a 4x4 map and then to a 1
 Adapted to any map: ``in_channels`` is the number of classes (plus the image channels for a
 conditional critic) and, for a known ``input_size``, the strided convolutions stop before the
 map would fall under 4x4 (at least one; at most ``max_layers``), and the last kernel is at most
-the remaining size, so small maps still get a score. An unknown size keeps the authors' four.
+the remaining size, so small maps still get a score. An unknown size keeps the authors' four
+(so does CIRKD's ``utils/sagan.py`` critic, always; on maps of 64 pixels or more the two agree).
+
+Spectral normalisation: ``sagan`` (the authors' and CIRKD's, :mod:`.spectral`) or ``torch``
+(``torch.nn.utils.parametrizations.spectral_norm``: 15 power iterations at construction, one
+per training forward, ``u`` before ``v``).
 """
 
 from __future__ import annotations
@@ -22,6 +27,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from kdlab.methods.skd.spectral import sagan_spectral_norm
+
+#: the spectral normalisations a critic can use
+SPECTRAL_NORMS = {"sagan": sagan_spectral_norm, "torch": spectral_norm}
 #: negative slope of the critic's LeakyReLUs (the authors' value)
 CRITIC_SLOPE = 0.1
 
@@ -70,16 +79,18 @@ class Critic(nn.Sequential):
         max_layers: most strided convolutions (the authors' four for 65x65 maps).
         attention: how many of the last strided convolutions are followed by
             self-attention (the authors' two).
+        spectral: ``torch`` (default) or ``sagan`` (:data:`SPECTRAL_NORMS`).
     """
 
     def __init__(self, in_channels: int, *, input_size: int | None = None, width: int = 64,
-                 max_layers: int = 4, attention: int = 2) -> None:
+                 max_layers: int = 4, attention: int = 2, spectral: str = "torch") -> None:
+        normalise = SPECTRAL_NORMS[spectral]
         layers, remaining = critic_depth(input_size, max_layers)
         modules: list[nn.Module] = [nn.BatchNorm2d(in_channels)]
         c_in = in_channels
         for i in range(layers):
             c_out = width * 2**i
-            modules += [spectral_norm(nn.Conv2d(c_in, c_out, 4, 2, 1)),
+            modules += [normalise(nn.Conv2d(c_in, c_out, 4, 2, 1)),
                         nn.LeakyReLU(CRITIC_SLOPE)]
             if i >= layers - attention:
                 modules.append(SelfAttention(c_out))

@@ -3,7 +3,8 @@
 A network's output may be a score tensor ``(B, K, h, w)`` (a
 :class:`~kdlab.models.staged.view.Staged` view's forward), an object with ``logits`` (its
 ``Features``) or torchvision's ``{"out": ..., "aux": ...}``; it is at the decoder's resolution
-and is upsampled bilinearly (``align_corners=False``) to the image size here.
+and is upsampled bilinearly to the image size here (``align_corners=False`` unless the caller
+says otherwise: the segmentation task's ``align_corners`` option).
 """
 
 from __future__ import annotations
@@ -24,16 +25,16 @@ def score_map(out: Any) -> Tensor:
     return out.logits
 
 
-def upsample(scores: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinear, ``align_corners=False``, to ``size`` (a no-op when already that size)."""
+def upsample(scores: Tensor, size: tuple[int, int], align_corners: bool = False) -> Tensor:
+    """Bilinear to ``size`` (a no-op when already that size)."""
     if tuple(scores.shape[-2:]) == tuple(size):
         return scores
-    return F.interpolate(scores, size=size, mode="bilinear", align_corners=False)
+    return F.interpolate(scores, size=size, mode="bilinear", align_corners=align_corners)
 
 
-def whole(net: nn.Module, images: Tensor) -> Tensor:
+def whole(net: nn.Module, images: Tensor, align_corners: bool = False) -> Tensor:
     """Score maps ``(B, K, H, W)`` of whole images."""
-    return upsample(score_map(net(images)).float(), tuple(images.shape[-2:]))
+    return upsample(score_map(net(images)).float(), tuple(images.shape[-2:]), align_corners)
 
 
 def window_starts(size: int, crop: int, stride: int) -> list[int]:
@@ -45,7 +46,7 @@ def window_starts(size: int, crop: int, stride: int) -> list[int]:
 
 
 def sliding(net: nn.Module, images: Tensor, crop: tuple[int, int],
-            stride: tuple[int, int]) -> Tensor:
+            stride: tuple[int, int], align_corners: bool = False) -> Tensor:
     """Score maps ``(B, K, H, W)`` averaged over overlapping ``crop`` windows (images smaller
     than a window are zero-padded, i.e. with the mean, and the padding cut off again)."""
     b, _, h, w = images.shape
@@ -57,7 +58,7 @@ def sliding(net: nn.Module, images: Tensor, crop: tuple[int, int],
     for y in window_starts(hh, crop[0], stride[0]):
         for x in window_starts(ww, crop[1], stride[1]):
             window = padded[:, :, y:y + crop[0], x:x + crop[1]]
-            scores = whole(net, window)
+            scores = whole(net, window, align_corners)
             if total is None:
                 total = images.new_zeros(b, scores.shape[1], hh, ww, dtype=torch.float32)
             total[:, :, y:y + crop[0], x:x + crop[1]] += scores

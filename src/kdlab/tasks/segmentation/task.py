@@ -2,12 +2,13 @@
 
 Targets are ``(B, H, W)`` int64 label maps with an ignore index (255 unless the dataset says
 otherwise). A network's score map ``Features.logits`` is at the decoder's resolution; the
-loss and the metrics upsample it bilinearly (``align_corners=False``) to the label size.
+loss and the metrics upsample it bilinearly to the label size (``align_corners=False``, as
+torchvision's segmentation references; the option ``align_corners: true`` gives CIRKD's and
+the SKD authors' upsampling).
 The label loss is the pixel-wise cross-entropy averaged over the non-ignored pixels, plus
 ``aux_weight`` times the same loss of the auxiliary head's map (``Features.extras["aux"]``)
 when the network has one: 0.4 as in PSPNet (Zhao et al., CVPR 2017, Sec. 3.3) and CIRKD's
-``train_baseline.py`` (which upsamples with ``align_corners=True``; torchvision's
-segmentation references and kdlab use ``False``).
+``train_baseline.py``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from torch import Tensor, nn
 from kdlab.core.settings import setting
 from kdlab.errors import UserError
 from kdlab.runtime.collectives import all_reduce_sum
-from kdlab.runtime.precision import autocast
+from kdlab.runtime.precision import autocast, widen
 from kdlab.tasks.base import TASKS, Task
 from kdlab.tasks.segmentation.inference import score_map, sliding, upsample, whole
 from kdlab.tasks.segmentation.metrics import class_iou, confusion_matrix, scores
@@ -34,10 +35,12 @@ DEFAULT_IGNORE = 255
 AUX_WEIGHT = 0.4
 
 
-def pixel_ce(scores: Tensor, targets: Tensor, ignore_index: int) -> Tensor:
+def pixel_ce(scores: Tensor, targets: Tensor, ignore_index: int,
+             align_corners: bool = False) -> Tensor:
     """Cross-entropy of ``scores`` ``(B, K, h, w)`` upsampled to the targets' size, averaged
-    over the non-ignored pixels (0, not NaN, when a batch has none)."""
-    logits = upsample(scores.float(), tuple(targets.shape[-2:]))
+    over the non-ignored pixels (0, not NaN, when a batch has none); half-precision scores
+    in float32, float64 ones in float64."""
+    logits = upsample(widen(scores), tuple(targets.shape[-2:]), align_corners)
     total = F.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="sum")
     return total / (targets != ignore_index).sum().clamp(min=1)
 
@@ -62,6 +65,8 @@ class Segmentation(Task):
     metrics, e.g. 0 to leave the background out; default the dataset's, 255). With another
     ``ignore_index`` than the dataset's, the dataset's value (padding, unlabelled pixels) is
     left out too: it is ``void_index``, relabelled to ``ignore_index`` (:meth:`labels`).
+    ``align_corners``: how score maps are upsampled to the labels for the loss, the training
+    score and evaluation (default False; CIRKD and the SKD authors use True).
     """
 
     name = "segmentation"
@@ -81,6 +86,8 @@ class Segmentation(Task):
         stride: int | list[int] | None = setting(None, range=">= 1")
         # a label value to leave out of loss and metrics (the dataset's own stays left out)
         ignore_index: int | None = setting(None, range="any")
+        # score maps upsampled to the labels with align_corners (CIRKD, the SKD authors: true)
+        align_corners: bool = False
 
         def check(self, where: str, task: str | None = None) -> None:
             """A window or a stride given as a list is [height, width]."""
@@ -93,9 +100,11 @@ class Segmentation(Task):
     def __init__(self, ignore_index: int | None = None, *, aux_weight: float | None = None,
                  window: int | tuple[int, int] | None = None,
                  stride: int | tuple[int, int] | None = None,
-                 num_classes: int | None = None, void_index: int | None = None) -> None:
+                 num_classes: int | None = None, void_index: int | None = None,
+                 align_corners: bool = False) -> None:
         super().__init__(DEFAULT_IGNORE if ignore_index is None else ignore_index,
                          num_classes=num_classes)
+        self.align_corners = align_corners
         self.void_index = void_index if void_index != self.ignore_index else None
         if aux_weight is not None:
             self.aux_weight = aux_weight  # type: ignore[misc]
@@ -119,17 +128,19 @@ class Segmentation(Task):
     # ----------------------------------------------------------------- a training step
     def loss(self, out: Any, targets: Tensor) -> Tensor:
         targets = self.labels(targets)
-        loss = pixel_ce(score_map(out), targets, self.ignore_index)
+        loss = pixel_ce(score_map(out), targets, self.ignore_index, self.align_corners)
         aux = aux_map(out)
         if aux is not None and self.aux_weight:
-            loss = loss + self.aux_weight * pixel_ce(aux, targets, self.ignore_index)
+            loss = loss + self.aux_weight * pixel_ce(aux, targets, self.ignore_index,
+                                                     self.align_corners)
         return loss
 
     def train_counts(self, outputs: Any, targets: Tensor) -> Tensor:
         """``[correct, labelled]`` pixels of the upsampled score map's argmax."""
         with torch.no_grad():
             targets = self.labels(targets)
-            pred = upsample(score_map(outputs).detach(), tuple(targets.shape[-2:])).argmax(1)
+            pred = upsample(score_map(outputs).detach(), tuple(targets.shape[-2:]),
+                            self.align_corners).argmax(1)
             valid = targets != self.ignore_index
             hits = (pred.eq(targets) & valid).sum()
             return torch.stack([hits.double(), valid.sum().double()])
@@ -138,9 +149,9 @@ class Segmentation(Task):
     def predict(self, net: nn.Module, images: Tensor) -> Tensor:
         """Score maps at the image size, whole-image or sliding-window (see the options)."""
         if self.window is None:
-            return whole(net, images)
+            return whole(net, images, self.align_corners)
         assert self.stride is not None
-        return sliding(net, images, self.window, self.stride)
+        return sliding(net, images, self.window, self.stride, self.align_corners)
 
     def confusion(self, net: nn.Module, loader: Iterable[Any], device: torch.device,
                   amp: str) -> tuple[Tensor, Tensor]:

@@ -168,7 +168,11 @@ def recalibrate(branch: nn.Module, features: FeatureFn, loader: Iterable[Any],
     """A copy of ``branch`` whose BatchNorm running statistics are recomputed (cumulative
     average) on ``features(images)`` over ``loader``. App. A.2: the branches' statistics were
     accumulated on teacher features, so they are re-calibrated on the training set before a
-    student's features are tested."""
+    student's features are tested. An epoch loader is rewound to epoch 0 first, so that the
+    statistics do not depend on what ran before (a branch just trained or read from the cache,
+    the students before this one)."""
+    if hasattr(loader, "set_epoch"):
+        loader.set_epoch(0)
     out = copy.deepcopy(branch)
     norms = [m for m in out.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     momenta = [m.momentum for m in norms]

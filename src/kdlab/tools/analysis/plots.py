@@ -64,3 +64,39 @@ def plot_probe(positions: Sequence[int], rows: Sequence[tuple[str, dict[int, flo
     ax.set(ylabel="exit-branch top-1 (%)", title="exit-branch probe (FCFD Sec. 3.4)")
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     _save(fig, path)
+
+
+#: FCFD App. B's colours: teacher light red, student light blue (translucent, so that
+#: overlapping points darken)
+SOURCE_COLOURS = {"teacher": "#e8554e", "student": "#3b8fd9"}
+
+
+def plot_similarity(panels: Sequence[tuple[str, Any, Any, Any]], path: Path, *,
+                    colour: str = "source", title: str = "") -> None:
+    """One panel per student: its 2-D points and the teacher's beside them.
+
+    ``panels``: ``(title, teacher_xy (n, 2), student_xy (n, 2), labels (n,))``. ``colour``:
+    ``source`` (FCFD Fig. 4: teacher red, student blue, translucent) or ``class`` (tab10 by
+    class; teacher dots, student crosses).
+    """
+    plt = _pyplot()
+    n = len(panels)
+    fig, axes = plt.subplots(1, n, figsize=(4.6 * n, 4.6), squeeze=False)
+    for ax, (name, t_xy, s_xy, labels) in zip(axes[0], panels, strict=True):
+        if colour == "class":
+            cmap = plt.get_cmap("tab10")
+            ax.scatter(t_xy[:, 0], t_xy[:, 1], c=labels % 10, cmap=cmap, vmin=0, vmax=9, s=7,
+                       marker="o", alpha=0.6, label="teacher", linewidths=0)
+            ax.scatter(s_xy[:, 0], s_xy[:, 1], c=labels % 10, cmap=cmap, vmin=0, vmax=9, s=9,
+                       marker="x", alpha=0.8, label="student", linewidths=0.8)
+        else:
+            for who, xy in (("teacher", t_xy), ("student", s_xy)):
+                ax.scatter(xy[:, 0], xy[:, 1], s=7, color=SOURCE_COLOURS[who], alpha=0.45,
+                           linewidths=0, label=f"from {who}")
+        ax.set_title(name, fontsize="medium")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.legend(fontsize="small", loc="upper right", markerscale=2)
+    if title:
+        fig.suptitle(title, fontsize="medium")
+    _save(fig, path)

@@ -25,8 +25,10 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
@@ -49,6 +51,9 @@ class DetectionOutput:
     ``logits`` / ``box_deltas``: the ROI head's class logits ``(R, K + 1)`` and box deltas
     ``(R, 4 (K + 1))`` on those proposals, concatenated over the images (None outside
     training).
+    ``gt_boxes``: per image, the ground-truth boxes the detector trained on, in the resized
+    frame of ``images`` (``(x1, y1, x2, y2)``; crowd and empty boxes left out), as its RPN and
+    ROI head matched them (FGFI's imitation mask is built from them).
     """
 
     losses: dict[str, Tensor]
@@ -60,6 +65,7 @@ class DetectionOutput:
     regression_targets: list[Tensor] = field(default_factory=list)
     logits: Tensor | None = None
     box_deltas: Tensor | None = None
+    gt_boxes: list[Tensor] = field(default_factory=list)
 
 
 def roi_lens(
@@ -188,7 +194,24 @@ class Detector(nn.Module):
         return DetectionOutput(losses=losses, fpn=fpn, images=image_list.tensors,
                                image_sizes=list(image_list.image_sizes), proposals=proposals,
                                labels=labels, regression_targets=reg_targets, logits=logits,
-                               box_deltas=deltas)
+                               box_deltas=deltas, gt_boxes=[t["boxes"] for t in tv_targets])
+
+    def anchor_grids(self, out: DetectionOutput) -> list[Tensor]:
+        """The anchors of this detector's RPN on the batch of ``out``, per FPN level as
+        ``(H, W, A, 4)`` boxes ``(x1, y1, x2, y2)`` in the resized frame (float32; the same
+        for every image of the padded batch). Location-major with the anchor index inner, as
+        the RPN orders them."""
+        gen = self.net.rpn.anchor_generator
+        maps = list(out.fpn.values())
+        # the generator reads only the maps' sizes, dtype and device: empty float32 stand-ins
+        # keep the anchors in float32 under autocast without copying the features
+        shells = [m.new_empty((0, 0, *m.shape[-2:]), dtype=torch.float32) for m in maps]
+        with torch.no_grad():
+            flat = gen(ImageList(out.images, out.image_sizes), shells)[0]
+        per = gen.num_anchors_per_location()
+        sizes = [m.shape[-2] * m.shape[-1] * a for m, a in zip(maps, per, strict=True)]
+        return [a.view(m.shape[-2], m.shape[-1], n, 4)
+                for a, m, n in zip(flat.split(sizes), maps, per, strict=True)]
 
 
 def check_detector(net: object, role: str) -> Detector:

@@ -8,11 +8,15 @@ image exactly (nearest-neighbour resizing, the same crop and flip):
 
 * training: random resize of the shorter side to ``base_size * s``, ``s`` uniform in
   ``scale`` (0.5 to 2 in DeepLab / PSPNet / CIRKD), random ``crop`` (padded with 0 and the
-  ignore index where the image is smaller), horizontal flip;
+  ignore index where the image is smaller), horizontal flip; or, with ``data.scales``, the
+  dilated-network codes' discrete scales of the whole image, bottom/right padding and crop
+  (:mod:`.scale_crop`);
 * validation: the whole image (batches are padded to their largest image, the label maps
   with the ignore index, so padding never counts).
 
-Images come out uint8 and are normalised on the device; label maps int64. Determinism as in
+Images come out uint8 and are normalised on the device (:func:`input_normalisation`: the
+dataset's RGB mean / std, or ``data.channel_order`` / ``pixel_mean`` / ``pixel_std``); label
+maps int64. Determinism as in
 :mod:`kdlab.tasks.classification.datasets.imagenet`: each sample's transform runs under a
 torch RNG seeded from ``(seed, epoch, index)``.
 """
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -34,6 +39,7 @@ from kdlab.data.folder_loader import FolderLoader
 from kdlab.data.loaders import check_batches, subset_size
 from kdlab.data.sampling import epoch_seed, val_shard
 from kdlab.errors import UserError
+from kdlab.tasks.segmentation.datasets.scale_crop import ScaleCropFlip, fill_padding
 
 IGNORE = 255
 Pairs = list[tuple[str, str]]
@@ -99,6 +105,47 @@ class SegPairs(Dataset):
         return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor).long(), index
 
 
+def input_normalisation(cfg: DataConfig, mean: Sequence[float], std: Sequence[float]
+                        ) -> tuple[list[float], list[float], float, bool]:
+    """``(mean, std, scale, bgr)`` for the loader: the dataset's RGB ``mean`` / ``std`` on the
+    [0, 1] scale (reversed for ``channel_order: bgr``), or ``data.pixel_mean`` / ``pixel_std``
+    on the 0..255 scale (std 1 when only the mean is given)."""
+    bgr = cfg.channel_order == "bgr"
+    if cfg.pixel_mean is None:
+        if cfg.pixel_std is not None:
+            raise UserError("data.pixel_std needs data.pixel_mean (both on the 0..255 scale).")
+        order = (lambda v: list(v)[::-1]) if bgr else list
+        return order(mean), order(std), 255.0, bgr
+    std_given = cfg.pixel_std if cfg.pixel_std is not None else [1.0] * len(cfg.pixel_mean)
+    if len(cfg.pixel_mean) != len(mean) or len(std_given) != len(mean):
+        raise UserError(f"data.pixel_mean and data.pixel_std need {len(mean)} values (one per "
+                        f"channel), got {cfg.pixel_mean} and {cfg.pixel_std}.")
+    return list(cfg.pixel_mean), list(std_given), 1.0, bgr
+
+
+def train_transform(cfg: DataConfig, crop: tuple[int, int], base_size: int,
+                    scale: tuple[float, float]) -> Any:
+    """The training pipeline: ``data.scales`` (discrete whole-image factors,
+    :class:`~.scale_crop.ScaleCropFlip`) or the dataset's random resize
+    (:func:`joint_transforms`)."""
+    if cfg.scales is None:
+        if cfg.pad != "zero":
+            raise UserError("data.pad=mean pads the discrete-scale pipeline; give data.scales "
+                            "(e.g. [0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0]) or drop data.pad.")
+        return joint_transforms(cfg.augment, crop, base_size, scale)
+    if not cfg.scales:
+        raise UserError("data.scales is empty; list the scale factors or set it to null.")
+    if not cfg.augment:
+        return joint_transforms(False, crop, base_size, scale)
+    return ScaleCropFlip(crop, cfg.scales, ignore=IGNORE, pad=cfg.pad)
+
+
+def _crop(size: Sequence[int]) -> tuple[int, int]:
+    if len(size) != 2:
+        raise UserError(f"data.crop must be [height, width], got {list(size)}.")
+    return int(size[0]), int(size[1])
+
+
 def pad_collate(fill: Sequence[int]):
     """Collate samples of different sizes: pad each to the largest, images with ``fill`` per
     channel (the mean, so normalised padding is about 0), label maps with the ignore index."""
@@ -122,6 +169,7 @@ class SegFolderSource(DatasetSource):
     the crop and the base size of the random resize."""
 
     table: ClassVar[np.ndarray]
+    input_settings = True
     crop: ClassVar[tuple[int, int]] = (512, 512)
     base_size: ClassVar[int] = 512
     scale: ClassVar[tuple[float, float]] = (0.5, 2.0)
@@ -138,17 +186,23 @@ class SegFolderSource(DatasetSource):
         train_pairs, val_pairs = self.pairs(cfg, True), self.pairs(cfg, False)
         nt = subset_size(len(train_pairs), cfg.train_subset)
         nv = subset_size(len(val_pairs), cfg.val_subset)
+        crop = self.crop if cfg.crop is None else _crop(cfg.crop)
         train_set = SegPairs(train_pairs[:nt], self.table,
-                             joint_transforms(cfg.augment, self.crop, self.base_size, self.scale),
-                             seed)
+                             train_transform(cfg, crop, self.base_size, self.scale), seed)
         val_set = SegPairs(val_pairs[:nv], self.table, joint_transforms(False, self.crop, 0,
                                                                         self.scale), seed)
-        fill = [round(255 * m) for m in self.info.mean]
-        common = dict(device=device, num_workers=cfg.num_workers, mean=self.info.mean,
-                      std=self.info.std, collate_fn=pad_collate(fill))
+        mean, std, scale, bgr = input_normalisation(cfg, self.info.mean, self.info.std)
+        # validation batches of unequal images are padded with the mean colour (RGB, uint8)
+        rgb_mean = mean[::-1] if bgr else mean
+        fill = [round(m if scale == 1.0 else 255 * m) for m in rgb_mean]
+        common = dict(device=device, num_workers=cfg.num_workers, mean=mean, std=std,
+                      scale=scale, bgr=bgr, collate_fn=pad_collate(fill))
         sampler = DistributedSampler(train_set, num_replicas=world_size, rank=rank,
                                      shuffle=True, seed=seed)
-        train = FolderLoader(train_set, sampler, batch_size=cfg.batch_size, train=True, **common)
+        finish = (partial(fill_padding, ignore=IGNORE)
+                  if cfg.scales is not None and cfg.pad == "mean" else None)
+        train = FolderLoader(train_set, sampler, batch_size=cfg.batch_size, train=True,
+                             finish=finish, **common)
         val = FolderLoader(val_set, val_shard(nv, rank, world_size).tolist(),
                            batch_size=cfg.eval_batch_size, train=False, **common)
         check_batches(len(train), cfg, nt, world_size)

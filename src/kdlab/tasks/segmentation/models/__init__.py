@@ -12,7 +12,10 @@ resolution, not upsampled; ``Features.embedding`` is the decoder's feature map.
 - ``torchvision_nets.py``: torchvision's ``deeplabv3_resnet50/101``,
   ``deeplabv3_mobilenet_v3_large``, ``fcn_resnet50/101``, ``lraspp_mobilenet_v3_large``.
 - ``dilated.py``: the pairs of the segmentation-KD literature at output stride 8 (PSPNet and
-  DeepLabV3 on ResNet-18 / ResNet-101 / MobileNetV2).
+  DeepLabV3 on ResNet-18 / ResNet-101 / MobileNetV2), on torchvision's backbones.
+- ``cirkd.py``: the same networks as CIRKD's code builds them (``*_cirkd``: deep-stem ResNets,
+  CIRKD's head widths, its weight files via ``cirkd_weights.py``; backbone in
+  ``deep_stem.py``).
 - ``small.py``: CPU networks for the 64x64 Fashion-MNIST scenes (``seg_resnet20``,
   ``seg_resnet8``).
 """

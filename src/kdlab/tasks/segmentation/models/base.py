@@ -23,24 +23,27 @@ TASK = "segmentation"
 class SegmentationNet(nn.Module):
     """A backbone (an ``IntermediateLayerGetter``: ``{"out": last map, "aux": aux map}``), a
     head ``classifier`` and an optional ``aux_classifier``; the plain forward upsamples both
-    score maps to the input size (bilinear, ``align_corners=False``), as torchvision's."""
+    score maps to the input size (bilinear, ``align_corners=False`` as torchvision's, or the
+    network's ``align_corners``)."""
 
     def __init__(self, backbone: nn.Module, classifier: nn.Module,
-                 aux_classifier: nn.Module | None = None) -> None:
+                 aux_classifier: nn.Module | None = None, *,
+                 align_corners: bool = False) -> None:
         super().__init__()
         self.backbone = backbone
         self.classifier = classifier
         self.aux_classifier = aux_classifier
+        self.align_corners = align_corners
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         size = x.shape[-2:]
         features = self.backbone(x)
         result = OrderedDict()
         result["out"] = F.interpolate(self.classifier(features["out"]), size=size,
-                                      mode="bilinear", align_corners=False)
+                                      mode="bilinear", align_corners=self.align_corners)
         if self.aux_classifier is not None:
             result["aux"] = F.interpolate(self.aux_classifier(features["aux"]), size=size,
-                                          mode="bilinear", align_corners=False)
+                                          mode="bilinear", align_corners=self.align_corners)
         return result
 
 

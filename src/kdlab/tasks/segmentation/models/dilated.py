@@ -20,14 +20,16 @@ Stages: ResNets as the ImageNet ResNets (stage 0 = ``conv1 bn1 relu maxpool``, t
 The optional auxiliary head (``aux=True``) is torchvision's FCN head on stage 3 (layer3 /
 ``features.13``), as CIRKD's ``auxlayer`` on c3.
 
-Heads: DeepLabV3 uses torchvision's ``DeepLabHead`` (ASPP rates 12/24/36, 256 channels) like the
-torchvision teacher; PSPNet uses :class:`~kdlab.tasks.segmentation.models.heads.PSPHead` (CIRKD's
-widths). Differences from CIRKD, deliberately: CIRKD's ResNets have the deep stem
-(``resnet*_v1s``: three 3x3 convs, 128 channels into layer1) and their own ImageNet
-checkpoints; kdlab keeps torchvision's 7x7 stem so that torchvision's weights load. CIRKD's
-DeepLabV3 heads are 512 wide (128 for MobileNetV2) with a dropout of 0.1 before the
-classifier, and its pooled branches upsample with ``align_corners=True``; kdlab uses
-torchvision's head for the whole DeepLabV3 family (teacher and students alike).
+Heads: DeepLabV3 uses torchvision's ``DeepLabHead`` (ASPP rates 12/24/36, 256 channels, no
+dropout before the classifier) like the torchvision teacher; PSPNet uses
+:class:`~kdlab.tasks.segmentation.models.heads.PSPHead` at width 256 after ResNet-101 and 128
+after ResNet-18. These are torchvision-based networks, not CIRKD's: CIRKD's ResNets have the
+deep stem (``resnet*_v1s``: three 3x3 convs, 128 channels into layer1) and their own ImageNet
+checkpoints; its DeepLabV3 heads are 128 wide for ResNet-18 and MobileNetV2 and 256 for
+ResNet-101, with a dropout of 0.1 before the classifier; its PSPNet heads 128 (ResNet-18)
+and 512 (ResNet-101); its pooled branches upsample with ``align_corners=True``. Those
+networks are :mod:`~kdlab.tasks.segmentation.models.cirkd` (``*_cirkd``); these keep
+torchvision's 7x7 stem so that torchvision's weights load.
 """
 
 from __future__ import annotations
