@@ -293,7 +293,7 @@ def test_skd_pair_term_settings_are_the_two_references():
 
 def test_skd_holistic_weight_sets_both_sides():
     d, *_ = _build("skd", {"holistic_weight": 0.3})
-    assert d.cfg.generator_weight == d.cfg.critic_weight == 0.3
+    assert d.cfg.holistic_weights == (0.3, 0.3)
     d, *_ = _build("skd", {"pixel_weight": 0.0, "pair_weight": 0.0, "generator_weight": 0.0,
                            "critic_weight": 0.2, "adversarial": "hinge"})
     _, losses = d(*seg_batch())

@@ -38,7 +38,8 @@ def test_zero_leaves_norm_layers_undecayed_and_decays_the_rest():
         for p in net.parameters():
             p.fill_(1.0)
     cfg = OptimConfig(lr=0.5, momentum=0.0, weight_decay=0.1, weight_decay_norm=0.0)
-    optim = Optimisation.build(list(net.parameters()), {}, cfg, ScheduleConfig(epochs=2),
+    optim = Optimisation.build(list(net.parameters()), {}, cfg,
+                               ScheduleConfig(name="constant", epochs=2),
                                steps_per_epoch=1, device=torch.device("cpu"), amp="none",
                                norm=norm_parameters(net))
     assert [g["weight_decay"] for g in optim.opt.param_groups] == [0.1, 0.0]

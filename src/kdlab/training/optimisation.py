@@ -22,6 +22,7 @@ from torch import nn
 from torch.optim import Optimizer, lr_scheduler
 
 from kdlab.core.config import OptimConfig, ScheduleConfig
+from kdlab.core.settings import check_settings
 from kdlab.errors import UserError
 
 #: schedules stepped after every iteration instead of every epoch
@@ -29,7 +30,7 @@ PER_ITERATION = frozenset({"poly"})
 
 
 #: the layers whose parameters ``optim.weight_decay_norm`` decays (Detectron2's
-#: ``NORM_MODULE_TYPES``, solver/build.py)
+#: ``NORM_MODULE_TYPES``)
 NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
 
@@ -55,19 +56,15 @@ def _groups(cfg: OptimConfig, params: list[nn.Parameter],
 def build_optimizer(cfg: OptimConfig, params: list[nn.Parameter],
                     norm: list[nn.Parameter] | None = None) -> Optimizer:
     """SGD (momentum, weight decay, optional Nesterov) or AdamW; ``norm`` are the
-    normalisation layers' parameters, decayed by ``optim.weight_decay_norm`` when it is set."""
-    if cfg.lr <= 0:
-        raise UserError(f"optim.lr must be positive, got {cfg.lr}.")
+    normalisation layers' parameters, decayed by ``optim.weight_decay_norm`` when it is set.
+    The settings are checked first (:func:`~kdlab.core.settings.check_settings`)."""
+    check_settings(cfg, "optim")
     groups = _groups(cfg, params, norm or [])
     if cfg.name == "sgd":
-        if cfg.nesterov and cfg.momentum <= 0:
-            raise UserError("optim.nesterov needs optim.momentum > 0; set a momentum such as "
-                            "0.9 or nesterov false.")
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
                                weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
-    if cfg.name == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    raise UserError(f"optim.name {cfg.name!r} is not known; use sgd or adamw.")
+    assert cfg.name == "adamw", cfg.name  # the choices of OptimConfig.name
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def _one(step: int) -> float:
@@ -106,15 +103,13 @@ def build_scheduler(cfg: ScheduleConfig, opt: Optimizer,
     iteration, ``steps_per_epoch`` of them per epoch), after an optional linear warm-up of
     ``warmup_epochs`` (milestones stay absolute epochs). With ``schedule.iterations`` every
     schedule is stepped per iteration over exactly that many iterations, and milestones
-    are iterations."""
+    are iterations. The settings are checked first
+    (:func:`~kdlab.core.settings.check_settings`), then what needs ``steps_per_epoch``."""
+    check_settings(cfg, "schedule")
     warm = cfg.warmup_epochs
-    if cfg.epochs < 1:
-        raise UserError(f"schedule.epochs must be at least 1, got {cfg.epochs}.")
     unit = steps_per_epoch if per_iteration(cfg) else 1
     total = cfg.epochs * unit if cfg.iterations is None else cfg.iterations
-    if cfg.iterations is not None and cfg.iterations < 1:
-        raise UserError(f"schedule.iterations must be at least 1, got {cfg.iterations}.")
-    if not 0 <= warm * unit < total:
+    if not warm * unit < total:
         raise UserError(f"schedule.warmup_epochs must be between 0 and the run's length less "
                         f"one epoch, got {warm}.")
     if cfg.name == "multistep":
@@ -129,13 +124,9 @@ def build_scheduler(cfg: ScheduleConfig, opt: Optimizer,
         main = lr_scheduler.CosineAnnealingLR(opt, T_max=total - warm * unit)
     elif cfg.name == "constant":
         main = lr_scheduler.LambdaLR(opt, _one)
-    elif cfg.name == "poly":
-        if not cfg.power > 0:
-            raise UserError(f"schedule.power must be positive (0.9 in DeepLab), got {cfg.power}.")
-        main = lr_scheduler.LambdaLR(opt, PolyDecay(total - warm * unit, cfg.power))
     else:
-        raise UserError(f"schedule.name {cfg.name!r} is not known; use multistep, cosine, "
-                        "constant or poly.")
+        assert cfg.name == "poly", cfg.name  # the choices of ScheduleConfig.name
+        main = lr_scheduler.LambdaLR(opt, PolyDecay(total - warm * unit, cfg.power))
     if warm == 0:
         return main
     ramp = lr_scheduler.LinearLR(opt, start_factor=1.0 / (warm * unit + 1), end_factor=1.0,

@@ -68,8 +68,8 @@ def test_the_critic_uses_the_spectral_norm_asked_for():
 
 
 def test_skd_refuses_an_unknown_spectral_norm():
-    from kdlab.core.config import build_dataclass
+    from kdlab.methods import method_config
     from kdlab.methods.skd.skd import SKD
 
     with pytest.raises(UserError, match="spectral_norm"):
-        build_dataclass(SKD.Config, {"spectral_norm": "none"}, where="method")
+        method_config(SKD, {"spectral_norm": "none"}, name="skd", task="segmentation")

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from kdlab.core.settings import setting
 from kdlab.errors import UserError
 from kdlab.methods import METHODS
 from kdlab.methods.base import Batch, Losses
@@ -57,12 +58,15 @@ class FGFI(DetectionDistiller):
 
     @dataclass
     class Config:
-        ce_weight: float = 1.0  # the detector's own losses
-        weight: float = 0.01  # the imitation loss weight (authors' --ilw)
-        psi: float = 0.5  # a box's threshold is psi * its max IoU with any anchor
-        warmup_steps: int = 400  # imitation multiplied by 0 for these first steps (--ws)
+        ce_weight: float = setting(1.0, range=">= 0")  # the detector's own losses
+        weight: float = setting(0.01, range=">= 0")  # the imitation loss weight (authors' --ilw)
+        # a box's threshold is psi * its max IoU with any anchor
+        psi: float = setting(0.5, range="[0, 1]")
+        # imitation multiplied by 0 for these first steps (--ws)
+        warmup_steps: int = setting(400, range=">= 0")
         levels: list[str] | None = None  # FPN levels imitated; None = all
-        scope: str = "image"  # image | level: where each box's max IoU is taken
+        # image | level: where each box's max IoU is taken
+        scope: str = setting("image", choices=SCOPES)
         legacy_iou: bool = False  # the authors' +1 pixel IoU convention
         relu: bool = False  # ReLU after the adaptation conv (authors: post-ReLU target)
         shared_adapter: bool = False  # one adaptation layer for every level
@@ -71,12 +75,6 @@ class FGFI(DetectionDistiller):
     def setup(self) -> None:
         super().setup()
         c = self.cfg
-        if c.scope not in SCOPES:
-            raise UserError(f"method.scope must be 'image' or 'level', got {c.scope!r}.")
-        if not 0.0 <= c.psi <= 1.0:
-            raise UserError(f"method.psi must be in [0, 1], got {c.psi}.")
-        if c.warmup_steps < 0:
-            raise UserError(f"method.warmup_steps must be 0 or more, got {c.warmup_steps}.")
         levels = self.s_det.fpn_levels
         self.levels = levels if c.levels is None else [str(k) for k in c.levels]
         unknown = [k for k in self.levels if k not in levels]

@@ -18,11 +18,11 @@ teacher's ROI head is not run (ReviewKD reads its FPN features only).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from torch import nn
 
-from kdlab.errors import UserError
+from kdlab.core.settings import setting
 from kdlab.methods.base import Batch, Losses
 from kdlab.methods.detection_base import DetectionDistiller, TeacherROI
 from kdlab.methods.reviewkd.abf import ABF, review
@@ -46,21 +46,20 @@ class ReviewKDDetection(DetectionDistiller):
 
     @dataclass
     class Config:
-        weight: float = 1.0  # review (HCL) loss weight (authors' REVIEWKD_LOSS_WEIGHT)
-        ce_weight: float = 1.0  # the detector's own losses
-        warmup_epochs: int = 0  # linear ramp of the weight; 0 in the authors' detection code
-        mid_channels: int | None = None  # ABF width; None = the student's FPN channels
-        hcl_levels: list[int] = field(default_factory=lambda: [4, 2, 1])  # pooled HCL sizes
+        # review (HCL) loss weight (authors' REVIEWKD_LOSS_WEIGHT)
+        weight: float = setting(1.0, range=">= 0")
+        ce_weight: float = setting(1.0, range=">= 0")  # the detector's own losses
+        # linear ramp of the weight; 0 in the authors' detection code
+        warmup_epochs: int = setting(0, range=">= 0")
+        # ABF width; None = the student's FPN channels
+        mid_channels: int | None = setting(None, range=">= 1")
+        hcl_levels: list[int] = setting(factory=lambda: [4, 2, 1], range=">= 1")  # pooled sizes
         inherit: bool = False  # FCFD App. E: start from the teacher's FPN, RPN and ROI heads
 
     def setup(self) -> None:
         super().setup()
         c = self.cfg
         mid = c.mid_channels or self.s_det.fpn_channels
-        if mid < 1:
-            raise UserError("method.mid_channels must be a positive integer.")
-        if c.warmup_epochs < 0:
-            raise UserError(f"method.warmup_epochs must be 0 or more, got {c.warmup_epochs}.")
         self.levels = self.s_det.fpn_levels
         self.abfs = fpn_abfs(len(self.levels), self.s_det.fpn_channels, mid,
                              self.t_det.fpn_channels)

@@ -46,6 +46,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.optim import Optimizer
 
+from kdlab.core.settings import setting
 from kdlab.errors import UserError
 from kdlab.methods import METHODS
 from kdlab.methods.base import Batch, Distiller, Losses
@@ -79,11 +80,6 @@ CRITIC_SCHEDULES = ("run", "constant")
 CRITIC_ORDERS = ("teacher_first", "student_first")
 
 
-def _choice(value: str, choices: tuple[str, ...], name: str) -> None:
-    if value not in choices:
-        raise UserError(f"method.{name} must be one of {', '.join(choices)}, got {value!r}.")
-
-
 def score_map_size(net: Staged) -> tuple[int, int]:
     """Spatial size of a segmentation network's score map for its declared input shape."""
     param = next(net.parameters(), None)
@@ -112,60 +108,69 @@ class SKD(Distiller):
         """Weights 0 switch a term off. ``pair_stage`` None takes the decoder feature
         (``Features.embedding``), k the 1-based backbone stage k."""
 
-        ce_weight: float = 1.0
-        pixel_weight: float = 10.0  # lambda_pi
-        pixel_reduction: str = "pixel"  # pixel: mean over all pixels | image: summed over images
-        temperature: float = 1.0  # the authors' pixel-wise term has none (tau = 1)
-        pair_weight: float = 0.5  # lambda_pa (run_train_val.sh; the option default is 1.0)
-        pair_pool: str = "scale"  # scale: window int(size * pool_scale) | kernel: pool_kernel
-        pool_scale: float = 0.5  # of the teacher's map: 2x2 grids of even maps, 3x3 of odd
-        pool_kernel: int = 2  # pair_pool kernel: a fixed window and stride (CIRKD's 2)
-        pair_stage: int | None = None
-        pair_norm: str = "detached"  # detached: f / (|f| + 1e-8), constant norm | normalize
-        adversarial: str = "wgan-gp"  # wgan-gp | hinge
-        generator_weight: float = 0.1  # lambda_d on the student's term (CIRKD: lambda_adv)
-        critic_weight: float = 0.1  # lambda_d on the critic's term (CIRKD: lambda_d)
-        holistic_weight: float | None = None  # when given: both weights above
-        gp_weight: float = 10.0  # lambda_gp, inside the critic's term (wgan-gp only)
-        critic_width: int = 64  # adv_conv_dim
-        critic_lr: float = 4e-4  # lr_d
-        critic_optimizer: str = "adam"  # adam: betas (0.9, 0.99) | sgd: momentum 0.9, wd 5e-4
-        critic_schedule: str = "run"  # run: the run's LR schedule | constant
-        critic_order: str = "teacher_first"  # teacher_first: T, S, penalty | student_first
-        spectral_norm: str = "torch"  # torch | sagan (the SKD authors' and CIRKD's)
+        ce_weight: float = setting(1.0, range=">= 0")
+        pixel_weight: float = setting(10.0, range=">= 0")  # lambda_pi
+        # pixel: mean over all pixels | image: summed over images
+        pixel_reduction: str = setting("pixel", choices=PIXEL_REDUCTIONS)
+        # the authors' pixel-wise term has none (tau = 1)
+        temperature: float = setting(1.0, range="> 0")
+        # lambda_pa (run_train_val.sh; the option default is 1.0)
+        pair_weight: float = setting(0.5, range=">= 0")
+        # scale: window int(size * pool_scale) | kernel: pool_kernel
+        pair_pool: str = setting("scale", choices=PAIR_POOLS)
+        # of the teacher's map: 2x2 grids of even maps, 3x3 of odd
+        pool_scale: float = setting(0.5, range="(0, 1]")
+        # pair_pool kernel: a fixed window and stride (CIRKD's 2)
+        pool_kernel: int = setting(2, range=">= 1")
+        pair_stage: int | None = setting(None, range=">= 1")
+        # detached: f / (|f| + 1e-8), constant norm | normalize
+        pair_norm: str = setting("detached", choices=PAIR_NORMS)
+        adversarial: str = setting("wgan-gp", choices=ADVERSARIAL)
+        # lambda_d on the student's term (CIRKD: lambda_adv)
+        generator_weight: float = setting(0.1, range=">= 0")
+        # lambda_d on the critic's term (CIRKD: lambda_d)
+        critic_weight: float = setting(0.1, range=">= 0")
+        # when given: both weights above (:attr:`holistic_weights`)
+        holistic_weight: float | None = setting(None, range=">= 0")
+        # lambda_gp, inside the critic's term (wgan-gp only)
+        gp_weight: float = setting(10.0, range=">= 0")
+        critic_width: int = setting(64, range=">= 1")  # adv_conv_dim
+        critic_lr: float = setting(4e-4, range="> 0")  # lr_d
+        # adam: betas (0.9, 0.99) | sgd: momentum 0.9, wd 5e-4
+        critic_optimizer: str = setting("adam", choices=CRITIC_OPTIMIZERS)
+        # run: the run's LR schedule | constant
+        critic_schedule: str = setting("run", choices=CRITIC_SCHEDULES)
+        # teacher_first: T, S, penalty | student_first
+        critic_order: str = setting("teacher_first", choices=CRITIC_ORDERS)
+        # torch | sagan (the SKD authors' and CIRKD's)
+        spectral_norm: str = setting("torch", choices=tuple(SPECTRAL_NORMS))
         condition_on_image: bool = False  # the paper's D(Q|I); the authors' critic sees Q only
 
-        def __post_init__(self) -> None:
-            _choice(self.critic_optimizer, CRITIC_OPTIMIZERS, "critic_optimizer")
-            _choice(self.adversarial, ADVERSARIAL, "adversarial")
-            _choice(self.pixel_reduction, PIXEL_REDUCTIONS, "pixel_reduction")
-            _choice(self.pair_pool, PAIR_POOLS, "pair_pool")
-            _choice(self.pair_norm, PAIR_NORMS, "pair_norm")
-            _choice(self.critic_schedule, CRITIC_SCHEDULES, "critic_schedule")
-            _choice(self.critic_order, CRITIC_ORDERS, "critic_order")
-            _choice(self.spectral_norm, tuple(SPECTRAL_NORMS), "spectral_norm")
-            if self.holistic_weight is not None:
-                self.generator_weight = self.critic_weight = self.holistic_weight
-            if not 0 < self.pool_scale <= 1:
-                raise UserError(f"method.pool_scale must be in (0, 1], got {self.pool_scale}.")
-            if self.pool_kernel < 1:
-                raise UserError(f"method.pool_kernel must be at least 1, got "
-                                f"{self.pool_kernel}.")
+        def check(self, where: str, task: str | None = None) -> None:
+            """One term at least is on."""
             if not (self.pixel_weight or self.pair_weight or self.holistic):
-                raise UserError("SKD has every term off; set pixel_weight, pair_weight or "
-                                "generator_weight above 0.")
+                raise UserError(f"SKD has every term off ({where}.pixel_weight, pair_weight "
+                                "and the holistic weights are 0); set one of them above 0.")
+
+        @property
+        def holistic_weights(self) -> tuple[float, float]:
+            """(student's, critic's) holistic weights: ``holistic_weight`` for both when
+            given, else ``generator_weight`` and ``critic_weight``."""
+            if self.holistic_weight is not None:
+                return self.holistic_weight, self.holistic_weight
+            return self.generator_weight, self.critic_weight
 
         @property
         def holistic(self) -> bool:
             """Whether the critic is built (a term of either side is on)."""
-            return bool(self.generator_weight or self.critic_weight)
+            return any(self.holistic_weights)
 
     def setup(self) -> None:
         assert self.teacher is not None
         c = self.cfg
         if c.pair_stage is not None:
             n = min(self.student.num_stages, self.teacher.num_stages)
-            if not 1 <= c.pair_stage <= n:
+            if c.pair_stage > n:
                 raise UserError(f"method.pair_stage {c.pair_stage} is outside the stages; use "
                                 f"1..{n} (1-based) or leave it unset for the decoder feature.")
         if c.holistic:
@@ -232,10 +237,11 @@ class SKD(Distiller):
             if c.gp_weight:
                 d = d + c.gp_weight * gradient_penalty(self.critic, q_t, q_s)
         out: Losses = {}
-        if c.generator_weight:
-            out["holistic"] = c.generator_weight * g
-        if c.critic_weight:
-            out["critic"] = c.critic_weight * d
+        generator_weight, critic_weight = c.holistic_weights
+        if generator_weight:
+            out["holistic"] = generator_weight * g
+        if critic_weight:
+            out["critic"] = critic_weight * d
         return out
 
     def losses(self, batch: Batch, student: Features, teacher: Features) -> Losses:

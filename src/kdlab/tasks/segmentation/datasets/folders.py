@@ -39,7 +39,7 @@ from kdlab.data.folder_loader import FolderLoader
 from kdlab.data.loaders import check_batches, subset_size
 from kdlab.data.sampling import epoch_seed, val_shard
 from kdlab.errors import UserError
-from kdlab.tasks.segmentation.datasets.scale_crop import PADS, ScaleCropFlip, fill_padding
+from kdlab.tasks.segmentation.datasets.scale_crop import ScaleCropFlip, fill_padding
 
 IGNORE = 255
 Pairs = list[tuple[str, str]]
@@ -110,8 +110,6 @@ def input_normalisation(cfg: DataConfig, mean: Sequence[float], std: Sequence[fl
     """``(mean, std, scale, bgr)`` for the loader: the dataset's RGB ``mean`` / ``std`` on the
     [0, 1] scale (reversed for ``channel_order: bgr``), or ``data.pixel_mean`` / ``pixel_std``
     on the 0..255 scale (std 1 when only the mean is given)."""
-    if cfg.channel_order not in ("rgb", "bgr"):
-        raise UserError(f"data.channel_order must be rgb or bgr, got {cfg.channel_order!r}.")
     bgr = cfg.channel_order == "bgr"
     if cfg.pixel_mean is None:
         if cfg.pixel_std is not None:
@@ -130,8 +128,6 @@ def train_transform(cfg: DataConfig, crop: tuple[int, int], base_size: int,
     """The training pipeline: ``data.scales`` (discrete whole-image factors,
     :class:`~.scale_crop.ScaleCropFlip`) or the dataset's random resize
     (:func:`joint_transforms`)."""
-    if cfg.pad not in PADS:
-        raise UserError(f"data.pad must be one of {', '.join(PADS)}, got {cfg.pad!r}.")
     if cfg.scales is None:
         if cfg.pad != "zero":
             raise UserError("data.pad=mean pads the discrete-scale pipeline; give data.scales "
