@@ -49,6 +49,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from kdlab.core.version import __version__
 from kdlab.methods import build_distiller
+from kdlab.methods.base import Batch
 from kdlab.models import build_model
 from kdlab.tools.bench.bench import PRESETS, cpu_name
 
@@ -162,7 +163,7 @@ def paths_only(preset: str, teacher_bn: str, reps: int) -> list[str]:
     new = Runner("fcfd", {**opts, "path_batching": True}, preset, state=ref.d.state_dict())
     d = ref.d
     with torch.no_grad():
-        t = d.teacher_features(ref.x)
+        t = d.teacher_source.features(Batch(ref.x))
         s = d.student.features(ref.x)
     lines = [f"== paths only (teacher_bn={teacher_bn}): the same-network pair's forward + "
              "backward, per path (pp) vs batched (bat), alternating"]

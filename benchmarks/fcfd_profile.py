@@ -99,7 +99,7 @@ def build(method: str, options: dict[str, Any], preset: str = "cpu") -> tuple[An
 
 def instrument(d: Any, parts: Parts) -> None:
     """Label FCFD's calls by part (instance attributes; the classes are untouched)."""
-    parts.wrap(d, "teacher_features", "teacher forward (inference mode)")
+    parts.wrap(d.teacher_source, "features", "teacher forward (inference mode)")
     parts.wrap(d.student, "features", "student forward")
     parts.wrap(d.teacher, "run_from", "paths <k,1>: bridged student feature through teacher")
     parts.wrap(d.teacher, "stage_forward", "paths <k,1>: bridged student feature through teacher")

@@ -74,7 +74,7 @@ class Instrumented:
         self.levels: list[torch.Tensor] = []  # the student's, as the review got them
         self.leaves: list[torch.Tensor] = []  # the same, detached: where the review starts
         parts.wrap(self.d.student, "features", STUDENT_FWD)
-        parts.wrap(self.d, "teacher_features", TEACHER_FWD)
+        parts.wrap(self.d.teacher_source, "features", TEACHER_FWD)
         review = self.d.review
 
         def captured(levels: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -217,14 +217,14 @@ def checks_table() -> list[str]:
             " (student side, its global pool too)")
 
     teacher_grad: list[bool] = []
-    features = d.teacher_features
+    features = d.teacher_source.features
 
-    def teacher_features(images: torch.Tensor) -> Any:
-        out = features(images)
+    def teacher_features(batch: Any) -> Any:
+        out = features(batch)
         teacher_grad.append(any(t.requires_grad or t.grad_fn is not None for t in out.stages))
         return out
 
-    object.__setattr__(d, "teacher_features", teacher_features)
+    object.__setattr__(d.teacher_source, "features", teacher_features)
     with (counting(d.student, "features", tally, lambda *a: " (student)"),
           counting(d.teacher, "features", tally, lambda *a: " (teacher)"),
           counting(F, "interpolate", tally, resize),

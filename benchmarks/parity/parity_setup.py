@@ -21,7 +21,7 @@ import yaml
 from torch import Tensor, nn
 
 from kdlab.methods import build_distiller
-from kdlab.methods.base import Distiller
+from kdlab.methods.base import Batch, Distiller
 from kdlab.models import build_model
 from kdlab.models.staged.view import Features, Staged
 
@@ -130,20 +130,21 @@ def kdlab_terms(method: str, d: Distiller, x: Tensor, y: Tensor, index: Tensor,
                 teacher_features: Features | None = None) -> dict[str, float]:
     """kdlab's weighted loss terms of one training step of ``d`` on the fixed batch.
 
-    A method that uses the default forward (``losses()``) may be given the teacher's features
-    of the batch, computed once (the frozen eval-mode teacher gives the same for every
-    method): the terms are then exactly what its forward returns, CE included.
+    A method whose passes are the plain ones may be given the teacher's features of the
+    batch, computed once (the frozen eval-mode teacher gives the same for every method): the
+    terms are then exactly what its forward returns, CE included.
     """
     with _fixed_negatives(method):
         if teacher_features is None or not d.combinable or method in OWN_FORWARD:
             _, losses = d(x, y, index)
         else:
-            s = d.student.features(x)
+            batch = Batch(x, y, index)
+            s = d.student_pass(batch)
             losses = {}
             ce_weight = getattr(d.cfg, "ce_weight", 1.0)
             if ce_weight:
                 losses["ce"] = ce_weight * F.cross_entropy(s.logits, y)
-            losses.update(d.losses(s, teacher_features, y, index))
+            losses.update(d.losses(batch, s, teacher_features))
     return {k: float(v.detach()) for k, v in losses.items()}
 
 

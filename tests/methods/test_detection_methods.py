@@ -292,3 +292,17 @@ def test_a_detection_combo_sums_its_parts_once():
         distiller("combo", {"parts": [{"name": "rkd"}]})
     with pytest.raises(UserError, match="Unknown key"):
         distiller("combo", {"parts": [{"name": "kd", "num_paths": 2}]})
+
+
+@pytest.mark.parametrize(("name", "options"), [
+    ("fcfd", {}), ("kd", {}), ("fitnet", {}),
+    ("combo", {"parts": [{"name": "kd"}, {"name": "fitnet"}]})])
+def test_the_teacher_backbone_runs_once_per_step_under_inference_mode(name, options):
+    d = distiller(name, options)
+    first = next(m for m in d.teacher.modules() if isinstance(m, nn.Conv2d))
+    calls: list[bool] = []
+    first.register_forward_pre_hook(lambda *_: calls.append(torch.is_inference_mode_enabled()))
+    x, targets = scenes(seed=13)
+    _, terms = d(x, targets)
+    sum(terms.values()).backward()  # what the terms saved was cloned out of inference mode
+    assert calls == [True]

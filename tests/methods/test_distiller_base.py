@@ -9,6 +9,7 @@ import torch
 
 from kdlab.errors import UserError
 from kdlab.methods import METHODS, build_distiller
+from kdlab.methods.base import Batch
 from support.segmentation import seg_task
 
 
@@ -27,7 +28,7 @@ def test_teacher_is_frozen_and_outside_the_trainable_state(tiny_pair):
 def test_teacher_features_carry_no_graph(tiny_pair):
     teacher, student = tiny_pair
     d = build_distiller("kd", {}, student, teacher)
-    out = d.teacher_features(torch.randn(2, 3, 16, 16))
+    out = d.teacher_source.features(Batch(torch.randn(2, 3, 16, 16)))
     assert not out.logits.requires_grad and out.logits.grad_fn is None
     # usable as a saved target in an autograd graph (cloned out of inference mode)
     z = torch.randn(2, 10, requires_grad=True)
@@ -49,7 +50,7 @@ def test_teacher_bn_batch_uses_batch_statistics_and_leaves_the_teacher_alone(tin
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     d = build_distiller("ofd", {"teacher_bn": "batch"}, student, teacher)
     d.train()
-    got = d.teacher_features(x).logits
+    got = d.teacher_source.features(Batch(x)).logits
     assert not teacher.training  # still an eval-mode network outside the block
     for k, v in teacher.state_dict().items():
         assert torch.equal(v, before[k]), k  # running statistics untouched
@@ -57,7 +58,8 @@ def test_teacher_bn_batch_uses_batch_statistics_and_leaves_the_teacher_alone(tin
     with torch.no_grad():
         expected = reference(x)
     torch.testing.assert_close(got, expected)
-    evaluated = build_distiller("ofd", {}, student, teacher).teacher_features(x).logits
+    evaluated = build_distiller("ofd", {}, student, teacher).teacher_source.features(
+        Batch(x)).logits
     assert not torch.allclose(got, evaluated)  # eval mode is a different function
 
 

@@ -15,6 +15,7 @@ import yaml
 from conftest import tiny_staged
 from kdlab.errors import UserError
 from kdlab.methods import METHODS, build_distiller
+from kdlab.methods.base import Batch
 from support.segmentation import seg_batch, seg_task, tiny_seg_pair
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,11 +84,50 @@ def test_losses_hook_matches_forward(name):
     else:
         x, y = torch.randn(6, 3, 16, 16, generator=g), torch.arange(6) % 10
     index = torch.arange(6)
-    twin = copy.deepcopy(d)  # stateful methods (CRD's memory bank) start both calls equal
+    # stateful methods (CRD's memory bank) start both calls equal (not a deepcopy: OFD's
+    # taps hook the original networks)
+    state = copy.deepcopy(d.state_dict())
     torch.manual_seed(0)
     _, terms = d(x, y, index)
+    d.load_state_dict(state)
     torch.manual_seed(0)
-    hooked = twin.losses(twin.student.features(x), twin.teacher_features(x), y, index)
+    batch = Batch(x, y, index)
+    s = d.student_pass(batch)
+    hooked = d.losses(batch, s, d.teacher_pass(batch, s))
     assert set(hooked) == set(terms) - {"ce"}
     for term, value in hooked.items():
         torch.testing.assert_close(value, terms[term])
+
+
+#: every method that distils from a frozen teacher, on each task it runs here
+FROZEN_TEACHER = [
+    (n, "segmentation" if _segmentation_only(METHODS.get(n)) else "classification")
+    for n in METHODS.names() if METHODS.get(n).needs_teacher
+    and not METHODS.get(n).trains_teacher
+] + [("kd", "segmentation"), ("combo", "segmentation")]
+
+
+@pytest.mark.parametrize(("name", "task"), FROZEN_TEACHER)
+def test_the_frozen_teacher_runs_once_per_step_under_inference_mode(name, task):
+    """The teacher's first layer runs once per training step (every term reads the one pass),
+    under ``torch.inference_mode``, and a backward through the terms works (what they saved
+    for it was cloned out of inference mode)."""
+    cls = METHODS.get(name)
+    if task == "segmentation":
+        teacher, student = tiny_seg_pair()
+        x, y = seg_batch(6)
+        options = {"parts": [{"name": "kd"}, {"name": "cwd"}]} if name == "combo" else {}
+    else:
+        student, teacher = _pair(cls)
+        x, y = torch.randn(6, 3, 16, 16), torch.arange(6) % 10
+        options = TINY_OPTIONS.get(name, {})
+    d = build_distiller(name, options, student, teacher, train_size=64,
+                        task=seg_task() if task == "segmentation" else None)
+    d.train()
+    first = next(m for m in teacher.modules() if isinstance(m, torch.nn.Conv2d))
+    calls: list[bool] = []
+    first.register_forward_pre_hook(
+        lambda *_: calls.append(torch.is_inference_mode_enabled()))
+    _, terms = d(x, y, torch.arange(6))
+    sum(terms.values()).backward()
+    assert calls == [True], f"{name}: teacher's first layer ran {calls} (inference mode)"

@@ -11,6 +11,7 @@ import torch
 
 from kdlab.errors import UserError
 from kdlab.methods import METHODS, build_distiller
+from kdlab.methods.base import Batch
 from kdlab.methods.kd.segmentation import PixelKD
 from kdlab.methods.shared.dense import pixel_kl_loss
 from kdlab.methods.skd.losses import gradient_penalty, pairwise_similarity_loss
@@ -182,7 +183,7 @@ def test_one_skd_step_is_the_authors_alternation(critic_optimizer):
     # computed before the student's update
     g_opt, d_opt = _optimizers(ref)
     torch.manual_seed(5)
-    t = ref.teacher_features(x)
+    t = ref.teacher_source.features(Batch(x))
     s = ref.task.features(ref.student, x, y)
     g_loss = (ref.task_loss(s, y) + c.pixel_weight * pixel_kl_loss(s.logits, t.logits)
               + c.pair_weight * pairwise_similarity_loss(s.embedding, t.embedding)

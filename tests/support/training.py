@@ -66,13 +66,13 @@ class EngineKD(Distiller):
     class Config:
         temperature: float = 4.0
 
-    def forward(self, images, targets, index=None):  # noqa: ANN001
-        logits = self.student(images)
-        t = self.teacher_features(images).logits
+    teacher_reads = "logits"
+
+    def losses(self, batch, student, teacher):  # noqa: ANN001, ANN201
         tau = self.cfg.temperature
-        kd = F.kl_div(F.log_softmax(logits / tau, 1), F.softmax(t / tau, 1),
+        kd = F.kl_div(F.log_softmax(student.logits / tau, 1), F.softmax(teacher.logits / tau, 1),
                       reduction="batchmean") * tau**2
-        return logits, {"ce": F.cross_entropy(logits, targets), "kd": kd}
+        return {"kd": kd}
 
 
 class EngineAdversary(Distiller):

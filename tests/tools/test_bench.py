@@ -151,6 +151,25 @@ def test_bench_times_the_segmentation_methods_on_random_label_maps(tmp_path, cap
     assert "× ce" in capsys.readouterr().out
 
 
+def test_bench_times_the_trainers_own_step_with_skds_critic(tmp_path, monkeypatch):
+    """The bench runs kdlab.training.step.train_step, the trainer's step: SKD's critic is
+    stepped by its own optimiser, as in training."""
+    import kdlab.training.step as step_module
+
+    seen: list[list[str]] = []
+    real = step_module.train_step
+
+    def spy(model, optim, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        seen.append(sorted(optim.separate))
+        return real(model, optim, *args, **kwargs)
+
+    monkeypatch.setattr(step_module, "train_step", spy)
+    args = ["bench", "--preset", "scenes_seg", "--device", "cpu", "--batch", "2", "--steps", "2",
+            "--warmup", "0", "--methods", "skd", "--out", str(tmp_path / "skd.json")]
+    assert main(args) == 0
+    assert seen == [["critic"], ["critic"]]
+
+
 # --------------------------------------------------------------------- FLOP and scaling
 def test_flop_count_of_a_linear_step_is_the_hand_count():
     """One Linear(in=a, out=b) on a batch of n: forward 2nab (the product), backward 2nab

@@ -374,7 +374,8 @@ def data_meta(name: str, images: torch.Tensor, num_classes: int, mean: Sequence[
 @dataclass
 class Probe:
     """A few stored views of a cache with the training images they show: a run recomputes
-    them with its teacher (:func:`kdlab.training.build.check_cached_entries`) and compares."""
+    them with its teacher (:func:`kdlab.training.teacher_sources.check_cached_entries`) and
+    compares."""
 
     index: np.ndarray  # image of each probed entry
     view: np.ndarray  # its stored view

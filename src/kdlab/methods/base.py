@@ -3,6 +3,17 @@
 The trainer sums the named losses, logs each one and never branches on a method's name.
 A method declares its hyper-parameters as a dataclass ``Config`` (defaults from its paper);
 the recipe's ``method:`` block is checked against it, so an unknown key is an error.
+
+One training step is one template, :meth:`Distiller.forward`, written once::
+
+    student = self.student_pass(batch)            # default: the student's plain pass
+    teacher = self.teacher_pass(batch, student)   # default: the teacher source's features
+    terms = {"ce": ce_weight * task loss of student} + self.losses(batch, student, teacher)
+
+A method implements :meth:`Distiller.losses` (its weighted distillation terms) and overrides a
+pass only where it needs more than the plain one (OFD's pre-activations, SimKD's projected
+student, FRSKD's self-teacher, DML's peers, online FCFD's trained teacher, a detector's ROI
+head on the student's proposals).
 """
 
 from __future__ import annotations
@@ -10,15 +21,20 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar
 
-import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from kdlab.errors import UserError
-from kdlab.models.staged.view import Features, Staged
-from kdlab.nn.batch_stats import batch_statistics
+from kdlab.methods.teacher_source import (
+    TEACHER_BN_MODES,
+    FrozenTeacher,
+    TeacherLogits,
+    TeacherSource,
+    teacher_bn_context,
+)
+from kdlab.models.staged.view import Staged
 from kdlab.tasks import Task, build_task
 
 Losses = dict[str, Tensor]
@@ -29,29 +45,15 @@ class NoConfig:
     """A method without hyper-parameters."""
 
 
-class TeacherLogits(Protocol):
-    """Where a distiller may read the teacher's logits from instead of running the teacher
-    (a :class:`kdlab.data.soft_labels.CachedTeacher`)."""
+@dataclass(frozen=True)
+class Batch:
+    """One training batch as the trainer hands it to a method: the images, their targets
+    (labels, label maps or a detector's box lists) and their dataset indices (CRD's memory
+    bank and a teacher cache read them; None outside the trainer)."""
 
-    def logits(self, index: Tensor) -> Tensor:
-        """The teacher's logits ``(B, C)`` for the batch's dataset indices ``index``."""
-        ...
-
-
-def check_teacher_cache_use(method: type[Distiller], cfg: object) -> None:
-    """A UserError unless ``method`` with settings ``cfg`` can train from a teacher cache."""
-    name = getattr(method, "__name__", str(method))
-    if not method.needs_teacher or method.trains_teacher:
-        raise UserError(f"Method {name} does not distil from a fixed teacher, so it has no use "
-                        "for data.teacher_cache; remove data.teacher_cache.")
-    if not method.teacher_logits_only:
-        raise UserError(f"Method {name} needs the teacher's features, not only its logits, so it "
-                        "cannot train from data.teacher_cache; remove data.teacher_cache or "
-                        "use a logit method such as kd or dkd.")
-    if getattr(cfg, "teacher_bn", "eval") != "eval":
-        raise UserError(f"Method {name} runs the teacher's BatchNorm on batch statistics "
-                        "(method.teacher_bn=batch), which a cache of single views cannot "
-                        "reproduce; use method.teacher_bn=eval or remove data.teacher_cache.")
+    images: Any
+    targets: Any = None
+    index: Tensor | None = None
 
 
 class Distiller(nn.Module):
@@ -61,18 +63,21 @@ class Distiller(nn.Module):
     optimiser and DistributedDataParallel never see it), not in ``state_dict()`` (a run's
     checkpoint holds what training changes; the teacher comes from its own checkpoint), and
     it stays in eval mode with ``requires_grad=False``. ``.to()``, ``.half()`` and friends
-    still reach it through :meth:`_apply`.
+    still reach it through :meth:`_apply`. Its outputs are read through :attr:`teacher_source`
+    (:mod:`kdlab.methods.teacher_source`).
 
-    Subclasses set ``Config`` and ``needs_teacher`` and implement :meth:`forward`.
+    Subclasses set ``Config`` and implement :meth:`losses`; see the module docstring for the
+    step they plug into.
 
     Teacher BatchNorm: a method whose ``Config`` has a ``teacher_bn`` field chooses how the
-    frozen teacher's BatchNorm layers normalise in the teacher passes below (and in any pass
-    a method runs inside :meth:`teacher_bn_mode`): ``eval`` (running statistics, the
+    frozen teacher's BatchNorm layers normalise in its teacher source's passes (and in any
+    pass a method runs inside :meth:`teacher_bn_mode`): ``eval`` (running statistics, the
     default) or ``batch`` (the current batch's statistics, as reference code that calls
     ``train()`` on its frozen teacher; the running statistics are left untouched).
     """
 
     Config: type = NoConfig
+    #: False for a method without a frozen teacher (plain CE, self- and online distillation)
     needs_teacher: bool = True
     #: The tasks (``kdlab.tasks``) this method can distil; the run's ``task`` must be one.
     tasks: ClassVar[tuple[str, ...]] = ("classification",)
@@ -86,11 +91,19 @@ class Distiller(nn.Module):
     #: student: it is then a submodule ``teacher_net`` (in ``parameters()``, the checkpoint
     #: and DDP), not frozen, and ``self.teacher`` returns it.
     trains_teacher: ClassVar[bool] = False
-    #: True for a method whose only use of the teacher is its logits, read through
-    #: :meth:`teacher_logits` with the batch's dataset indices: it can train from a teacher
-    #: soft-label cache (``data.teacher_cache``, see :meth:`use_teacher_cache`).
-    teacher_logits_only: ClassVar[bool] = False
-    _teacher_cache: TeacherLogits | None = None
+    #: What the default :meth:`teacher_pass` asks the teacher source for: ``"features"``
+    #: (stage outputs, embedding and logits) or ``"logits"`` (only those, a
+    #: :class:`~kdlab.methods.teacher_source.TeacherLogits`: a teacher cache can answer them).
+    teacher_reads: ClassVar[str] = "features"
+    #: True (derived for every subclass) when the method can be a part of a ``combo``: it
+    #: distils the student from the combo's frozen teacher (see :mod:`kdlab.methods.combo`).
+    combinable: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "combinable" not in cls.__dict__:
+            inherited = all(getattr(b, "combinable", True) for b in cls.__bases__)
+            cls.combinable = inherited and cls.needs_teacher and not cls.trains_teacher
 
     def __init__(
         self,
@@ -120,10 +133,13 @@ class Distiller(nn.Module):
             teacher.eval()
             teacher.requires_grad_(False)
         object.__setattr__(self, "_teacher", teacher)
-        object.__setattr__(self, "_teacher_runner", None)
-        if getattr(self.cfg, "teacher_bn", "eval") not in ("eval", "batch"):
+        if getattr(self.cfg, "teacher_bn", "eval") not in TEACHER_BN_MODES:
             raise UserError(f"method.teacher_bn is {self.cfg.teacher_bn!r}; use 'eval' (running "
                             "statistics) or 'batch' (batch statistics, as the reference code).")
+        #: where the frozen teacher's outputs come from (None without a frozen teacher)
+        self.teacher_source: TeacherSource | None = (
+            FrozenTeacher(teacher, getattr(self.cfg, "teacher_bn", "eval"))
+            if teacher is not None else None)
         self.setup()
 
     def setup(self) -> None:
@@ -148,61 +164,20 @@ class Distiller(nn.Module):
             self._teacher._apply(fn, recurse)
         return self
 
-    def use_teacher_runner(self, runner: object | None) -> None:
-        """Run the teacher passes below through ``runner`` (an object with ``features(x)``
-        and ``runner(x)``, e.g. the separately compiled teacher of ``train.compile``); None
-        runs the teacher itself."""
-        object.__setattr__(self, "_teacher_runner", runner)
+    def use_teacher_source(self, source: TeacherSource) -> None:
+        """Read the frozen teacher's outputs from ``source`` from now on (the trainer hands a
+        compiled teacher or a teacher cache here; see :mod:`kdlab.methods.teacher_source`)."""
+        if self._teacher is None:
+            raise UserError(f"Method {type(self).__name__} has no frozen teacher to read "
+                            "from another source; remove data.teacher_cache.")
+        self.teacher_source = source
 
-    def teacher_bn_mode(self) -> contextlib.AbstractContextManager[None]:
-        """Context for running the frozen teacher under the method's ``teacher_bn`` setting."""
-        if self._teacher is not None and getattr(self.cfg, "teacher_bn", "eval") == "batch":
-            return batch_statistics(self._teacher)
-        return contextlib.nullcontext()
+    def teacher_bn_mode(self) -> contextlib.AbstractContextManager[Any]:
+        """Context for running the frozen teacher's modules under the method's ``teacher_bn``
+        setting (for passes a method runs itself, e.g. FCFD's teacher lens)."""
+        return teacher_bn_context(self._teacher, getattr(self.cfg, "teacher_bn", "eval"))
 
-    def teacher_features(self, images: Tensor) -> Features:
-        """The frozen teacher's features under ``torch.inference_mode`` (no autograd work).
-
-        The results are cloned out of inference mode so that losses may save them for the
-        backward pass; they carry no gradient.
-        """
-        assert self._teacher is not None, "this method was built without a teacher"
-        with torch.inference_mode(), self.teacher_bn_mode():
-            out = (self._teacher_runner or self._teacher).features(images)
-        return out.map(torch.Tensor.clone)
-
-    def use_teacher_cache(self, cache: TeacherLogits | None) -> None:
-        """Read the teacher's logits from ``cache`` (``cache.logits(index)``) instead of
-        running the teacher; ``None`` runs the teacher again. Only for methods whose
-        :attr:`teacher_logits_only` is true, whose teacher runs in eval mode."""
-        if cache is not None:
-            check_teacher_cache_use(type(self), self.cfg)
-        object.__setattr__(self, "_teacher_cache", cache)
-
-    def teacher_logits(self, images: Tensor, index: Tensor | None = None) -> Tensor:
-        """The frozen teacher's logits only (inference mode, cloned like teacher_features).
-
-        With a teacher cache (:meth:`use_teacher_cache`) they are read from it for the dataset
-        indices ``index`` (the views the loader gave the student) and the teacher does not run.
-        """
-        if self._teacher_cache is not None:
-            if index is None:
-                raise ValueError("a teacher cache needs the batch's dataset indices")
-            return self._teacher_cache.logits(index).to(images.device)
-        assert self._teacher is not None, "this method was built without a teacher"
-        with torch.inference_mode(), self.teacher_bn_mode():
-            logits = (self._teacher_runner or self._teacher)(images)
-        return logits.clone()
-
-    # ----------------------------------------------------------------- the method
-    #: True when the class implements :meth:`losses` (set automatically); such a method
-    #: can be part of a ``combo`` and needs no forward of its own.
-    combinable: bool = False
-
-    def __init_subclass__(cls, **kwargs: object) -> None:
-        super().__init_subclass__(**kwargs)
-        cls.combinable = cls.losses is not Distiller.losses
-
+    # ----------------------------------------------------------------- tasks
     #: Classes that run this method on another task, as ``{task: class}``, set beside the
     #: method in its folder's ``__init__`` (e.g. ``kdlab.methods.fcfd``: FCFD on a detector).
     #: Not inherited: a subclass names its own.
@@ -227,7 +202,7 @@ class Distiller(nn.Module):
                             "`kdlab list methods`.")
         return cls
 
-    def task_loss(self, out: Features, targets: Tensor) -> Tensor:
+    def task_loss(self, out: Any, targets: Any) -> Tensor:
         """The label loss of a network's output for the run's task (CE on labels, pixels,
         or the detector's own losses)."""
         return self.task.loss(out, targets)
@@ -241,37 +216,49 @@ class Distiller(nn.Module):
         method keeps each loss's gradient on its own side."""
         return {}
 
-    def forward(
-        self, images: Tensor, targets: Tensor, index: Tensor | None = None
-    ) -> tuple[Tensor, Losses]:
-        """Return the student's logits and the weighted loss terms, by name.
-
-        The default serves every method that implements :meth:`losses`: one student pass,
-        one teacher pass (inference mode), the label CE weighted by ``cfg.ce_weight``, then
-        the method's own terms. Methods that need something else override it.
-        """
-        if not self.combinable:
-            raise NotImplementedError(f"{type(self).__name__} implements neither forward() "
-                                      "nor losses()")
-        t = self.teacher_features(images) if self._teacher is not None else None
-        s = self.task.features(self.student, images, targets)
-        out: Losses = {}
+    # ----------------------------------------------------------------- the step
+    def forward(self, images: Any, targets: Any,
+                index: Tensor | None = None) -> tuple[Any, Losses]:
+        """One training step's student outputs and weighted loss terms, by name: the label
+        loss ``ce`` (weighted by ``cfg.ce_weight`` where the method has one; left out at 0)
+        on the student pass, then :meth:`losses`. Every method runs this template."""
+        batch = Batch(images, targets, index)
+        student = self.student_pass(batch)
+        teacher = self.teacher_pass(batch, student)
+        terms: Losses = {}
         ce_weight = getattr(self.cfg, "ce_weight", 1.0)
         if ce_weight:
-            out["ce"] = ce_weight * self.task_loss(s, targets)
-        out.update(self.losses(s, t, targets, index))
-        return s.logits, out
+            terms["ce"] = ce_weight * self.task_loss(student, batch.targets)
+        terms.update(self.losses(batch, student, teacher))
+        return student.logits, terms
 
-    def losses(
-        self,
-        student: Features,
-        teacher: Features | None,
-        targets: Tensor,
-        index: Tensor | None = None,
-    ) -> Losses:
-        """The method's distillation terms (weighted, without the label CE) from features
-        computed once elsewhere: the default forward and ``combo`` call it."""
-        raise NotImplementedError(f"{type(self).__name__} has no losses() hook")
+    def student_pass(self, batch: Batch) -> Any:
+        """The student's outputs for this step: what the task's loss reads, whose ``logits``
+        the trainer reports (default: the task's training pass of the student, a
+        :class:`~kdlab.models.staged.view.Features` or a detector's output)."""
+        return self.task.features(self.student, batch.images, batch.targets)
+
+    def runs_own_student_pass(self) -> bool:
+        """True when this method's :meth:`student_pass` is not the plain one; a ``combo``
+        then runs this part's pass for every part."""
+        return type(self).student_pass is not Distiller.student_pass
+
+    def teacher_pass(self, batch: Batch, student: Any) -> Any:
+        """The teacher's outputs for this step (default: what :attr:`teacher_reads` names,
+        from the teacher source; None without a frozen teacher). ``student`` is this step's
+        :meth:`student_pass` (a detector's teacher reads its proposals)."""
+        source = self.teacher_source
+        if source is None:
+            return None
+        if self.teacher_reads == "logits":
+            return TeacherLogits(source.logits(batch))
+        return source.features(batch)
+
+    def losses(self, batch: Batch, student: Any, teacher: Any) -> Losses:
+        """The method's weighted terms, by name, without the label loss ``ce`` (the template
+        adds it): ``student`` and ``teacher`` are this step's passes. ``combo`` calls it with
+        the passes it shares among its parts."""
+        raise NotImplementedError(f"{type(self).__name__} implements no losses()")
 
     def set_epoch(self, epoch: int, num_epochs: int) -> None:
         """Called by the trainer at the start of every epoch (0-based); for warm-ups."""

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from kdlab.errors import UserError
-from kdlab.methods.base import Distiller, Losses
+from kdlab.methods.base import Batch, Distiller
 from kdlab.tasks.detection.models import DetectionOutput, Detector, check_detector, inherit_from
 
 
@@ -37,17 +36,20 @@ class TeacherROI:
 
 def teacher_roi(teacher: Detector, s: DetectionOutput) -> TeacherROI:
     """``teacher``'s FPN on the student's resized batch and its ROI head on the student's
-    sampled proposals, under ``no_grad``."""
-    with torch.no_grad():
+    sampled proposals, under ``torch.inference_mode``; the results are cloned out of it so that
+    losses may save them for the backward pass (they carry no gradient)."""
+    with torch.inference_mode():
         fpn = teacher.backbone(s.images)
         logits, deltas = teacher.lens(fpn, s.proposals, s.image_sizes)
-    return TeacherROI(fpn=fpn, logits=logits, box_deltas=deltas)
+    return TeacherROI(fpn=OrderedDict((k, v.clone()) for k, v in fpn.items()),
+                      logits=logits.clone(), box_deltas=deltas.clone())
 
 
 class DetectionDistiller(Distiller):
     """Base of the detection methods: checks both networks are detectors, applies the
-    inheriting strategy (``cfg.inherit``, FCFD App. E), and provides the default step
-    ``ce_weight * (detector losses) + losses(student, teacher)``."""
+    inheriting strategy (``cfg.inherit``, FCFD App. E), and runs the teacher on the student's
+    proposals (:meth:`teacher_pass`); the step is the Distiller's: ``ce_weight * (detector
+    losses) + losses(batch, student, teacher)``."""
 
     tasks = ("detection",)
 
@@ -77,17 +79,7 @@ class DetectionDistiller(Distiller):
         if getattr(self.cfg, "inherit", False):
             inherit_from(self.s_det, self.t_det)
 
-    def teacher_roi(self, s: DetectionOutput) -> TeacherROI:
+    def teacher_pass(self, batch: Batch, student: DetectionOutput) -> TeacherROI:
         """The teacher on the student's resized batch and sampled proposals (no gradient)."""
-        return teacher_roi(self.t_det, s)
-
-    def forward(self, images: Any, targets: Any,
-                index: Tensor | None = None) -> tuple[Tensor | None, Losses]:
-        s = self.task.features(self.student, images, targets)
-        t = self.teacher_roi(s)
-        out: Losses = {}
-        ce_weight = getattr(self.cfg, "ce_weight", 1.0)
-        if ce_weight:
-            out["ce"] = ce_weight * self.task_loss(s, targets)
-        out.update(self.losses(s, t, targets, index))
-        return s.logits, out
+        assert self.teacher_source is not None
+        return teacher_roi(self.teacher_source.network(), student)

@@ -165,6 +165,8 @@ def check_model_config(cfg: RunConfig, *, weights: bool = True) -> None:
     if not weights:
         return
     if cfg.data.teacher_cache:
+        from kdlab.training.teacher_sources import check_teacher_cache
+
         check_teacher_cache(cfg)
     if teacher:
         ckpt = m.teacher_checkpoint
@@ -201,55 +203,6 @@ def check_model_config(cfg: RunConfig, *, weights: bool = True) -> None:
             raise UserError(f"model.{role}_pretrained=true would download {name}'s weights; "
                             "kdlab reads them from a local file only: set it to the path of "
                             "the .safetensors / .pth file.")
-
-
-def check_teacher_cache(cfg: RunConfig) -> None:
-    """``data.teacher_cache`` is a finished cache and the run's method can train from it (a
-    logit-only method with its teacher in eval mode); else a UserError. Data, augmentation and
-    teacher are checked against the cache when they are loaded (:func:`build_run`)."""
-    from kdlab.core.config import build_dataclass
-    from kdlab.data.soft_labels import TeacherCache
-    from kdlab.methods import METHODS
-    from kdlab.methods.base import check_teacher_cache_use
-
-    method = METHODS.get(cfg.method_name).for_task(cfg.task)
-    options = build_dataclass(method.Config, cfg.method_options, where=f"method.{cfg.method_name}")
-    check_teacher_cache_use(method, options)
-    assert cfg.data.teacher_cache is not None
-    TeacherCache.open(cfg.data.teacher_cache)
-
-
-def attach_teacher_cache(distiller: Distiller, cached: Any, teacher_model: str | None) -> None:
-    """Check that the cache was built from the distiller's teacher (the SHA-256 of its
-    weights, then a few entries recomputed) and let the distiller read the teacher's logits
-    from it."""
-    from kdlab.data.soft_labels import weights_sha256
-
-    if distiller.teacher is None:
-        raise UserError("data.teacher_cache is set but the run has no teacher; set "
-                        "model.teacher and its checkpoint, or remove data.teacher_cache.")
-    cached.cache.check_teacher(teacher_model, weights_sha256(distiller.teacher))
-    check_cached_entries(cached, distiller.teacher)
-    distiller.use_teacher_cache(cached)
-
-
-def check_cached_entries(cached: Any, teacher: nn.Module) -> None:
-    """Recompute the cache's probed entries (:class:`~kdlab.data.soft_labels.Probe`) with
-    ``teacher`` (eval mode, fp32) and refuse a cache whose stored outputs differ: values
-    moved about or edited, or outputs of other weights under this teacher's checksum."""
-    probe = cached.probe
-    if probe is None:
-        return
-    device = next(teacher.parameters(), torch.empty(0)).device
-    with torch.inference_mode():
-        logits = teacher(probe.inputs(cached.cache).to(device)).float().cpu()
-    found = cached.cache.mismatch(probe.index, probe.view, logits)
-    if found is not None:
-        raise UserError(
-            f"The teacher cache {str(cached.cache.path)!r} does not hold this teacher's "
-            f"outputs: {len(probe.index)} stored entries recomputed with the run's teacher "
-            f"differ ({found}); its values were edited or moved, or it was built from other "
-            "weights: build it again with `kdlab cache-teacher`.")
 
 
 def _check_teacher_spec(cfg: RunConfig, spec: dict[str, Any], info: Any) -> None:
@@ -300,6 +253,8 @@ def build_run(
     distiller = build_distiller_from_config(cfg, info, device, student_weights=not resuming,
                                             prebuilt=prebuilt)
     if loaders.teacher_cache is not None:
+        from kdlab.training.teacher_sources import attach_teacher_cache
+
         attach_teacher_cache(distiller, loaders.teacher_cache, cfg.model.teacher)
     return Run(distiller=distiller, loaders=loaders, info=info)
 

@@ -4,10 +4,11 @@ Two graphs are compiled with :func:`torch.compile`:
 
 - the trained module (the distiller with the student and its extras, DDP-wrapped or not), whose
   forward and backward run as one training graph;
-- the frozen teacher's inference passes (:meth:`~kdlab.methods.base.Distiller.teacher_features`
-  and ``teacher_logits``), compiled on their own under ``torch.inference_mode``: the training
-  graph breaks at the teacher call (``torch.compiler.disable``) and calls the teacher's own
-  compiled graph, which has no autograd to record and is compiled once for every method.
+- the frozen teacher's inference passes (the features and logits of the distiller's
+  :class:`~kdlab.methods.teacher_source.FrozenTeacher` source), compiled on their own under
+  ``torch.inference_mode``: the training graph breaks at the teacher call
+  (``torch.compiler.disable``) and calls the teacher's own compiled graph, which has no
+  autograd to record and is compiled once for every method.
 
 Compiling costs tens of seconds on a CPU (the first step); :class:`CompiledModel` prints that
 cost once. When a graph fails to compile (a backend error, a missing C compiler, an operator
@@ -155,8 +156,11 @@ def compile_run(model: nn.Module, distiller: nn.Module, setting: bool | str,
                 warn: Callable[[str], None] = print) -> CompiledModel:
     """Compile ``model`` (the distiller, or its DDP wrapper) and, apart, the distiller's frozen
     teacher for inference; ``setting`` is ``train.compile`` (true or a backend name)."""
+    from kdlab.methods.teacher_source import FrozenTeacher
+
     backend = backend_of(setting)
-    teacher = getattr(distiller, "_teacher", None)
-    if teacher is not None:
-        distiller.use_teacher_runner(CompiledTeacher(teacher, backend, warn))
+    source = getattr(distiller, "teacher_source", None)
+    if isinstance(source, FrozenTeacher):  # not a teacher cache: nothing runs then
+        distiller.use_teacher_source(
+            source.with_runner(CompiledTeacher(source.network(), backend, warn)))
     return CompiledModel(model, backend, warn)

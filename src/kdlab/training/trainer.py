@@ -29,7 +29,6 @@ from kdlab.errors import UserError
 from kdlab.nn.layout import use_channels_last
 from kdlab.runtime import collectives
 from kdlab.runtime.files import check_writable_folder
-from kdlab.runtime.precision import autocast
 from kdlab.runtime.threads import ThreadGovernor, apply_thread_policy
 from kdlab.training import distributed, teacher_check
 from kdlab.training.build import build_run, check_task, model_specs, resolve_device
@@ -40,13 +39,14 @@ from kdlab.training.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from kdlab.training.compiling import CompiledModel, compile_run
+from kdlab.training.compiling import compile_run
 from kdlab.training.metrics_log import MetricsLog, Progress
 from kdlab.training.optimisation import Optimisation
 from kdlab.training.prebuilt import Prebuilt, refuse_memory
 from kdlab.training.report import write_report
 from kdlab.training.resume import check_resume, read_saved
 from kdlab.training.run_lock import RunLock, is_main_process, remove_stale_temporaries
+from kdlab.training.step import train_step
 from kdlab.training.validate import validate_config
 
 #: steps between the (synchronising) checks for a non-finite loss and progress updates
@@ -352,8 +352,10 @@ class Trainer:
             images, targets, index = batch[0], batch[1], batch[2] if len(batch) > 2 else None
             if self.channels_last and isinstance(images, torch.Tensor) and images.dim() == 4:
                 images = images.contiguous(memory_format=torch.channels_last)
-            outputs, losses, total = self._step(model, optim, images, targets, index)
-            if self.governor is not None:  # a CPU step is done when _step returns
+            outputs, losses, total = train_step(model, optim, images, targets, index,
+                                                device=device, amp=cfg.train.amp,
+                                                method=cfg.method_name)
+            if self.governor is not None:  # a CPU step is done when train_step returns
                 now = time.perf_counter()
                 self.governor.step(now - last)
                 last = now
@@ -392,25 +394,6 @@ class Trainer:
             "score": 100.0 * sums[2].item() / max(sums[3].item(), 1.0),
             "terms": {k: sums[4 + i].item() / (steps * world) for i, k in enumerate(terms)},
         }
-
-    def _step(self, model: nn.Module, optim: Optimisation, images: Any, targets: Any,
-              index: Any) -> tuple[Any, dict[str, torch.Tensor], torch.Tensor]:
-        """One training step: forward, the summed loss, backward and the optimisers' step
-        (under ``train.compile`` through :meth:`CompiledModel.step`, which falls back)."""
-        def run(m: nn.Module) -> tuple[Any, dict[str, torch.Tensor], torch.Tensor]:
-            with autocast(self.device, self.cfg.train.amp):
-                outputs, losses = m(images, targets, index)
-            if not isinstance(losses, dict) or not losses:
-                raise UserError(f"Method {self.cfg.method_name!r} returned no loss terms; it "
-                                "must return (outputs, {name: loss}).")
-            total = sum(v.float() for v in losses.values())
-            assert isinstance(total, torch.Tensor)
-            optim.step(total)
-            return outputs, losses, total
-
-        if isinstance(model, CompiledModel):
-            return model.step(run, self.device)
-        return run(model)
 
     def _check_finite(self, bad: dict[str, torch.Tensor], epoch: int, step: int) -> None:
         names = list(bad)

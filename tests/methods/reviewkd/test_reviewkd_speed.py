@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 import kdlab.methods.reviewkd.abf as abf
 from kdlab.methods import build_distiller
+from kdlab.methods.base import Batch
 from kdlab.methods.reviewkd.abf import ABF
 from kdlab.methods.reviewkd.losses import hcl_loss
 
@@ -104,7 +105,7 @@ def test_reviewkd_loss_and_gradients_match_the_authors_formulation(tiny_pair, la
                     dtype=torch.float64)
     y = torch.arange(8) % 10
     _, losses = d(x, y)
-    s, t = ref.student.features(x), ref.teacher_features(x)
+    s, t = ref.student.features(x), ref.teacher_source.features(Batch(x))
     # the authors' levels: the stages after the stem (the tiny nets' stage 0) and the pool
     levels, t_levels = ([*f.stages[1:], f.embedding[:, :, None, None]] for f in (s, t))
     want = hcl_loss(reference_review(ref, levels), t_levels)

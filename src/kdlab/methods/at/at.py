@@ -17,10 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import Tensor
-
 from kdlab.methods import METHODS
-from kdlab.methods.base import Distiller, Losses
+from kdlab.methods.base import Batch, Distiller, Losses
 from kdlab.methods.shared.attention import at_loss
 from kdlab.methods.shared.spatial import match_spatial
 from kdlab.models.staged.pairs import stage_pairs
@@ -46,14 +44,7 @@ class AT(Distiller):
         self.pairs = stage_pairs(self.student, self.teacher, self.cfg.stages,
                                  include_stem=self.cfg.include_stem)
 
-    def losses(
-        self,
-        student: Features,
-        teacher: Features | None,
-        targets: Tensor,
-        index: Tensor | None = None,
-    ) -> Losses:
-        assert teacher is not None
+    def losses(self, batch: Batch, student: Features, teacher: Features) -> Losses:
         total = student.logits.new_zeros(())
         for i, j in self.pairs:
             fs, ft = match_spatial(student.stages[i], teacher.stages[j])

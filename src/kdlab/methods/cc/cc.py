@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import Tensor, nn
+from torch import nn
 
 from kdlab.errors import UserError
 from kdlab.methods import METHODS
-from kdlab.methods.base import Distiller, Losses
+from kdlab.methods.base import Batch, Distiller, Losses
 from kdlab.methods.shared.logits import kd_loss
 from kdlab.methods.shared.relations import cc_benchmark_loss, cc_loss
 from kdlab.models.staged.view import Features
@@ -71,14 +71,7 @@ class CC(Distiller):
         else:
             self.projection = nn.Linear(ds, dt) if ds != dt else nn.Identity()
 
-    def losses(
-        self,
-        student: Features,
-        teacher: Features | None,
-        targets: Tensor,
-        index: Tensor | None = None,
-    ) -> Losses:
-        assert teacher is not None
+    def losses(self, batch: Batch, student: Features, teacher: Features) -> Losses:
         c = self.cfg
         s = self.projection(student.embedding.flatten(1))
         if c.formulation == "benchmark":

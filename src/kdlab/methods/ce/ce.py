@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor
 
 from kdlab.errors import UserError
 from kdlab.methods import METHODS
-from kdlab.methods.base import Distiller, Losses
+from kdlab.methods.base import Batch, Distiller, Losses
 
 
 @METHODS.register("ce")
@@ -30,12 +31,10 @@ class CrossEntropy(Distiller):
             raise UserError(f"method.label_smoothing applies to classification only; remove it "
                             f"for task {self.task.name!r}.")
 
-    def forward(
-        self, images: Tensor, targets: Tensor, index: Tensor | None = None
-    ) -> tuple[Tensor, Losses]:
-        out = self.task.features(self.student, images, targets)
+    def task_loss(self, out: Any, targets: Any) -> Tensor:
         if self.cfg.label_smoothing:
-            ce = F.cross_entropy(out.logits, targets, label_smoothing=self.cfg.label_smoothing)
-        else:
-            ce = self.task_loss(out, targets)
-        return out.logits, {"ce": ce}
+            return F.cross_entropy(out.logits, targets, label_smoothing=self.cfg.label_smoothing)
+        return super().task_loss(out, targets)
+
+    def losses(self, batch: Batch, student: Any, teacher: None) -> Losses:
+        return {}  # the label loss alone (the template's ``ce``)

@@ -6,13 +6,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from torch import Tensor, nn
+from torch import nn
 from torch.optim import Optimizer
 
 from kdlab.core.config import build_dataclass
 from kdlab.errors import UserError
 from kdlab.methods import METHODS, build_distiller
-from kdlab.methods.base import Distiller, Losses
+from kdlab.methods.base import Batch, Distiller, Losses
+from kdlab.methods.teacher_source import FrozenTeacher, TeacherSource
 
 
 @METHODS.register("combo")
@@ -28,16 +29,25 @@ class Combo(Distiller):
             - {name: rkd, distance_weight: 25, angle_weight: 50}
 
     Each part is built with its own options (checked against its Config) over the shared
-    student and teacher; the student's and the teacher's features are computed once per step
-    and handed to every part's :meth:`~kdlab.methods.base.Distiller.losses`. The label CE is
-    counted once, with the combo's ``ce_weight`` (a part may not set its own). Each part's
-    extras (projections, memory banks) are submodules of the combo and are trained with it.
-    A loss term is named as its part names it, prefixed by the part's name on a clash.
+    student and teacher; the student's and the teacher's passes run once per step and are
+    handed to every part's :meth:`~kdlab.methods.base.Distiller.losses`. A part that runs a
+    pass of its own (OFD's pre-activation taps) runs it for all parts, which read the plain
+    outputs in it; two such parts cannot share a combo. Parts that set ``teacher_bn`` must
+    agree: there is one teacher pass. The label CE is counted once, with the combo's
+    ``ce_weight`` (a part may not set its own). Each part's extras (projections, memory
+    banks, FCFD's bridges, SKD's critic and its optimiser) are submodules of the combo and are
+    trained with it. A loss term is named as its part names it, prefixed by the part's name
+    on a clash.
+
+    Every method that distils the student from a frozen teacher can be a part
+    (:attr:`~kdlab.methods.base.Distiller.combinable`), but SimKD and FCFD with ``simkd:
+    true``, whose student ends in the teacher's classifier.
     """
 
     #: a part that does not support the run's task is refused when the combo is built
     tasks = ("classification", "segmentation")
     uses_stages = False  # itself: logits only; each part is checked when it is built
+    combinable = False  # a combo is not a part of another
 
     @dataclass
     class Config:
@@ -60,6 +70,25 @@ class Combo(Distiller):
             self.parts[name] = build_distiller(name, options, self.student, self.teacher,
                                                train_size=self.train_size, task=self.task)
         self.may_skip_parameters = any(p.may_skip_parameters for p in self.parts.values())
+        for name, part in self.parts.items():
+            if next(iter(part.evaluated().values())) is not self.student:
+                raise UserError(f"Method {name!r} as set up here trains a student of its own "
+                                "making (e.g. FCFD with simkd: true ends in the teacher's "
+                                "classifier), which the other parts cannot share; run it on "
+                                "its own.")
+        self.student_owner = _one_owner(
+            "student", [n for n, p in self.parts.items() if p.runs_own_student_pass()])
+        self.teacher_owner = _one_owner("teacher", _own_teacher_passes(self.parts))
+        self.teacher_reads = ("logits" if all(p.teacher_reads == "logits"
+                                              for p in self.parts.values()) else "features")
+        assert self._teacher is not None
+        self.use_teacher_source(FrozenTeacher(self._teacher, _teacher_bn(self.parts)))
+
+    def use_teacher_source(self, source: TeacherSource) -> None:
+        """The combo's source is every part's: they read the one teacher pass."""
+        super().use_teacher_source(source)
+        for part in self.parts.values():
+            part.use_teacher_source(source)
 
     def separate_optimizers(
         self,
@@ -72,23 +101,56 @@ class Combo(Distiller):
         for part in self.parts.values():
             part.set_epoch(epoch, num_epochs)
 
-    def forward(
-        self, images: Tensor, targets: Tensor, index: Tensor | None = None
-    ) -> tuple[Tensor, Losses]:
-        t = self.teacher_features(images) if self.teacher is not None else None
-        s = self.task.features(self.student, images, targets)
-        losses: Losses = {}
-        if self.cfg.ce_weight:
-            losses["ce"] = self.cfg.ce_weight * self.task_loss(s, targets)
-        self.add_part_losses(losses, s, t, targets, index)
-        return s.logits, losses
+    def student_pass(self, batch: Batch) -> Any:
+        """The plain student pass, or the pass of the one part that runs its own (OFD's
+        pre-activation tap: the plain outputs plus extras)."""
+        if self.student_owner is not None:
+            return self.parts[self.student_owner].student_pass(batch)
+        return super().student_pass(batch)
 
-    def add_part_losses(self, losses: Losses, s: Any, t: Any, targets: Any,
-                        index: Tensor | None) -> None:
-        """Add every part's terms to ``losses``, prefixed by the part's name on a clash."""
+    def teacher_pass(self, batch: Batch, student: Any) -> Any:
+        """The teacher pass every part reads: the features (the logits when every part reads
+        only those), or the pass of the parts that run their own (OFD's tap, a detector's ROI
+        head on the student's proposals)."""
+        if self.teacher_owner is not None:
+            return self.parts[self.teacher_owner].teacher_pass(batch, student)
+        return super().teacher_pass(batch, student)
+
+    def losses(self, batch: Batch, student: Any, teacher: Any) -> Losses:
+        """Every part's terms, prefixed by the part's name on a clash."""
+        out: Losses = {}
         for name, part in self.parts.items():
-            for term, value in part.losses(s, t, targets, index).items():
-                losses[term if term not in losses else f"{name}.{term}"] = value
+            for term, value in part.losses(batch, student, teacher).items():
+                out[term if term not in out and term != "ce" else f"{name}.{term}"] = value
+        return out
+
+
+def _one_owner(which: str, owners: list[str]) -> str | None:
+    """The one part whose own ``which`` pass the combo runs for all parts, if any."""
+    if len(owners) > 1:
+        raise UserError(f"Parts {', '.join(owners)} each run the {which} their own way, but a "
+                        f"combo runs one {which} pass for all its parts; keep one of them.")
+    return owners[0] if owners else None
+
+
+def _own_teacher_passes(parts: nn.ModuleDict) -> list[str]:
+    """The first part of those whose teacher pass is not the plain one, where they all run the
+    same (e.g. every detection part's ROI pass); every such part where they differ."""
+    own = {name: type(p).teacher_pass for name, p in parts.items()
+           if type(p).teacher_pass is not Distiller.teacher_pass}
+    if len(set(own.values())) == 1:
+        return [next(iter(own))]
+    return list(own)
+
+
+def _teacher_bn(parts: nn.ModuleDict) -> str:
+    """The ``teacher_bn`` mode of the combo's one teacher pass: the parts' that set one."""
+    modes = {name: p.cfg.teacher_bn for name, p in parts.items() if hasattr(p.cfg, "teacher_bn")}
+    if len(set(modes.values())) > 1:
+        given = ", ".join(f"{name}: {mode}" for name, mode in modes.items())
+        raise UserError(f"The parts run the teacher's BatchNorm differently ({given}), but a "
+                        "combo runs one teacher pass; set the same teacher_bn on each part.")
+    return next(iter(modes.values()), "eval")
 
 
 def check_parts(parts: list[dict[str, Any]], part_class: Callable[[str], type]) -> None:
@@ -116,7 +178,7 @@ def check_parts(parts: list[dict[str, Any]], part_class: Callable[[str], type]) 
 
 def _classification_part(name: str) -> type[Distiller]:
     cls = METHODS.get(name)
-    if not getattr(cls, "combinable", False) or cls is Combo:
+    if not getattr(cls, "combinable", False):
         combinable = [n for n in METHODS.names() if getattr(METHODS.get(n), "combinable", False)]
         raise UserError(f"Method {name!r} cannot be part of a combo; combinable methods: "
                         f"{', '.join(combinable)}.")

@@ -3,9 +3,10 @@
 
 As :class:`kdlab.methods.combo.combo.Combo`: each part is the detection variant of a registered
 method (``for_task("detection")``), built with its own options over the shared student and
-teacher; the student's training pass and the teacher's pass on its proposals are computed once
-per step and handed to every part's ``losses``; the detector's own losses are counted once,
-with the combo's ``ce_weight``.
+teacher; the student's training pass and the teacher's pass on its proposals (the parts' own
+:meth:`~kdlab.methods.detection_base.DetectionDistiller.teacher_pass`) are computed once per step
+and handed to every part's ``losses``; the detector's own losses are counted once, with the
+combo's ``ce_weight``.
 """
 
 from __future__ import annotations
@@ -13,12 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from torch import Tensor
-
 from kdlab.errors import UserError
-from kdlab.methods.base import Losses
 from kdlab.methods.combo.combo import Combo, check_parts
-from kdlab.methods.detection_base import DetectionDistiller, teacher_roi
+from kdlab.methods.detection_base import DetectionDistiller
 
 
 def _detection_part(name: str) -> type[DetectionDistiller]:
@@ -48,13 +46,3 @@ class DetectionCombo(Combo):
 
         def __post_init__(self) -> None:
             check_parts(self.parts, _detection_part)
-
-    def forward(self, images: Any, targets: Any,
-                index: Tensor | None = None) -> tuple[Tensor | None, Losses]:
-        s = self.task.features(self.student, images, targets)
-        t = teacher_roi(self.teacher, s)  # type: ignore[arg-type]
-        losses: Losses = {}
-        if self.cfg.ce_weight:
-            losses["ce"] = self.cfg.ce_weight * self.task_loss(s, targets)
-        self.add_part_losses(losses, s, t, targets, index)
-        return s.logits, losses

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from kdlab.errors import UserError
 from kdlab.methods import METHODS
-from kdlab.methods.base import Distiller, Losses
+from kdlab.methods.base import Batch, Distiller, Losses
 from kdlab.methods.crd.losses import crd_nce_loss
 from kdlab.methods.crd.memory_bank import ContrastMemory
 from kdlab.models.staged.view import Features
@@ -72,14 +72,8 @@ class CRD(Distiller):
         self.memory = ContrastMemory(c.feat_dim, self.train_size, c.num_negatives,
                                      c.temperature, c.momentum)
 
-    def losses(
-        self,
-        student: Features,
-        teacher: Features | None,
-        targets: Tensor,
-        index: Tensor | None = None,
-    ) -> Losses:
-        assert teacher is not None
+    def losses(self, batch: Batch, student: Features, teacher: Features) -> Losses:
+        index = batch.index
         if index is None:
             raise UserError(
                 "CRD needs the dataset index of every sample; use a loader that yields "

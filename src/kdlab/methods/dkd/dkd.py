@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch.nn.functional as F
-from torch import Tensor
-
 from kdlab.errors import UserError
 from kdlab.methods import METHODS
-from kdlab.methods.base import Distiller, Losses
+from kdlab.methods.base import Batch, Distiller, Losses
 from kdlab.methods.shared.logits import dkd_loss
+from kdlab.methods.teacher_source import TeacherLogits
 from kdlab.models.staged.view import Features
 
 
@@ -26,7 +24,7 @@ class DKD(Distiller):
     """
 
     uses_stages = False  # logits and pooled embeddings only: ViTs too
-    teacher_logits_only = True  # data.teacher_cache can stand in for the teacher
+    teacher_reads = "logits"  # data.teacher_cache can stand in for the teacher
 
     @dataclass
     class Config:
@@ -45,28 +43,9 @@ class DKD(Distiller):
         w = self.cfg.warmup
         self.kd_scale = 1.0 if w == 0 else min((epoch + 1) / w, 1.0)
 
-    def _dkd(self, logits: Tensor, teacher_logits: Tensor, targets: Tensor) -> Tensor:
+    def losses(self, batch: Batch, student: Features,
+               teacher: Features | TeacherLogits) -> Losses:
         c = self.cfg
-        return self.kd_scale * dkd_loss(logits, teacher_logits, targets, alpha=c.alpha,
-                                        beta=c.beta, temperature=c.temperature)
-
-    def losses(
-        self,
-        student: Features,
-        teacher: Features | None,
-        targets: Tensor,
-        index: Tensor | None = None,
-    ) -> Losses:
-        assert teacher is not None
-        return {"dkd": self._dkd(student.logits, teacher.logits, targets)}
-
-    def forward(
-        self, images: Tensor, targets: Tensor, index: Tensor | None = None
-    ) -> tuple[Tensor, Losses]:
-        teacher_logits = self.teacher_logits(images, index)
-        logits = self.student(images)
-        losses: Losses = {}
-        if self.cfg.ce_weight:
-            losses["ce"] = self.cfg.ce_weight * F.cross_entropy(logits, targets)
-        losses["dkd"] = self._dkd(logits, teacher_logits, targets)
-        return logits, losses
+        return {"dkd": self.kd_scale * dkd_loss(student.logits, teacher.logits, batch.targets,
+                                                alpha=c.alpha, beta=c.beta,
+                                                temperature=c.temperature)}

@@ -30,10 +30,10 @@ from torch import Tensor, nn
 
 from kdlab.errors import UserError
 from kdlab.methods import METHODS
-from kdlab.methods.base import Distiller, Losses
+from kdlab.methods.base import Batch, Distiller, Losses
 from kdlab.methods.shared.logits import kd_loss
 from kdlab.models import build_model
-from kdlab.models.staged.view import Staged
+from kdlab.models.staged.view import Features, Staged
 from kdlab.tasks import Task
 
 
@@ -96,20 +96,24 @@ class DML(Distiller):
         """The student, then the other peers."""
         return [self.student, *self.peers]
 
-    def forward(
-        self, images: Tensor, targets: Tensor, index: Tensor | None = None
-    ) -> tuple[Tensor, Losses]:
-        logits = [net(images) for net in self.networks()]
+    def teacher_pass(self, batch: Batch, student: Features) -> list[Tensor]:
+        """The other peers' logits (trained, with gradient): the student's teachers."""
+        return [net(batch.images) for net in self.peers]
+
+    def losses(self, batch: Batch, student: Features, teacher: list[Tensor]) -> Losses:
+        """Every peer's CE (the student's is the template's ``ce``) and mimicry KL."""
+        logits = [student.logits, *teacher]
         targets_soft = [z.detach() for z in logits]
         c = self.cfg
         names = ["student", *self.peer_names]
         losses: Losses = {}
         for k, (name, z) in enumerate(zip(names, logits, strict=True)):
             prefix = "" if k == 0 else f"{name}_"
-            losses[f"{prefix}ce"] = F.cross_entropy(z, targets)
+            if k:
+                losses[f"{prefix}ce"] = F.cross_entropy(z, batch.targets)
             others = [kd_loss(z, t, c.temperature) for j, t in enumerate(targets_soft) if j != k]
             losses[f"{prefix}kl"] = c.kl_weight * torch.stack(others).mean()
-        return logits[0], losses
+        return losses
 
     def evaluated(self) -> dict[str, nn.Module]:
         """Every peer, the student first (it selects the best checkpoint)."""

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from kdlab.methods.base import Losses
+from kdlab.methods.base import Batch, Losses
 from kdlab.methods.detection_base import DetectionDistiller, TeacherROI
 from kdlab.methods.shared.detection import (
     check_reduction,
@@ -91,9 +91,8 @@ class FCFDDetection(DetectionDistiller):
         l2 = roi_l2_loss(out[1], teacher.box_deltas, c.reduction)
         return kl_weight * kl, l2_weight * l2
 
-    def losses(self, student: DetectionOutput, teacher: TeacherROI | None, targets: object,
-               index: Tensor | None = None) -> Losses:
-        assert teacher is not None and student.logits is not None
+    def losses(self, batch: Batch, student: DetectionOutput, teacher: TeacherROI) -> Losses:
+        assert student.logits is not None
         assert student.box_deltas is not None
         c = self.cfg
         proposals, sizes = student.proposals, student.image_sizes

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from kdlab.errors import UserError
 from kdlab.methods import METHODS
-from kdlab.methods.base import Distiller, Losses
+from kdlab.methods.base import Batch, Distiller, Losses
 from kdlab.methods.fcfd.losses import app_loss, func_l2_loss, pooled_l2_loss
 from kdlab.methods.shared.bridge import Bridge
 from kdlab.methods.shared.logits import dkd_loss, kd_loss
@@ -30,6 +30,8 @@ from kdlab.models.staged.view import Features
 from kdlab.nn.chunked_bn import chunked_batchnorm
 from kdlab.nn.path_bn import PathStats
 
+#: the key of FCFD+SimKD's projected last student feature in the student pass's ``extras``
+SIMKD_PROJECTION = "simkd_projection"
 #: the function terms a sampled path can produce, in the order they are reported
 PATH_TERMS = ("func_l2", "func_kl", "funcp_kl", "funcp_l2")
 Path = tuple[int, int]  # (k, delta): 1-based position, 1 = student->teacher, 0 = teacher->student
@@ -230,12 +232,22 @@ class FCFD(Distiller):
         return kd_loss(logits, teacher_logits, c.temperature)
 
     # ----------------------------------------------------------------- the method
-    def forward(
-        self, images: Tensor, targets: Tensor, index: Tensor | None = None
-    ) -> tuple[Tensor, Losses]:
-        t = self.teacher_features(images)
-        s = self.student.features(images)
-        return self.losses_from(s, t, targets)
+    def student_pass(self, batch: Batch) -> Features:
+        """The student's pass; for FCFD+SimKD its logits are ``C_t(B_st^N(F_s^N))`` (App. C.2),
+        the projected feature kept in ``extras`` for the terms that read ``B_st^N(F_s^N)``."""
+        s = super().student_pass(batch)
+        if self.simkd_head is None:
+            return s
+        n = self.num_stages
+        projected = self.b_st[str(n)](s.stages[n - 1])
+        return dataclasses.replace(s, logits=self.simkd_head(projected),
+                                   extras={**s.extras, SIMKD_PROJECTION: projected})
+
+    def runs_own_student_pass(self) -> bool:
+        return self.simkd_head is not None
+
+    def losses(self, batch: Batch, student: Features, teacher: Features) -> Losses:
+        return self.fcfd_terms(student, teacher, batch.targets)
 
     def teacher_lens(self, name: str) -> contextlib.AbstractContextManager[None]:
         """Context for running the teacher's modules on a bridged student feature.
@@ -264,14 +276,14 @@ class FCFD(Distiller):
         """Name of the teacher-side BN statistics of path ``<k, delta=1>`` (online FCFD)."""
         return f"s2t_k{k}"
 
-    def losses_from(
+    def fcfd_terms(
         self, s: Features, t: Features, targets: Tensor, *, t_source: Features | None = None
-    ) -> tuple[Tensor, Losses]:
-        """Eq. 9 from the student's pass ``s`` and the teacher's pass ``t``.
+    ) -> Losses:
+        """Eq. 9's terms but L_task from the student's pass ``s`` and the teacher's pass ``t``:
+        L_kd, L_app and the sampled paths' L_func / L_func', weighted.
 
         ``t`` holds the targets and must carry no gradient. ``t_source`` (default ``t``)
-        supplies the teacher features fed to B_ts on ``<k, 0>`` paths. Returns the
-        student's logits and the weighted terms.
+        supplies the teacher features fed to B_ts on ``<k, 0>`` paths.
         """
         c, n = self.cfg, self.num_stages
         t_source = t if t_source is None else t_source
@@ -280,15 +292,14 @@ class FCFD(Distiller):
 
         # B_st(F_s^k) once per k: shared by L_app, the paths <k, 1> and the SimKD head
         need_st = set(self.app_positions) | {k for k, d in paths if d == 1}
-        if self.simkd_head is not None:
-            need_st.add(n)
-        bridged = {k: self.b_st[str(k)](s.stages[k - 1]) for k in sorted(need_st)}
-        logits = s.logits if self.simkd_head is None else self.simkd_head(bridged[n])
+        bridged: dict[int, Tensor] = {}
+        if SIMKD_PROJECTION in s.extras:  # FCFD+SimKD: B_st^N(F_s^N), from the student pass
+            bridged[n] = s.extras[SIMKD_PROJECTION]
+        for k in sorted(need_st - bridged.keys()):
+            bridged[k] = self.b_st[str(k)](s.stages[k - 1])
+        logits = s.logits  # FCFD+SimKD: the projected student's (student_pass)
 
         losses: Losses = {}
-        if c.ce_weight:
-            own = s if logits is s.logits else dataclasses.replace(s, logits=logits)
-            losses["ce"] = c.ce_weight * self.task_loss(own, targets)
         if c.kd_weight:
             losses["kd"] = c.kd_weight * self._logit_loss(logits, t.logits, targets)
 
@@ -311,7 +322,7 @@ class FCFD(Distiller):
             for name, value in terms.items():
                 found[name].append(value)
         losses.update(self._path_losses(found, logits.new_zeros(())))
-        return logits, losses
+        return losses
 
     def _batched_paths(self, paths: list[Path], bridged: dict[int, Tensor], s: Features,
                        t: Features, t_source: Features,

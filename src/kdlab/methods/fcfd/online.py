@@ -43,10 +43,10 @@ from torch import Tensor, nn
 
 from kdlab.errors import UserError
 from kdlab.methods import METHODS
-from kdlab.methods.base import Losses
+from kdlab.methods.base import Batch, Losses
 from kdlab.methods.fcfd.fcfd import FCFD
 from kdlab.models import build_model
-from kdlab.models.staged.view import Staged
+from kdlab.models.staged.view import Features, Staged
 from kdlab.tasks import Task
 
 
@@ -141,23 +141,23 @@ class OnlineFCFD(FCFD):
             for p in frozen:
                 p.requires_grad_(True)
 
-    def forward(
-        self, images: Tensor, targets: Tensor, index: Tensor | None = None
-    ) -> tuple[Tensor, Losses]:
-        c = self.cfg
-        t_live = self.teacher_net.features(images)  # train mode, with gradient
-        t = t_live.map(Tensor.detach)  # targets
-        s = self.student.features(images)
-        logits, losses = self.losses_from(
-            s, t, targets, t_source=t_live if c.teacher_path_grad else None
-        )
+    def teacher_pass(self, batch: Batch, student: Features) -> Features:
+        """The trained teacher's own pass (train mode, with gradient)."""
+        return self.teacher_net.features(batch.images)
+
+    def losses(self, batch: Batch, student: Features, teacher: Features) -> Losses:
+        """FCFD's terms with the teacher's pass detached as their targets, then the teacher's
+        CE and its KD toward the student (App. F)."""
+        c, targets = self.cfg, batch.targets
+        losses = self.fcfd_terms(student, teacher.map(Tensor.detach), targets,
+                                 t_source=teacher if c.teacher_path_grad else None)
         if c.teacher_ce_weight:
-            losses["teacher_ce"] = c.teacher_ce_weight * F.cross_entropy(t_live.logits, targets)
+            losses["teacher_ce"] = c.teacher_ce_weight * F.cross_entropy(teacher.logits, targets)
         if c.teacher_kd_weight:
             losses["teacher_kd"] = c.teacher_kd_weight * self._logit_loss(
-                t_live.logits, logits.detach(), targets
+                teacher.logits, student.logits.detach(), targets
             )
-        return logits, losses
+        return losses
 
     def evaluated(self) -> dict[str, nn.Module]:
         """The student (selects the best checkpoint), then the teacher."""

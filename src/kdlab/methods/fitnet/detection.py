@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import Tensor
-
-from kdlab.methods.base import Losses
+from kdlab.methods.base import Batch, Losses
 from kdlab.methods.detection_base import DetectionDistiller, TeacherROI
 from kdlab.methods.shared.detection import fpn_app_loss, fpn_bridges
 from kdlab.tasks.detection.models import DetectionOutput
@@ -31,9 +29,7 @@ class FitNetDetection(DetectionDistiller):
         self.b_st = fpn_bridges(self.s_det, self.t_det, self.s_det.fpn_levels,
                                 "student -> teacher")
 
-    def losses(self, student: DetectionOutput, teacher: TeacherROI | None, targets: object,
-               index: Tensor | None = None) -> Losses:
-        assert teacher is not None
+    def losses(self, batch: Batch, student: DetectionOutput, teacher: TeacherROI) -> Losses:
         if not self.cfg.hint_weight:
             return {}
         bridged = {k: self.b_st[k](student.fpn[k]) for k in self.b_st}

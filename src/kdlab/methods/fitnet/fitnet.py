@@ -14,11 +14,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import Tensor
-
 from kdlab.errors import UserError
 from kdlab.methods import METHODS
-from kdlab.methods.base import Distiller, Losses
+from kdlab.methods.base import Batch, Distiller, Losses
 from kdlab.methods.fitnet.regressor import ConvRegressor
 from kdlab.methods.shared.bridge import Bridge
 from kdlab.methods.shared.hint import hint_loss
@@ -61,14 +59,7 @@ class FitNet(Distiller):
             raise UserError(f"Unknown method.regressor {self.cfg.regressor!r}; use 'bridge' "
                             "(FCFD's bridge) or 'convreg' (the CRD benchmark's regressor).")
 
-    def losses(
-        self,
-        student: Features,
-        teacher: Features | None,
-        targets: Tensor,
-        index: Tensor | None = None,
-    ) -> Losses:
-        assert teacher is not None
+    def losses(self, batch: Batch, student: Features, teacher: Features) -> Losses:
         c = self.cfg
         if not c.hint_weight:
             return {}

@@ -52,7 +52,7 @@ from torch import Tensor, nn
 
 from kdlab.errors import UserError
 from kdlab.methods import METHODS
-from kdlab.methods.base import Distiller, Losses
+from kdlab.methods.base import Batch, Distiller, Losses
 from kdlab.methods.frskd.bifpn import BiFPNc
 from kdlab.methods.shared.attention import at_loss
 from kdlab.methods.shared.logits import kd_loss
@@ -73,7 +73,7 @@ class SelfTeacherView(nn.Module):
     """Images -> self-teacher logits (student features, detached, through the BiFPNc).
 
     For evaluation only: the trainer evaluates each network on its own, so this runs the
-    student's forward again; training (:meth:`FRSKD.forward`) runs it once per step.
+    student's forward again; training (:meth:`FRSKD.teacher_pass`) runs it once per step.
     """
 
     def __init__(self, student: Staged, self_teacher: BiFPNc, levels: int) -> None:
@@ -154,29 +154,23 @@ class FRSKD(Distiller):
         return self.self_teacher([f.detach() for f in feats] if self.cfg.detach_features
                                  else feats)
 
-    def _passes(self, images: Tensor) -> tuple[Features, list[Tensor], list[Tensor], Tensor]:
-        """The student's features of ``images``, its last ``levels`` stage outputs, and the
-        self-teacher's refined maps and logits on them."""
-        out = self.student.features(images)
-        feats = out.stages[-self.levels :]
-        refined, st_logits = self._self_teacher(feats)
-        return out, feats, refined, st_logits
+    def teacher_pass(self, batch: Batch, student: Features) -> tuple[list[Tensor], Tensor]:
+        """The self-teacher on the student's last ``levels`` stage outputs: its refined maps
+        and logits (trained, with gradient)."""
+        return self._self_teacher(student.stages[-self.levels :])
 
-    def forward(
-        self, images: Tensor, targets: Tensor, index: Tensor | None = None
-    ) -> tuple[Tensor, Losses]:
+    def losses(self, batch: Batch, student: Features,
+               teacher: tuple[list[Tensor], Tensor]) -> Losses:
         c = self.cfg
-        out, feats, refined, st_logits = self._passes(images)
-        losses: Losses = {
-            "ce": F.cross_entropy(out.logits, targets),
-            "self_teacher_ce": F.cross_entropy(st_logits, targets),
-        }
+        refined, st_logits = teacher
+        losses: Losses = {"self_teacher_ce": F.cross_entropy(st_logits, batch.targets)}
         if c.alpha > 0:
-            losses["kd"] = c.alpha * kd_loss(out.logits, st_logits.detach(), c.temperature)
+            losses["kd"] = c.alpha * kd_loss(student.logits, st_logits.detach(), c.temperature)
         if c.beta > 0:
+            feats = student.stages[-self.levels :]
             feat = sum(at_loss(f, r.detach()) for f, r in zip(feats, refined, strict=True))
             losses["feat"] = c.beta * feat
-        return out.logits, losses
+        return losses
 
     def evaluated(self) -> dict[str, nn.Module]:
         """The student (selects the best checkpoint), then the self-teacher."""

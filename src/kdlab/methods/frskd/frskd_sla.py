@@ -49,6 +49,7 @@ keeps the shape).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -56,7 +57,7 @@ from torch import Tensor, nn
 
 from kdlab.errors import UserError
 from kdlab.methods import METHODS
-from kdlab.methods.base import Losses
+from kdlab.methods.base import Batch, Losses
 from kdlab.methods.frskd.frskd import FRSKD, SelfTeacherView
 from kdlab.methods.frskd.sla import ROTATIONS, aggregate_joint_logits, rotate_batch, sla_joint_loss
 from kdlab.methods.shared.attention import at_loss
@@ -76,6 +77,19 @@ class AggregatedView(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         joint = self.joint_head(self.student.features(rotate_batch(images)).embedding)
         return aggregate_joint_logits(joint)
+
+
+@dataclass
+class RotatedPasses:
+    """A pass on the batch (``plain``, whose logits the trainer reports) and one on its four
+    rotations (``rotated``)."""
+
+    plain: Any
+    rotated: Any
+
+    @property
+    def logits(self) -> Tensor:
+        return self.plain.logits
 
 
 @METHODS.register("frskd_sla")
@@ -102,18 +116,26 @@ class FRSKDSLA(FRSKD):
         self.joint_head = nn.Linear(self.student.embedding_dim, k)
         self.self_teacher_joint_head = nn.Linear(self.self_teacher.widths[-1], k)
 
-    def forward(
-        self, images: Tensor, targets: Tensor, index: Tensor | None = None
-    ) -> tuple[Tensor, Losses]:
-        c = self.cfg
-        out, feats, refined, st_logits = self._passes(images)
-        rot, rot_feats, rot_refined, _ = self._passes(rotate_batch(images))
+    def student_pass(self, batch: Batch) -> RotatedPasses:
+        """The student on the batch and on its four rotations."""
+        return RotatedPasses(self.student.features(batch.images),
+                             self.student.features(rotate_batch(batch.images)))
+
+    def teacher_pass(self, batch: Batch, student: RotatedPasses) -> RotatedPasses:
+        """The self-teacher on both student passes: refined maps and logits of each."""
+        return RotatedPasses(self._self_teacher(student.plain.stages[-self.levels :]),
+                             self._self_teacher(student.rotated.stages[-self.levels :]))
+
+    def losses(self, batch: Batch, student: RotatedPasses, teacher: RotatedPasses) -> Losses:
+        c, targets = self.cfg, batch.targets
+        out, rot = student.plain, student.rotated
+        (refined, st_logits), (rot_refined, _) = teacher.plain, teacher.rotated
+        feats, rot_feats = out.stages[-self.levels :], rot.stages[-self.levels :]
         joint = self.joint_head(rot.embedding)
         st_joint = self.self_teacher_joint_head(
             torch.flatten(F.adaptive_avg_pool2d(rot_refined[-1], 1), 1))
         agg, st_agg = aggregate_joint_logits(joint), aggregate_joint_logits(st_joint)
         losses: Losses = {
-            "ce": F.cross_entropy(out.logits, targets),
             "self_teacher_ce": F.cross_entropy(st_logits, targets),
             "joint_ce": sla_joint_loss(joint, targets),
             "self_teacher_joint_ce": sla_joint_loss(st_joint, targets),
@@ -133,7 +155,7 @@ class FRSKDSLA(FRSKD):
                        for f, r, fr, rr in zip(feats, refined, rot_feats, rot_refined,
                                                strict=True))
             losses["feat"] = c.beta * feat
-        return out.logits, losses
+        return losses
 
     def evaluated(self) -> dict[str, nn.Module]:
         """The student's own head (selects the best checkpoint), the self-teacher, and the

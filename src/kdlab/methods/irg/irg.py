@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from torch import Tensor
-
 from kdlab.errors import UserError
 from kdlab.methods import METHODS
-from kdlab.methods.base import Distiller, Losses
+from kdlab.methods.base import Batch, Distiller, Losses
 from kdlab.methods.shared.relations import irg_edge_loss, irg_transformation_loss, irg_vertex_loss
 from kdlab.models.staged.pairs import feature_at
 from kdlab.models.staged.view import Features
@@ -59,14 +57,7 @@ class IRG(Distiller):
                 "[stage-2, stage-1]."
             )
 
-    def losses(
-        self,
-        student: Features,
-        teacher: Features | None,
-        targets: Tensor,
-        index: Tensor | None = None,
-    ) -> Losses:
-        assert teacher is not None
+    def losses(self, batch: Batch, student: Features, teacher: Features) -> Losses:
         c = self.cfg
         out: Losses = {}
         if c.vertex_weight:

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import Tensor
-
-from kdlab.methods.base import Losses
+from kdlab.methods.base import Batch, Losses
 from kdlab.methods.detection_base import DetectionDistiller, TeacherROI
 from kdlab.methods.shared.detection import check_reduction, roi_kl_loss, roi_l2_loss
 from kdlab.tasks.detection.models import DetectionOutput
@@ -34,9 +32,8 @@ class KDDetection(DetectionDistiller):
         check_reduction(self.cfg.reduction)
         super().setup()
 
-    def losses(self, student: DetectionOutput, teacher: TeacherROI | None, targets: object,
-               index: Tensor | None = None) -> Losses:
-        assert teacher is not None and student.logits is not None
+    def losses(self, batch: Batch, student: DetectionOutput, teacher: TeacherROI) -> Losses:
+        assert student.logits is not None
         c = self.cfg
         out: Losses = {}
         if c.kd_weight:

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch.nn.functional as F
-from torch import Tensor
-
 from kdlab.methods import METHODS
-from kdlab.methods.base import Distiller, Losses
+from kdlab.methods.base import Batch, Distiller, Losses
 from kdlab.methods.shared.logits import kd_loss
+from kdlab.methods.teacher_source import TeacherLogits
 from kdlab.models.staged.view import Features
 
 
@@ -28,7 +26,7 @@ class KD(Distiller):
 
     tasks = ("classification",)
     uses_stages = False  # logits and pooled embeddings only: ViTs too
-    teacher_logits_only = True  # data.teacher_cache can stand in for the teacher
+    teacher_reads = "logits"  # data.teacher_cache can stand in for the teacher
 
     @dataclass
     class Config:
@@ -37,26 +35,9 @@ class KD(Distiller):
         kd_weight: float = 1.0
         teacher_bn: str = "eval"  # eval | batch (for the teacher-BN comparison)
 
-    def forward(
-        self, images: Tensor, targets: Tensor, index: Tensor | None = None
-    ) -> tuple[Tensor, Losses]:
+    def losses(self, batch: Batch, student: Features,
+               teacher: Features | TeacherLogits) -> Losses:
         c = self.cfg
-        teacher_logits = self.teacher_logits(images, index)
-        logits = self.student(images)
-        losses: Losses = {}
-        if c.ce_weight:
-            losses["ce"] = c.ce_weight * F.cross_entropy(logits, targets)
-        if c.kd_weight:
-            losses["kd"] = c.kd_weight * kd_loss(logits, teacher_logits, c.temperature)
-        return logits, losses
-
-    def losses(
-        self,
-        student: Features,
-        teacher: Features | None,
-        targets: Tensor,
-        index: Tensor | None = None,
-    ) -> Losses:
-        assert teacher is not None
-        c = self.cfg
+        if not c.kd_weight:
+            return {}
         return {"kd": c.kd_weight * kd_loss(student.logits, teacher.logits, c.temperature)}

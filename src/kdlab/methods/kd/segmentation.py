@@ -4,18 +4,19 @@ What ``kd`` runs for the segmentation task (:meth:`kdlab.methods.kd.kd.KD.for_ta
 ``tau^2 * KL(p_t || p_s)`` per pixel, averaged over the pixels and the batch
 (:func:`~kdlab.methods.shared.dense.pixel_kl_loss`), on the score maps at the decoder's
 resolution. Defaults are CIRKD's KD baseline (winycg/CIRKD, ``train_kd.py`` and
-``losses/kd.py``): temperature 1, weight 1.
+``losses/kd.py``): temperature 1, weight 1. Like KD it reads only the teacher's logits (its
+score maps); a teacher cache holds classification logits, not score maps, so a segmentation
+run refuses ``data.teacher_cache`` (:mod:`kdlab.training.teacher_sources`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import Tensor
-
-from kdlab.methods.base import Distiller, Losses
+from kdlab.methods.base import Batch, Losses
 from kdlab.methods.kd.kd import KD
 from kdlab.methods.shared.dense import pixel_kl_loss
+from kdlab.methods.teacher_source import TeacherLogits
 from kdlab.models.staged.view import Features
 
 
@@ -30,19 +31,8 @@ class PixelKD(KD):
         ce_weight: float = 1.0
         kd_weight: float = 1.0
 
-    def forward(
-        self, images: Tensor, targets: Tensor, index: Tensor | None = None
-    ) -> tuple[Tensor, Losses]:
-        return Distiller.forward(self, images, targets, index)
-
-    def losses(
-        self,
-        student: Features,
-        teacher: Features | None,
-        targets: Tensor,
-        index: Tensor | None = None,
-    ) -> Losses:
-        assert teacher is not None
+    def losses(self, batch: Batch, student: Features,
+               teacher: Features | TeacherLogits) -> Losses:
         c = self.cfg
         return {"kd": c.kd_weight * pixel_kl_loss(student.logits, teacher.logits,
                                                   c.temperature)}

@@ -28,6 +28,7 @@ cannot be tapped this way and get a clear error.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -36,11 +37,11 @@ from torch import Tensor, nn
 
 from kdlab.errors import UserError
 from kdlab.methods import METHODS
-from kdlab.methods.base import Distiller, Losses
+from kdlab.methods.base import Batch, Distiller, Losses
 from kdlab.methods.ofd.losses import bn_margin, ofd_partial_l2
 from kdlab.methods.shared.spatial import match_spatial
 from kdlab.models.staged.pairs import stage_pairs
-from kdlab.models.staged.view import Staged
+from kdlab.models.staged.view import Features, Staged
 
 
 class PreReLUTap:
@@ -158,28 +159,41 @@ class OFD(Distiller):
             for i, j in self.pairs
         )
 
-    def forward(
-        self, images: Tensor, targets: Tensor, index: Tensor | None = None
-    ) -> tuple[Tensor, Losses]:
+    def student_pass(self, batch: Batch) -> Features:
+        """The student's pass with its pre-ReLU maps of the paired stages in ``extras``."""
         with self.student_tap:
-            s = self.student.features(images)
-            s_pre = self.student_tap.features(s)
+            s = super().student_pass(batch)
+            pre = self.student_tap.features(s)
+        return dataclasses.replace(s, extras={**s.extras, **pre_relu_extras(pre)})
+
+    def teacher_pass(self, batch: Batch, student: Features) -> Features:
+        """The teacher source's features with the teacher's pre-ReLU maps in ``extras``."""
+        assert self.teacher_source is not None
         with self.teacher_tap:
-            t = self.teacher_features(images)
-            t_pre = [f.clone() for f in self.teacher_tap.features(t)]
+            t = self.teacher_source.features(batch)
+            pre = [f.clone() for f in self.teacher_tap.features(t)]
+        return dataclasses.replace(t, extras={**t.extras, **pre_relu_extras(pre)})
+
+    def losses(self, batch: Batch, student: Features, teacher: Features) -> Losses:
         # From the frozen teacher's BN, read each step (a teacher loaded later is seen too).
         margins = self.teacher_tap.margins()
         n = len(self.pairs)
-        total = s.logits.new_zeros(())
-        for k, (fs, ft, conn, margin) in enumerate(
-                zip(s_pre, t_pre, self.connectors, margins, strict=True)):
-            fs, ft = match_spatial(fs, ft)
+        total = student.logits.new_zeros(())
+        for k, (conn, margin) in enumerate(zip(self.connectors, margins, strict=True)):
+            fs, ft = match_spatial(student.extras[pre_relu_key(k)],
+                                   teacher.extras[pre_relu_key(k)])
             if fs.shape[0] != ft.shape[0]:
                 raise UserError(
                     f"Student and teacher batches differ ({fs.shape[0]} vs {ft.shape[0]}); "
                     "feed both networks the same images.")
             total = total + ofd_partial_l2(conn(fs), ft, margin) / 2 ** (n - k - 1)
-        return s.logits, {
-            "ce": self.cfg.ce_weight * F.cross_entropy(s.logits, targets),
-            "ofd": self.cfg.weight * total / images.shape[0],
-        }
+        return {"ofd": self.cfg.weight * total / batch.images.shape[0]}
+
+
+def pre_relu_key(k: int) -> str:
+    """The ``extras`` key of the pre-ReLU map of the ``k``-th stage pair."""
+    return f"ofd_pre_relu{k}"
+
+
+def pre_relu_extras(maps: list[Tensor]) -> dict[str, Tensor]:
+    return {pre_relu_key(k): m for k, m in enumerate(maps)}

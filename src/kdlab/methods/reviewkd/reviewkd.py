@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from kdlab.errors import UserError
 from kdlab.methods import METHODS
-from kdlab.methods.base import Distiller, Losses
+from kdlab.methods.base import Batch, Distiller, Losses
 from kdlab.methods.reviewkd.abf import ABF
 from kdlab.methods.reviewkd.losses import hcl_loss
 from kdlab.models.staged.view import Features
@@ -96,14 +96,7 @@ class ReviewKD(Distiller):
             results[i], residual = self.abfs[i](levels[i], residual, self.out_sizes[i])
         return results
 
-    def losses(
-        self,
-        student: Features,
-        teacher: Features | None,
-        targets: Tensor,
-        index: Tensor | None = None,
-    ) -> Losses:
-        assert teacher is not None
+    def losses(self, batch: Batch, student: Features, teacher: Features) -> Losses:
         fused = self.review(_levels(student, self.num_stages))
         loss = hcl_loss(fused, _levels(teacher, self.num_stages), tuple(self.cfg.hcl_levels))
         return {"review": self.cfg.weight * self._ramp * loss}

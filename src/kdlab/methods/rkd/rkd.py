@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import Tensor
-
 from kdlab.methods import METHODS
-from kdlab.methods.base import Distiller, Losses
+from kdlab.methods.base import Batch, Distiller, Losses
 from kdlab.methods.shared.relations import rkd_angle_loss, rkd_distance_loss
 from kdlab.models.staged.pairs import feature_at
 from kdlab.models.staged.view import Features
@@ -31,14 +29,7 @@ class RKD(Distiller):
         layer: str = "embedding"
         ce_weight: float = 1.0
 
-    def losses(
-        self,
-        student: Features,
-        teacher: Features | None,
-        targets: Tensor,
-        index: Tensor | None = None,
-    ) -> Losses:
-        assert teacher is not None
+    def losses(self, batch: Batch, student: Features, teacher: Features) -> Losses:
         c = self.cfg
         s, t = feature_at(student, c.layer), feature_at(teacher, c.layer)
         out: Losses = {}

@@ -25,13 +25,25 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdlab.methods import METHODS
-from kdlab.methods.base import Distiller, Losses
+from kdlab.methods.base import Batch, Distiller, Losses
 from kdlab.methods.shared.simkd_projector import ReusedHead, SimKDProjector, SimKDStudent, conv_cost
+from kdlab.models.staged.view import Features
+
+
+@dataclass
+class ProjectedStudent:
+    """SimKD's student pass: the projected last feature and the reused head's logits."""
+
+    projected: Tensor
+    logits: Tensor
 
 
 @METHODS.register("simkd")
 class SimKD(Distiller):
     """SimKD (Chen et al., CVPR 2022): projector + reused teacher classifier."""
+
+    #: its student is another network (projector + reused head), which combo parts cannot share
+    combinable = False
 
     @dataclass
     class Config:
@@ -60,17 +72,16 @@ class SimKD(Distiller):
     def deployable(self) -> SimKDStudent:
         return self._deployable
 
-    def forward(
-        self, images: Tensor, targets: Tensor, index: Tensor | None = None
-    ) -> tuple[Tensor, Losses]:
-        projected, logits = self.deployable.features(images)
-        target = self.teacher_features(images).stages[-1]
-        if target.shape[-2:] != projected.shape[-2:]:
-            target = F.adaptive_avg_pool2d(target, projected.shape[-2:])
-        losses = {"simkd": self.cfg.feature_weight * F.mse_loss(projected, target)}
-        if self.cfg.ce_weight:
-            losses["ce"] = self.cfg.ce_weight * F.cross_entropy(logits, targets)
-        return logits, losses
+    def student_pass(self, batch: Batch) -> ProjectedStudent:
+        """The deployable student: backbone, projector and the reused teacher head."""
+        projected, logits = self.deployable.features(batch.images)
+        return ProjectedStudent(projected, logits)
+
+    def losses(self, batch: Batch, student: ProjectedStudent, teacher: Features) -> Losses:
+        target = teacher.stages[-1]
+        if target.shape[-2:] != student.projected.shape[-2:]:
+            target = F.adaptive_avg_pool2d(target, student.projected.shape[-2:])
+        return {"simkd": self.cfg.feature_weight * F.mse_loss(student.projected, target)}
 
     def evaluated(self) -> dict[str, nn.Module]:
         return {"student": self.deployable}

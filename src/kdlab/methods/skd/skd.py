@@ -36,7 +36,7 @@ from torch.optim import Optimizer
 
 from kdlab.errors import UserError
 from kdlab.methods import METHODS
-from kdlab.methods.base import Distiller, Losses
+from kdlab.methods.base import Batch, Distiller, Losses
 from kdlab.methods.shared.dense import pixel_kl_loss
 from kdlab.methods.skd.discriminator import Critic
 from kdlab.methods.skd.losses import (
@@ -138,20 +138,17 @@ class SKD(Distiller):
         return out.embedding if k is None else out.stages[k - 1]
 
     def _critic_inputs(self, student: Tensor, teacher: Tensor,
-                       images: Tensor | None) -> tuple[Tensor, Tensor]:
+                       images: Tensor) -> tuple[Tensor, Tensor]:
         """The two score maps at the teacher's size, with the image when conditioned."""
         if student.shape[-2:] != teacher.shape[-2:]:
             student = F.interpolate(student, size=teacher.shape[-2:], mode="bilinear",
                                     align_corners=False)
         if self.cfg.condition_on_image:
-            if images is None:
-                raise UserError("SKD with condition_on_image needs the images: run skd on its "
-                                "own, not as part of a combo.")
             small = F.adaptive_avg_pool2d(images, teacher.shape[-2:]).to(teacher.dtype)
             student, teacher = torch.cat([student, small], 1), torch.cat([teacher, small], 1)
         return student, teacher
 
-    def _holistic(self, student: Tensor, teacher: Tensor, images: Tensor | None) -> Losses:
+    def _holistic(self, student: Tensor, teacher: Tensor, images: Tensor) -> Losses:
         c = self.cfg
         q_s, q_t = self._critic_inputs(student, teacher, images)
         # the student's step: the critic is a fixed function here (no gradient to its weights)
@@ -164,7 +161,7 @@ class SKD(Distiller):
         d = critic_loss(d_s, d_t) + c.gp_weight * gradient_penalty(self.critic, q_t, q_s)
         return {"holistic": c.holistic_weight * g, "critic": c.holistic_weight * d}
 
-    def _terms(self, student: Features, teacher: Features, images: Tensor | None) -> Losses:
+    def losses(self, batch: Batch, student: Features, teacher: Features) -> Losses:
         c = self.cfg
         out: Losses = {}
         if c.pixel_weight:
@@ -175,26 +172,5 @@ class SKD(Distiller):
                 self._pair_features(student), self._pair_features(teacher),
                 pool_scale=c.pool_scale, detach_norm=c.pair_detach_norm)
         if c.holistic_weight:
-            out.update(self._holistic(student.logits, teacher.logits, images))
+            out.update(self._holistic(student.logits, teacher.logits, batch.images))
         return out
-
-    def forward(
-        self, images: Tensor, targets: Tensor, index: Tensor | None = None
-    ) -> tuple[Tensor, Losses]:
-        t = self.teacher_features(images)
-        s = self.task.features(self.student, images, targets)
-        out: Losses = {}
-        if self.cfg.ce_weight:
-            out["ce"] = self.cfg.ce_weight * self.task_loss(s, targets)
-        out.update(self._terms(s, t, images))
-        return s.logits, out
-
-    def losses(
-        self,
-        student: Features,
-        teacher: Features | None,
-        targets: Tensor,
-        index: Tensor | None = None,
-    ) -> Losses:
-        assert teacher is not None
-        return self._terms(student, teacher, None)

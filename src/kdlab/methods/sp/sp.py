@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from torch import Tensor
-
 from kdlab.errors import UserError
 from kdlab.methods import METHODS
-from kdlab.methods.base import Distiller, Losses
+from kdlab.methods.base import Batch, Distiller, Losses
 from kdlab.methods.shared.relations import sp_loss
 from kdlab.models.staged.view import Features
 
@@ -28,14 +26,7 @@ class SP(Distiller):
         stages: list[int] = field(default_factory=lambda: [-1])
         ce_weight: float = 1.0
 
-    def losses(
-        self,
-        student: Features,
-        teacher: Features | None,
-        targets: Tensor,
-        index: Tensor | None = None,
-    ) -> Losses:
-        assert teacher is not None
+    def losses(self, batch: Batch, student: Features, teacher: Features) -> Losses:
         total = 0.0
         for k in self.cfg.stages:
             try:

@@ -21,11 +21,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from torch import Tensor, nn
+from torch import nn
 
 from kdlab.errors import UserError
 from kdlab.methods import METHODS
-from kdlab.methods.base import Distiller, Losses
+from kdlab.methods.base import Batch, Distiller, Losses
 from kdlab.methods.srrl.losses import srrl_feature_loss, srrl_softmax_regression_loss
 from kdlab.models.staged.view import Features
 
@@ -60,14 +60,8 @@ class SRRL(Distiller):
             )
         self.connector = SRRLConnector(s.channels, t.channels)
 
-    def losses(
-        self,
-        student: Features,
-        teacher: Features | None,
-        targets: Tensor,
-        index: Tensor | None = None,
-    ) -> Losses:
-        assert teacher is not None and self.teacher is not None
+    def losses(self, batch: Batch, student: Features, teacher: Features) -> Losses:
+        assert self.teacher is not None
         c = self.cfg
         h_s = self.teacher.embed(self.connector(student.stages[-1]))
         out: Losses = {}

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from kdlab.errors import UserError
 from kdlab.methods import METHODS
-from kdlab.methods.base import Distiller, Losses
+from kdlab.methods.base import Batch, Distiller, Losses
 from kdlab.methods.shared.spatial import match_spatial
 from kdlab.methods.vid.losses import vid_loss
 from kdlab.models.staged.pairs import stage_pairs
@@ -76,14 +76,7 @@ class VID(Distiller):
             for i, j in self.pairs
         )
 
-    def losses(
-        self,
-        student: Features,
-        teacher: Features | None,
-        targets: Tensor,
-        index: Tensor | None = None,
-    ) -> Losses:
-        assert teacher is not None
+    def losses(self, batch: Batch, student: Features, teacher: Features) -> Losses:
         total = student.logits.new_zeros(())
         for (i, j), reg in zip(self.pairs, self.regressors, strict=True):
             fs, ft = match_spatial(student.stages[i], teacher.stages[j])

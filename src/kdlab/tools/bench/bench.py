@@ -1,11 +1,13 @@
 """Training-step benchmark: images/s, ms/iter and peak memory per distillation method.
 
 Each method is built with :func:`kdlab.methods.build_distiller` for one teacher/student
-pair and trained on one fixed batch of random data (forward, backward, SGD step), so the
-numbers measure the method's compute and memory, not data loading. Preset ``cifar`` is the
-FCFD paper's Table 11 setting (ResNet32x4 -> ResNet8x4, 3x32x32, 100 classes, batch 64;
-Liu et al., ICLR 2023); preset ``cpu`` is a small pair that runs in seconds on a CPU, ``tiny``
-a smaller one for smoke runs (tests, the GPU script's dry run).
+pair and trained on one fixed batch of random data with a training run's own step
+(:func:`kdlab.training.step.train_step`: forward under autocast, backward through the grad
+scaler, a step of SGD and of every optimiser of the method's own, e.g. SKD's critic), so the
+numbers measure the method's compute and memory as it trains, not data loading. Preset
+``cifar`` is the FCFD paper's Table 11 setting (ResNet32x4 -> ResNet8x4, 3x32x32, 100
+classes, batch 64; Liu et al., ICLR 2023); preset ``cpu`` is a small pair that runs in
+seconds on a CPU, ``tiny`` a smaller one for smoke runs (tests, the GPU script's dry run).
 Detection presets (task ``detection``, random images with three random boxes each):
 ``scenes_det`` is the CPU pair of the Fashion-MNIST scenes (frcnn_tiny_r18 ->
 frcnn_tiny_r10_slim, 1x64x64, batch 16); ``coco_det`` the FCFD paper's ResNet-101 ->
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import csv
 import ctypes
+import functools
 import gc
 import io
 import json
@@ -300,15 +303,15 @@ def with_teacher_cache(specs: Sequence[MethodSpec], task: str = "classification"
     same method reading the teacher's logits from one (label ``METHOD+cache``)."""
     from kdlab.core.config import build_dataclass
     from kdlab.methods import METHODS
-    from kdlab.methods.base import check_teacher_cache_use
+    from kdlab.training.teacher_sources import check_cache_use
 
     out: list[MethodSpec] = []
     for spec in specs:
         out.append(spec)
         cls = METHODS.get(spec.name).for_task(task)
         try:
-            check_teacher_cache_use(cls, build_dataclass(cls.Config, spec.options,
-                                                         where=f"method.{spec.name}"))
+            check_cache_use(cls, build_dataclass(cls.Config, spec.options,
+                                                 where=f"method.{spec.name}"), task)
         except UserError:
             continue
         out.append(MethodSpec(f"{spec.label}+cache", spec.name, dict(spec.options), True))
@@ -327,6 +330,20 @@ def check_methods(specs: Sequence[MethodSpec], task: str = "classification") -> 
     for spec in specs:
         cls = METHODS.get(spec.name).for_task(task)
         build_dataclass(cls.Config, spec.options, where=f"method.{spec.name}")
+
+
+def bench_optimisation(distiller: torch.nn.Module, device: torch.device, amp: str) -> Any:
+    """What steps a benchmarked distiller: a training run's optimisation
+    (:class:`kdlab.training.optimisation.Optimisation`) with the default SGD settings and a
+    constant learning rate, the method's own optimisers (e.g. SKD's critic) and the AMP grad
+    scaler included."""
+    from kdlab.core.config import OptimConfig, ScheduleConfig
+    from kdlab.training.optimisation import Optimisation
+
+    params = [p for p in distiller.parameters() if p.requires_grad]
+    return Optimisation.build(params, distiller.separate_optimizers(), OptimConfig(),
+                              ScheduleConfig(name="constant", epochs=1), steps_per_epoch=1,
+                              device=device, amp=amp)
 
 
 def bench_method(
@@ -360,8 +377,9 @@ def bench_method(
     from kdlab.models import build_model
     from kdlab.tasks import build_task
     from kdlab.training.compiling import CompiledModel, compile_run
+    from kdlab.training.step import forward_losses, train_step
 
-    dtype = _autocast_dtype(amp)
+    _autocast_dtype(amp)  # an unknown --amp fails here
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     images = torch.randn(batch, *input_shape, generator=gen).to(device)
@@ -381,58 +399,51 @@ def bench_method(
         distiller = build_distiller(spec.name, options, s_model, t_model,
                                     train_size=train_size, task=the_task).to(device)
         if spec.teacher_cache:
+            from kdlab.methods.base import Batch
             from kdlab.tools.teacher_cache import cache_for_batch
+            from kdlab.training.teacher_sources import CacheSource
 
+            assert distiller.teacher_source is not None
             folder = tempfile.TemporaryDirectory(prefix="kdlab-bench-")
-            distiller.use_teacher_cache(cache_for_batch(
-                folder.name, index, distiller.teacher_logits(images), train_size, seed=seed))
+            logits = distiller.teacher_source.logits(Batch(images))
+            distiller.use_teacher_source(CacheSource(cache_for_batch(
+                folder.name, index, logits, train_size, seed=seed)))
         distiller.train()
         distiller.set_epoch(0, 1)
-        params = [p for p in distiller.parameters() if p.requires_grad]
-        opt = torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=5e-4)
-        use_scaler = amp == "fp16" and device.type == "cuda"
-        scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+        optim = bench_optimisation(distiller, device, amp)
         if channels_last:
             distiller.to(memory_format=torch.channels_last)
             if images.dim() == 4:
                 images = images.contiguous(memory_format=torch.channels_last)
-
-        def loss_of(model: torch.nn.Module) -> torch.Tensor:
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                _, losses = model(images, targets, index)
-                return sum(v.float() for v in losses.values())  # type: ignore[return-value]
-
-        def run(model: torch.nn.Module) -> torch.Tensor:
-            opt.zero_grad(set_to_none=True)
-            loss = loss_of(model)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            return loss.detach()
+        step = functools.partial(train_step, optim=optim, images=images, targets=targets,
+                                 index=index, device=device, amp=amp, method=spec.name)
 
         gflop = None
         if count_flops:
-            counted = step_flops(lambda: loss_of(distiller))
+            counted = step_flops(lambda: forward_losses(distiller, images, targets, index,
+                                                        device=device, amp=amp,
+                                                        method=spec.name)[2])
             gflop = counted / 1e9 if counted is not None else None
-            opt.zero_grad(set_to_none=True)
+            for o in optim.optimisers():
+                o.zero_grad(set_to_none=True)
         compile_s = None
         model: torch.nn.Module = distiller
         if compile:
             model = compile_run(distiller, distiller, compile)
             assert isinstance(model, CompiledModel)
-            model.step(run, device)
+            step(model)
             compile_s = model.compile_seconds
         loss = torch.zeros(())
         for i in range(warmup + steps):
             _synchronize(device)
             t0 = time.perf_counter()
-            loss = run(model)
+            loss = step(model)[2]
             _synchronize(device)
             if i >= warmup:
                 times.append(time.perf_counter() - t0)
         final_loss = float(loss.detach())
     # free the networks before the next method is built (the closures share these cells)
-    distiller = s_model = t_model = opt = model = None  # type: ignore[assignment]
+    distiller = s_model = t_model = optim = step = model = None  # type: ignore[assignment]
     if spec.teacher_cache:
         folder.cleanup()
     ms = [t * 1000 for t in times]
