@@ -15,6 +15,7 @@ import torch
 from conftest import sgd_descent, tiny_staged
 from kdlab.errors import UserError
 from kdlab.methods import METHODS, build_distiller
+from kdlab.methods.base import Batch
 
 #: the smallest option changes a method needs to run on the tiny pair (explicit, per method)
 TINY_OPTIONS: dict[str, dict] = {
@@ -84,8 +85,9 @@ def test_teacher_features_of_another_batch_size_are_a_user_error(name, tiny_pair
     teacher, student = tiny_pair
     d = build_distiller(name, TINY_OPTIONS.get(name, {}), student, teacher, train_size=64)
     x, y, _ = _batch()
-    real = d.teacher_features
-    monkeypatch.setattr(d, "teacher_features", lambda images: real(images[:4]))
+    real = d.teacher_source.features
+    monkeypatch.setattr(d.teacher_source, "features",
+                        lambda batch: real(Batch(batch.images[:4])))
     with pytest.raises(UserError):
         d(x, y)
 
