@@ -47,6 +47,17 @@ def test_field_comments_come_from_the_source():
                                                "beta": "the second knob"}
 
 
+def test_ci_installs_what_the_strict_site_build_needs():
+    """The build below skips where mkdocs is missing: CI (.ci/run -> scripts/install.sh)
+    installs the [dev] extras, which must bring the [docs] ones."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    assert any(d.startswith("kdlab[") and "docs" in d for d in extras["dev"]), extras["dev"]
+    assert "install.sh" in (ROOT / ".ci" / "run").read_text()
+    assert "-e '.[dev]'" in (ROOT / "scripts" / "install.sh").read_text()
+
+
 def test_the_site_builds_strictly(tmp_path):
     pytest.importorskip("mkdocs", reason="mkdocs is not installed (pip install 'kdlab[docs]')")
     pytest.importorskip("material", reason="mkdocs-material is not installed")
