@@ -622,39 +622,6 @@ def test_export_into_a_new_folder_creates_it(finished, tmp_path, capsys):
     assert out.is_file()
 
 
-def test_every_numeric_setting_has_a_domain():
-    import dataclasses
-    import typing
-
-    from kdlab.core.config import RunConfig
-    from kdlab.core.domains import RUN_DOMAINS, method_domain
-    from kdlab.methods import METHODS
-
-    def numeric(tp) -> bool:
-        args = typing.get_args(tp) or (tp,)
-        return any(a in (int, float) or typing.get_args(a) and numeric(a) for a in args
-                   if a is not bool)
-
-    for section in dataclasses.fields(RunConfig):
-        cls = typing.get_type_hints(RunConfig)[section.name]
-        if not dataclasses.is_dataclass(cls):
-            continue
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            if numeric(hints[f.name]):
-                assert f"{section.name}.{f.name}" in RUN_DOMAINS, f"{section.name}.{f.name}"
-    for name in METHODS:
-        if name.startswith("_"):  # test-only methods
-            continue
-        method = METHODS.get(name)
-        for task in method.supported_tasks():  # the method's variants for other tasks too
-            cls = method.for_task(task)
-            hints = typing.get_type_hints(cls.Config)
-            for f in dataclasses.fields(cls.Config):
-                if numeric(hints[f.name]):
-                    assert method_domain(f.name) is not None, f"method {name}: {f.name}"
-
-
 # --------------------------------------------------------------------- resume rules
 def test_resume_may_grow_epochs_and_says_so(tmp_path, capsys):
     path = write_recipe(tmp_path, schedule={"epochs": 1, "milestones": [1]})

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdlab.core.config import RunConfig, build_dataclass
+from kdlab.core.settings import setting
 from kdlab.methods import METHODS
 from kdlab.methods.base import Distiller
 from kdlab.models import MODELS
@@ -42,8 +43,9 @@ class EngineCE(Distiller):
 
     @dataclass
     class Config:
-        weight: float = 1.0
-        nan_from_epoch: int | None = None  # the loss becomes NaN from this epoch (0-based)
+        weight: float = setting(1.0, range=">= 0")
+        # the loss becomes NaN from this epoch (0-based)
+        nan_from_epoch: int | None = setting(None, range=">= 0")
 
     needs_teacher = False
 
@@ -64,7 +66,7 @@ class EngineKD(Distiller):
 
     @dataclass
     class Config:
-        temperature: float = 4.0
+        temperature: float = setting(4.0, range="> 0")
 
     teacher_reads = "logits"
 
@@ -82,7 +84,7 @@ class EngineAdversary(Distiller):
 
     @dataclass
     class Config:
-        critic_lr: float = 1e-3
+        critic_lr: float = setting(1e-3, range="> 0")
 
     needs_teacher = False
 

@@ -31,8 +31,12 @@ def test_the_reference_has_every_method_its_settings_and_recipes():
         if METHODS.get(name).__module__.startswith("kdlab."):
             assert f"## `{name}`" in text
     fcfd = text.split("## `fcfd`")[1].split("\n## ")[0]
-    assert "| `temperature` | `float` | `4.0` |" in fcfd and "ICLR 2023" in fcfd
+    assert "| `temperature` | `float` | `4.0` | `> 0` |" in fcfd and "ICLR 2023" in fcfd
+    assert "| `teacher_bn` | `str` | `eval` | `eval, batch` |" in fcfd
+    assert "| `num_paths` | `int \\| str` | `2` | `>= 0 or all` |" in fcfd
     assert "recipes/cifar100/fcfd/" in fcfd
+    tasks = text.split("## Task options")[1]
+    assert "| `aux_weight` | `float` | `0.4` | `>= 0` |" in tasks.split("### `segmentation`")[1]
 
 
 def test_field_comments_come_from_the_source():

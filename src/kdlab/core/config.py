@@ -26,6 +26,7 @@ from kdlab.core.recipe_yaml import (
     yaml_problem,
 )
 from kdlab.core.registry import did_you_mean
+from kdlab.core.settings import setting
 from kdlab.errors import UserError
 
 T = TypeVar("T")
@@ -36,24 +37,26 @@ class DataConfig:
     name: str = "fashion_mnist"
     root: str | None = None  # dataset folder; None = the dataset's default places
     download: bool = True  # let torchvision download when the data is not found locally
-    batch_size: int = 64
-    eval_batch_size: int = 512
-    num_workers: int = 2  # for datasets read from disk; device-resident sets need none
+    batch_size: int = setting(64, range=">= 1")
+    eval_batch_size: int = setting(512, range=">= 1")
+    # for datasets read from disk; device-resident sets need none
+    num_workers: int = setting(2, range=">= 0")
     device_resident: bool | None = None  # None = automatic (small sets live on the device)
     augment: bool = True
-    train_subset: int | None = None  # use only the first N training images (quick runs)
-    val_subset: int | None = None
+    # use only the first N training images (quick runs)
+    train_subset: int | None = setting(None, range=">= 1")
+    val_subset: int | None = setting(None, range=">= 1")
     # a teacher soft-label cache (`kdlab cache-teacher`): logit-only methods read the teacher's
     # outputs on stored augmented views from it instead of running the teacher
     teacher_cache: str | None = None
     # Fashion-MNIST scenes (scenes_seg / scenes_det): canvas side and scenes per split
-    canvas: int = 64
-    scenes_train: int = 10000
-    scenes_val: int = 2000
+    canvas: int = setting(64, range=">= 28")  # items are 28x28
+    scenes_train: int = setting(10000, range=">= 1")
+    scenes_val: int = setting(2000, range=">= 1")
     # in-memory data only (kdlab.distill): per-channel normalisation on the [0, 1] scale
     # (null: measured on the training images), or images that are already normalised
-    mean: list[float] | None = None
-    std: list[float] | None = None
+    mean: list[float] | None = setting(None, range="[0, 1]")
+    std: list[float] | None = setting(None, range="> 0")
     normalized: bool = False
 
 
@@ -72,39 +75,67 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "sgd"  # sgd | adamw
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    name: str = setting("sgd", choices=("sgd", "adamw"))
+    lr: float = setting(0.05, range="> 0")
+    momentum: float = setting(0.9, range="[0, 1)")
+    weight_decay: float = setting(5e-4, range=">= 0")
     nesterov: bool = False
+
+    def check(self, where: str, task: str | None = None) -> None:
+        """Nesterov momentum needs a momentum (settings: :mod:`kdlab.core.settings`)."""
+        if self.name == "sgd" and self.nesterov and self.momentum <= 0:
+            raise UserError(f"{where}.nesterov needs {where}.momentum > 0; set a momentum such "
+                            "as 0.9 or nesterov false.")
 
 
 @dataclass
 class ScheduleConfig:
-    name: str = "multistep"  # multistep | cosine | constant | poly (per iteration)
-    epochs: int = 240
-    milestones: list[int] = field(default_factory=lambda: [150, 180, 210])
-    gamma: float = 0.1
-    warmup_epochs: int = 0
-    power: float = 0.9  # poly: lr * (1 - iteration / iterations) ** power
+    # poly is stepped per iteration, the others per epoch
+    name: str = setting("multistep", choices=("multistep", "cosine", "constant", "poly"))
+    epochs: int = setting(240, range=">= 1")
+    milestones: list[int] = setting(factory=lambda: [150, 180, 210], range=">= 1")
+    gamma: float = setting(0.1, range="> 0")
+    warmup_epochs: int = setting(0, range=">= 0")
+    power: float = setting(0.9, range="> 0")  # poly: lr * (1 - iteration / iterations) ** power
+
+    def check(self, where: str, task: str | None = None) -> None:
+        """The warm-up ends before the last epoch; multistep milestones come in increasing
+        order, after the warm-up and within the epochs."""
+        if self.warmup_epochs >= self.epochs:
+            raise UserError(f"{where}.warmup_epochs must be less than {where}.epochs "
+                            f"({self.epochs}), got {self.warmup_epochs}.")
+        if self.name != "multistep":
+            return
+        late = [m for m in self.milestones if m > self.epochs]
+        if late:
+            raise UserError(
+                f"{where}.milestones {late} come after the last epoch ({where}.epochs="
+                f"{self.epochs}), so the LR would never drop there; give milestones within the "
+                f"epochs (e.g. --set {where}.milestones=[...]) or raise {where}.epochs.")
+        if sorted(self.milestones) != list(self.milestones):
+            raise UserError(f"{where}.milestones {self.milestones} must be in increasing order.")
+        if any(m <= self.warmup_epochs for m in self.milestones):
+            raise UserError(f"{where}.milestones {self.milestones} must all come after the "
+                            f"{self.warmup_epochs} warm-up epochs.")
 
 
 @dataclass
 class TrainConfig:
-    seed: int = 0
+    seed: int = setting(0, range=">= 0")
     device: str = "auto"  # auto | cpu | cuda | cuda:1 | mps
-    amp: str = "none"  # none | bf16 | fp16
+    amp: str = setting("none", choices=("none", "bf16", "fp16"))
     # auto: channels-last (NHWC) on CPU and CUDA, where it is faster (docs/performance.md)
-    channels_last: bool | str = "auto"
+    channels_last: bool | str = setting("auto", choices=("auto",))
     # true: torch.compile with inductor; or a torch.compile backend name (e.g. aot_eager)
     compile: bool | str = False
     out_dir: str = "runs/default"
-    eval_every: int = 1
-    max_steps_per_epoch: int | None = None  # cut epochs short (smoke tests, benchmarks)
-    progress: str = "auto"  # auto | bar | lines | none
+    eval_every: int = setting(1, range=">= 1")
+    # cut epochs short (smoke tests, benchmarks)
+    max_steps_per_epoch: int | None = setting(None, range=">= 1")
+    progress: str = setting("auto", choices=("auto", "bar", "lines", "none"))
     # CPU intra-op threads: auto = the cores this process may use (affinity, cgroup quota),
     # less busy DataLoader workers (kdlab.runtime.threads); or a number
-    threads: int | str = "auto"
+    threads: int | str = setting("auto", range=">= 1", choices=("auto",))
     # evaluate a frozen teacher once on the validation split before training, print and record
     # its score, warn at chance level (kdlab.training.teacher_check); false for a teacher that is
     # too expensive to evaluate

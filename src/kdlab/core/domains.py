@@ -1,46 +1,81 @@
-"""The allowed range of every numeric setting, checked before a run starts.
+"""The values a setting accepts: an interval of numbers, a few named choices, or both.
 
-A value outside its domain would give a run that looks fine and is wrong (a negative LR
-decay, a zero temperature, NaN), so :func:`check_run_domains` and
-:func:`check_method_domains` reject it up front with a sentence naming the setting.
-
-Run settings have one entry each in :data:`RUN_DOMAINS` (by dotted key). A method's
-settings are matched by name (:data:`METHOD_DOMAINS`, then the suffix rules of
-:data:`METHOD_SUFFIX_DOMAINS`), so that every method gets the same rule for the same kind of
-setting (``temperature > 0``, ``*_weight >= 0``) without each method repeating it. Settings
-that are ``null`` (automatic) are not checked; a list of numbers is checked item by item.
-Non-finite floats (``.nan``, ``.inf``) are refused when the config is read
-(:func:`kdlab.core.config.build_dataclass`).
+A :class:`Domain` is declared on the setting's dataclass field with
+:func:`kdlab.core.settings.setting` and read from a short text: ``"> 0"``, ``">= 1"``,
+``"< 1"``, ``"<= 1"``, an interval such as ``"[0, 1)"`` or ``"(0, 1]"``, or ``"any"`` (any
+finite number: a stage index that only the built networks can bound). Choices are the
+strings a setting may name besides numbers (``eval``/``batch``, or ``all`` beside a count).
+``null`` (automatic) and booleans are never checked here, a list is checked item by item, and
+non-finite floats are refused when the config is read (:func:`kdlab.core.config.build_dataclass`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from kdlab.errors import UserError
 
+_NUMBER = r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)"
+_BOUND = re.compile(rf"^(>=|<=|>|<)\s*{_NUMBER}$")
+_INTERVAL = re.compile(rf"^([\[(])\s*{_NUMBER}\s*,\s*{_NUMBER}\s*([\])])$")
+
 
 @dataclass(frozen=True)
 class Domain:
-    """An interval of numbers: ``low``/``high`` bounds (None = unbounded), open or closed."""
+    """``low``/``high`` bounds (None = unbounded), open or closed; ``numbers`` False when only
+    the ``choices`` are allowed; ``text`` is the declaration, as the method reference shows it."""
 
     low: float | None = None
     high: float | None = None
     low_open: bool = False
     high_open: bool = False
+    numbers: bool = True
+    choices: tuple[str, ...] = ()
+    text: str = ""
+
+    @classmethod
+    def parse(cls, range: str | None = None, choices: Sequence[str] = ()) -> Domain:
+        """The domain of a ``range`` text (see the module) and/or ``choices``; a text that is
+        not one of those forms is a ValueError (a mistake in kdlab's code, not the user's)."""
+        choices = tuple(choices)
+        shown = [range] if range is not None else []
+        if choices:
+            shown.append(", ".join(choices))
+        text = " or ".join(shown)  # e.g. "> 0", "eval, batch", ">= 0 or all"
+        if range is None:
+            if not choices:
+                raise ValueError("a setting's domain needs a range, choices or both")
+            return cls(numbers=False, choices=choices, text=text)
+        spec = range.strip()
+        if spec == "any":
+            return cls(choices=choices, text=text)
+        bound = _BOUND.match(spec)
+        if bound:
+            op, value = bound.group(1), float(bound.group(2))
+            if op.startswith(">"):
+                return cls(low=value, low_open=op == ">", choices=choices, text=text)
+            return cls(high=value, high_open=op == "<", choices=choices, text=text)
+        interval = _INTERVAL.match(spec)
+        if interval:
+            left, low, high, right = interval.groups()
+            return cls(low=float(low), high=float(high), low_open=left == "(",
+                       high_open=right == ")", choices=choices, text=text)
+        raise ValueError(f"unknown range {range!r}: use '> x', '>= x', '< x', '<= x', "
+                         "'[a, b)' (any brackets) or 'any'")
 
     def __contains__(self, value: float) -> bool:
-        if not math.isfinite(value):
+        if not self.numbers or not math.isfinite(value):
             return False
         if self.low is not None and (value <= self.low if self.low_open else value < self.low):
             return False
         return not (self.high is not None
                     and (value >= self.high if self.high_open else value > self.high))
 
-    def __str__(self) -> str:
+    def _interval(self) -> str:
         def num(x: float) -> str:
             return f"{x:g}"
 
@@ -54,129 +89,26 @@ class Domain:
         return (f"in {'(' if self.low_open else '['}{num(self.low)}, {num(self.high)}"
                 f"{')' if self.high_open else ']'}")
 
+    def __str__(self) -> str:
+        names = list(self.choices)
+        if self.numbers:
+            names.append(("a number " if names else "") + self._interval())
+        if len(names) == 1:
+            return names[0]
+        return f"{', '.join(names[:-1])} or {names[-1]}"
 
-POSITIVE = Domain(low=0, low_open=True)
-NON_NEGATIVE = Domain(low=0)
-AT_LEAST_ONE = Domain(low=1)
-UNIT = Domain(low=0, high=1)
-UNIT_OPEN_TOP = Domain(low=0, high=1, high_open=True)
-#: stage numbers, indices (-1 = the last) and counts: the method checks them against the
-#: network's stages, which only it knows
-STAGE_INDEX = Domain()
-
-#: every numeric run setting (a key absent from this kdlab's config is skipped)
-RUN_DOMAINS: dict[str, Domain] = {
-    "data.batch_size": AT_LEAST_ONE,
-    "data.eval_batch_size": AT_LEAST_ONE,
-    "data.num_workers": NON_NEGATIVE,
-    "data.train_subset": AT_LEAST_ONE,
-    "data.val_subset": AT_LEAST_ONE,
-    "data.canvas": Domain(low=28),  # Fashion-MNIST scenes: items are 28x28
-    "data.scenes_train": AT_LEAST_ONE,
-    "data.scenes_val": AT_LEAST_ONE,
-    "data.mean": UNIT,  # in-memory data: per channel, on the [0, 1] pixel scale
-    "data.std": POSITIVE,
-    "optim.lr": POSITIVE,
-    "optim.momentum": UNIT_OPEN_TOP,
-    "optim.weight_decay": NON_NEGATIVE,
-    "schedule.epochs": AT_LEAST_ONE,
-    "schedule.gamma": POSITIVE,
-    "schedule.warmup_epochs": NON_NEGATIVE,
-    "schedule.milestones": AT_LEAST_ONE,
-    "schedule.power": POSITIVE,  # poly schedule
-    "train.seed": NON_NEGATIVE,
-    "train.eval_every": AT_LEAST_ONE,
-    "train.max_steps_per_epoch": AT_LEAST_ONE,
-    "train.threads": AT_LEAST_ONE,  # or "auto" (kdlab.runtime.threads)
-}
-
-#: method settings by exact name
-METHOD_DOMAINS: dict[str, Domain] = {
-    "temperature": POSITIVE,
-    "label_smoothing": UNIT_OPEN_TOP,
-    "momentum": UNIT,  # a memory bank's update rate
-    "alpha": NON_NEGATIVE,
-    "beta": NON_NEGATIVE,
-    "gamma": POSITIVE,
-    "eps": POSITIVE,
-    "init_variance": POSITIVE,
-    "p": POSITIVE,
-    "width": POSITIVE,
-    "order": AT_LEAST_ONE,
-    "depth": AT_LEAST_ONE,
-    "repeat": AT_LEAST_ONE,
-    "factor": AT_LEAST_ONE,
-    "feat_dim": AT_LEAST_ONE,
-    "num_negatives": AT_LEAST_ONE,
-    "num_paths": NON_NEGATIVE,  # FCFD: 0 = appearance loss only
-    "k_min": AT_LEAST_ONE,
-    "levels": STAGE_INDEX,
-    "mid_channels": AT_LEAST_ONE,
-    "position": STAGE_INDEX,
-    "positions": STAGE_INDEX,
-    "app_positions": STAGE_INDEX,
-    "stages": STAGE_INDEX,
-    "hcl_levels": AT_LEAST_ONE,
-    "warmup": NON_NEGATIVE,
-    "pool_scale": Domain(low=0, high=1, low_open=True),  # SKD: pooling window / map size
-    "pair_stage": STAGE_INDEX,
-}
-
-#: method settings by the end of their name (first match wins)
-METHOD_SUFFIX_DOMAINS: tuple[tuple[str, Domain], ...] = (
-    ("weight", NON_NEGATIVE),  # weight, ce_weight, kd_weight, func_l2_weight, ...
-    ("_alpha", NON_NEGATIVE),
-    ("_beta", NON_NEGATIVE),
-    ("_factor", AT_LEAST_ONE),
-    ("_epochs", NON_NEGATIVE),  # warmup_epochs, l2_warmup_epochs
-    ("temperature", POSITIVE),
-    ("_lr", POSITIVE),  # a separately optimised module's learning rate (critic_lr)
-    ("_width", AT_LEAST_ONE),  # a module's channel width (critic_width)
-)
-
-
-def method_domain(name: str) -> Domain | None:
-    """The domain of a method setting called ``name`` (None: not a numeric rule we know)."""
-    if name in METHOD_DOMAINS:
-        return METHOD_DOMAINS[name]
-    for suffix, domain in METHOD_SUFFIX_DOMAINS:
-        if name.endswith(suffix):
-            return domain
-    return None
-
-
-def check_value(value: Any, domain: Domain, where: str) -> None:
-    """Raise a UserError if ``value`` (a number, a list of numbers or None) leaves ``domain``."""
-    if value is None or isinstance(value, (bool, str)):
-        return
-    if isinstance(value, (list, tuple)):
-        for i, item in enumerate(value):
-            check_value(item, domain, f"{where}[{i}]")
-        return
-    if isinstance(value, (int, float)) and value not in domain:
-        raise UserError(f"{where} must be {domain}, got {value!r}.")
-
-
-def _lookup(cfg: Any, dotted: str) -> tuple[bool, Any]:
-    node = cfg
-    for part in dotted.split("."):
-        if not hasattr(node, part):
-            return False, None
-        node = getattr(node, part)
-    return True, node
-
-
-def check_run_domains(cfg: Any) -> None:
-    """Every setting of :data:`RUN_DOMAINS` that ``cfg`` (a RunConfig) has, in table order."""
-    for key, domain in RUN_DOMAINS.items():
-        present, value = _lookup(cfg, key)
-        if present:
-            check_value(value, domain, key)
-
-
-def check_method_domains(options: Any, where: str) -> None:
-    """Each field of a method's ``Config`` instance whose name has a domain."""
-    for f in dataclasses.fields(options):
-        domain = method_domain(f.name)
-        if domain is not None:
-            check_value(getattr(options, f.name), domain, f"{where}.{f.name}")
+    def check(self, value: Any, where: str) -> None:
+        """A UserError naming ``where`` if ``value`` (a number, a string, a list of them or
+        None) is outside the domain."""
+        if value is None or isinstance(value, bool):
+            return
+        if isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                self.check(item, f"{where}[{i}]")
+            return
+        if isinstance(value, str):
+            if self.choices and value not in self.choices:
+                raise UserError(f"{where} {value!r} is not known; use {self}.")
+            return
+        if isinstance(value, (int, float)) and value not in self:
+            raise UserError(f"{where} must be {self}, got {value!r}.")

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 
 from kdlab.core.config import DataConfig
+from kdlab.core.settings import check_settings
 from kdlab.data.augment import CropFlip
 from kdlab.data.base import DATASETS, DatasetInfo, DatasetSource, Loaders
 from kdlab.data.device_loader import TensorLoader
@@ -34,16 +35,10 @@ def describe(name: str) -> DatasetInfo:
 
 
 def check_config(cfg: DataConfig, rank: int, world_size: int) -> None:
-    """Raise a UserError for sizes and ranks that cannot work."""
-    for key in ("batch_size", "eval_batch_size"):
-        if getattr(cfg, key) < 1:
-            raise UserError(f"data.{key} must be at least 1, got {getattr(cfg, key)}.")
-    for key in ("train_subset", "val_subset"):
-        value = getattr(cfg, key)
-        if value is not None and value < 1:
-            raise UserError(f"data.{key} must be at least 1 (or null for all), got {value}.")
-    if cfg.num_workers < 0:
-        raise UserError(f"data.num_workers must be 0 or more, got {cfg.num_workers}.")
+    """Raise a UserError for sizes that cannot work (the ranges declared on
+    :class:`DataConfig`'s fields, :func:`~kdlab.core.settings.check_settings`) and a
+    ValueError for a rank outside the world."""
+    check_settings(cfg, "data")
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is not within world size {world_size}")
 

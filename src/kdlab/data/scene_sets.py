@@ -21,6 +21,7 @@ from typing import ClassVar
 import torch
 
 from kdlab.core.config import DataConfig
+from kdlab.core.settings import check_settings
 from kdlab.data import fashion_mnist as fm
 from kdlab.data.base import DatasetSource, Loaders
 from kdlab.data.dense_augment import JointCropFlip
@@ -57,10 +58,9 @@ def footprint(cfg: DataConfig) -> int:
 
 
 def check_sizes(cfg: DataConfig) -> None:
-    """Refuse scene sizes this machine cannot hold, before anything is generated."""
-    for key in ("scenes_train", "scenes_val"):
-        if getattr(cfg, key) < 1:
-            raise UserError(f"data.{key} must be at least 1, got {getattr(cfg, key)}.")
+    """Refuse scene sizes outside their fields' ranges (:func:`~kdlab.core.settings.
+    check_settings`) or that this machine cannot hold, before anything is generated."""
+    check_settings(cfg, "data")
     need, ram = footprint(cfg), physical_memory()
     if ram is None or need <= ram:
         return

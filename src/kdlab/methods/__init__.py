@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from kdlab.core.config import build_dataclass
-from kdlab.core.domains import check_method_domains
 from kdlab.core.registry import Registry
+from kdlab.core.settings import check_settings
 from kdlab.errors import UserError
 from kdlab.methods.base import Distiller, Losses
 from kdlab.models.staged.view import Staged
@@ -39,9 +39,19 @@ def build_distiller(
     task = task if task is not None else build_task("classification")
     cls = METHODS.get(name).for_task(task.name)
     check_stages(name, cls, student, teacher)
-    cfg = build_dataclass(cls.Config, options, where=f"method.{name}")
-    check_method_domains(cfg, f"method.{name}")
+    cfg = method_config(cls, options, name=name, task=task.name)
     return cls(student, teacher, cfg, train_size=train_size, task=task)
+
+
+def method_config(cls: type[Distiller], options: Mapping[str, Any], *, name: str,
+                  task: str) -> Any:
+    """``options`` as the settings of method ``cls`` (registered as ``name``) for ``task``:
+    its ``Config``, checked by :func:`~kdlab.core.settings.check_settings` (each field's
+    domain, then the rules between fields). An unknown key, a wrong type or a value the
+    method cannot take is a UserError naming ``method.<name>.<setting>``."""
+    cfg = build_dataclass(cls.Config, options, where=f"method.{name}")
+    check_settings(cfg, f"method.{name}", task)
+    return cfg
 
 
 def check_stages(name: str, cls: type[Distiller], student: Staged,
@@ -60,4 +70,4 @@ def check_stages(name: str, cls: type[Distiller], student: Staged,
                 "or a convolutional network.")
 
 
-__all__ = ["METHODS", "Distiller", "Losses", "build_distiller"]
+__all__ = ["METHODS", "Distiller", "Losses", "build_distiller", "method_config"]

@@ -28,7 +28,6 @@ from torch.optim import Optimizer
 
 from kdlab.errors import UserError
 from kdlab.methods.teacher_source import (
-    TEACHER_BN_MODES,
     FrozenTeacher,
     TeacherLogits,
     TeacherSource,
@@ -69,9 +68,10 @@ class Distiller(nn.Module):
     Subclasses set ``Config`` and implement :meth:`losses`; see the module docstring for the
     step they plug into.
 
-    Teacher BatchNorm: a method whose ``Config`` has a ``teacher_bn`` field chooses how the
-    frozen teacher's BatchNorm layers normalise in its teacher source's passes (and in any
-    pass a method runs inside :meth:`teacher_bn_mode`): ``eval`` (running statistics, the
+    Teacher BatchNorm: a method whose ``Config`` has a ``teacher_bn`` field (choices
+    :data:`~kdlab.methods.teacher_source.TEACHER_BN_MODES`, declared on the field) chooses
+    how the frozen teacher's BatchNorm layers normalise in its teacher source's passes (and in
+    any pass a method runs inside :meth:`teacher_bn_mode`): ``eval`` (running statistics, the
     default) or ``batch`` (the current batch's statistics, as reference code that calls
     ``train()`` on its frozen teacher; the running statistics are left untouched).
     """
@@ -133,9 +133,6 @@ class Distiller(nn.Module):
             teacher.eval()
             teacher.requires_grad_(False)
         object.__setattr__(self, "_teacher", teacher)
-        if getattr(self.cfg, "teacher_bn", "eval") not in TEACHER_BN_MODES:
-            raise UserError(f"method.teacher_bn is {self.cfg.teacher_bn!r}; use 'eval' (running "
-                            "statistics) or 'batch' (batch statistics, as the reference code).")
         #: where the frozen teacher's outputs come from (None without a frozen teacher)
         self.teacher_source: TeacherSource | None = (
             FrozenTeacher(teacher, getattr(self.cfg, "teacher_bn", "eval"))

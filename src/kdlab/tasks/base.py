@@ -8,15 +8,23 @@ its run (``distiller.task``) and computes its label loss with it.
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from kdlab.core.config import build_dataclass
 from kdlab.core.registry import Registry
+from kdlab.core.settings import check_settings
 from kdlab.errors import UserError
+
+
+@dataclass
+class NoOptions:
+    """The settings of a task that has none of its own."""
 
 
 class Task:
@@ -32,6 +40,10 @@ class Task:
     primary: ClassVar[str]
     #: the training-score column of ``metrics.csv`` (``train_<name>``), or None
     train_score_name: ClassVar[str | None] = None
+    #: the task's own settings (a run's ``task_options``): a dataclass whose fields declare
+    #: the values they accept (:mod:`kdlab.core.settings`) and name keyword arguments of
+    #: ``__init__``
+    Options: ClassVar[type] = NoOptions
 
     def __init__(self, ignore_index: int | None = None, *,
                  num_classes: int | None = None) -> None:
@@ -84,26 +96,23 @@ def build_task(name: str, ignore_index: int | None = None, *, num_classes: int |
                options: Mapping[str, Any] | None = None) -> Task:
     """The registered task ``name`` (an unknown name suggests close ones) for data with
     ``num_classes`` classes whose targets use ``ignore_index``; ``options`` are the task's own
-    settings (a run's ``task_options``, e.g. segmentation's ``aux_weight`` or ``window``).
+    settings (a run's ``task_options``, e.g. segmentation's ``aux_weight`` or ``window``),
+    checked against its :attr:`Task.Options` (:func:`~kdlab.core.settings.check_settings`).
 
-    A task that takes a ``void_index`` (segmentation) also takes ``ignore_index`` as an option:
-    the label value its loss and metrics leave out instead of the dataset's, whose own value
-    (padding, unlabelled pixels) is then left out too, as ``void_index``."""
+    A task whose options declare ``ignore_index`` (segmentation) takes the label value its
+    loss and metrics leave out instead of the dataset's, whose own value (padding, unlabelled
+    pixels) is then left out too, as ``void_index``."""
     cls = TASKS.get(name)
     options = dict(options or {})
-    params = inspect.signature(cls).parameters
-    kwargs: dict[str, Any] = {"ignore_index": ignore_index, "num_classes": num_classes}
-    if "ignore_index" in options and "void_index" in params:
-        chosen = options.pop("ignore_index")
-        if isinstance(chosen, bool) or not isinstance(chosen, int):
-            raise UserError(f"task_options.ignore_index must be an integer label value, got "
-                            f"{chosen!r}.")
-        kwargs = {**kwargs, "ignore_index": chosen, "void_index": ignore_index}
-    known = [p for p in params if p not in ("ignore_index", "num_classes", "void_index")]
-    if "void_index" in params:
-        known.append("ignore_index")
+    known = [f.name for f in dataclasses.fields(cls.Options)]
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise UserError(f"Unknown task_options {', '.join(unknown)} for task {name!r}; it takes "
                         f"{', '.join(known) or 'none'}.")
-    return cls(**kwargs, **options)
+    chosen = build_dataclass(cls.Options, options, where="task_options")
+    check_settings(chosen, "task_options", name)
+    given = {key: getattr(chosen, key) for key in options}  # the others keep __init__'s defaults
+    kwargs: dict[str, Any] = {"ignore_index": ignore_index, "num_classes": num_classes}
+    if "ignore_index" in given:
+        kwargs = {**kwargs, "ignore_index": given.pop("ignore_index"), "void_index": ignore_index}
+    return cls(**kwargs, **given)

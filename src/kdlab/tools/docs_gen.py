@@ -3,7 +3,9 @@
 Each method's page section comes from the code, so it cannot drift: the class docstring (the
 paper, what the method does), the tasks it serves, whether it needs a teacher, can be part of
 a ``combo`` and distils stage-free networks, and a table of its ``Config`` settings with type,
-default and the comment written beside the field in the source; then the recipes that use it.
+default, the values it accepts (the range or choices declared on the field,
+:mod:`kdlab.core.settings`) and the comment written beside the field in the source; then the
+recipes that use it. A last section shows each task's ``task_options`` the same way.
 ``tests/tools/test_docs.py`` fails when the committed file differs from what this writes.
 
 Run from the repository root: ``python -m kdlab.tools.docs_gen`` (``--check`` only compares).
@@ -21,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from kdlab.core.settings import domain_of
 
 ROOT = Path(__file__).resolve().parents[3]  # src/kdlab/tools/docs_gen.py -> the repository
 TARGET = ROOT / "docs" / "methods.md"
@@ -94,12 +98,19 @@ def settings_table(config: type) -> list[str]:
     if not dataclasses.is_dataclass(config) or not dataclasses.fields(config):
         return ["No settings."]
     comments = field_comments(config)
-    lines = ["| setting | type | default | what it does |", "|---|---|---|---|"]
+    lines = ["| setting | type | default | allowed | what it does |", "|---|---|---|---|---|"]
     for f in dataclasses.fields(config):
         kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
         lines.append(f"| `{f.name}` | `{_cell(kind)}` | `{_cell(_default(f))}` | "
-                     f"{_cell(comments.get(f.name, COMMON.get(f.name, '')))} |")
+                     f"{_allowed(f)} | {_cell(comments.get(f.name, COMMON.get(f.name, '')))} |")
     return lines
+
+
+def _allowed(f: dataclasses.Field) -> str:
+    """The values a setting accepts, as declared on its field (``setting(range=...,
+    choices=...)``, :mod:`kdlab.core.settings`); empty when its type says it all."""
+    domain = domain_of(f)
+    return f"`{_cell(domain.text)}`" if domain is not None else ""
 
 
 def recipes_by_method(root: Path = RECIPES) -> dict[str, list[str]]:
@@ -155,8 +166,22 @@ def method_section(name: str, cls: type, recipes: list[str]) -> list[str]:
     return lines
 
 
+def task_options_section() -> list[str]:
+    """The settings of each task kdlab registers (``Task.Options``), as a method's are shown."""
+    from kdlab.tasks import TASKS
+
+    lines = ["## Task options", "",
+             "A run's `task_options` are the settings of its `task`, e.g. "
+             "`task_options: {aux_weight: 0.4}` or `--set task_options.window=512`.", ""]
+    for name in TASKS.names():
+        task = TASKS.get(name)
+        if task.__module__.startswith("kdlab."):
+            lines += [f"### `{name}`", "", *settings_table(task.Options), ""]
+    return lines
+
+
 def generate() -> str:
-    """The text of docs/methods.md for the methods kdlab itself registers."""
+    """The text of docs/methods.md for the methods and tasks kdlab itself registers."""
     from kdlab.methods import METHODS
 
     recipes = recipes_by_method()
@@ -174,6 +199,7 @@ def generate() -> str:
     lines.append("")
     for n in names:
         lines += method_section(n, METHODS.get(n), recipes.get(n, []))
+    lines += task_options_section()
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -18,25 +18,21 @@ from torch import nn
 from torch.optim import Optimizer, lr_scheduler
 
 from kdlab.core.config import OptimConfig, ScheduleConfig
-from kdlab.errors import UserError
+from kdlab.core.settings import check_settings
 
 #: schedules stepped after every iteration instead of every epoch
 PER_ITERATION = frozenset({"poly"})
 
 
 def build_optimizer(cfg: OptimConfig, params: list[nn.Parameter]) -> Optimizer:
-    """SGD (momentum, weight decay, optional Nesterov) or AdamW."""
-    if cfg.lr <= 0:
-        raise UserError(f"optim.lr must be positive, got {cfg.lr}.")
+    """SGD (momentum, weight decay, optional Nesterov) or AdamW; the settings are checked
+    first (:func:`~kdlab.core.settings.check_settings`)."""
+    check_settings(cfg, "optim")
     if cfg.name == "sgd":
-        if cfg.nesterov and cfg.momentum <= 0:
-            raise UserError("optim.nesterov needs optim.momentum > 0; set a momentum such as "
-                            "0.9 or nesterov false.")
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
                                weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
-    if cfg.name == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    raise UserError(f"optim.name {cfg.name!r} is not known; use sgd or adamw.")
+    assert cfg.name == "adamw", cfg.name  # the choices of OptimConfig.name
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def _one(step: int) -> float:
@@ -58,31 +54,21 @@ def build_scheduler(cfg: ScheduleConfig, opt: Optimizer,
                     steps_per_epoch: int = 1) -> lr_scheduler.LRScheduler:
     """The LR schedule: multistep | cosine | constant (stepped per epoch) or poly (stepped per
     iteration, ``steps_per_epoch`` of them per epoch), after an optional linear warm-up of
-    ``warmup_epochs`` (milestones stay absolute epochs)."""
+    ``warmup_epochs`` (milestones stay absolute epochs); the settings are checked first
+    (:func:`~kdlab.core.settings.check_settings`)."""
+    check_settings(cfg, "schedule")
     warm = cfg.warmup_epochs
-    if cfg.epochs < 1:
-        raise UserError(f"schedule.epochs must be at least 1, got {cfg.epochs}.")
-    if not 0 <= warm < cfg.epochs:
-        raise UserError(f"schedule.warmup_epochs must be between 0 and schedule.epochs - 1, "
-                        f"got {warm}.")
     unit = steps_per_epoch if cfg.name in PER_ITERATION else 1
     if cfg.name == "multistep":
-        if any(m <= warm for m in cfg.milestones):
-            raise UserError(f"schedule.milestones {cfg.milestones} must all come after the "
-                            f"{warm} warm-up epochs.")
         main: lr_scheduler.LRScheduler = lr_scheduler.MultiStepLR(
             opt, milestones=[m - warm for m in cfg.milestones], gamma=cfg.gamma)
     elif cfg.name == "cosine":
         main = lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs - warm)
     elif cfg.name == "constant":
         main = lr_scheduler.LambdaLR(opt, _one)
-    elif cfg.name == "poly":
-        if not cfg.power > 0:
-            raise UserError(f"schedule.power must be positive (0.9 in DeepLab), got {cfg.power}.")
-        main = lr_scheduler.LambdaLR(opt, PolyDecay((cfg.epochs - warm) * unit, cfg.power))
     else:
-        raise UserError(f"schedule.name {cfg.name!r} is not known; use multistep, cosine, "
-                        "constant or poly.")
+        assert cfg.name == "poly", cfg.name  # the choices of ScheduleConfig.name
+        main = lr_scheduler.LambdaLR(opt, PolyDecay((cfg.epochs - warm) * unit, cfg.power))
     if warm == 0:
         return main
     ramp = lr_scheduler.LinearLR(opt, start_factor=1.0 / (warm * unit + 1), end_factor=1.0,

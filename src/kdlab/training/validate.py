@@ -1,85 +1,43 @@
-"""One validation pass over a run's config, before any process group, folder or data exists.
+"""One validation pass over a run's config, before any process group, folder, data or network
+exists.
 
-:func:`validate_config` checks, in this order: the domain of every numeric setting
-(:mod:`kdlab.core.domains`), the choice settings, the rules between settings (warm-up and
-milestones within the epochs, Nesterov needs momentum), the names the optimiser and the
-schedule know (by building them on a one-parameter probe), the dataset name and the sizes it
-is asked for (``DatasetSource.check_sizes``), the task and its options and the method's own
-settings. The first problem is a :class:`~kdlab.errors.UserError` naming the
-setting. The builders (:func:`kdlab.training.optimisation.build_optimizer`, ``build_scheduler``,
-:func:`kdlab.data.build_loaders`) keep their own checks for callers of the Python API.
+:func:`validate_config` checks, in this order: every section of the run (``data``, ``model``,
+``optim``, ``schedule``, ``train``) against the domains declared on its fields and the rules
+between its settings (warm-up and milestones within the epochs, Nesterov needs momentum;
+:func:`kdlab.core.settings.check_settings`), the ``torch.compile`` backend, the dataset name
+and the sizes it is asked for (``DatasetSource.check_sizes``), the task and its options, and
+the method's settings (:func:`kdlab.methods.method_config`: their domains and rules, a
+combo's parts included). The first problem is a :class:`~kdlab.errors.UserError` naming the
+setting. What only the built networks can bound (a stage number against a network's stages)
+is checked by the method's ``setup`` when the networks exist.
 """
 
 from __future__ import annotations
 
-from kdlab.core.config import RunConfig, build_dataclass
-from kdlab.core.domains import check_method_domains, check_run_domains
-from kdlab.errors import UserError
-from kdlab.runtime.precision import AMP_DTYPES
-from kdlab.runtime.threads import parse_threads
+import dataclasses
 
-PROGRESS = ("auto", "bar", "lines", "none")
+from kdlab.core.config import RunConfig
+from kdlab.core.settings import check_settings
+from kdlab.errors import UserError
 
 
 def validate_config(cfg: RunConfig) -> None:
     """Raise a UserError for the first setting of ``cfg`` that cannot give a correct run."""
-    check_run_domains(cfg)
-    _check_choices(cfg)
-    _check_schedule(cfg)
-    _check_builders(cfg)
-    _check_names(cfg)
-
-
-def _check_choices(cfg: RunConfig) -> None:
-    t = cfg.train
-    if t.amp not in ("none", *AMP_DTYPES):
-        raise UserError(f"train.amp {t.amp!r} is not known; use none, bf16 or fp16.")
-    if isinstance(t.channels_last, str) and t.channels_last != "auto":
-        raise UserError(f"train.channels_last {t.channels_last!r} is not known; use auto, true "
-                        "or false.")
-    if t.compile is not False:
+    task = getattr(cfg, "task", None)
+    for f in dataclasses.fields(cfg):
+        section = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(section):
+            check_settings(section, f.name, task)
+    if cfg.train.compile is not False:
         from kdlab.training.compiling import backend_of
 
-        backend_of(t.compile)
-    parse_threads(t.threads)
-    if t.progress not in PROGRESS:
-        raise UserError(f"train.progress {t.progress!r} is not known; use auto, bar, lines or "
-                        "none.")
-
-
-def _check_schedule(cfg: RunConfig) -> None:
-    s = cfg.schedule
-    if s.warmup_epochs >= s.epochs:
-        raise UserError(f"schedule.warmup_epochs must be less than schedule.epochs "
-                        f"({s.epochs}), got {s.warmup_epochs}.")
-    if s.name == "multistep":
-        late = [m for m in s.milestones if m > s.epochs]
-        if late:
-            raise UserError(
-                f"schedule.milestones {late} come after the last epoch (schedule.epochs="
-                f"{s.epochs}), so the LR would never drop there; give milestones within the "
-                "epochs (e.g. --set schedule.milestones=[...]) or raise schedule.epochs.")
-        if sorted(s.milestones) != list(s.milestones):
-            raise UserError(f"schedule.milestones {s.milestones} must be in increasing order.")
-    o = cfg.optim
-    if o.name == "sgd" and o.nesterov and o.momentum <= 0:
-        raise UserError("optim.nesterov needs optim.momentum > 0; set a momentum such as 0.9 "
-                        "or nesterov false.")
-
-
-def _check_builders(cfg: RunConfig) -> None:
-    """The optimiser and schedule names (and anything else their builders refuse)."""
-    import torch
-
-    from kdlab.training.optimisation import build_optimizer, build_scheduler
-
-    probe = torch.nn.Linear(1, 1)
-    build_scheduler(cfg.schedule, build_optimizer(cfg.optim, list(probe.parameters())))
+        backend_of(cfg.train.compile)
+    _check_names(cfg)
 
 
 def _check_names(cfg: RunConfig) -> None:
     from kdlab.data import DATASETS
-    from kdlab.methods import METHODS
+    from kdlab.methods import METHODS, method_config
     from kdlab.training.prebuilt import is_memory
 
     d = cfg.data
@@ -98,5 +56,5 @@ def _check_names(cfg: RunConfig) -> None:
     method = METHODS.get(cfg.method_name)
     if task is not None:
         method = method.for_task(task)
-    options = build_dataclass(method.Config, cfg.method_options, where=f"method.{cfg.method_name}")
-    check_method_domains(options, f"method.{cfg.method_name}")
+    method_config(method, cfg.method_options, name=cfg.method_name,
+                  task=task or "classification")

@@ -266,8 +266,10 @@ def test_bad_input_gives_one_clear_message(tiny_pair):
     teacher, student = tiny_pair
     with pytest.raises(UserError, match="same number of stages"):
         build_distiller("fcfd", {}, tiny_staged(widths=(8, 16, 32)), teacher)
+    with pytest.raises(UserError, match=r"positions\[0\] must be at least 1"):
+        build_distiller("fcfd", {"positions": [0, 2]}, student, teacher)  # the field's range
     with pytest.raises(UserError, match="outside the stages"):
-        build_distiller("fcfd", {"positions": [0, 2]}, student, teacher)
+        build_distiller("fcfd", {"positions": [2, 5]}, student, teacher)  # the networks' stages
     with pytest.raises(UserError, match="outside the stages"):
         build_distiller("fcfd", {"app_positions": [5]}, student, teacher)
     with pytest.raises(UserError, match="k_min"):

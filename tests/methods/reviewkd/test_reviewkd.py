@@ -57,9 +57,10 @@ def test_reviewkd_reviews_the_authors_levels_not_the_stem():
     # method.levels overrides: all four stages, the stem included
     d = build_distiller("reviewkd", {"levels": 4}, student, teacher)
     assert _abf_channels(d) == [(16, 16), (16, 16), (32, 32), (64, 64), (64, 64)]
-    for bad in (0, 5):
-        with pytest.raises(UserError, match="method.levels"):
-            build_distiller("reviewkd", {"levels": bad}, student, teacher)
+    with pytest.raises(UserError, match=r"method\.reviewkd\.levels must be at least 1"):
+        build_distiller("reviewkd", {"levels": 0}, student, teacher)  # the field's range
+    with pytest.raises(UserError, match=r"method\.levels must be between 1 and 4"):
+        build_distiller("reviewkd", {"levels": 5}, student, teacher)  # the networks' stages
 
 
 def test_reviewkd_keeps_every_stage_when_the_stem_is_named_apart(tiny_pair):

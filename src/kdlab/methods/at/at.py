@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kdlab.core.settings import setting
 from kdlab.methods import METHODS
 from kdlab.methods.base import Batch, Distiller, Losses
 from kdlab.methods.shared.attention import at_loss
@@ -33,10 +34,11 @@ class AT(Distiller):
 
     @dataclass
     class Config:
-        beta: float = 1000.0  # the loss is beta * sum over stage pairs (paper's beta/2: 500)
-        p: float = 2.0  # attention map: mean over channels of |F|^p
-        ce_weight: float = 1.0
-        stages: list[int] | None = None  # None = every pair after the stem
+        # the loss is beta * sum over stage pairs (paper's beta/2: 500)
+        beta: float = setting(1000.0, range=">= 0")
+        p: float = setting(2.0, range="> 0")  # attention map: mean over channels of |F|^p
+        ce_weight: float = setting(1.0, range=">= 0")
+        stages: list[int] | None = setting(None, range="any")  # None = every pair after the stem
         include_stem: bool = False  # also pair the stem outputs (kdlab's former default)
 
     def setup(self) -> None:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from kdlab.errors import UserError
+from kdlab.core.settings import setting
 from kdlab.methods import METHODS
 from kdlab.methods.base import Batch, Distiller, Losses
 from kdlab.methods.shared.logits import kd_loss
@@ -42,27 +42,21 @@ class CC(Distiller):
 
     @dataclass
     class Config:
-        cc_weight: float = 0.02
-        formulation: str = "benchmark"  # benchmark (RepDistiller's Correlation) | paper
-        feat_dim: int = 128  # benchmark: both embeddings are projected to this size
-        kernel: str = "gaussian"  # paper: gaussian | bilinear
-        gamma: float = 0.4
-        order: int = 2
-        kd_weight: float = 0.0
-        temperature: float = 4.0
-        ce_weight: float = 1.0
+        cc_weight: float = setting(0.02, range=">= 0")
+        # benchmark (RepDistiller's Correlation) | paper
+        formulation: str = setting("benchmark", choices=("benchmark", "paper"))
+        # benchmark: both embeddings are projected to this size
+        feat_dim: int = setting(128, range=">= 1")
+        # paper: gaussian | bilinear
+        kernel: str = setting("gaussian", choices=("gaussian", "bilinear"))
+        gamma: float = setting(0.4, range="> 0")
+        order: int = setting(2, range=">= 1")
+        kd_weight: float = setting(0.0, range=">= 0")
+        temperature: float = setting(4.0, range="> 0")
+        ce_weight: float = setting(1.0, range=">= 0")
 
     def setup(self) -> None:
         c = self.cfg
-        if c.formulation not in ("benchmark", "paper"):
-            raise UserError(f"Unknown method.formulation {c.formulation!r}; use 'benchmark' "
-                            "(the CRD benchmark's CC) or 'paper' (Eq. 7 with a kernel).")
-        if c.kernel not in ("gaussian", "bilinear"):
-            raise UserError(f"Unknown method.kernel {c.kernel!r}; use 'gaussian' or 'bilinear'.")
-        if c.order < 0:
-            raise UserError("method.order (Taylor order P) must be >= 0; the paper uses 2.")
-        if c.feat_dim < 1:
-            raise UserError("method.feat_dim must be >= 1; the benchmark uses 128.")
         assert self.teacher is not None
         ds, dt = self.student.embedding_dim, self.teacher.embedding_dim
         if c.formulation == "benchmark":

@@ -8,6 +8,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor
 
+from kdlab.core.settings import setting
 from kdlab.errors import UserError
 from kdlab.methods import METHODS
 from kdlab.methods.base import Batch, Distiller, Losses
@@ -24,12 +25,13 @@ class CrossEntropy(Distiller):
 
     @dataclass
     class Config:
-        label_smoothing: float = 0.0  # classification only
+        label_smoothing: float = setting(0.0, range="[0, 1)")  # classification only
 
-    def setup(self) -> None:
-        if self.cfg.label_smoothing and self.task.name != "classification":
-            raise UserError(f"method.label_smoothing applies to classification only; remove it "
-                            f"for task {self.task.name!r}.")
+        def check(self, where: str, task: str | None = None) -> None:
+            """Label smoothing is for classification only."""
+            if self.label_smoothing and task not in (None, "classification"):
+                raise UserError(f"{where}.label_smoothing applies to classification only; "
+                                f"remove it for task {task!r}.")
 
     def task_loss(self, out: Any, targets: Any) -> Tensor:
         if self.cfg.label_smoothing:

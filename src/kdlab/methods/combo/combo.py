@@ -10,6 +10,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from kdlab.core.config import build_dataclass
+from kdlab.core.settings import check_settings, setting
 from kdlab.errors import UserError
 from kdlab.methods import METHODS, build_distiller
 from kdlab.methods.base import Batch, Distiller, Losses
@@ -54,11 +55,11 @@ class Combo(Distiller):
         #: default: Hinton KD + RKD (both with their papers' settings)
         parts: list[dict[str, Any]] = field(
             default_factory=lambda: [{"name": "kd"}, {"name": "rkd"}])
-        ce_weight: float = 1.0
+        ce_weight: float = setting(1.0, range=">= 0")
 
-        def __post_init__(self) -> None:
-            """Check every part when the recipe is read, not only when the run starts."""
-            check_parts(self.parts, _classification_part)
+        def check(self, where: str, task: str | None = None) -> None:
+            """Every part: a combinable method, named once, with valid settings."""
+            check_parts(self.parts, _classification_part, task)
 
     def setup(self) -> None:
         self.parts = nn.ModuleDict()
@@ -153,10 +154,12 @@ def _teacher_bn(parts: nn.ModuleDict) -> str:
     return next(iter(modes.values()), "eval")
 
 
-def check_parts(parts: list[dict[str, Any]], part_class: Callable[[str], type]) -> None:
+def check_parts(parts: list[dict[str, Any]], part_class: Callable[[str], type],
+                task: str | None = None) -> None:
     """Check a combo's ``parts`` list: each names a method once, sets no ``ce_weight`` and
-    has valid options for the class ``part_class(name)`` returns (it raises when the method
-    cannot be a part)."""
+    has valid settings (:func:`~kdlab.core.settings.check_settings`) for the class
+    ``part_class(name)`` returns (it raises when the method cannot be a part), in its
+    variant for ``task`` when given."""
     if not parts:
         raise UserError("method.parts is empty; list the methods to combine, e.g. "
                         "parts: [{name: kd}, {name: rkd}].")
@@ -173,7 +176,10 @@ def check_parts(parts: list[dict[str, Any]], part_class: Callable[[str], type]) 
         if name in seen:
             raise UserError(f"method.parts lists {name!r} twice; merge its options.")
         seen.add(name)
-        build_dataclass(cls.Config, options, where=f"method.parts[{i}]")
+        if task is not None:
+            cls = cls.for_task(task)
+        where = f"method.parts[{i}]"
+        check_settings(build_dataclass(cls.Config, options, where=where), where, task)
 
 
 def _classification_part(name: str) -> type[Distiller]:

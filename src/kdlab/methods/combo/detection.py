@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from kdlab.core.settings import setting
 from kdlab.errors import UserError
 from kdlab.methods.combo.combo import Combo, check_parts
 from kdlab.methods.detection_base import DetectionDistiller
@@ -42,7 +43,8 @@ class DetectionCombo(Combo):
         #: default: KD on ROI outputs + FitNet-style FPN imitation
         parts: list[dict[str, Any]] = field(
             default_factory=lambda: [{"name": "kd"}, {"name": "fitnet"}])
-        ce_weight: float = 1.0
+        ce_weight: float = setting(1.0, range=">= 0")
 
-        def __post_init__(self) -> None:
+        def check(self, where: str, task: str | None = None) -> None:
+            """Every part: a detection method, named once, with valid settings."""
             check_parts(self.parts, _detection_part)

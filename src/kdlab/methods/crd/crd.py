@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdlab.core.settings import setting
 from kdlab.errors import UserError
 from kdlab.methods import METHODS
 from kdlab.methods.base import Batch, Distiller, Losses
@@ -50,12 +51,12 @@ class CRD(Distiller):
 
     @dataclass
     class Config:
-        weight: float = 0.8
-        ce_weight: float = 1.0
-        feat_dim: int = 128
-        num_negatives: int = 16384
-        temperature: float = 0.07
-        momentum: float = 0.5
+        weight: float = setting(0.8, range=">= 0")
+        ce_weight: float = setting(1.0, range=">= 0")
+        feat_dim: int = setting(128, range=">= 1")
+        num_negatives: int = setting(16384, range=">= 1")
+        temperature: float = setting(0.07, range="> 0")
+        momentum: float = setting(0.5, range="[0, 1]")
 
     def setup(self) -> None:
         assert self.teacher is not None
@@ -65,8 +66,6 @@ class CRD(Distiller):
                 "size; build it through the trainer (or pass train_size=len(dataset))."
             )
         c = self.cfg
-        if c.num_negatives < 1:
-            raise UserError("method.num_negatives must be at least 1 (the paper uses 16384).")
         self.embed_student = Embed(self.student.embedding_dim, c.feat_dim)
         self.embed_teacher = Embed(self.teacher.embedding_dim, c.feat_dim)
         self.memory = ContrastMemory(c.feat_dim, self.train_size, c.num_negatives,

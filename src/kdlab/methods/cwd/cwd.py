@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from kdlab.core.settings import setting
 from kdlab.errors import UserError
 from kdlab.methods import METHODS
 from kdlab.methods.base import Batch, Distiller, Losses
@@ -33,15 +34,16 @@ class CWD(Distiller):
 
     @dataclass
     class Config:
-        ce_weight: float = 1.0
-        logits_weight: float = 3.0
-        feature_weight: float = 0.0
-        temperature: float = 4.0
+        ce_weight: float = setting(1.0, range=">= 0")
+        logits_weight: float = setting(3.0, range=">= 0")
+        feature_weight: float = setting(0.0, range=">= 0")
+        temperature: float = setting(4.0, range="> 0")
 
-        def __post_init__(self) -> None:
+        def check(self, where: str, task: str | None = None) -> None:
+            """One term at least is on."""
             if not (self.logits_weight or self.feature_weight):
-                raise UserError("CWD has both terms off; set logits_weight or feature_weight "
-                                "above 0.")
+                raise UserError(f"CWD has both terms off ({where}.logits_weight and "
+                                "feature_weight are 0); set one of them above 0.")
 
     def setup(self) -> None:
         assert self.teacher is not None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kdlab.errors import UserError
+from kdlab.core.settings import setting
 from kdlab.methods import METHODS
 from kdlab.methods.base import Batch, Distiller, Losses
 from kdlab.methods.shared.logits import dkd_loss
@@ -28,15 +28,13 @@ class DKD(Distiller):
 
     @dataclass
     class Config:
-        alpha: float = 1.0
-        beta: float = 8.0
-        temperature: float = 4.0
-        ce_weight: float = 1.0
-        warmup: int = 20
+        alpha: float = setting(1.0, range=">= 0")
+        beta: float = setting(8.0, range=">= 0")
+        temperature: float = setting(4.0, range="> 0")
+        ce_weight: float = setting(1.0, range=">= 0")
+        warmup: int = setting(20, range=">= 0")
 
     def setup(self) -> None:
-        if self.cfg.warmup < 0:
-            raise UserError("method.warmup must be >= 0 epochs (0 turns the warm-up off).")
         self.set_epoch(0, 1)
 
     def set_epoch(self, epoch: int, num_epochs: int) -> None:

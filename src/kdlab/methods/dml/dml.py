@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdlab.errors import UserError
+from kdlab.core.settings import setting
 from kdlab.methods import METHODS
 from kdlab.methods.base import Batch, Distiller, Losses
 from kdlab.methods.shared.logits import kd_loss
@@ -58,8 +58,9 @@ class DML(Distiller):
     @dataclass
     class Config:
         peers: list[str] = field(default_factory=list)  # model names; [] = a student copy
-        kl_weight: float = 1.0  # the paper weighs CE and the mimicry KL equally
-        temperature: float = 1.0  # the paper uses plain softmax predictions
+        # the paper weighs CE and the mimicry KL equally
+        kl_weight: float = setting(1.0, range=">= 0")
+        temperature: float = setting(1.0, range="> 0")  # the paper uses plain softmax predictions
 
     def __init__(
         self,
@@ -72,8 +73,6 @@ class DML(Distiller):
     ) -> None:
         super().__init__(student, None, cfg, train_size=train_size, task=task)
         c = self.cfg
-        if c.temperature <= 0 or c.kl_weight < 0:
-            raise UserError("DML needs temperature > 0 and kl_weight >= 0; fix the recipe.")
         in_channels, size, _ = student.input_shape
         if c.peers:
             peers = [

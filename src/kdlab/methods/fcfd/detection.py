@@ -36,10 +36,11 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from kdlab.core.settings import setting
 from kdlab.methods.base import Batch, Losses
 from kdlab.methods.detection_base import DetectionDistiller, TeacherROI
 from kdlab.methods.shared.detection import (
-    check_reduction,
+    REDUCTIONS,
     fpn_app_loss,
     fpn_bridges,
     roi_kl_loss,
@@ -60,20 +61,20 @@ class FCFDDetection(DetectionDistiller):
         """Weights of every term (1 in the paper and the authors' code), the temperature of
         the KL terms (1), the ROI reduction and the inheriting strategy (App. E)."""
 
-        ce_weight: float = 1.0  # L_task: the detector's own losses
-        app_weight: float = 1.0  # sum_k L_app^k
-        func_kl_weight: float = 1.0  # L_func, KL part
-        func_l2_weight: float = 1.0  # L_func, box-delta L2 part
-        funcp_kl_weight: float = 1.0  # L_func', KL part
-        funcp_l2_weight: float = 1.0  # L_func', box-delta L2 part
-        kd_weight: float = 1.0  # L_kd, KL part
-        kd_l2_weight: float = 1.0  # L_kd, box-delta L2 part
-        temperature: float = 1.0
-        reduction: str = "mean"  # mean (authors' code) | sum (paper's sum over proposals)
+        ce_weight: float = setting(1.0, range=">= 0")  # L_task: the detector's own losses
+        app_weight: float = setting(1.0, range=">= 0")  # sum_k L_app^k
+        func_kl_weight: float = setting(1.0, range=">= 0")  # L_func, KL part
+        func_l2_weight: float = setting(1.0, range=">= 0")  # L_func, box-delta L2 part
+        funcp_kl_weight: float = setting(1.0, range=">= 0")  # L_func', KL part
+        funcp_l2_weight: float = setting(1.0, range=">= 0")  # L_func', box-delta L2 part
+        kd_weight: float = setting(1.0, range=">= 0")  # L_kd, KL part
+        kd_l2_weight: float = setting(1.0, range=">= 0")  # L_kd, box-delta L2 part
+        temperature: float = setting(1.0, range="> 0")
+        # mean (authors' code) | sum (paper's sum over proposals)
+        reduction: str = setting("mean", choices=REDUCTIONS)
         inherit: bool = False  # App. E: start from the teacher's FPN, RPN and ROI heads
 
     def setup(self) -> None:
-        check_reduction(self.cfg.reduction)
         super().setup()
         s, t = self.s_det, self.t_det
         self.b_st = fpn_bridges(s, t, s.fpn_levels, "student -> teacher")

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from kdlab.core.settings import setting
 from kdlab.errors import UserError
 from kdlab.methods import METHODS
 from kdlab.methods.base import Batch, Distiller, Losses
@@ -26,6 +27,7 @@ from kdlab.methods.fcfd.losses import app_loss, func_l2_loss, pooled_l2_loss
 from kdlab.methods.shared.bridge import Bridge
 from kdlab.methods.shared.logits import dkd_loss, kd_loss
 from kdlab.methods.shared.simkd_projector import ReusedHead, SimKDProjector, SimKDStudent
+from kdlab.methods.teacher_source import TEACHER_BN_MODES
 from kdlab.models.staged.view import Features
 from kdlab.nn.chunked_bn import chunked_batchnorm
 from kdlab.nn.path_bn import PathStats
@@ -35,6 +37,24 @@ SIMKD_PROJECTION = "simkd_projection"
 #: the function terms a sampled path can produce, in the order they are reported
 PATH_TERMS = ("func_l2", "func_kl", "funcp_kl", "funcp_l2")
 Path = tuple[int, int]  # (k, delta): 1-based position, 1 = student->teacher, 0 = teacher->student
+#: the deltas of each ``directions`` setting
+DELTAS = {"both": (1, 0), "s2t": (1,), "t2s": (0,)}
+
+
+def candidate_paths(positions: list[int], directions: str) -> list[Path]:
+    """The candidate paths ``<k, delta>`` (App. H.2) at ``positions`` in ``directions``."""
+    return [(k, d) for d in DELTAS[directions] for k in sorted(set(positions))]
+
+
+def sampled_paths(num_paths: int | str, candidates: list[Path], where: str) -> int:
+    """|S|, the paths sampled per iteration (Eq. 9): ``num_paths``, ``"all"`` being every
+    candidate; a UserError naming ``where.num_paths`` when there are fewer candidates."""
+    if num_paths == "all":
+        return len(candidates)
+    if isinstance(num_paths, int) and num_paths <= len(candidates):
+        return num_paths
+    raise UserError(f"{where}.num_paths is {num_paths!r} but there are {len(candidates)} "
+                    f"candidate paths {candidates}; use 0..{len(candidates)} or 'all'.")
 
 
 @METHODS.register("fcfd")
@@ -72,37 +92,57 @@ class FCFD(Distiller):
         running statistics as one pass per path, which ``false`` runs).
         """
 
-        ce_weight: float = 1.0  # L_task
-        kd_weight: float = 1.0  # L_kd
-        temperature: float = 4.0  # shared by L_kd, L_func-KL and L_func' (4 or 8; 1 on ImageNet)
-        app_weight: float = 5.0  # L_app (5.0 or 0.02)
-        func_l2_weight: float = 5.0  # L2 terms of L_func (the paper ties it to app_weight)
-        func_kl_weight: float = 1.0  # KL term of L_func (1 or 0.2)
-        funcp_kl_weight: float = 1.0  # L_func' (the paper ties it to func_kl_weight)
-        funcp_l2_weight: float = 0.0  # App. G's L_func'-L2 (off in the paper's main results)
-        k_min: int = 2  # smallest function-path position (App. H.3)
-        positions: list[int] | None = None  # function-path positions; None = k_min..N-1
-        app_positions: list[int] | None = None  # L_app positions; None = k_min..N
-        directions: str = "both"  # both | s2t (delta=1, L_func only) | t2s (delta=0, L_func')
-        num_paths: int | str = 2  # |S| paths sampled per iteration, or "all"
+        ce_weight: float = setting(1.0, range=">= 0")  # L_task
+        kd_weight: float = setting(1.0, range=">= 0")  # L_kd
+        # shared by L_kd, L_func-KL and L_func' (4 or 8; 1 on ImageNet)
+        temperature: float = setting(4.0, range="> 0")
+        app_weight: float = setting(5.0, range=">= 0")  # L_app (5.0 or 0.02)
+        # L2 terms of L_func (the paper ties it to app_weight)
+        func_l2_weight: float = setting(5.0, range=">= 0")
+        func_kl_weight: float = setting(1.0, range=">= 0")  # KL term of L_func (1 or 0.2)
+        # L_func' (the paper ties it to func_kl_weight)
+        funcp_kl_weight: float = setting(1.0, range=">= 0")
+        # App. G's L_func'-L2 (off in the paper's main results)
+        funcp_l2_weight: float = setting(0.0, range=">= 0")
+        k_min: int = setting(2, range=">= 1")  # smallest function-path position (App. H.3)
+        # function-path positions; None = k_min..N-1
+        positions: list[int] | None = setting(None, range=">= 1")
+        # L_app positions; None = k_min..N
+        app_positions: list[int] | None = setting(None, range=">= 1")
+        # both | s2t (delta=1, L_func only) | t2s (delta=0, L_func')
+        directions: str = setting("both", choices=("both", "s2t", "t2s"))
+        # |S| paths sampled per iteration, or "all"
+        num_paths: int | str = setting(2, range=">= 0", choices=("all",))
         partial_func: bool = False  # App. H.4: L_func through one teacher stage, L2 only
         pooled_l2: bool = True  # authors' code: also L2 of ReLU'd pooled last features (docs)
-        l2_warmup_epochs: int = 20  # authors' code: L2 weights ramp up linearly; 0 = off
-        logit_loss: str = "kl"  # kl | dkd (FCFD+DKD, App. C.1)
-        dkd_alpha: float = 1.0  # TCKD weight for logit_loss = dkd
-        dkd_beta: float = 2.0  # NCKD weight for logit_loss = dkd
+        # authors' code: L2 weights ramp up linearly; 0 = off
+        l2_warmup_epochs: int = setting(20, range=">= 0")
+        logit_loss: str = setting("kl", choices=("kl", "dkd"))  # kl | dkd (FCFD+DKD, App. C.1)
+        dkd_alpha: float = setting(1.0, range=">= 0")  # TCKD weight for logit_loss = dkd
+        dkd_beta: float = setting(2.0, range=">= 0")  # NCKD weight for logit_loss = dkd
         simkd: bool = False  # FCFD+SimKD (App. C.2): logits = C_t(B_st^N(F_s^N))
-        simkd_factor: int = 2  # SimKD projector bottleneck factor
-        teacher_bn: str = "eval"  # eval | batch (the authors' train-mode frozen teacher)
+        simkd_factor: int = setting(2, range=">= 1")  # SimKD projector bottleneck factor
+        # eval | batch (the authors' train-mode frozen teacher)
+        teacher_bn: str = setting("eval", choices=TEACHER_BN_MODES)
         path_batching: bool = True  # run the sampled paths through one network as one batch
 
+        def check(self, where: str, task: str | None = None) -> None:
+            """FCFD+SimKD and FCFD+DKD are for classification; positions given bound |S|
+            (the default positions depend on the networks' stages: :meth:`FCFD.setup`)."""
+            if task not in (None, "classification") and (self.simkd or self.logit_loss == "dkd"):
+                raise UserError(f"FCFD+SimKD and FCFD+DKD ({where}.simkd, logit_loss: dkd) "
+                                f"are classification methods; set simkd: false and "
+                                f"logit_loss: kl for task {task!r}.")
+            if self.positions is not None:
+                sampled_paths(self.num_paths, candidate_paths(self.positions, self.directions),
+                              where)
+
     def setup(self) -> None:
+        """The bridges, the SimKD head and the path-aware BN statistics for this pair; the
+        settings that the networks bound (stage positions, the candidate paths) are checked
+        here, the others by the validation pass (:meth:`Config.check`)."""
         assert self.teacher is not None  # the Distiller base refuses a missing teacher
         c = self.cfg
-        if self.task.name != "classification" and (c.simkd or c.logit_loss == "dkd"):
-            raise UserError(f"FCFD+SimKD and FCFD+DKD are classification methods; set "
-                            f"method.simkd=false and method.logit_loss=kl for task "
-                            f"{self.task.name!r}.")
         n = self.student.num_stages
         if self.teacher.num_stages != n:
             raise UserError(
@@ -110,20 +150,14 @@ class FCFD(Distiller):
                 f"{self.teacher.num_stages}, student {n}); pick a pair from the same stage layout."
             )
         self.num_stages = n
-        if c.logit_loss not in ("kl", "dkd"):
-            raise UserError(f"method.logit_loss must be 'kl' or 'dkd', got {c.logit_loss!r}.")
-        if c.directions not in ("both", "s2t", "t2s"):
-            raise UserError(
-                f"method.directions must be 'both', 's2t' or 't2s', got {c.directions!r}."
-            )
-        if not 1 <= c.k_min <= n:
+        if c.k_min > n:
             raise UserError(f"method.k_min must be in 1..{n} (stages are numbered from 1).")
         positions = list(range(c.k_min, n)) if c.positions is None else list(c.positions)
         app_positions = (
             list(range(c.k_min, n + 1)) if c.app_positions is None else list(c.app_positions)
         )
         for name, ks in (("positions", positions), ("app_positions", app_positions)):
-            bad = [k for k in ks if not 1 <= k <= n]
+            bad = [k for k in ks if k > n]
             if bad:
                 raise UserError(
                     f"method.{name} {bad} outside the stages: use positions in 1..{n} (the "
@@ -137,17 +171,8 @@ class FCFD(Distiller):
         self.positions = sorted(set(positions))
         self.app_positions = sorted(set(app_positions)) if c.app_weight else []
 
-        deltas = {"both": (1, 0), "s2t": (1,), "t2s": (0,)}[c.directions]
-        self.candidates: list[Path] = [(k, d) for d in deltas for k in self.positions]
-        if c.num_paths == "all":
-            self.num_paths = len(self.candidates)
-        elif isinstance(c.num_paths, int) and 0 <= c.num_paths <= len(self.candidates):
-            self.num_paths = c.num_paths
-        else:
-            raise UserError(
-                f"method.num_paths is {c.num_paths!r} but there are {len(self.candidates)} "
-                f"candidate paths {self.candidates}; use 0..{len(self.candidates)} or 'all'."
-            )
+        self.candidates: list[Path] = candidate_paths(self.positions, c.directions)
+        self.num_paths = sampled_paths(c.num_paths, self.candidates, "method")
         #: some bridges and stages get no gradient in an iteration (DDP must know)
         self.may_skip_parameters = self.num_paths < len(self.candidates)
 

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdlab.core.settings import setting
 from kdlab.errors import UserError
 from kdlab.methods import METHODS
 from kdlab.methods.base import Batch, Losses
@@ -63,9 +64,17 @@ class OnlineFCFD(FCFD):
         """FCFD's settings (paper defaults, App. A.1) plus the teacher trained alongside."""
 
         teacher: str | None = None  # model name of the teacher, built untrained
-        teacher_ce_weight: float = 1.0  # the teacher's task loss (App. F)
-        teacher_kd_weight: float = 1.0  # the teacher's KD toward the student (App. F)
+        teacher_ce_weight: float = setting(1.0, range=">= 0")  # the teacher's task loss (App. F)
+        # the teacher's KD toward the student (App. F)
+        teacher_kd_weight: float = setting(1.0, range=">= 0")
         teacher_path_grad: bool = False  # let L_func / L_func' train the teacher (see module)
+
+        def check(self, where: str, task: str | None = None) -> None:
+            """FCFD's rules; SimKD reuses a trained teacher's classifier, so it is refused."""
+            super().check(where, task)
+            if self.simkd:
+                raise UserError(f"online_fcfd does not support {where}.simkd (SimKD reuses a "
+                                "trained teacher's classifier); set simkd: false.")
 
     def __init__(
         self,
@@ -78,13 +87,6 @@ class OnlineFCFD(FCFD):
     ) -> None:
         """``teacher``: a network to train alongside (tests); None builds ``cfg.teacher``."""
         c = cfg if cfg is not None else self.Config()
-        if c.simkd:
-            raise UserError(
-                "online_fcfd does not support method.simkd (SimKD reuses a trained teacher's "
-                "classifier); set method.simkd=false."
-            )
-        if c.teacher_ce_weight < 0 or c.teacher_kd_weight < 0:
-            raise UserError("method.teacher_ce_weight and teacher_kd_weight must be >= 0.")
         if teacher is None:
             if not c.teacher:
                 raise UserError(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kdlab.core.settings import setting
 from kdlab.methods.base import Batch, Losses
 from kdlab.methods.detection_base import DetectionDistiller, TeacherROI
 from kdlab.methods.shared.detection import fpn_app_loss, fpn_bridges
@@ -20,8 +21,9 @@ class FitNetDetection(DetectionDistiller):
 
     @dataclass
     class Config:
-        ce_weight: float = 1.0  # the detector's own losses (L_task)
-        hint_weight: float = 1.0  # sum_k L_app^k (the FCFD authors' APP_WEIGHT)
+        ce_weight: float = setting(1.0, range=">= 0")  # the detector's own losses (L_task)
+        # sum_k L_app^k (the FCFD authors' APP_WEIGHT)
+        hint_weight: float = setting(1.0, range=">= 0")
         inherit: bool = False  # FCFD App. E: start from the teacher's FPN, RPN and ROI heads
 
     def setup(self) -> None:

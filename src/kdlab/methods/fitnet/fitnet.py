@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kdlab.core.settings import setting
 from kdlab.errors import UserError
 from kdlab.methods import METHODS
 from kdlab.methods.base import Batch, Distiller, Losses
@@ -37,27 +38,25 @@ class FitNet(Distiller):
         residual stage's output (128x16x16 on resnet32x4), ``stages[2]``. ``position: 2``
         (the first residual stage) was kdlab's former default."""
 
-        ce_weight: float = 1.0
-        hint_weight: float = 100.0
-        position: int = 3
-        regressor: str = "bridge"  # bridge (FCFD's) | convreg (the CRD benchmark's ConvReg)
+        ce_weight: float = setting(1.0, range=">= 0")
+        hint_weight: float = setting(100.0, range=">= 0")
+        position: int = setting(3, range=">= 1")
+        # bridge (FCFD's) | convreg (the CRD benchmark's ConvReg)
+        regressor: str = setting("bridge", choices=("bridge", "convreg"))
 
     def setup(self) -> None:
         assert self.teacher is not None  # the Distiller base refuses a missing teacher
         k = self.cfg.position
         n = min(self.student.num_stages, self.teacher.num_stages)
-        if not 1 <= k <= n:
+        if k > n:
             raise UserError(
                 f"method.position {k} is outside the stages; use 1..{n} (1-based stage numbers)."
             )
         src, dst = self.student.stage_info[k - 1], self.teacher.stage_info[k - 1]
         if self.cfg.regressor == "bridge":
             self.bridge = Bridge(src, dst, where=f"student -> teacher at stage {k}")
-        elif self.cfg.regressor == "convreg":
+        else:  # convreg, the other choice of Config.regressor
             self.bridge = ConvRegressor(src, dst)
-        else:
-            raise UserError(f"Unknown method.regressor {self.cfg.regressor!r}; use 'bridge' "
-                            "(FCFD's bridge) or 'convreg' (the CRD benchmark's regressor).")
 
     def losses(self, batch: Batch, student: Features, teacher: Features) -> Losses:
         c = self.cfg

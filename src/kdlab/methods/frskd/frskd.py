@@ -50,6 +50,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdlab.core.settings import setting
 from kdlab.errors import UserError
 from kdlab.methods import METHODS
 from kdlab.methods.base import Batch, Distiller, Losses
@@ -95,13 +96,17 @@ class FRSKD(Distiller):
 
     @dataclass
     class Config:
-        alpha: float = 2.0  # soft-label (KL) weight; paper: 1, 2 or 3 per dataset
-        beta: float = 100.0  # attention-transfer weight; paper: 100 or 200; 0 = FRSKD\F
-        temperature: float = 4.0
-        width: float = 2.0  # self-teacher channels per level: width x student channels
-        depth: int = 2  # depth-wise separable convolutions per fusion node
-        repeat: int = 1  # stacked BiFPN layers
-        levels: int | None = None  # use the last N student stages (None = after the stem)
+        # soft-label (KL) weight; paper: 1, 2 or 3 per dataset
+        alpha: float = setting(2.0, range=">= 0")
+        # attention-transfer weight; paper: 100 or 200; 0 = FRSKD\F
+        beta: float = setting(100.0, range=">= 0")
+        temperature: float = setting(4.0, range="> 0")
+        # self-teacher channels per level: width x student channels
+        width: float = setting(2.0, range="> 0")
+        depth: int = setting(2, range=">= 1")  # depth-wise separable convolutions per fusion node
+        repeat: int = setting(1, range=">= 1")  # stacked BiFPN layers
+        # use the last N student stages (None = after the stem)
+        levels: int | None = setting(None, range=">= 2")
         detach_features: bool = False  # True: the self-teacher's CE stops at its input
 
     def __init__(
@@ -116,16 +121,9 @@ class FRSKD(Distiller):
         super().__init__(student, None, cfg, train_size=train_size, task=task)
 
     def setup(self) -> None:
-        """Check the settings and build the self-teacher (BiFPNc) on the last ``levels``
-        stages of the student."""
+        """Build the self-teacher (BiFPNc) on the last ``levels`` stages of the student (the
+        settings' ranges are on their fields; the student bounds ``levels``)."""
         student, c = self.student, self.cfg
-        if c.temperature <= 0 or c.width <= 0 or c.depth < 1 or c.repeat < 1:
-            raise UserError(
-                "FRSKD needs temperature > 0, width > 0, depth >= 1 and repeat >= 1; "
-                "fix the method section of the recipe."
-            )
-        if c.alpha < 0 or c.beta < 0:
-            raise UserError("FRSKD's alpha and beta must be >= 0; fix the method section.")
         info = student.stage_info
         levels = default_levels(student) if c.levels is None else c.levels
         if not 2 <= levels <= len(info):

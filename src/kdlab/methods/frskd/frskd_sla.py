@@ -55,6 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdlab.core.settings import setting
 from kdlab.errors import UserError
 from kdlab.methods import METHODS
 from kdlab.methods.base import Batch, Losses
@@ -99,14 +100,12 @@ class FRSKDSLA(FRSKD):
 
     @dataclass
     class Config(FRSKD.Config):
-        sla_weight: float = 1.0  # SLA+SD self-distillation weight (the authors' aux_lamb)
-        sla_temperature: float | None = None  # None: FRSKD's temperature (the authors); 1: SLA's
+        # SLA+SD self-distillation weight (the authors' aux_lamb)
+        sla_weight: float = setting(1.0, range=">= 0")
+        # None: FRSKD's temperature (the authors); 1: SLA's
+        sla_temperature: float | None = setting(None, range="> 0")
 
     def setup(self) -> None:
-        c = self.cfg
-        if c.sla_weight < 0 or (c.sla_temperature is not None and c.sla_temperature <= 0):
-            raise UserError("FRSKD+SLA needs sla_weight >= 0 and sla_temperature > 0 (or "
-                            "unset); fix the method section of the recipe.")
         _, h, w = self.student.input_shape
         if h != w:
             raise UserError(f"FRSKD+SLA rotates images by quarter turns, which needs square "

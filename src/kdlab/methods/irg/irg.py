@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from kdlab.core.settings import setting
 from kdlab.errors import UserError
 from kdlab.methods import METHODS
 from kdlab.methods.base import Batch, Distiller, Losses
@@ -37,25 +38,22 @@ class IRG(Distiller):
 
     @dataclass
     class Config:
-        vertex_weight: float = 0.1
-        edge_weight: float = 5.0
-        transform_weight: float = 5.0
+        vertex_weight: float = setting(0.1, range=">= 0")
+        edge_weight: float = setting(5.0, range=">= 0")
+        transform_weight: float = setting(5.0, range=">= 0")
         edge_layers: list[str] = field(default_factory=lambda: ["embedding", "stage-2",
                                                                  "stage-1"])
         one_to_many: bool = False  # True: the teacher's logits guide every student layer
-        edge_reduction: str = "mean"  # mean (the re-implementation) | sum over edge_layers
+        # mean (the re-implementation) | sum over edge_layers
+        edge_reduction: str = setting("mean", choices=("mean", "sum"))
         transform_layers: list[str] = field(default_factory=lambda: ["stage-2", "stage-1"])
-        ce_weight: float = 1.0
+        ce_weight: float = setting(1.0, range=">= 0")
 
-    def setup(self) -> None:
-        if self.cfg.edge_reduction not in ("mean", "sum"):
-            raise UserError(f"method.edge_reduction is {self.cfg.edge_reduction!r}; use 'mean' "
-                            "or 'sum' (over method.edge_layers).")
-        if len(self.cfg.transform_layers) != 2:
-            raise UserError(
-                "method.transform_layers must name exactly two layers, e.g. "
-                "[stage-2, stage-1]."
-            )
+        def check(self, where: str, task: str | None = None) -> None:
+            """IRG-t compares two layers."""
+            if len(self.transform_layers) != 2:
+                raise UserError(f"{where}.transform_layers must name exactly two layers, e.g. "
+                                "[stage-2, stage-1].")
 
     def losses(self, batch: Batch, student: Features, teacher: Features) -> Losses:
         c = self.cfg

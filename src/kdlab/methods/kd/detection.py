@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kdlab.core.settings import setting
 from kdlab.methods.base import Batch, Losses
 from kdlab.methods.detection_base import DetectionDistiller, TeacherROI
-from kdlab.methods.shared.detection import check_reduction, roi_kl_loss, roi_l2_loss
+from kdlab.methods.shared.detection import REDUCTIONS, roi_kl_loss, roi_l2_loss
 from kdlab.tasks.detection.models import DetectionOutput
 
 
@@ -21,16 +22,13 @@ class KDDetection(DetectionDistiller):
 
     @dataclass
     class Config:
-        ce_weight: float = 1.0  # the detector's own losses (L_task)
-        kd_weight: float = 1.0  # KL of the class probabilities
-        kd_l2_weight: float = 1.0  # L2 of the box deltas
-        temperature: float = 1.0
-        reduction: str = "mean"  # mean (authors' code) | sum (paper's formula)
+        ce_weight: float = setting(1.0, range=">= 0")  # the detector's own losses (L_task)
+        kd_weight: float = setting(1.0, range=">= 0")  # KL of the class probabilities
+        kd_l2_weight: float = setting(1.0, range=">= 0")  # L2 of the box deltas
+        temperature: float = setting(1.0, range="> 0")
+        # mean (authors' code) | sum (paper's formula)
+        reduction: str = setting("mean", choices=REDUCTIONS)
         inherit: bool = False  # FCFD App. E: start from the teacher's FPN, RPN and ROI heads
-
-    def setup(self) -> None:
-        check_reduction(self.cfg.reduction)
-        super().setup()
 
     def losses(self, batch: Batch, student: DetectionOutput, teacher: TeacherROI) -> Losses:
         assert student.logits is not None

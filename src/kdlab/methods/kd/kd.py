@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kdlab.core.settings import setting
 from kdlab.methods import METHODS
 from kdlab.methods.base import Batch, Distiller, Losses
 from kdlab.methods.shared.logits import kd_loss
-from kdlab.methods.teacher_source import TeacherLogits
+from kdlab.methods.teacher_source import TEACHER_BN_MODES, TeacherLogits
 from kdlab.models.staged.view import Features
 
 
@@ -30,10 +31,11 @@ class KD(Distiller):
 
     @dataclass
     class Config:
-        temperature: float = 4.0
-        ce_weight: float = 1.0
-        kd_weight: float = 1.0
-        teacher_bn: str = "eval"  # eval | batch (for the teacher-BN comparison)
+        temperature: float = setting(4.0, range="> 0")
+        ce_weight: float = setting(1.0, range=">= 0")
+        kd_weight: float = setting(1.0, range=">= 0")
+        # eval | batch (for the teacher-BN comparison)
+        teacher_bn: str = setting("eval", choices=TEACHER_BN_MODES)
 
     def losses(self, batch: Batch, student: Features,
                teacher: Features | TeacherLogits) -> Losses:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kdlab.core.settings import setting
 from kdlab.methods.base import Batch, Losses
 from kdlab.methods.kd.kd import KD
 from kdlab.methods.shared.dense import pixel_kl_loss
@@ -27,9 +28,9 @@ class PixelKD(KD):
 
     @dataclass
     class Config:
-        temperature: float = 1.0
-        ce_weight: float = 1.0
-        kd_weight: float = 1.0
+        temperature: float = setting(1.0, range="> 0")
+        ce_weight: float = setting(1.0, range=">= 0")
+        kd_weight: float = setting(1.0, range=">= 0")
 
     def losses(self, batch: Batch, student: Features,
                teacher: Features | TeacherLogits) -> Losses:

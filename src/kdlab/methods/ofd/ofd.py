@@ -35,11 +35,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdlab.core.settings import setting
 from kdlab.errors import UserError
 from kdlab.methods import METHODS
 from kdlab.methods.base import Batch, Distiller, Losses
 from kdlab.methods.ofd.losses import bn_margin, ofd_partial_l2
 from kdlab.methods.shared.spatial import match_spatial
+from kdlab.methods.teacher_source import TEACHER_BN_MODES
 from kdlab.models.staged.pairs import stage_pairs
 from kdlab.models.staged.view import Features, Staged
 
@@ -142,11 +144,12 @@ class OFD(Distiller):
 
     @dataclass
     class Config:
-        weight: float = 1.0e-3  # CIFAR: 1/1000 (per image); ImageNet: 1e-4
-        ce_weight: float = 1.0
-        stages: list[int] | None = None  # None = every pair after the stem
+        weight: float = setting(1.0e-3, range=">= 0")  # CIFAR: 1/1000 (per image); ImageNet: 1e-4
+        ce_weight: float = setting(1.0, range=">= 0")
+        stages: list[int] | None = setting(None, range="any")  # None = every pair after the stem
         include_stem: bool = False  # also pair the stem outputs (kdlab's former default)
-        teacher_bn: str = "eval"  # eval | batch (mdistiller's / the authors' train-mode teacher)
+        # eval | batch (mdistiller's / the authors' train-mode teacher)
+        teacher_bn: str = setting("eval", choices=TEACHER_BN_MODES)
 
     def setup(self) -> None:
         student, t = self.student, self.teacher

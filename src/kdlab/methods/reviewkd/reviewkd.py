@@ -26,10 +26,11 @@ student's post-ReLU ones), their ImageNet code pre-ReLU features on both sides.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from kdlab.core.settings import setting
 from kdlab.errors import UserError
 from kdlab.methods import METHODS
 from kdlab.methods.base import Batch, Distiller, Losses
@@ -49,12 +50,15 @@ class ReviewKD(Distiller):
 
     @dataclass
     class Config:
-        weight: float = 1.0  # review (HCL) loss weight after warm-up
-        ce_weight: float = 1.0
-        warmup_epochs: int = 20  # the review weight grows linearly over these epochs
-        mid_channels: int | None = None  # ABF width; None = min(512, student embedding dim)
-        hcl_levels: list[int] = field(default_factory=lambda: [4, 2, 1])  # pooled HCL sizes
-        levels: int | None = None  # review the last N stages; None = those after the stem
+        weight: float = setting(1.0, range=">= 0")  # review (HCL) loss weight after warm-up
+        ce_weight: float = setting(1.0, range=">= 0")
+        # the review weight grows linearly over these epochs
+        warmup_epochs: int = setting(20, range=">= 0")
+        # ABF width; None = min(512, student embedding dim)
+        mid_channels: int | None = setting(None, range=">= 1")
+        hcl_levels: list[int] = setting(factory=lambda: [4, 2, 1], range=">= 1")  # pooled HCL sizes
+        # review the last N stages; None = those after the stem
+        levels: int | None = setting(None, range=">= 1")
 
     def setup(self) -> None:
         t = self.teacher
@@ -63,7 +67,7 @@ class ReviewKD(Distiller):
         after_stem = min(len(self.student.stages_after_stem()), len(t.stages_after_stem()))
         # a one-stage network with its stem in that stage still gets a spatial level
         n = max(1, after_stem) if self.cfg.levels is None else self.cfg.levels
-        if not 1 <= n <= most:
+        if n > most:
             raise UserError(
                 f"method.levels must be between 1 and {most} for this pair (the stages "
                 f"of the shallower network), got {self.cfg.levels}; set it or leave it out."
@@ -75,8 +79,6 @@ class ReviewKD(Distiller):
         out_ch = [i.channels for i in t_info] + [t.embedding_dim]
         self.out_sizes = [(i.height, i.width) for i in t_info] + [(1, 1)]
         mid = self.cfg.mid_channels or min(512, in_ch[-1])
-        if mid < 1:
-            raise UserError("method.mid_channels must be a positive integer.")
         # abfs[i] serves level i (shallow to deep); the deepest one does not fuse.
         self.abfs = nn.ModuleList(
             ABF(c_in, mid, c_out, fuse=i < len(in_ch) - 1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kdlab.core.settings import setting
 from kdlab.methods import METHODS
 from kdlab.methods.base import Batch, Distiller, Losses
 from kdlab.methods.shared.relations import rkd_angle_loss, rkd_distance_loss
@@ -24,10 +25,10 @@ class RKD(Distiller):
 
     @dataclass
     class Config:
-        distance_weight: float = 25.0
-        angle_weight: float = 50.0
+        distance_weight: float = setting(25.0, range=">= 0")
+        angle_weight: float = setting(50.0, range=">= 0")
         layer: str = "embedding"
-        ce_weight: float = 1.0
+        ce_weight: float = setting(1.0, range=">= 0")
 
     def losses(self, batch: Batch, student: Features, teacher: Features) -> Losses:
         c = self.cfg

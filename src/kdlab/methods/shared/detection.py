@@ -93,13 +93,6 @@ def roi_kd_loss(student: tuple[Tensor, Tensor], teacher: tuple[Tensor, Tensor],
             roi_l2_loss(student[1], teacher[1], reduction))
 
 
-def check_reduction(reduction: str) -> None:
-    """A UserError unless a method's ``reduction`` setting is one of :data:`REDUCTIONS`."""
-    if reduction not in REDUCTIONS:
-        raise UserError(f"method.reduction must be 'mean' (the authors' code) or 'sum' (the "
-                        f"paper's sum over proposals), got {reduction!r}.")
-
-
 def fpn_bridges(src: Detector, dst: Detector, levels: list[str], what: str) -> nn.ModuleDict:
     """One :class:`~kdlab.methods.shared.bridge.Bridge` per FPN level from ``src``'s channels
     to ``dst``'s: a 3x3 stride-1 conv and a BatchNorm (FPN outputs are not post-ReLU),
@@ -109,5 +102,5 @@ def fpn_bridges(src: Detector, dst: Detector, levels: list[str], what: str) -> n
     return nn.ModuleDict({k: Bridge(a, b, where=f"{what} at FPN level {k}") for k in levels})
 
 
-__all__ = ["REDUCTIONS", "check_reduction", "fpn_app_loss", "fpn_bridges", "roi_kd_loss",
+__all__ = ["REDUCTIONS", "fpn_app_loss", "fpn_bridges", "roi_kd_loss",
            "roi_kl_loss", "roi_l2_loss"]

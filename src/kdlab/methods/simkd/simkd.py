@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdlab.core.settings import setting
 from kdlab.methods import METHODS
 from kdlab.methods.base import Batch, Distiller, Losses
 from kdlab.methods.shared.simkd_projector import ReusedHead, SimKDProjector, SimKDStudent, conv_cost
@@ -47,9 +48,11 @@ class SimKD(Distiller):
 
     @dataclass
     class Config:
-        factor: int = 2  # projector bottleneck: teacher channels // factor
-        feature_weight: float = 1.0  # MSE(projected student feature, teacher feature)
-        ce_weight: float = 0.0  # the authors train with the feature loss alone
+        factor: int = setting(2, range=">= 1")  # projector bottleneck: teacher channels // factor
+        # MSE(projected student feature, teacher feature)
+        feature_weight: float = setting(1.0, range=">= 0")
+        # the authors train with the feature loss alone
+        ce_weight: float = setting(0.0, range=">= 0")
 
     def setup(self) -> None:
         t = self.teacher

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.optim import Optimizer
 
+from kdlab.core.settings import setting
 from kdlab.errors import UserError
 from kdlab.methods import METHODS
 from kdlab.methods.base import Batch, Distiller, Losses
@@ -80,36 +81,38 @@ class SKD(Distiller):
         """Weights 0 switch a term off. ``pair_stage`` None takes the decoder feature
         (``Features.embedding``), k the 1-based backbone stage k."""
 
-        ce_weight: float = 1.0
-        pixel_weight: float = 10.0  # lambda_pi
-        temperature: float = 1.0  # the authors' pixel-wise term has none (tau = 1)
-        pair_weight: float = 0.5  # lambda_pa (run_train_val.sh; the option default is 1.0)
-        pool_scale: float = 0.5  # pooling window = int(size * scale), so a 2x2 grid
-        pair_stage: int | None = None
+        ce_weight: float = setting(1.0, range=">= 0")
+        pixel_weight: float = setting(10.0, range=">= 0")  # lambda_pi
+        # the authors' pixel-wise term has none (tau = 1)
+        temperature: float = setting(1.0, range="> 0")
+        # lambda_pa (run_train_val.sh; the option default is 1.0)
+        pair_weight: float = setting(0.5, range=">= 0")
+        # pooling window = int(size * scale), so a 2x2 grid
+        pool_scale: float = setting(0.5, range="(0, 1]")
+        pair_stage: int | None = setting(None, range=">= 1")
         pair_detach_norm: bool = True  # the authors' similarity divides by detached norms
-        holistic_weight: float = 0.1  # lambda_d, on the student's and the critic's terms
-        gp_weight: float = 10.0  # lambda_gp, inside the critic's term (so 0.1 * 10 in all)
-        critic_width: int = 64  # adv_conv_dim
-        critic_lr: float = 4e-4  # lr_d
-        critic_optimizer: str = "adam"  # adam: betas (0.9, 0.99); sgd: momentum 0.9, wd 5e-4
+        # lambda_d, on the student's and the critic's terms
+        holistic_weight: float = setting(0.1, range=">= 0")
+        # lambda_gp, inside the critic's term (so 0.1 * 10 in all)
+        gp_weight: float = setting(10.0, range=">= 0")
+        critic_width: int = setting(64, range=">= 1")  # adv_conv_dim
+        critic_lr: float = setting(4e-4, range="> 0")  # lr_d
+        # adam: betas (0.9, 0.99); sgd: momentum 0.9, wd 5e-4
+        critic_optimizer: str = setting("adam", choices=CRITIC_OPTIMIZERS)
         condition_on_image: bool = False  # the paper's D(Q|I); the authors' critic sees Q only
 
-        def __post_init__(self) -> None:
-            if self.critic_optimizer not in CRITIC_OPTIMIZERS:
-                raise UserError(f"method.critic_optimizer must be one of "
-                                f"{', '.join(CRITIC_OPTIMIZERS)}, got {self.critic_optimizer!r}.")
-            if not 0 < self.pool_scale <= 1:
-                raise UserError(f"method.pool_scale must be in (0, 1], got {self.pool_scale}.")
+        def check(self, where: str, task: str | None = None) -> None:
+            """One term at least is on."""
             if not (self.pixel_weight or self.pair_weight or self.holistic_weight):
-                raise UserError("SKD has every term off; set pixel_weight, pair_weight or "
-                                "holistic_weight above 0.")
+                raise UserError(f"SKD has every term off ({where}.pixel_weight, pair_weight "
+                                "and holistic_weight are 0); set one of them above 0.")
 
     def setup(self) -> None:
         assert self.teacher is not None
         c = self.cfg
         if c.pair_stage is not None:
             n = min(self.student.num_stages, self.teacher.num_stages)
-            if not 1 <= c.pair_stage <= n:
+            if c.pair_stage > n:
                 raise UserError(f"method.pair_stage {c.pair_stage} is outside the stages; use "
                                 f"1..{n} (1-based) or leave it unset for the decoder feature.")
         if c.holistic_weight:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from kdlab.core.settings import setting
 from kdlab.errors import UserError
 from kdlab.methods import METHODS
 from kdlab.methods.base import Batch, Distiller, Losses
@@ -22,9 +23,9 @@ class SP(Distiller):
 
     @dataclass
     class Config:
-        sp_weight: float = 3000.0
-        stages: list[int] = field(default_factory=lambda: [-1])
-        ce_weight: float = 1.0
+        sp_weight: float = setting(3000.0, range=">= 0")
+        stages: list[int] = setting(factory=lambda: [-1], range="any")
+        ce_weight: float = setting(1.0, range=">= 0")
 
     def losses(self, batch: Batch, student: Features, teacher: Features) -> Losses:
         total = 0.0

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from kdlab.core.settings import setting
 from kdlab.errors import UserError
 from kdlab.methods import METHODS
 from kdlab.methods.base import Batch, Distiller, Losses
@@ -45,9 +46,9 @@ class SRRL(Distiller):
 
     @dataclass
     class Config:
-        ce_weight: float = 1.0
-        fm_weight: float = 1.0  # L_FM
-        sr_weight: float = 1.0  # L_SR
+        ce_weight: float = setting(1.0, range=">= 0")
+        fm_weight: float = setting(1.0, range=">= 0")  # L_FM
+        sr_weight: float = setting(1.0, range=">= 0")  # L_SR
 
     def setup(self) -> None:
         assert self.teacher is not None

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdlab.core.settings import setting
 from kdlab.errors import UserError
 from kdlab.methods import METHODS
 from kdlab.methods.base import Batch, Distiller, Losses
@@ -56,18 +57,22 @@ class VID(Distiller):
 
     @dataclass
     class Config:
-        weight: float = 1.0
-        ce_weight: float = 1.0
-        init_variance: float = 5.0
-        eps: float = 1e-5
-        stages: list[int] | None = None  # None = every pair after the stem
+        weight: float = setting(1.0, range=">= 0")
+        ce_weight: float = setting(1.0, range=">= 0")
+        init_variance: float = setting(5.0, range="> 0")
+        eps: float = setting(1e-5, range="> 0")
+        stages: list[int] | None = setting(None, range="any")  # None = every pair after the stem
         include_stem: bool = False  # also pair the stem outputs (kdlab's former default)
+
+        def check(self, where: str, task: str | None = None) -> None:
+            """The variance starts above its floor."""
+            if self.init_variance <= self.eps:
+                raise UserError(f"{where}.init_variance must be larger than eps "
+                                f"({self.eps:g}), e.g. 5.0.")
 
     def setup(self) -> None:
         t = self.teacher
         assert t is not None
-        if self.cfg.init_variance <= self.cfg.eps:
-            raise UserError("method.init_variance must be larger than method.eps (e.g. 5.0).")
         self.pairs = stage_pairs(self.student, t, self.cfg.stages,
                                  include_stem=self.cfg.include_stem)
         self.regressors = nn.ModuleList(

@@ -13,6 +13,7 @@ segmentation references and kdlab use ``False``).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -20,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdlab.core.settings import setting
+from kdlab.errors import UserError
 from kdlab.runtime.collectives import all_reduce_sum
 from kdlab.runtime.precision import autocast
 from kdlab.tasks.base import TASKS, Task
@@ -27,6 +30,8 @@ from kdlab.tasks.segmentation.inference import score_map, sliding, upsample, who
 from kdlab.tasks.segmentation.metrics import class_iou, confusion_matrix, scores
 
 DEFAULT_IGNORE = 255
+#: the auxiliary head's loss weight of PSPNet (Sec. 3.3) and CIRKD
+AUX_WEIGHT = 0.4
 
 
 def pixel_ce(scores: Tensor, targets: Tensor, ignore_index: int) -> Tensor:
@@ -62,7 +67,28 @@ class Segmentation(Task):
     name = "segmentation"
     primary = "miou"
     train_score_name = "pixel_acc"
-    aux_weight: ClassVar[float] = 0.4
+    aux_weight: ClassVar[float] = AUX_WEIGHT
+
+    @dataclass
+    class Options:
+        """Segmentation's ``task_options`` (the keyword arguments of its ``__init__``)."""
+
+        # weight of the auxiliary head's loss (PSPNet, Sec. 3.3)
+        aux_weight: float = setting(AUX_WEIGHT, range=">= 0")
+        # sliding-window evaluation: crop size, one side or [height, width]; null = whole images
+        window: int | list[int] | None = setting(None, range=">= 1")
+        # the windows' step, one side or [height, width]; null = two thirds of the window
+        stride: int | list[int] | None = setting(None, range=">= 1")
+        # a label value to leave out of loss and metrics (the dataset's own stays left out)
+        ignore_index: int | None = setting(None, range="any")
+
+        def check(self, where: str, task: str | None = None) -> None:
+            """A window or a stride given as a list is [height, width]."""
+            for key in ("window", "stride"):
+                value = getattr(self, key)
+                if isinstance(value, list) and len(value) != 2:
+                    raise UserError(f"{where}.{key} must be one size or [height, width], got "
+                                    f"{value}.")
 
     def __init__(self, ignore_index: int | None = None, *, aux_weight: float | None = None,
                  window: int | tuple[int, int] | None = None,
