@@ -26,11 +26,12 @@ def guide_files(guide: str) -> dict[str, str]:
 
 
 def guide_commands(guide: str) -> list[list[str]]:
-    """The ``kdlab ...`` lines of the bash blocks of ``docs/<guide>``, split into words."""
+    """The ``kdlab ...`` commands of the bash blocks of ``docs/<guide>`` (a line ending in a
+    backslash continues on the next), split into words."""
     text = (ROOT / "docs" / guide).read_text()
     bash = re.findall(r"```bash\n(.*?)```", text, re.S)
-    return [shlex.split(line) for block in bash for line in block.splitlines()
-            if line.startswith("kdlab ")]
+    lines = [line for block in bash for line in block.replace("\\\n", " ").splitlines()]
+    return [shlex.split(line) for line in lines if line.startswith("kdlab ")]
 
 
 def write_guide_files(guide: str, folder: Path) -> list[str]:
