@@ -38,7 +38,7 @@ TITLES = {
 SCENES_DET = ("--set train.threads=1 --set train.device=cpu --set train.progress=none "
               "--set data.scenes_train=1500 --set data.scenes_val=500 --set train.seed=0")
 SCENES_SEG = SCENES_DET.replace("1500", "3000").replace("=500", "=1000")
-#: how the profiled runs were trained (each under `/work/bin/cpu long`, OMP_NUM_THREADS=1)
+#: how the profiled runs were trained (one at a time, OMP_NUM_THREADS=1)
 TRAINING = [
     "kdlab quickstart --out RUNS/quickstart --device cpu",
     f"kdlab train recipes/scenes_seg/ce/seg_resnet20.yaml {SCENES_SEG} --set schedule.epochs=6 "
@@ -79,7 +79,7 @@ def summary() -> str:
         "reports in `benchmarks/results/deploy/` (each with its CSV, plot and the verified "
         "ONNX files' checks). Every report states its machine, threads, load before and after, "
         "versions and command; each was taken alone on the machine "
-        "(`/work/bin/cpu time`: an exclusive lock, no other kdlab job running).",
+        "(under an exclusive lock: no other kdlab job running).",
         "",
         "How the profiled runs were trained (RUNS = the runs folder, one thread each):",
         "",

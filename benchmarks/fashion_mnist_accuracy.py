@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from protocol import ROOT, hardware_line, kdlab_cmd, mean_std, run_command, run_one
+from protocol import ROOT, hardware_line, kdlab_cmd, mean_std, portable, run_command, run_one
 
 RECIPES = Path("recipes/fashion_mnist")  # relative to ROOT, the runs' working folder
 
@@ -166,10 +166,11 @@ def write_tables(args: argparse.Namespace, teacher: dict | None, recs: list[dict
         meta = json.loads(path.read_text())
         rec = path.with_name(path.name.replace(".kdcache.json", ".command.json"))
         how = json.loads(rec.read_text()) if rec.is_file() else {}
+        command = portable(how.get("command", ""))
         lines.append(f"- `{path.with_suffix('')}`: {meta['data']['train_size']} images x "
                      f"{meta['views']} views, {meta['output']['format']}, "
                      f"{meta['bytes'] / 2**20:.1f} MiB, built in {meta['build_seconds']:.0f} s "
-                     f"(load {how.get('load_before', 'n/a')}): `{how.get('command', '')}`")
+                     f"(load {how.get('load_before', 'n/a')}): `{command}`")
     lines += ["", "## Exact commands", ""]
     for r in ([teacher] if teacher else []) + recs:
         lines.append(f"- {r['row']} seed {r['seed']} (load {r['load_before']}): "

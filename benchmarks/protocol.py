@@ -50,6 +50,16 @@ def kdlab_cmd() -> list[str]:
         return [str(exe)]
 
 
+def portable(command: str) -> str:
+    """``command`` as a results table records it: an interpreter or console script given by
+    its path on this machine (``/.../.venv/bin/kdlab``) becomes its bare name (``kdlab``), so
+    that committed results hold no machine paths."""
+    words = shlex.split(command)
+    if words and os.path.isabs(words[0]) and Path(words[0]).name.startswith(("kdlab", "python")):
+        words[0] = "python" if Path(words[0]).name.startswith("python") else "kdlab"
+    return shlex.join(words)
+
+
 def hardware_line(threads: str) -> str:
     """The results tables' ``- hardware:`` line: CPU, cores, ``threads`` (how the runs used
     them, with its leading separator), the OpenMP wait policy, torch and Python versions."""
@@ -77,7 +87,7 @@ def run_command(cmd: list[str], threads: int, label: str) -> tuple[str, dict]:
     if proc.returncode != 0:
         raise SystemExit(f"{label} failed ({proc.returncode}): {shlex.join(cmd)}\n"
                          f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    return proc.stdout, {"command": shlex.join(cmd), "wall_s": round(wall, 1),
+    return proc.stdout, {"command": portable(shlex.join(cmd)), "wall_s": round(wall, 1),
                          "load_before": before, "load_after": load()}
 
 
@@ -87,7 +97,8 @@ def run_one(cmd: list[str], run_dir: Path, info: dict, threads: int,
     ``best_<metric>`` / ``last_<metric>`` read from ``column`` of the run's metrics.csv."""
     done = run_dir / "bench_result.json"
     if done.is_file():
-        return json.loads(done.read_text())
+        rec = json.loads(done.read_text())
+        return dict(rec, command=portable(rec["command"]))
     if run_dir.exists():  # an interrupted run: start it again from scratch
         shutil.rmtree(run_dir)
     stdout, ran = run_command(cmd, threads, f"{info['row']} seed {info['seed']}")

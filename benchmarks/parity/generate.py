@@ -4,13 +4,13 @@ own code on the same networks, weights and batch as kdlab (``tests/methods/test_
 Usage (each path a checkout of that repository, e.g. ``git archive`` of the commit)::
 
     python benchmarks/parity/generate.py \
-        --repdistiller /tmp/parity-ref/RepDistiller \
-        --mdistiller /tmp/parity-ref/mdistiller \
-        --kdzoo /tmp/parity-ref/Knowledge-Distillation-Zoo \
-        --fcfd /tmp/parity-ref/FCFD \
-        --srrl /tmp/parity-ref/KD_SRRL \
-        --simkd /tmp/parity-ref/SimKD \
-        --frskd /tmp/parity-ref/FRSKD \
+        --repdistiller refs/RepDistiller \
+        --mdistiller refs/mdistiller \
+        --kdzoo refs/Knowledge-Distillation-Zoo \
+        --fcfd refs/FCFD \
+        --srrl refs/KD_SRRL \
+        --simkd refs/SimKD \
+        --frskd refs/FRSKD \
         [--out tests/fixtures/parity] [--methods simkd frskd frskd_sla --update]
 
 Nothing of the references is copied into kdlab: their modules are imported from those paths

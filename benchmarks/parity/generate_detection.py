@@ -5,8 +5,8 @@ detection loss, computed by their authors' code on copied features
 Usage (each path a checkout of that repository, e.g. ``git archive`` of the commit)::
 
     python benchmarks/parity/generate_detection.py \
-        --fgfi /tmp/parity-ref/Distilling-Object-Detectors \
-        --reviewkd /tmp/parity-ref/ReviewKD [--out tests/fixtures/parity_detection]
+        --fgfi refs/Distilling-Object-Detectors \
+        --reviewkd refs/ReviewKD [--out tests/fixtures/parity_detection]
 
 Nothing of the references is copied into kdlab; their modules are imported from those paths
 while this script runs. Neither needs Detectron2:

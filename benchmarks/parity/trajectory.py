@@ -5,9 +5,9 @@ kdlab's weights, batches and random draws, in float64 (``tests/methods/test_pari
 Usage (each path a checkout of that repository at the commit recorded in the fixtures)::
 
     python benchmarks/parity/trajectory.py \
-        --fcfd /work/refs/FCFD --mdistiller /work/refs/mdistiller \
-        --repdistiller /work/refs/RepDistiller --simkd /work/refs/SimKD \
-        --frskd /work/refs/FRSKD --srrl /work/refs/KD_SRRL [--cases NAME ...]
+        --fcfd refs/FCFD --mdistiller refs/mdistiller \
+        --repdistiller refs/RepDistiller --simkd refs/SimKD \
+        --frskd refs/FRSKD --srrl refs/KD_SRRL [--cases NAME ...]
 
 For every case the reference's loop runs the steps: the FCFD authors' ``Trainer.
 train_one_epoch`` over their ``MetaModel``; mdistiller's ``BaseTrainer.train_iter`` /

@@ -259,10 +259,11 @@ def distill(
             place), or a registered model name such as ``"resnet8"``.
         teacher: the trained network (frozen and moved to the run's device in place), or a
             model name with ``teacher_checkpoint=...`` / ``teacher_pretrained=...``.
-        train, val: ``(images, labels)`` tensors, a torch ``Dataset`` of ``(image, label)``
-            or a ``DataLoader`` (:mod:`kdlab.data.memory`). Images are uint8 (0..255) or float
-            in [0, 1], never rescaled twice; already normalised ones need
-            ``normalized=True``.
+        train: the training split: ``(images, labels)`` tensors, a torch ``Dataset`` of
+            ``(image, label)`` or a ``DataLoader`` (:mod:`kdlab.data.memory`). Images are
+            uint8 (0..255) or float in [0, 1], never rescaled twice; already normalised ones
+            need ``normalized=True``.
+        val: the validation split, in any of the forms ``train`` accepts.
         method: a registered method (``"kd"``, ``"fcfd"``, ``"dkd"``, ...; default ``"kd"``,
             or the recipe's).
         out: the run folder (default ``runs/<method>-<n>``, the first free one).

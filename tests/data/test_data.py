@@ -1,9 +1,9 @@
-"""kdlab.data: IDX parsing, loaders (shapes, determinism, sharding), augmentation, datasets."""
+"""kdlab.data: IDX parsing, loaders (shapes, determinism, sharding), augmentation, the dataset
+registry (the classification datasets themselves: tests/tasks/classification/datasets/)."""
 
 from __future__ import annotations
 
 import gzip
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -253,98 +253,3 @@ def test_user_errors_for_names_and_sizes():
     assert (info.num_classes, info.in_channels, info.input_size) == (100, 3, 32)
     assert set(DATASETS.names()) >= {"fashion_mnist", "cifar10", "cifar100", "imagenet",
                                      "synthetic"}
-
-
-# ------------------------------------------------------------------ CIFAR
-def fake_cifar(root: Path, classes: int, per_batch: int = 6) -> dict:
-    """torchvision's CIFAR layout with tiny pickles (md5 checks are patched out in the test)."""
-    cifar100 = classes == 100
-    folder = root / ("cifar-100-python" if cifar100 else "cifar-10-batches-py")
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(1)
-    key = "fine_labels" if cifar100 else "labels"
-    names = ["train", "test"] if cifar100 else [f"data_batch_{i}" for i in range(1, 6)] + [
-        "test_batch"]
-    written = {}
-    for name in names:
-        data = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
-        labels = rng.integers(0, classes, per_batch).tolist()
-        with open(folder / name, "wb") as f:
-            pickle.dump({"data": data, key: labels}, f)
-        written[name] = (data, labels)
-    meta_name, meta_key = ("meta", "fine_label_names") if cifar100 else ("batches.meta",
-                                                                         "label_names")
-    with open(folder / meta_name, "wb") as f:
-        pickle.dump({meta_key: [f"c{i}" for i in range(classes)]}, f)
-    return written
-
-
-@pytest.mark.parametrize("name,classes", [("cifar10", 10), ("cifar100", 100)])
-def test_cifar_code_path_with_fake_pickles(tmp_path, monkeypatch, name, classes):
-    import torchvision.datasets.cifar as tv_cifar
-
-    written = fake_cifar(tmp_path, classes)
-    monkeypatch.setattr(tv_cifar, "check_integrity", lambda *a, **k: True)
-    loaders = build_loaders(DataConfig(name=name, root=str(tmp_path), download=False,
-                                       batch_size=4, eval_batch_size=4), CPU)
-    n_train = 6 if classes == 100 else 30
-    assert (loaders.info.train_size, loaders.info.val_size) == (n_train, 6)
-    assert loaders.info.num_classes == classes
-    images, targets, index = (torch.cat(t) for t in zip(*collect(loaders.val), strict=True))
-    data, labels = written["test" if classes == 100 else "test_batch"]
-    expected = normalise(torch.from_numpy(data).view(6, 3, 32, 32), loaders.info.mean,
-                         loaders.info.std)
-    torch.testing.assert_close(images, expected)
-    assert targets.tolist() == labels and index.tolist() == list(range(6))
-    x, _, _ = next(iter(loaders.train))
-    assert x.shape == (4, 3, 32, 32)
-
-
-def test_missing_cifar_is_user_error(tmp_path):
-    with pytest.raises(UserError, match="data.download=true"):
-        build_loaders(DataConfig(name="cifar10", root=str(tmp_path), download=False), CPU)
-
-
-# ------------------------------------------------------------------ ImageNet folders
-@pytest.fixture
-def image_folder(tmp_path):
-    from PIL import Image
-
-    rng = np.random.default_rng(2)
-    for split, per_class in (("train", 4), ("val", 3)):
-        for cls in ("ant", "bee"):
-            (tmp_path / split / cls).mkdir(parents=True)
-            for i in range(per_class):
-                arr = rng.integers(0, 256, (30 + i, 40, 3), dtype=np.uint8)
-                Image.fromarray(arr).save(tmp_path / split / cls / f"{i}.png")
-    return tmp_path
-
-
-def test_imagenet_folder_path(image_folder):
-    cfg = DataConfig(name="imagenet", root=str(image_folder), batch_size=3, eval_batch_size=4,
-                     num_workers=0)
-    loaders = build_loaders(cfg, CPU, seed=4)
-    assert (loaders.info.num_classes, loaders.info.train_size, loaders.info.val_size) == (2, 8, 6)
-    assert len(loaders.train) == 2 and len(loaders.val) == 2
-    val = collect(loaders.val)
-    assert torch.cat([b[2] for b in val]).tolist() == list(range(6))
-    assert torch.cat([b[1] for b in val]).tolist() == [0, 0, 0, 1, 1, 1]
-    assert val[0][0].shape == (4, 3, 224, 224) and val[0][0].dtype == torch.float32
-    loaders.train.set_epoch(1)
-    first = collect(loaders.train)
-    assert first[0][0].shape == (3, 3, 224, 224) and first[0][2].dtype == torch.int64
-    workers = build_loaders(DataConfig(name="imagenet", root=str(image_folder), batch_size=3,
-                                       num_workers=1), CPU, seed=4).train
-    workers.set_epoch(1)
-    for a, b in zip(first, collect(workers), strict=True):
-        assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
-    workers.set_epoch(2)
-    assert not torch.equal(first[0][0], collect(workers)[0][0])
-
-
-def test_imagenet_user_errors(tmp_path, image_folder):
-    with pytest.raises(UserError, match="data.root"):
-        build_loaders(DataConfig(name="imagenet", root=str(tmp_path / "none")), CPU)
-    with pytest.raises(UserError, match="device_resident"):
-        build_loaders(DataConfig(name="imagenet", root=str(image_folder),
-                                 device_resident=True), CPU)

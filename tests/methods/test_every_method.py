@@ -1,6 +1,9 @@
 """Every registered method, generically: a few CPU steps on a fixed batch lower its loss,
-every term stays finite, the frozen teacher gets no gradient and does not change, and the
-student does get gradients. A new method is tested here by default."""
+every term stays finite, the frozen teacher (no parameter requiring a gradient, in eval mode)
+gets no gradient at any step and does not change, and the student does get gradients; a
+feature method refuses teacher features of another batch size. A new method is tested here by
+default; a method's own behaviour is tested in its folder
+(tests/methods/<method>/)."""
 
 from __future__ import annotations
 
@@ -10,7 +13,9 @@ import pytest
 import torch
 
 from conftest import sgd_descent, tiny_staged
+from kdlab.errors import UserError
 from kdlab.methods import METHODS, build_distiller
+from kdlab.methods.base import Batch
 
 #: the smallest option changes a method needs to run on the tiny pair (explicit, per method)
 TINY_OPTIONS: dict[str, dict] = {
@@ -31,15 +36,23 @@ def _batch(n: int = 16):
 CLASSIFICATION_METHODS = [n for n in METHODS.names()
                           if "classification" in METHODS.get(n).tasks]
 
+#: further settings whose loss must fall too: ReviewKD's loss without its warm-up scaling,
+#: CRD with fixed memory banks (momentum 1: a stationary contrastive objective)
+VARIANTS: list[tuple[str, dict]] = [
+    ("reviewkd", {"warmup_epochs": 0}),
+    ("crd", {"num_negatives": 16, "momentum": 1.0, "negatives": "uniform"}),
+]
 
-@pytest.mark.parametrize("name", CLASSIFICATION_METHODS)
-def test_method_trains_and_leaves_the_teacher_alone(name):
+
+@pytest.mark.parametrize("name, options", [
+    *((n, TINY_OPTIONS.get(n, {})) for n in CLASSIFICATION_METHODS), *VARIANTS])
+def test_method_trains_and_leaves_the_teacher_alone(name, options):
     cls = METHODS.get(name)
     teacher = tiny_staged(widths=(16, 32, 64, 64), seed=1) if cls.needs_teacher else None
     student = tiny_staged(widths=(8, 16, 32, 32), seed=2)
     teacher_before = copy.deepcopy(teacher.state_dict()) if teacher is not None else None
     torch.manual_seed(0)
-    d = build_distiller(name, TINY_OPTIONS.get(name, {}), student, teacher, train_size=64)
+    d = build_distiller(name, options, student, teacher, train_size=64)
     d.train()
 
     def inspect(step, logits, losses):
@@ -49,19 +62,34 @@ def test_method_trains_and_leaves_the_teacher_alone(name):
             grads = [p.grad for p in student.parameters()]
             assert any(g is not None and g.abs().sum() > 0 for g in grads), (
                 f"{name}: the student got no gradient")
-            if teacher is not None:
-                assert all(p.grad is None for p in teacher.parameters()), (
-                    f"{name}: the teacher got a gradient")
+        if teacher is not None:
+            assert all(p.grad is None for p in teacher.parameters()), (
+                f"{name}: the teacher got a gradient at step {step}")
 
-    # sampled choices (e.g. FCFD paths) repeat every 2 steps
+    # sampled choices (e.g. FCFD paths, CRD negatives) repeat every 2 steps
     totals = sgd_descent(d, _batch(), STEPS, lr=0.02, trainable_only=True,
                          reseed=lambda step: step % 2, inspect=inspect)
     assert totals[-1] < totals[0], f"{name}: loss did not decrease: {totals}"
     if teacher is not None:
+        assert not any(p.requires_grad for p in teacher.parameters()), (
+            f"{name}: a teacher parameter requires a gradient")
+        assert not teacher.training, f"{name}: the teacher left eval mode"
         after = teacher.state_dict()
         assert all(torch.equal(teacher_before[k], after[k]) for k in after), (
             f"{name}: the teacher's weights or statistics changed")
 
+
+
+@pytest.mark.parametrize("name", ["at", "vid", "ofd", "reviewkd"])
+def test_teacher_features_of_another_batch_size_are_a_user_error(name, tiny_pair, monkeypatch):
+    teacher, student = tiny_pair
+    d = build_distiller(name, TINY_OPTIONS.get(name, {}), student, teacher, train_size=64)
+    x, y, _ = _batch()
+    real = d.teacher_source.features
+    monkeypatch.setattr(d.teacher_source, "features",
+                        lambda batch: real(Batch(batch.images[:4])))
+    with pytest.raises(UserError):
+        d(x, y)
 
 #: methods whose losses change with the epoch (warm-ups), with the options that show it
 EPOCH_DEPENDENT: dict[str, dict] = {

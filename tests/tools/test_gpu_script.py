@@ -1,11 +1,14 @@
-"""benchmarks/gpu/: the script parses (bash -n) and its summary reads kdlab bench CSVs. The
-script itself runs on CPU with --dry (a minute: run by hand, see benchmarks/gpu/README.md)."""
+"""benchmarks/gpu/: the script's CPU smoke run (--dry, one method) writes its three passes'
+CSVs and the summary; without a GPU and without --dry it stops with one message; the summary
+reads kdlab bench CSVs."""
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,9 +18,33 @@ from kdlab.tools.bench.bench import BenchReport, BenchResult, write_report
 GPU = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu"
 
 
+def _run_script(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OUT=str(tmp_path), PYTHON=sys.executable, METHODS="kd",
+               COMPILE_METHODS="kd", OMP_NUM_THREADS="1")
+    return subprocess.run(["bash", str(GPU / "run_gpu_bench.sh"), *args], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("bash") is None, reason="no bash on this machine")
-def test_the_script_parses():
-    subprocess.run(["bash", "-n", str(GPU / "run_gpu_bench.sh")], check=True)
+def test_the_dry_run_writes_every_pass_and_the_summary(tmp_path):
+    result = _run_script(tmp_path, "--dry")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    summary = (tmp_path / "gpu_bench.md").read_text()
+    for label in ("NCHW, eager", "channels-last, eager", "channels-last, compiled"):
+        assert f"| kd | {label} |" in summary, summary
+    assert "--dry" in summary  # the command line it was run with
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="no bash on this machine")
+def test_without_a_gpu_the_script_asks_for_the_dry_run(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: the script would run the real benchmark")
+    result = _run_script(tmp_path)
+    assert result.returncode != 0 and "run with --dry" in result.stderr
+    assert not list(tmp_path.iterdir())  # stopped before any pass
 
 
 def test_summary_lists_every_method_and_pass(tmp_path):

@@ -128,3 +128,11 @@ def test_benchmark_command_runner_records_the_run_and_stops_on_failure():
     assert out.strip() == "hi" and ran["wall_s"] >= 0 and "print" in ran["command"]
     with pytest.raises(SystemExit, match="boom failed"):
         protocol.run_command([sys.executable, "-c", "raise SystemExit(3)"], 1, "boom")
+
+
+def test_benchmark_records_name_commands_without_machine_paths():
+    _, protocol = _seed_script()
+    assert protocol.portable("/w/.venv/bin/kdlab distill 'a b.yaml'") == "kdlab distill 'a b.yaml'"
+    assert protocol.portable("/usr/bin/python3.11 -m kdlab train x") == "python -m kdlab train x"
+    assert protocol.portable("kdlab bench --out runs/x") == "kdlab bench --out runs/x"
+    assert protocol.portable("bash -c 'kdlab bench'") == "bash -c 'kdlab bench'"

@@ -111,7 +111,8 @@ def distillation_costs(distiller: Any, cfg: Any, summary: dict[str, Any], loader
                        device: torch.device) -> list[dict[str, Any]]:
     """The teacher-vs-student rows of a finished distillation: the frozen teacher, then every
     exported network, each as its task deploys it (:meth:`kdlab.tasks.Task.deploy`) and
-    counted on the first validation image; scores are the best validation ``metric``."""
+    counted on the first validation image; scores are the best validation ``metric``. Empty
+    for a task that has no deployable graph."""
     metric = summary["metric"]
     image = next(iter(loader))[0][0][None].to(device)
     shape = tuple(image.shape[1:])
@@ -126,5 +127,9 @@ def distillation_costs(distiller: Any, cfg: Any, summary: dict[str, Any], loader
                  else f"{cfg.method_name}({cfg.model.student})")
         score = summary.get("networks", {}).get(name, {}).get(f"best_{metric}")
         nets[name] = (str(model), net, score)
-    deployed = {k: (m, distiller.task.deploy(n, shape).module, s) for k, (m, n, s) in nets.items()}
+    try:
+        deployed = {k: (m, distiller.task.deploy(n, shape).module, s)
+                    for k, (m, n, s) in nets.items()}
+    except NotImplementedError:  # a task (a plugin's) without a deployable graph: no table
+        return []
     return teacher_vs_student(deployed, image)
