@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from kdlab.errors import UserError
+from kdlab.methods.batch import Batch
 from kdlab.methods.teacher_source import (
     FrozenTeacher,
     TeacherLogits,
@@ -43,17 +44,6 @@ Losses = dict[str, Tensor]
 @dataclass
 class NoConfig:
     """A method without hyper-parameters."""
-
-
-@dataclass(frozen=True)
-class Batch:
-    """One training batch as the trainer hands it to a method: the images, their targets
-    (labels, label maps or a detector's box lists) and their dataset indices (CRD's memory
-    bank and a teacher cache read them; None outside the trainer)."""
-
-    images: Any
-    targets: Any = None
-    index: Tensor | None = None
 
 
 class Distiller(nn.Module):

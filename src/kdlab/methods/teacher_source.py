@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from kdlab.nn.batch_stats import batch_statistics
 
 if TYPE_CHECKING:
-    from kdlab.methods.base import Batch
+    from kdlab.methods.batch import Batch
     from kdlab.models.staged.view import Features
 
 #: the ``teacher_bn`` modes: running statistics, or the batch's (the teacher is left untouched)
