@@ -32,6 +32,8 @@ from kdlab.errors import UserError
 IGNORE_INDEX = 255
 #: per-pixel mean / std of the default scenes (64 x 64, 10000 training scenes), 0..1 scale
 MEAN, STD = (0.206,), (0.287,)
+#: the name of each label of the scenes' masks and boxes (0 = background, 1 + c = class c)
+SCENE_CLASSES = ("background", *fm.CLASS_NAMES)
 
 
 def load_scenes(cfg: DataConfig) -> tuple[SceneSet, SceneSet]:
@@ -87,7 +89,8 @@ class ScenesSeg(ScenesSource):
 
     info = DatasetInfo(name="scenes_seg", num_classes=11, in_channels=1, input_size=64,
                        train_size=10000, val_size=2000, mean=MEAN, std=STD,
-                       task="segmentation", ignore_index=IGNORE_INDEX)
+                       task="segmentation", ignore_index=IGNORE_INDEX,
+                       class_names=SCENE_CLASSES)
     kind = "mask"
 
 
@@ -100,5 +103,5 @@ class ScenesDet(ScenesSource):
 
     info = DatasetInfo(name="scenes_det", num_classes=10, in_channels=1, input_size=64,
                        train_size=10000, val_size=2000, mean=MEAN, std=STD,
-                       task="detection")
+                       task="detection", class_names=SCENE_CLASSES)
     kind = "boxes"

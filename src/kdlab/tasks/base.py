@@ -23,7 +23,8 @@ class Task:
     """One task. Subclasses set :attr:`name`, :attr:`primary` and implement the hooks.
 
     ``ignore_index`` is the target value that no loss or metric counts (segmentation's 255);
-    ``None`` where the task has none.
+    ``None`` where the task has none. ``class_names``: the name of each target label, indexed
+    by its value (``DatasetInfo.class_names``; for the report's pictures), or None.
     """
 
     name: ClassVar[str]
@@ -34,9 +35,16 @@ class Task:
     train_score_name: ClassVar[str | None] = None
 
     def __init__(self, ignore_index: int | None = None, *,
-                 num_classes: int | None = None) -> None:
+                 num_classes: int | None = None,
+                 class_names: tuple[str, ...] | None = None) -> None:
         self.ignore_index = ignore_index
         self.num_classes = num_classes
+        self.class_names = class_names
+
+    def label_name(self, label: int) -> str:
+        """The name of target label ``label`` (its number where none is known)."""
+        names = self.class_names or ()
+        return names[label] if 0 <= label < len(names) else str(label)
 
     # ----------------------------------------------------------------- a training step
     def features(self, net: nn.Module, images: Any, targets: Any) -> Any:
@@ -81,16 +89,19 @@ TASKS: Registry[type[Task]] = Registry("task")
 
 
 def build_task(name: str, ignore_index: int | None = None, *, num_classes: int | None = None,
-               options: Mapping[str, Any] | None = None) -> Task:
+               options: Mapping[str, Any] | None = None,
+               class_names: tuple[str, ...] | None = None) -> Task:
     """The registered task ``name`` (an unknown name suggests close ones) for data with
     ``num_classes`` classes whose targets use ``ignore_index``; ``options`` are the task's own
-    settings (a run's ``task_options``, e.g. segmentation's ``aux_weight`` or ``window``)."""
+    settings (a run's ``task_options``, e.g. segmentation's ``aux_weight`` or ``window``);
+    ``class_names`` name the target labels (the report's pictures)."""
     cls = TASKS.get(name)
     options = dict(options or {})
-    known = [p for p in inspect.signature(cls).parameters if p not in ("ignore_index",
-                                                                          "num_classes")]
+    known = [p for p in inspect.signature(cls).parameters
+             if p not in ("ignore_index", "num_classes", "class_names")]
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise UserError(f"Unknown task_options {', '.join(unknown)} for task {name!r}; it takes "
                         f"{', '.join(known) or 'none'}.")
-    return cls(ignore_index=ignore_index, num_classes=num_classes, **options)
+    return cls(ignore_index=ignore_index, num_classes=num_classes, class_names=class_names,
+               **options)
