@@ -23,7 +23,8 @@ class Task:
     """One task. Subclasses set :attr:`name`, :attr:`primary` and implement the hooks.
 
     ``ignore_index`` is the target value that no loss or metric counts (segmentation's 255);
-    ``None`` where the task has none.
+    ``None`` where the task has none. ``class_names``: the name of each target label, indexed
+    by its value (``DatasetInfo.class_names``; for the report's pictures), or None.
     """
 
     name: ClassVar[str]
@@ -34,9 +35,16 @@ class Task:
     train_score_name: ClassVar[str | None] = None
 
     def __init__(self, ignore_index: int | None = None, *,
-                 num_classes: int | None = None) -> None:
+                 num_classes: int | None = None,
+                 class_names: tuple[str, ...] | None = None) -> None:
         self.ignore_index = ignore_index
         self.num_classes = num_classes
+        self.class_names = class_names
+
+    def label_name(self, label: int) -> str:
+        """The name of target label ``label`` (its number where none is known)."""
+        names = self.class_names or ()
+        return names[label] if 0 <= label < len(names) else str(label)
 
     # ----------------------------------------------------------------- a training step
     def features(self, net: nn.Module, images: Any, targets: Any) -> Any:
@@ -81,10 +89,12 @@ TASKS: Registry[type[Task]] = Registry("task", filled_by=("kdlab.tasks",))
 
 
 def build_task(name: str, ignore_index: int | None = None, *, num_classes: int | None = None,
-               options: Mapping[str, Any] | None = None) -> Task:
+               options: Mapping[str, Any] | None = None,
+               class_names: tuple[str, ...] | None = None) -> Task:
     """The registered task ``name`` (an unknown name suggests close ones) for data with
     ``num_classes`` classes whose targets use ``ignore_index``; ``options`` are the task's own
-    settings (a run's ``task_options``, e.g. segmentation's ``aux_weight`` or ``window``).
+    settings (a run's ``task_options``, e.g. segmentation's ``aux_weight`` or ``window``);
+    ``class_names`` name the target labels (the report's pictures).
 
     A task that takes a ``void_index`` (segmentation) also takes ``ignore_index`` as an option:
     the label value its loss and metrics leave out instead of the dataset's, whose own value
@@ -92,14 +102,16 @@ def build_task(name: str, ignore_index: int | None = None, *, num_classes: int |
     cls = TASKS.get(name)
     options = dict(options or {})
     params = inspect.signature(cls).parameters
-    kwargs: dict[str, Any] = {"ignore_index": ignore_index, "num_classes": num_classes}
+    kwargs: dict[str, Any] = {"ignore_index": ignore_index, "num_classes": num_classes,
+                              "class_names": class_names}
     if "ignore_index" in options and "void_index" in params:
         chosen = options.pop("ignore_index")
         if isinstance(chosen, bool) or not isinstance(chosen, int):
             raise UserError(f"task_options.ignore_index must be an integer label value, got "
                             f"{chosen!r}.")
         kwargs = {**kwargs, "ignore_index": chosen, "void_index": ignore_index}
-    known = [p for p in params if p not in ("ignore_index", "num_classes", "void_index")]
+    known = [p for p in params if p not in ("ignore_index", "num_classes", "void_index",
+                                              "class_names")]
     if "void_index" in params:
         known.append("ignore_index")
     unknown = sorted(set(options) - set(known))

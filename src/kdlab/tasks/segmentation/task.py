@@ -67,9 +67,10 @@ class Segmentation(Task):
     def __init__(self, ignore_index: int | None = None, *, aux_weight: float | None = None,
                  window: int | tuple[int, int] | None = None,
                  stride: int | tuple[int, int] | None = None,
-                 num_classes: int | None = None, void_index: int | None = None) -> None:
+                 num_classes: int | None = None, void_index: int | None = None,
+                 class_names: tuple[str, ...] | None = None) -> None:
         super().__init__(DEFAULT_IGNORE if ignore_index is None else ignore_index,
-                         num_classes=num_classes)
+                         num_classes=num_classes, class_names=class_names)
         self.void_index = void_index if void_index != self.ignore_index else None
         if aux_weight is not None:
             self.aux_weight = aux_weight  # type: ignore[misc]
@@ -182,6 +183,6 @@ class Segmentation(Task):
             finally:
                 net.train(was_training)
         prediction_grid(out_dir / "segmentation.png", images.cpu(), targets.cpu(), preds,
-                        self.ignore_index)
+                        self.ignore_index, name=self.label_name)
         class_iou_csv(out_dir / "class_iou.csv", ious)
         return ["segmentation.png", "class_iou.csv"]
