@@ -18,6 +18,19 @@ single-thread runs side by side on two cores; each run is claimed by one process
     python benchmarks/dense_accuracy.py --task segmentation
     python benchmarks/dense_accuracy.py --task detection --seeds 0
 
+The tables at convergence (issue 21): every row, 3 seeds, the recipes' full data (10,000 /
+2,000 scenes) and schedule, one thread per run, two processes sharing the runs on two cores;
+the teacher is trained by the first process that claims it and reused by every row after::
+
+    python benchmarks/dense_accuracy.py --task detection --seeds 0,1,2 &
+    python benchmarks/dense_accuracy.py --task detection --seeds 0,1,2; wait
+    python benchmarks/dense_accuracy.py --task segmentation --seeds 0,1,2 &
+    python benchmarks/dense_accuracy.py --task segmentation --seeds 0,1,2; wait
+
+Check each table's "last - previous epoch" column: a row whose last epoch still moves by more
+than the seeds' spread is not at a plateau (raise the recipes' ``epochs`` and run again: the
+finished runs of other rows are kept).
+
 Adding a row later (same teacher, same protocol): add a :class:`Row` to the task's table
 below (its recipe folder under ``recipes/<dataset>/``, a student recipe named
 ``<student>_from_<teacher>.yaml``), then run ``--rows <name>``: the teacher's finished run is
