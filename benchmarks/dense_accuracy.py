@@ -3,16 +3,39 @@ detection: COCO mAP and AP50), every method on one footing.
 
 Protocol: the teacher is trained once (seed 0) with ``kdlab train``; then, for every seed,
 each row trains the same student from that teacher with ``kdlab distill`` (``kdlab train``
-for the student alone) on the same generated scenes, for the same epochs and schedule. Every
-run goes through the real CLI and trainer (a subprocess per run, the task's recipes plus
-``--set`` overrides); the numbers are read from each run's ``metrics.csv``. Runs are
-resumable (see ``benchmarks/protocol.py``); ``--report-only`` rewrites the tables from the
-finished runs (e.g. after running seeds in two processes at once). Not part of the tests.
+for the student alone) on the same generated scenes, with the recipes' schedule (the
+recipes' epochs unless ``--epochs`` / ``--teacher-epochs`` say otherwise), one torch thread
+per run (``train.threads``). Every run goes through the real CLI and trainer (a subprocess
+per run, the row's recipe plus ``--set`` overrides); the numbers are read from each run's
+``metrics.csv``. Not part of the tests.
 
-    .venv/bin/python benchmarks/dense_accuracy.py --task segmentation
-    .venv/bin/python benchmarks/dense_accuracy.py --task detection --seeds 0
+Resumable and shareable: a finished run (its ``bench_result.json``) is never run again, and
+the tables are always written from every finished run on disk, so the script can be stopped,
+started again, run with ``--rows``/``--seeds`` subsets, or run by two processes at once (two
+single-thread runs side by side on two cores; each run is claimed by one process, see
+``benchmarks/protocol.py``). ``--report-only`` rewrites the tables from the finished runs.
 
-Writes ``benchmarks/results/scenes_{seg,det}_accuracy.{md,csv}``; run folders go under
+    python benchmarks/dense_accuracy.py --task segmentation
+    python benchmarks/dense_accuracy.py --task detection --seeds 0
+
+The tables at convergence (issue 21): every row, 3 seeds, the recipes' full data (10,000 /
+2,000 scenes) and schedule, one thread per run, two processes sharing the runs on two cores;
+the teacher is trained by the first process that claims it and reused by every row after::
+
+    python benchmarks/dense_accuracy.py --task detection --seeds 0,1,2 &
+    python benchmarks/dense_accuracy.py --task detection --seeds 0,1,2; wait
+    python benchmarks/dense_accuracy.py --task segmentation --seeds 0,1,2 &
+    python benchmarks/dense_accuracy.py --task segmentation --seeds 0,1,2; wait
+
+Check each table's "last - previous epoch" column: a row whose last epoch still moves by more
+than the seeds' spread is not at a plateau (raise the recipes' ``epochs`` and run again: the
+finished runs of other rows are kept).
+
+Adding a row later (same teacher, same protocol): add a :class:`Row` to the task's table
+below (its recipe folder under ``recipes/<dataset>/``, a student recipe named
+``<student>_from_<teacher>.yaml``), then run ``--rows <name>``: the teacher's finished run is
+reused, and the table is rewritten with every row. Writes
+``benchmarks/results/scenes_{seg,det}_accuracy.{md,csv}``; run folders go under
 ``runs/bench/`` (not committed).
 """
 
@@ -30,6 +53,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from protocol import ROOT, hardware_line, kdlab_cmd, mean_std, read_metrics, run_one
+
+from kdlab.data.scene_sets import SCENE_CLASSES
 
 
 @dataclass(frozen=True)
@@ -82,10 +107,16 @@ def recipe(table: Table, row: Row) -> Path:
     return folder / f"{name}.yaml"
 
 
-def common_overrides(args: argparse.Namespace, epochs: int, seed: int) -> list[str]:
-    return [f"schedule.epochs={epochs}", f"train.seed={seed}", "train.device=cpu",
-            "train.progress=none", f"data.scenes_train={args.scenes_train}",
-            f"data.scenes_val={args.scenes_val}"]
+def common_overrides(args: argparse.Namespace, epochs: int | None, seed: int) -> list[str]:
+    out = [f"train.seed={seed}", "train.device=cpu", "train.progress=none",
+           f"train.threads={args.threads}"]
+    if epochs is not None:
+        out.append(f"schedule.epochs={epochs}")
+    if args.scenes_train is not None:
+        out.append(f"data.scenes_train={args.scenes_train}")
+    if args.scenes_val is not None:
+        out.append(f"data.scenes_val={args.scenes_val}")
+    return out
 
 
 def sets(values: list[str]) -> list[str]:
@@ -97,55 +128,114 @@ def extra_value(run_dir: Path, column: str) -> float | None:
     return float(rows[-1][column]) if rows else None
 
 
-def write_tables(args: argparse.Namespace, table: Table, teacher: dict | None,
-                 recs: list[dict]) -> Path:
+def curve(run_dir: Path, column: str) -> list[float]:
+    return [float(r[column]) for r in read_metrics(run_dir) if r.get(column)]
 
+
+def run_config(run_dir: Path) -> dict:
+    """A finished run's resolved config (its ``config.yaml``), {} when absent."""
+    import yaml
+
+    path = run_dir / "config.yaml"
+    return yaml.safe_load(path.read_text()) if path.is_file() else {}
+
+
+def class_iou_lines(run_dir: Path, names: tuple[str, ...] | None) -> list[str]:
+    """The teacher's per-class IoU (its report's ``class_iou.csv``) as a Markdown table."""
+    path = run_dir / "class_iou.csv"
+    if not path.is_file():
+        return []
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    net = [k for k in rows[0] if k != "class"][-1]
+    head = [names[int(r["class"])] if names else r["class"] for r in rows]
+    return ["| class | " + " | ".join(head) + " |", "|---" * (len(rows) + 1) + "|",
+            "| IoU % | " + " | ".join(r[net] or "-" for r in rows) + " |", ""]
+
+
+def cpu_min(rec: dict) -> str:
+    return f"{rec['cpu_s'] / 60:.1f}" if rec.get("cpu_s") is not None else "-"
+
+
+def gain_cell(rs: list[dict], alone: dict[int, float], key: str) -> str:
+    """Mean ± std over seeds of the row's ``key`` minus the student alone's, seed by seed."""
+    diffs = [r[key] - alone[r["seed"]] for r in rs if r["seed"] in alone]
+    if not diffs:
+        return "-"
+    if len(diffs) == 1:
+        return f"{diffs[0]:+.2f}"
+    return f"{statistics.fmean(diffs):+.2f} ± {statistics.stdev(diffs):.2f}"
+
+
+def write_tables(args: argparse.Namespace, table: Table, teacher: dict | None,
+                 recs: list[dict], runs: Path) -> Path:
     out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{table.dataset}_accuracy"
     m, x = table.metric, table.extra
-    fields = ["row", "label", "seed", f"best_{m}", f"last_{m}", f"last_{x}", "epochs_run",
-              "wall_s", "load_before", "load_after", "command"]
+    fields = ["row", "label", "seed", f"best_{m}", f"last_{m}", f"prev_{m}", f"last_{x}",
+              "epochs_run", "wall_s", "cpu_s", "load_before", "load_after", "command"]
+    everything = ([teacher] if teacher else []) + recs
     with (out / f"{stem}.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
         w.writeheader()
-        for r in ([teacher] if teacher else []) + recs:
+        for r in everything:
             w.writerow(r)
-    total = sum(r["wall_s"] for r in ([teacher] if teacher else []) + recs)
+    total = sum(r["wall_s"] for r in everything)
+    t_dir = runs / f"teacher_{table.teacher}"
+    t_cfg = run_config(t_dir)
+    s_dirs = sorted(runs.glob("ce/seed*"))
+    s_cfg = run_config(s_dirs[0]) if s_dirs else {}
+    data = t_cfg.get("data", {})
+    epochs = sorted({r["epochs_run"] for r in recs})
     lines = [
         f"# Fashion-MNIST scenes, {args.task}: every method on one footing", "",
         f"Generated by `benchmarks/dense_accuracy.py` on {time.strftime('%Y-%m-%d')}.", "",
         f"- pair: {table.teacher} (teacher) -> {table.student} (student)",
-        f"- data: `{table.dataset}`, {args.scenes_train} generated training scenes, "
-        f"{args.scenes_val} validation scenes (64x64; items from Fashion-MNIST's train / test "
-        "splits); the recipes' augmentation",
-        f"- students: {args.epochs} epochs, the recipes' optimiser and schedule; teacher: "
-        f"{args.teacher_epochs} epochs, seed 0",
-        f"- seeds: {args.seeds}; {m} and {x} in % on the validation scenes, mean ± sample std",
+        f"- data: `{table.dataset}`, {data.get('scenes_train', '?')} generated training scenes,"
+        f" {data.get('scenes_val', '?')} validation scenes (64x64; items from Fashion-MNIST's "
+        "train / test splits); the recipes' augmentation",
+        f"- schedule: the recipes' (batch {data.get('batch_size', '?')}, "
+        f"{t_cfg.get('schedule', {}).get('name', '?')} LR from "
+        f"{t_cfg.get('optim', {}).get('lr', '?')}); teacher "
+        f"{t_cfg.get('schedule', {}).get('epochs', '?')} epochs (seed 0), students "
+        f"{'/'.join(str(e) for e in epochs) or s_cfg.get('schedule', {}).get('epochs', '?')} "
+        "epochs",
+        f"- seeds: {', '.join(str(s) for s in sorted({r['seed'] for r in recs}))}; {m} and {x} "
+        "in % on the validation scenes, mean ± sample std over seeds; gain = the row minus "
+        "the student alone of the same seed",
         hardware_line(f", shared with other jobs (load in the CSV); {args.threads} torch "
-                      "thread(s) per run"),
+                      "thread(s) per run, two runs side by side"),
         f"- script command: `{args.command}`",
         f"- total wall time of the runs in this table: {total / 60:.1f} min", "",
     ]
     if teacher:
+        t_curve = ", ".join(f"{v:.1f}" for v in curve(t_dir, f"val_student_{m}"))
         lines += [f"Teacher {table.teacher}: best {m} {teacher[f'best_{m}']:.2f}, last "
-                  f"{teacher[f'last_{m}']:.2f} (wall {teacher['wall_s']:.0f} s).", ""]
-    lines += [f"| row | best {m} | last {m} | last {x} | per seed (last {m}) | wall s / run |",
-              "|---|---|---|---|---|---|"]
+                  f"{teacher[f'last_{m}']:.2f}, {x} {teacher.get(f'last_{x}') or 0:.2f} "
+                  f"(one thread: wall {teacher['wall_s'] / 60:.1f} min beside other jobs, CPU "
+                  f"{cpu_min(teacher)} min); per epoch: {t_curve}.", ""]
+        lines += class_iou_lines(t_dir, SCENE_CLASSES)
+    lines += [f"| row | best {m} | last {m} | gain (last {m}) | last - previous epoch | "
+              f"last {x} | per seed (last {m}) | CPU min / run |",
+              "|---|---|---|---|---|---|---|---|"]
     by_row: dict[str, list[dict]] = {}
     for r in recs:
         by_row.setdefault(r["row"], []).append(r)
     labels = {row.name: row.label for row in table.rows}
+    alone = {r["seed"]: r[f"last_{m}"] for r in by_row.get("ce", [])}
     for name, rs in by_row.items():
         rs = sorted(rs, key=lambda r: r["seed"])
         per = ", ".join(f"{r[f'last_{m}']:.2f}" for r in rs)
-        wall = statistics.fmean(r["wall_s"] for r in rs)
+        cpu = mean_std([r["cpu_s"] / 60 for r in rs if r.get("cpu_s") is not None])
         xs = [r[f"last_{x}"] for r in rs if r.get(f"last_{x}") is not None]
+        steps = [r[f"last_{m}"] - r[f"prev_{m}"] for r in rs if r.get(f"prev_{m}") is not None]
+        gain = "-" if name == "ce" else gain_cell(rs, alone, f"last_{m}")
         lines.append(f"| {labels[name]} | {mean_std([r[f'best_{m}'] for r in rs])} | "
-                     f"{mean_std([r[f'last_{m}'] for r in rs])} | {mean_std(xs)} | {per} | "
-                     f"{wall:.0f} |")
+                     f"{mean_std([r[f'last_{m}'] for r in rs])} | {gain} | "
+                     f"{mean_std(steps)} | {mean_std(xs)} | {per} | {cpu} |")
     lines += ["", "## Exact commands", ""]
-    for r in ([teacher] if teacher else []) + recs:
+    for r in everything:
         lines.append(f"- {r['row']} seed {r['seed']} (load {r['load_before']}): "
                      f"`{r['command']}`")
     lines.append("")
@@ -158,13 +248,45 @@ def write_tables(args: argparse.Namespace, table: Table, teacher: dict | None,
 
 
 def record(cmd: list[str], run_dir: Path, info: dict, args: argparse.Namespace,
-           table: Table) -> dict:
+           table: Table) -> dict | None:
     column = f"val_student_{table.metric}"
-    rec = run_one(cmd, run_dir, info, args.threads, column=column, metric=table.metric)
-    if f"last_{table.extra}" not in rec:  # the companion metric, kept in the record
+    rec = run_one(cmd, run_dir, info, args.threads, column=column, metric=table.metric,
+                  shared=True)
+    if rec is not None and f"last_{table.extra}" not in rec:  # the companion metric
         rec[f"last_{table.extra}"] = extra_value(run_dir, f"val_student_{table.extra}")
         (run_dir / "bench_result.json").write_text(json.dumps(rec, indent=2) + "\n")
     return rec
+
+
+def finished(table: Table, runs: Path) -> tuple[dict | None, list[dict]]:
+    """Every finished run on disk: the teacher's record and the rows' (in table order)."""
+    t_rec = runs / f"teacher_{table.teacher}" / "bench_result.json"
+    teacher = json.loads(t_rec.read_text()) if t_rec.is_file() else None
+    names = [r.name for r in table.rows]
+    done = [json.loads(f.read_text()) for f in sorted(runs.glob("*/seed*/bench_result.json"))]
+    m = table.metric
+    for r in done:  # records written before prev_<metric> was kept
+        if f"prev_{m}" not in r:
+            values = curve(runs / r["row"] / f"seed{r['seed']}", f"val_student_{m}")
+            r[f"prev_{m}"] = values[-2] if len(values) > 1 else None
+    recs = sorted((r for r in done if r["row"] in names),
+                  key=lambda r: (names.index(r["row"]), r["seed"]))
+    return teacher, recs
+
+
+def teacher_run(args: argparse.Namespace, table: Table, kd: list[str], runs: Path) -> dict:
+    """The teacher's record: trained here unless finished, or waited for while another
+    process trains it."""
+    t_dir = runs / f"teacher_{table.teacher}"
+    t_recipe = Path("recipes") / table.dataset / "ce" / f"{table.teacher}.yaml"
+    t_cmd = kd + ["train", str(t_recipe),
+                  *sets(common_overrides(args, args.teacher_epochs, 0)), "--out", str(t_dir)]
+    while True:
+        rec = record(t_cmd, t_dir, {"row": "teacher", "label": f"teacher {table.teacher}",
+                                    "seed": 0}, args, table)
+        if rec is not None:
+            return rec
+        time.sleep(30)
 
 
 def main() -> int:
@@ -172,10 +294,11 @@ def main() -> int:
     p.add_argument("--task", choices=sorted(TABLES), default="segmentation")
     p.add_argument("--rows", default=None, help="comma-separated rows (default: all)")
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--teacher-epochs", type=int, default=6)
-    p.add_argument("--scenes-train", type=int, default=3000)
-    p.add_argument("--scenes-val", type=int, default=1000)
+    p.add_argument("--epochs", type=int, default=None, help="students (default: the recipes')")
+    p.add_argument("--teacher-epochs", type=int, default=None,
+                   help="the teacher (default: its recipe's)")
+    p.add_argument("--scenes-train", type=int, default=None, help="default: the recipes'")
+    p.add_argument("--scenes-val", type=int, default=None, help="default: the recipes'")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--runs", default="runs/bench", help="relative to the repository root")
     p.add_argument("--results", default=str(ROOT / "benchmarks/results"))
@@ -184,40 +307,30 @@ def main() -> int:
     argv = [a for a in sys.argv[1:] if a != "--report-only"]
     args.command = ("python benchmarks/dense_accuracy.py " + shlex.join(argv)).strip()
     table = TABLES[args.task]
-    rows = [r for r in table.rows if args.rows is None or r.name in args.rows.split(",")]
+    known = {r.name for r in table.rows}
+    wanted = set(args.rows.split(",")) if args.rows else known
+    if wanted - known:
+        raise SystemExit(f"unknown rows {sorted(wanted - known)}; known: {sorted(known)}")
+    rows = [r for r in table.rows if r.name in wanted]
     seeds = [int(s) for s in args.seeds.split(",")]
     runs = Path(args.runs) / f"{table.dataset}_accuracy"
     os.chdir(ROOT)
-    kd = kdlab_cmd()
-    t_dir = runs / f"teacher_{table.teacher}"
-    if args.report_only:
-        done = [json.loads(f.read_text()) for f in sorted(runs.glob("*/seed*/bench_result.json"))]
-        names = [r.name for r in rows]
-        recs = sorted((r for r in done if r["row"] in names),
-                      key=lambda r: (r["seed"], names.index(r["row"])))
-        t_rec = t_dir / "bench_result.json"
-        teacher = json.loads(t_rec.read_text()) if t_rec.is_file() else None
-        print(f"written to {write_tables(args, table, teacher, recs)}")
-        return 0
-    t_recipe = Path("recipes") / table.dataset / "ce" / f"{table.teacher}.yaml"
-    t_cmd = kd + ["train", str(t_recipe), *sets(common_overrides(args, args.teacher_epochs, 0)),
-                  "--out", str(t_dir)]
-    teacher = record(t_cmd, t_dir, {"row": "teacher", "label": f"teacher {table.teacher}",
-                                    "seed": 0}, args, table)
-    ckpt = t_dir / "best.pt"
-    recs: list[dict] = []
-    for seed in seeds:
-        for row in rows:
-            alone = row.recipe_dir == "ce"
-            values = [] if alone else [f"model.teacher_checkpoint={ckpt}"]
-            values += list(row.overrides) + common_overrides(args, args.epochs, seed)
-            r_dir = runs / row.name / f"seed{seed}"
-            cmd = kd + ["train" if alone else "distill", str(recipe(table, row)), *sets(values),
-                        "--out", str(r_dir)]
-            recs.append(record(cmd, r_dir, {"row": row.name, "label": row.label, "seed": seed},
-                               args, table))
-            write_tables(args, table, teacher, recs)
-    print(f"written to {write_tables(args, table, teacher, recs)}")
+    if not args.report_only:
+        kd = kdlab_cmd()
+        teacher_run(args, table, kd, runs)
+        ckpt = runs / f"teacher_{table.teacher}" / "best.pt"
+        for seed in seeds:
+            for row in rows:
+                alone = row.recipe_dir == "ce"
+                values = [] if alone else [f"model.teacher_checkpoint={ckpt}"]
+                values += list(row.overrides) + common_overrides(args, args.epochs, seed)
+                r_dir = runs / row.name / f"seed{seed}"
+                cmd = kd + ["train" if alone else "distill", str(recipe(table, row)),
+                            *sets(values), "--out", str(r_dir)]
+                if record(cmd, r_dir, {"row": row.name, "label": row.label, "seed": seed},
+                          args, table) is not None:
+                    write_tables(args, table, *finished(table, runs), runs)
+    print(f"written to {write_tables(args, table, *finished(table, runs), runs)}")
     return 0
 
 

@@ -4,6 +4,11 @@
 A run whose folder holds ``bench_result.json`` is not run again; an interrupted run (a folder
 without it) starts again from scratch. Each record keeps the exact command, the wall time and
 the machine's load before and after, so that a table can say what produced each number.
+
+Several processes can share one list of runs (``run_one(..., shared=True)``): each run is
+claimed first (a ``.<run>.claim`` file beside its folder, holding the claiming process's id),
+and a run claimed by a live process is left to it; a claim whose process has ended is taken
+over (that run is interrupted and starts again).
 """
 
 from __future__ import annotations
@@ -76,37 +81,84 @@ def hardware_line(threads: str) -> str:
 
 def run_command(cmd: list[str], threads: int, label: str) -> tuple[str, dict]:
     """Run one command from the repository root with ``threads`` torch threads; return its
-    stdout and a record of the command, its wall time and the machine's load around it. A
-    failure ends the benchmark with the command's output."""
+    stdout and a record of the command, its wall time, its CPU time (user + system, of the
+    command's processes: what a shared machine's load does not inflate much) and the
+    machine's load around it. A failure ends the benchmark with the command's output."""
+    import resource
+
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     before = load()
     print(f"[{time.strftime('%H:%M:%S')}] {label}: {shlex.join(cmd)}", flush=True)
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
+    now = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = now.ru_utime + now.ru_stime - used.ru_utime - used.ru_stime
     if proc.returncode != 0:
         raise SystemExit(f"{label} failed ({proc.returncode}): {shlex.join(cmd)}\n"
                          f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
     return proc.stdout, {"command": portable(shlex.join(cmd)), "wall_s": round(wall, 1),
-                         "load_before": before, "load_after": load()}
+                         "cpu_s": round(cpu, 1), "load_before": before, "load_after": load()}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def claim(run_dir: Path) -> bool:
+    """Claim ``run_dir`` for this process; False when a live process holds it already."""
+    path = run_dir.parent / f".{run_dir.name}.claim"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid = int(path.read_text() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid == os.getpid():
+                return True
+            if pid and _alive(pid):
+                return False
+            path.unlink(missing_ok=True)  # its process ended: take the run over
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return True
+    return False
 
 
 def run_one(cmd: list[str], run_dir: Path, info: dict, threads: int,
-            column: str = "val_student_top1", metric: str = "top1") -> dict:
+            column: str = "val_student_top1", metric: str = "top1",
+            shared: bool = False) -> dict | None:
     """Run one training command unless already finished; return its result record with
-    ``best_<metric>`` / ``last_<metric>`` read from ``column`` of the run's metrics.csv."""
+    ``best_<metric>`` / ``last_<metric>`` read from ``column`` of the run's metrics.csv and
+    ``prev_<metric>`` (the evaluation before the last). ``shared``: other processes work on
+    the same runs; None when one of them holds this run (:func:`claim`)."""
     done = run_dir / "bench_result.json"
     if done.is_file():
         rec = json.loads(done.read_text())
         return dict(rec, command=portable(rec["command"]))
+    if shared and not claim(run_dir):
+        return None
     if run_dir.exists():  # an interrupted run: start it again from scratch
         shutil.rmtree(run_dir)
     stdout, ran = run_command(cmd, threads, f"{info['row']} seed {info['seed']}")
     values = [float(r[column]) for r in read_metrics(run_dir) if r.get(column)]
-    rec = dict(info, command=ran["command"], wall_s=ran["wall_s"], epochs_run=len(values),
+    rec = dict(info, command=ran["command"], wall_s=ran["wall_s"], cpu_s=ran["cpu_s"],
+               epochs_run=len(values),
                load_before=ran["load_before"], load_after=ran["load_after"],
                stdout_tail=stdout.strip().splitlines()[-1:])
     rec[f"best_{metric}"], rec[f"last_{metric}"] = max(values), values[-1]
+    rec[f"prev_{metric}"] = values[-2] if len(values) > 1 else None
     done.write_text(json.dumps(rec, indent=2) + "\n")
     print(f"    best {rec[f'best_{metric}']:.2f} last {rec[f'last_{metric}']:.2f} "
           f"wall {ran['wall_s']:.0f} s load {ran['load_before']} -> {ran['load_after']}",

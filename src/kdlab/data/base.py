@@ -33,6 +33,8 @@ class DatasetInfo:
     std: tuple[float, ...]
     task: str = "classification"  # the kdlab.tasks entry whose targets the loaders yield
     ignore_index: int | None = None  # a target value that no loss or metric counts
+    #: the name of each target label, indexed by its value (for reports), where known
+    class_names: tuple[str, ...] | None = None
 
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]

@@ -34,6 +34,8 @@ from kdlab.runtime.capacity import physical_memory, size_text
 IGNORE_INDEX = 255
 #: per-pixel mean / std of the default scenes (64 x 64, 10000 training scenes), 0..1 scale
 MEAN, STD = (0.206,), (0.287,)
+#: the name of each label of the scenes' masks and boxes (0 = background, 1 + c = class c)
+SCENE_CLASSES = ("background", *fm.CLASS_NAMES)
 
 
 def size_drivers(cfg: DataConfig) -> list[tuple[str, str, float]]:

@@ -32,7 +32,8 @@ class Task:
     """One task. Subclasses set :attr:`name`, :attr:`primary` and implement the hooks.
 
     ``ignore_index`` is the target value that no loss or metric counts (segmentation's 255);
-    ``None`` where the task has none.
+    ``None`` where the task has none. ``class_names``: the name of each target label, indexed
+    by its value (``DatasetInfo.class_names``; for the report's pictures), or None.
     """
 
     name: ClassVar[str]
@@ -47,9 +48,16 @@ class Task:
     Options: ClassVar[type] = NoOptions
 
     def __init__(self, ignore_index: int | None = None, *,
-                 num_classes: int | None = None) -> None:
+                 num_classes: int | None = None,
+                 class_names: tuple[str, ...] | None = None) -> None:
         self.ignore_index = ignore_index
         self.num_classes = num_classes
+        self.class_names = class_names
+
+    def label_name(self, label: int) -> str:
+        """The name of target label ``label`` (its number where none is known)."""
+        names = self.class_names or ()
+        return names[label] if 0 <= label < len(names) else str(label)
 
     # ----------------------------------------------------------------- a training step
     def features(self, net: nn.Module, images: Any, targets: Any) -> Any:
@@ -100,11 +108,13 @@ TASKS: Registry[type[Task]] = Registry("task", filled_by=("kdlab.tasks",))
 
 
 def build_task(name: str, ignore_index: int | None = None, *, num_classes: int | None = None,
-               options: Mapping[str, Any] | None = None) -> Task:
+               options: Mapping[str, Any] | None = None,
+               class_names: tuple[str, ...] | None = None) -> Task:
     """The registered task ``name`` (an unknown name suggests close ones) for data with
     ``num_classes`` classes whose targets use ``ignore_index``; ``options`` are the task's own
     settings (a run's ``task_options``, e.g. segmentation's ``aux_weight`` or ``window``),
-    checked against its :attr:`Task.Options` (:func:`~kdlab.core.settings.check_settings`).
+    checked against its :attr:`Task.Options` (:func:`~kdlab.core.settings.check_settings`);
+    ``class_names`` name the target labels (the report's pictures).
 
     A task whose options declare ``ignore_index`` (segmentation) takes the label value its
     loss and metrics leave out instead of the dataset's, whose own value (padding, unlabelled
@@ -122,4 +132,7 @@ def build_task(name: str, ignore_index: int | None = None, *, num_classes: int |
     kwargs: dict[str, Any] = {"ignore_index": ignore_index, "num_classes": num_classes}
     if "ignore_index" in given:
         kwargs = {**kwargs, "ignore_index": given.pop("ignore_index"), "void_index": ignore_index}
-    return cls(**kwargs, **given)
+    task = cls(**kwargs, **given)
+    if class_names is not None:
+        task.class_names = tuple(class_names)
+    return task

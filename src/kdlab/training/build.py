@@ -326,7 +326,8 @@ def build_distiller_from_config(
     if teacher is not None:
         teacher.to(device)
     task = build_task(cfg.task, ignore_index=getattr(info, "ignore_index", None),
-                      num_classes=int(info.num_classes), options=cfg.task_options)
+                      num_classes=int(info.num_classes), options=cfg.task_options,
+                      class_names=getattr(info, "class_names", None))
     distiller = build_distiller(cfg.method_name, cfg.method_options, student, teacher,
                                 train_size=info.train_size, task=task)
     distiller.to(device)

@@ -168,3 +168,21 @@ def test_report_figure_shows_ground_truth_teacher_and_student(tmp_path):
     assert names == ["detections.png"]
     assert (tmp_path / "detections.png").stat().st_size > 5000
     assert teacher.training and student.training  # modes are restored
+
+
+def test_the_detection_picture_names_classes_and_scores_above_the_threshold(tmp_path):
+    from kdlab.data.scene_sets import SCENE_CLASSES
+    from kdlab.tasks.detection.figures import draw_detections
+
+    x, targets = scenes(batch=2)
+    fake = [{"boxes": torch.tensor([[2.0, 2, 20, 20], [5, 5, 30, 30]]),
+             "labels": torch.tensor([5, 7]), "scores": torch.tensor([0.87, 0.31])}] * 2
+    task = build_task("detection", class_names=SCENE_CLASSES)
+    drawn = draw_detections(tmp_path / "d.png", list(x), targets,
+                            {"teacher": fake, "student": fake[:1] * 2}, min_score=0.5,
+                            name=task.label_name)
+    assert list(drawn) == ["ground truth", "teacher (score >= 0.5)", "student (score >= 0.5)"]
+    assert drawn["teacher (score >= 0.5)"] == ["Coat 0.87"] * 2  # 0.31 is below the threshold
+    truth = [SCENE_CLASSES[int(v)] for t in targets for v in t["labels"]]
+    assert drawn["ground truth"] == truth and (tmp_path / "d.png").stat().st_size > 5000
+    assert build_task("detection").label_name(3) == "3"  # no names known: the number

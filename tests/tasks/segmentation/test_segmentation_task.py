@@ -176,6 +176,22 @@ def test_report_writes_the_prediction_grid_and_class_iou(tmp_path):
     assert rows[0] == "class,teacher,student" and len(rows) == 6
 
 
+def test_the_prediction_grid_has_a_legend_of_the_classes_shown(tmp_path):
+    from kdlab.data.scene_sets import SCENE_CLASSES
+    from kdlab.tasks.segmentation.figures import prediction_grid
+
+    task = build_task("segmentation", class_names=SCENE_CLASSES)
+    targets = torch.zeros(2, 8, 8, dtype=torch.int64)
+    targets[0, :4] = 5
+    targets[1, 0, 0] = IGNORE
+    pred = torch.zeros(2, 8, 8, dtype=torch.int64)
+    pred[1, 4:] = 7
+    legend = prediction_grid(tmp_path / "s.png", torch.randn(2, 1, 8, 8), targets,
+                             {"student": pred}, IGNORE, name=task.label_name)
+    assert legend == ["background", "Coat", "Shirt"]
+    assert (tmp_path / "s.png").stat().st_size > 2000
+
+
 def test_scenes_seg_trains_a_few_steps_through_the_task(tmp_path):
     """scenes_seg batches -> task.loss -> SGD steps: finite, the loss falls on a fixed batch,
     and evaluate / train_counts run on the loaders' targets (ignore index included)."""

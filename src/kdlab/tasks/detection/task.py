@@ -162,8 +162,9 @@ class Detection(Task):
 
     def report_figures(self, out_dir: Any, networks: dict[str, nn.Module], loader: Any, *,
                        device: torch.device) -> list[str]:
-        """``detections.png``: a few validation images with ground-truth (dashed) and every
-        network's boxes scoring at least 0.5."""
+        """``detections.png``: a few validation images, their ground truth beside every
+        network's boxes scoring at least :data:`FIGURE_SCORE` (teacher beside student),
+        labelled with class name and score."""
         from kdlab.tasks.detection.figures import draw_detections
 
         batch = next(iter(loader), None)
@@ -180,5 +181,6 @@ class Detection(Task):
             net.train(was_training)
             found[name] = [{k: v.cpu() for k, v in d.items()} for d in out]
         path = Path(out_dir) / "detections.png"
-        draw_detections(path, images, targets, found, min_score=FIGURE_SCORE)
+        draw_detections(path, images, targets, found, min_score=FIGURE_SCORE,
+                        name=self.label_name)
         return [path.name]

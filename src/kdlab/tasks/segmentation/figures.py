@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -44,13 +45,24 @@ def grey_or_rgb(image: Tensor) -> np.ndarray:
     return x.permute(1, 2, 0).numpy()
 
 
+def legend_handles(present: list[int], n: int, name: Callable[[int], str]) -> list:
+    """Colour patches naming the classes ``present`` (at most 40, in label order)."""
+    from matplotlib.patches import Patch
+
+    colours = palette(n)
+    return [Patch(facecolor=colours[c] / 255, edgecolor="grey", label=name(c))
+            for c in sorted(present)[:40]]
+
+
 def prediction_grid(path: Path, images: Tensor, targets: Tensor, preds: dict[str, Tensor],
-                    ignore_index: int) -> None:
-    """One row per image: the image, its ground truth, then each network's prediction."""
+                    ignore_index: int, name: Callable[[int], str] = str) -> list[str]:
+    """One row per image: the image, its ground truth, then each network's prediction; a
+    legend names the colours of the classes shown (``name(label)``), returned in order."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import torch
 
     valid = targets[targets != ignore_index]
     n = max([int(valid.max()) + 1 if valid.numel() else 1] +
@@ -69,9 +81,16 @@ def prediction_grid(path: Path, images: Tensor, targets: Tensor, preds: dict[str
             ax.set_yticks([])
             if i == 0:
                 ax.set_title(cols[j], fontsize="small")
-    fig.tight_layout()
+    shown = torch.cat([valid.flatten(), *(p.flatten() for p in preds.values())])
+    handles = legend_handles(shown.unique().tolist(), n, name)
+    ncol = min(len(handles), 4)
+    fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize="x-small",
+               frameon=False)
+    legend_rows = -(-len(handles) // max(ncol, 1))
+    fig.tight_layout(rect=(0, min(0.22 * legend_rows / (2.2 * rows), 0.5), 1, 1))
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
+    return [h.get_label() for h in handles]
 
 
 def class_iou_csv(path: Path, ious: dict[str, Tensor]) -> None:

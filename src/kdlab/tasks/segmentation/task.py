@@ -102,9 +102,10 @@ class Segmentation(Task):
                  window: int | tuple[int, int] | None = None,
                  stride: int | tuple[int, int] | None = None,
                  num_classes: int | None = None, void_index: int | None = None,
-                 align_corners: bool = False) -> None:
+                 align_corners: bool = False,
+                 class_names: tuple[str, ...] | None = None) -> None:
         super().__init__(DEFAULT_IGNORE if ignore_index is None else ignore_index,
-                         num_classes=num_classes)
+                         num_classes=num_classes, class_names=class_names)
         self.align_corners = align_corners
         self.void_index = void_index if void_index != self.ignore_index else None
         if aux_weight is not None:
@@ -227,6 +228,6 @@ class Segmentation(Task):
             finally:
                 net.train(was_training)
         prediction_grid(out_dir / "segmentation.png", images.cpu(), targets.cpu(), preds,
-                        self.ignore_index)
+                        self.ignore_index, name=self.label_name)
         class_iou_csv(out_dir / "class_iou.csv", ious)
         return ["segmentation.png", "class_iou.csv"]

@@ -4,7 +4,7 @@ device and augmented there (settings and augmentation: :mod:`kdlab.data.scene_se
 from __future__ import annotations
 
 from kdlab.data.base import DATASETS, DatasetInfo
-from kdlab.data.scene_sets import MEAN, STD, ScenesSource
+from kdlab.data.scene_sets import MEAN, SCENE_CLASSES, STD, ScenesSource
 
 
 @DATASETS.register("scenes_det")
@@ -16,5 +16,5 @@ class ScenesDet(ScenesSource):
 
     info = DatasetInfo(name="scenes_det", num_classes=10, in_channels=1, input_size=64,
                        train_size=10000, val_size=2000, mean=MEAN, std=STD,
-                       task="detection")
+                       task="detection", class_names=SCENE_CLASSES)
     kind = "boxes"

@@ -21,11 +21,15 @@ checkpoints load whole.
   ``1333 * input_size / 800`` long; evaluation uses ``input_size``.
 - ``frcnn_tiny_r18`` / ``frcnn_tiny_r10`` / ``frcnn_tiny_r10_slim``: small CPU detectors for
   64x64 one-channel scenes: a ResNet of torchvision ``BasicBlock`` stages (2 or 1 blocks per
-  stage, widths 32..256 or 16..128) after a 3x3 stride-2 stem, a 64-channel FPN, anchors of
-  8..128 pixels, the ROI pooler's canonical box size scaled to the canvas (224 * size / 800),
-  few proposals, a 256-wide box head, BatchNorm trained from scratch, and no
-  resize (``min_size = max_size = input_size``). ``r10`` has ``r18``'s FPN, RPN and ROI head
-  shapes (the inheriting strategy applies, as ResNet-101 -> ResNet-50); ``r10_slim`` does not.
+  stage, widths 32..256 or 16..128) after a 3x3 stride-2 stem, a 64-channel FPN, an RPN and
+  ROI head set for 10-28 px objects (:class:`TinyHeads`: three anchor sizes per level, RPN
+  positive IoU 0.5, FPN Eq. 1 with torchvision's s0 = 224 and only the levels it can assign at
+  this input size, 32 sampled ROIs per image, a 5x5 ROIAlign grid), few proposals, a
+  256-wide box head, BatchNorm trained from scratch, and no resize
+  (``min_size = max_size = input_size``). Options (``model.student_options``):
+  ``roi_output_size``, ``roi_sampling_ratio``, ``rois_per_image``. ``r10`` has ``r18``'s FPN,
+  RPN and ROI head shapes (the inheriting strategy applies, as ResNet-101 -> ResNet-50);
+  ``r10_slim`` does not.
 
 Normalisation: the loaders normalise, so the detectors' ``GeneralizedRCNNTransform`` has
 ``image_mean = 0`` and ``image_std = 1`` (see :mod:`kdlab.tasks.detection.models.detector`).
@@ -43,7 +47,9 @@ activations grow without bound); the tiny detectors train BatchNorm from scratch
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -218,38 +224,84 @@ class TinyResNet(nn.Sequential):
 
 
 TINY_FPN_CHANNELS = 64
+#: anchor sizes per FPN level (strides 4..64) of the tiny detectors: 3, 4 and 5 strides wide
+#: (12, 16, 20 px on the stride-4 level; 24, 32, 40 on stride 8, ...), so that a scene item
+#: (10-28 px) has an anchor of about its size on a grid fine enough for its position
+TINY_ANCHORS = tuple((3 * s, 4 * s, 5 * s) for s in (4, 8, 16, 32, 64))
+
+
+@dataclass(frozen=True)
+class TinyHeads:
+    """The RPN and ROI-head settings of the tiny detectors (see :func:`tiny_detector`).
+
+    ``canonical_scale``: FPN Eq. 1's s0, in input pixels: torchvision's 224 (a 224-pixel box
+    is pooled from the stride-16 level, 14 cells per side). The level a box is pooled from
+    depends on its size in pixels and on the strides, not on the image size, so the tiny
+    detectors keep it. ``rpn_fg_iou``: the RPN's positive IoU (0.7 in torchvision; 0.5 here,
+    where boxes of 12-28 pixels sit on a grid of 4-8 pixels). ``rois_per_image`` /
+    ``roi_positive_fraction``: the ROI head's sample per image (torchvision: 512 at 0.25; a
+    scene holds 2-6 objects). ``roi_output_size`` / ``roi_sampling_ratio``: the ROIAlign grid
+    and its samples per bin and axis (torchvision: 7 and 2). A scene item spans 3-7 cells of
+    the stride-4 level, so a 5 x 5 grid with one bilinear sample per bin reads every cell;
+    with 32 ROIs this makes the teacher's CPU step 2.2x faster than 7 x 7, ratio 2 and 64
+    ROIs (``benchmarks/results/detection_step_cpu.md``)."""
+
+    anchor_sizes: tuple[tuple[int, ...], ...] = TINY_ANCHORS
+    rpn_fg_iou: float = 0.5
+    rpn_bg_iou: float = 0.3
+    canonical_scale: int = 224
+    rois_per_image: int = 32
+    roi_positive_fraction: float = 0.5
+    roi_output_size: int = 5
+    roi_sampling_ratio: int = 1
+    pooled_levels: tuple[str, ...] | None = None  # None: those Eq. 1 can assign (see below)
+
+
+def pooled_levels(input_size: int, canonical_scale: int, canonical_level: int = 4
+                  ) -> tuple[str, ...]:
+    """The FPN levels (names ``"0"``..``"3"`` = strides 4..32) that FPN Eq. 1 can assign to
+    a box no larger than the ``input_size``-pixel image: from the finest up to that of an
+    image-sized box (``"0"`` alone for a 64-pixel canvas, where every box is below 112 px)."""
+    top = math.floor(canonical_level + math.log2(input_size / canonical_scale) + 1e-6)
+    return tuple(str(k - 2) for k in range(2, min(max(top, 2), 5) + 1))
 
 
 def tiny_detector(widths: tuple[int, ...], blocks: int, *, num_classes: int, in_channels: int,
-                  input_size: int) -> Detector:
+                  input_size: int, heads: TinyHeads | None = None) -> Detector:
     """A small Faster R-CNN FPN for ``input_size``-pixel scenes (no resize)."""
+    h = heads or TinyHeads()
     body = TinyResNet(widths, blocks, in_channels)
     backbone = BackboneWithFPN(body, {f"layer{i}": str(i - 1) for i in range(1, 5)},
                                list(widths), TINY_FPN_CHANNELS)
-    anchors = AnchorGenerator(((8,), (16,), (32,), (64,), (128,)), ((0.5, 1.0, 2.0),) * 5)
-    # torchvision's level mapper sends a 224-pixel box to level 4 (stride 16) of an 800-pixel
-    # image; scaled to the canvas, so that small scenes use every level (at 224 every box of
-    # a 64-pixel scene would go to the finest level)
-    pool = MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=7, sampling_ratio=2,
-                              canonical_scale=max(1, round(224 * input_size / 800)))
+    anchors = AnchorGenerator(h.anchor_sizes, ((0.5, 1.0, 2.0),) * len(h.anchor_sizes))
+    levels = h.pooled_levels or pooled_levels(input_size, h.canonical_scale)
+    pool = MultiScaleRoIAlign(list(levels), output_size=h.roi_output_size,
+                              sampling_ratio=h.roi_sampling_ratio,
+                              canonical_scale=h.canonical_scale)
     rep = 256
     net = FasterRCNN(
         backbone, min_size=input_size, max_size=input_size, **_identity_norm(in_channels),
         rpn_anchor_generator=anchors, rpn_pre_nms_top_n_train=200, rpn_pre_nms_top_n_test=100,
         rpn_post_nms_top_n_train=100, rpn_post_nms_top_n_test=50,
+        rpn_fg_iou_thresh=h.rpn_fg_iou, rpn_bg_iou_thresh=h.rpn_bg_iou,
         rpn_batch_size_per_image=64, box_roi_pool=pool,
-        box_head=TwoMLPHead(TINY_FPN_CHANNELS * 7 * 7, rep),
+        box_head=TwoMLPHead(TINY_FPN_CHANNELS * h.roi_output_size ** 2, rep),
         box_predictor=FastRCNNPredictor(rep, num_classes + 1),
-        box_batch_size_per_image=64, box_detections_per_img=20,
+        box_batch_size_per_image=h.rois_per_image,
+        box_positive_fraction=h.roi_positive_fraction, box_detections_per_img=20,
     )
     return Detector(net)
 
 
 def _tiny(name: str, widths: tuple[int, ...], blocks: int, doc: str) -> None:
     def build(*, num_classes: int, in_channels: int = 1, input_size: int = 64,
-              pretrained: bool | str = False) -> Detector:
+              pretrained: bool | str = False, roi_output_size: int = TinyHeads.roi_output_size,
+              roi_sampling_ratio: int = TinyHeads.roi_sampling_ratio,
+              rois_per_image: int = TinyHeads.rois_per_image) -> Detector:
+        heads = TinyHeads(roi_output_size=roi_output_size,
+                          roi_sampling_ratio=roi_sampling_ratio, rois_per_image=rois_per_image)
         det = tiny_detector(widths, blocks, num_classes=num_classes, in_channels=in_channels,
-                            input_size=input_size)
+                            input_size=input_size, heads=heads)
         if pretrained:
             load_detector_weights(det.net, pretrained, name)
         return det
@@ -264,4 +316,4 @@ _tiny("frcnn_tiny_r10", (32, 64, 128, 256), 1,
 _tiny("frcnn_tiny_r10_slim", (16, 32, 64, 128), 1,
       "Small CPU Faster R-CNN FPN: one block per stage at quarter width.")
 
-__all__ = ["TinyResNet", "load_detector_weights", "tiny_detector"]
+__all__ = ["TinyHeads", "TinyResNet", "load_detector_weights", "pooled_levels", "tiny_detector"]

@@ -4,7 +4,7 @@ on the device and augmented there (settings and augmentation: :mod:`kdlab.data.s
 from __future__ import annotations
 
 from kdlab.data.base import DATASETS, DatasetInfo
-from kdlab.data.scene_sets import IGNORE_INDEX, MEAN, STD, ScenesSource
+from kdlab.data.scene_sets import IGNORE_INDEX, MEAN, SCENE_CLASSES, STD, ScenesSource
 
 
 @DATASETS.register("scenes_seg")
@@ -16,5 +16,6 @@ class ScenesSeg(ScenesSource):
 
     info = DatasetInfo(name="scenes_seg", num_classes=11, in_channels=1, input_size=64,
                        train_size=10000, val_size=2000, mean=MEAN, std=STD,
-                       task="segmentation", ignore_index=IGNORE_INDEX)
+                       task="segmentation", ignore_index=IGNORE_INDEX,
+                       class_names=SCENE_CLASSES)
     kind = "mask"
