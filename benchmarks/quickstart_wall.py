@@ -58,7 +58,7 @@ def run_once(out: Path, neighbour: str, settle: float) -> dict[str, object]:
 
 def report(rows: list[dict[str, str]], out: Path) -> None:
     lines = ["# The quickstart's wall time, idle and beside one busy process", "",
-             f"- hardware: {hardware_line(', threads: auto (the shipped policy)')}",
+             hardware_line(", threads: auto (the shipped policy)"),
              "- command: `python benchmarks/quickstart_wall.py --out benchmarks/results`",
              "- each run: `kdlab quickstart --device cpu` from scratch (teacher, student alone, "
              "KD, FCFD); the busy process is `python -c 'while True: pass'`", "",

@@ -188,6 +188,8 @@ def measure(args: argparse.Namespace, out_csv: Path) -> None:
                 for rnd in range(args.rounds):
                     for workload in workloads:
                         policies = TRAINING_POLICIES if workload in TRAININGS else BENCH_POLICIES
+                        if args.policies:
+                            policies = tuple(p for p in policies if p in args.policies.split(","))
                         shift = rnd % len(policies)
                         for policy in policies[shift:] + policies[:shift]:
                             others = wait_for_quiet(groups)
@@ -221,7 +223,8 @@ def report(out_csv: Path, out_md: Path, command: str) -> None:
         "measurement (the script waits for < 0.10)",
         "- policies: `fixed` = all cores with OpenMP's default spin-wait (torch's default, kdlab "
         "before this policy); `passive` = all cores, `OMP_WAIT_POLICY=PASSIVE`; `one` = one "
-        "thread; `auto` = kdlab's policy (all cores, one while they are shared). Trainings: "
+        "thread; `auto` = kdlab's policy (all cores, fewer while other processes use them: "
+        "docs/threads.md). Trainings: "
         "mean ms per step over the epoch (`images_per_s`), probes of the governor included; "
         "bench: median ms per step (the student alone).",
         "- each cell: median over rounds of the policy's ms per step, and in brackets the "
@@ -251,11 +254,14 @@ def main() -> None:
                    help="seconds a neighbour runs before the first measurement")
     p.add_argument("--neighbours", help="comma list (default: all)")
     p.add_argument("--workloads", help="comma list (default: all)")
+    p.add_argument("--policies", help="comma list of policies to run where a workload has them "
+                   "(default: fixed,one,auto for trainings, fixed,passive,one for bench)")
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--name", default="thread_policy", help="results file name (csv and md)")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    out_csv, out_md = out / "thread_policy.csv", out / "thread_policy.md"
+    out_csv, out_md = out / f"{args.name}.csv", out / f"{args.name}.md"
     if not args.report_only:
         measure(args, out_csv)
     command = "python benchmarks/thread_policy.py " + " ".join(

@@ -1,6 +1,7 @@
 """The CPU thread policy (kdlab.runtime.threads): the thread count follows the cores this process
 may use (affinity, cgroup quota, torchrun neighbours, DataLoader workers), or train.threads;
-while a CPU run trains, the governor keeps the faster of that count and one thread.
+while a CPU run trains, the governor (kdlab.runtime.thread_governor) meets another process on
+those cores with fewer threads and returns to every core when they are free.
 
 No test here times anything: what the policy buys is measured in
 benchmarks/results/thread_policy.md."""
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from kdlab.errors import UserError
+from kdlab.runtime import thread_governor as G
 from kdlab.runtime import threads as T
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
@@ -75,7 +77,7 @@ def test_the_command_line_prints_its_thread_choice_in_the_header_and_report(tmp_
     assert out.returncode == 0, out.stderr
     header = [line for line in out.stdout.splitlines() if line.startswith("CPU threads:")]
     cores = len(os.sched_getaffinity(0))
-    shared = ", 1 while the cores are shared" if cores > 1 else ""
+    shared = ", fewer while other processes use them" if cores > 1 else ""
     assert header == [f"CPU threads: {cores} (auto: {cores} in this process's CPU affinity"
                       f"{shared}); OpenMP waits spin, then sleep (OpenMP's default)"]
     assert header[0] in (tmp_path / "run" / "report.md").read_text()
@@ -94,7 +96,7 @@ def test_a_restricted_affinity_gives_one_thread_per_allowed_core():
     """)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "1 1 | auto: 1 in this process's CPU affinity"
-    assert "while the cores are shared" not in T.ThreadChoice(1, "auto: 1", "x").describe()
+    assert "while other processes use them" not in T.ThreadChoice(1, "auto: 1", "x").describe()
 
 
 def test_a_number_or_omp_num_threads_wins_over_auto(monkeypatch):
@@ -202,7 +204,7 @@ class Machine:
         self.threads = n
         self.calls.append(n)
 
-    def run(self, governor: T.ThreadGovernor, steps: int) -> list[int]:
+    def run(self, governor: G.ThreadGovernor, steps: int) -> list[int]:
         used = []
         for _ in range(steps):
             used.append(self.threads)
@@ -212,7 +214,7 @@ class Machine:
 
 def test_an_idle_machine_keeps_every_thread_and_probes_less_and_less_often():
     machine, notes = Machine({2: 0.05, 1: 0.085}), []
-    gov = T.ThreadGovernor(2, set_threads=machine.set_threads, note=notes.append)
+    gov = G.ThreadGovernor(2, set_threads=machine.set_threads, note=notes.append)
     used = machine.run(gov, 3000)
     assert notes == [] and gov.current == 2
     assert used[:24] == [2] * 24 and used[24:28] == [1] * 4
@@ -223,7 +225,7 @@ def test_an_idle_machine_keeps_every_thread_and_probes_less_and_less_often():
 
 def test_a_busy_neighbour_is_met_with_one_thread_and_its_departure_with_all_again():
     machine, notes = Machine({2: 0.05, 1: 0.085}), []
-    gov = T.ThreadGovernor(2, set_threads=machine.set_threads, note=notes.append)
+    gov = G.ThreadGovernor(2, set_threads=machine.set_threads, note=notes.append)
     machine.run(gov, 200)
     machine.times = {2: 0.6, 1: 0.1}  # a neighbour arrives: two threads collapse
     used = machine.run(gov, 1000)
@@ -239,7 +241,7 @@ def test_a_busy_neighbour_is_met_with_one_thread_and_its_departure_with_all_agai
 
 def test_a_slowdown_of_both_counts_is_probed_once_and_then_accepted():
     machine, notes = Machine({2: 0.05, 1: 0.085}), []
-    gov = T.ThreadGovernor(2, set_threads=machine.set_threads, note=notes.append)
+    gov = G.ThreadGovernor(2, set_threads=machine.set_threads, note=notes.append)
     machine.run(gov, 200)
     machine.times = {2: 0.1, 1: 0.17}  # e.g. the clock dropped: one thread is no better
     calls = len(machine.calls)
@@ -250,14 +252,134 @@ def test_a_slowdown_of_both_counts_is_probed_once_and_then_accepted():
 
 def test_a_difference_within_the_margin_changes_nothing():
     machine, notes = Machine({2: 0.100, 1: 0.095}), []
-    gov = T.ThreadGovernor(2, set_threads=machine.set_threads, note=notes.append)
+    gov = G.ThreadGovernor(2, set_threads=machine.set_threads, note=notes.append)
     machine.run(gov, 500)
     assert notes == [] and gov.current == 2
 
 
 def test_a_governor_needs_two_threads_to_choose_from():
     with pytest.raises(ValueError):
-        T.ThreadGovernor(1, set_threads=lambda n: None)
+        G.ThreadGovernor(1, set_threads=lambda n: None)
+
+
+class Cores:
+    """A fake :class:`G.CoreSensor` for a :class:`Machine` with 2 cores: a neighbour, while
+    present, keeps one core busy; the governor's threads wait for a CPU while it runs 2 of them
+    beside it, and one core idles while it runs 1 thread alone."""
+
+    def __init__(self, machine: Machine, neighbour: bool = False) -> None:
+        self.machine, self.neighbour = machine, neighbour
+
+    def read(self) -> G.CoreUse:
+        seconds, threads = self.machine.times[self.machine.threads], self.machine.threads
+        shared = self.neighbour and threads == 2
+        return G.CoreUse(seconds=seconds, waiting=0.5 * seconds if shared else 0.0,
+                         idle=seconds if not self.neighbour and threads == 1 else 0.0,
+                         others=(0.5 if shared else 1.0) * seconds if self.neighbour else 0.0)
+
+
+IDLE, SHARED = {2: 0.05, 1: 0.085}, {2: 0.6, 1: 0.1}
+
+
+def sensed(machine: Machine, neighbour: bool = False) -> tuple[G.ThreadGovernor, Cores, list]:
+    notes: list[str] = []
+    cores = Cores(machine, neighbour)
+    return G.ThreadGovernor(2, set_threads=machine.set_threads, note=notes.append,
+                            sensor=cores), cores, notes
+
+
+def test_with_the_kernels_accounting_an_idle_machine_is_never_probed():
+    machine = Machine(IDLE)
+    gov, _, notes = sensed(machine)
+    assert set(machine.run(gov, 3000)) == {2} and notes == [] and machine.calls == []
+
+
+def test_a_neighbour_found_before_the_first_step_is_met_with_one_thread_at_once():
+    machine = Machine(SHARED)
+    gov, cores, notes = sensed(machine, neighbour=True)
+    gov.look_before_start(G.CoreUse(seconds=0.25, waiting=0.0, idle=0.0, others=0.25))
+    assert gov.current == 1 and "2 -> 1 before the first step" in notes[0]
+    assert set(machine.run(gov, 2000)) == {1}  # two threads beside it are never tried
+    cores.neighbour, machine.times = False, dict(IDLE)  # it leaves
+    used = machine.run(gov, 50)
+    assert gov.current == 2 and "1 -> 2" in notes[1] and "free again" in notes[1]
+    assert used.index(2) <= 3 and set(used[8:]) == {2}
+
+
+def test_on_more_cores_the_governor_gives_up_one_thread_per_busy_core():
+    calls: list[int] = []
+    gov = G.ThreadGovernor(8, set_threads=calls.append, note=lambda _: None)
+    gov.look_before_start(G.CoreUse(seconds=0.25, waiting=0.0, idle=1.0, others=0.65))
+    assert gov.current == 5 and calls == [5]  # 2.6 cores busy: 3 threads fewer
+    quiet = G.ThreadGovernor(8, set_threads=calls.append, note=lambda _: None)
+    quiet.look_before_start(G.CoreUse(seconds=0.25, waiting=0.0, idle=1.9, others=0.1))
+    assert quiet.current == 8 and calls == [5]  # 0.4 of a core: noise, not a neighbour
+
+
+def test_a_neighbour_arriving_mid_run_is_met_within_a_few_steps():
+    machine = Machine(IDLE)
+    gov, cores, notes = sensed(machine)
+    machine.run(gov, 100)
+    cores.neighbour, machine.times = True, dict(SHARED)
+    used = machine.run(gov, 500)
+    assert used.index(1) <= 2 and set(used[6:]) == {1} and gov.current == 1
+    assert "2 -> 1" in notes[0] and "another process is using the cores" in notes[0]
+
+
+def test_a_signal_that_buys_nothing_is_probed_less_and_less_often():
+    machine = Machine({2: 0.055, 1: 0.08})  # a neighbour beside which 2 threads stay faster
+    gov, _, notes = sensed(machine, neighbour=True)
+    used = machine.run(gov, 3000)
+    assert notes == [] and gov.current == 2
+    assert used.count(1) <= 4 * (6 + 3000 // 384)  # probes (+ untimed step) at doubling gaps
+
+
+def test_the_first_step_of_an_epoch_is_not_timed():
+    machine = Machine(IDLE)
+    gov, _, _ = sensed(machine)
+    gov.restart()
+    gov.step(30.0)  # loader start-up after validation: not a step time
+    assert list(gov.recent) == []
+
+
+def fake_proc(root: Path, waits: dict[str, int], cpus: dict[int, tuple[int, int]]) -> None:
+    """/proc/self/task/<tid>/schedstat (run, wait ns, slices) and /proc/stat per-core lines
+    whose busy ticks are user and whose idle ticks are idle."""
+    for tid, waited in waits.items():
+        (root / "self" / "task" / tid).mkdir(parents=True, exist_ok=True)
+        (root / "self" / "task" / tid / "schedstat").write_text(f"123 {waited} 4\n")
+    lines = ["cpu  1 2 3 4 5 6 7 0 0 0"]
+    lines += [f"cpu{n} {busy} 0 0 {idle} 0 0 0 0 0 0" for n, (busy, idle) in cpus.items()]
+    (root / "stat").write_text("\n".join(lines) + "\nintr 1 2\n")
+
+
+def test_the_core_sensor_reads_waits_idle_and_other_processes_on_this_processs_cores(tmp_path):
+    clock, own = iter([0.0, 2.0]), iter([0.0, 0.5])
+    fake_proc(tmp_path, {"10": 1_000, "11": 5_000}, {0: (100, 50), 1: (200, 60), 2: (0, 0)})
+    tick = 1.0 / os.sysconf("SC_CLK_TCK")
+    sensor = G.CoreSensor(tmp_path, cpus={0, 1}, own_cpu=lambda: next(own),
+                          clock=lambda: next(clock))
+    # thread 11 ended, 12 started; core 2 is outside the affinity mask and does not count
+    (tmp_path / "self" / "task" / "11" / "schedstat").unlink()
+    fake_proc(tmp_path, {"10": 300_001_000, "12": 200_000_000},
+              {0: (100 + round(1.5 / tick), 50), 1: (200, 60 + round(0.5 / tick)),
+               2: (10**6, 0)})
+    use = sensor.read()
+    assert use.seconds == pytest.approx(2.0)
+    assert use.waiting == pytest.approx(0.5)
+    assert use.idle == pytest.approx(0.5, abs=tick)
+    assert use.others == pytest.approx(1.0, abs=tick)  # 1.5 busy, 0.5 of it this process's
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="no Linux /proc here")
+def test_this_machines_kernel_gives_a_sensor_whose_readings_are_sane():
+    sensor = G.CoreSensor.of_this_process()
+    if sensor is None:
+        pytest.skip("this kernel keeps no per-thread scheduler statistics")
+    sum(i * i for i in range(200_000))
+    use = sensor.read()
+    assert use.seconds > 0 and use.waiting >= 0 and use.idle >= 0 and use.others >= 0
+    assert use.idle <= use.seconds * len(sensor.cpus) + 0.05
 
 
 def test_a_cpu_training_run_with_auto_threads_has_a_governor_and_logs_its_count(tmp_path):

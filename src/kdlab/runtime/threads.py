@@ -10,10 +10,9 @@ partner waits to be scheduled, and a step becomes up to ten times slower
 - starts with as many intra-op threads as cores this process may run on: the CPU affinity
   mask and the cgroup CPU quota, not the host's core count, shared with torchrun's other
   local processes and with DataLoader workers that decode files (:func:`choose_threads`);
-- while a CPU run trains with ``train.threads: auto``, keeps whichever of that count and one
-  thread is faster, by timing a few steps of the other count now and then
-  (:class:`ThreadGovernor`): a busy neighbour is met with one thread, an idle machine keeps
-  every core;
+- while a CPU run trains with ``train.threads: auto``, meets a process that shares those cores
+  with fewer threads and returns to every core when they are free again
+  (:class:`kdlab.runtime.thread_governor.ThreadGovernor`);
 - leaves OpenMP's wait policy to the user (``OMP_WAIT_POLICY``) and reports it.
 
 ``train.threads: N`` (or ``OMP_NUM_THREADS``) fixes the count for the whole run instead:
@@ -27,9 +26,6 @@ from __future__ import annotations
 
 import math
 import os
-import statistics
-from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,7 +117,7 @@ class ThreadChoice:
 
     def describe(self) -> str:
         """One line for a run's header."""
-        shared = ", 1 while the cores are shared" if self.adaptive else ""
+        shared = ", fewer while other processes use them" if self.adaptive else ""
         return (f"CPU threads: {self.threads} ({self.reason}{shared}); OpenMP waits "
                 f"{self.wait}")
 
@@ -196,89 +192,3 @@ def thread_summary() -> str:
         return _applied.describe()
     return (f"CPU threads: {torch.get_num_threads()} (set outside kdlab's policy); "
             f"OpenMP waits {wait_policy()}")
-
-
-class ThreadGovernor:
-    """Keeps the faster of a run's thread count and one thread while it trains on a CPU.
-
-    The trainer reports each step's time (:meth:`step`). Now and then the governor runs
-    ``probe`` steps with the other count (one thread, or all of them when it runs one) and
-    keeps that count if those steps were faster than the recent ones by more than ``margin``.
-    Probes come after ``first_probe`` steps, then twice as far apart each time nothing
-    changes (up to ``max_interval``), so an idle machine pays a probe less and less often; and
-    at once when the recent steps become ``1 + 3 * margin`` times slower than the usual steps
-    at this count (a neighbour arrived). The first step after any change is not timed.
-    """
-
-    def __init__(self, threads: int, *, set_threads: Callable[[int], None] | None = None,
-                 note: Callable[[str], None] = print, window: int = 9, probe: int = 3,
-                 first_probe: int = 24, max_interval: int = 384, margin: float = 0.15) -> None:
-        if threads < 2:
-            raise ValueError("a governor needs more than one thread to choose from")
-        if set_threads is None:
-            import torch
-
-            set_threads = torch.set_num_threads
-        self.full, self.current = threads, threads
-        self.set_threads, self.note = set_threads, note
-        self.probe, self.first_probe = probe, first_probe
-        self.max_interval, self.margin = max_interval, margin
-        self.recent: deque[float] = deque(maxlen=window)
-        self.usual: dict[int, float] = {}  # the usual step time at each count, when known
-        self.trial: list[float] = []
-        self.interval = self.countdown = first_probe
-        self.skip = 0
-        self.steps = 0
-
-    @property
-    def other(self) -> int:
-        return 1 if self.current == self.full else self.full
-
-    def step(self, seconds: float) -> None:
-        """Record one training step's wall time; may change the thread count for the next."""
-        self.steps += 1
-        if self.skip:
-            self.skip -= 1
-        elif self.trial or self.countdown <= 0:
-            self._probe_step(seconds)
-        else:
-            self.recent.append(seconds)
-            self.countdown -= 1
-            if self._slowed_down():
-                self.countdown, self.interval = 0, self.first_probe
-            if self.countdown <= 0 and len(self.recent) >= 3:
-                self._use(self.other)
-
-    def _slowed_down(self) -> bool:
-        if len(self.recent) < self.recent.maxlen:
-            return False
-        now = statistics.median(self.recent)
-        usual = self.usual.setdefault(self.current, now)
-        self.usual[self.current] = min(usual, now)
-        return now > usual * (1 + 3 * self.margin)
-
-    def _use(self, threads: int) -> None:
-        self.set_threads(threads)
-        self.skip = 1
-
-    def _probe_step(self, seconds: float) -> None:
-        self.trial.append(seconds)
-        if len(self.trial) < self.probe:
-            return
-        now, then = statistics.median(self.trial), statistics.median(self.recent)
-        if now < then * (1 - self.margin):
-            before, self.current = self.current, self.other
-            why = ("another process is using the cores" if self.current == 1
-                   else "the cores are free again")
-            self.note(f"CPU threads: {before} -> {self.current} at step {self.steps}: a step "
-                      f"took {1000 * then:.0f} ms with {before}, {1000 * now:.0f} ms with "
-                      f"{self.current} ({why}).")
-            self.recent = deque(self.trial, maxlen=self.recent.maxlen)
-            self.usual.pop(self.current, None)  # its old usual time was another machine's
-            self.interval = self.first_probe
-        else:
-            self._use(self.current)
-            self.usual[self.current] = then  # slower, but the other count is no better
-            self.interval = min(2 * self.interval, self.max_interval)
-        self.trial = []
-        self.countdown = self.interval

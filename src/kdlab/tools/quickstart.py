@@ -5,7 +5,7 @@ cross-entropy, the student with Hinton KD (Hinton et al., 2015) and the student 
 (Liu et al., ICLR 2023: L_app + L_func + L_func' with |S| = 2 sampled paths) from that
 teacher, then prints top-1 and wall time of each and saves a bar plot (``quickstart.png``).
 The settings are cut down (few epochs, a training subset) so that the whole job finishes in
-about 7 minutes on a 2-core CPU: the teacher trains twice as long as the students, so that it
+about 10 minutes on 2 idle CPU cores: the teacher trains twice as long as the students, so that it
 is well ahead of them, and every run's LR falls linearly to zero, so that a short run ends
 settled. The recipes under ``recipes/`` hold the full-length settings.
 

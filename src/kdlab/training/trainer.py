@@ -36,7 +36,8 @@ from kdlab.errors import UserError
 from kdlab.nn.layout import use_channels_last
 from kdlab.runtime import collectives
 from kdlab.runtime.files import check_writable_folder
-from kdlab.runtime.threads import ThreadGovernor, apply_thread_policy
+from kdlab.runtime.thread_governor import ThreadGovernor
+from kdlab.runtime.threads import apply_thread_policy
 from kdlab.training import distributed, teacher_check
 from kdlab.training.build import build_run, check_task, model_specs, resolve_device
 from kdlab.training.checkpoint import (
@@ -233,7 +234,8 @@ class Trainer:
                          tensorboard="tensorboard" in cfg.train.loggers, trackers=trackers)
         progress = Progress(cfg.train.progress, enabled=main)
         if self.threads.adaptive and device.type == "cpu":
-            self.governor = ThreadGovernor(self.threads.threads, note=progress.note)
+            self.governor = ThreadGovernor.for_this_process(self.threads.threads,
+                                                            note=progress.note)
         try:
             for epoch in range(start, epochs):
                 best = self._epoch(epoch, model, raw, run, optim, best, log, progress)
@@ -421,6 +423,8 @@ class Trainer:
         score = torch.zeros(2, dtype=torch.float64, device=device)  # hits, counted
         seen = steps = 0
         batches = itertools.islice(iter(loader), n)
+        if self.governor is not None:
+            self.governor.restart()
         last = time.perf_counter()
         for step, batch in enumerate(progress.steps(batches, n, epoch, self.epochs)):
             images, targets, index = batch[0], batch[1], batch[2] if len(batch) > 2 else None
