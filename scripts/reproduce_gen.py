@@ -3,7 +3,9 @@
 One row per recipe whose header names a reference implementation by repository and commit
 (``owner/repo @ abc1234`` or ``owner/repo@abc1234``): what it stands for (the header's first
 sentence), the reference code and commit, the parity level a test backs (step-exact: a
-trajectory fixture of tests/methods/test_parity_trajectory.py runs this recipe; loss-exact: a
+trajectory fixture of tests/methods/test_parity_trajectory.py or, for the Cityscapes SKD and
+CWD recipes and the COCO FCFD one, tests/methods/test_parity_trajectory_cirkd.py and
+test_parity_trajectory_fcfd_detection.py runs this recipe; loss-exact: a
 loss fixture of tests/methods/test_parity.py covers its method and pair; protocol values:
 tests/core/test_reference_values.py (COCO, ImageNet SRRL) or tests/core/test_reference_recipes.py
 (every Cityscapes recipe) compares its settings with the reference's), and what
@@ -107,6 +109,18 @@ def _step_exact() -> dict[str, str]:
         changed = sorted([*case.options, *case.optim])
         note = f" ({', '.join(changed)} changed)" if changed else ""
         out.setdefault(path, []).append(f"step-exact{note}: `{case.name}`")
+    import cirkd_trajectory_setup as CS
+
+    pair = f"{CS.NETWORKS[1]} <- {CS.NETWORKS[0]}"
+    for cirkd in CS.CASES.values():
+        path = cirkd.recipe_path.relative_to(ROOT).as_posix()
+        out.setdefault(path, []).append(f"step-exact (on {pair}): `{cirkd.name}`")
+    import fcfd_detection_trajectory_setup as DS
+
+    path = DS.RECIPE.relative_to(ROOT).as_posix()
+    out.setdefault(path, []).append(
+        f"step-exact (the FCFD terms and solver, on {DS.NETWORKS[1]} <- {DS.NETWORKS[0]}): "
+        f"`{DS.NAME}`")
     return {k: "; ".join(v) for k, v in out.items()}
 
 
@@ -156,7 +170,11 @@ def render(root: Path = ROOT) -> str:
         "One row per recipe that stands for a published number: the reference code that "
         "produced it (repository @ commit), the parity level a test holds kdlab to, and what "
         "still differs. **Step-exact**: kdlab's training steps follow the reference's own loop "
-        "on copied weights (tests/methods/test_parity_trajectory.py; "
+        "on copied weights (tests/methods/test_parity_trajectory.py; CIRKD's loop, with a "
+        "Cityscapes recipe's settings on kdlab's CPU segmentation pair: "
+        "tests/methods/test_parity_trajectory_cirkd.py; the FCFD authors' detection "
+        "distiller under Detectron2's trainer step, with the COCO recipe's settings on "
+        "kdlab's tiny detectors: tests/methods/test_parity_trajectory_fcfd_detection.py; "
         "benchmarks/results/parity.md). **Loss-exact**: every loss term equals the "
         "reference's on one batch (tests/methods/test_parity.py). **Protocol values**: every "
         "training setting equals the reference's value, file and commit named in "

@@ -1,182 +1,343 @@
-"""kdlab's SKD and CWD recipes (CIRKD's settings) step by step against CIRKD's own training
-step: CIRKD's loss modules, its SAGAN critic and its loop order (winycg/CIRKD @ 48eb81b,
-``train_kd.py:313-376``), on the same networks and weights, in float64.
+"""Write the CIRKD trajectory (step-exact) fixtures: SKD and CWD as CIRKD ran them, a few
+training steps run by CIRKD's own training loop on kdlab's networks, weights and batches, in
+float64 (``tests/methods/test_parity_trajectory_cirkd.py``; the cases are
+``cirkd_trajectory_setup.py``'s).
 
-Usage (the path a checkout of CIRKD @ 48eb81b, e.g. ``git archive`` of the commit)::
+Usage (a checkout of winycg/CIRKD at ``48eb81b7a0ed7c59f9e347e97feb95a23e943d12``, the
+2022 code that holds the README's Cityscapes rows, e.g. ``git archive`` of that commit; the
+fixtures record the commit read from the checkout's git or its ``COMMIT`` file)::
 
-    python benchmarks/parity/cirkd_trajectory.py --cirkd /path/to/CIRKD [--steps 5]
+    PYTHONPATH=src python benchmarks/parity/cirkd_trajectory.py --cirkd <CIRKD checkout> \
+        [--cases NAME ...] [--out tests/fixtures/parity/trajectory_cirkd]
 
-Nothing of CIRKD is copied into kdlab: its ``losses`` and ``utils/sagan.py`` are imported
-from that path while this script runs. The networks are kdlab's small CPU pair (``seg_resnet20``
--> ``seg_resnet8``, 3 x 256 x 256 inputs, 64 x 64 score maps so that CIRKD's critic has its
-four strided convolutions; CIRKD's own networks equal kdlab's ``*_cirkd`` ones, which
-``tests/tasks/segmentation/test_cirkd_models.py`` checks by names and shapes); both sides get
-copies of the same weights, kdlab's critic is copied into CIRKD's ``Discriminator`` (weights,
-SAGAN ``u, v``), dropout is off. kdlab's side is its method with the recipe's settings, its
-optimisers (:class:`~kdlab.training.optimisation.Optimisation`: SGD 0.02 poly over the run,
-the critic's Adam at a constant LR) and the trainer's step (``kdlab.training.step``).
-CIRKD's side is its loop: student loss and SGD step (``adjust_lr``), then the critic's.
-Printed: per step, kdlab's and CIRKD's student loss and the largest relative weight
-difference of student, critic and CWD projection.
+How CIRKD runs: its own ``Trainer.train`` (``train_kd.py:300-432``: teacher and student
+forward, task loss with the auxiliary head at 0.4, the hinge critic's G and D terms, pixel KD,
+SKD's pair-wise term or CWD on features and logits, ``adjust_lr``, the student's SGD step,
+then the critic's Adam step), unchanged, on a ``Trainer`` made without ``__init__`` (which
+reads Cityscapes and builds CIRKD's DeepLabV3s). What ``__init__`` sets is set as its lines
+set it (``train_kd.py:213-263``): the criteria, the SAGAN ``Discriminator`` (its weights and
+``u, v`` copied from kdlab's critic), the SGD over the student, ``criterion_cwd`` and
+``criterion_fitnet`` (``criterion_cwd``'s 1x1 conv holds kdlab's projection), the critic's
+Adam. ``args`` is ``train_kd.py``'s own ``parse_args`` on the flags of
+``train_scripts/train_kd/train_skd.sh`` / ``train_cwd.sh`` (the bracketed paths replaced),
+plus ``--skip-val`` and log / save periods beyond the run (its final checkpoint goes to a
+temporary folder). Its loader is the list of the fixture's batches; ``s_model`` and
+``t_model`` are copies of kdlab's networks that answer as CIRKD's models do (``[logits, aux,
+feature]``). Per step the loop's own variables (``task_loss``, ``kd_loss``, ...,
+``losses``, ``D_losses``) are read from its frame when it calls ``optimizer.step``, and
+the digest of every tensor linked to one of kdlab's is taken after ``D_optimizer.step``.
+Then kdlab runs the same case and must agree to ``trajectory_setup.RTOL``, or nothing is
+written.
+
+Shims, all undone afterwards: ``Tensor.cuda`` / ``Module.cuda`` return the object (CPU);
+stand-ins for what ``train_kd.py`` imports but this run never calls (``models.model_zoo``,
+the ``dataset`` modules, ``turtle``: ``losses/dsd.py`` imports an unused name from it); a
+one-process gloo group for ``reduce_mean_tensor``'s ``all_reduce``. Nothing of CIRKD is
+copied into kdlab; this script imports it from the checkout while it runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import json
+import logging
+import re
+import shlex
 import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import torch
-from torch import nn
+import torch.distributed as dist
+from torch import Tensor, nn
 
-from kdlab.core.config import OptimConfig, ScheduleConfig
-from kdlab.methods import build_distiller
-from kdlab.models import build_model
-from kdlab.tasks import build_task
-from kdlab.training.optimisation import Optimisation
-from kdlab.training.step import train_step
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import cirkd_trajectory_setup as CS  # noqa: E402
+import generate as G  # noqa: E402
+import trajectory as T  # noqa: E402
+import trajectory_setup as TS  # noqa: E402
 
-SKD = {"pixel_weight": 1.0, "pixel_reduction": "pixel", "temperature": 1.0,
-       "pair_weight": 10.0, "pair_pool": "kernel", "pool_kernel": 2, "pair_norm": "normalize",
-       "adversarial": "hinge", "generator_weight": 0.001, "critic_weight": 0.1,
-       "gp_weight": 0.0, "critic_width": 64, "critic_lr": 4e-4, "critic_optimizer": "adam",
-       "critic_schedule": "constant", "critic_order": "student_first",
-       "spectral_norm": "sagan"}
-ADV = {k: v for k, v in SKD.items() if k not in ("pixel_weight", "pixel_reduction",
-                                                  "temperature", "pair_weight", "pair_pool",
-                                                  "pool_kernel", "pair_norm")}
+from kdlab.tasks.segmentation.task import aux_map  # noqa: E402
 
-
-def cwd_combo(feature_weight: float) -> dict:
-    return {"parts": [
-        {"name": "cwd", "logits_weight": 3.0, "feature_weight": feature_weight,
-         "temperature": 4.0, "feature_projection": "conv"},
-        {"name": "kd", "temperature": 1.0, "kd_weight": 1.0},
-        {"name": "skd", "pixel_weight": 0.0, "pair_weight": 0.0, **ADV}]}
-
-
-def import_cirkd(path: str):
-    sys.path.insert(0, path)
-    from losses.adv import CriterionAdv, CriterionAdvForG
-    from losses.cwd import CriterionCWD
-    from losses.kd import CriterionKD
-    from losses.skd import CriterionStructuralKD
-    from losses.task import SegCrossEntropyLoss
-    from utils.sagan import Discriminator
-    sys.path.remove(path)
-    return dict(adv=CriterionAdv, adv_g=CriterionAdvForG, cwd=CriterionCWD, kd=CriterionKD,
-                skd=CriterionStructuralKD, ce=SegCrossEntropyLoss, D=Discriminator)
+REPO = "github.com/winycg/CIRKD"
+COMMAND = "python benchmarks/parity/cirkd_trajectory.py --cirkd <CIRKD checkout>"
+PACKAGES = ("losses", "utils", "models", "dataset")
+Getter = Callable[[], Tensor]
+#: what train_kd.py imports but this run never calls (its __init__ and validation use them)
+STUBS: dict[str, dict[str, Any]] = {
+    "models": {}, "models.model_zoo": {"get_segmentation_model": None}, "dataset": {},
+    "dataset.cityscapes": {"CSTrainValSet": None},
+    "dataset.ade20k": {"ADETrainSet": None, "ADEDataValSet": None},
+    "dataset.camvid": {"CamvidTrainSet": None, "CamvidValSet": None},
+    "dataset.voc": {"VOCDataTrainSet": None, "VOCDataValSet": None},
+    "dataset.coco_stuff_164k": {"CocoStuff164kTrainSet": None, "CocoStuff164kValSet": None},
+    "turtle": {"forward": None},
+}
 
 
-def copy_critic(ours: nn.Sequential, theirs: nn.Module) -> None:
-    """kdlab's Critic (BN, [SN conv, LReLU, (attention)] x 4, conv) into CIRKD's."""
-    convs = [m for m in ours if hasattr(m, "parametrizations")]
-    attns = [m for m in ours if hasattr(m, "gamma")]
+class AsCirkd(nn.Module):
+    """A kdlab segmentation network answering as CIRKD's models do: ``[logits, aux,
+    feature]`` (``models/deeplabv3.py:45-53``; no aux entry without an auxiliary head)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        f = self.net.features(x)
+        aux = aux_map(f)
+        return [f.logits, *([] if aux is None else [aux]), f.embedding]
+
+
+# --------------------------------------------------------------------- the critic
+def critic_pairs(ours: nn.Sequential, theirs: nn.Module) -> dict[str, str]:
+    """kdlab's critic state_dict name -> CIRKD's ``Discriminator`` one."""
+    convs = [i for i, m in enumerate(ours) if hasattr(m, "parametrizations")]
+    attns = [i for i, m in enumerate(ours) if hasattr(m, "gamma")]
+    if len(convs) != 4 or len(attns) != 2:
+        raise SystemExit("kdlab's critic is not CIRKD's shape (4 SN convs, 2 attentions)")
+    out = {f"0.{k}": f"preprocess_additional.{k}" for k in ours[0].state_dict()}
+    for i, layer in zip(convs, ("l1", "l2", "l3", "l4"), strict=True):
+        sn = f"{layer}.0.module."
+        out |= {f"{i}.bias": sn + "bias", f"{i}.parametrizations.weight.original": sn
+                + "weight_bar", f"{i}.parametrizations.weight.0.u": sn + "weight_u",
+                f"{i}.parametrizations.weight.0.v": sn + "weight_v"}
+    for i, attn in zip(attns, ("attn1", "attn2"), strict=True):
+        out[f"{i}.gamma"] = f"{attn}.gamma"
+        for a, b in (("query", "query_conv"), ("key", "key_conv"), ("value", "value_conv")):
+            out |= {f"{i}.{a}.{p}": f"{attn}.{b}.{p}" for p in ("weight", "bias")}
+    last = len(ours) - 1
+    out |= {f"{last}.weight": "last.0.weight", f"{last}.bias": "last.0.bias"}
+    if set(out) != set(ours.state_dict()) or set(out.values()) != set(theirs.state_dict()):
+        raise SystemExit("kdlab's and CIRKD's critic tensors do not pair up")
+    return out
+
+
+def copy_critic(prefix: str, ours: nn.Sequential, theirs: nn.Module) -> dict[str, Getter]:
+    """kdlab's critic copied into CIRKD's; kdlab name -> CIRKD tensor getter."""
+    pairs = critic_pairs(ours, theirs)
+    mine, their = ours.state_dict(), theirs.state_dict()
     with torch.no_grad():
-        theirs.preprocess_additional.load_state_dict(ours[0].state_dict())
-        for conv, layer in zip(convs, (theirs.l1, theirs.l2, theirs.l3, theirs.l4), strict=True):
-            sn = layer[0].module
-            sn.weight_bar.copy_(conv.parametrizations.weight.original)
-            sn.weight_u.copy_(conv.parametrizations.weight[0].u)
-            sn.weight_v.copy_(conv.parametrizations.weight[0].v)
-            sn.bias.copy_(conv.bias)
-        for attn, ref in zip(attns, (theirs.attn1, theirs.attn2), strict=True):
-            for a, b in (("query", "query_conv"), ("key", "key_conv"), ("value", "value_conv")):
-                getattr(ref, b).load_state_dict(getattr(attn, a).state_dict())
-            ref.gamma.copy_(attn.gamma + 0.1)  # non-zero, so attention matters
-            attn.gamma.copy_(ref.gamma)
-        theirs.last[0].load_state_dict(ours[-1].state_dict())
+        for a, b in pairs.items():
+            their[b].copy_(mine[a])
+    return {prefix + a: (lambda b=b: theirs.state_dict()[b]) for a, b in pairs.items()}
 
 
-def run(method: str, options: dict, ref_mod: dict, steps: int, feature_weight: float) -> None:
-    torch.manual_seed(0)
-    teacher = build_model("seg_resnet20", num_classes=19, in_channels=3, input_size=256)
-    student = build_model("seg_resnet8", num_classes=19, in_channels=3, input_size=256)
-    for net in (teacher, student):
-        for m in net.modules():
-            if isinstance(m, nn.Dropout):
-                m.p = 0.0
-    teacher.eval()
-    task = build_task("segmentation", options={"align_corners": True})
-    d = build_distiller(method, options, student, teacher, task=task).double()
-    critic = d.critic if method == "skd" else d.parts["skd"].critic
-    D = ref_mod["D"](1, 19, False, conv_dim=64).double()
-    copy_critic(critic, D)
-    s_ref = copy.deepcopy(d.student)
-    t_ref = d.teacher
-    params = [p for n, p in d.named_parameters() if p.requires_grad and "critic" not in n]
-    sep = d.separate_optimizers()
-    optim = Optimisation.build(params, sep, OptimConfig(lr=0.02, momentum=0.9,
-                                                        weight_decay=1e-4),
-                               ScheduleConfig(name="poly", iterations=steps),
-                               steps_per_epoch=steps, device=torch.device("cpu"), amp="none")
-    proj = d.parts["cwd"].projection if method == "combo" else None
-    cwd = ref_mod["cwd"](32, 64, norm_type="channel", divergence="kl", temperature=4.0).double()
-    if proj is not None:
+# --------------------------------------------------------------------- running CIRKD
+def script_flags(script: Path) -> list[str]:
+    """The ``train_kd.py`` flags of the script's first command, bracketed paths replaced."""
+    block = script.read_text().split("\n\n")[0].replace("\\\n", " ")
+    tokens = shlex.split(re.sub(r"\[[^\]]*\]", "X", block))
+    return tokens[tokens.index("train_kd.py") + 1:]
+
+
+def parsed_args(tk: Any, script: Path, tmp: str) -> argparse.Namespace:
+    """``train_kd.py``'s ``parse_args`` on the script's flags (as its ``__main__`` then sets
+    them up for one CPU process)."""
+    flags = script_flags(script) + ["--save-dir", tmp, "--log-dir", tmp, "--skip-val",
+                                    "--log-iter", "1000000000", "--save-per-iters",
+                                    "1000000000"]
+    saved = sys.argv
+    sys.argv = ["train_kd.py", *flags]
+    try:
+        args = tk.parse_args()
+    finally:
+        sys.argv = saved
+    args.num_gpus, args.distributed, args.device = 1, False, "cpu"
+    return args
+
+
+@contextlib.contextmanager
+def cirkd_imported(root: Path, tmp: str) -> Iterator[Any]:
+    """CIRKD's ``train_kd.py`` as a module, with the shims; everything undone after."""
+    saved = {(torch.Tensor, "cuda"): torch.Tensor.cuda, (nn.Module, "cuda"): nn.Module.cuda}
+    with T.isolated(), G.imported_from(root, *PACKAGES):
+        T.stub_modules(**STUBS)
+        torch.Tensor.cuda = lambda self, *a, **k: self  # type: ignore[method-assign]
+        nn.Module.cuda = lambda self, *a, **k: self  # type: ignore[method-assign]
+        dist.init_process_group("gloo", store=dist.FileStore(f"{tmp}/store", 1), rank=0,
+                                world_size=1)
+        try:
+            yield T.load_script_as(root / "train_kd.py", "cirkd_train_kd")
+        finally:
+            dist.destroy_process_group()
+            for (owner, name), fn in saved.items():
+                setattr(owner, name, fn)
+
+
+def trainer(tk: Any, args: argparse.Namespace, d: Any, links: dict[str, Getter]) -> Any:
+    """CIRKD's ``Trainer`` with what its ``__init__`` sets (train_kd.py:162-279), on copies
+    of kdlab's networks and modules; the links of the copied tensors added to ``links``."""
+    tr = tk.Trainer.__new__(tk.Trainer)
+    tr.args, tr.device, tr.num_gpus = args, torch.device("cpu"), 1
+    tr.train_loader = []
+    for i in range(CS.STEPS):
+        x, y = CS.step_batch(i)
+        tr.train_loader.append((x, torch.where(y == CS.IGNORE, args.ignore_label, y), None))
+    tr.t_model = AsCirkd(copy.deepcopy(d.teacher))
+    tr.s_model = AsCirkd(copy.deepcopy(d.student))
+    links |= T.link(T.prefix_of(d, d.student), d.student, tr.s_model.net)
+    if any(k.startswith("teacher.") for k in d.state_dict()):
+        links |= T.link("teacher.", d.teacher, tr.t_model.net)
+    for p in tr.t_model.parameters():
+        p.requires_grad = False
+    tr.t_model.eval()
+    tr.s_model.eval()
+    tr.D_model = tk.Discriminator(preprocess_GAN_mode=1, input_channel=CS.NUM_CLASSES,
+                                  distributed=args.distributed).double().cuda()
+    critic = CS.critic_of(d)
+    links |= copy_critic(T.prefix_of(d, critic), critic, tr.D_model)
+    with torch.no_grad():
+        probe = torch.randn(1, 3, CS.IMAGE, CS.IMAGE, dtype=torch.float64)
+        t_channels = tr.t_model(probe)[-1].size(1)
+        s_channels = tr.s_model(probe)[-1].size(1)
+    tr.criterion = tk.SegCrossEntropyLoss(ignore_index=args.ignore_label)
+    tr.criterion_kd = tk.CriterionKD(temperature=args.kd_temperature)
+    tr.criterion_adv = tk.CriterionAdv("hinge")
+    tr.criterion_adv_for_G = tk.CriterionAdvForG("hinge")
+    tr.criterion_skd = tk.CriterionStructuralKD()
+    tr.criterion_ifv = tk.CriterionIFV(CS.NUM_CLASSES)
+    tr.criterion_cwd = tk.CriterionCWD(s_channels, t_channels, norm_type="channel",
+                                       divergence="kl", temperature=4.).double()
+    tr.criterion_fitnet = tk.CriterionFitNet(s_channels, t_channels).double()
+    tr.criterion_at = tk.CriterionAT()
+    tr.criterion_dsd = tk.CriterionDoubleSimKD()
+    projection = CS.projection_of(d)
+    if projection is not None:
         with torch.no_grad():
-            cwd.conv.weight.copy_(proj.weight)
-    ref_params = list(s_ref.parameters()) + list(cwd.parameters())
-    ref_opt = torch.optim.SGD(ref_params, lr=0.02, momentum=0.9, weight_decay=1e-4)
-    ref_d_opt = torch.optim.Adam([p for p in D.parameters() if p.requires_grad], 4e-4,
-                                 [0.9, 0.99])
-    ce, kd = ref_mod["ce"](ignore_index=255), ref_mod["kd"](temperature=1.0)
-    skd, adv, adv_g = ref_mod["skd"](), ref_mod["adv"]("hinge"), ref_mod["adv_g"]("hinge")
-    g = torch.Generator().manual_seed(1)
-    d.train()
-    s_ref.train()
-    D.train()
-    print(f"-- {method} ({'CIRKD SKD row' if method == 'skd' else 'CIRKD CWD row'}"
-          f"{'' if method == 'skd' else f', kdlab feature_weight {feature_weight}'})")
-    for it in range(steps):
-        x = torch.randn(2, 3, 256, 256, generator=g, dtype=torch.float64)
-        y = torch.randint(0, 19, (2, 256, 256), generator=g)
-        # kdlab: the trainer's step (forward, one backward, every optimiser and schedule)
-        _, losses, _ = train_step(d, optim, x, y, None, device=torch.device("cpu"), amp="none")
-        student_loss = sum(v for k, v in losses.items() if not k.endswith("critic"))
-        # CIRKD: train_kd.py:313-376
-        for group in ref_opt.param_groups:  # adjust_lr(iter=it) before the step
-            group["lr"] = 0.02 * (1 - it / steps) ** 0.9
-        with torch.no_grad():
-            t = t_ref.features(x)
-        s = s_ref.features(x)
-        task_loss = ce(s.logits, y)
-        adv_g_loss = 0.001 * adv_g(D(s.logits))
-        adv_d_loss = 0.1 * adv(D(s.logits.detach()), D(t.logits.detach()))
-        ref_loss = task_loss + 1.0 * kd(s.logits, t.logits) + adv_g_loss
-        if method == "skd":
-            ref_loss = ref_loss + 10.0 * skd(s.embedding, t.embedding)
-        else:
-            ref_loss = (ref_loss + 50.0 * cwd(s.embedding, t.embedding)
-                        + 3.0 * cwd(s.logits, t.logits))
-        ref_opt.zero_grad()
-        ref_loss.backward()
-        ref_opt.step()
-        ref_d_opt.zero_grad()
-        adv_d_loss.backward()
-        ref_d_opt.step()
-        w = max(((a - b).abs().max() / b.abs().max().clamp(min=1e-30)).item()
-                for a, b in zip(d.student.parameters(), s_ref.parameters(), strict=True))
-        wc = max(((conv.parametrizations.weight.original - layer[0].module.weight_bar).abs()
-                  .max()).item() for conv, layer in zip(
-            [m for m in critic if hasattr(m, "parametrizations")],
-            (D.l1, D.l2, D.l3, D.l4), strict=True))
-        wp = (proj.weight - cwd.conv.weight).abs().max().item() if proj is not None else 0.0
-        print(f"step {it + 1}: loss kdlab {student_loss.item():.15g} CIRKD "
-              f"{ref_loss.item():.15g}  student weights rel {w:.2e}  critic abs {wc:.2e}"
-              f"  projection abs {wp:.2e}")
+            tr.criterion_cwd.conv.weight.copy_(projection.weight)
+        links[T.prefix_of(d, projection) + "weight"] = lambda: tr.criterion_cwd.conv.weight
+    params_list = nn.ModuleList([tr.s_model, tr.criterion_cwd, tr.criterion_fitnet])
+    tr.optimizer = torch.optim.SGD(params_list.parameters(), lr=args.lr,
+                                   momentum=args.momentum, weight_decay=args.weight_decay)
+    tr.D_optimizer = torch.optim.Adam(filter(lambda p: p.requires_grad,
+                                             tr.D_model.parameters()), 4e-4, [0.9, 0.99])
+    return tr
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--cirkd", required=True, help="checkout of winycg/CIRKD @ 48eb81b")
-    ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--feature-weight", type=float, default=100.0,
-                    help="kdlab's cwd feature_weight (CIRKD's 50 x 64 / 32 here)")
-    args = ap.parse_args()
-    torch.set_default_dtype(torch.float64)
-    mods = import_cirkd(args.cirkd)
-    run("skd", SKD, mods, args.steps, 0.0)
-    run("combo", cwd_combo(args.feature_weight), mods, args.steps, args.feature_weight)
+def record(case: CS.Case, tr: Any, links: dict[str, Getter]) -> list[dict[str, Any]]:
+    """Per step: the loop's variables when it steps the student, the digest after the
+    critic's step."""
+    start = {k: get().detach().clone() for k, get in links.items()}
+    steps: list[dict[str, Any]] = []
+    pending: dict[str, Any] = {}
+    step, d_step = tr.optimizer.step, tr.D_optimizer.step
+
+    def student_step(*a: Any, **k: Any) -> Any:
+        loop = sys._getframe(1).f_locals  # Trainer.train's frame
+        pending.update(lr=tr.optimizer.param_groups[0]["lr"],
+                       terms={n: float(loop[n].detach()) for n in case.terms},
+                       total=float(loop["losses"].detach()),
+                       critic_total=float(loop["D_losses"].detach()))
+        return step(*a, **k)
+
+    def critic_step(*a: Any, **k: Any) -> Any:
+        out = d_step(*a, **k)
+        now = {name: get() for name, get in links.items()}
+        steps.append({**pending, "critic_lr": tr.D_optimizer.param_groups[0]["lr"],
+                      "digest": TS.digest(now, start)})
+        pending.clear()
+        return out
+
+    tr.optimizer.step, tr.D_optimizer.step = student_step, critic_step
+    tr.train()
+    return steps
+
+
+def reference(case: CS.Case, root: Path) -> dict[str, Any]:
+    """CIRKD's trajectory of ``case`` and the optimiser settings it ran with."""
+    d = CS.build(case, *CS.networks())
+    with tempfile.TemporaryDirectory() as tmp, cirkd_imported(root, tmp) as tk:
+        args = parsed_args(tk, root / "train_scripts" / "train_kd" / case.script, tmp)
+        tk.args, tk.logger = args, logging.getLogger("cirkd_trajectory")
+        links: dict[str, Getter] = {}
+        tr = trainer(tk, args, d, links)
+        names = set(CS.unique_state(d))
+        if set(links) != names:
+            raise SystemExit(f"{case.name}: unlinked tensors {sorted(names ^ set(links))[:6]}")
+        steps = record(case, tr, links)
+        optim = {"lr": args.lr, "momentum": args.momentum, "weight_decay": args.weight_decay,
+                 "max_iterations": args.max_iterations}
+    return {"steps": steps, "reference_optim": optim}
+
+
+# --------------------------------------------------------------------- comparison
+def compare(case: CS.Case, ref: list[dict[str, Any]]) -> dict[str, float]:
+    """kdlab's run against CIRKD's: the largest relative differences (terms, digests);
+    SystemExit beyond ``trajectory_setup.RTOL``."""
+    worst = {"terms": 0.0, "weights": 0.0}
+    ours = CS.run(case)
+    for i, (mine, theirs) in enumerate(zip(ours, ref, strict=True)):
+        for key in ("lr", "critic_lr"):
+            if abs(mine[key] - theirs[key]) > 1e-12 * theirs[key]:
+                raise SystemExit(f"{case.name} step {i}: {key} {mine[key]} vs {theirs[key]}")
+        for errors in term_errors(case, mine, theirs).values():
+            worst["terms"] = max(worst["terms"], errors)
+        if set(mine["digest"]) != set(theirs["digest"]):
+            raise SystemExit(f"{case.name}: digests differ in names "
+                             f"{sorted(set(mine['digest']) ^ set(theirs['digest']))[:6]}")
+        for k, want in theirs["digest"].items():
+            worst["weights"] = max(worst["weights"], TS.digest_error(mine["digest"][k], want))
+    print(f"{case.name}: max relative difference terms {worst['terms']:.1e}, weights "
+          f"{worst['weights']:.1e}", flush=True)
+    if max(worst.values()) > TS.RTOL:
+        raise SystemExit(f"{case.name} is not step-exact")
+    return worst
+
+
+def term_errors(case: CS.Case, mine: dict[str, Any], theirs: dict[str, Any]) -> dict[str, float]:
+    """Relative differences of each of CIRKD's terms and of its two totals."""
+    def rel(a: float, b: float) -> float:
+        return abs(a - b) / max(abs(b), 1e-300)
+
+    terms = mine["terms"]
+    out = {n: rel(terms[case.terms[n]], v) for n, v in theirs["terms"].items()}
+    critic = [case.terms[n] for n in CS.CRITIC_TERMS]
+    out["losses"] = rel(sum(v for k, v in terms.items() if k not in critic), theirs["total"])
+    out["D_losses"] = rel(sum(terms[k] for k in critic), theirs["critic_total"])
+    return out
+
+
+def dumps(fixture: dict[str, Any]) -> str:
+    """JSON with every list of numbers on one line (digests stay readable and small)."""
+    text = json.dumps(fixture, indent=1, sort_keys=True)
+    return re.sub(r"\[\s+([^\[\]{}\"]*?)\s+\]",
+                  lambda m: "[" + ", ".join(s.strip() for s in m.group(1).split(",")) + "]",
+                  text) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cirkd", type=Path, required=True, help="checkout of winycg/CIRKD")
+    ap.add_argument("--cases", nargs="*", help="only these (default: every case)")
+    ap.add_argument("--out", type=Path, default=CS.FIXTURES)
+    args = ap.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name in args.cases or sorted(CS.CASES):
+        case = CS.CASES[name]
+        ref = reference(case, args.cirkd)
+        worst = compare(case, ref["steps"])
+        cfg = CS.recipe(case)
+        fixture = {
+            "case": name, "method": case.method,
+            "recipe": case.recipe_path.relative_to(CS.P.ROOT).as_posix(),
+            "networks": list(CS.NETWORKS), "batch": CS.BATCH, "image": CS.IMAGE,
+            "seeds": CS.SEEDS, "dtype": "float64",
+            "options": cfg.method_options, "task_options": cfg.task_options,
+            "reference_optim": ref["reference_optim"],
+            "script": f"train_scripts/train_kd/{case.script}", "terms": case.terms,
+            "references": {"cirkd": {"repository": REPO,
+                                     "commit": G.commit_of(args.cirkd)}},
+            "command": COMMAND + f" --cases {name}",
+            "max_relative_difference": worst, "steps": ref["steps"],
+        }
+        path = args.out / f"{name}.json"
+        path.write_text(dumps(fixture))
+        print("wrote", path, flush=True)
 
 
 if __name__ == "__main__":

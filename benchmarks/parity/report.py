@@ -6,8 +6,9 @@ The first table lists every term of every method checked against a reference: kd
 value, the reference's, their relative difference and, for an intentional difference, its
 reason. The second lists the trajectory (step-exact) fixtures (``tests/fixtures/parity/
 trajectory``): per case the reference loop, the steps, the largest relative differences of
-the loss terms and of the weight digests, and the settings the case runs with. The fixed text
-around the tables (what is not covered, the deviations fixed) lives here.
+the loss terms and of the weight digests, and the settings the case runs with; the third the
+segmentation and detection trajectories (``trajectory_cirkd``, ``trajectory_detection``).
+The fixed text around the tables (what is not covered, the deviations fixed) lives here.
 """
 
 from __future__ import annotations
@@ -249,6 +250,45 @@ def trajectory_section() -> str:
         command=command, rows="\n".join(rows), notes="\n".join(dict.fromkeys(notes)))
 
 
+DENSE = """
+## Step-exact: segmentation and detection trajectories
+
+The same kind of check for the dense methods, with a recipe's method, optimiser and schedule
+settings unchanged on kdlab's CPU networks (the recipes' networks are too large for CI),
+3 float64 steps each, held by CI to a relative {rtol:g}:
+
+- CIRKD's own `Trainer.train` (`train_kd.py`, its arguments parsed from its training scripts,
+  the hinge critic's step included) for SKD and CWD as CIRKD ran them, on `seg_resnet20` ->
+  `seg_resnet8` (`tests/methods/test_parity_trajectory_cirkd.py`; produced by
+  `benchmarks/parity/cirkd_trajectory.py`, cases in `cirkd_trajectory_setup.py`);
+- the FCFD authors' detection distiller (`RCNNKD.forward`, FCFD branch) stepped by Detectron2
+  v0.6's `SimpleTrainer.run_step`, `build_optimizer` and warm-up schedule, with the COCO
+  recipe's settings on `frcnn_tiny_r18` -> `frcnn_tiny_r10_slim`; the detector parts are
+  kdlab's torchvision modules on both sides, so the reference backs the seven FCFD terms, the
+  optimiser and the schedule (`tests/methods/test_parity_trajectory_fcfd_detection.py`;
+  produced by `benchmarks/parity/fcfd_detection_trajectory.py`, the case in
+  `fcfd_detection_trajectory_setup.py`).
+
+| case | recipe | reference | steps | terms: max rel. diff | weights: max rel. diff | tensors |
+|---|---|---|---|---|---|---|
+{rows}
+"""
+
+
+def dense_section() -> str:
+    paths = sorted(P.FIXTURES.glob("trajectory_cirkd/*.json")) + sorted(
+        P.FIXTURES.glob("trajectory_detection/*.json"))
+    rows = []
+    for fx in (json.loads(p.read_text()) for p in paths):
+        refs = ", ".join(f"{v['repository'].removeprefix('github.com/')} @ `{v['commit'][:7]}`"
+                         for _, v in sorted(fx["references"].items()))
+        worst = fx["max_relative_difference"]
+        rows.append(f"| {fx['case']} | `{fx['recipe']}` | {refs} | {len(fx['steps'])} | "
+                    f"{worst['terms']:.1e} | {worst['weights']:.1e} | "
+                    f"{len(fx['steps'][0]['digest'])} |")
+    return DENSE.format(rtol=TS.RTOL, rows="\n".join(rows)) if rows else ""
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=P.ROOT / "benchmarks" / "results" / "parity.md")
@@ -279,6 +319,7 @@ def main(argv: list[str] | None = None) -> None:
                         f"{method} `{term}` on {fx['pair']}")
     text = "\n".join(f"- {', '.join(where)}: {why}." for why, where in reasons.items())
     lines.append(trajectory_section())
+    lines.append(dense_section())
     lines.append(FOOTER.format(reasons=text, defaults=defaults_table()))
     args.out.write_text("\n".join(lines))
     print("wrote", args.out)
