@@ -22,6 +22,17 @@ def pytest_collection_finish(session: pytest.Session) -> None:
                                 f"{MIN_SUITE_TESTS}: a test module failed to import or was lost")
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """Each test starts with the suite's torch thread count: a trainer built in a test applies
+    kdlab's thread policy (and its governor may lower it), and a float32 reduction sums in an
+    order that depends on the number of threads."""
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 def tiny_staged(widths=(8, 16, 32, 32), num_classes: int = 10, in_channels: int = 3,
                 input_size: int = 16, seed: int = 0) -> Staged:
     """A 4-stage conv net (conv-BN-ReLU per stage; stages 2 and 3 halve the size)."""
