@@ -195,7 +195,7 @@ TINY_OPTIONS: dict[str, dict] = {
 
 
 @pytest.mark.parametrize("method", [m for m in METHODS.names()  # segmentation-only methods
-                                    if "classification" in METHODS.get(m).tasks])  # need a seg run
+                                    if METHODS.get(m).runs_on("classification")])  # need a seg run
 def test_every_method_restores_and_exports_its_networks(method, tmp_path):
     """A distiller rebuilt from the config (other random init, another random teacher) with
     the state_dict loaded gives the same evaluated networks; every exported network

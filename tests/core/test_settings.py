@@ -35,7 +35,7 @@ def _configs() -> list[tuple[str, str, type]]:
         if name.startswith("_"):
             continue
         seen: set[type] = set()
-        for task in METHODS.get(name).supported_tasks():
+        for task in (t for t in TASKS.names() if METHODS.get(name).supports(t)):
             config = METHODS.get(name).for_task(task).Config
             if config not in seen:
                 seen.add(config)

@@ -41,10 +41,10 @@ def test_teacher_features_carry_no_graph(tiny_pair):
 @pytest.mark.parametrize("name", [n for n in METHODS.names() if METHODS.get(n).needs_teacher])
 def test_methods_that_need_a_teacher_refuse_to_build_without_one(tiny_pair, name):
     _, student = tiny_pair
-    tasks = METHODS.get(name).tasks
-    if "classification" in tasks:
+    method = METHODS.get(name)
+    if method.runs_on("classification"):
         task = None
-    elif "segmentation" in tasks:
+    elif method.runs_on("segmentation"):
         task = seg_task()
     else:
         task, student = build_task("detection"), tiny_detectors()[1]

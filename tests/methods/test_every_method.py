@@ -34,7 +34,7 @@ def _batch(n: int = 16):
 
 #: segmentation-only methods are run on a segmentation pair in test_seg_methods.py
 CLASSIFICATION_METHODS = [n for n in METHODS.names()
-                          if "classification" in METHODS.get(n).tasks]
+                          if METHODS.get(n).runs_on("classification")]
 
 #: further settings whose loss must fall too: ReviewKD's loss without its warm-up scaling,
 #: CRD with fixed memory banks (momentum 1: a stationary contrastive objective)

@@ -31,7 +31,7 @@ TINY_OPTIONS: dict[str, dict] = {
 
 def _home_task(cls) -> str:
     """The task a method is tested on here: classification where it runs, else its first."""
-    return "classification" if "classification" in cls.tasks else cls.tasks[0]
+    return "classification" if cls.runs_on("classification") else cls.tasks[0]
 
 
 def _pair(cls):

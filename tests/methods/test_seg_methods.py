@@ -17,7 +17,7 @@ from kdlab.methods.shared.dense import pixel_kl_loss
 from kdlab.methods.skd.losses import gradient_penalty, pairwise_similarity_loss
 from support.segmentation import seg_batch, seg_task, tiny_seg_pair
 
-SEG_METHODS = [n for n in METHODS.names() if "segmentation" in METHODS.get(n).supported_tasks()]
+SEG_METHODS = [n for n in METHODS.names() if METHODS.get(n).supports("segmentation")]
 #: every method that can be part of a combo on segmentation
 SEG_PARTS = [n for n in SEG_METHODS if METHODS.get(n).combinable and n != "combo"]
 #: options a method needs on the tiny pair (combo: every segmentation part at once)

@@ -192,6 +192,11 @@ class Distiller(nn.Module):
         return tuple(cls.tasks) == ANY_TASK or task in cls.tasks
 
     @classmethod
+    def supports(cls, task: str) -> bool:
+        """Whether this method runs on ``task``, itself or through a variant."""
+        return task in cls.__dict__.get("variants", {}) or cls.runs_on(task)
+
+    @classmethod
     def for_task(cls, task: str) -> type[Distiller]:
         """The class that runs this method on ``task``: the method's own variant for that task
         where it names one (:attr:`variants`), else itself where it supports the task."""

@@ -111,7 +111,7 @@ def test_bad_part_lists_are_user_errors(tiny_pair, options, message):
 def test_every_combinable_method_can_join_a_combo(tiny_pair):
     teacher, student = tiny_pair
     names = [n for n in METHODS.names() if getattr(METHODS.get(n), "combinable", False)
-             and n != "combo" and "classification" in METHODS.get(n).tasks]
+             and n != "combo" and METHODS.get(n).runs_on("classification")]
     assert {"kd", "dkd", "rkd", "sp", "cc", "irg", "at", "fitnet", "crd", "vid",
             "reviewkd"} <= set(names)
     tiny = {"crd": {"num_negatives": 8, "feat_dim": 16, "negatives": "uniform"}}
