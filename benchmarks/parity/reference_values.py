@@ -79,6 +79,9 @@ def _d2_network(role: str, config: str, kind: str) -> Values:
         out[f"{key}stride_in_1x1"] = (True, f"{where}:{lines['stride']} "
                                             "(RESNETS.STRIDE_IN_1X1)")
     cfg = f"{FCFD}, detection/configs/{config}"
+    if kind == "mv2" and role == "student":
+        out[f"{key}fpn_taps"] = ("last", f"{FCFD}, detection/model/backbone/mobilenetv2.py:119-"
+                                         f"127 (m2..m5: last block of each stride); {cfg}:9")
     if kind == "r18" and role == "student":
         out[f"{key}input_format"] = ("rgb", f"{cfg}:4 (INPUT.FORMAT)")
         out[f"{key}pixel_std"] = ([57.375, 57.120, 58.395], f"{cfg}:6 (MODEL.PIXEL_STD)")

@@ -215,3 +215,21 @@ def test_teacher_input_equals_its_own_transform() -> None:
     got = teacher.input_from(student, s_list.tensors, s_list.image_sizes)
     assert torch.allclose(got, t_list.tensors, atol=1e-3)
     assert student.normalises_itself and teacher.normalises_itself
+
+
+def test_mobilenet_v2_fpn_taps_the_authors_blocks() -> None:
+    """fpn_taps: last reads the last block of each stride (24/32/96/320 channels), as the
+    FCFD / ReviewKD authors' MobileNetV2 FPN; the default keeps torchvision's first blocks."""
+    det = build_model("fasterrcnn_mobilenet_v2_fpn", num_classes=3, input_size=64,
+                      options={"fpn_taps": "last"}).eval()
+    inner = det.net.backbone.fpn.inner_blocks
+    assert [b[0].in_channels for b in inner] == [24, 32, 96, 320]
+    with torch.no_grad():
+        body = det.net.backbone.body(torch.zeros(1, 3, 64, 64))
+    assert [tuple(v.shape[1:]) for v in body.values()] == [(24, 16, 16), (32, 8, 8),
+                                                           (96, 4, 4), (320, 2, 2)]
+    default = build_model("fasterrcnn_mobilenet_v2_fpn", num_classes=3, input_size=64)
+    assert [b[0].in_channels for b in default.net.backbone.fpn.inner_blocks] == [24, 32, 64,
+                                                                               160]
+    with pytest.raises(UserError, match="fpn_taps"):
+        build_model("fasterrcnn_mobilenet_v2_fpn", num_classes=3, options={"fpn_taps": "mid"})

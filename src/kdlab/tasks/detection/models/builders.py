@@ -17,10 +17,11 @@ whole.
   MobileNetV2 FPN reads the same four strides, but the *last* block of each - features 3, 6, 13,
   17 of their ``detection/model/backbone/mobilenetv2.py``, 24/32/96/320 channels - where
   torchvision's ``mobilenet_backbone`` reads the first block of each stride, 24/32/64/160
-  channels). The RPN keeps 1000 proposals per image after NMS in training (the Detectron2
-  setting of the FCFD authors; torchvision's default is 2000). ResNet training sizes: the
-  shorter side is drawn from Detectron2's 1x scales (640..800) scaled to ``input_size / 800``,
-  at most ``1333 * input_size / 800`` long; evaluation uses ``input_size``.
+  channels; option ``fpn_taps: last`` reads theirs). The RPN keeps 1000 proposals per image
+  after NMS in training (the Detectron2 setting of the FCFD authors; torchvision's default is
+  2000). ResNet training sizes: the shorter side is drawn from Detectron2's 1x scales
+  (640..800) scaled to ``input_size / 800``, at most ``1333 * input_size / 800`` long;
+  evaluation uses ``input_size``.
 - ``frcnn_tiny_r18`` / ``frcnn_tiny_r10`` / ``frcnn_tiny_r10_slim``: small CPU detectors for
   64x64 one-channel scenes: a ResNet of torchvision ``BasicBlock`` stages (2 or 1 blocks per
   stage, widths 32..256 or 16..128) after a 3x3 stride-2 stem, a 64-channel FPN, an RPN and ROI
@@ -224,17 +225,33 @@ _register("fasterrcnn_mobilenet_v3_large_fpn", fasterrcnn_mobilenet_v3_large_fpn
           "torchvision's fasterrcnn_mobilenet_v3_large_fpn as it is built for its weights.")
 
 
+#: the FCFD / ReviewKD authors' MobileNetV2 FPN inputs: the *last* block of each stride
+#: (``features`` 3, 6, 13, 17 of their ``detection/model/backbone/mobilenetv2.py``, m2..m5)
+MV2_LAST_TAPS = {"3": "0", "6": "1", "13": "2", "17": "3"}
+
+
+def _mobilenet_v2_fpn_backbone(fpn_taps: str) -> BackboneWithFPN:
+    """torchvision's ``mobilenet_backbone`` FPN (``fpn_taps: first``: the first block of each
+    stride) or the same FrozenBatchNorm MobileNetV2 with the authors' taps (``last``)."""
+    if fpn_taps not in ("first", "last"):
+        raise UserError(f"Model option fpn_taps={fpn_taps!r} is not one of first, last.")
+    if fpn_taps == "first":
+        return mobilenet_backbone(backbone_name="mobilenet_v2", weights=None, fpn=True,
+                                  norm_layer=FrozenBatchNorm2d, trainable_layers=6,
+                                  returned_layers=[1, 2, 3, 4])
+    body = torchvision.models.mobilenet_v2(weights=None, norm_layer=FrozenBatchNorm2d).features
+    return BackboneWithFPN(body, MV2_LAST_TAPS, [24, 32, 96, 320], 256)
+
+
 def fasterrcnn_mobilenet_v2_fpn(*, num_classes: int, in_channels: int = 3,
                                 input_size: int = 800, pretrained: bool | str = False,
                                 input_format: str = "rgb", pixel_mean: list[float] | None = None,
                                 pixel_std: list[float] | None = None,
-                                anchors: str = "torchvision",
-                                box_pooler: str = "roialign") -> Detector:
+                                anchors: str = "torchvision", box_pooler: str = "roialign",
+                                fpn_taps: str = "first") -> Detector:
     opts = DetectorOptions(input_format, pixel_mean, pixel_std, anchors=anchors,
                            box_pooler=box_pooler, in_channels=in_channels)
-    backbone = mobilenet_backbone(backbone_name="mobilenet_v2", weights=None, fpn=True,
-                                  norm_layer=FrozenBatchNorm2d, trainable_layers=6,
-                                  returned_layers=[1, 2, 3, 4])
+    backbone = _mobilenet_v2_fpn_backbone(fpn_taps)
     net = FasterRCNN(backbone, rpn_post_nms_top_n_train=1000, **opts.heads(num_classes),
                      **_sizes(input_size), **_identity_norm(in_channels))
     opts.set_transform(net)
