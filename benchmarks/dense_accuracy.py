@@ -46,6 +46,7 @@ import csv
 import json
 import os
 import shlex
+import shutil
 import statistics
 import sys
 import time
@@ -213,8 +214,9 @@ def write_tables(args: argparse.Namespace, table: Table, teacher: dict | None,
         t_curve = ", ".join(f"{v:.1f}" for v in curve(t_dir, f"val_student_{m}"))
         lines += [f"Teacher {table.teacher}: best {m} {teacher[f'best_{m}']:.2f}, last "
                   f"{teacher[f'last_{m}']:.2f}, {x} {teacher.get(f'last_{x}') or 0:.2f} "
-                  f"(one thread: wall {teacher['wall_s'] / 60:.1f} min beside other jobs, CPU "
-                  f"{cpu_min(teacher)} min); per epoch: {t_curve}.", ""]
+                  f"({teacher.get('threads', 'one')} thread(s): wall "
+                  f"{teacher['wall_s'] / 60:.1f} min, CPU {cpu_min(teacher)} min); per epoch: "
+                  f"{t_curve}.", ""]
         lines += class_iou_lines(t_dir, SCENE_CLASSES)
     lines += [f"| row | best {m} | last {m} | gain (last {m}) | last - previous epoch | "
               f"last {x} | per seed (last {m}) | CPU min / run |",
@@ -274,10 +276,38 @@ def finished(table: Table, runs: Path) -> tuple[dict | None, list[dict]]:
     return teacher, recs
 
 
+def adopt_teacher(source: Path, t_dir: Path, table: Table, command: str) -> None:
+    """Copy a finished ``kdlab train`` run of the table's teacher (trained elsewhere, e.g. the
+    recipe's timed run) into ``t_dir`` with its record, so the table uses that teacher. Its
+    wall time is the sum of its epochs' ``epoch_seconds``; its CPU time was not recorded."""
+    cfg = run_config(source)
+    student = cfg.get("model", {}).get("student")
+    dataset = cfg.get("data", {}).get("name")
+    if (student, dataset) != (table.teacher, table.dataset) or not (source / "best.pt").is_file():
+        raise SystemExit(f"--teacher-run {source}: not a finished run of {table.teacher} on "
+                         f"{table.dataset} (its config says {student} on {dataset}, or it has "
+                         "no best.pt); give the folder of a finished teacher run")
+    rows = read_metrics(source)
+    column = f"val_student_{table.metric}"
+    values = [float(r[column]) for r in rows if r.get(column)]
+    shutil.copytree(source, t_dir)
+    threads = sorted({r["cpu_threads"] for r in rows if r.get("cpu_threads")})
+    rec = {"row": "teacher", "label": f"teacher {table.teacher}", "seed": 0,
+           "command": command, "epochs_run": len(values), "cpu_s": None,
+           "wall_s": sum(float(r["epoch_seconds"]) for r in rows if r.get("epoch_seconds")),
+           "threads": "/".join(threads) or "?", "load_before": None, "load_after": None,
+           f"best_{table.metric}": max(values), f"last_{table.metric}": values[-1],
+           f"prev_{table.metric}": values[-2] if len(values) > 1 else None,
+           f"last_{table.extra}": extra_value(source, f"val_student_{table.extra}")}
+    (t_dir / "bench_result.json").write_text(json.dumps(rec, indent=2) + "\n")
+
+
 def teacher_run(args: argparse.Namespace, table: Table, kd: list[str], runs: Path) -> dict:
-    """The teacher's record: trained here unless finished, or waited for while another
-    process trains it."""
+    """The teacher's record: adopted from ``--teacher-run``, trained here unless finished, or
+    waited for while another process trains it."""
     t_dir = runs / f"teacher_{table.teacher}"
+    if args.teacher_run and not (t_dir / "bench_result.json").is_file():
+        adopt_teacher(Path(args.teacher_run), t_dir, table, args.teacher_command)
     t_recipe = Path("recipes") / table.dataset / "ce" / f"{table.teacher}.yaml"
     t_cmd = kd + ["train", str(t_recipe),
                   *sets(common_overrides(args, args.teacher_epochs, 0)), "--out", str(t_dir)]
@@ -297,6 +327,11 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=None, help="students (default: the recipes')")
     p.add_argument("--teacher-epochs", type=int, default=None,
                    help="the teacher (default: its recipe's)")
+    p.add_argument("--teacher-run", default=None,
+                   help="use this finished `kdlab train` run of the teacher instead of "
+                        "training one (copied into the table's runs)")
+    p.add_argument("--teacher-command", default="(adopted with --teacher-run)",
+                   help="the command that trained --teacher-run, for the table")
     p.add_argument("--scenes-train", type=int, default=None, help="default: the recipes'")
     p.add_argument("--scenes-val", type=int, default=None, help="default: the recipes'")
     p.add_argument("--threads", type=int, default=1)

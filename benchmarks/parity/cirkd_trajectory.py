@@ -256,7 +256,7 @@ def reference(case: CS.Case, root: Path) -> dict[str, Any]:
         tk.args, tk.logger = args, logging.getLogger("cirkd_trajectory")
         links: dict[str, Getter] = {}
         tr = trainer(tk, args, d, links)
-        names = set(CS.unique_state(d))
+        names = set(TS.unique_state(d))
         if set(links) != names:
             raise SystemExit(f"{case.name}: unlinked tensors {sorted(names ^ set(links))[:6]}")
         steps = record(case, tr, links)

@@ -23,7 +23,7 @@ recipe's DeepLabV3s:
 kdlab's side is its own training step: recipe -> ``build_distiller`` -> ``Optimisation.build``
 (with the norm parameters, as the trainer) -> ``train_step``, one epoch (``set_epoch(0)``,
 ``train()``), ``STEPS`` steps. The digest of every tensor of the distiller's state_dict (each
-once: :func:`unique_state`) is ``trajectory_setup.digest``'s.
+once: ``trajectory_setup.unique_state``) is ``trajectory_setup.digest``'s.
 """
 
 from __future__ import annotations
@@ -43,8 +43,6 @@ from kdlab.methods import build_distiller
 from kdlab.methods.base import Distiller
 from kdlab.models import build_model
 from kdlab.tasks import build_task
-from kdlab.training.optimisation import Optimisation, norm_parameters
-from kdlab.training.step import train_step
 
 FIXTURES = P.FIXTURES / "trajectory_cirkd"
 NETWORKS = ("seg_resnet20", "seg_resnet8")
@@ -166,43 +164,15 @@ def build(case: Case, teacher: Any, student: Any) -> Distiller:
 
 
 # --------------------------------------------------------------------- kdlab's side
-def unique_state(d: Distiller) -> dict[str, Tensor]:
-    """The distiller's state_dict with each tensor once, under its first name (a combo's
-    parts hold the student again)."""
-    seen: set[int] = set()
-    out = {}
-    for name, t in d.state_dict(keep_vars=True).items():
-        if id(t) not in seen:
-            seen.add(id(t))
-            out[name] = t.detach()
-    return out
-
-
 def run(case: Case, d: Distiller | None = None,
         on_step: Callable[[int, dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """kdlab's trajectory: per step the learning rates (run and critic), the weighted terms
     and the digest of the distiller's state."""
-    cfg = recipe(case)
     if d is None:
         d = build(case, *networks())
-    params = [p for p in d.parameters() if p.requires_grad]
-    optim = Optimisation.build(params, d.separate_optimizers(), cfg.optim, cfg.schedule,
-                               steps_per_epoch=STEPS, device=torch.device("cpu"), amp="none",
-                               norm=norm_parameters(d))
-    start = {k: v.clone() for k, v in unique_state(d).items()}
-    d.set_epoch(0, 1)
-    d.train()
-    steps = []
-    for i in range(STEPS):
-        x, y = step_batch(i)
+
+    def critic_lr(_i: int, optim: Any) -> dict[str, float]:
         (critic_optim,) = optim.separate.values()
-        lr, critic_lr = optim.lr, critic_optim.param_groups[0]["lr"]
-        _, losses, _ = train_step(d, optim, x, y, None, device=torch.device("cpu"),
-                                  amp="none")
-        record = {"lr": lr, "critic_lr": critic_lr,
-                  "terms": {k: float(v.detach()) for k, v in losses.items()},
-                  "digest": TS.digest(unique_state(d), start)}
-        steps.append(record)
-        if on_step is not None:
-            on_step(i, record)
-    return steps
+        return {"critic_lr": critic_optim.param_groups[0]["lr"]}
+
+    return TS.one_epoch(d, recipe(case), STEPS, step_batch, critic_lr, on_step)

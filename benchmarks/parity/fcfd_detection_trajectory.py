@@ -75,7 +75,6 @@ import generate as G  # noqa: E402
 import parity_setup as P  # noqa: E402
 import trajectory as T  # noqa: E402
 import trajectory_setup as TS  # noqa: E402
-from cirkd_trajectory_setup import unique_state  # noqa: E402
 
 from kdlab.tasks.detection.models.detector import _training_targets, roi_lens  # noqa: E402
 
@@ -332,7 +331,7 @@ def link_all(d: Any, s: nn.Module, t: nn.Module, model: nn.Module) -> dict[str, 
             if level in ours:
                 links |= T.copied(T.prefix_of(d, ours[level]), ours[level],
                                   model.bridges[kind][i])
-    names = set(unique_state(d))
+    names = set(TS.unique_state(d))
     if set(links) != names:
         raise SystemExit(f"unlinked tensors {sorted(names ^ set(links))[:6]}")
     return links

@@ -33,7 +33,6 @@ from typing import Any
 import parity_setup as P
 import torch
 import trajectory_setup as TS
-from cirkd_trajectory_setup import unique_state
 from torch import Tensor
 
 from kdlab.core.config import RunConfig, load_config
@@ -41,8 +40,6 @@ from kdlab.methods import build_distiller
 from kdlab.methods.base import Distiller
 from kdlab.models import build_model
 from kdlab.tasks import build_task
-from kdlab.training.optimisation import Optimisation, norm_parameters
-from kdlab.training.step import train_step
 
 FIXTURES = P.FIXTURES / "trajectory_detection"
 RECIPE = (P.ROOT / "recipes" / "coco" / "fcfd"
@@ -104,27 +101,12 @@ def build(teacher: Any, student: Any) -> Distiller:
 def run(d: Distiller | None = None,
         on_step: Callable[[int, dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """kdlab's trajectory: per step the learning rate, the weighted terms and the digest of
-    the distiller's state."""
-    cfg = recipe()
+    the distiller's state (the step's random draws seeded by ``SEEDS["draws"] + step``)."""
     if d is None:
         d = build(*networks())
-    params = [p for p in d.parameters() if p.requires_grad]
-    optim = Optimisation.build(params, d.separate_optimizers(), cfg.optim, cfg.schedule,
-                               steps_per_epoch=STEPS, device=torch.device("cpu"), amp="none",
-                               norm=norm_parameters(d))
-    start = {k: v.clone() for k, v in unique_state(d).items()}
-    d.set_epoch(0, 1)
-    d.train()
-    steps = []
-    for i in range(STEPS):
-        x, targets = step_batch(i)
-        lr = optim.lr
+
+    def seeded(i: int, _optim: Any) -> dict[str, Any]:
         torch.manual_seed(SEEDS["draws"] + i)
-        _, losses, _ = train_step(d, optim, x, targets, None, device=torch.device("cpu"),
-                                  amp="none")
-        record = {"lr": lr, "terms": {k: float(v.detach()) for k, v in losses.items()},
-                  "digest": TS.digest(unique_state(d), start)}
-        steps.append(record)
-        if on_step is not None:
-            on_step(i, record)
-    return steps
+        return {}
+
+    return TS.one_epoch(d, recipe(), STEPS, step_batch, seeded, on_step)

@@ -35,7 +35,7 @@ from torch import Tensor
 from kdlab.core.config import RunConfig, load_config
 from kdlab.methods import build_distiller
 from kdlab.methods.base import Distiller
-from kdlab.training.optimisation import Optimisation
+from kdlab.training.optimisation import Optimisation, norm_parameters
 from kdlab.training.step import train_step
 
 FIXTURES = P.FIXTURES / "trajectory"
@@ -189,6 +189,49 @@ def fcfd_paths(candidates: list[Path_]) -> list[list[Path_]]:
     t2s = sorted(k for k, d in candidates if d == 0)
     return [[(s2t[0], 1), (t2s[-1], 0)], [(s2t[0], 1), (s2t[-1], 1)],
             [(t2s[0], 0), (t2s[-1], 0)]]
+
+
+# --------------------------------------------------------------------- one-epoch loop
+def unique_state(d: Distiller) -> dict[str, Tensor]:
+    """The distiller's state_dict with each tensor once, under its first name (a combo's
+    parts hold the student again)."""
+    seen: set[int] = set()
+    out = {}
+    for name, t in d.state_dict(keep_vars=True).items():
+        if id(t) not in seen:
+            seen.add(id(t))
+            out[name] = t.detach()
+    return out
+
+
+def one_epoch(d: Distiller, cfg: RunConfig, steps: int, batch: Callable[[int], tuple],
+              before_step: Callable[[int, Optimisation], dict[str, Any]] | None = None,
+              on_step: Callable[[int, dict[str, Any]], None] | None = None
+              ) -> list[dict[str, Any]]:
+    """kdlab's side of a one-epoch trajectory, as the trainer runs it: ``cfg``'s optimiser
+    and schedule (the norm parameters passed, as the trainer does), ``train_step`` on
+    ``batch(i)`` = (inputs, targets) for ``steps`` steps. Per step: the LR, whatever
+    ``before_step(i, optim)`` returns (it may also force the step's random draws), the
+    weighted terms and the digest of :func:`unique_state` against the start."""
+    params = [p for p in d.parameters() if p.requires_grad]
+    optim = Optimisation.build(params, d.separate_optimizers(), cfg.optim, cfg.schedule,
+                               steps_per_epoch=steps, device=torch.device("cpu"), amp="none",
+                               norm=norm_parameters(d))
+    start = {k: v.clone() for k, v in unique_state(d).items()}
+    d.set_epoch(0, 1)
+    d.train()
+    records = []
+    for i in range(steps):
+        x, y = batch(i)
+        record = {"lr": optim.lr, **(before_step(i, optim) if before_step else {})}
+        _, losses, _ = train_step(d, optim, x, y, None, device=torch.device("cpu"),
+                                  amp="none")
+        record["terms"] = {k: float(v.detach()) for k, v in losses.items()}
+        record["digest"] = digest(unique_state(d), start)
+        records.append(record)
+        if on_step is not None:
+            on_step(i, record)
+    return records
 
 
 # --------------------------------------------------------------------- digest

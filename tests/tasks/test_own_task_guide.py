@@ -39,7 +39,7 @@ def metrics(run_dir: Path) -> list[dict[str, str]]:
 def test_the_guide_names_its_files_and_commands():
     assert set(guide_files(GUIDE)) == {
         "centres/__init__.py", "centres/task.py", "centres/dataset.py", "centres/models.py",
-        "centres/methods.py", "centres_teacher.yaml", "centres_student.yaml"}
+        "centres_teacher.yaml", "centres_student.yaml"}
     assert [c[:2] for c in guide_commands(GUIDE)] == [["kdlab", "train"], ["kdlab", "distill"]]
 
 
@@ -111,3 +111,17 @@ def test_the_guide_task_counts_a_centre_found_where_the_heat_map_peaks_near_it(c
     assert loss.item() == pytest.approx(math.log(2.0))  # p = 1/2 whatever the target
     example = task.example_targets(4, 1, (32, 32), torch.Generator().manual_seed(0), "cpu")
     assert example.shape == (4, 32, 32) and set(example.unique().tolist()) <= {0, 1}
+
+
+def test_methods_for_any_task_run_on_the_guide_task_and_others_say_which_tasks_they_support(
+        centres):
+    from kdlab.errors import UserError
+    from kdlab.methods import METHODS
+
+    assert METHODS.get("ce").for_task("centres") is METHODS.get("ce")
+    assert METHODS.get("fitnet").for_task("centres") is METHODS.get("fitnet")
+    assert METHODS.get("fitnet").for_task("detection").__name__ == "FitNetDetection"
+    said = (r"does not support task 'centres' \(it supports classification, segmentation, "
+            r"detection\); pick a method for centres")
+    with pytest.raises(UserError, match=said):
+        METHODS.get("kd").for_task("centres")

@@ -46,6 +46,10 @@ class NoConfig:
     """A method without hyper-parameters."""
 
 
+#: ``Distiller.tasks`` of a method that runs on every task, registered ones and plugins'
+ANY_TASK: tuple[str, ...] = ("any",)
+
+
 class Distiller(nn.Module):
     """Base class: holds the student, its trainable extras and a frozen teacher.
 
@@ -71,6 +75,8 @@ class Distiller(nn.Module):
     #: False for a method without a frozen teacher (plain CE, self- and online distillation)
     needs_teacher: bool = True
     #: The tasks (``kdlab.tasks``) this method can distil; the run's ``task`` must be one.
+    #: :data:`ANY_TASK` for a method that reads only what every task's networks have (the
+    #: task's own loss, the staged view's stage outputs): it runs on a plugin's task as is.
     tasks: ClassVar[tuple[str, ...]] = ("classification",)
     #: False for a method that reads only logits and pooled embeddings: it also distils
     #: networks whose staged view has no stages (timm's ViTs, see kdlab.models.timm).
@@ -173,9 +179,17 @@ class Distiller(nn.Module):
 
     @classmethod
     def supported_tasks(cls) -> tuple[str, ...]:
-        """Every task this method runs on: its own and those of its variants."""
+        """Every task this method runs on: its own and those of its variants (``any`` for
+        :data:`ANY_TASK`)."""
+        if tuple(cls.tasks) == ANY_TASK:
+            return ANY_TASK
         own = cls.__dict__.get("variants", {})
         return tuple(cls.tasks) + tuple(t for t in own if t not in cls.tasks)
+
+    @classmethod
+    def runs_on(cls, task: str) -> bool:
+        """Whether this class itself (not a variant) runs on ``task``."""
+        return tuple(cls.tasks) == ANY_TASK or task in cls.tasks
 
     @classmethod
     def for_task(cls, task: str) -> type[Distiller]:
@@ -184,7 +198,7 @@ class Distiller(nn.Module):
         target = cls.__dict__.get("variants", {}).get(task)
         if target is not None:
             return target
-        if task not in cls.tasks:
+        if not cls.runs_on(task):
             raise UserError(f"Method {cls.__name__} does not support task {task!r} (it supports "
                             f"{', '.join(cls.supported_tasks())}); pick a method for {task}, see "
                             "`kdlab list methods`.")

@@ -64,7 +64,7 @@ ENTRIES = {
     'methods': [
         ('at', 'classification,segmentation', 'Attention transfer (Zagoruyko & Komodakis, ICLR 2017) plus cross-entropy.'),
         ('cc', 'classification', 'CC (Peng et al., "Correlation Congruence for Knowledge Distillation", ICCV 2019).'),
-        ('ce', 'classification,segmentation,detection', "Cross-entropy training without a teacher (teachers and 'student alone' baselines)."),
+        ('ce', 'any', "Cross-entropy training without a teacher (teachers and 'student alone' baselines)."),
         ('combo', 'classification,segmentation,detection', "A weighted sum of registered methods' distillation losses."),
         ('crd', 'classification', 'Contrastive representation distillation (Tian et al., ICLR 2020) plus CE.'),
         ('cwd', 'segmentation', 'Channel-wise distillation (Shu et al., ICCV 2021) on score maps and/or features.'),
@@ -72,7 +72,7 @@ ENTRIES = {
         ('dml', 'classification', 'Deep mutual learning (Zhang et al., CVPR 2018): every peer is trained and reported.'),
         ('fcfd', 'classification,segmentation,detection', "FCFD (Liu et al., ICLR 2023): L_task + L_kd + sum_K L_app + sampled L_func / L_func'."),
         ('fgfi', 'detection', 'FGFI (Wang et al., CVPR 2019): detector losses + weight * masked FPN imitation.'),
-        ('fitnet', 'classification,segmentation,detection', 'FitNet (Romero et al., ICLR 2015): CE + weight * MSE(B(F_s^k), F_t^k).'),
+        ('fitnet', 'any', 'FitNet (Romero et al., ICLR 2015): CE + weight * MSE(B(F_s^k), F_t^k).'),
         ('frskd', 'classification', 'FRSKD self-distillation (Ji et al., CVPR 2021); ``beta: 0`` gives FRSKD\\F.'),
         ('frskd_sla', 'classification', 'FRSKD+SLA (Ji et al., CVPR 2021; Lee et al., ICML 2020): FRSKD with rotation joint'),
         ('irg', 'classification', 'IRG (Liu et al., "Knowledge Distillation via Instance Relationship Graph", CVPR 2019).'),

@@ -11,7 +11,7 @@ from torch import Tensor
 from kdlab.core.settings import setting
 from kdlab.errors import UserError
 from kdlab.methods import METHODS
-from kdlab.methods.base import Batch, Distiller, Losses
+from kdlab.methods.base import ANY_TASK, Batch, Distiller, Losses
 
 
 @METHODS.register("ce")
@@ -19,7 +19,7 @@ class CrossEntropy(Distiller):
     """Cross-entropy training without a teacher (teachers and 'student alone' baselines)."""
 
     needs_teacher = False
-    tasks = ("classification", "segmentation", "detection")
+    tasks = ANY_TASK  # the task's own loss, whatever the task
 
     uses_stages = False  # logits and pooled embeddings only: ViTs too
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from kdlab.core.settings import setting
 from kdlab.errors import UserError
 from kdlab.methods import METHODS
-from kdlab.methods.base import Batch, Distiller, Losses
+from kdlab.methods.base import ANY_TASK, Batch, Distiller, Losses
 from kdlab.methods.fitnet.regressor import ConvRegressor
 from kdlab.methods.shared.bridge import Bridge
 from kdlab.methods.shared.hint import hint_loss
@@ -29,7 +29,7 @@ from kdlab.models.staged.view import Features
 class FitNet(Distiller):
     """FitNet (Romero et al., ICLR 2015): CE + weight * MSE(B(F_s^k), F_t^k)."""
 
-    tasks = ("classification", "segmentation")  # backbone stage features either way
+    tasks = ANY_TASK  # stage outputs of the staged view, whatever the task (detection: a variant)
     @dataclass
     class Config:
         """``position`` is the 1-based stage whose output is the hint / guided layer
