@@ -233,3 +233,15 @@ def test_mobilenet_v2_fpn_taps_the_authors_blocks() -> None:
                                                                                160]
     with pytest.raises(UserError, match="fpn_taps"):
         build_model("fasterrcnn_mobilenet_v2_fpn", num_classes=3, options={"fpn_taps": "mid"})
+
+
+def test_msra_weights_need_the_msra_bottleneck(tmp_path: Path) -> None:
+    """An MSRA (Caffe2) file into a ResNet that downsamples in the 3x3 is refused."""
+    shapes = json.loads(FIXTURE.read_text())["msra"]["blob_shapes"]
+    blobs = {k: np.zeros(s) for k, s in shapes.items()}
+    path = _write(tmp_path / "R-50.pkl", blobs)
+    torchvision_layout = build_model("fasterrcnn_resnet50_fpn", num_classes=3, input_size=64,
+                                     options={**SMALL, "stride_in_1x1": False})
+    with pytest.raises(UserError, match="stride_in_1x1: true"):
+        load_detectron2_weights(torchvision_layout.net, path)
+    assert load_detectron2_weights(_small().net, path)  # MSRA layout: loads, heads fresh

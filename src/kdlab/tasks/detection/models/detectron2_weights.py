@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torchvision.models.resnet import Bottleneck
 
 from kdlab.errors import UserError
 
@@ -270,14 +271,17 @@ def _fill_frozen_bn(out: dict[str, Tensor], own: dict[str, Tensor]) -> None:
             out.setdefault(base + "running_var", torch.ones_like(own[base + "running_var"]))
 
 
-def detectron2_state(path: Path, own: dict[str, Tensor], num_classes: int
-                     ) -> tuple[dict[str, Tensor], list[str]]:
+def detectron2_state(path: Path, own: dict[str, Tensor], num_classes: int,
+                     net: nn.Module | None = None) -> tuple[dict[str, Tensor], list[str]]:
     """``(tensors to load, names left fresh)`` for a detector whose state dict is ``own``.
 
     A whole detector must provide every tensor; a backbone file every tensor of
     ``backbone.body`` (the FPN and heads stay fresh and are returned as left fresh). A
-    missing, unknown or mis-shaped tensor is a UserError naming the first few."""
+    missing, unknown or mis-shaped tensor is a UserError naming the first few; so is an MSRA
+    file for ``net`` (when given) whose bottlenecks downsample in the 3x3 convolution."""
     file = read_pkl(path)
+    if file.author == "Caffe2" and net is not None:
+        _check_msra_strides(net, path)
     out = _tensors(file, num_classes)
     _fill_frozen_bn(out, own)
     wanted = [k for k in own if file.whole or k.startswith("backbone.body.")]
@@ -297,12 +301,22 @@ def detectron2_state(path: Path, own: dict[str, Tensor], num_classes: int
     return state, [k for k in own if k not in state]
 
 
+def _check_msra_strides(net: nn.Module, path: Path) -> None:
+    """MSRA's bottlenecks downsample in their first 1x1 convolution: a torchvision-layout
+    ResNet would compute another function with their weights."""
+    if any(isinstance(m, Bottleneck) and m.conv2.stride != (1, 1) for m in net.modules()):
+        raise UserError(f"{path.name} holds MSRA ResNet weights, whose blocks downsample in the "
+                        "first 1x1 convolution; build the detector with the model option "
+                        "stride_in_1x1: true.")
+
+
 def load_detectron2_weights(net: nn.Module, path: str | Path) -> list[str]:
     """Load a Detectron2 ``.pkl`` into a torchvision Faster R-CNN FPN ``net`` (see the module
-    doc); returns the names of the tensors left fresh (none for a whole detector)."""
+    doc); returns the names of the tensors left fresh (none for a whole detector). An MSRA
+    (Caffe2) file needs the detector built with ``stride_in_1x1``."""
     own = net.state_dict()
     num_classes = int(own["roi_heads.box_predictor.cls_score.weight"].shape[0]) - 1
-    state, fresh = detectron2_state(Path(path), own, num_classes)
+    state, fresh = detectron2_state(Path(path), own, num_classes, net)
     net.load_state_dict(state, strict=False)
     return fresh
 
