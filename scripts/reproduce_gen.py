@@ -8,7 +8,8 @@ CWD recipes and the COCO FCFD one, tests/methods/test_parity_trajectory_cirkd.py
 test_parity_trajectory_fcfd_detection.py runs this recipe; loss-exact: a
 loss fixture of tests/methods/test_parity.py covers its method and pair; protocol values:
 tests/core/test_reference_values.py (COCO, ImageNet SRRL) or tests/core/test_reference_recipes.py
-(every Cityscapes recipe) compares its settings with the reference's), and what
+(every Cityscapes recipe) compares its settings with the reference's; Detectron2's network
+function: the header names tests/tasks/detection/test_detectron2_parity.py), and what
 differs (the header's ``Differs:`` or ``Not value for value:`` paragraph) and kdlab's
 result (its ``Measured:`` paragraph; benchmarks/gpu/README.md has the commands). No recipe is read
 other than through its header comments, so the map follows whatever recipes exist.
@@ -35,6 +36,9 @@ LABELS = ("Differs:", "Not value for value:", "Protocol", "Teacher:", "Weights",
           "Offline:", "Needs a trained teacher", "(written by", "The teacher is", "Student ",
           "Inheriting", "The frozen teacher", "Measured:")
 DIFFERS = ("Differs:", "Not value for value:")
+#: the test a header names when its detectors compute Detectron2's function on Detectron2's
+#: weight files (Detectron2's own model run on the same weights, stage by stage)
+D2_PARITY = "tests/tasks/detection/test_detectron2_parity.py"
 #: a full stop that ends a sentence (not one of "App. D", "Sec. 4", "Eq. 3", "e.g. ")
 SENTENCE_END = re.compile(r"(?<!App)(?<!Sec)(?<!Eq)(?<!Tab)(?<!Fig)(?<!e\.g)(?<!i\.e)\.\s")
 
@@ -179,7 +183,10 @@ def render(root: Path = ROOT) -> str:
         "reference's on one batch (tests/methods/test_parity.py). **Protocol values**: every "
         "training setting equals the reference's value, file and commit named in "
         "benchmarks/parity/reference_values.py (tests/core/test_reference_values.py) or in "
-        "tests/core/test_reference_recipes.py's tables (Cityscapes, CIRKD). A kdlab "
+        "tests/core/test_reference_recipes.py's tables (Cityscapes, CIRKD). **Detectron2's "
+        "network function**: the recipe's detectors, loaded from a Detectron2 weight file, "
+        "compute what Detectron2 v0.6 computes with it, stage by stage "
+        "(tests/tasks/detection/test_detectron2_parity.py). A kdlab "
         "result is the full run of the recipe (its `Run:` line), written into its header as "
         "`Measured: ...`; benchmarks/gpu/README.md gives the commands.",
         "",
@@ -197,8 +204,11 @@ def render(root: Path = ROOT) -> str:
             rel = path.relative_to(root).as_posix()
             h = read_header(path)
             differs = " ".join(h.differs) or "none written"
+            level = levels.get(rel, "not tested")
+            if D2_PARITY in h.text:  # the networks run Detectron2's function on its files
+                level += f"; Detectron2's network function (`{D2_PARITY}`)"
             row = [f"`{rel.removeprefix('recipes/')}`", h.cites, ", ".join(h.references),
-                   levels.get(rel, "not tested"), differs, h.measured]
+                   level, differs, h.measured]
             out.append("| " + " | ".join(_cell(c) for c in row) + " |")
         out.append("")
     return "\n".join(out)

@@ -5,7 +5,8 @@ value by value, each with the file (and line) and commit it comes from.
 a value the recipe does not match must be listed in ``DIFFERS`` (with the reason) and named in
 the recipe header's ``Differs:`` paragraph, so that no difference stays silent.
 ``scripts/reproduce_gen.py`` reads the table to mark those recipes' parity level in
-docs/reproduce.md. Keys are the recipe's dotted settings (``optim.lr``, ``method.temperature``).
+docs/reproduce.md. Keys are the recipe's dotted settings (``optim.lr``, ``method.temperature``,
+``model.student_options.input_format``).
 """
 
 from __future__ import annotations
@@ -52,6 +53,62 @@ def _fcfd_detection(config: str, batch_line: int, lr_line: int, amp_line: int,
     }
 
 
+def _d2_network(role: str, config: str, kind: str) -> Values:
+    """The pixel format and Detectron2 parts of one network of an FCFD detection config
+    (``role``: student | teacher; ``kind``: msra (a ResNet-50/101 from MSRA or the model zoo),
+    r18 or mv2), as the model options of kdlab's detector."""
+    key = f"model.{role}_options."
+    d2 = f"{D2}, config/defaults.py"
+    fcfd_cfg = f"{FCFD}, detection/model/config.py"
+    where = d2 if role == "student" else fcfd_cfg
+    lines = {"format": 84, "mean": 42, "std": 46, "stride": 488, "pool": "304-306",
+             "offset": 193} if role == "student" else {
+        "format": 89, "mean": 49, "std": 53, "stride": 504, "pool": "309-311", "offset": 198}
+    out: Values = {
+        f"{key}input_format": ("bgr", f"{where}:{lines['format']} (INPUT.FORMAT)"),
+        f"{key}pixel_mean": ([103.530, 116.280, 123.675],
+                             f"{where}:{lines['mean']} (MODEL.PIXEL_MEAN)"),
+        f"{key}pixel_std": ([1.0, 1.0, 1.0], f"{where}:{lines['std']} (MODEL.PIXEL_STD)"),
+        f"{key}box_pooler": ("roialignv2", f"{where}:{lines['pool']} (ROI_BOX_HEAD.POOLER_TYPE "
+                                           "ROIAlignV2, POOLER_SAMPLING_RATIO 0)"),
+        f"{key}anchors": ("detectron2", f"{where}:{lines['offset']} (ANCHOR_GENERATOR.OFFSET 0; "
+                                        f"{D2}, modeling/anchor_generator.py "
+                                        "generate_cell_anchors, unrounded)"),
+    }
+    if kind != "r18" and kind != "mv2":
+        out[f"{key}stride_in_1x1"] = (True, f"{where}:{lines['stride']} "
+                                            "(RESNETS.STRIDE_IN_1X1)")
+    cfg = f"{FCFD}, detection/configs/{config}"
+    if kind == "mv2" and role == "student":
+        out[f"{key}fpn_taps"] = ("last", f"{FCFD}, detection/model/backbone/mobilenetv2.py:119-"
+                                         f"127 (m2..m5: last block of each stride); {cfg}:9")
+    if kind == "r18" and role == "student":
+        out[f"{key}input_format"] = ("rgb", f"{cfg}:4 (INPUT.FORMAT)")
+        out[f"{key}pixel_std"] = ([57.375, 57.120, 58.395], f"{cfg}:6 (MODEL.PIXEL_STD)")
+    if kind == "r18" and role == "teacher":  # normalised in the student's RGB order, reversed
+        out[f"{key}pixel_mean"] = ([123.675, 116.280, 103.530],
+                                   f"{fcfd_cfg}:49 (TEACHER.MODEL.PIXEL_MEAN) subtracted from "
+                                   f"the RGB image, then reversed to BGR: {FCFD}, "
+                                   "detection/model/rcnn.py:312-321")
+    return out
+
+
+#: the teachers: Detectron2 model-zoo detectors (ReviewKD's release files that the FCFD configs
+#: load hold "Detectron2's pretrained detector": dvlab-research/ReviewKD @ cede6ea
+#: Detection/README.md); kdlab reads the model-zoo file of that depth (MODEL_ZOO.md)
+ZOO_R101 = ("pretrained/model_final_f6e8b1.pkl",
+            f"{D2}, MODEL_ZOO.md:189 (faster_rcnn_R_101_FPN_3x)")
+ZOO_R50 = ("pretrained/model_final_280758.pkl",
+           f"{D2}, MODEL_ZOO.md:159 (faster_rcnn_R_50_FPN_3x)")
+
+
+def _fcfd_networks(config: str, student: str, teacher_file: tuple[str, str]) -> Values:
+    """Both networks of an FCFD detection config: pixel formats, parts, teacher file."""
+    return {**_d2_network("student", config, student),
+            **_d2_network("teacher", config, "r18" if student == "r18" else "msra"),
+            "model.teacher_pretrained": teacher_file}
+
+
 def _srrl(teacher: str) -> Values:
     script = f"{SRRL}, train_imagenet_distillation.py"
     return {
@@ -75,18 +132,28 @@ def _srrl(teacher: str) -> Values:
 COCO_FCFD = "recipes/coco/fcfd/"
 #: recipe path -> the reference's values
 REFERENCE: dict[str, Values] = {
-    f"{COCO_FCFD}fasterrcnn_resnet18_fpn_from_fasterrcnn_resnet101_fpn.yaml":
-        _fcfd_detection("FCFD-R18-R101.yaml", 33, 34, 31, 28),
-    f"{COCO_FCFD}fasterrcnn_resnet50_fpn_from_fasterrcnn_resnet101_fpn.yaml":
-        _fcfd_detection("FCFD-R50-R101.yaml", 29, 30, 27, 24),
-    f"{COCO_FCFD}fasterrcnn_mobilenet_v2_fpn_from_fasterrcnn_resnet50_fpn.yaml":
-        _fcfd_detection("FCFD-MV2-R50.yaml", 30, 31, 28, 25),
-    "recipes/coco/fcfd_inherit/fasterrcnn_resnet50_fpn_from_fasterrcnn_resnet101_fpn.yaml":
-        _fcfd_detection("FCFD-R50-R101-INHERIT.yaml", 30, 31, 28, 25),
+    f"{COCO_FCFD}fasterrcnn_resnet18_fpn_from_fasterrcnn_resnet101_fpn.yaml": {
+        **_fcfd_detection("FCFD-R18-R101.yaml", 33, 34, 31, 28),
+        **_fcfd_networks("FCFD-R18-R101.yaml", "r18", ZOO_R101)},
+    f"{COCO_FCFD}fasterrcnn_resnet50_fpn_from_fasterrcnn_resnet101_fpn.yaml": {
+        **_fcfd_detection("FCFD-R50-R101.yaml", 29, 30, 27, 24),
+        **_fcfd_networks("FCFD-R50-R101.yaml", "msra", ZOO_R101)},
+    f"{COCO_FCFD}fasterrcnn_mobilenet_v2_fpn_from_fasterrcnn_resnet50_fpn.yaml": {
+        **_fcfd_detection("FCFD-MV2-R50.yaml", 30, 31, 28, 25),
+        **_fcfd_networks("FCFD-MV2-R50.yaml", "mv2", ZOO_R50)},
+    "recipes/coco/fcfd_inherit/fasterrcnn_resnet50_fpn_from_fasterrcnn_resnet101_fpn.yaml": {
+        **_fcfd_detection("FCFD-R50-R101-INHERIT.yaml", 30, 31, 28, 25),
+        **_fcfd_networks("FCFD-R50-R101-INHERIT.yaml", "msra", ZOO_R101)},
     "recipes/imagenet/srrl/resnet18_from_resnet34.yaml": _srrl("resnet34"),
     "recipes/imagenet/srrl/mobilenet_v1_from_resnet50.yaml": _srrl("resnet50"),
 }
 
+_MV2_INPUT = ("the student's MobileNetV2 starts from torchvision's ImageNet weights, which read "
+              "RGB with ImageNet mean / std; the authors' MobileNetV2 file (inside "
+              "mv2-r50.pth) is not documented")
 #: recipe path -> {setting: why the recipe differs}; the recipe header names each setting
-#: (none at present: the COCO recipes' run length became schedule.iterations)
-DIFFERS: dict[str, dict[str, str]] = {}
+DIFFERS: dict[str, dict[str, str]] = {
+    f"{COCO_FCFD}fasterrcnn_mobilenet_v2_fpn_from_fasterrcnn_resnet50_fpn.yaml": {
+        f"model.student_options.{k}": _MV2_INPUT
+        for k in ("input_format", "pixel_mean", "pixel_std")},
+}

@@ -289,6 +289,38 @@ def dense_section() -> str:
     return DENSE.format(rtol=TS.RTOL, rows="\n".join(rows)) if rows else ""
 
 
+DETECTRON2 = """
+## Detectron2's network function on its weight files
+
+Detectron2 v0.6's own Faster R-CNN R-50-FPN (`build_model` from `configs/Base-RCNN-FPN.yaml` at
+small widths: bottleneck width 8, FPN 16 channels, FC 32, {classes} classes, STRIDE_IN_1X1), on
+seeded float64 weights (seed {seed}, {tensors} tensors) loaded by its `DetectionCheckpointer`
+from a model-zoo-format `.pkl`, one {h} x {w} image, against kdlab's `fasterrcnn_resnet50_fpn`
+with the Detectron2 options loading the same file
+(`tests/tasks/detection/test_detectron2_parity.py`; produced by
+`benchmarks/parity/detectron2_weights_fixture.py`; detectron2 @ `{commit}`). CI holds every
+stage to 1e-9 of its largest value, the boxes after the anchors and the detection scores to 1e-6
+(Detectron2 keeps boxes in float32 `Boxes` even in a float64 model). Measured (2026-12-07, 1 and
+2 threads): input, res2-res5, p2-p6, the RPN's objectness and deltas, the box head's scores and
+deltas on {boxes} fixed boxes within 4.2e-15; anchors exact; {proposals} proposals within 1.1e-7
+and {detections} detections (boxes 1.3e-7, scores 3.5e-8, classes equal); an MSRA-named (Caffe2)
+file through both loaders: res2-res5 within 2.0e-15.
+"""
+
+
+def detectron2_section() -> str:
+    path = P.FIXTURES.parent / "parity_detectron2" / "faster_rcnn_r50_fpn.json"
+    if not path.is_file():
+        return ""
+    fx = json.loads(path.read_text())
+    h, w = fx["image_size"]
+    return DETECTRON2.format(
+        classes=fx["num_classes"], seed=fx["seed"], tensors=len(fx["shapes"]), h=h, w=w,
+        commit=fx["detectron2_commit"][:7], boxes=len(fx["fixed_boxes"]),
+        proposals=fx["stages"]["proposals"]["shape"][0],
+        detections=len(fx["stages"]["detections"]["classes"]))
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=P.ROOT / "benchmarks" / "results" / "parity.md")
@@ -320,6 +352,7 @@ def main(argv: list[str] | None = None) -> None:
     text = "\n".join(f"- {', '.join(where)}: {why}." for why, where in reasons.items())
     lines.append(trajectory_section())
     lines.append(dense_section())
+    lines.append(detectron2_section())
     lines.append(FOOTER.format(reasons=text, defaults=defaults_table()))
     args.out.write_text("\n".join(lines))
     print("wrote", args.out)

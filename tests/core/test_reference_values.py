@@ -22,12 +22,15 @@ import reproduce_gen  # noqa: E402
 
 
 def _setting(cfg: Any, key: str) -> Any:
-    """A recipe's value of ``section.name`` (``method.*`` from its method options), or the
-    marker ``MISSING`` where kdlab has no such setting."""
+    """A recipe's value of ``section.name`` (``method.*`` from its method options;
+    ``model.student_options.x`` inside that option dict), or the marker ``MISSING`` where
+    kdlab has no such setting."""
     section, name = key.split(".", 1)
     if section == "method":
         return cfg.method_options.get(name, MISSING)
-    return getattr(getattr(cfg, section), name, MISSING)
+    field, _, option = name.partition(".")
+    value = getattr(getattr(cfg, section), field, MISSING)
+    return value.get(option, MISSING) if option and isinstance(value, dict) else value
 
 
 MISSING = object()

@@ -58,7 +58,8 @@ class DataConfig:
     mean: list[float] | None = setting(None, range="[0, 1]")
     std: list[float] | None = setting(None, range="> 0")
     normalized: bool = False
-    # segmentation folders (VOC, Cityscapes, ADE20K): the network's input, null = the
+    # segmentation and detection folders (VOC, Cityscapes, ADE20K, COCO): the network's input
+    # (detectors that normalise themselves, Detectron2-style: [0, 0, 0] / [1, 1, 1]), null = the
     # dataset's (RGB, ImageNet mean / std). channel_order bgr reverses the channels (caffe- and
     # OpenCV-style networks); pixel_mean / pixel_std per channel in that order on the 0..255
     # scale, e.g. CIRKD's bgr, [104.00698793, 116.66876762, 122.67891434], [1, 1, 1]

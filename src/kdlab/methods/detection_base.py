@@ -38,12 +38,13 @@ class TeacherROI:
 
 
 def teacher_roi(teacher: Detector, s: DetectionOutput, roi: bool = True) -> TeacherROI:
-    """``teacher``'s FPN on the student's resized batch and (with ``roi``) its ROI head on the
-    student's sampled proposals, under ``torch.inference_mode``; the results are cloned out of
-    it so that losses may save them for the backward pass (they carry no gradient)."""
+    """``teacher``'s FPN on the student's resized batch (in the teacher's pixel format when the
+    student normalises otherwise, :meth:`Detector.input_from`) and (with ``roi``) its ROI head
+    on the student's sampled proposals, under ``torch.inference_mode``; the results are cloned
+    out of it so that losses may save them for the backward pass (they carry no gradient)."""
     logits = deltas = None
     with torch.inference_mode():
-        fpn = teacher.backbone(s.images)
+        fpn = teacher.backbone(teacher.input_from(s, s.images, s.image_sizes))
         if roi:
             logits, deltas = teacher.lens(fpn, s.proposals, s.image_sizes)
     # clones made outside inference mode are normal tensors (without a gradient)
@@ -85,6 +86,12 @@ class DetectionDistiller(Distiller):
             raise UserError(f"The student detects {self.s_det.num_classes} classes and the "
                             f"teacher {self.t_det.num_classes}; use a teacher trained on this "
                             "data.")
+        if self.s_det.normalises_itself != self.t_det.normalises_itself:
+            raise UserError("One detector normalises raw pixels itself (model options "
+                            "input_format / pixel_mean / pixel_std) and the other reads the "
+                            "loader's normalised images; set the pixel options on both "
+                            "networks (data.pixel_mean [0, 0, 0], pixel_std [1, 1, 1]) or on "
+                            "neither.")
         if getattr(self.cfg, "inherit", False):
             inherit_from(self.s_det, self.t_det)
 

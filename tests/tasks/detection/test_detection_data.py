@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -71,6 +72,20 @@ def test_coco_batches_hold_lists_of_images_and_box_targets(tmp_path):
     assert targets[0]["iscrowd"].tolist() == [0, 1]
     torch.testing.assert_close(targets[0]["area"], torch.tensor([99.0, 25.0]))
     assert index.tolist() == [0, 1]
+
+
+def test_coco_raw_pixels_for_detectors_that_normalise_themselves(tmp_path):
+    """data.pixel_mean 0 / pixel_std 1 hand the decoded RGB pixels on 0..255 (Detectron2's
+    input; the detector's pixel options normalise), channel_order bgr reverses them."""
+    _coco(tmp_path)
+    raw = torch.from_numpy(np.array(Image.open(tmp_path / "val2017" / "0.png")))
+    raw = raw.permute(2, 0, 1).float()
+    for order, want in (("rgb", raw), ("bgr", raw.flip(0))):
+        cfg = DataConfig(name="coco", root=str(tmp_path), batch_size=2, eval_batch_size=2,
+                         num_workers=0, augment=False, pixel_mean=[0.0, 0.0, 0.0],
+                         pixel_std=[1.0, 1.0, 1.0], channel_order=order)
+        images, _, _ = next(iter(build_loaders(cfg, torch.device("cpu")).val))
+        torch.testing.assert_close(images[0], want)
 
 
 def test_voc_labels_follow_torchvision_class_order(tmp_path):

@@ -13,15 +13,19 @@ Images keep their size: the detector's own transform resizes them (see
 :mod:`kdlab.tasks.detection.models.builders`). Training flips horizontally (p = 0.5); boxes follow
 every image transform because they are ``tv_tensors.BoundingBoxes`` through
 ``torchvision.transforms.v2`` (:func:`detection_transforms`, which can also resize). Workers
-return uint8 images; normalisation (ImageNet mean / std) happens on the device. Batches are
-``(list of (C, H, W) float images, list of target dicts, int64 dataset indices)``, all on the
-device. Order and augmentation are functions of ``(seed, epoch)`` as for image folders.
+return uint8 images; normalisation (ImageNet mean / std, or ``data.pixel_mean`` /
+``pixel_std`` / ``channel_order`` as for segmentation folders,
+:mod:`kdlab.data.input_normalisation`; ``[0, 0, 0]`` / ``[1, 1, 1]`` hands raw 0..255 RGB
+pixels to detectors that normalise themselves, as Detectron2's do) happens on the device.
+Batches are ``(list of (C, H, W) float images, list of target dicts, int64 dataset
+indices)``, all on the device. Order and augmentation are functions of ``(seed, epoch)`` as
+for image folders.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +35,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from kdlab.core.config import DataConfig
 from kdlab.data.base import DATASETS, DatasetInfo, DatasetSource, Loaders
+from kdlab.data.input_normalisation import input_normalisation
 from kdlab.data.loaders import check_batches, subset_size
 from kdlab.data.sampling import epoch_seed, val_shard
 from kdlab.errors import UserError
@@ -108,8 +113,10 @@ class DetectionLoader:
     and targets on the device."""
 
     def __init__(self, dataset: IndexedDetection, sampler: Any, *, batch_size: int, train: bool,
-                 device: torch.device, num_workers: int, mean: tuple, std: tuple) -> None:
+                 device: torch.device, num_workers: int, mean: Sequence[float],
+                 std: Sequence[float], scale: float = 255.0, bgr: bool = False) -> None:
         self.dataset, self.sampler, self.device = dataset, sampler, device
+        self.scale, self.bgr = scale, bgr
         self.num_workers = num_workers  # processes that decode files (kdlab.runtime.threads)
         self.mean = torch.tensor(mean, dtype=torch.float32, device=device)[:, None, None]
         self.std = torch.tensor(std, dtype=torch.float32, device=device)[:, None, None]
@@ -127,8 +134,9 @@ class DetectionLoader:
 
     def __iter__(self) -> Iterator[tuple[list[Tensor], list[dict[str, Tensor]], Tensor]]:
         for images, targets, index in self.loader:
-            images = [(im.to(self.device, non_blocking=True).float() / 255 - self.mean)
-                      / self.std for im in images]
+            images = [im.to(self.device, non_blocking=True).float() for im in images]
+            images = [((im.flip(0) if self.bgr else im) / self.scale - self.mean) / self.std
+                      for im in images]
             targets = [{k: v.to(self.device, non_blocking=True) for k, v in t.items()}
                        for t in targets]
             yield images, targets, index.to(self.device)
@@ -156,8 +164,9 @@ class DetectionFolders(DatasetSource):
         train_data = IndexedDetection(train_set, nt, detection_transforms(True, cfg.augment),
                                       seed)
         val_data = IndexedDetection(val_set, nv, detection_transforms(False, False), seed)
-        common = dict(device=device, num_workers=cfg.num_workers, mean=self.info.mean,
-                      std=self.info.std)
+        mean, std, scale, bgr = input_normalisation(cfg, self.info.mean, self.info.std)
+        common = dict(device=device, num_workers=cfg.num_workers, mean=mean, std=std,
+                      scale=scale, bgr=bgr)
         sampler = DistributedSampler(train_data, num_replicas=world_size, rank=rank,
                                      shuffle=True, seed=seed)
         train = DetectionLoader(train_data, sampler, batch_size=cfg.batch_size, train=True,

@@ -1,41 +1,52 @@
 """Registered Faster R-CNN FPN detectors (torchvision's, used as they are).
 
 Every builder takes ``num_classes`` = K, the number of object classes
-(``DatasetInfo.num_classes``; labels ``1..K``), and builds torchvision's predictor with
-``K + 1`` outputs, index 0 the background (torchvision's convention). COCO in kdlab keeps
-COCO's category ids as labels (K = 90, as torchvision's COCO checkpoints), so those
-checkpoints load whole.
+(``DatasetInfo.num_classes``; labels ``1..K``), and builds torchvision's predictor with ``K +
+1`` outputs, index 0 the background (torchvision's convention). COCO in kdlab keeps COCO's
+category ids as labels (K = 90, as torchvision's COCO checkpoints), so those checkpoints load
+whole.
 
-- ``fasterrcnn_resnet{18,34,101}_fpn``: ``resnet_fpn_backbone`` (FrozenBatchNorm, FPN on
-  ``layer1..layer4`` plus a max-pooled level, 256 channels) with torchvision's Faster R-CNN
-  defaults (``fasterrcnn_resnet50_fpn`` is torchvision's model of that name, built as its
-  builder builds it for pretrained weights); ``fasterrcnn_resnet50_fpn_v2`` (torchvision's
-  builder, BatchNorm trained) and ``fasterrcnn_mobilenet_v3_large_fpn`` (torchvision's
-  construction, FrozenBatchNorm) keep torchvision's single training size; and
-  ``fasterrcnn_mobilenet_v2_fpn`` puts torchvision's ``mobilenet_backbone`` FPN on the
-  stride-4..32 stages of MobileNetV2 (the FCFD authors' MobileNetV2 FPN reads the same four
-  strides). The RPN keeps 1000 proposals per image after NMS in training (the Detectron2
-  setting of the FCFD authors; torchvision's default is 2000). ResNet training sizes: the
-  shorter side is drawn from Detectron2's 1x scales (640..800) scaled to ``input_size / 800``,
-  at most
-  ``1333 * input_size / 800`` long; evaluation uses ``input_size``.
+- ``fasterrcnn_resnet{18,34,101}_fpn``: built as torchvision's ``resnet_fpn_backbone`` builds
+  them (FrozenBatchNorm, FPN on ``layer1..layer4`` plus a max-pooled level, 256 channels) with
+  torchvision's Faster R-CNN defaults (``fasterrcnn_resnet50_fpn`` is torchvision's model of
+  that name, built as its builder builds it for pretrained weights);
+  ``fasterrcnn_resnet50_fpn_v2`` (torchvision's builder, BatchNorm trained) and
+  ``fasterrcnn_mobilenet_v3_large_fpn`` (torchvision's construction, FrozenBatchNorm) keep
+  torchvision's single training size; and ``fasterrcnn_mobilenet_v2_fpn`` puts torchvision's
+  ``mobilenet_backbone`` FPN on the stride-4..32 stages of MobileNetV2 (the FCFD authors'
+  MobileNetV2 FPN reads the same four strides, but the *last* block of each - features 3, 6, 13,
+  17 of their ``detection/model/backbone/mobilenetv2.py``, 24/32/96/320 channels - where
+  torchvision's ``mobilenet_backbone`` reads the first block of each stride, 24/32/64/160
+  channels; option ``fpn_taps: last`` reads theirs). The RPN keeps 1000 proposals per image
+  after NMS in training (the Detectron2 setting of the FCFD authors; torchvision's default is
+  2000). ResNet training sizes: the shorter side is drawn from Detectron2's 1x scales
+  (640..800) scaled to ``input_size / 800``, at most ``1333 * input_size / 800`` long;
+  evaluation uses ``input_size``.
 - ``frcnn_tiny_r18`` / ``frcnn_tiny_r10`` / ``frcnn_tiny_r10_slim``: small CPU detectors for
   64x64 one-channel scenes: a ResNet of torchvision ``BasicBlock`` stages (2 or 1 blocks per
-  stage, widths 32..256 or 16..128) after a 3x3 stride-2 stem, a 64-channel FPN, an RPN and
-  ROI head set for 10-28 px objects (:class:`TinyHeads`: three anchor sizes per level, RPN
-  positive IoU 0.5, FPN Eq. 1 with torchvision's s0 = 224 and only the levels it can assign at
-  this input size, 32 sampled ROIs per image, a 5x5 ROIAlign grid), few proposals, a
-  256-wide box head, BatchNorm trained from scratch, and no resize
-  (``min_size = max_size = input_size``). Options (``model.student_options``):
-  ``roi_output_size``, ``roi_sampling_ratio``, ``rois_per_image``. ``r10`` has ``r18``'s FPN,
-  RPN and ROI head shapes (the inheriting strategy applies, as ResNet-101 -> ResNet-50);
-  ``r10_slim`` does not.
+  stage, widths 32..256 or 16..128) after a 3x3 stride-2 stem, a 64-channel FPN, an RPN and ROI
+  head set for 10-28 px objects (:class:`TinyHeads`: three anchor sizes per level, RPN positive
+  IoU 0.5, FPN Eq. 1 with torchvision's s0 = 224 and only the levels it can assign at this input
+  size, 32 sampled ROIs per image, a 5x5 ROIAlign grid), few proposals, a 256-wide box head,
+  BatchNorm trained from scratch, and no resize (``min_size = max_size = input_size``). Options
+  (``model.student_options``): ``roi_output_size``, ``roi_sampling_ratio``, ``rois_per_image``.
+  ``r10`` has ``r18``'s FPN, RPN and ROI head shapes (the inheriting strategy applies, as
+  ResNet-101 -> ResNet-50); ``r10_slim`` does not.
 
 Normalisation: the loaders normalise, so the detectors' ``GeneralizedRCNNTransform`` has
-``image_mean = 0`` and ``image_std = 1`` (see :mod:`kdlab.tasks.detection.models.detector`).
+``image_mean = 0`` and ``image_std = 1`` (see :mod:`kdlab.tasks.detection.models.detector`),
+unless the pixel options below make a detector normalise raw pixels itself.
 
-``pretrained``: a local file, either a whole torchvision detector checkpoint (keys
-``backbone.*``, ``rpn.*``, ``roi_heads.*``; e.g. torchvision's COCO Faster R-CNN) or the
+Detectron2's function (opt-in options of the ResNet and MobileNetV2 FPN builders, defaults
+torchvision's; :mod:`kdlab.tasks.detection.models.detector_options`): ``input_format``,
+``pixel_mean``, ``pixel_std`` (the detector normalises raw 0..255 pixels itself),
+``stride_in_1x1`` (ResNet-50/101), ``anchors: detectron2``, ``box_pooler: roialignv2``, and for
+small test detectors ``width_per_group``, ``fpn_channels``, ``box_head_dim``.
+
+``pretrained``: a local file: a Detectron2 ``.pkl`` (a model-zoo detector, an MSRA ``R-50.pkl``
+/ ``R-101.pkl`` or a converted backbone; read strictly by
+:mod:`kdlab.tasks.detection.models.detectron2_weights`), a whole torchvision detector checkpoint
+(keys ``backbone.*``, ``rpn.*``, ``roi_heads.*``; e.g. torchvision's COCO Faster R-CNN) or the
 ImageNet classification weights of the backbone (torchvision's ``resnet50-*.pth``,
 ``mobilenet_v2-*.pth``); ``True`` is refused (no downloads at run time). Tensors of another
 shape stay fresh and are listed in ``net.kdlab_pretrained_skipped``. With ImageNet backbone
@@ -60,7 +71,6 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import (
     BackboneWithFPN,
     mobilenet_backbone,
-    resnet_fpn_backbone,
 )
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.resnet import BasicBlock
@@ -71,6 +81,8 @@ from kdlab.errors import UserError
 from kdlab.models import MODELS
 from kdlab.models.imagenet import _read_state_dict
 from kdlab.tasks.detection.models.detector import Detector
+from kdlab.tasks.detection.models.detector_options import DetectorOptions
+from kdlab.tasks.detection.models.detectron2_weights import load_detectron2_weights
 
 #: Detectron2's 1x training scales (shorter side) for an 800-pixel evaluation size
 D2_TRAIN_SCALES = (640, 672, 704, 736, 768, 800)
@@ -106,6 +118,9 @@ def load_detector_weights(net: FasterRCNN, pretrained: bool | str, name: str) ->
     if pretrained is True:
         raise UserError(f"{name} loads weights from a local file only; pass pretrained="
                         "'/path/to/weights.pth' (a torchvision detector or ImageNet backbone).")
+    if str(pretrained).endswith(".pkl"):  # Detectron2 / MSRA weights, loaded strictly
+        net.kdlab_pretrained_skipped = load_detectron2_weights(net, str(pretrained))
+        return
     state = _read_state_dict(Path(str(pretrained)))
     whole = any(k.startswith(("backbone.", "rpn.", "roi_heads.")) for k in state)
     if not whole:  # ImageNet classification weights of the backbone body
@@ -131,18 +146,47 @@ def _register(name: str, build: Callable[..., Detector], doc: str) -> None:
     build.__name__ = name
     build.__doc__ = doc
     build.task = "detection"  # type: ignore[attr-defined]
+    build.weights_from_file_only = True  # type: ignore[attr-defined]  # no downloads
     MODELS.register(name)(build)
 
 
 # --------------------------------------------------------------------- ResNet FPN
+def _resnet_body(depth: int, width_per_group: int, trainable_layers: int) -> nn.Module:
+    """torchvision's ResNet-``depth`` with FrozenBatchNorm, its first layers frozen as
+    ``resnet_fpn_backbone`` freezes them (``trainable_layers`` of layer4..conv1)."""
+    if width_per_group != 64 and depth < 50:
+        raise UserError(f"width_per_group is a bottleneck width; ResNet-{depth} has basic "
+                        "blocks: leave it at 64.")
+    extra = {"width_per_group": width_per_group} if width_per_group != 64 else {}
+    body = getattr(torchvision.models, f"resnet{depth}")(weights=None,
+                                                         norm_layer=FrozenBatchNorm2d, **extra)
+    train = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable_layers]
+    train += ["bn1"] if trainable_layers == 5 else []
+    for name, param in body.named_parameters():
+        if not name.startswith(tuple(train)):
+            param.requires_grad_(False)
+    return body
+
+
 def _resnet_fpn(depth: int) -> None:
     def build(*, num_classes: int, in_channels: int = 3, input_size: int = 800,
-              pretrained: bool | str = False) -> Detector:
-        backbone = resnet_fpn_backbone(backbone_name=f"resnet{depth}", weights=None,
-                                       norm_layer=FrozenBatchNorm2d,
-                                       trainable_layers=3 if pretrained else 5)
-        net = FasterRCNN(backbone, num_classes=num_classes + 1, rpn_post_nms_top_n_train=1000,
+              pretrained: bool | str = False, input_format: str = "rgb",
+              pixel_mean: list[float] | None = None, pixel_std: list[float] | None = None,
+              stride_in_1x1: bool = False, anchors: str = "torchvision",
+              box_pooler: str = "roialign", width_per_group: int = 64,
+              fpn_channels: int = 256, box_head_dim: int = 1024) -> Detector:
+        opts = DetectorOptions(input_format, pixel_mean, pixel_std, stride_in_1x1, anchors,
+                               box_pooler, fpn_channels, box_head_dim, in_channels)
+        body = _resnet_body(depth, width_per_group, 3 if pretrained else 5)
+        if not opts.move_strides(body):
+            raise UserError(f"ResNet-{depth} has no bottleneck; stride_in_1x1 is for "
+                            "ResNet-50 / 101: set it to false.")
+        widths = [body.inplanes // 8 * 2 ** i for i in range(4)]
+        backbone = BackboneWithFPN(body, {f"layer{i}": str(i - 1) for i in range(1, 5)},
+                                   widths, fpn_channels)
+        net = FasterRCNN(backbone, rpn_post_nms_top_n_train=1000, **opts.heads(num_classes),
                          **_sizes(input_size), **_identity_norm(in_channels))
+        opts.set_transform(net)
         return _finish(net, f"fasterrcnn_resnet{depth}_fpn", in_channels, pretrained)
 
     _register(f"fasterrcnn_resnet{depth}_fpn", build,
@@ -181,14 +225,36 @@ _register("fasterrcnn_mobilenet_v3_large_fpn", fasterrcnn_mobilenet_v3_large_fpn
           "torchvision's fasterrcnn_mobilenet_v3_large_fpn as it is built for its weights.")
 
 
-def fasterrcnn_mobilenet_v2_fpn(*, num_classes: int, in_channels: int = 3,
-                                input_size: int = 800,
-                                pretrained: bool | str = False) -> Detector:
-    backbone = mobilenet_backbone(backbone_name="mobilenet_v2", weights=None, fpn=True,
+#: the FCFD / ReviewKD authors' MobileNetV2 FPN inputs: the *last* block of each stride
+#: (``features`` 3, 6, 13, 17 of their ``detection/model/backbone/mobilenetv2.py``, m2..m5)
+MV2_LAST_TAPS = {"3": "0", "6": "1", "13": "2", "17": "3"}
+
+
+def _mobilenet_v2_fpn_backbone(fpn_taps: str) -> BackboneWithFPN:
+    """torchvision's ``mobilenet_backbone`` FPN (``fpn_taps: first``: the first block of each
+    stride) or the same FrozenBatchNorm MobileNetV2 with the authors' taps (``last``)."""
+    if fpn_taps not in ("first", "last"):
+        raise UserError(f"Model option fpn_taps={fpn_taps!r} is not one of first, last.")
+    if fpn_taps == "first":
+        return mobilenet_backbone(backbone_name="mobilenet_v2", weights=None, fpn=True,
                                   norm_layer=FrozenBatchNorm2d, trainable_layers=6,
                                   returned_layers=[1, 2, 3, 4])
-    net = FasterRCNN(backbone, num_classes=num_classes + 1, rpn_post_nms_top_n_train=1000,
+    body = torchvision.models.mobilenet_v2(weights=None, norm_layer=FrozenBatchNorm2d).features
+    return BackboneWithFPN(body, MV2_LAST_TAPS, [24, 32, 96, 320], 256)
+
+
+def fasterrcnn_mobilenet_v2_fpn(*, num_classes: int, in_channels: int = 3,
+                                input_size: int = 800, pretrained: bool | str = False,
+                                input_format: str = "rgb", pixel_mean: list[float] | None = None,
+                                pixel_std: list[float] | None = None,
+                                anchors: str = "torchvision", box_pooler: str = "roialign",
+                                fpn_taps: str = "first") -> Detector:
+    opts = DetectorOptions(input_format, pixel_mean, pixel_std, anchors=anchors,
+                           box_pooler=box_pooler, in_channels=in_channels)
+    backbone = _mobilenet_v2_fpn_backbone(fpn_taps)
+    net = FasterRCNN(backbone, rpn_post_nms_top_n_train=1000, **opts.heads(num_classes),
                      **_sizes(input_size), **_identity_norm(in_channels))
+    opts.set_transform(net)
     return _finish(net, "fasterrcnn_mobilenet_v2_fpn", in_channels, pretrained)
 
 

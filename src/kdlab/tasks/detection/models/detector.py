@@ -16,7 +16,11 @@ Inputs: images are already normalised by kdlab's loaders, so every detector buil
 :mod:`kdlab.tasks.detection.models.builders` has ``image_mean = 0`` and ``image_std = 1`` in its
 ``GeneralizedRCNNTransform`` (an identity normalisation); the transform still resizes (its
 ``min_size`` / ``max_size``) and pads the batch. An exported detector therefore expects
-images normalised with the dataset's mean and std, like every kdlab export.
+images normalised with the dataset's mean and std, like every kdlab export. A detector built
+with Detectron2's pixel options (``input_format``, ``pixel_mean``, ``pixel_std``;
+:mod:`kdlab.tasks.detection.models.pixel_format`) normalises raw 0..255 RGB pixels itself, as
+Detectron2's models do; :meth:`Detector.input_from` hands a teacher the student's batch in the
+teacher's own format.
 """
 
 from __future__ import annotations
@@ -33,6 +37,12 @@ from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
 from kdlab.errors import UserError
+from kdlab.tasks.detection.models.pixel_format import (
+    PixelFormat,
+    PixelTransform,
+    convert_batch,
+    pixel_format_of,
+)
 
 Targets = list[dict[str, Tensor]]
 
@@ -54,6 +64,7 @@ class DetectionOutput:
     ``gt_boxes``: per image, the ground-truth boxes the detector trained on, in the resized
     frame of ``images`` (``(x1, y1, x2, y2)``; crowd and empty boxes left out), as its RPN and
     ROI head matched them (FGFI's imitation mask is built from them).
+    ``pixel_format``: how ``images`` were normalised (None: the loader's normalisation only).
     """
 
     losses: dict[str, Tensor]
@@ -66,6 +77,7 @@ class DetectionOutput:
     logits: Tensor | None = None
     box_deltas: Tensor | None = None
     gt_boxes: list[Tensor] = field(default_factory=list)
+    pixel_format: PixelFormat | None = None
 
 
 def roi_lens(
@@ -162,6 +174,26 @@ class Detector(nn.Module):
             targets = _training_targets(targets)
         return self.net(list(images), targets)
 
+    @property
+    def normalises_itself(self) -> bool:
+        """Whether this detector reads raw pixels and normalises them (Detectron2's options)."""
+        return isinstance(self.net.transform, PixelTransform)
+
+    @property
+    def pixel_format(self) -> PixelFormat:
+        """How this detector normalises the loader's pixels (identity by default)."""
+        return pixel_format_of(self.net.transform)
+
+    def input_from(self, other: Detector | DetectionOutput, images: Tensor,
+                   image_sizes: Sequence[tuple[int, int]]) -> Tensor:
+        """A batch that ``other`` (a detector, or the output of its pass) transformed, as this
+        detector would have normalised it (the same tensor when both read the same pixel
+        format; see :func:`convert_batch`)."""
+        src = other.pixel_format
+        if src is None:  # an output that does not say: the loader's normalisation, as ours
+            return images
+        return convert_batch(images, image_sizes, src, self.pixel_format)
+
     def backbone(self, images: Tensor) -> OrderedDict[str, Tensor]:
         """FPN features of an already transformed (resized, padded) batch."""
         return self.net.backbone(images)
@@ -194,7 +226,8 @@ class Detector(nn.Module):
         return DetectionOutput(losses=losses, fpn=fpn, images=image_list.tensors,
                                image_sizes=list(image_list.image_sizes), proposals=proposals,
                                labels=labels, regression_targets=reg_targets, logits=logits,
-                               box_deltas=deltas, gt_boxes=[t["boxes"] for t in tv_targets])
+                               box_deltas=deltas, gt_boxes=[t["boxes"] for t in tv_targets],
+                               pixel_format=self.pixel_format)
 
     def anchor_grids(self, out: DetectionOutput) -> list[Tensor]:
         """The anchors of this detector's RPN on the batch of ``out``, per FPN level as

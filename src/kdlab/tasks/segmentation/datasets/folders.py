@@ -36,6 +36,7 @@ from torch.utils.data import Dataset, DistributedSampler
 from kdlab.core.config import DataConfig
 from kdlab.data.base import DatasetSource, Loaders
 from kdlab.data.folder_loader import FolderLoader
+from kdlab.data.input_normalisation import input_normalisation
 from kdlab.data.loaders import check_batches, subset_size
 from kdlab.data.sampling import epoch_seed, val_shard
 from kdlab.errors import UserError
@@ -103,24 +104,6 @@ class SegPairs(Dataset):
             torch.manual_seed(epoch_seed(self.seed, self.epoch, stream=index + 1))
             image, mask = self.transform(tv_tensors.Image(image), tv_tensors.Mask(labels))
         return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor).long(), index
-
-
-def input_normalisation(cfg: DataConfig, mean: Sequence[float], std: Sequence[float]
-                        ) -> tuple[list[float], list[float], float, bool]:
-    """``(mean, std, scale, bgr)`` for the loader: the dataset's RGB ``mean`` / ``std`` on the
-    [0, 1] scale (reversed for ``channel_order: bgr``), or ``data.pixel_mean`` / ``pixel_std``
-    on the 0..255 scale (std 1 when only the mean is given)."""
-    bgr = cfg.channel_order == "bgr"
-    if cfg.pixel_mean is None:
-        if cfg.pixel_std is not None:
-            raise UserError("data.pixel_std needs data.pixel_mean (both on the 0..255 scale).")
-        order = (lambda v: list(v)[::-1]) if bgr else list
-        return order(mean), order(std), 255.0, bgr
-    std_given = cfg.pixel_std if cfg.pixel_std is not None else [1.0] * len(cfg.pixel_mean)
-    if len(cfg.pixel_mean) != len(mean) or len(std_given) != len(mean):
-        raise UserError(f"data.pixel_mean and data.pixel_std need {len(mean)} values (one per "
-                        f"channel), got {cfg.pixel_mean} and {cfg.pixel_std}.")
-    return list(cfg.pixel_mean), list(std_given), 1.0, bgr
 
 
 def train_transform(cfg: DataConfig, crop: tuple[int, int], base_size: int,
