@@ -279,7 +279,8 @@ def finished(table: Table, runs: Path) -> tuple[dict | None, list[dict]]:
 def adopt_teacher(source: Path, t_dir: Path, table: Table, command: str) -> None:
     """Copy a finished ``kdlab train`` run of the table's teacher (trained elsewhere, e.g. the
     recipe's timed run) into ``t_dir`` with its record, so the table uses that teacher. Its
-    wall time is the sum of its epochs' ``epoch_seconds``; its CPU time was not recorded."""
+    wall and CPU time are its ``timing.json``'s where it has one (``teacher_timing.py``), else
+    the sum of its epochs' ``epoch_seconds`` and unknown."""
     cfg = run_config(source)
     student = cfg.get("model", {}).get("student")
     dataset = cfg.get("data", {}).get("name")
@@ -299,6 +300,10 @@ def adopt_teacher(source: Path, t_dir: Path, table: Table, command: str) -> None
            f"best_{table.metric}": max(values), f"last_{table.metric}": values[-1],
            f"prev_{table.metric}": values[-2] if len(values) > 1 else None,
            f"last_{table.extra}": extra_value(source, f"val_student_{table.extra}")}
+    timed = source / "timing.json"  # benchmarks/teacher_timing.py's record, start to report
+    if timed.is_file():
+        rec.update({k: v for k, v in json.loads(timed.read_text()).items()
+                    if k in ("wall_s", "cpu_s", "load_before", "load_after")})
     (t_dir / "bench_result.json").write_text(json.dumps(rec, indent=2) + "\n")
 
 
