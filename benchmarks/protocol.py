@@ -79,14 +79,19 @@ def hardware_line(threads: str) -> str:
             f"{wait_policy()}; torch {torch.__version__}, Python {platform.python_version()}")
 
 
-def run_command(cmd: list[str], threads: int, label: str) -> tuple[str, dict]:
-    """Run one command from the repository root with ``threads`` torch threads; return its
-    stdout and a record of the command, its wall time, its CPU time (user + system, of the
-    command's processes: what a shared machine's load does not inflate much) and the
-    machine's load around it. A failure ends the benchmark with the command's output."""
+def run_command(cmd: list[str], threads: int | None, label: str) -> tuple[str, dict]:
+    """Run one command from the repository root with ``threads`` torch threads (None: kdlab's
+    thread policy, ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` removed from its environment);
+    return its stdout and a record of the command, its wall time, its CPU time (user +
+    system, of the command's processes: what a shared machine's load does not inflate much)
+    and the machine's load around it. A failure ends the benchmark with the command's
+    output."""
     import resource
 
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    pinned = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    env = {k: v for k, v in os.environ.items() if k not in pinned}
+    if threads is not None:
+        env.update(dict.fromkeys(pinned, str(threads)))
     before = load()
     print(f"[{time.strftime('%H:%M:%S')}] {label}: {shlex.join(cmd)}", flush=True)
     used = resource.getrusage(resource.RUSAGE_CHILDREN)

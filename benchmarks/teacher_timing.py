@@ -18,14 +18,12 @@ import argparse
 import csv
 import json
 import os
-import resource
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from protocol import ROOT, hardware_line, kdlab_cmd, load, read_metrics
+from protocol import ROOT, hardware_line, kdlab_cmd, read_metrics, run_command
 
 from kdlab.data.scene_sets import SCENE_CLASSES
 
@@ -47,20 +45,9 @@ def timed_run(recipe: str, run_dir: Path) -> dict:
         return json.loads(done.read_text())
     cmd = kdlab_cmd() + ["train", recipe, "--set", "train.progress=none",
                          "--set", f"train.out_dir={run_dir}"]
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-    before = load()
-    print(f"[{time.strftime('%H:%M:%S')}] {shlex.join(cmd)}", flush=True)
-    used = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    now = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode != 0:
-        raise SystemExit(f"{recipe} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
-    rec = {"recipe": recipe, "command": shlex.join(["kdlab", *cmd[len(kdlab_cmd()):]]),
-           "wall_s": round(wall, 1),
-           "cpu_s": round(now.ru_utime + now.ru_stime - used.ru_utime - used.ru_stime, 1),
-           "load_before": before, "load_after": load(),
+    _, ran = run_command(cmd, None, recipe)
+    rec = {"recipe": recipe, **ran,
+           "command": shlex.join(["kdlab", *cmd[len(kdlab_cmd()):]]),
            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     done.write_text(json.dumps(rec, indent=2) + "\n")
     return rec
