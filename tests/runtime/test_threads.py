@@ -400,3 +400,65 @@ def test_a_cpu_training_run_with_auto_threads_has_a_governor_and_logs_its_count(
         assert (trainer.governor is not None) == governed
         header = (out / "metrics.csv").read_text().splitlines()[0]
         assert ("cpu_threads" in header) == governed
+
+
+class FakeCores:
+    """A :class:`G.CoreSensor` of 2 cores that reads every interval alike: ``busy`` cores kept
+    busy by other processes, the rest idle, and no thread waiting."""
+
+    cpus = {0, 1}
+
+    def __init__(self, busy: float) -> None:
+        self.busy = busy
+
+    def read(self) -> G.CoreUse:
+        return G.CoreUse(seconds=0.25, waiting=0.0, idle=0.25 * (2 - self.busy),
+                         others=0.25 * self.busy)
+
+
+def fake_cores(monkeypatch, busy: float) -> None:
+    """The governor's look (and its sensor) sees ``busy`` cores taken by other processes."""
+    monkeypatch.setattr(G.CoreSensor, "of_this_process", classmethod(lambda c: FakeCores(busy)))
+
+
+@pytest.fixture
+def two_cores(monkeypatch):
+    """This process may use 2 cores, and the user set no thread variables."""
+    for name in ("OMP_NUM_THREADS", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(T, "affinity_cores", lambda: 2)
+    monkeypatch.setattr(T, "cgroup_cpu_limit", lambda: None)
+
+
+@pytest.mark.parametrize("busy", [True, False])
+def test_the_teacher_check_runs_at_the_count_of_the_look_before_the_run(
+        busy, two_cores, monkeypatch, tmp_path, capsys):
+    import kdlab
+    from conftest import tiny_staged
+    from kdlab.tasks.classification.datasets.synthetic import generate
+    from kdlab.training import teacher_check
+
+    fake_cores(monkeypatch, 1.0 if busy else 0.0)
+    seen, real = [], teacher_check.teacher_scores
+    monkeypatch.setattr(teacher_check, "teacher_scores",
+                        lambda *a, **k: seen.append(torch_threads()) or real(*a, **k))
+    monkeypatch.setattr("kdlab.training.report.plot_curves", lambda *a, **k: None)
+    (xt, yt), (xv, yv) = generate()
+    kdlab.distill(student=tiny_staged(seed=1), teacher=tiny_staged(seed=2),
+                  train=(xt[:64], yt[:64]), val=(xv[:32], yv[:32]), epochs=1, batch_size=32,
+                  eval_batch_size=32, device="cpu", progress="lines", method="kd",
+                  out=tmp_path / "run")
+    printed = capsys.readouterr().out.splitlines()
+    assert seen == ([1] if busy else [2])
+    noted = [line for line in printed if "before the first step" in line]
+    assert len(noted) == busy
+    if busy:  # the note comes before the teacher's score, the header before both
+        header = next(i for i, line in enumerate(printed) if line.startswith("CPU threads: 2 ("))
+        teacher = next(i for i, line in enumerate(printed) if line.startswith("teacher: "))
+        assert header < printed.index(noted[0]) < teacher
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
