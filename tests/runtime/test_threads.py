@@ -20,6 +20,7 @@ import pytest
 from kdlab.errors import UserError
 from kdlab.runtime import thread_governor as G
 from kdlab.runtime import threads as T
+from support.cores import two_cores
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
@@ -402,43 +403,15 @@ def test_a_cpu_training_run_with_auto_threads_has_a_governor_and_logs_its_count(
         assert ("cpu_threads" in header) == governed
 
 
-class FakeCores:
-    """A :class:`G.CoreSensor` of 2 cores that reads every interval alike: ``busy`` cores kept
-    busy by other processes, the rest idle, and no thread waiting."""
-
-    cpus = {0, 1}
-
-    def __init__(self, busy: float) -> None:
-        self.busy = busy
-
-    def read(self) -> G.CoreUse:
-        return G.CoreUse(seconds=0.25, waiting=0.0, idle=0.25 * (2 - self.busy),
-                         others=0.25 * self.busy)
-
-
-def fake_cores(monkeypatch, busy: float) -> None:
-    """The governor's look (and its sensor) sees ``busy`` cores taken by other processes."""
-    monkeypatch.setattr(G.CoreSensor, "of_this_process", classmethod(lambda c: FakeCores(busy)))
-
-
-@pytest.fixture
-def two_cores(monkeypatch):
-    """This process may use 2 cores, and the user set no thread variables."""
-    for name in ("OMP_NUM_THREADS", "LOCAL_WORLD_SIZE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(T, "affinity_cores", lambda: 2)
-    monkeypatch.setattr(T, "cgroup_cpu_limit", lambda: None)
-
-
 @pytest.mark.parametrize("busy", [True, False])
 def test_the_teacher_check_runs_at_the_count_of_the_look_before_the_run(
-        busy, two_cores, monkeypatch, tmp_path, capsys):
+        busy, monkeypatch, tmp_path, capsys):
     import kdlab
     from conftest import tiny_staged
     from kdlab.tasks.classification.datasets.synthetic import generate
     from kdlab.training import teacher_check
 
-    fake_cores(monkeypatch, 1.0 if busy else 0.0)
+    two_cores(monkeypatch, busy=1.0 if busy else 0.0)
     seen, real = [], teacher_check.teacher_scores
     monkeypatch.setattr(teacher_check, "teacher_scores",
                         lambda *a, **k: seen.append(torch_threads()) or real(*a, **k))
@@ -462,3 +435,21 @@ def torch_threads() -> int:
     import torch
 
     return torch.get_num_threads()
+
+
+@pytest.mark.parametrize("busy", [0.0, 0.3, 1.0])
+def test_a_command_that_keeps_its_count_looks_at_the_cores_once_at_its_start(busy, monkeypatch):
+    from support.cores import header
+
+    two_cores(monkeypatch, busy=busy)
+    choice = T.apply_thread_policy("auto", look=True)
+    threads = 1 if busy >= 0.5 else 2  # 0.3 of a core: noise, not a neighbour
+    assert (choice.threads, torch_threads()) == (threads, threads)
+    assert choice.describe() == header(threads, busy=busy >= 0.5)  # no governor: no "fewer"
+    assert T.thread_summary() == choice.describe()
+    looks = []
+    monkeypatch.setattr(G, "look_at_cores", lambda: looks.append(1))
+    assert T.apply_thread_policy(2, look=True).threads == 2  # a number is kept as it is
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert T.apply_thread_policy("auto", look=True).reason == "OMP_NUM_THREADS"
+    assert looks == []
