@@ -217,6 +217,29 @@ def test_weights_and_state_dict_are_the_default_detectors():
         assert torch.equal(a[k], b[k]), k
 
 
+def test_kdlab_export_round_trips_and_the_deployed_graph_is_the_detector(tmp_path):
+    """The exported file (state_dict + builder options) loads back strictly into a detector
+    with the same option; ``torch.export`` captures its eval graph with the same detections."""
+    from kdlab.tasks.detection.deploy import OneImageDetector, traceable_torchvision
+    from kdlab.tools.export import load_exported
+    from kdlab.training.exported_file import export_metadata, write_exported
+
+    det = _detector().eval()
+    path = tmp_path / "student.safetensors"
+    write_exported(det.net, export_metadata(det.net, "student", None, None), path)
+    loaded = load_exported(path)
+    assert isinstance(loaded.rpn, Detectron2LossRPN)
+    x = torch.rand(1, 3, 64, 64)
+    want = OneImageDetector(det.net)(x)
+    with torch.no_grad():
+        for a, b in zip(OneImageDetector(loaded)(x), want, strict=True):
+            assert torch.equal(a, b)
+        with traceable_torchvision():
+            graph = torch.export.export(OneImageDetector(det.net), (x,), strict=False)
+        for a, b in zip(graph.module()(x), want, strict=True):
+            assert torch.equal(a, b)
+
+
 def test_an_unknown_loss_style_is_a_user_error():
     with pytest.raises(UserError, match="losses='mmdet' is not one of torchvision, detectron2"):
         _detector("mmdet")
