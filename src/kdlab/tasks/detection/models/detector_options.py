@@ -17,9 +17,9 @@ with that file (``tests/tasks/detection/test_detectron2_parity.py`` holds it):
   ``POOLER_SAMPLING_RATIO: 0`` and Detectron2's level assignment;
 - ``losses: detectron2``: Detectron2's training losses (L1 box regression, the RPN's divided by
   ``RPN.BATCH_SIZE_PER_IMAGE`` x images), see
-  :mod:`~kdlab.tasks.detection.models.detector_losses` (``tests/tasks/detection/
-  test_detector_losses.py`` holds them against Detectron2's ``RPN.losses`` and
-  ``FastRCNNOutputLayers.losses``);
+  :mod:`~kdlab.tasks.detection.models.detector_losses`;
+  ``tests/tasks/detection/test_detector_losses.py`` holds them to Detectron2's ``RPN.losses``
+  and ``FastRCNNOutputLayers.losses``;
 - ``fpn_channels``, ``box_head_dim``: ``FPN.OUT_CHANNELS`` and ``ROI_BOX_HEAD.FC_DIM`` (256 and
   1024 in every config the authors use; other values make small detectors for tests).
 
