@@ -9,7 +9,8 @@ test_parity_trajectory_fcfd_detection.py runs this recipe; loss-exact: a
 loss fixture of tests/methods/test_parity.py covers its method and pair; protocol values:
 tests/core/test_reference_values.py (COCO, ImageNet SRRL) or tests/core/test_reference_recipes.py
 (every Cityscapes recipe) compares its settings with the reference's; Detectron2's network
-function: the header names tests/tasks/detection/test_detectron2_parity.py), and what
+function: the header names tests/tasks/detection/test_detectron2_parity.py; Detectron2's
+losses: it names tests/tasks/detection/test_detector_losses.py), and what
 differs (the header's ``Differs:`` or ``Not value for value:`` paragraph) and kdlab's
 result (its ``Measured:`` paragraph; benchmarks/gpu/README.md has the commands). No recipe is read
 other than through its header comments, so the map follows whatever recipes exist.
@@ -39,6 +40,9 @@ DIFFERS = ("Differs:", "Not value for value:")
 #: the test a header names when its detectors compute Detectron2's function on Detectron2's
 #: weight files (Detectron2's own model run on the same weights, stage by stage)
 D2_PARITY = "tests/tasks/detection/test_detectron2_parity.py"
+#: the test a header names when its student trains with Detectron2's losses (Detectron2's own
+#: ``RPN.losses`` and ``FastRCNNOutputLayers.losses`` on stored inputs)
+D2_LOSSES = "tests/tasks/detection/test_detector_losses.py"
 #: a full stop that ends a sentence (not one of "App. D", "Sec. 4", "Eq. 3", "e.g. ")
 SENTENCE_END = re.compile(r"(?<!App)(?<!Sec)(?<!Eq)(?<!Tab)(?<!Fig)(?<!e\.g)(?<!i\.e)\.\s")
 
@@ -186,7 +190,9 @@ def render(root: Path = ROOT) -> str:
         "tests/core/test_reference_recipes.py's tables (Cityscapes, CIRKD). **Detectron2's "
         "network function**: the recipe's detectors, loaded from a Detectron2 weight file, "
         "compute what Detectron2 v0.6 computes with it, stage by stage "
-        "(tests/tasks/detection/test_detectron2_parity.py). A kdlab "
+        "(tests/tasks/detection/test_detectron2_parity.py). **Detectron2's losses**: the "
+        "student's RPN and box losses (`losses: detectron2`) equal Detectron2 v0.6's own on "
+        "stored inputs (tests/tasks/detection/test_detector_losses.py). A kdlab "
         "result is the full run of the recipe (its `Run:` line), written into its header as "
         "`Measured: ...`; benchmarks/gpu/README.md gives the commands.",
         "",
@@ -207,6 +213,8 @@ def render(root: Path = ROOT) -> str:
             level = levels.get(rel, "not tested")
             if D2_PARITY in h.text:  # the networks run Detectron2's function on its files
                 level += f"; Detectron2's network function (`{D2_PARITY}`)"
+            if D2_LOSSES in h.text:  # the student trains with Detectron2's losses
+                level += f"; Detectron2's losses (`{D2_LOSSES}`)"
             row = [f"`{rel.removeprefix('recipes/')}`", h.cites, ", ".join(h.references),
                    level, differs, h.measured]
             out.append("| " + " | ".join(_cell(c) for c in row) + " |")

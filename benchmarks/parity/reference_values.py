@@ -75,6 +75,12 @@ def _d2_network(role: str, config: str, kind: str) -> Values:
                                         f"{D2}, modeling/anchor_generator.py "
                                         "generate_cell_anchors, unrounded)"),
     }
+    if role == "student":  # the trained network: Detectron2's losses (no config overrides them)
+        out[f"{key}losses"] = ("detectron2", f"{d2}:228, 302 (RPN / ROI_BOX_HEAD.SMOOTH_L1_BETA "
+                                             f"0.0: L1); {D2}, modeling/proposal_generator/rpn.py:"
+                                             "421-427 (RPN losses / BATCH_SIZE_PER_IMAGE x "
+                                             "images), modeling/roi_heads/fast_rcnn.py:382 (box "
+                                             "loss / sampled ROIs)")
     if kind != "r18" and kind != "mv2":
         out[f"{key}stride_in_1x1"] = (True, f"{where}:{lines['stride']} "
                                             "(RESNETS.STRIDE_IN_1X1)")

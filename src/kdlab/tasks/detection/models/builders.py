@@ -40,8 +40,9 @@ unless the pixel options below make a detector normalise raw pixels itself.
 Detectron2's function (opt-in options of the ResNet and MobileNetV2 FPN builders, defaults
 torchvision's; :mod:`kdlab.tasks.detection.models.detector_options`): ``input_format``,
 ``pixel_mean``, ``pixel_std`` (the detector normalises raw 0..255 pixels itself),
-``stride_in_1x1`` (ResNet-50/101), ``anchors: detectron2``, ``box_pooler: roialignv2``, and for
-small test detectors ``width_per_group``, ``fpn_channels``, ``box_head_dim``.
+``stride_in_1x1`` (ResNet-50/101), ``anchors: detectron2``, ``box_pooler: roialignv2``,
+``losses: detectron2`` (Detectron2's training losses), and for small test detectors
+``width_per_group``, ``fpn_channels``, ``box_head_dim``.
 
 ``pretrained``: a local file: a Detectron2 ``.pkl`` (a model-zoo detector, an MSRA ``R-50.pkl``
 / ``R-101.pkl`` or a converted backbone; read strictly by
@@ -135,11 +136,12 @@ def load_detector_weights(net: FasterRCNN, pretrained: bool | str, name: str) ->
                                     and not k.endswith("num_batches_tracked")]
 
 
-def _finish(net: FasterRCNN, name: str, in_channels: int, pretrained: bool | str) -> Detector:
+def _finish(net: FasterRCNN, name: str, in_channels: int, pretrained: bool | str,
+            losses: str = "torchvision") -> Detector:
     _replace_first_conv(net.backbone.body, in_channels)
     if pretrained:
         load_detector_weights(net, pretrained, name)
-    return Detector(net)
+    return Detector(net, losses)
 
 
 def _register(name: str, build: Callable[..., Detector], doc: str) -> None:
@@ -174,9 +176,10 @@ def _resnet_fpn(depth: int) -> None:
               pixel_mean: list[float] | None = None, pixel_std: list[float] | None = None,
               stride_in_1x1: bool = False, anchors: str = "torchvision",
               box_pooler: str = "roialign", width_per_group: int = 64,
-              fpn_channels: int = 256, box_head_dim: int = 1024) -> Detector:
+              fpn_channels: int = 256, box_head_dim: int = 1024,
+              losses: str = "torchvision") -> Detector:
         opts = DetectorOptions(input_format, pixel_mean, pixel_std, stride_in_1x1, anchors,
-                               box_pooler, fpn_channels, box_head_dim, in_channels)
+                               box_pooler, fpn_channels, box_head_dim, in_channels, losses)
         body = _resnet_body(depth, width_per_group, 3 if pretrained else 5)
         if not opts.move_strides(body):
             raise UserError(f"ResNet-{depth} has no bottleneck; stride_in_1x1 is for "
@@ -187,7 +190,8 @@ def _resnet_fpn(depth: int) -> None:
         net = FasterRCNN(backbone, rpn_post_nms_top_n_train=1000, **opts.heads(num_classes),
                          **_sizes(input_size), **_identity_norm(in_channels))
         opts.set_transform(net)
-        return _finish(net, f"fasterrcnn_resnet{depth}_fpn", in_channels, pretrained)
+        return _finish(net, f"fasterrcnn_resnet{depth}_fpn", in_channels, pretrained,
+                       opts.losses)
 
     _register(f"fasterrcnn_resnet{depth}_fpn", build,
               f"Faster R-CNN with a ResNet-{depth} FPN backbone (torchvision).")
@@ -248,14 +252,14 @@ def fasterrcnn_mobilenet_v2_fpn(*, num_classes: int, in_channels: int = 3,
                                 input_format: str = "rgb", pixel_mean: list[float] | None = None,
                                 pixel_std: list[float] | None = None,
                                 anchors: str = "torchvision", box_pooler: str = "roialign",
-                                fpn_taps: str = "first") -> Detector:
+                                fpn_taps: str = "first", losses: str = "torchvision") -> Detector:
     opts = DetectorOptions(input_format, pixel_mean, pixel_std, anchors=anchors,
-                           box_pooler=box_pooler, in_channels=in_channels)
+                           box_pooler=box_pooler, in_channels=in_channels, losses=losses)
     backbone = _mobilenet_v2_fpn_backbone(fpn_taps)
     net = FasterRCNN(backbone, rpn_post_nms_top_n_train=1000, **opts.heads(num_classes),
                      **_sizes(input_size), **_identity_norm(in_channels))
     opts.set_transform(net)
-    return _finish(net, "fasterrcnn_mobilenet_v2_fpn", in_channels, pretrained)
+    return _finish(net, "fasterrcnn_mobilenet_v2_fpn", in_channels, pretrained, opts.losses)
 
 
 _register("fasterrcnn_mobilenet_v2_fpn", fasterrcnn_mobilenet_v2_fpn,

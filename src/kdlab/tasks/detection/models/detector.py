@@ -6,7 +6,9 @@
 distillation on FPN features needs (FCFD App. D): the FPN feature dict, the image sizes after
 the detector's resize, the proposals the ROI head sampled and their matched targets, and the
 ROI head's outputs on them. The detector's losses are torchvision's own (``fastrcnn_loss`` and
-the RPN's), computed exactly as ``GeneralizedRCNN.forward`` does for a box-only detector.
+the RPN's), computed exactly as ``GeneralizedRCNN.forward`` does for a box-only detector, or,
+with ``losses="detectron2"``, Detectron2's
+(:mod:`~kdlab.tasks.detection.models.detector_losses`).
 
 :func:`roi_lens` is the "lens" of FCFD for detection: a detector's ROI head (box pooler + box
 head + predictor) run on *any* FPN feature dict for given proposals, returning class logits
@@ -37,6 +39,11 @@ from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
 from kdlab.errors import UserError
+from kdlab.tasks.detection.models.detector_losses import (
+    LOSSES,
+    Detectron2LossRPN,
+    detectron2_fastrcnn_loss,
+)
 from kdlab.tasks.detection.models.pixel_format import (
     PixelFormat,
     PixelTransform,
@@ -115,14 +122,22 @@ class Detector(nn.Module):
     ``{"boxes", "scores", "labels"}`` per image (boxes in input pixels). ``features(images,
     targets)`` is the training pass of :class:`DetectionOutput`. ``images`` is a
     ``(B, C, H, W)`` tensor or a list of ``(C, H, W)`` tensors (sizes may differ).
+    ``losses``: whose training losses the detector computes, ``"torchvision"`` or
+    ``"detectron2"`` (:mod:`~kdlab.tasks.detection.models.detector_losses`; for the latter its
+    RPN becomes a :class:`Detectron2LossRPN`, with the same parameters).
     """
 
-    def __init__(self, net: FasterRCNN) -> None:
+    def __init__(self, net: FasterRCNN, losses: str = "torchvision") -> None:
         super().__init__()
         roi = net.roi_heads
         if roi.has_mask() or roi.has_keypoint():
             raise UserError("kdlab distils box detectors only; use a Faster R-CNN without mask "
                             "or keypoint heads.")
+        if losses not in LOSSES:
+            raise UserError(f"Detector losses={losses!r} is not one of {', '.join(LOSSES)}.")
+        if losses == "detectron2":
+            net.rpn = Detectron2LossRPN(net.rpn)
+        self.losses = losses
         self.net = net
 
     # ----------------------------------------------------------------- parts
@@ -169,7 +184,11 @@ class Detector(nn.Module):
     # ----------------------------------------------------------------- passes
     def forward(self, images: Tensor | Sequence[Tensor],
                 targets: Targets | None = None) -> list[dict[str, Tensor]] | dict[str, Tensor]:
-        """The torchvision detector: detections in eval mode, its loss dict in training."""
+        """The torchvision detector: detections in eval mode, its loss dict in training (with
+        Detectron2's losses, those of :meth:`features`: torchvision's ROI head computes its
+        own)."""
+        if self.losses == "detectron2" and self.training and targets is not None:
+            return self.features(images, targets).losses
         if targets is not None:
             targets = _training_targets(targets)
         return self.net(list(images), targets)
@@ -209,7 +228,8 @@ class Detector(nn.Module):
 
         Runs ``transform -> backbone -> rpn -> roi_heads.select_training_samples -> lens ->
         fastrcnn_loss``: the steps of ``GeneralizedRCNN.forward`` and ``RoIHeads.forward`` for
-        a box detector in training mode, with the sampled proposals kept.
+        a box detector in training mode, with the sampled proposals kept (Detectron2's ROI
+        losses in place of ``fastrcnn_loss`` with ``losses="detectron2"``).
         """
         if targets is None:
             raise UserError("A detector's training pass needs the targets (boxes and labels) "
@@ -221,7 +241,8 @@ class Detector(nn.Module):
         proposals, _, labels, reg_targets = net.roi_heads.select_training_samples(
             proposals, tv_targets)
         logits, deltas = self.lens(fpn, proposals, image_list.image_sizes)
-        loss_cls, loss_box = fastrcnn_loss(logits, deltas, labels, reg_targets)
+        roi_loss = detectron2_fastrcnn_loss if self.losses == "detectron2" else fastrcnn_loss
+        loss_cls, loss_box = roi_loss(logits, deltas, labels, reg_targets)
         losses = {"loss_classifier": loss_cls, "loss_box_reg": loss_box, **rpn_losses}
         return DetectionOutput(losses=losses, fpn=fpn, images=image_list.tensors,
                                image_sizes=list(image_list.image_sizes), proposals=proposals,

@@ -15,6 +15,11 @@ with that file (``tests/tasks/detection/test_detectron2_parity.py`` holds it):
   levels' declared strides);
 - ``box_pooler: roialignv2``: ``ROI_BOX_HEAD.POOLER_TYPE: ROIAlignV2`` with
   ``POOLER_SAMPLING_RATIO: 0`` and Detectron2's level assignment;
+- ``losses: detectron2``: Detectron2's training losses (L1 box regression, the RPN's divided by
+  ``RPN.BATCH_SIZE_PER_IMAGE`` x images), see
+  :mod:`~kdlab.tasks.detection.models.detector_losses`;
+  ``tests/tasks/detection/test_detector_losses.py`` holds them to Detectron2's ``RPN.losses``
+  and ``FastRCNNOutputLayers.losses``;
 - ``fpn_channels``, ``box_head_dim``: ``FPN.OUT_CHANNELS`` and ``ROI_BOX_HEAD.FC_DIM`` (256 and
   1024 in every config the authors use; other values make small detectors for tests).
 
@@ -31,6 +36,7 @@ from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 
 from kdlab.errors import UserError
+from kdlab.tasks.detection.models.detector_losses import LOSSES
 from kdlab.tasks.detection.models.detectron2_parts import (
     D2AnchorGenerator,
     D2BoxPooler,
@@ -63,9 +69,11 @@ class DetectorOptions:
     fpn_channels: int = 256
     box_head_dim: int = 1024
     in_channels: int = 3
+    losses: str = "torchvision"
 
     def __post_init__(self) -> None:
         _choice("input_format", self.input_format, ("rgb", "bgr"))
+        _choice("losses", self.losses, LOSSES)
         _choice("anchors", self.anchors, ("torchvision", "detectron2"))
         _choice("box_pooler", self.box_pooler, ("roialign", "roialignv2"))
         for name in ("pixel_mean", "pixel_std"):
