@@ -69,6 +69,14 @@ def test_profile_writes_table_csv_and_plot_with_sane_numbers(runs, capsys):
     assert "## Students vs their teachers" in text and "fewer parameters" in text
     assert "threads: CPU threads: 1" in text and "![score vs latency](profile.png)" in text
     assert "| teacher | teacher | resnet20 |" in printed
+    head, *lines = [line.strip("|").split("|") for line in text.splitlines()
+                   if line.startswith("| ")]
+    table = {cells[0].strip(): dict(zip((h.strip() for h in head), (c.strip() for c in cells)))
+             for cells in lines}
+    for name in ("teacher", "kd"):  # the ONNX file's size, as in the CSV
+        assert table[name]["ONNX (MB)"] == f"{float(rows[name]['onnx_mb']):.2f}"
+        assert float(rows[name]["onnx_mb"]) == pytest.approx(
+            (out / "onnx" / f"{name}.onnx").stat().st_size / 1e6)
 
 
 def test_a_teacher_given_as_a_run_is_profiled_once(runs, capsys):
@@ -79,6 +87,7 @@ def test_a_teacher_given_as_a_run_is_profiled_once(runs, capsys):
     assert list(rows) == ["teacher", "kd"]
     assert rows["teacher"]["role"] == "teacher" and rows["teacher"]["eager_b1_ms"] == ""
     assert not (runs / "once" / "profile.png").exists()  # no latency, nothing to plot
+    assert "ONNX (MB)" not in (runs / "once" / "profile.md").read_text()  # no ONNX file
 
 
 def test_a_teacher_from_a_safetensors_file_has_no_score(runs, capsys):
