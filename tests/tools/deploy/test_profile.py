@@ -162,6 +162,26 @@ def test_peak_activation_bytes_of_a_known_chain():
     assert peak_activation_bytes(inplace, torch.randn(8, 100)) == 8 * 200 * 4 + 8 * 50 * 4
 
 
+def test_a_tiny_detectors_peak_is_its_roi_heads():
+    """Why frcnn_tiny_r18 and its students show one peak activation memory (docs/deploy.md):
+    the meter sees the backbones differ, but the peak comes later, in the ROI box head, whose
+    shapes the three detectors share."""
+    from kdlab.models import MODELS
+    from kdlab.tasks.detection.deploy import detection_spec
+
+    torch.manual_seed(0)
+    x = torch.rand(1, 1, 64, 64)
+    peaks, backbones = {}, {}
+    for name in ("frcnn_tiny_r18", "frcnn_tiny_r10_slim"):
+        net = MODELS.get(name)(num_classes=10, in_channels=1, input_size=64).net.eval()
+        peaks[name] = peak_activation_bytes(detection_spec(net, (1, 64, 64)).module, x)
+        backbones[name] = peak_activation_bytes(net.backbone.body, x)
+    assert backbones["frcnn_tiny_r18"] > backbones["frcnn_tiny_r10_slim"]
+    assert peaks["frcnn_tiny_r18"] == peaks["frcnn_tiny_r10_slim"] > backbones["frcnn_tiny_r18"]
+    # at least the 50 proposals' pooled 64-channel 5x5 features, float32
+    assert peaks["frcnn_tiny_r18"] > 50 * 64 * 5 * 5 * 4
+
+
 def test_pareto_front_keeps_the_points_nothing_beats():
     points = [(1.0, 80.0), (2.0, 85.0), (3.0, 84.0), (2.0, 70.0), (5.0, 90.0), (1.0, 79.0)]
     assert pareto_front(points) == [0, 1, 4]
