@@ -157,19 +157,19 @@ def test_segmentation_graph_runs_other_image_sizes_without_the_aux_head(runs, ex
     assert without_aux(graph.net) is graph.net
 
 
+@pytest.mark.parametrize("fmt", ["onnx", "torch-export"])
 @pytest.mark.parametrize("run", ["simkd", "fcfd_simkd"])
-def test_composite_students_export_as_one_network(runs, capsys, run):
-    out = runs / f"composite_{run}.onnx"
-    assert main(["export", str(runs / run), "--format", "onnx", "--images", "4",
-                 "--out", str(out)]) == 0
-    assert f"{run.split('_')[0]}(resnet8)" in capsys.readouterr().out
+def test_composite_students_export_as_one_network(runs, export, run, fmt):
+    out, printed = export(run, fmt)
+    assert f"{run.split('_')[0]}(resnet8)" in printed
     r = restore_run(runs / run, "best", [], device="cpu")
-    student = r.distiller.exported()["student"]
+    student = r.distiller.exported()["student"].eval()
     assert type(student).__name__ == "SimKDStudent"  # backbone, projector, reused head
     x = torch.stack(validation_images(r.val, 4))
     with torch.no_grad():
-        torch.testing.assert_close(exported_outputs(out, "onnx", x)[0], student(x),
-                                   rtol=1e-4, atol=1e-4)
+        got = exported_outputs(out, fmt, x)
+        assert len(got) == 1
+        torch.testing.assert_close(got[0], student(x), rtol=1e-4, atol=1e-4)
 
 
 def test_a_failed_check_is_an_error_and_leaves_no_file(runs, capsys):

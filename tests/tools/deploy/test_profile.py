@@ -69,6 +69,14 @@ def test_profile_writes_table_csv_and_plot_with_sane_numbers(runs, capsys):
     assert "## Students vs their teachers" in text and "fewer parameters" in text
     assert "threads: CPU threads: 1" in text and "![score vs latency](profile.png)" in text
     assert "| teacher | teacher | resnet20 |" in printed
+    head, *lines = [line.strip("|").split("|") for line in text.splitlines()
+                   if line.startswith("| ")]
+    table = {cells[0].strip(): dict(zip((h.strip() for h in head), (c.strip() for c in cells)))
+             for cells in lines}
+    for name in ("teacher", "kd"):  # the ONNX file's size, as in the CSV
+        assert table[name]["ONNX (MB)"] == f"{float(rows[name]['onnx_mb']):.2f}"
+        assert float(rows[name]["onnx_mb"]) == pytest.approx(
+            (out / "onnx" / f"{name}.onnx").stat().st_size / 1e6)
 
 
 def test_profile_auto_threads_start_with_one_fewer_beside_a_busy_core(runs, capsys,
@@ -88,6 +96,7 @@ def test_a_teacher_given_as_a_run_is_profiled_once(runs, capsys):
     assert list(rows) == ["teacher", "kd"]
     assert rows["teacher"]["role"] == "teacher" and rows["teacher"]["eager_b1_ms"] == ""
     assert not (runs / "once" / "profile.png").exists()  # no latency, nothing to plot
+    assert "ONNX (MB)" not in (runs / "once" / "profile.md").read_text()  # no ONNX file
 
 
 def test_a_teacher_from_a_safetensors_file_has_no_score(runs, capsys):
@@ -160,6 +169,26 @@ def test_peak_activation_bytes_of_a_known_chain():
     inplace = nn.Sequential(nn.Linear(100, 200), nn.ReLU(inplace=True), nn.Linear(200, 50))
     # in place: one 8x200 map, then the 8x50 output beside it
     assert peak_activation_bytes(inplace, torch.randn(8, 100)) == 8 * 200 * 4 + 8 * 50 * 4
+
+
+def test_a_tiny_detectors_peak_is_its_roi_heads():
+    """Why frcnn_tiny_r18 and its students show one peak activation memory (docs/deploy.md):
+    the meter sees the backbones differ, but the peak comes later, in the ROI box head, whose
+    shapes the three detectors share."""
+    from kdlab.models import MODELS
+    from kdlab.tasks.detection.deploy import detection_spec
+
+    torch.manual_seed(0)
+    x = torch.rand(1, 1, 64, 64)
+    peaks, backbones = {}, {}
+    for name in ("frcnn_tiny_r18", "frcnn_tiny_r10_slim"):
+        net = MODELS.get(name)(num_classes=10, in_channels=1, input_size=64).net.eval()
+        peaks[name] = peak_activation_bytes(detection_spec(net, (1, 64, 64)).module, x)
+        backbones[name] = peak_activation_bytes(net.backbone.body, x)
+    assert backbones["frcnn_tiny_r18"] > backbones["frcnn_tiny_r10_slim"]
+    assert peaks["frcnn_tiny_r18"] == peaks["frcnn_tiny_r10_slim"] > backbones["frcnn_tiny_r18"]
+    # at least the 50 proposals' pooled 64-channel 5x5 features, float32
+    assert peaks["frcnn_tiny_r18"] > 50 * 64 * 5 * 5 * 4
 
 
 def test_pareto_front_keeps_the_points_nothing_beats():

@@ -2,7 +2,9 @@
 synthetic data runs, prunes, writes its tables, plots and a best recipe that `kdlab train`
 runs; a conditional method space; kill -9 of the tune process mid-trial, then the same
 command resumes from the database and the dead trial's rerun continues its run folder to the
-weights of an uninterrupted run; two processes share one study."""
+weights of an uninterrupted run; two processes share one study; Hyperband's brackets span the
+epochs the trials run, and a Hyperband study in a database elsewhere (--storage) prunes and
+resumes there."""
 
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from support.training import CE, KD, MODEL, registered, tiny_config
 optuna = pytest.importorskip("optuna", reason="optuna is not installed (pip install "
                              "'kdlab[tune]')")
 
+from kdlab.tools.tune import study as study_module  # noqa: E402
 from kdlab.tools.tune.space import assign, parse_space, sample  # noqa: E402
 
 TESTS = Path(__file__).resolve().parents[2]  # tests/: the support package
@@ -188,6 +191,47 @@ def test_a_study_prunes_and_hands_back_a_runnable_recipe(tmp_path, capsys):
     assert "searches something else" in error_of(
         capsys, "tune", str(recipe), "--space", "optim.lr=0.05:0.3:log", "--trials", "12",
         "--epochs", "3", "--out", str(out))
+
+
+def test_hyperband_spans_the_epochs_the_trials_run(tmp_path, monkeypatch):
+    recipe = str(write_recipe(tmp_path, schedule={"epochs": 9}))
+    made, real = [], study_module.build_pruner
+    monkeypatch.setattr(study_module, "build_pruner",
+                        lambda s, epochs: made.append(real(s, epochs)) or made[-1])
+    # --trials 0 opens the study (and its pruner) and runs nothing
+    for extra in ([], ["--epochs", "4"], ["--prune-from", "2"]):
+        assert main(["tune", recipe, "--space", "optim.lr=0.05:0.2", "--pruner", "hyperband",
+                     "--trials", "0", "--out", str(tmp_path / f"tune{len(made)}"), *extra]) == 0
+    # without --epochs the trials run the recipe's 9 epochs: Hyperband's last rung is 9
+    assert [(p._min_resource, p._max_resource) for p in made] == [(1, 9), (1, 4), (2, 9)]
+
+
+def test_a_hyperband_study_in_a_database_elsewhere(tmp_path, capsys):
+    # 3 epochs, no --epochs: Hyperband spans epochs 1-3. At lr 0.3 a trained network is
+    # above chance after epoch 1 (17 % against 9 % for weight 0, which trains nothing).
+    recipe = str(write_recipe(tmp_path, optim={"lr": 0.3}))
+    out, db = tmp_path / "tune", tmp_path / "elsewhere" / "s.db"
+    storage = f"sqlite:///{db}"
+    # 2 brackets (3^0 and 3^1 epochs before the first cut). Trials of study "study" fall in
+    # brackets 0, 0, 1 (crc32 of "study_N"); seed 9 draws weight 1, 0, then, resumed, 0.
+    # Trial 1 (weight 0: untrained) is cut after epoch 1, below trial 0 of its bracket;
+    # trial 2, as poor, runs its 3 epochs: its bracket's first cut would come at epoch 3.
+    command = ["tune", recipe, "--space", "method.weight=0.0,1.0", "--pruner", "hyperband",
+               "--sampler", "random", "--seed", "9", "--storage", storage, "--study", "study",
+               "--out", str(out)]
+    assert main([*command, "--trials", "2"]) == 0
+    study = optuna.load_study(study_name="study", storage=storage)
+    assert [(t.params["method.weight"], t.state.name, sorted(t.intermediate_values))
+            for t in study.trials] == [(1.0, "COMPLETE", [1, 2, 3]), (0.0, "PRUNED", [1])]
+    assert not (out / "study.db").exists()
+    capsys.readouterr()
+    assert main([*command, "--trials", "3"]) == 0  # the same study, resumed from s.db
+    assert f"in {storage}: 2 of 3 trials so far" in capsys.readouterr().out
+    study = optuna.load_study(study_name="study", storage=storage)
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "PRUNED", "COMPLETE"]
+    assert study.trials[2].params["method.weight"] == 0.0
+    assert sorted(study.trials[2].intermediate_values) == [1, 2, 3]
+    assert not (out / "study.db").exists() and len(trials_csv(out)) == 3
 
 
 def test_a_conditional_method_study(tmp_path):

@@ -46,15 +46,19 @@ def _num(value: Any, spec: str) -> str:
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    """One line per network; the ONNX file's size is a column when a network has one."""
+    onnx = any(isinstance(r.get("onnx_mb"), (int, float)) for r in rows)
     head = ["network", "role", "model", "params (M)", "GFLOP / image", "peak act. (MiB, b1)",
-            "weights (MB)", "eager b1 (ms)", "eager (img/s)", "ORT b1 (ms)", "ORT (img/s)",
-            "score"]
+            "weights (MB)", *(["ONNX (MB)"] if onnx else []), "eager b1 (ms)",
+            "eager (img/s)", "ORT b1 (ms)", "ORT (img/s)", "score"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         score = _num(r.get("score"), ".2f")
         cells = [r["network"], r["role"], r["model"], _num(r["params"] / 1e6, ".3f"),
                  _num(r.get("gflop"), ".4g"), _num(r.get("activation_mib"), ".2f"),
-                 _num(r.get("size_mb"), ".2f"), _num(r.get("eager_b1_ms"), ".2f"),
+                 _num(r.get("size_mb"), ".2f"),
+                 *([_num(r.get("onnx_mb"), ".2f")] if onnx else []),
+                 _num(r.get("eager_b1_ms"), ".2f"),
                  _num(r.get("eager_images_per_s"), ".0f"), _num(r.get("ort_b1_ms"), ".2f"),
                  _num(r.get("ort_images_per_s"), ".0f"),
                  f"{score} {LABELS.get(r['metric'], r['metric'])}" if score != "-" else "-"]

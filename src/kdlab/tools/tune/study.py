@@ -107,11 +107,13 @@ def comparable(cfg: RunConfig) -> dict[str, Any]:
 
 def open_study(s: TuneSettings, storage: optuna.storages.RDBStorage, name: str,
                identity: dict[str, Any], trials_dir: Path) -> optuna.Study:
-    """Create the study or join it; refuse to join one started with another search."""
+    """Create the study or join it; refuse to join one started with another search.
+    ``identity["epochs"]`` is the epochs every trial runs (the pruner's last step)."""
+    pruner = build_pruner(s, identity["epochs"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study = optuna.create_study(storage=storage, study_name=name, direction="maximize",
-                                    sampler=build_sampler(s), pruner=build_pruner(s),
+                                    sampler=build_sampler(s), pruner=pruner,
                                     load_if_exists=True)
     recorded = study.user_attrs.get("kdlab")
     if recorded is None:
@@ -148,12 +150,15 @@ def build_sampler(s: TuneSettings, done: int = 0) -> optuna.samplers.BaseSampler
                                           constant_liar=True)
 
 
-def build_pruner(s: TuneSettings) -> optuna.pruners.BasePruner:
+def build_pruner(s: TuneSettings, epochs: int) -> optuna.pruners.BasePruner:
+    """The pruner; ``epochs`` is what every trial runs: ``--epochs``, else the recipe's
+    ``schedule.epochs``. Hyperband's brackets span ``--prune-from`` to ``epochs`` (Li et al.,
+    JMLR 2018, Algorithm 1: R = the most epochs a trial runs)."""
     if s.pruner == "median":
         return optuna.pruners.MedianPruner(n_warmup_steps=s.prune_from)
     if s.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=s.prune_from,
-                                              max_resource=max(s.epochs or 1, s.prune_from))
+                                              max_resource=max(epochs, s.prune_from))
     return optuna.pruners.NopPruner()
 
 
