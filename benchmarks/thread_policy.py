@@ -1,20 +1,22 @@
 """What the CPU thread policy buys: training step times with and without a busy neighbour.
 
 For each *neighbour* (nothing; a pure-Python busy loop; a single-thread kdlab training at nice
-10; a single-thread ``kdlab bench`` at nice 10 in a loop; two busy loops) the script starts the
+10; a single-thread ``kdlab bench`` at nice 10 in a loop; a second kdlab training under
+kdlab's own policy, not niced, as a user starts two runs; two busy loops) the script starts the
 neighbour, lets it settle, then runs every *workload* under every *policy* in turn, ``--rounds``
 times (the order rotates by round, so each policy meets the neighbour's phases alike):
 
 - policies: ``fixed`` (all cores, OpenMP's default spin-wait: what torch does and kdlab did
   before the policy), ``passive`` (all cores, ``OMP_WAIT_POLICY=PASSIVE``), ``one`` (one
-  thread) and ``auto`` (kdlab's policy: all cores, one while they are shared); trainings run
-  ``fixed``, ``one`` and ``auto``, benches (which time a fixed count) ``fixed``, ``passive``
-  and ``one``;
+  thread) and ``auto`` (kdlab's policy: all cores, one while they are shared — a training's
+  governor, a bench's look at the cores before it starts); trainings run ``fixed``, ``one``
+  and ``auto``, benches ``fixed``, ``passive``, ``one`` and ``auto``;
 - workloads: short trainings through the CLI (``fmnist``: resnet20 on Fashion-MNIST, the
   quickstart's teacher; ``scenes_seg``: seg_resnet20; ``scenes_det``: frcnn_tiny_r18), whose
   ``images_per_s`` gives the mean step time over the epoch (governor probes included), and
-  ``kdlab bench`` presets (``bench:cifar``: the paper's resnet32x4 -> resnet8x4 pair;
-  ``bench:tiny``: a small pair whose ops are short; median step time).
+  ``kdlab bench`` presets (``bench:cpu``: the ``cpu`` preset; ``bench:cifar``: the paper's
+  resnet32x4 -> resnet8x4 pair; ``bench:tiny``: a small pair whose ops are short; median step
+  time).
 
 Writes ``thread_policy.csv`` (one row per measurement) and ``thread_policy.md`` (per neighbour
 and workload: median ms per policy and each policy's ratio to ``one`` in the same round).
@@ -56,7 +58,7 @@ POLICIES = {  # name -> (environment, --set for trainings / --threads for bench)
 #: the trainings compare what torch does, one thread and kdlab's policy; passive waiting (which
 #: costs 1.3-2.7x on an idle machine here) is compared on the cheaper bench workloads
 TRAINING_POLICIES = ("fixed", "one", "auto")
-BENCH_POLICIES = ("fixed", "passive", "one")
+BENCH_POLICIES = ("fixed", "passive", "one", "auto")
 TRAININGS = {  # name -> (recipe, settings, batch)
     "fmnist": ("recipes/fashion_mnist/ce/resnet20.yaml",
                ["train.max_steps_per_epoch=120", "data.val_subset=500",
@@ -68,7 +70,8 @@ TRAININGS = {  # name -> (recipe, settings, batch)
                    ["train.max_steps_per_epoch=30", "data.scenes_train=480",
                     "data.scenes_val=64", "schedule.warmup_epochs=0"], 16),
 }
-BENCHES = {"bench:cifar": ["--preset", "cifar", "--steps", "3", "--warmup", "1"],
+BENCHES = {"bench:cpu": ["--preset", "cpu", "--steps", "20", "--warmup", "3"],
+           "bench:cifar": ["--preset", "cifar", "--steps", "3", "--warmup", "1"],
            "bench:tiny": ["--preset", "tiny", "--steps", "40", "--warmup", "6"]}
 BUSY = [sys.executable, "-c", "while True: pass"]
 
@@ -83,8 +86,15 @@ def neighbour_commands(scratch: Path) -> dict[str, list[list[str]]]:
     bench = ["bash", "-c", f"while true; do {' '.join([*nice, *kdlab_cmd()])} bench --preset "
              "scenes_seg --methods ce,kd --steps 30 --warmup 2 --threads 1 --no-flops "
              ">/dev/null; done"]
+    # a second run as a user starts it: kdlab's own policy, not niced (the thread count is
+    # auto, so the neighbour's OMP_NUM_THREADS=1 is removed for it)
+    second = ["env", "-u", "OMP_NUM_THREADS", *kdlab_cmd(), "train",
+              "recipes/scenes_seg/ce/seg_resnet20.yaml", "--out", str(scratch / "second"),
+              "--set", "train.threads=auto", "--set", "train.progress=none", "--set",
+              "schedule.epochs=50", "--set", "data.scenes_val=100"]
     return {"none": [], "busy_loop": [BUSY], "kdlab_train_nice10": [train],
-            "kdlab_bench_nice10": [bench], "two_busy_loops": [BUSY, BUSY]}
+            "kdlab_bench_nice10": [bench], "kdlab_train_auto": [second],
+            "two_busy_loops": [BUSY, BUSY]}
 
 
 def _cpu_ticks() -> dict[int, tuple[int, int]]:

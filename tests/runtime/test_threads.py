@@ -20,6 +20,7 @@ import pytest
 from kdlab.errors import UserError
 from kdlab.runtime import thread_governor as G
 from kdlab.runtime import threads as T
+from support.cores import two_cores
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
@@ -400,3 +401,55 @@ def test_a_cpu_training_run_with_auto_threads_has_a_governor_and_logs_its_count(
         assert (trainer.governor is not None) == governed
         header = (out / "metrics.csv").read_text().splitlines()[0]
         assert ("cpu_threads" in header) == governed
+
+
+@pytest.mark.parametrize("busy", [True, False])
+def test_the_teacher_check_runs_at_the_count_of_the_look_before_the_run(
+        busy, monkeypatch, tmp_path, capsys):
+    import kdlab
+    from conftest import tiny_staged
+    from kdlab.tasks.classification.datasets.synthetic import generate
+    from kdlab.training import teacher_check
+
+    two_cores(monkeypatch, busy=1.0 if busy else 0.0)
+    seen, real = [], teacher_check.teacher_scores
+    monkeypatch.setattr(teacher_check, "teacher_scores",
+                        lambda *a, **k: seen.append(torch_threads()) or real(*a, **k))
+    monkeypatch.setattr("kdlab.training.report.plot_curves", lambda *a, **k: None)
+    (xt, yt), (xv, yv) = generate()
+    kdlab.distill(student=tiny_staged(seed=1), teacher=tiny_staged(seed=2),
+                  train=(xt[:64], yt[:64]), val=(xv[:32], yv[:32]), epochs=1, batch_size=32,
+                  eval_batch_size=32, device="cpu", progress="lines", method="kd",
+                  out=tmp_path / "run")
+    printed = capsys.readouterr().out.splitlines()
+    assert seen == ([1] if busy else [2])
+    noted = [line for line in printed if "before the first step" in line]
+    assert len(noted) == busy
+    if busy:  # the note comes before the teacher's score, the header before both
+        header = next(i for i, line in enumerate(printed) if line.startswith("CPU threads: 2 ("))
+        teacher = next(i for i, line in enumerate(printed) if line.startswith("teacher: "))
+        assert header < printed.index(noted[0]) < teacher
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+@pytest.mark.parametrize("busy", [0.0, 0.3, 1.0])
+def test_a_command_that_keeps_its_count_looks_at_the_cores_once_at_its_start(busy, monkeypatch):
+    from support.cores import header
+
+    two_cores(monkeypatch, busy=busy)
+    choice = T.apply_thread_policy("auto", look=True)
+    threads = 1 if busy >= 0.5 else 2  # 0.3 of a core: noise, not a neighbour
+    assert (choice.threads, torch_threads()) == (threads, threads)
+    assert choice.describe() == header(threads, busy=busy >= 0.5)  # no governor: no "fewer"
+    assert T.thread_summary() == choice.describe()
+    looks = []
+    monkeypatch.setattr(G, "look_at_cores", lambda: looks.append(1))
+    assert T.apply_thread_policy(2, look=True).threads == 2  # a number is kept as it is
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert T.apply_thread_policy("auto", look=True).reason == "OMP_NUM_THREADS"
+    assert looks == []

@@ -105,6 +105,33 @@ def test_bench_writes_csv_with_metadata(tmp_path, capsys):
     assert "-" in capsys.readouterr().out  # no kd in the list: no ratio, printed as '-'
 
 
+@pytest.mark.parametrize("busy", [True, False])
+def test_bench_takes_one_look_at_the_cores_and_records_threads_wait_and_load(
+        busy, tmp_path, capsys, monkeypatch):
+    """--threads auto beside a process that keeps one of 2 cores busy: 1 thread for the whole
+    measurement, said in the header; the CSV's meta lines and every row record the threads,
+    the wait policy and the 1-minute load."""
+    import csv
+
+    from support.cores import header, two_cores
+
+    two_cores(monkeypatch, busy=1.0 if busy else 0.0)
+    out = tmp_path / "results.csv"
+    assert main(bench_args("--methods", "ce", "--no-flops", "--out", str(out))) == 0
+    threads, line = (1 if busy else 2), header(1 if busy else 2, busy)
+    assert line in capsys.readouterr().out.splitlines()
+    lines = out.read_text().splitlines()
+    meta = dict(row[2:].split(": ", 1) for row in lines if row.startswith("# "))
+    assert (meta["threads"], meta["thread_policy"]) == (str(threads), line)
+    assert meta["wait_policy"] == "spin, then sleep (OpenMP's default)"
+    load = meta["load"].split()
+    assert len(load) == 3 or meta["load"] == "n/a"
+    rows = list(csv.DictReader(row for row in lines if not row.startswith("# ")))
+    assert [r["method"] for r in rows] == ["ce"]
+    assert (rows[0]["threads"], rows[0]["wait_policy"]) == (str(threads), meta["wait_policy"])
+    assert rows[0]["load_1min"] == meta["load"].split(" ")[0]
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--methods", "ce,kdd"], "Did you mean 'kd'"),
     (["--methods", "kd:temprature=2"], "Did you mean 'temperature'"),

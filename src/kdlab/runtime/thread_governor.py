@@ -6,8 +6,9 @@ is not scheduled, and a step becomes 10-27x slower (``benchmarks/results/thread_
 with one thread fewer per busy core the run keeps its single-thread speed. So, while a run
 trains with ``train.threads: auto``, the :class:`ThreadGovernor`
 
-- looks before the first step: if other processes keep at least half a core of this process's
-  cores busy, it starts with fewer threads;
+- looks at the cores before the run's work begins (:func:`look_at_cores`: before the model is
+  built and the teacher evaluated): if other processes keep at least half a core of this
+  process's cores busy, it starts with fewer threads;
 - reads Linux's scheduler accounting after every step (:class:`CoreSensor`): when this
   process's threads wait for a CPU (another process arrived) it tries fewer threads, and when
   its cores sit idle (the neighbour left) it tries more;
@@ -102,6 +103,37 @@ class CoreSensor:
                        idle=(idle1 - idle0) * self.tick, others=others)
 
 
+@dataclass(frozen=True)
+class Look:
+    """What other processes did on this process's cores while it slept, before its work."""
+
+    sensor: CoreSensor | None  #: None where the kernel keeps no accounting
+    use: CoreUse | None  #: None without a sensor
+
+    @property
+    def busy(self) -> float:
+        """Cores that other processes kept busy (0 without a sensor)."""
+        return 0.0 if self.use is None else self.use.others / self.use.seconds
+
+    def threads(self, full: int) -> int:
+        """``full`` less one thread per core other processes kept busy (at least one), when
+        they kept at least half a core busy; below that it is noise, not a neighbour."""
+        busy = self.busy
+        return max(1, full - max(1, round(busy))) if busy >= 0.5 else full
+
+
+def look_at_cores(settle: float = 0.25) -> Look:
+    """Sleep ``settle`` seconds and read what other processes did on this process's cores
+    meanwhile (:class:`CoreSensor`): the look a governor takes before a run's first step, and
+    a command that keeps one thread count for its whole work (a timing) takes at its start."""
+    sensor = CoreSensor.of_this_process()
+    if sensor is None:
+        return Look(None, None)
+    sensor.read()
+    time.sleep(settle)
+    return Look(sensor, sensor.read())
+
+
 class ThreadGovernor:
     """Keeps the faster thread count of a CPU training run while its cores' use changes.
 
@@ -145,26 +177,24 @@ class ThreadGovernor:
         self.steps = 0
 
     @classmethod
-    def for_this_process(cls, threads: int, *, note: Callable[[str], None] = print,
-                         settle: float = 0.25) -> ThreadGovernor:
-        """A governor with this process's :class:`CoreSensor` (where the kernel has one) that
-        has looked at the cores for ``settle`` seconds before the first step."""
-        governor = cls(threads, note=note, sensor=CoreSensor.of_this_process())
-        if governor.sensor is not None:
-            governor.sensor.read()
-            time.sleep(settle)
-            governor.look_before_start(governor.sensor.read())
+    def after(cls, look: Look, threads: int, *, note: Callable[[str], None] = print
+              ) -> ThreadGovernor:
+        """A governor for this process that starts from ``look`` (:func:`look_at_cores`, taken
+        before the run's work began) with its sensor and the thread count it suggests."""
+        governor = cls(threads, note=note, sensor=look.sensor)
+        if look.use is not None:
+            governor.look_before_start(look.use)
         return governor
 
     # ------------------------------------------------------------------ signals
     def look_before_start(self, use: CoreUse) -> None:
         """Start with fewer threads when other processes keep this process's cores busy."""
-        taken = use.others / use.seconds
-        if taken >= 0.5:
-            before, self.current = self.current, max(1, self.full - max(1, round(taken)))
+        look = Look(self.sensor, use)
+        if look.threads(self.full) != self.current:
+            before, self.current = self.current, look.threads(self.full)
             self.set_threads(self.current)
             self.note(f"CPU threads: {before} -> {self.current} before the first step: other "
-                      f"processes kept {taken:.1f} of this process's cores busy.")
+                      f"processes kept {look.busy:.1f} of this process's cores busy.")
 
     def _share(self, field: str, steps: int) -> float:
         uses = list(self.uses)[-steps:]

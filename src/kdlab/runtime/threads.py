@@ -13,6 +13,9 @@ partner waits to be scheduled, and a step becomes up to ten times slower
 - while a CPU run trains with ``train.threads: auto``, meets a process that shares those cores
   with fewer threads and returns to every core when they are free again
   (:class:`kdlab.runtime.thread_governor.ThreadGovernor`);
+- in a command that keeps one count for its whole work (``kdlab bench``, ``profile``,
+  ``eval``, ...), looks at the cores once at its start and starts with fewer threads while
+  other processes keep them busy (:func:`beside_other_processes`);
 - leaves OpenMP's wait policy to the user (``OMP_WAIT_POLICY``) and reports it.
 
 ``train.threads: N`` (or ``OMP_NUM_THREADS``) fixes the count for the whole run instead:
@@ -24,6 +27,7 @@ to that order). :func:`apply_thread_policy` sets the starting count and returns 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass
@@ -170,13 +174,31 @@ def parse_threads(value: str | int, where: str = "train.threads") -> int | str:
     return threads
 
 
-def apply_thread_policy(requested: int | str = "auto", *, loader_workers: int = 0
-                        ) -> ThreadChoice:
-    """Choose the thread count (:func:`choose_threads`) and give it to torch."""
+def beside_other_processes(choice: ThreadChoice) -> ThreadChoice:
+    """``choice`` after one look at its cores, for a command that keeps its thread count (a
+    timing, an evaluation): fewer threads while other processes keep cores busy, as a training
+    run's governor starts (:func:`kdlab.runtime.thread_governor.look_at_cores`)."""
+    from kdlab.runtime.thread_governor import look_at_cores
+
+    look = look_at_cores()
+    threads = look.threads(choice.threads)
+    if threads == choice.threads:
+        return dataclasses.replace(choice, adaptive=False)
+    return ThreadChoice(threads, f"{choice.reason}, {threads} because other processes kept "
+                        f"{look.busy:.1f} of these cores busy", choice.wait)
+
+
+def apply_thread_policy(requested: int | str = "auto", *, loader_workers: int = 0,
+                        look: bool = False) -> ThreadChoice:
+    """Choose the thread count (:func:`choose_threads`) and give it to torch. ``look``: the
+    count stays for the whole command (no governor), so an ``auto`` count is first checked
+    against the other processes on the cores (:func:`beside_other_processes`)."""
     import torch
 
     global _applied
     choice = choose_threads(requested, loader_workers=loader_workers)
+    if look and choice.adaptive:
+        choice = beside_other_processes(choice)
     if torch.get_num_threads() != choice.threads:
         torch.set_num_threads(choice.threads)
     _applied = choice

@@ -36,7 +36,7 @@ from kdlab.errors import UserError
 from kdlab.nn.layout import use_channels_last
 from kdlab.runtime import collectives
 from kdlab.runtime.files import check_writable_folder
-from kdlab.runtime.thread_governor import ThreadGovernor
+from kdlab.runtime.thread_governor import Look, ThreadGovernor, look_at_cores
 from kdlab.runtime.threads import apply_thread_policy
 from kdlab.training import distributed, teacher_check
 from kdlab.training.build import build_run, check_task, model_specs, resolve_device
@@ -177,13 +177,14 @@ class Trainer:
         seed_all(cfg.train.seed, -1)
         last_path = self.out_dir / "last.pt"
         self.threads = apply_thread_policy(cfg.train.threads)
+        look = self._look_at_cores()
         run = build_run(cfg, device, rank=d.rank, world_size=d.world_size,
                         resuming=self.resume and last_path.is_file(), prebuilt=self.prebuilt)
         self.run = run  # the trained distiller stays reachable after fit()
         self._share_cores_with_workers(run.loaders.train)
-        self.governor: ThreadGovernor | None = None
         if main:
             print(self.threads.describe(), flush=True)
+        self.governor: ThreadGovernor | None = None
         raw = run.distiller
         self.task = raw.task
         if cfg.train.sync_bn and d.enabled:
@@ -216,6 +217,9 @@ class Trainer:
                 print(f"resuming {self.out_dir} at epoch {start + 1} of {epochs}")
         elif self.resume and main:
             print(f"{self.out_dir} holds no epoch checkpoint yet; starting from epoch 1")
+        progress = Progress(cfg.train.progress, enabled=main)
+        if look is not None and self.threads.adaptive:
+            self.governor = ThreadGovernor.after(look, self.threads.threads, note=progress.note)
         self._check_teacher(raw, run, ckpt or {})
 
         model: nn.Module = raw
@@ -232,10 +236,6 @@ class Trainer:
         trackers = Trackers.open(cfg, self.out_dir, enabled=main)
         log = MetricsLog(self.out_dir, enabled=main, history=history,
                          tensorboard="tensorboard" in cfg.train.loggers, trackers=trackers)
-        progress = Progress(cfg.train.progress, enabled=main)
-        if self.threads.adaptive and device.type == "cpu":
-            self.governor = ThreadGovernor.for_this_process(self.threads.threads,
-                                                            note=progress.note)
         try:
             for epoch in range(start, epochs):
                 best = self._epoch(epoch, model, raw, run, optim, best, log, progress)
@@ -263,6 +263,16 @@ class Trainer:
             raise
         collectives.barrier()
         return summary
+
+    def _look_at_cores(self) -> Look | None:
+        """For a CPU run with a governor: look at the cores before any of the run's work (the
+        build, the teacher check) and do that work with the thread count the look suggests;
+        the governor starts from it (:mod:`kdlab.runtime.thread_governor`)."""
+        if not (self.threads.adaptive and self.device.type == "cpu"):
+            return None
+        look = look_at_cores()
+        torch.set_num_threads(look.threads(self.threads.threads))
+        return look
 
     def _share_cores_with_workers(self, loader: Any) -> None:
         """Leave a core to each DataLoader worker process of the train loader (they decode

@@ -71,6 +71,15 @@ def test_profile_writes_table_csv_and_plot_with_sane_numbers(runs, capsys):
     assert "| teacher | teacher | resnet20 |" in printed
 
 
+def test_profile_auto_threads_start_with_one_fewer_beside_a_busy_core(runs, capsys,
+                                                                       monkeypatch):
+    from support.cores import header, two_cores
+
+    two_cores(monkeypatch, busy=1.0)
+    assert main(["profile", str(runs / "kd"), "--no-timing", "--no-onnx"]) == 0
+    assert f"threads: {header(1, busy=True)}" in capsys.readouterr().out
+
+
 def test_a_teacher_given_as_a_run_is_profiled_once(runs, capsys):
     assert main(["profile", str(runs / "teacher"), str(runs / "kd"), "--no-timing",
                  "--no-onnx", "--out", str(runs / "once")]) == 0

@@ -159,8 +159,9 @@ def _common(p: Any) -> None:
 
 # --------------------------------------------------------------------- helpers
 def _restore(path: str, which: str, overrides: list[str], device: str | None,
-             role: str = "run") -> Restored:
-    """A classification run's distiller on the requested device (default: the run's)."""
+             role: str = "run", thread_policy: bool = True) -> Restored:
+    """A classification run's distiller on the requested device (default: the run's); the
+    first run a command restores applies its thread policy (``thread_policy``)."""
     from kdlab.training.build import resolve_device
 
     ckpt_path = find_checkpoint(path, which)
@@ -169,7 +170,8 @@ def _restore(path: str, which: str, overrides: list[str], device: str | None,
     if task != "classification":
         raise UserError(f"The {role} {str(ckpt_path)!r} is a {task} run; kdlab analyze needs "
                         "a classification run (FCFD's analyses read a classifier's output).")
-    r = restore_run(path, which, overrides, device=device, load_data=False)
+    r = restore_run(path, which, overrides, device=device, load_data=False,
+                    thread_policy=thread_policy)
     if device is None and r.cfg.train.device != "cpu":
         r.device = resolve_device(r.cfg.train.device)
         r.distiller.to(r.device)
@@ -279,8 +281,8 @@ def run_probe(args: argparse.Namespace) -> int:
     positions = _positions(args.positions)
     for k in positions:
         check_position(teacher, k)
-    students = [_restore(p, args.which, [], str(t.device), role="student run")
-                for p in args.students]
+    students = [_restore(p, args.which, [], str(t.device), role="student run",
+                         thread_policy=False) for p in args.students]
     for s in students:
         _check_student(s, t)
         note = _teacher_note(s, t)
@@ -366,8 +368,8 @@ def run_similarity(args: argparse.Namespace) -> int:
     k = _similarity_stage(teacher, args.stage, args.space)
     if args.epochs is not None and args.epochs < 1:
         raise UserError(f"--epochs must be at least 1, got {args.epochs}.")
-    students = [_restore(p, args.which, [], str(t.device), role="student run")
-                for p in args.students]
+    students = [_restore(p, args.which, [], str(t.device), role="student run",
+                         thread_policy=False) for p in args.students]
     feeds = []
     for s in students:
         _check_student(s, t)

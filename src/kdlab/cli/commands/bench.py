@@ -50,7 +50,9 @@ def add_parser(sub: Any) -> None:
                    "(default: 1024 on a CPU, 2048 with more than 4 threads, 8192 on CUDA)")
     p.add_argument("--threads", default="auto", metavar="auto|N",
                    help="CPU threads as train.threads: auto = the cores this process may use "
-                   "(affinity, cgroup quota), or OMP_NUM_THREADS when set (default auto)")
+                   "(affinity, cgroup quota), one fewer per core other processes keep busy at "
+                   "the start, or OMP_NUM_THREADS when set; fixed for the whole measurement "
+                   "(default auto)")
     p.add_argument("--out", metavar="FILE.csv|FILE.json", help="also write the results here")
     p.add_argument("--teacher-cache", action="store_true",
                    help="also time each method that can train from a teacher cache (kd, dkd) "
@@ -82,8 +84,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.out:
         check_output_path(args.out)
-    apply_thread_policy(parse_threads(args.threads, "--threads"))
     device = resolve_device(args.device)
+    # one count for every timed step: a governor switching mid-measurement would skew it
+    apply_thread_policy(parse_threads(args.threads, "--threads"), look=device.type == "cpu")
     preset = args.preset or ("cifar" if device.type == "cuda" else "cpu")
     command = "kdlab " + shlex.join(getattr(args, "argv", []) or ["bench"])
     channels_last = {"on": True, "off": False}.get(args.channels_last, "auto")

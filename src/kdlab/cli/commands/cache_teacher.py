@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from kdlab.cli.commands.common import add_set_option
+from kdlab.cli.commands.common import add_set_option, apply_cpu_threads
 
 
 def count(text: str) -> int:
@@ -52,8 +52,10 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from kdlab.core.config import load_config
     from kdlab.tools.teacher_cache import build_teacher_cache, describe
+    from kdlab.training.build import resolve_device
 
     cfg = load_config(args.recipe, list(args.overrides))
+    apply_cpu_threads(cfg.train.threads, resolve_device(args.device or cfg.train.device))
     args.memory_hint = ("lower --views (each training image is stored that many times) or "
                         "--batch (views per teacher forward)")
     path, meta = build_teacher_cache(

@@ -15,6 +15,7 @@ import yaml
 from kdlab.core.config import RunConfig, apply_overrides, build_dataclass
 from kdlab.core.recipe_yaml import load_yaml, read_text
 from kdlab.errors import UserError
+from kdlab.runtime.threads import ThreadChoice
 
 WHICH = ("best", "last")
 
@@ -93,6 +94,22 @@ def run_config(ckpt_path: Path, ckpt: dict[str, Any], overrides: Sequence[str]) 
     return cfg
 
 
+# --------------------------------------------------------------------- CPU threads
+def apply_cpu_threads(requested: int | str, device: Any) -> ThreadChoice:
+    """kdlab's thread policy for a command without a training loop (``eval``, ``export``,
+    ``analyze``, ``cache-teacher``): the count ``train.threads`` asks for, after one look at
+    the cores when the command works on the CPU (a busy neighbour otherwise meets spinning
+    threads, issue 19), printed as the line a training run's header has."""
+    import torch
+
+    from kdlab.runtime.threads import apply_thread_policy, parse_threads
+
+    choice = apply_thread_policy(parse_threads(requested),
+                                 look=torch.device(device).type == "cpu")
+    print(choice.describe(), flush=True)
+    return choice
+
+
 # --------------------------------------------------------------------- a finished run
 @dataclass
 class Restored:
@@ -108,7 +125,8 @@ class Restored:
 
 
 def restore_run(path: str | Path, which: str, overrides: Sequence[str], *,
-                device: str | None = None, load_data: bool = True) -> Restored:
+                device: str | None = None, load_data: bool = True,
+                thread_policy: bool = False) -> Restored:
     """Rebuild a run's distiller from its config and load the checkpoint's weights.
 
     The distiller (every method, composite networks included) is built from the run's
@@ -117,7 +135,8 @@ def restore_run(path: str | Path, which: str, overrides: Sequence[str], *,
     ``load_data=False`` the data shape comes from the dataset's registered info; the data is
     loaded only if those sizes do not fit the checkpoint (e.g. an ImageNet folder's classes).
     ``device``: auto | cpu | cuda | ... (default: the run's ``train.device``; the CPU when
-    ``load_data`` is false).
+    ``load_data`` is false). ``thread_policy``: apply the run's ``train.threads`` before the
+    data and networks are built (:func:`apply_cpu_threads`), as a command does once.
     """
     import torch
 
@@ -132,6 +151,8 @@ def restore_run(path: str | Path, which: str, overrides: Sequence[str], *,
     if device is None:
         device = "cpu" if not load_data else cfg.train.device
     dev = resolve_device(device) if device != "cpu" else torch.device("cpu")
+    if thread_policy:
+        apply_cpu_threads(cfg.train.threads, dev)
     if not load_data:
         info = describe(cfg.data.name)
         info = dataclasses.replace(info, train_size=subset_size(info.train_size,

@@ -39,7 +39,8 @@ def network_label(net: nn.Module, cfg: RunConfig) -> str:
 def run(args: argparse.Namespace) -> int:
     from kdlab.training.report import COMPANION, LABELS
 
-    r = restore_run(args.path, args.which, args.overrides, device=args.device)
+    r = restore_run(args.path, args.which, args.overrides, device=args.device,
+                    thread_policy=True)
     task = r.distiller.task
     first, second = task.primary, COMPANION.get(task.primary, task.primary)
     print(f"{r.ckpt_path}  ({r.cfg.data.name}, val split)")

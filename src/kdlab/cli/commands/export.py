@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         return run_deployable(args)
     from kdlab.training.exported_file import export_metadata, write_exported
 
-    r = restore_run(args.path, args.which, [], load_data=False)
+    r = restore_run(args.path, args.which, [], load_data=False, thread_policy=True)
     exported = r.distiller.exported()
     paths = output_paths(list(exported), r.ckpt_path, args.out)
     for name, module in exported.items():
@@ -106,7 +106,7 @@ def run_deployable(args: argparse.Namespace) -> int:
         raise UserError(f"--tolerance {args.tolerance} must be a number >= 0.")
     if args.format == "onnx":
         require_onnx()  # before the run and its data are loaded
-    r = restore_run(args.path, args.which, [], device="cpu")
+    r = restore_run(args.path, args.which, [], device="cpu", thread_policy=True)
     exported = r.distiller.exported()
     paths = output_paths(list(exported), r.ckpt_path, args.out, SUFFIX[args.format])
     images = validation_images(r.val, args.images)

@@ -46,8 +46,9 @@ def add_parser(sub: Any) -> None:
                    help="rounds in which the networks take turns; a latency is the median "
                    "of its timed calls over every round (default 3)")
     p.add_argument("--threads", default="auto",
-                   help="intra-op threads of PyTorch and onnxruntime: auto (the cores of this "
-                   "process, or OMP_NUM_THREADS) or a number")
+                   help="intra-op threads of PyTorch and onnxruntime, fixed for the whole "
+                   "measurement: auto (the cores of this process, one fewer per core other "
+                   "processes keep busy at the start, or OMP_NUM_THREADS) or a number")
     p.add_argument("--no-onnx", action="store_true",
                    help="no ONNX export and no onnxruntime columns")
     p.add_argument("--no-timing", action="store_true",
@@ -230,7 +231,8 @@ def run(args: argparse.Namespace) -> int:
         from kdlab.tools.deploy.onnx_format import require_onnx
 
         require_onnx()
-    choice = apply_thread_policy(parse_threads(args.threads, "--threads"))
+    # one count for every timed call: a governor switching mid-measurement would skew it
+    choice = apply_thread_policy(parse_threads(args.threads, "--threads"), look=True)
     if args.threads != "auto":
         choice = dataclasses.replace(choice, reason="--threads")
     subjects = gather(args.runs, args.which, max(args.batch, 8))
