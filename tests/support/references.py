@@ -23,3 +23,14 @@ def ref_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: floa
         pt = [v / sum(et) for v in et]
         total += sum(t * math.log(t / s) for t, s in zip(pt, ps, strict=True))
     return tau * tau * total / len(student_logits)
+
+
+def ref_softmax(values: list[float], tau: float) -> list[float]:
+    """Softmax of ``values`` at temperature ``tau``, element by element."""
+    e = [math.exp(v / tau) for v in values]
+    return [v / sum(e) for v in e]
+
+
+def ref_kl_of(p: list[float], q: list[float]) -> float:
+    """KL(p || q) of two distributions given as lists."""
+    return sum(a * math.log(a / b) for a, b in zip(p, q, strict=True))

@@ -374,7 +374,7 @@ def data_meta(name: str, images: torch.Tensor, num_classes: int, mean: Sequence[
 @dataclass
 class Probe:
     """A few stored views of a cache with the training images they show: a run recomputes
-    them with its teacher (:func:`kdlab.training.teacher_sources.check_cached_entries`) and
+    them with its teacher (:func:`kdlab.training.cache_source.check_cached_entries`) and
     compares."""
 
     index: np.ndarray  # image of each probed entry

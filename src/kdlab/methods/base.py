@@ -69,6 +69,18 @@ class Distiller(nn.Module):
     any pass a method runs inside :meth:`teacher_bn_mode`): ``eval`` (running statistics, the
     default) or ``batch`` (the current batch's statistics, as reference code that calls
     ``train()`` on its frozen teacher; the running statistics are left untouched).
+
+    Class flags, each with who reads it (everything else a run needs, it asks the method):
+
+    - ``Config``: the one validation pass (:func:`kdlab.methods.method_config`) and the docs.
+    - ``needs_teacher``: the CLI, the API and the run's build: whether a teacher is loaded.
+    - ``tasks`` and ``variants``: :meth:`for_task`, which class runs the method on a task.
+    - ``uses_stages``: :func:`kdlab.methods.check_stages`, which refuses a network without
+      stages (a ViT) before anything is built.
+    - ``may_skip_parameters``: the trainer's DDP wrapper (``find_unused_parameters``).
+    - ``trains_teacher``: this class only, to hold the given teacher as a trained submodule.
+    - ``teacher_reads``: :meth:`teacher_pass` and the teacher-cache check (logits only).
+    - ``combinable``: ``combo``'s part check; derived from ``needs_teacher`` unless set.
     """
 
     Config: type = NoConfig
@@ -86,7 +98,8 @@ class Distiller(nn.Module):
     may_skip_parameters: bool = False
     #: True for online methods (online FCFD) whose second network is trained with the
     #: student: it is then a submodule ``teacher_net`` (in ``parameters()``, the checkpoint
-    #: and DDP), not frozen, and ``self.teacher`` returns it.
+    #: and DDP), not frozen, and ``self.teacher`` returns it. Such a method has no frozen
+    #: teacher (``needs_teacher = False``).
     trains_teacher: ClassVar[bool] = False
     #: What the default :meth:`teacher_pass` asks the teacher source for: ``"features"``
     #: (stage outputs, embedding and logits) or ``"logits"`` (only those, a
@@ -98,9 +111,12 @@ class Distiller(nn.Module):
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
+        if cls.trains_teacher and cls.needs_teacher:
+            raise TypeError(f"{cls.__name__} trains its teacher, so it has no frozen one: set "
+                            "needs_teacher = False.")
         if "combinable" not in cls.__dict__:
             inherited = all(getattr(b, "combinable", True) for b in cls.__bases__)
-            cls.combinable = inherited and cls.needs_teacher and not cls.trains_teacher
+            cls.combinable = inherited and cls.needs_teacher
 
     def __init__(
         self,

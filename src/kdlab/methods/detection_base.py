@@ -60,7 +60,8 @@ class DetectionDistiller(Distiller):
     losses) + losses(batch, student, teacher)``."""
 
     tasks = ("detection",)
-    #: whether :meth:`losses` reads the teacher's ROI outputs (else only its FPN features)
+    #: whether :meth:`losses` reads the teacher's ROI outputs (else only its FPN features);
+    #: read by :meth:`teacher_pass` and a detection ``combo``: else the ROI head does not run
     reads_teacher_roi: ClassVar[bool] = True
 
     @property

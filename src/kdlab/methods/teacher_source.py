@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from kdlab.nn.batch_stats import batch_statistics
+from kdlab.methods.batch_stats import batch_statistics
 
 if TYPE_CHECKING:
     from kdlab.methods.batch import Batch

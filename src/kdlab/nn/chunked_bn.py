@@ -3,7 +3,7 @@
 FCFD (Liu et al., ICLR 2023) runs several sampled paths through the same network's later
 stages. Concatenated along the batch, their convolutions run as one larger call; but a
 BatchNorm on batch statistics would then mix the paths' statistics, and each path may keep
-its own running statistics (Sec. 2.3, Fig. 3; :class:`kdlab.nn.path_bn.PathStats`).
+its own running statistics (Sec. 2.3, Fig. 3; :class:`kdlab.methods.fcfd.path_bn.PathStats`).
 :func:`chunked_batchnorm` makes every BatchNorm inside a ``with`` block treat its input as
 consecutive chunks of ``chunk`` samples and run its own forward once per chunk, with chunk
 ``j``'s running statistics swapped in where given: outputs, gradients and running-statistics

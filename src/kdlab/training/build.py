@@ -165,7 +165,7 @@ def check_model_config(cfg: RunConfig, *, weights: bool = True) -> None:
     if not weights:
         return
     if cfg.data.teacher_cache:
-        from kdlab.training.teacher_sources import check_teacher_cache
+        from kdlab.training.cache_source import check_teacher_cache
 
         check_teacher_cache(cfg)
     if teacher:
@@ -255,7 +255,7 @@ def build_run(
                                             prebuilt=prebuilt)
     distiller.use_train_labels(train_labels(loaders.train))  # CRD's class negatives
     if loaders.teacher_cache is not None:
-        from kdlab.training.teacher_sources import attach_teacher_cache
+        from kdlab.training.cache_source import attach_teacher_cache
 
         attach_teacher_cache(distiller, loaders.teacher_cache, cfg.model.teacher)
     return Run(distiller=distiller, loaders=loaders, info=info)

@@ -289,7 +289,7 @@ class Trainer:
         saved = ckpt.get("teacher_scores")
         self.teacher_scores: dict[str, float] = {}
         self.warnings: list[str] = [str(w) for w in ckpt.get("warnings", [])]
-        teacher = None if raw.trains_teacher else raw.teacher
+        teacher = raw.teacher if raw.needs_teacher else None  # online FCFD's is trained
         if teacher is None or not self.cfg.train.evaluate_teacher:
             return
         resumed = isinstance(saved, dict) and bool(saved)

@@ -113,7 +113,7 @@ def test_every_combinable_method_can_join_a_combo(tiny_pair):
     names = [n for n in METHODS.names() if getattr(METHODS.get(n), "combinable", False)
              and n != "combo" and METHODS.get(n).runs_on("classification")]
     assert {"kd", "dkd", "rkd", "sp", "cc", "irg", "at", "fitnet", "crd", "vid",
-            "reviewkd"} <= set(names)
+            "reviewkd", "fcfd"} <= set(names)
     tiny = {"crd": {"num_negatives": 8, "feat_dim": 16, "negatives": "uniform"}}
     x, y = _batch()
     for name in names:
@@ -144,3 +144,52 @@ def test_a_logit_method_combines_with_a_feature_method(tiny_pair):
     _, losses = combo(x, y)
     assert set(losses) == {"ce", "dkd", "at"}
     assert all(torch.isfinite(v) and v > 0 for v in losses.values())
+
+
+@pytest.mark.parametrize("others", [[], [{"name": "rkd", "distance_weight": 0,
+                                           "angle_weight": 0}]])
+def test_fcfd_in_a_combo_gives_fcfds_own_terms(tiny_pair, others):
+    """FCFD as a part (alone, or beside a part whose terms weigh nothing) gives FCFD's own
+    terms: the same bridges, the same sampled paths, the same teacher pass (batch BN)."""
+    teacher, student = tiny_pair
+    student.eval()
+    x, y = _batch()
+    combo = build_distiller("combo", {"parts": [{"name": "fcfd"}, *others]}, student, teacher)
+    alone = build_distiller("fcfd", {}, student, teacher)
+    alone.load_state_dict(combo.parts["fcfd"].state_dict())  # the same bridge weights
+    torch.manual_seed(3)  # the same sampled paths
+    _, in_combo = combo(x, y)
+    torch.manual_seed(3)
+    _, own = alone(x, y)
+    fcfd_terms = set(own) - {"ce"}
+    assert fcfd_terms and fcfd_terms <= set(in_combo)
+    for term in fcfd_terms:
+        torch.testing.assert_close(in_combo[term], own[term])
+    for term in set(in_combo) - fcfd_terms - {"ce"}:
+        assert in_combo[term].item() == 0.0, term
+
+
+def test_fcfd_and_kd_combine_once_their_teacher_bn_agrees(tiny_pair):
+    """FCFD reads the teacher on batch statistics by default, KD on running ones; a combo runs
+    one teacher pass, so the refusal names the setting to change, and once it is set the two
+    train together: FCFD's bridges get a gradient, the teacher none."""
+    teacher, student = tiny_pair
+    parts = [{"name": "fcfd"}, {"name": "kd"}]
+    with pytest.raises(UserError) as refused:
+        build_distiller("combo", {"parts": parts}, student, teacher)
+    message = str(refused.value)
+    assert "fcfd: batch, kd: eval" in message
+    assert "method.parts[1].teacher_bn=batch" in message and message.count(". ") == 0
+    for agreed in ([{"name": "fcfd", "teacher_bn": "eval"}, {"name": "kd"}],
+                   [{"name": "fcfd"}, {"name": "kd", "teacher_bn": "batch"}]):
+        combo = build_distiller("combo", {"parts": agreed}, student, teacher)
+        x, y = _batch()
+        _, losses = combo(x, y)
+        # FCFD's own L_kd is "kd"; the kd part's term, clashing, is named "kd.kd"
+        assert {"ce", "kd", "app", "kd.kd"} <= set(losses), set(losses)
+        assert all(torch.isfinite(v) for v in losses.values())
+        sum(losses.values()).backward()
+        bridges = [p for n, p in combo.named_parameters() if n.startswith("parts.fcfd.")]
+        assert bridges and any(p.grad is not None and p.grad.abs().sum() > 0 for p in bridges)
+        assert all(p.grad is None for p in teacher.parameters())
+        combo.zero_grad(set_to_none=True)

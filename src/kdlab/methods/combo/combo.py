@@ -149,13 +149,22 @@ def _own_teacher_passes(parts: nn.ModuleDict) -> list[str]:
 
 
 def _teacher_bn(parts: nn.ModuleDict) -> str:
-    """The ``teacher_bn`` mode of the combo's one teacher pass: the parts' that set one."""
-    modes = {name: p.cfg.teacher_bn for name, p in parts.items() if hasattr(p.cfg, "teacher_bn")}
-    if len(set(modes.values())) > 1:
-        given = ", ".join(f"{name}: {mode}" for name, mode in modes.items())
-        raise UserError(f"The parts run the teacher's BatchNorm differently ({given}), but a "
-                        "combo runs one teacher pass; set the same teacher_bn on each part.")
-    return next(iter(modes.values()), "eval")
+    """The ``teacher_bn`` mode of the combo's one teacher pass: that of the parts that have
+    the setting (:func:`check_parts` makes them agree), else ``eval``."""
+    modes = [p.cfg.teacher_bn for p in parts.values() if hasattr(p.cfg, "teacher_bn")]
+    return modes[0] if modes else "eval"
+
+
+def _check_teacher_bn(modes: dict[str, tuple[str, str]]) -> None:
+    """The parts' ``teacher_bn`` modes, as ``{"method.parts[i]": (method, mode)}``, agree: a
+    combo runs one teacher pass. The refusal names the settings that would make them agree."""
+    if len({mode for _, mode in modes.values()}) <= 1:
+        return
+    (first, (_, mode)), *rest = modes.items()
+    given = ", ".join(f"{name}: {m}" for name, m in modes.values())
+    change = " and ".join(f"{where}.teacher_bn={mode}" for where, (_, m) in rest if m != mode)
+    raise UserError(f"The combo's parts run the teacher's BatchNorm differently ({given}) but "
+                    f"share one teacher pass; set {change}, or {first}.teacher_bn to theirs.")
 
 
 def check_parts(parts: list[dict[str, Any]], part_class: Callable[[str], type],
@@ -163,11 +172,12 @@ def check_parts(parts: list[dict[str, Any]], part_class: Callable[[str], type],
     """Check a combo's ``parts`` list: each names a method once, sets no ``ce_weight`` and
     has valid settings (:func:`~kdlab.core.settings.check_settings`) for the class
     ``part_class(name)`` returns (it raises when the method cannot be a part), in its
-    variant for ``task`` when given."""
+    variant for ``task`` when given; the parts that have a ``teacher_bn`` agree on it."""
     if not parts:
         raise UserError("method.parts is empty; list the methods to combine, e.g. "
                         "parts: [{name: kd}, {name: rkd}].")
     seen: set[str] = set()
+    teacher_bn: dict[str, tuple[str, str]] = {}
     for i, spec in enumerate(parts):
         options = dict(spec)
         name = options.pop("name", None)
@@ -183,7 +193,11 @@ def check_parts(parts: list[dict[str, Any]], part_class: Callable[[str], type],
         if task is not None:
             cls = cls.for_task(task)
         where = f"method.parts[{i}]"
-        check_settings(build_dataclass(cls.Config, options, where=where), where, task)
+        part_cfg = build_dataclass(cls.Config, options, where=where)
+        check_settings(part_cfg, where, task)
+        if hasattr(part_cfg, "teacher_bn"):
+            teacher_bn[where] = (name, part_cfg.teacher_bn)
+    _check_teacher_bn(teacher_bn)
 
 
 def _classification_part(name: str) -> type[Distiller]:

@@ -33,7 +33,7 @@ from kdlab.errors import UserError
 from kdlab.methods import METHODS
 from kdlab.methods.base import Batch, Distiller, Losses
 from kdlab.methods.crd.losses import crd_nce_loss
-from kdlab.methods.crd.memory_bank import ContrastMemory
+from kdlab.methods.crd.memory_bank import NEGATIVES, ContrastMemory
 from kdlab.models.staged.view import Features
 
 
@@ -63,7 +63,7 @@ class CRD(Distiller):
         temperature: float = setting(0.07, range="> 0")
         momentum: float = setting(0.5, range="[0, 1]")
         # class (other classes, distinct: the authors') | uniform
-        negatives: str = setting("class", choices=("class", "uniform"))
+        negatives: str = setting("class", choices=NEGATIVES)
 
     def setup(self) -> None:
         assert self.teacher is not None

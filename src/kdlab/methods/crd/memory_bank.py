@@ -102,9 +102,6 @@ class ContrastMemory(nn.Module):
                  temperature: float = 0.07, momentum: float = 0.5,
                  negatives: str = "uniform") -> None:
         super().__init__()
-        if negatives not in NEGATIVES:
-            raise UserError(f"method.negatives is {negatives!r}; use one of "
-                            f"{', '.join(NEGATIVES)}.")
         if num_negatives >= num_data:
             raise UserError(
                 f"CRD draws {num_negatives} negatives but the training set has only "

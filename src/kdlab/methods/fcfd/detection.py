@@ -26,8 +26,9 @@ loss reaches). Gradients: ``L_app`` and ``L_func`` reach the student's backbone 
 ``B_st`` (and through the frozen teacher ROI head, whose parameters get none); ``L_func'``
 reaches ``B_ts`` and the student's ROI head; ``L_kd`` the whole student path of its ROI
 outputs. When the student's box head has BatchNorm (torchvision's ``_v2`` detectors), the
-``L_func'`` pass keeps its own running statistics there (:class:`~kdlab.nn.path_bn.PathStats`),
-so the exported student's statistics are those of its own features.
+``L_func'`` pass keeps its own running statistics there
+(:class:`~kdlab.methods.fcfd.path_bn.PathStats`), so the exported student's statistics are those
+of its own features.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from torch import Tensor
 from kdlab.core.settings import setting
 from kdlab.methods.base import Batch, Losses
 from kdlab.methods.detection_base import DetectionDistiller, TeacherROI
+from kdlab.methods.fcfd.path_bn import PathStats, batchnorms
 from kdlab.methods.shared.detection import (
     REDUCTIONS,
     fpn_app_loss,
@@ -46,7 +48,6 @@ from kdlab.methods.shared.detection import (
     roi_kl_loss,
     roi_l2_loss,
 )
-from kdlab.nn.path_bn import PathStats, batchnorms
 from kdlab.tasks.detection.models import DetectionOutput
 
 #: the PathStats name of the L_func' pass through the student's ROI head

@@ -24,13 +24,13 @@ from kdlab.errors import UserError
 from kdlab.methods import METHODS
 from kdlab.methods.base import Batch, Distiller, Losses
 from kdlab.methods.fcfd.losses import app_loss, func_l2_loss, pooled_l2_loss
+from kdlab.methods.fcfd.path_bn import PathStats
 from kdlab.methods.shared.bridge import Bridge
 from kdlab.methods.shared.logits import dkd_loss, kd_loss
 from kdlab.methods.shared.simkd_projector import ReusedHead, SimKDProjector, SimKDStudent
 from kdlab.methods.teacher_source import TEACHER_BN_MODES
 from kdlab.models.staged.view import Features
 from kdlab.nn.chunked_bn import chunked_batchnorm
-from kdlab.nn.path_bn import PathStats
 
 #: the key of FCFD+SimKD's projected last student feature in the student pass's ``extras``
 SIMKD_PROJECTION = "simkd_projection"

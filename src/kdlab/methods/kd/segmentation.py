@@ -6,7 +6,7 @@ What ``kd`` runs for the segmentation task (:meth:`kdlab.methods.kd.kd.KD.for_ta
 resolution. Defaults are CIRKD's KD baseline (winycg/CIRKD, ``train_kd.py`` and
 ``losses/kd.py``): temperature 1, weight 1. Like KD it reads only the teacher's logits (its
 score maps); a teacher cache holds classification logits, not score maps, so a segmentation
-run refuses ``data.teacher_cache`` (:mod:`kdlab.training.teacher_sources`).
+run refuses ``data.teacher_cache`` (:mod:`kdlab.training.cache_source`).
 """
 
 from __future__ import annotations

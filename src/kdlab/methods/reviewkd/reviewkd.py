@@ -99,9 +99,6 @@ class ReviewKD(Distiller):
             reviewed = list(range(t.num_stages - self.num_stages, t.num_stages))
             self.teacher_tap = PreReLUTap(t, reviewed, "teacher", always=True,
                                           method="ReviewKD")
-        elif self.cfg.teacher_features != "stage_outputs":
-            raise UserError(f"method.teacher_features is {self.cfg.teacher_features!r}; use "
-                            "'pre_relu' (the authors') or 'stage_outputs'.")
 
     def set_epoch(self, epoch: int, num_epochs: int) -> None:
         w = self.cfg.warmup_epochs

@@ -303,7 +303,7 @@ def with_teacher_cache(specs: Sequence[MethodSpec], task: str = "classification"
     same method reading the teacher's logits from one (label ``METHOD+cache``)."""
     from kdlab.core.config import build_dataclass
     from kdlab.methods import METHODS
-    from kdlab.training.teacher_sources import check_cache_use
+    from kdlab.training.cache_source import check_cache_use
 
     out: list[MethodSpec] = []
     for spec in specs:
@@ -405,7 +405,7 @@ def bench_method(
         if spec.teacher_cache:
             from kdlab.methods.base import Batch
             from kdlab.tools.teacher_cache import cache_for_batch
-            from kdlab.training.teacher_sources import CacheSource
+            from kdlab.training.cache_source import CacheSource
 
             assert distiller.teacher_source is not None
             folder = tempfile.TemporaryDirectory(prefix="kdlab-bench-")

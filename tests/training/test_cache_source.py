@@ -14,7 +14,7 @@ from kdlab.methods.base import Batch
 from kdlab.methods.kd.segmentation import PixelKD
 from kdlab.methods.teacher_source import TeacherLogits
 from kdlab.training.build import check_model_config
-from kdlab.training.teacher_sources import CacheSource, check_cache_use
+from kdlab.training.cache_source import CacheSource, check_cache_use
 
 
 class StoredLogits:

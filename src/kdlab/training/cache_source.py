@@ -50,7 +50,7 @@ def check_cache_use(method: type[Distiller], cfg: object, task: str = "classific
     ``task``: it distils from a fixed teacher, reads only its logits, in eval mode, and the
     task's teacher outputs are class logits (what a cache stores)."""
     name = getattr(method, "__name__", str(method))
-    if not method.needs_teacher or method.trains_teacher:
+    if not method.needs_teacher:
         raise UserError(f"Method {name} does not distil from a fixed teacher, so it has no use "
                         "for data.teacher_cache; remove data.teacher_cache.")
     if task != "classification":

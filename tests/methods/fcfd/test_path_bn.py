@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kdlab.nn.path_bn import PathStats, batchnorms
+from kdlab.methods.fcfd.path_bn import PathStats, batchnorms
 
 
 def _net() -> nn.Sequential:
