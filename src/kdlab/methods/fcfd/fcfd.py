@@ -166,7 +166,8 @@ class FCFD(Distiller):
         self.num_stages = n
         init = BRIDGE_INITS[c.bridge_init]
         if c.k_min > n:
-            raise UserError(f"method.k_min must be in 1..{n} (stages are numbered from 1).")
+            raise UserError(f"method.k_min={c.k_min} is past the last of these networks' {n} "
+                            f"stages; set method.k_min to a stage in 1..{n}.")
         positions = list(range(c.k_min, n)) if c.positions is None else list(c.positions)
         app_positions = (
             list(range(c.k_min, n + 1)) if c.app_positions is None else list(c.app_positions)
