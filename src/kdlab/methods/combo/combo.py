@@ -38,7 +38,10 @@ class Combo(Distiller):
     ``ce_weight`` (a part may not set its own). Each part's extras (projections, memory
     banks, FCFD's bridges, SKD's critic and its optimiser) are submodules of the combo and are
     trained with it. A loss term is named as its part names it, prefixed by the part's name
-    on a clash.
+    on a clash. Other terms are not merged: a part that carries its own KD term (FCFD's
+    ``kd_weight``, its L_kd) beside a ``kd`` part counts KD twice — set one of the two
+    weights to 0 unless that is meant. Parts without a ``teacher_bn`` setting read the teacher
+    in the mode the others set.
 
     Every method that distils the student from a frozen teacher can be a part
     (:attr:`~kdlab.methods.base.Distiller.combinable`), but SimKD and FCFD with ``simkd:
