@@ -99,7 +99,7 @@ def apply_cpu_threads(requested: int | str, device: Any) -> ThreadChoice:
     """kdlab's thread policy for a command without a training loop (``eval``, ``export``,
     ``analyze``, ``cache-teacher``): the count ``train.threads`` asks for, after one look at
     the cores when the command works on the CPU (a busy neighbour otherwise meets spinning
-    threads, issue 19), printed as the line a training run's header has."""
+    threads, docs/threads.md), printed as the line a training run's header has."""
     import torch
 
     from kdlab.runtime.threads import apply_thread_policy, parse_threads
