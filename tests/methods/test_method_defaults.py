@@ -32,6 +32,14 @@ REFERENCE_DEFAULTS = {
     ("crd", "negatives"): ("class", "RepDistiller dataset/cifar100.py:166-167; mdistiller "
                                     "mdistiller/dataset/cifar100.py:109-111 (k samples of "
                                     "other classes, without replacement); former uniform"),
+    ("skd", "pixel_reduction"): ("image", "structure_knowledge_distillation utils/criterion.py:"
+                                          "225 (summed over the batch, / W / H); former pixel"),
+    ("skd", "critic_optimizer"): ("sgd", "structure_knowledge_distillation networks/kd_model.py"
+                                         ":75 (D_solver: SGD, momentum, weight decay); former "
+                                         "adam"),
+    ("skd", "spectral_norm"): ("sagan", "structure_knowledge_distillation networks/"
+                                        "sagan_models.py:117 (SAGAN's SpectralNorm); former "
+                                        "torch"),
 }
 
 

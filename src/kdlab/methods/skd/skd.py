@@ -16,13 +16,14 @@ Defaults are the authors' code (irfanICMLL/structure_knowledge_distillation @ ce
 ``run_train_val.sh``, ``utils/train_options.py``, ``networks/kd_model.py``,
 ``utils/criterion.py``): lambda_pi = 10, lambda_pa = 0.5 with pooling scale 0.5 and detached
 norms, WGAN-GP with lambda_d = 0.1 on both sides and lambda_gp = 10, critic width 64 on the
-run's LR schedule, called teacher first; except three settings that keep kdlab's earlier
-choices (issue 20 item 3 decides them): the pixel term is averaged over pixels
-(``pixel_reduction: pixel``; the authors sum the per-image means over the batch, ``image``),
-the critic is trained by Adam (betas 0.9, 0.99; the authors: SGD, momentum 0.9, weight decay
-5e-4, ``critic_optimizer: sgd``) and normalised by torch's spectral norm (the authors:
-SAGAN's, ``spectral_norm: sagan``). ``recipes/cityscapes/skd_authors`` sets all of the
-authors' values. CIRKD's SKD row (winycg/CIRKD @ 48eb81b, ``train_kd.py`` with
+run's LR schedule, called teacher first, the pixel term's per-image means summed over the
+batch (``pixel_reduction: image``), the critic trained by SGD (momentum 0.9, weight decay
+5e-4) and normalised by SAGAN's spectral norm. kdlab's earlier choices are settings: the pixel
+term averaged over every pixel (``pixel_reduction: pixel``, as CIRKD's KD; the loss then does
+not grow with the batch size), Adam for the critic (``critic_optimizer: adam``, betas 0.9,
+0.99, as CIRKD) and torch's ``spectral_norm`` (``spectral_norm: torch``); the scenes and VOC
+recipes set them (the scenes table's runs used them). ``recipes/cityscapes/skd_authors``
+sets all of the authors' values. CIRKD's SKD row (winycg/CIRKD @ 48eb81b, ``train_kd.py`` with
 ``train_scripts/train_kd/train_skd.sh``) is the same method with other settings: pixel 1
 averaged over pixels, pair-wise 10 with a fixed 2x2 window and ``F.normalize``, hinge with
 weights 0.001 (student) / 0.1 (critic) and no penalty, Adam at a constant LR, student first,
@@ -110,8 +111,9 @@ class SKD(Distiller):
 
         ce_weight: float = setting(1.0, range=">= 0")
         pixel_weight: float = setting(10.0, range=">= 0")  # lambda_pi
-        # pixel: mean over all pixels | image: summed over images
-        pixel_reduction: str = setting("pixel", choices=PIXEL_REDUCTIONS)
+        # image: per-image pixel means summed over the batch (the authors') | pixel: mean
+        # over all pixels (CIRKD's KD batchmean)
+        pixel_reduction: str = setting("image", choices=PIXEL_REDUCTIONS)
         # the authors' pixel-wise term has none (tau = 1)
         temperature: float = setting(1.0, range="> 0")
         # lambda_pa (run_train_val.sh; the option default is 1.0)
@@ -136,14 +138,14 @@ class SKD(Distiller):
         gp_weight: float = setting(10.0, range=">= 0")
         critic_width: int = setting(64, range=">= 1")  # adv_conv_dim
         critic_lr: float = setting(4e-4, range="> 0")  # lr_d
-        # adam: betas (0.9, 0.99) | sgd: momentum 0.9, wd 5e-4
-        critic_optimizer: str = setting("adam", choices=CRITIC_OPTIMIZERS)
+        # sgd: momentum 0.9, wd 5e-4 (the authors') | adam: betas (0.9, 0.99) (CIRKD's)
+        critic_optimizer: str = setting("sgd", choices=CRITIC_OPTIMIZERS)
         # run: the run's LR schedule | constant
         critic_schedule: str = setting("run", choices=CRITIC_SCHEDULES)
         # teacher_first: T, S, penalty | student_first
         critic_order: str = setting("teacher_first", choices=CRITIC_ORDERS)
-        # torch | sagan (the SKD authors' and CIRKD's)
-        spectral_norm: str = setting("torch", choices=tuple(SPECTRAL_NORMS))
+        # sagan (the SKD authors' and CIRKD's) | torch (torch's spectral_norm)
+        spectral_norm: str = setting("sagan", choices=tuple(SPECTRAL_NORMS))
         condition_on_image: bool = False  # the paper's D(Q|I); the authors' critic sees Q only
 
         def check(self, where: str, task: str | None = None) -> None:
