@@ -7,15 +7,20 @@ scikit-learn and weighs conditional parameters too), ``parallel.png`` (parallel 
 and ``intermediate.png`` (every trial's score per epoch: where the pruned ones stopped).
 
 All of it is written from the study's database, so any process of the study can write it,
-and running the tune command again once the study is complete rewrites it.
+and running the tune command again once the study is complete rewrites it. The processes of
+one study take turns (:func:`results_lock`), each reading the database inside its turn, so the
+last files written always come from the last state: a process that finishes while another's
+last trial still runs cannot overwrite the other's final table with its older view.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
+import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +42,32 @@ PLOTS = {
 }
 
 
+@contextlib.contextmanager
+def results_lock(out: Path) -> Iterator[None]:
+    """Wait for, then hold, ``OUT/.results.lock`` (``fcntl.flock``; without it, on systems
+    that have none, the processes' writes are only atomic, not ordered)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    fd = os.open(out / ".results.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor drops the lock
+
+
 def write_results(study: optuna.Study, out: Path, space: Sequence[Dimension], s: TuneSettings,
                   metric: str, url: str, say: Callable[[str], None]) -> None:
+    """The files of the module doc, from the study's state read in this process's turn."""
+    with results_lock(out):
+        _write_results(study, out, space, s, metric, url, say)
+
+
+def _write_results(study: optuna.Study, out: Path, space: Sequence[Dimension], s: TuneSettings,
+                   metric: str, url: str, say: Callable[[str], None]) -> None:
     trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
     label = f"best {LABELS.get(metric, metric)}"
     rows = trial_rows(trials, space, out, label)
