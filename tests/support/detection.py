@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from kdlab.models import build_model
@@ -37,3 +38,17 @@ def tiny(name: str = "frcnn_tiny_r10", seed: int = 0) -> Detector:
 def tiny_pair(student: str = "frcnn_tiny_r10_slim") -> tuple[Detector, Detector]:
     """(teacher, student): frcnn_tiny_r18 and a smaller detector."""
     return tiny("frcnn_tiny_r18", seed=1), tiny(student, seed=2)
+
+
+def error_report(errors: dict[str, float]):
+    """A module-scoped autouse fixture that prints ``errors`` (the largest relative difference
+    per compared value, filled by the module's tests) at the end of the module (``pytest -s``).
+    A parity module binds it to a name: ``report_errors = error_report(ERRORS)``."""
+
+    @pytest.fixture(scope="module", autouse=True)
+    def report_errors():
+        yield
+        for what, err in errors.items():
+            print(f"{what}: {err:.2e}")
+
+    return report_errors

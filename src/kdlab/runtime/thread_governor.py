@@ -190,8 +190,9 @@ class ThreadGovernor:
     def look_before_start(self, use: CoreUse) -> None:
         """Start with fewer threads when other processes keep this process's cores busy."""
         look = Look(self.sensor, use)
-        if look.threads(self.full) != self.current:
-            before, self.current = self.current, look.threads(self.full)
+        threads = look.threads(self.full)
+        if threads != self.current:
+            before, self.current = self.current, threads
             self.set_threads(self.current)
             self.note(f"CPU threads: {before} -> {self.current} before the first step: other "
                       f"processes kept {look.busy:.1f} of this process's cores busy.")

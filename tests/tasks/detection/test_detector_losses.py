@@ -30,7 +30,7 @@ from kdlab.tasks.detection.models.detector_losses import (
     Detectron2LossRPN,
     detectron2_fastrcnn_loss,
 )
-from support.detection import scenes
+from support.detection import error_report, scenes
 
 FIXTURE = (Path(__file__).resolve().parents[2] / "fixtures" / "parity_detectron2"
            / "losses.json")
@@ -40,11 +40,7 @@ SMALL = {"fpn_channels": 16, "box_head_dim": 32}
 ERRORS: dict[str, float] = {}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def report_errors():
-    yield
-    for what, err in ERRORS.items():
-        print(f"{what}: {err:.2e}")
+report_errors = error_report(ERRORS)
 
 
 @pytest.fixture(scope="module")

@@ -32,6 +32,7 @@ import detectron2_weights_setup as S  # noqa: E402
 from kdlab.models import build_model  # noqa: E402
 from kdlab.tasks.detection.models.detector import roi_lens  # noqa: E402
 from kdlab.tasks.detection.models.detectron2_weights import load_detectron2_weights  # noqa: E402
+from support.detection import error_report  # noqa: E402
 
 FIXTURE = ROOT / "tests" / "fixtures" / "parity_detectron2" / "faster_rcnn_r50_fpn.json"
 RTOL = 1e-9
@@ -47,11 +48,7 @@ D2_OPTIONS = {"input_format": "bgr", "pixel_mean": [103.530, 116.280, 123.675],
 ERRORS: dict[str, float] = {}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def report_errors():
-    yield
-    for what, err in ERRORS.items():
-        print(f"{what}: {err:.2e}")
+report_errors = error_report(ERRORS)
 
 
 @pytest.fixture(scope="module")
