@@ -9,8 +9,9 @@ per run (``train.threads``). Every run goes through the real CLI and trainer (a 
 per run, the row's recipe plus ``--set`` overrides); the numbers are read from each run's
 ``metrics.csv``. Not part of the tests.
 
-Resumable and shareable: a finished run (its ``bench_result.json``) is never run again, and
-the tables are always written from every finished run on disk, so the script can be stopped,
+Resumable and shareable: a finished run (its ``bench_result.json``) is never run again, an
+interrupted one continues from its last saved epoch (``--resume``), and the tables are always
+written from every finished run on disk, so the script can be stopped,
 started again, run with ``--rows``/``--seeds`` subsets, or run by two processes at once (two
 single-thread runs side by side on two cores; each run is claimed by one process, see
 ``benchmarks/protocol.py``). ``--report-only`` rewrites the tables from the finished runs.
@@ -53,7 +54,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from protocol import ROOT, hardware_line, kdlab_cmd, mean_std, read_metrics, run_one
+from protocol import ROOT, command_line, hardware_line, kdlab_cmd, mean_std, read_metrics, run_one
 
 from kdlab.data.scene_sets import SCENE_CLASSES
 
@@ -238,8 +239,7 @@ def write_tables(args: argparse.Namespace, table: Table, teacher: dict | None,
                      f"{mean_std(steps)} | {mean_std(xs)} | {per} | {cpu} |")
     lines += ["", "## Exact commands", ""]
     for r in everything:
-        lines.append(f"- {r['row']} seed {r['seed']} (load {r['load_before']}): "
-                     f"`{r['command']}`")
+        lines.append(command_line(r))
     lines.append("")
     notes = out / f"{stem}_notes.md"
     if notes.is_file():  # hand-written interpretation, kept across regenerations

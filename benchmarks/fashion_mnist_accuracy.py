@@ -30,7 +30,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from protocol import ROOT, hardware_line, kdlab_cmd, mean_std, portable, run_command, run_one
+from protocol import (
+    ROOT,
+    command_line,
+    hardware_line,
+    kdlab_cmd,
+    mean_std,
+    portable,
+    run_command,
+    run_one,
+)
 
 RECIPES = Path("recipes/fashion_mnist")  # relative to ROOT, the runs' working folder
 
@@ -173,8 +182,7 @@ def write_tables(args: argparse.Namespace, teacher: dict | None, recs: list[dict
                      f"(load {how.get('load_before', 'n/a')}): `{command}`")
     lines += ["", "## Exact commands", ""]
     for r in ([teacher] if teacher else []) + recs:
-        lines.append(f"- {r['row']} seed {r['seed']} (load {r['load_before']}): "
-                     f"`{r['command']}`")
+        lines.append(command_line(r))
     lines.append("")
     notes = out / "fashion_mnist_accuracy_notes.md"
     if notes.is_file():  # hand-written interpretation, kept across regenerations

@@ -2,13 +2,16 @@
 (a subprocess), recording its result once (resumable), and summarising seeds.
 
 A run whose folder holds ``bench_result.json`` is not run again; an interrupted run (a folder
-without it) starts again from scratch. Each record keeps the exact command, the wall time and
-the machine's load before and after, so that a table can say what produced each number.
+without it) continues from its ``last.pt`` with ``--resume`` (kdlab's resume gives the weights
+an uninterrupted run would have had; ``tests/cli/test_reliability.py``), or starts again
+from scratch when it saved no epoch. Each record keeps the exact command, the wall time and
+the machine's load before and after, so that a table can say what produced each number; a
+resumed run's times add the epochs saved before (:func:`earlier_epochs`).
 
 Several processes can share one list of runs (``run_one(..., shared=True)``): each run is
 claimed first (a ``.<run>.claim`` file beside its folder, holding the claiming process's id),
 and a run claimed by a live process is left to it; a claim whose process has ended is taken
-over (that run is interrupted and starts again).
+over (that run was interrupted and continues).
 """
 
 from __future__ import annotations
@@ -141,6 +144,32 @@ def claim(run_dir: Path) -> bool:
     return False
 
 
+def earlier_epochs(run_dir: Path, threads: int | None) -> dict | None:
+    """What an interrupted run saved: the epochs in its ``last.pt`` and their wall and CPU
+    seconds (``epoch_cpu_seconds``; for rows written before that column, wall seconds x
+    torch threads, marked as such), or None where there is nothing to continue from."""
+    path = run_dir / "last.pt"
+    if not path.is_file():
+        return None
+    import torch
+
+    try:
+        history = torch.load(path, map_location="cpu", weights_only=True)["history"]
+    except Exception:  # noqa: BLE001 - an unreadable checkpoint: the run starts again
+        return None
+    rows = [r for r in history if "epoch_seconds" in r]
+    if not rows:
+        return None
+    measured = all("epoch_cpu_seconds" in r for r in rows)
+    cpu = sum(float(r["epoch_cpu_seconds"]) if measured else
+              float(r["epoch_seconds"]) * float(r.get("cpu_threads") or threads or 1)
+              for r in rows)
+    return {"after_epoch": int(rows[-1]["epoch"]),
+            "wall_s": round(sum(float(r["epoch_seconds"]) for r in rows), 1),
+            "cpu_s": round(cpu, 1),
+            "cpu_from": "epoch_cpu_seconds" if measured else "epoch_seconds x threads"}
+
+
 def run_one(cmd: list[str], run_dir: Path, info: dict, threads: int,
             column: str = "val_student_top1", metric: str = "top1",
             shared: bool = False) -> dict | None:
@@ -154,14 +183,22 @@ def run_one(cmd: list[str], run_dir: Path, info: dict, threads: int,
         return dict(rec, command=portable(rec["command"]))
     if shared and not claim(run_dir):
         return None
-    if run_dir.exists():  # an interrupted run: start it again from scratch
+    earlier = earlier_epochs(run_dir, threads)
+    if earlier is None and run_dir.exists():  # interrupted before its first epoch was saved
         shutil.rmtree(run_dir)
-    stdout, ran = run_command(cmd, threads, f"{info['row']} seed {info['seed']}")
+    label = f"{info['row']} seed {info['seed']}"
+    if earlier is not None:
+        label += f" (continues after epoch {earlier['after_epoch']})"
+    stdout, ran = run_command(cmd + ["--resume"] * (earlier is not None), threads, label)
     values = [float(r[column]) for r in read_metrics(run_dir) if r.get(column)]
-    rec = dict(info, command=ran["command"], wall_s=ran["wall_s"], cpu_s=ran["cpu_s"],
-               epochs_run=len(values),
+    rec = dict(info, command=portable(shlex.join(cmd)), wall_s=ran["wall_s"],
+               cpu_s=ran["cpu_s"], epochs_run=len(values),
                load_before=ran["load_before"], load_after=ran["load_after"],
                stdout_tail=stdout.strip().splitlines()[-1:])
+    if earlier is not None:
+        rec["resumed"] = earlier
+        rec["wall_s"] = round(rec["wall_s"] + earlier["wall_s"], 1)
+        rec["cpu_s"] = round(rec["cpu_s"] + earlier["cpu_s"], 1)
     rec[f"best_{metric}"], rec[f"last_{metric}"] = max(values), values[-1]
     rec[f"prev_{metric}"] = values[-2] if len(values) > 1 else None
     done.write_text(json.dumps(rec, indent=2) + "\n")
@@ -169,6 +206,14 @@ def run_one(cmd: list[str], run_dir: Path, info: dict, threads: int,
           f"wall {ran['wall_s']:.0f} s load {ran['load_before']} -> {ran['load_after']}",
           flush=True)
     return rec
+
+
+def command_line(rec: dict) -> str:
+    """A table's "Exact commands" entry for one run record: row, seed, load, how it ran."""
+    resumed = rec.get("resumed")
+    how = (f"; interrupted after epoch {resumed['after_epoch']}, continued with --resume"
+           if resumed else "")
+    return f"- {rec['row']} seed {rec['seed']} (load {rec['load_before']}{how}): `{rec['command']}`"
 
 
 def mean_std(xs: list[float]) -> str:

@@ -54,7 +54,7 @@ def test_outputs_and_checkpoint_format(tmp_path):
     assert set(ckpt["exported"]) == {"student"} and len(ckpt["history"]) == 2
     header = next(csv.reader(open(out / "metrics.csv")))
     for col in ("epoch", "lr", "loss", "loss_ce", "loss_l2", "train_top1", "val_student_top1",
-                "val_student_top5", "epoch_seconds", "images_per_s"):
+                "val_student_top5", "epoch_seconds", "epoch_cpu_seconds", "images_per_s"):
         assert col in header
     assert summary["out_dir"] == str(out)
     assert any((out / "tensorboard").iterdir())

@@ -351,7 +351,7 @@ class Trainer:
         run.loaders.train.set_epoch(epoch)
         raw.set_epoch(epoch, epochs)
         lr = optim.lr
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         self._eval_seconds = 0.0
         state = {"best": best}
         every_iters = cfg.train.eval_every_iters
@@ -390,6 +390,7 @@ class Trainer:
         if self.governor is not None:
             row["cpu_threads"] = self.governor.current
         row["epoch_seconds"] = time.perf_counter() - t0
+        row["epoch_cpu_seconds"] = time.process_time() - cpu0  # this process, every thread
         row["images_per_s"] = stats["images"] / max(train_seconds, 1e-9)
         log.log(row)
         progress.epoch_line(row)
