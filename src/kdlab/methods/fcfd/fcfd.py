@@ -157,14 +157,26 @@ class FCFD(Distiller):
         here, the others by the validation pass (:meth:`Config.check`)."""
         assert self.teacher is not None  # the Distiller base refuses a missing teacher
         c = self.cfg
-        n = self.student.num_stages
+        self.num_stages = n = self.student.num_stages
         if self.teacher.num_stages != n:
             raise UserError(
                 f"FCFD needs teacher and student cut into the same number of stages (teacher "
                 f"{self.teacher.num_stages}, student {n}); pick a pair from the same stage layout."
             )
-        self.num_stages = n
-        init = BRIDGE_INITS[c.bridge_init]
+        self.positions, self.app_positions = self._stage_positions(n)
+        self.candidates: list[Path] = candidate_paths(self.positions, c.directions)
+        self.num_paths = sampled_paths(c.num_paths, self.candidates, "method")
+        #: some bridges and stages get no gradient in an iteration (DDP must know)
+        self.may_skip_parameters = self.num_paths < len(self.candidates)
+        self._build_bridges(n)
+        self._build_simkd_head(n)
+        self._build_path_stats(n)
+        self.set_epoch(0, 1)  # the L2 warm-up starts right without the trainer calling it
+
+    def _stage_positions(self, n: int) -> tuple[list[int], list[int]]:
+        """The positions of ``L_func``'s paths and of ``L_app`` (1-based stages, Eq. 4-7),
+        checked against the pair's ``n`` stages."""
+        c = self.cfg
         if c.k_min > n:
             raise UserError(f"method.k_min={c.k_min} is past the last of these networks' {n} "
                             f"stages; set method.k_min to a stage in 1..{n}.")
@@ -184,35 +196,30 @@ class FCFD(Distiller):
                 f"method.partial_func runs one teacher stage after k, so positions must be "
                 f"below {n}; drop {n} from method.positions."
             )
-        self.positions = sorted(set(positions))
-        self.app_positions = sorted(set(app_positions)) if c.app_weight else []
+        return sorted(set(positions)), sorted(set(app_positions)) if c.app_weight else []
 
-        self.candidates: list[Path] = candidate_paths(self.positions, c.directions)
-        self.num_paths = sampled_paths(c.num_paths, self.candidates, "method")
-        #: some bridges and stages get no gradient in an iteration (DDP must know)
-        self.may_skip_parameters = self.num_paths < len(self.candidates)
-
-        # ------------------------------------------------------------- bridges
+    def _build_bridges(self, n: int) -> None:
+        """``b_st``: student -> teacher bridges (``L_app`` and paths <k, 1>; with SimKD the
+        projector at the last stage); ``b_ts``: teacher -> student bridges (paths <k, 0>)."""
+        c = self.cfg
+        init = BRIDGE_INITS[c.bridge_init]
         s_info, t_info = self.student.stage_info, self.teacher.stage_info
         st_positions = set(self.app_positions) | {k for k, d in self.candidates if d == 1}
-        if c.simkd:
-            st_positions.add(n)
         self.b_st = nn.ModuleDict()
         self.b_ts = nn.ModuleDict()
-        for k in sorted(st_positions):
-            if c.simkd and k == n:
-                if (s_info[-1].height, s_info[-1].width) != (t_info[-1].height, t_info[-1].width):
-                    raise UserError(
-                        "FCFD+SimKD needs the last student and teacher features of the same "
-                        "spatial size; set method.simkd=false for this pair."
-                    )
-                self.b_st[str(k)] = SimKDProjector(
-                    s_info[-1].channels, t_info[-1].channels, c.simkd_factor
-                )
-                continue
+        for k in sorted(st_positions - ({n} if c.simkd else set())):
             self.b_st[str(k)] = Bridge(
                 s_info[k - 1], t_info[k - 1], where=f"student -> teacher at stage {k}",
                 init=init,
+            )
+        if c.simkd:
+            if (s_info[-1].height, s_info[-1].width) != (t_info[-1].height, t_info[-1].width):
+                raise UserError(
+                    "FCFD+SimKD needs the last student and teacher features of the same "
+                    "spatial size; set method.simkd=false for this pair."
+                )
+            self.b_st[str(n)] = SimKDProjector(
+                s_info[-1].channels, t_info[-1].channels, c.simkd_factor
             )
         for k in sorted({k for k, d in self.candidates if d == 0}):
             self.b_ts[str(k)] = Bridge(
@@ -220,34 +227,35 @@ class FCFD(Distiller):
                 init=init,
             )
 
-        # ------------------------------------------------------------- SimKD head
+    def _build_simkd_head(self, n: int) -> None:
+        """With ``simkd``: a copy of the teacher's head on the projected student features
+        (FCFD+SimKD), which the deployed student keeps."""
         self.simkd_head: ReusedHead | None = None
-        if c.simkd:
-            head = list(self.teacher.head_modules())
-            n_cls = len(self.teacher.classifier_modules())
-            self.simkd_head = ReusedHead(
-                copy.deepcopy(head[: len(head) - n_cls]),
-                self.teacher._pool,
-                copy.deepcopy(head[len(head) - n_cls :]),
-            )
-            object.__setattr__(self, "_deployable", SimKDStudent(
-                self.student, self.b_st[str(n)], self.simkd_head,
-                (t_info[-1].height, t_info[-1].width)))
+        if not self.cfg.simkd:
+            return
+        head = list(self.teacher.head_modules())
+        n_cls = len(self.teacher.classifier_modules())
+        self.simkd_head = ReusedHead(
+            copy.deepcopy(head[: len(head) - n_cls]),
+            self.teacher._pool,
+            copy.deepcopy(head[len(head) - n_cls :]),
+        )
+        last = self.teacher.stage_info[-1]
+        object.__setattr__(self, "_deployable", SimKDStudent(
+            self.student, self.b_st[str(n)], self.simkd_head, (last.height, last.width)))
 
-        # ------------------------------------------------------------- path-aware BN
-        # Paths <k, 0> feed bridged teacher features to the student's stages k+1..N and
-        # head: each keeps its own running statistics there. The teacher is frozen in eval
-        # mode, so its BN layers use (and never update) their trained statistics on every
-        # path and need no copies.
+    def _build_path_stats(self, n: int) -> None:
+        """Path-aware BN: paths <k, 0> feed bridged teacher features to the student's stages
+        k+1..N and head, and each keeps its own running statistics there. The teacher is
+        frozen in eval mode, so its BN layers use (and never update) their trained statistics
+        on every path and need no copies."""
         self.path_stats = PathStats()
         for k in sorted({k for k, d in self.candidates if d == 0}):
             modules = [self.student.stage_modules(i) for i in range(k, n)]
             modules.append(self.student.head_modules())
-            if c.simkd:
+            if self.cfg.simkd:
                 modules.append(self.b_st[str(n)])
             self.path_stats.add_path(self.path_name(k), modules)
-
-        self.set_epoch(0, 1)  # the L2 warm-up starts right without the trainer calling it
 
     # ----------------------------------------------------------------- helpers
     @staticmethod
