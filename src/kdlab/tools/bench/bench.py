@@ -373,8 +373,6 @@ def bench_method(
     of ``train_size`` images (:func:`kdlab.tools.teacher_cache.cache_for_batch`) in every
     step, instead of running the teacher. ``count_flops``: one eager step first, under the
     FLOP counter; ``compile``: a ``train.compile`` setting."""
-    from kdlab.methods import METHODS, build_distiller
-    from kdlab.models import build_model
     from kdlab.tasks import build_task
     from kdlab.training.compiling import CompiledModel, compile_run
     from kdlab.training.step import forward_losses, train_step
@@ -386,34 +384,12 @@ def bench_method(
     the_task = build_task(task)
     targets = the_task.example_targets(batch, num_classes, input_shape[1:], gen, device)
     index = torch.randint(0, train_size, (batch,), generator=gen).to(device)
-    shape = dict(num_classes=num_classes, in_channels=input_shape[0], input_size=input_shape[1])
-    times: list[float] = []
+    folder = tempfile.TemporaryDirectory(prefix="kdlab-bench-") if spec.teacher_cache else None
     with MemoryMeter(device) as meter:
-        s_model = build_model(student, **shape)
-        method = METHODS.get(spec.name)
-        t_model = build_model(teacher, **shape) if method.needs_teacher else None
-        options = dict(spec.options)
-        if "teacher" in getattr(method.Config, "__dataclass_fields__", {}):
-            # online methods train their own teacher: the pair's teacher architecture
-            options.setdefault("teacher", teacher)
-        distiller = build_distiller(spec.name, options, s_model, t_model,
-                                    train_size=train_size, task=the_task).to(device)
-        # a training set of train_size samples with random classes (CRD's class negatives)
-        label_gen = torch.Generator().manual_seed(seed + 1)
-        distiller.use_train_labels(
-            torch.randint(0, num_classes, (train_size,), generator=label_gen))
-        if spec.teacher_cache:
-            from kdlab.methods.base import Batch
-            from kdlab.tools.teacher_cache import cache_for_batch
-            from kdlab.training.cache_source import CacheSource
-
-            assert distiller.teacher_source is not None
-            folder = tempfile.TemporaryDirectory(prefix="kdlab-bench-")
-            logits = distiller.teacher_source.logits(Batch(images))
-            distiller.use_teacher_source(CacheSource(cache_for_batch(
-                folder.name, index, logits, train_size, seed=seed)))
-        distiller.train()
-        distiller.set_epoch(0, 1)
+        distiller = _bench_distiller(spec, teacher, student, input_shape, num_classes,
+                                     train_size, the_task, seed, device)
+        if folder is not None:
+            _read_teacher_cache(distiller, folder.name, images, index, train_size, seed)
         optim = bench_optimisation(distiller, device, amp)
         if channels_last:
             distiller.to(memory_format=torch.channels_last)
@@ -421,7 +397,6 @@ def bench_method(
                 images = images.contiguous(memory_format=torch.channels_last)
         step = functools.partial(train_step, optim=optim, images=images, targets=targets,
                                  index=index, device=device, amp=amp, method=spec.name)
-
         gflop = None
         if count_flops:
             counted = step_flops(lambda: forward_losses(distiller, images, targets, index,
@@ -437,20 +412,11 @@ def bench_method(
             assert isinstance(model, CompiledModel)
             step(model)
             compile_s = model.compile_seconds
-        loss = torch.zeros(())
-        for i in range(warmup + steps):
-            _synchronize(device)
-            t0 = time.perf_counter()
-            loss = step(model)[2]
-            _synchronize(device)
-            if i >= warmup:
-                times.append(time.perf_counter() - t0)
-        final_loss = float(loss.detach())
+        ms, final_loss = _timed_steps(step, model, warmup, steps, device)
     # free the networks before the next method is built (the closures share these cells)
-    distiller = s_model = t_model = optim = step = model = None  # type: ignore[assignment]
-    if spec.teacher_cache:
+    distiller = optim = step = model = None  # type: ignore[assignment]
+    if folder is not None:
         folder.cleanup()
-    ms = [t * 1000 for t in times]
     if times_out is not None:
         times_out.extend(ms)
     mean = statistics.fmean(ms)
@@ -462,6 +428,61 @@ def bench_method(
         gflop=gflop, gflops=gflop / (mean / 1000) if gflop is not None else None,
         compile_s=compile_s,
     )
+
+
+def _bench_distiller(spec: MethodSpec, teacher: str, student: str,
+                     input_shape: tuple[int, int, int], num_classes: int, train_size: int,
+                     task: Any, seed: int, device: torch.device) -> Any:
+    """The method's distiller on freshly built networks, in training mode at epoch 0, with a
+    training set of ``train_size`` samples of random classes (CRD's class negatives)."""
+    from kdlab.methods import METHODS, build_distiller
+    from kdlab.models import build_model
+
+    shape = dict(num_classes=num_classes, in_channels=input_shape[0], input_size=input_shape[1])
+    s_model = build_model(student, **shape)
+    method = METHODS.get(spec.name)
+    t_model = build_model(teacher, **shape) if method.needs_teacher else None
+    options = dict(spec.options)
+    if "teacher" in getattr(method.Config, "__dataclass_fields__", {}):
+        # online methods train their own teacher: the pair's teacher architecture
+        options.setdefault("teacher", teacher)
+    distiller = build_distiller(spec.name, options, s_model, t_model,
+                                train_size=train_size, task=task).to(device)
+    label_gen = torch.Generator().manual_seed(seed + 1)
+    distiller.use_train_labels(torch.randint(0, num_classes, (train_size,), generator=label_gen))
+    distiller.train()
+    distiller.set_epoch(0, 1)
+    return distiller
+
+
+def _read_teacher_cache(distiller: Any, folder: str, images: torch.Tensor, index: torch.Tensor,
+                        train_size: int, seed: int) -> None:
+    """Make ``distiller`` read the teacher's logits of ``images`` (computed once, here) from a
+    cache file in ``folder`` instead of running the teacher."""
+    from kdlab.methods.base import Batch
+    from kdlab.tools.teacher_cache import cache_for_batch
+    from kdlab.training.cache_source import CacheSource
+
+    assert distiller.teacher_source is not None
+    logits = distiller.teacher_source.logits(Batch(images))
+    distiller.use_teacher_source(CacheSource(cache_for_batch(
+        folder, index, logits, train_size, seed=seed)))
+
+
+def _timed_steps(step: Any, model: torch.nn.Module, warmup: int, steps: int,
+                 device: torch.device) -> tuple[list[float], float]:
+    """``warmup`` untimed then ``steps`` timed training steps: their times (ms) and the last
+    loss."""
+    times: list[float] = []
+    loss = torch.zeros(())
+    for i in range(warmup + steps):
+        _synchronize(device)
+        t0 = time.perf_counter()
+        loss = step(model)[2]
+        _synchronize(device)
+        if i >= warmup:
+            times.append((time.perf_counter() - t0) * 1000)
+    return times, float(loss.detach())
 
 
 def _prime(student: str, input_shape: tuple[int, int, int], num_classes: int, batch: int,
@@ -513,19 +534,10 @@ def run_bench(
     adds GFLOP per step, GFLOP/s and the fraction of the large-matmul rate (of a
     ``matmul_size`` square product; default :func:`kdlab.tools.bench.flops.default_matmul_size`);
     ``input_shape`` overrides the preset's (the scaling sweep's image sizes)."""
-    from kdlab.models import MODELS
-
     if preset not in PRESETS:
         raise UserError(f"Unknown preset {preset!r}; use one of {', '.join(PRESETS)}.")
     p = PRESETS[preset]
-    teacher, student = p.teacher, p.student
-    if pair:
-        teacher, sep, student = pair.partition(":")
-        if not sep or not teacher or not student:
-            raise UserError(f"--pair {pair!r} must look like TEACHER:STUDENT, "
-                            "e.g. resnet32x4:resnet8x4.")
-    MODELS.get(teacher)
-    MODELS.get(student)
+    teacher, student = _pair(pair, p.teacher, p.student)
     if steps < 1 or warmup < 0 or rounds < 1:
         raise UserError("--steps and --rounds must be at least 1 and --warmup at least 0.")
     batch = batch or p.batch
@@ -544,19 +556,12 @@ def run_bench(
     shape = tuple(input_shape) if input_shape else p.input_shape
     meta = {
         "task": p.task,
-        "teacher": teacher, "student": student, "input_shape": list(p.input_shape),
+        "teacher": teacher, "student": student, "input_shape": list(shape),
         "num_classes": p.num_classes, "batch": batch, "steps": steps, "warmup": warmup,
-        "rounds": rounds,
-        "device": str(device), "amp": amp, "hardware": hardware(device),
-        "torch": torch.__version__, "kdlab": __version__, "python": platform.python_version(),
-        "memory": MemoryMeter.label(device), "command": command,
-        "teacher_cache": teacher_cache,
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "channels_last": nhwc, "compile": compile, "load": load_average(),
-        "threads": torch.get_num_threads(), "wait_policy": wait_policy(),
-        "thread_policy": thread_summary(),
+        "rounds": rounds, "device": str(device), "amp": amp, **_machine(device),
+        "command": command, "teacher_cache": teacher_cache,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"), "channels_last": nhwc, "compile": compile,
     }
-    meta["input_shape"] = list(shape)
     _prime(student, shape, p.num_classes, batch, device, amp, p.task)
     mm = None
     if flops:
@@ -585,6 +590,29 @@ def run_bench(
                                                       size=size), 2)
         meta["load_end"] = load_average()
     return BenchReport(meta, results)
+
+
+def _pair(pair: str | None, teacher: str, student: str) -> tuple[str, str]:
+    """``--pair TEACHER:STUDENT`` (both registered networks), else the preset's pair."""
+    from kdlab.models import MODELS
+
+    if pair:
+        teacher, sep, student = pair.partition(":")
+        if not sep or not teacher or not student:
+            raise UserError(f"--pair {pair!r} must look like TEACHER:STUDENT, "
+                            "e.g. resnet32x4:resnet8x4.")
+    MODELS.get(teacher)
+    MODELS.get(student)
+    return teacher, student
+
+
+def _machine(device: torch.device) -> dict[str, Any]:
+    """What a report records of the machine and software at the start: hardware, versions,
+    the memory meter, the load and the thread settings."""
+    return {"hardware": hardware(device), "torch": torch.__version__, "kdlab": __version__,
+            "python": platform.python_version(), "memory": MemoryMeter.label(device),
+            "load": load_average(), "threads": torch.get_num_threads(),
+            "wait_policy": wait_policy(), "thread_policy": thread_summary()}
 
 
 def load_average() -> str:
