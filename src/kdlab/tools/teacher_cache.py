@@ -256,7 +256,6 @@ def build_teacher_cache(
     same cache continues. ``on_commit(done)`` is called after each progress marker (tests).
     """
     from kdlab.data import DATASETS
-    from kdlab.data.augment import normalise
     from kdlab.data.loaders import subset_size
     from kdlab.training.build import build_teacher, resolve_device
 
@@ -289,56 +288,80 @@ def build_teacher_cache(
         "augmentation": augmentation_meta(augment),
         "arrays": layout(n, views, n_params, info.num_classes, output, topk),
     }
-    finished = read_json(meta_path(path))
-    if (finished is not None and path.is_file() and finished.get("complete")
-            and {k: v for k, v in finished.items() if k not in BUILD_KEYS}
-            == {k: v for k, v in meta.items() if k not in BUILD_KEYS}):
-        if "checksum" not in finished:  # built by an older kdlab: add the checksums
-            finished = {**finished, "version": VERSION, "checksum": checksums(path)}
-            atomic_write_text(meta_path(path), json.dumps(finished, indent=2) + "\n")
-            return path, finished
-        if _intact(path, finished):
-            return path, finished  # kept as it is; a damaged one is built again below
-
-    g = epoch_generator(seed, 0, PARAMS_STREAM)
-    if augment is not None:
-        drawn = augment.draw(n * views, g)
-        params = torch.stack([p.to(torch.int16) for p in drawn], -1).view(n, views, n_params)
-    else:
-        params = torch.zeros(n, views, n_params, dtype=torch.int16)
-    mean = torch.tensor(info.mean, dtype=torch.float32, device=dev)
-    std = torch.tensor(info.std, dtype=torch.float32, device=dev)
-
+    finished = _finished(path, meta)
+    if finished is not None:
+        return path, finished
+    params = _view_params(augment, n, views, n_params, seed)
     writer = CacheWriter.start(path, meta)
-    per = max(1, batch // views)  # images per teacher forward
     bar = _Progress(progress, n, writer.done, views)
-    t0, before = time.perf_counter(), writer.seconds
-    last_commit = t0
     try:
-        for i0 in range(writer.done, n, per):
-            i1 = min(n, i0 + per)
-            x = images[i0:i1].to(dev).repeat_interleave(views, 0)
-            p = params[i0:i1].reshape(-1, n_params)
-            if augment is not None:
-                x = augment.apply(x, tuple(p.unbind(-1)))
-            x = normalise(x, mean, std, source.scale)
-            with torch.inference_mode():
-                logits = teacher(x).float().view(i1 - i0, views, -1)
-            writer.write(i0, {"params": p.view(i1 - i0, views, n_params).numpy(),
-                              **_outputs(logits, output, topk)})
-            now = time.perf_counter()
-            if now - last_commit >= commit_every_s or i1 == n:
-                writer.commit(i1, before + now - t0)
-                last_commit = now
-                if on_commit is not None:
-                    on_commit(i1)
-            bar.update(i1, i1 - i0)
+        _fill(writer, teacher, images, params, augment, source, info, dev, output, topk,
+              per=max(1, batch // views), commit_every_s=commit_every_s, on_commit=on_commit,
+              bar=bar)
     finally:
         bar.close()
     extra = {"build_seconds": round(writer.seconds, 3), "bytes": file_size(meta["arrays"]),
              "created": time.strftime("%Y-%m-%d %H:%M:%S"), "device": str(dev),
              "kdlab": __version__, "torch": torch.__version__}
     return path, writer.finish(extra)
+
+
+def _finished(path: Path, meta: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The metadata of a finished, intact cache at ``path`` with ``meta``'s contents (one
+    built by an older kdlab gets its checksums added), else None (build or finish it)."""
+    finished = read_json(meta_path(path))
+    if (finished is None or not path.is_file() or not finished.get("complete")
+            or {k: v for k, v in finished.items() if k not in BUILD_KEYS}
+            != {k: v for k, v in meta.items() if k not in BUILD_KEYS}):
+        return None
+    if "checksum" not in finished:  # built by an older kdlab: add the checksums
+        finished = {**finished, "version": VERSION, "checksum": checksums(path)}
+        atomic_write_text(meta_path(path), json.dumps(finished, indent=2) + "\n")
+        return finished
+    return finished if _intact(path, finished) else None  # a damaged one is built again
+
+
+def _view_params(augment: Any, n: int, views: int, n_params: int, seed: int) -> torch.Tensor:
+    """The augmentation parameters of every view (int16, ``n x views x n_params``), drawn
+    from the cache's own random stream so that a resumed build draws the same ones."""
+    if augment is None:
+        return torch.zeros(n, views, n_params, dtype=torch.int16)
+    drawn = augment.draw(n * views, epoch_generator(seed, 0, PARAMS_STREAM))
+    return torch.stack([p.to(torch.int16) for p in drawn], -1).view(n, views, n_params)
+
+
+def _fill(writer: CacheWriter, teacher: torch.nn.Module, images: torch.Tensor,
+          params: torch.Tensor, augment: Any, source: Any, info: Any, dev: torch.device,
+          output: str, topk: int, *, per: int, commit_every_s: float,
+          on_commit: Callable[[int], None] | None, bar: _Progress) -> None:
+    """Run the teacher on the views of the images not written yet, ``per`` images (all
+    their views) a forward, committing the progress every ``commit_every_s`` seconds and at
+    the end."""
+    from kdlab.data.augment import normalise
+
+    n, views, n_params = params.shape
+    mean = torch.tensor(info.mean, dtype=torch.float32, device=dev)
+    std = torch.tensor(info.std, dtype=torch.float32, device=dev)
+    t0, before = time.perf_counter(), writer.seconds
+    last_commit = t0
+    for i0 in range(writer.done, n, per):
+        i1 = min(n, i0 + per)
+        x = images[i0:i1].to(dev).repeat_interleave(views, 0)
+        p = params[i0:i1].reshape(-1, n_params)
+        if augment is not None:
+            x = augment.apply(x, tuple(p.unbind(-1)))
+        x = normalise(x, mean, std, source.scale)
+        with torch.inference_mode():
+            logits = teacher(x).float().view(i1 - i0, views, -1)
+        writer.write(i0, {"params": p.view(i1 - i0, views, n_params).numpy(),
+                          **_outputs(logits, output, topk)})
+        now = time.perf_counter()
+        if now - last_commit >= commit_every_s or i1 == n:
+            writer.commit(i1, before + now - t0)
+            last_commit = now
+            if on_commit is not None:
+                on_commit(i1)
+        bar.update(i1, i1 - i0)
 
 
 def _intact(path: Path, meta: Mapping[str, Any]) -> bool:
