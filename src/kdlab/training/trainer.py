@@ -192,43 +192,16 @@ class Trainer:
         self.channels_last = use_channels_last(cfg.train.channels_last, device)
         if self.channels_last:
             raw.to(memory_format=torch.channels_last)
-        params = [p for p in raw.parameters() if p.requires_grad]
-        if not params:
-            raise UserError(f"Method {cfg.method_name!r} has no trainable parameters; check the "
-                            "model and method settings.")
-        self.steps_per_epoch = self._steps_per_epoch(run.loaders.train)
-        self.epochs, self.last_epoch_steps = run_length(cfg.schedule, self.steps_per_epoch)
-        optim = Optimisation.build(params, raw.separate_optimizers(), cfg.optim, cfg.schedule,
-                                   steps_per_epoch=self.steps_per_epoch,
-                                   device=device, amp=cfg.train.amp,
-                                   norm=norm_parameters(raw))
+        optim = self._optimisation(raw, run.loaders.train)
         epochs = self.epochs
-        start, best, history, ckpt = 0, float("-inf"), [], None
-        if self.resume and last_path.is_file():
-            ckpt = load_checkpoint(last_path)
-            start, best, history = self._restore(ckpt, raw, optim)
-            if start >= epochs:
-                if main:
-                    print(f"The run in {self.out_dir} is finished ({start} of {epochs} epochs); "
-                          "nothing to resume. Raise schedule.epochs (or schedule.iterations) "
-                          "to train longer.")
-                return self._summary(history, raw, finished=True)
-            if main:
-                print(f"resuming {self.out_dir} at epoch {start + 1} of {epochs}")
-        elif self.resume and main:
-            print(f"{self.out_dir} holds no epoch checkpoint yet; starting from epoch 1")
+        start, best, history, ckpt = self._starting_point(raw, optim, last_path)
+        if start >= epochs:  # a finished run given --resume
+            return self._summary(history, raw, finished=True)
         progress = Progress(cfg.train.progress, enabled=main)
         if look is not None and self.threads.adaptive:
             self.governor = ThreadGovernor.after(look, self.threads.threads, note=progress.note)
         self._check_teacher(raw, run, ckpt or {})
-
-        model: nn.Module = raw
-        if d.enabled:
-            model = distributed.wrap(raw, device, find_unused=raw.may_skip_parameters)
-        if cfg.train.compile:
-            model = compile_run(model, raw, cfg.train.compile,
-                                warn=print if main else lambda _: None)
-
+        model = self._wrapped(raw)
         if main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.out_dir / "config.yaml")
@@ -244,25 +217,77 @@ class Trainer:
             log.close()
             summary = self._summary(log.rows, raw, finished=True)
             if main:
-                shown = dict(raw.evaluated())
-                if raw.teacher is not None:  # the report shows the teacher's predictions too
-                    shown = {"teacher": raw.teacher, **shown}
-                figures = self.task.report_figures(self.out_dir, shown, run.loaders.val,
-                                                   device=device)
-                if raw.teacher is not None:  # the report's teacher-vs-student table (no timing)
-                    summary["teacher_vs_student"] = distillation_costs(raw, cfg, summary,
-                                                                       run.loaders.val, device)
-                write_report(self.out_dir, summary, figures=figures)
-                if trackers.trackers:
-                    trackers.finish(report_files(self.out_dir, figures),
-                                    export_best(self.out_dir, raw, cfg, run.loaders.info),
-                                    summary)
+                self._report(summary, raw, run, trackers)
         except BaseException as e:
             log.close()
             trackers.end(end_status(e))
             raise
         collectives.barrier()
         return summary
+
+    def _optimisation(self, raw: nn.Module, train_loader: Any) -> Optimisation:
+        """The run's optimisation of every trainable parameter; sets the run's length
+        (``steps_per_epoch``, ``epochs``, ``last_epoch_steps``)."""
+        cfg = self.cfg
+        params = [p for p in raw.parameters() if p.requires_grad]
+        if not params:
+            raise UserError(f"Method {cfg.method_name!r} has no trainable parameters; check the "
+                            "model and method settings.")
+        self.steps_per_epoch = self._steps_per_epoch(train_loader)
+        self.epochs, self.last_epoch_steps = run_length(cfg.schedule, self.steps_per_epoch)
+        return Optimisation.build(params, raw.separate_optimizers(), cfg.optim, cfg.schedule,
+                                  steps_per_epoch=self.steps_per_epoch,
+                                  device=self.device, amp=cfg.train.amp,
+                                  norm=norm_parameters(raw))
+
+    def _starting_point(self, raw: nn.Module, optim: Optimisation, last_path: Path
+                        ) -> tuple[int, float, list[dict[str, Any]], dict[str, Any] | None]:
+        """Where training starts: epoch 0, or with ``--resume`` the saved run's next epoch
+        (its weights and optimiser state restored): first epoch, best score, the metrics
+        rows so far and the checkpoint read (None when none was)."""
+        main, epochs = self.dist.is_main, self.epochs
+        if not (self.resume and last_path.is_file()):
+            if self.resume and main:
+                print(f"{self.out_dir} holds no epoch checkpoint yet; starting from epoch 1")
+            return 0, float("-inf"), [], None
+        ckpt = load_checkpoint(last_path)
+        start, best, history = self._restore(ckpt, raw, optim)
+        if main and start >= epochs:
+            print(f"The run in {self.out_dir} is finished ({start} of {epochs} epochs); "
+                  "nothing to resume. Raise schedule.epochs (or schedule.iterations) "
+                  "to train longer.")
+        elif main:
+            print(f"resuming {self.out_dir} at epoch {start + 1} of {epochs}")
+        return start, best, history, ckpt
+
+    def _wrapped(self, raw: nn.Module) -> nn.Module:
+        """What the steps call: the distiller, wrapped for DDP and compiled as configured."""
+        cfg, main = self.cfg, self.dist.is_main
+        model: nn.Module = raw
+        if self.dist.enabled:
+            model = distributed.wrap(raw, self.device, find_unused=raw.may_skip_parameters)
+        if cfg.train.compile:
+            model = compile_run(model, raw, cfg.train.compile,
+                                warn=print if main else lambda _: None)
+        return model
+
+    def _report(self, summary: dict[str, Any], raw: nn.Module, run: Any,
+                trackers: Trackers) -> None:
+        """The finished run's report (figures of the teacher's and the students' predictions,
+        the teacher-vs-student table) and the trackers' final files."""
+        device = self.device
+        shown = dict(raw.evaluated())
+        if raw.teacher is not None:  # the report shows the teacher's predictions too
+            shown = {"teacher": raw.teacher, **shown}
+        figures = self.task.report_figures(self.out_dir, shown, run.loaders.val, device=device)
+        if raw.teacher is not None:  # the report's teacher-vs-student table (no timing)
+            summary["teacher_vs_student"] = distillation_costs(raw, self.cfg, summary,
+                                                               run.loaders.val, device)
+        write_report(self.out_dir, summary, figures=figures)
+        if trackers.trackers:
+            trackers.finish(report_files(self.out_dir, figures),
+                            export_best(self.out_dir, raw, self.cfg, run.loaders.info),
+                            summary)
 
     def _look_at_cores(self) -> Look | None:
         """For a CPU run with a governor: look at the cores before any of the run's work (the
