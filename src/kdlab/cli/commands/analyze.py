@@ -357,9 +357,7 @@ def _similarity_stage(teacher: Any, stage: int | None, space: str) -> int:
 
 def run_similarity(args: argparse.Namespace) -> int:
     from kdlab.tools.analysis import similarity as sim
-    from kdlab.tools.analysis.exit_branch import file_digest, recalibrate
-    from kdlab.tools.analysis.plots import plot_similarity
-    from kdlab.tools.analysis.probe import exit_branches, student_feed, teacher_feed
+    from kdlab.tools.analysis.probe import teacher_feed
 
     if args.picture:
         sim.require_tsne()
@@ -370,39 +368,20 @@ def run_similarity(args: argparse.Namespace) -> int:
         raise UserError(f"--epochs must be at least 1, got {args.epochs}.")
     students = [_restore(p, args.which, [], str(t.device), role="student run",
                          thread_policy=False) for p in args.students]
-    feeds = []
-    for s in students:
-        _check_student(s, t)
-        note = _teacher_note(s, t)
-        if note:
-            print(note, file=sys.stderr)
-        feed, how = student_feed(s.distiller, teacher, k)
-        if feed is None:
-            raise UserError(f"The student {str(s.ckpt_path)!r} cannot be compared at stage {k}: "
-                            f"{how}; pick a --stage where it has a bridge or the teacher's shape.")
-        feeds.append((feed, how))
+    feeds = _student_feeds(students, t, k)
     loaders = _loaders(t)
     subset = sim.class_subset(loaders.val, args.classes, args.per_class)
-    t_fn = teacher_feed(teacher, k)
-    branch_info: dict[str, Any] | None = None
+    t_fn, branch, branch_info = teacher_feed(teacher, k), None, None
     if args.space == "branch":
-        epochs = t.cfg.schedule.epochs if args.epochs is None else args.epochs
-        model = args.branch_model or t.cfg.model.student
-        key = {"teacher_checkpoint_sha256": file_digest(t.ckpt_path),
-               "data": t.cfg.to_dict()["data"]}
-        branches = exit_branches(teacher, [k], folder=t.ckpt_path.parent, key=key,
-                                 info=loaders.info, train=loaders.train, val=loaders.val,
-                                 epochs=epochs, branch_model=model, device=t.device,
-                                 progress=args.progress, seed=args.seed)
-        branch = branches.branches[k]
-        branch_info = {"model": model, "epochs": epochs, "accuracy": branches.accuracy[k],
-                       "cached": branches.cached[k], "recalibrated": args.recalibrate}
+        branch, branch_info = _exit_branch(args, t, k, loaders)
         t_fn = sim.penultimate(branch, t_fn)
     t_feat = sim.collect(t_fn, subset.images, t.device)
     rows, s_feats = [], []
     for s, (feed, _) in zip(students, feeds):
         fn = feed
-        if args.space == "branch":  # re-calibrated on the student's features (App. A.2)
+        if branch is not None:  # re-calibrated on the student's features (App. A.2)
+            from kdlab.tools.analysis.exit_branch import recalibrate
+
             tested = (recalibrate(branch, feed, loaders.train, t.device)
                       if args.recalibrate else branch)
             fn = sim.penultimate(tested, feed)
@@ -429,23 +408,74 @@ def run_similarity(args: argparse.Namespace) -> int:
               "rows": [r.__dict__ for r in rows]}
     outputs = [folder / "similarity.md", folder / "similarity.csv", folder / "similarity.json"]
     if args.picture:
-        labels = subset.labels.numpy()
-        if args.joint:
-            points = sim.tsne([t_feat, *s_feats], args.seed, args.perplexity)
-            pairs = [(points[0], p) for p in points[1:]]
-        else:
-            pairs = [tuple(sim.tsne([t_feat, f], args.seed, args.perplexity))
-                     for f in s_feats]
-        panels = [(_panel_title(s), tp, sp, labels) for s, (tp, sp) in zip(students, pairs)]
-        plot_similarity(panels, folder / "similarity.png", colour=args.colour,
-                        title=f"{t.cfg.model.student} stage {k}, {what}, t-SNE")
-        record["tsne"] = {"seed": args.seed, "perplexity": args.perplexity, "joint": args.joint,
-                          "colour": args.colour}
+        record["tsne"] = _similarity_picture(args, students, t_feat, s_feats,
+                                             subset.labels.numpy(), folder / "similarity.png",
+                                             f"{t.cfg.model.student} stage {k}, {what}, t-SNE")
         outputs.append(folder / "similarity.png")
     atomic_write_text(folder / "similarity.json", json.dumps(record, indent=2) + "\n")
     _print_similarity(rows)
     print("-> " + ", ".join(str(p) for p in outputs))
     return 0
+
+
+def _student_feeds(students: list[Restored], t: Restored, k: int) -> list[tuple[Any, str]]:
+    """Each student's features at the teacher's stage ``k`` (through its bridge where the
+    method has one) and how they are read; a student that cannot be compared there is
+    refused."""
+    from kdlab.tools.analysis.probe import student_feed
+
+    feeds = []
+    for s in students:
+        _check_student(s, t)
+        note = _teacher_note(s, t)
+        if note:
+            print(note, file=sys.stderr)
+        feed, how = student_feed(s.distiller, t.distiller.student, k)
+        if feed is None:
+            raise UserError(f"The student {str(s.ckpt_path)!r} cannot be compared at stage {k}: "
+                            f"{how}; pick a --stage where it has a bridge or the teacher's shape.")
+        feeds.append((feed, how))
+    return feeds
+
+
+def _exit_branch(args: argparse.Namespace, t: Restored, k: int,
+                 loaders: Any) -> tuple[Any, dict[str, Any]]:
+    """The teacher's exit branch at stage ``k`` (trained once, then read from its cache
+    beside the teacher's run; FCFD §3.4, App. A.2) and what the record says of it."""
+    from kdlab.tools.analysis.exit_branch import file_digest
+    from kdlab.tools.analysis.probe import exit_branches
+
+    epochs = t.cfg.schedule.epochs if args.epochs is None else args.epochs
+    model = args.branch_model or t.cfg.model.student
+    key = {"teacher_checkpoint_sha256": file_digest(t.ckpt_path),
+           "data": t.cfg.to_dict()["data"]}
+    branches = exit_branches(t.distiller.student, [k], folder=t.ckpt_path.parent, key=key,
+                             info=loaders.info, train=loaders.train, val=loaders.val,
+                             epochs=epochs, branch_model=model, device=t.device,
+                             progress=args.progress, seed=args.seed)
+    return branches.branches[k], {"model": model, "epochs": epochs,
+                                  "accuracy": branches.accuracy[k],
+                                  "cached": branches.cached[k],
+                                  "recalibrated": args.recalibrate}
+
+
+def _similarity_picture(args: argparse.Namespace, students: list[Restored], t_feat: Any,
+                        s_feats: list[Any], labels: Any, path: Path,
+                        title: str) -> dict[str, Any]:
+    """One t-SNE panel per student beside the teacher's points (embedded jointly, or one
+    embedding per pair), coloured by class; returns the embedding's settings."""
+    from kdlab.tools.analysis import similarity as sim
+    from kdlab.tools.analysis.plots import plot_similarity
+
+    if args.joint:
+        points = sim.tsne([t_feat, *s_feats], args.seed, args.perplexity)
+        pairs = [(points[0], p) for p in points[1:]]
+    else:
+        pairs = [tuple(sim.tsne([t_feat, f], args.seed, args.perplexity)) for f in s_feats]
+    panels = [(_panel_title(s), tp, sp, labels) for s, (tp, sp) in zip(students, pairs)]
+    plot_similarity(panels, path, colour=args.colour, title=title)
+    return {"seed": args.seed, "perplexity": args.perplexity, "joint": args.joint,
+            "colour": args.colour}
 
 
 def _panel_title(s: Restored) -> str:
