@@ -82,6 +82,14 @@ def hardware_line(threads: str) -> str:
             f"{wait_policy()}; torch {torch.__version__}, Python {platform.python_version()}")
 
 
+class CommandFailed(SystemExit):
+    """A benchmarked command ended with an error: ends the benchmark with its output."""
+
+    def __init__(self, returncode: int, message: str) -> None:
+        super().__init__(message)
+        self.returncode = returncode
+
+
 def run_command(cmd: list[str], threads: int | None, label: str) -> tuple[str, dict]:
     """Run one command from the repository root with ``threads`` torch threads (None: kdlab's
     thread policy, ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` removed from its environment);
@@ -104,8 +112,8 @@ def run_command(cmd: list[str], threads: int | None, label: str) -> tuple[str, d
     now = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = now.ru_utime + now.ru_stime - used.ru_utime - used.ru_stime
     if proc.returncode != 0:
-        raise SystemExit(f"{label} failed ({proc.returncode}): {shlex.join(cmd)}\n"
-                         f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+        raise CommandFailed(proc.returncode, f"{label} failed ({proc.returncode}): "
+                            f"{shlex.join(cmd)}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
     return proc.stdout, {"command": portable(shlex.join(cmd)), "wall_s": round(wall, 1),
                          "cpu_s": round(cpu, 1), "load_before": before, "load_after": load()}
 
@@ -189,7 +197,16 @@ def run_one(cmd: list[str], run_dir: Path, info: dict, threads: int,
     label = f"{info['row']} seed {info['seed']}"
     if earlier is not None:
         label += f" (continues after epoch {earlier['after_epoch']})"
-    stdout, ran = run_command(cmd + ["--resume"] * (earlier is not None), threads, label)
+    try:
+        stdout, ran = run_command(cmd + ["--resume"] * (earlier is not None), threads, label)
+    except CommandFailed as e:
+        if earlier is None or e.returncode != 2:
+            raise
+        # kdlab refused to continue (exit 2, a user error: e.g. the recipe changed since)
+        print(f"    cannot continue ({str(e.code).splitlines()[-1]}); starting again", flush=True)
+        shutil.rmtree(run_dir)
+        earlier = None
+        stdout, ran = run_command(cmd, threads, f"{info['row']} seed {info['seed']}")
     values = [float(r[column]) for r in read_metrics(run_dir) if r.get(column)]
     rec = dict(info, command=portable(shlex.join(cmd)), wall_s=ran["wall_s"],
                cpu_s=ran["cpu_s"], epochs_run=len(values),

@@ -16,6 +16,9 @@ import csv, json, sys
 from pathlib import Path
 out = Path(sys.argv[sys.argv.index('--out') + 1])
 out.mkdir(parents=True, exist_ok=True)
+if '--resume' in sys.argv and (out / 'refuse').exists():
+    print('kdlab: error: the recipe differs from the saved run', file=sys.stderr)
+    sys.exit(2)
 (out / 'argv.json').write_text(json.dumps(sys.argv[1:]))
 saved = (50.0, 60.0) if '--resume' in sys.argv else ()
 rows = [{'val_student_top1': v} for v in (*saved, 70.0)]
@@ -81,3 +84,20 @@ def test_a_run_without_a_saved_epoch_starts_again_from_scratch(protocol, tmp_pat
     rec, argv = _run(protocol, run)
     assert "--resume" not in argv and "resumed" not in rec
     assert not (run / "stale.txt").exists() and rec["epochs_run"] == 1
+
+
+def test_a_run_kdlab_refuses_to_continue_starts_again(protocol, tmp_path, capsys):
+    """Exit 2 (a user error, e.g. the recipe changed since): the saved epochs are dropped."""
+    run = tmp_path / "kd" / "seed0"
+    _interrupted(run, [{"epoch": 1, "epoch_seconds": 100.0, "epoch_cpu_seconds": 90.0}])
+    (run / "refuse").write_text("")
+    rec, argv = _run(protocol, run)
+    assert "--resume" not in argv and "resumed" not in rec and rec["epochs_run"] == 1
+    assert "cannot continue (kdlab: error: the recipe differs" in capsys.readouterr().out
+
+
+def test_a_failure_other_than_a_refusal_ends_the_benchmark(protocol, tmp_path):
+    run = tmp_path / "kd" / "seed0"
+    cmd = [sys.executable, "-c", "raise SystemExit(1)", "--out", str(run)]
+    with pytest.raises(SystemExit, match="kd seed 0 failed \\(1\\)"):
+        protocol.run_one(cmd, run, {"row": "kd", "seed": 0}, 1)
