@@ -156,14 +156,15 @@ def earlier_epochs(run_dir: Path, threads: int | None) -> dict | None:
     """What an interrupted run saved: the epochs in its ``last.pt`` and their wall and CPU
     seconds (``epoch_cpu_seconds``; for rows written before that column, wall seconds x
     torch threads, marked as such), or None where there is nothing to continue from."""
+    from kdlab.errors import UserError
+    from kdlab.training.checkpoint import load_checkpoint
+
     path = run_dir / "last.pt"
     if not path.is_file():
         return None
-    import torch
-
-    try:
-        history = torch.load(path, map_location="cpu", weights_only=True)["history"]
-    except Exception:  # noqa: BLE001 - an unreadable checkpoint: the run starts again
+    try:  # mapped, not read: only the history is needed
+        history = load_checkpoint(path, mmap=True).get("history", [])
+    except UserError:  # an unreadable checkpoint: the run starts again
         return None
     rows = [r for r in history if "epoch_seconds" in r]
     if not rows:
@@ -195,10 +196,10 @@ def run_one(cmd: list[str], run_dir: Path, info: dict, threads: int,
     if earlier is None and run_dir.exists():  # interrupted before its first epoch was saved
         shutil.rmtree(run_dir)
     label = f"{info['row']} seed {info['seed']}"
-    if earlier is not None:
-        label += f" (continues after epoch {earlier['after_epoch']})"
+    resume, how = ([], "") if earlier is None else (
+        ["--resume"], f" (continues after epoch {earlier['after_epoch']})")
     try:
-        stdout, ran = run_command(cmd + ["--resume"] * (earlier is not None), threads, label)
+        stdout, ran = run_command(cmd + resume, threads, label + how)
     except CommandFailed as e:
         if earlier is None or e.returncode != 2:
             raise
@@ -206,9 +207,9 @@ def run_one(cmd: list[str], run_dir: Path, info: dict, threads: int,
         print(f"    cannot continue ({str(e.code).splitlines()[-1]}); starting again", flush=True)
         shutil.rmtree(run_dir)
         earlier = None
-        stdout, ran = run_command(cmd, threads, f"{info['row']} seed {info['seed']}")
+        stdout, ran = run_command(cmd, threads, label)
     values = [float(r[column]) for r in read_metrics(run_dir) if r.get(column)]
-    rec = dict(info, command=portable(shlex.join(cmd)), wall_s=ran["wall_s"],
+    rec = dict(info, command=portable(shlex.join(cmd)), wall_s=ran["wall_s"],  # no --resume
                cpu_s=ran["cpu_s"], epochs_run=len(values),
                load_before=ran["load_before"], load_after=ran["load_after"],
                stdout_tail=stdout.strip().splitlines()[-1:])
