@@ -16,6 +16,14 @@ started again, run with ``--rows``/``--seeds`` subsets, or run by two processes 
 single-thread runs side by side on two cores; each run is claimed by one process, see
 ``benchmarks/protocol.py``). ``--report-only`` rewrites the tables from the finished runs.
 
+Continued on another machine: a table that takes longer than one machine is kept keeps its
+teacher with the results (``--publish-teacher``: the weights exported once, a few MB, in
+``benchmarks/teachers/<dataset>/<teacher>/``, their sha256 in the table), because training the
+teacher again elsewhere gives another teacher (other CPUs round differently, and training
+amplifies it). A later ``--teacher-run benchmarks/teachers/<dataset>/<teacher>`` adopts that
+file; the runs the committed CSV lists come back as finished records (:func:`restore_finished`),
+and a teacher on disk that does not end as the CSV's teacher row stops the benchmark.
+
     python benchmarks/dense_accuracy.py --task segmentation
     python benchmarks/dense_accuracy.py --task detection --seeds 0
 
@@ -54,7 +62,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from protocol import ROOT, command_line, hardware_line, kdlab_cmd, mean_std, read_metrics, run_one
+from protocol import (
+    ROOT,
+    command_line,
+    hardware_line,
+    kdlab_cmd,
+    mean_std,
+    read_metrics,
+    run_command,
+    run_one,
+)
 
 from kdlab.data.scene_sets import SCENE_CLASSES
 
@@ -169,6 +186,43 @@ def gain_cell(rs: list[dict], alone: dict[int, float], key: str) -> str:
     return f"{statistics.fmean(diffs):+.2f} ± {statistics.stdev(diffs):.2f}"
 
 
+#: the weights file of a published teacher (a ``kdlab export``, see :func:`publish_teacher`)
+PUBLISHED = "teacher.safetensors"
+
+
+def teacher_weights(run_dir: Path) -> Path | None:
+    """The teacher's weights in a run folder: its ``best.pt``, or a published teacher's
+    :data:`PUBLISHED`; None when it has neither."""
+    for name in ("best.pt", PUBLISHED):
+        if (run_dir / name).is_file():
+            return run_dir / name
+    return None
+
+
+def published_dir(table: Table) -> Path:
+    """Where a table's teacher is kept with the results (:func:`publish_teacher`)."""
+    return ROOT / "benchmarks" / "teachers" / table.dataset / table.teacher
+
+
+def sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def published_line(table: Table) -> list[str]:
+    """The header line naming the published teacher's weights and their sha256, if any."""
+    weights = published_dir(table) / PUBLISHED
+    if not weights.is_file():
+        return []
+    return [f"- teacher weights: `{weights.relative_to(ROOT)}` (sha256 {sha256(weights)}); "
+            "every row distils from this file"]
+
+
 def write_tables(args: argparse.Namespace, table: Table, teacher: dict | None,
                  recs: list[dict], runs: Path) -> Path:
     out = Path(args.results)
@@ -208,6 +262,7 @@ def write_tables(args: argparse.Namespace, table: Table, teacher: dict | None,
         "the student alone of the same seed",
         hardware_line(f", shared with other jobs (load in the CSV); {args.threads} torch "
                       "thread(s) per run, two runs side by side"),
+        *published_line(table),
         f"- script command: `{args.command}`",
         f"- total wall time of the runs in this table: {total / 60:.1f} min", "",
     ]
@@ -276,6 +331,87 @@ def finished(table: Table, runs: Path) -> tuple[dict | None, list[dict]]:
     return teacher, recs
 
 
+def _typed(row: dict[str, str], metric: str, extra: str) -> dict:
+    """A results-CSV row as the run record it was written from (numbers as numbers)."""
+    floats = (f"best_{metric}", f"last_{metric}", f"prev_{metric}", f"last_{extra}", "wall_s",
+              "cpu_s")
+    rec: dict = {k: (float(v) if v else None) if k in floats else v for k, v in row.items()}
+    rec["seed"], rec["epochs_run"] = int(row["seed"]), int(row["epochs_run"])
+    return rec
+
+
+def _write_record(run_dir: Path, rec: dict) -> None:
+    """Write ``bench_result.json`` whole or not at all (two processes may restore at once)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / f".bench_result.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(rec, indent=2) + "\n")
+    os.replace(tmp, run_dir / "bench_result.json")
+
+
+def restore_finished(table: Table, runs: Path, csv_path: Path) -> int:
+    """Continue a table on a machine that lacks its earlier runs: every run the committed CSV
+    lists and ``runs`` does not hold becomes a finished record again (``restored_from``), so
+    it is neither run again nor dropped from the table; returns how many were restored.
+
+    The rows were distilled from one teacher: where the teacher's run is on disk its curve must
+    end as the CSV's teacher row does (best, last and previous epoch to 0.01), else this ends
+    the benchmark, since new rows would come from another teacher. A reproduced teacher keeps
+    the CSV's record (the timed run's wall and CPU time)."""
+    if not csv_path.is_file():
+        return 0
+    with csv_path.open() as f:
+        rows = [_typed(r, table.metric, table.extra) for r in csv.DictReader(f)]
+    m, restored = table.metric, 0
+    for rec in rows:
+        rec["restored_from"] = csv_path.name
+        if rec["row"] == "teacher":
+            t_dir = runs / f"teacher_{table.teacher}"
+            if (t_dir / "bench_result.json").is_file():
+                check_same_teacher(json.loads((t_dir / "bench_result.json").read_text()), rec,
+                                   m, csv_path)
+                _write_record(t_dir, rec)
+            continue
+        run_dir = runs / rec["row"] / f"seed{rec['seed']}"
+        if not (run_dir / "bench_result.json").is_file():
+            _write_record(run_dir, rec)
+            restored += 1
+    return restored
+
+
+def check_same_teacher(on_disk: dict, in_table: dict, metric: str, csv_path: Path) -> None:
+    """End the benchmark unless the teacher on disk ends as the table's teacher did."""
+    keys = [f"{k}_{metric}" for k in ("best", "last", "prev")]
+    if all(abs((on_disk[k] or 0) - (in_table[k] or 0)) < 0.01 for k in keys):
+        return
+    show = lambda r: ", ".join(f"{k} {r[k]:.2f}" for k in keys if r[k] is not None)  # noqa: E731
+    raise SystemExit(f"the teacher run on disk ({show(on_disk)}) is not the teacher of "
+                     f"{csv_path} ({show(in_table)}): its rows were distilled from another "
+                     "teacher; give --teacher-run the run that reproduces it, or move the "
+                     "table's files aside to start a new table")
+
+
+def publish_teacher(t_dir: Path, dest: Path, kd: list[str]) -> None:
+    """Keep the table's teacher with the results: its best weights exported once
+    (``kdlab export``: weights only, a few MB) beside the run's config, metrics and per-class
+    scores. A table is continued on another machine from this folder (``--teacher-run``):
+    the same teacher, bit for bit, where training it again would not be (other CPUs round
+    differently, and a training run amplifies it)."""
+    weights = teacher_weights(t_dir)
+    if weights is None:
+        raise SystemExit(f"--publish-teacher: {t_dir} holds no teacher weights yet; run the "
+                         "table's teacher first")
+    dest.mkdir(parents=True, exist_ok=True)
+    if weights.name == "best.pt":
+        run_command(kd + ["export", str(t_dir), "--which", "best", "--out",
+                          str(dest / PUBLISHED)], None, "export the teacher")
+    else:
+        shutil.copy2(weights, dest / PUBLISHED)
+    for name in ("config.yaml", "metrics.csv", "class_iou.csv", "bench_result.json"):
+        if (t_dir / name).is_file():
+            shutil.copy2(t_dir / name, dest / name)
+    print(f"teacher published in {dest} (sha256 {sha256(dest / PUBLISHED)[:16]}...)")
+
+
 def adopt_teacher(source: Path, t_dir: Path, table: Table, command: str) -> None:
     """Copy a finished ``kdlab train`` run of the table's teacher (trained elsewhere, e.g. the
     recipe's timed run) into ``t_dir`` with its record, so the table uses that teacher. Its
@@ -284,10 +420,11 @@ def adopt_teacher(source: Path, t_dir: Path, table: Table, command: str) -> None
     cfg = run_config(source)
     student = cfg.get("model", {}).get("student")
     dataset = cfg.get("data", {}).get("name")
-    if (student, dataset) != (table.teacher, table.dataset) or not (source / "best.pt").is_file():
+    if (student, dataset) != (table.teacher, table.dataset) or teacher_weights(source) is None:
         raise SystemExit(f"--teacher-run {source}: not a finished run of {table.teacher} on "
                          f"{table.dataset} (its config says {student} on {dataset}, or it has "
-                         "no best.pt); give the folder of a finished teacher run")
+                         f"no best.pt nor {PUBLISHED}); give the folder of a finished teacher "
+                         "run or of a published teacher (--publish-teacher)")
     rows = read_metrics(source)
     column = f"val_student_{table.metric}"
     values = [float(r[column]) for r in rows if r.get(column)]
@@ -337,6 +474,10 @@ def main() -> int:
                         "training one (copied into the table's runs)")
     p.add_argument("--teacher-command", default="(adopted with --teacher-run)",
                    help="the command that trained --teacher-run, for the table")
+    p.add_argument("--publish-teacher", action="store_true",
+                   help="also keep the teacher's weights, config and metrics in "
+                        "benchmarks/teachers/<dataset>/<teacher> (committed: --teacher-run "
+                        "with that folder continues the table on another machine)")
     p.add_argument("--scenes-train", type=int, default=None, help="default: the recipes'")
     p.add_argument("--scenes-val", type=int, default=None, help="default: the recipes'")
     p.add_argument("--threads", type=int, default=1)
@@ -355,10 +496,16 @@ def main() -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     runs = Path(args.runs) / f"{table.dataset}_accuracy"
     os.chdir(ROOT)
-    if not args.report_only:
-        kd = kdlab_cmd()
+    committed = Path(args.results) / f"{table.dataset}_accuracy.csv"
+    kd = kdlab_cmd()
+    if not args.report_only:  # the teacher first: restoring checks it is the table's
         teacher_run(args, table, kd, runs)
-        ckpt = runs / f"teacher_{table.teacher}" / "best.pt"
+    if n := restore_finished(table, runs, committed):
+        print(f"{n} finished run(s) read back from {committed}", flush=True)
+    if not args.report_only:
+        ckpt = teacher_weights(runs / f"teacher_{table.teacher}")
+        if args.publish_teacher:
+            publish_teacher(runs / f"teacher_{table.teacher}", published_dir(table), kd)
         for seed in seeds:
             for row in rows:
                 alone = row.recipe_dir == "ce"

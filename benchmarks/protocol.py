@@ -62,7 +62,10 @@ def portable(command: str) -> str:
     """``command`` as a results table records it: an interpreter or console script given by
     its path on this machine (``/.../.venv/bin/kdlab``) becomes its bare name (``kdlab``), so
     that committed results hold no machine paths."""
-    words = shlex.split(command)
+    try:
+        words = shlex.split(command)
+    except ValueError:  # free text (e.g. --teacher-command), not a command line
+        return command
     if words and os.path.isabs(words[0]) and Path(words[0]).name.startswith(("kdlab", "python")):
         words[0] = "python" if Path(words[0]).name.startswith("python") else "kdlab"
     return shlex.join(words)
