@@ -406,7 +406,8 @@ def publish_teacher(t_dir: Path, dest: Path, kd: list[str]) -> None:
                           str(dest / PUBLISHED)], None, "export the teacher")
     else:
         shutil.copy2(weights, dest / PUBLISHED)
-    for name in ("config.yaml", "metrics.csv", "class_iou.csv", "bench_result.json"):
+    for name in ("config.yaml", "metrics.csv", "class_iou.csv", "timing.json",
+                 "bench_result.json"):
         if (t_dir / name).is_file():
             shutil.copy2(t_dir / name, dest / name)
     print(f"teacher published in {dest} (sha256 {sha256(dest / PUBLISHED)[:16]}...)")
@@ -478,6 +479,9 @@ def main() -> int:
                    help="also keep the teacher's weights, config and metrics in "
                         "benchmarks/teachers/<dataset>/<teacher> (committed: --teacher-run "
                         "with that folder continues the table on another machine)")
+    p.add_argument("--teacher-only", action="store_true",
+                   help="train (or adopt) the teacher, publish it if asked, write the table, "
+                        "and stop before the rows")
     p.add_argument("--scenes-train", type=int, default=None, help="default: the recipes'")
     p.add_argument("--scenes-val", type=int, default=None, help="default: the recipes'")
     p.add_argument("--threads", type=int, default=1)
@@ -498,14 +502,15 @@ def main() -> int:
     os.chdir(ROOT)
     committed = Path(args.results) / f"{table.dataset}_accuracy.csv"
     kd = kdlab_cmd()
+    t_dir = runs / f"teacher_{table.teacher}"
     if not args.report_only:  # the teacher first: restoring checks it is the table's
         teacher_run(args, table, kd, runs)
+        if args.publish_teacher:
+            publish_teacher(t_dir, published_dir(table), kd)
     if n := restore_finished(table, runs, committed):
         print(f"{n} finished run(s) read back from {committed}", flush=True)
-    if not args.report_only:
-        ckpt = teacher_weights(runs / f"teacher_{table.teacher}")
-        if args.publish_teacher:
-            publish_teacher(runs / f"teacher_{table.teacher}", published_dir(table), kd)
+    if not (args.report_only or args.teacher_only):
+        ckpt = teacher_weights(t_dir)
         for seed in seeds:
             for row in rows:
                 alone = row.recipe_dir == "ce"
