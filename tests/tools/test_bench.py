@@ -295,3 +295,14 @@ def test_bench_compiles_and_reports_the_compile_cost(tmp_path, capsys):
     assert report["meta"]["compile"] == "eager" and report["meta"]["channels_last"] is True
     (ce,) = report["results"]
     assert ce["compile_s"] > 0 and ce["gflop"] is None and math.isfinite(ce["final_loss"])
+
+
+def test_the_cpu_is_named_with_family_model_and_vector_unit():
+    from kdlab.tools.bench.bench import cpu_name
+
+    zen4 = ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+            "model name\t: AMD EPYC\nflags\t\t: fpu sse2 avx avx2 avx512f avx512bw\n\n"
+            "processor\t: 1\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\n")
+    assert cpu_name(zen4) == "AMD EPYC (family 25 model 17, AVX-512)"
+    assert cpu_name("model name\t: Intel Xeon\nflags\t: sse2 avx avx2\n") == "Intel Xeon (AVX2)"
+    assert cpu_name("model name\t: Apple M2\n") == "Apple M2"

@@ -197,14 +197,28 @@ class BenchReport:
 
 
 # --------------------------------------------------------------------- hardware
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+def cpu_name(cpuinfo: str | None = None) -> str:
+    """The CPU as results should name it: its model name, then family, model and widest
+    vector unit (``AMD EPYC (family 25 model 17, AVX-512)``), since a virtual machine's model
+    name is often generic and two CPUs of one name can differ in speed and in rounding."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    first: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            first.setdefault(key.strip(), value.strip())
+    name = first.get("model name") or platform.processor() or platform.machine()
+    flags = set(first.get("flags", "").split())
+    vector = next((label for flag, label in (("avx512f", "AVX-512"), ("avx2", "AVX2"),
+                                             ("avx", "AVX")) if flag in flags), None)
+    detail = [f"family {first['cpu family']} model {first['model']}"
+              if "cpu family" in first and "model" in first else None, vector]
+    detail = [d for d in detail if d]
+    return f"{name} ({', '.join(detail)})" if detail else name
 
 
 def hardware(device: torch.device) -> str:
