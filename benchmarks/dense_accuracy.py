@@ -356,7 +356,7 @@ def restore_finished(table: Table, runs: Path, csv_path: Path) -> int:
     The rows were distilled from one teacher: where the teacher's run is on disk its curve must
     end as the CSV's teacher row does (best, last and previous epoch to 0.01), else this ends
     the benchmark, since new rows would come from another teacher. A reproduced teacher keeps
-    the CSV's record (the timed run's wall and CPU time)."""
+    the CSV's record (the timed run's wall and CPU time) over what the run on disk says."""
     if not csv_path.is_file():
         return 0
     with csv_path.open() as f:
@@ -367,9 +367,9 @@ def restore_finished(table: Table, runs: Path, csv_path: Path) -> int:
         if rec["row"] == "teacher":
             t_dir = runs / f"teacher_{table.teacher}"
             if (t_dir / "bench_result.json").is_file():
-                check_same_teacher(json.loads((t_dir / "bench_result.json").read_text()), rec,
-                                   m, csv_path)
-                _write_record(t_dir, rec)
+                on_disk = json.loads((t_dir / "bench_result.json").read_text())
+                check_same_teacher(on_disk, rec, m, csv_path)
+                _write_record(t_dir, {**on_disk, **rec})  # e.g. its threads: not in the CSV
             continue
         run_dir = runs / rec["row"] / f"seed{rec['seed']}"
         if not (run_dir / "bench_result.json").is_file():

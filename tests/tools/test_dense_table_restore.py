@@ -79,10 +79,11 @@ def test_the_tables_teacher_must_be_the_one_on_disk(dense, tmp_path):
         dense.restore_finished(table, runs, committed)
 
     (t_dir / "bench_result.json").write_text(json.dumps(  # the same curve again
-        dict(_record("teacher", 0, 52.72), wall_s=1300.0)))
+        dict(_record("teacher", 0, 52.72), wall_s=1300.0, threads="2")))
     dense.restore_finished(table, runs, committed)
     teacher, _ = dense.finished(table, runs)
     assert (teacher["wall_s"], teacher["cpu_s"]) == (1161.0, 2296.4)  # the table's record
+    assert teacher["threads"] == "2"  # what the CSV does not hold stays
 
 
 def _teacher_folder(path: Path, weights: bytes | None) -> Path:

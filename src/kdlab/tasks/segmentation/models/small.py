@@ -16,7 +16,8 @@ the teacher clearly beats the student: kdlab's CIFAR ResNets (widths 16-16-32-64
 (1 block a layer, decoder width 32; 132k parameters).
 
 Measured with the shipped recipes (``recipes/scenes_seg/ce/``: 10,000 scenes, 15 epochs, 2
-CPU cores): ``seg_resnet20`` 52.72 mIoU at a plateau, ``seg_resnet8`` alone 51.35 (seed 0);
+CPU cores): ``seg_resnet20`` 52.72 mIoU at a plateau (52.83 on another machine),
+``seg_resnet8`` alone 51.59 (seed 0 of the results table);
 the benchmark tables ``scenes_teachers_timed.md`` and ``scenes_seg_accuracy.md`` hold them.
 A step of the teacher costs about 2.5 times the student's.
 """
