@@ -280,16 +280,64 @@ def excluded(case: Case, name: str) -> bool:
 
 
 # --------------------------------------------------------------------- kdlab's side
+#: the BatchNorm statistics :func:`measure_statistics` gave on the CPU that made the fixtures
+#: (AVX2 kernels), per network: float32 convolutions round differently on other vector units
+#: (AVX-512 moved the statistics by about 1e-7, which moves every term that reads an eval-mode
+#: teacher past :data:`RTOL`), so the trajectories read the stored ones
+CALIBRATION = FIXTURES / "calibration.pt"
+
+
 def networks(case: Case) -> tuple[Any, Any]:
-    """(teacher or None, student) of the case's pair, seeded as parity_setup's, their
-    BatchNorm running statistics then measured on random images (:func:`calibrated`)."""
+    """(teacher or None, student) of the case's pair, seeded as parity_setup's, with the
+    BatchNorm running statistics of :func:`calibrated`."""
     t_name, s_name = PAIRS[case.pair]
-    teacher = calibrated(P.seeded_network(t_name, P.SEEDS["teacher"])) if t_name else None
-    return teacher, calibrated(P.seeded_network(s_name, P.SEEDS["student"]))
+    teacher = calibrated(P.seeded_network(t_name, P.SEEDS["teacher"]),
+                         f"{t_name}@teacher") if t_name else None
+    return teacher, calibrated(P.seeded_network(s_name, P.SEEDS["student"]),
+                               f"{s_name}@student")
+
+
+@functools.cache
+def stored_statistics() -> dict[str, list[Tensor]]:
+    return torch.load(CALIBRATION, weights_only=True) if CALIBRATION.is_file() else {}
+
+
+def _bn_buffers(net: Any) -> list[Tensor]:
+    return [b for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)
+            for b in (m.running_mean, m.running_var, m.num_batches_tracked)]
 
 
 @torch.no_grad()
-def calibrated(net: Any, batches: int = 2, size: int = 16) -> Any:
+def calibrated(net: Any, key: str) -> Any:
+    """``net`` in float64 with the BatchNorm statistics stored under ``key``
+    (:data:`CALIBRATION`), or measured here (:func:`measure_statistics`) where none are."""
+    stored = stored_statistics().get(key)
+    if stored is None:
+        return measure_statistics(net)
+    net = net.double()
+    buffers = _bn_buffers(net)
+    if len(buffers) != len(stored):
+        raise ValueError(f"{CALIBRATION} holds {len(stored)} BatchNorm buffers for {key}, "
+                         f"the network has {len(buffers)}: write the file again")
+    for buf, value in zip(buffers, stored, strict=True):
+        buf.copy_(value)
+    return net
+
+
+def write_statistics() -> None:
+    """Measure every pair's networks (:func:`measure_statistics`) and store the statistics in
+    :data:`CALIBRATION`; run on the CPU whose numbers the fixtures hold."""
+    stats: dict[str, list[Tensor]] = {}
+    for t_name, s_name in PAIRS.values():
+        for name, role in ((t_name, "teacher"), (s_name, "student")):
+            if name and f"{name}@{role}" not in stats:
+                net = measure_statistics(P.seeded_network(name, P.SEEDS[role]))
+                stats[f"{name}@{role}"] = [b.clone() for b in _bn_buffers(net)]
+    torch.save(stats, CALIBRATION)
+
+
+@torch.no_grad()
+def measure_statistics(net: Any, batches: int = 2, size: int = 16) -> Any:
     """``net`` with every BatchNorm's running statistics the average over ``batches`` random
     batches (float32, then float64 again: the weights are float32 numbers anyway). The
     drawn statistics of ``parity_setup`` let an eval-mode teacher's features grow with

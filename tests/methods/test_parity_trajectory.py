@@ -65,3 +65,18 @@ def test_kdlab_follows_the_reference_trajectory(name):
 
     ran = TS.run(case, on_step=check)
     assert len(ran) == len(steps)
+
+
+@pytest.mark.parametrize("key", ["resnet8@student", "resnet20@student", "vgg13@teacher"])
+def test_the_stored_batchnorm_statistics_are_those_the_calibration_measures(key):
+    """The stored statistics (``trajectory_setup.CALIBRATION``) are this calibration's up to
+    float32 rounding, so the file holds nothing but what any CPU measures, rounded as the
+    fixtures' CPU rounded it."""
+    import torch
+
+    name, role = key.split("@")
+    stored = TS.stored_statistics()[key]
+    measured = TS._bn_buffers(TS.measure_statistics(P.seeded_network(name, P.SEEDS[role])))
+    assert len(stored) == len(measured)
+    for want, got in zip(stored, measured, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)  # bit for bit on AVX2
