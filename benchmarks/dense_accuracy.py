@@ -71,6 +71,7 @@ from protocol import (
     read_metrics,
     run_command,
     run_one,
+    write_record,
 )
 
 from kdlab.data.scene_sets import SCENE_CLASSES
@@ -311,7 +312,7 @@ def record(cmd: list[str], run_dir: Path, info: dict, args: argparse.Namespace,
                   shared=True)
     if rec is not None and f"last_{table.extra}" not in rec:  # the companion metric
         rec[f"last_{table.extra}"] = extra_value(run_dir, f"val_student_{table.extra}")
-        (run_dir / "bench_result.json").write_text(json.dumps(rec, indent=2) + "\n")
+        write_record(run_dir, rec)
     return rec
 
 
@@ -340,14 +341,6 @@ def _typed(row: dict[str, str], metric: str, extra: str) -> dict:
     return rec
 
 
-def _write_record(run_dir: Path, rec: dict) -> None:
-    """Write ``bench_result.json`` whole or not at all (two processes may restore at once)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / f".bench_result.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(rec, indent=2) + "\n")
-    os.replace(tmp, run_dir / "bench_result.json")
-
-
 def restore_finished(table: Table, runs: Path, csv_path: Path) -> int:
     """Continue a table on a machine that lacks its earlier runs: every run the committed CSV
     lists and ``runs`` does not hold becomes a finished record again (``restored_from``), so
@@ -369,11 +362,11 @@ def restore_finished(table: Table, runs: Path, csv_path: Path) -> int:
             if (t_dir / "bench_result.json").is_file():
                 on_disk = json.loads((t_dir / "bench_result.json").read_text())
                 check_same_teacher(on_disk, rec, m, csv_path)
-                _write_record(t_dir, {**on_disk, **rec})  # e.g. its threads: not in the CSV
+                write_record(t_dir, {**on_disk, **rec})  # e.g. its threads: not in the CSV
             continue
         run_dir = runs / rec["row"] / f"seed{rec['seed']}"
         if not (run_dir / "bench_result.json").is_file():
-            _write_record(run_dir, rec)
+            write_record(run_dir, rec)
             restored += 1
     return restored
 
@@ -442,7 +435,7 @@ def adopt_teacher(source: Path, t_dir: Path, table: Table, command: str) -> None
     if timed.is_file():
         rec.update({k: v for k, v in json.loads(timed.read_text()).items()
                     if k in ("wall_s", "cpu_s", "load_before", "load_after")})
-    (t_dir / "bench_result.json").write_text(json.dumps(rec, indent=2) + "\n")
+    write_record(t_dir, rec)
 
 
 def teacher_run(args: argparse.Namespace, table: Table, kd: list[str], runs: Path) -> dict:

@@ -222,11 +222,19 @@ def run_one(cmd: list[str], run_dir: Path, info: dict, threads: int,
         rec["cpu_s"] = round(rec["cpu_s"] + earlier["cpu_s"], 1)
     rec[f"best_{metric}"], rec[f"last_{metric}"] = max(values), values[-1]
     rec[f"prev_{metric}"] = values[-2] if len(values) > 1 else None
-    done.write_text(json.dumps(rec, indent=2) + "\n")
+    write_record(run_dir, rec)
     print(f"    best {rec[f'best_{metric}']:.2f} last {rec[f'last_{metric}']:.2f} "
           f"wall {ran['wall_s']:.0f} s load {ran['load_before']} -> {ran['load_after']}",
           flush=True)
     return rec
+
+
+def write_record(run_dir: Path, rec: dict) -> None:
+    """Write the run's ``bench_result.json`` whole or not at all (kdlab's atomic write: a
+    record is what marks a run finished, and two processes may write records at once)."""
+    from kdlab.runtime.files import atomic_write_text
+
+    atomic_write_text(run_dir / "bench_result.json", json.dumps(rec, indent=2) + "\n")
 
 
 def command_line(rec: dict) -> str:
