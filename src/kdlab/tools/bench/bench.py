@@ -215,9 +215,9 @@ def cpu_name(cpuinfo: str | None = None) -> str:
     flags = set(first.get("flags", "").split())
     vector = next((label for flag, label in (("avx512f", "AVX-512"), ("avx2", "AVX2"),
                                              ("avx", "AVX")) if flag in flags), None)
-    detail = [f"family {first['cpu family']} model {first['model']}"
-              if "cpu family" in first and "model" in first else None, vector]
-    detail = [d for d in detail if d]
+    detail = [f"family {first['cpu family']} model {first['model']}"] if (
+        "cpu family" in first and "model" in first) else []
+    detail += [vector] if vector else []
     return f"{name} ({', '.join(detail)})" if detail else name
 
 
